@@ -1,0 +1,9 @@
+"""s1fast's Triton kernels, usable by any trainer (imports nothing of ``s1fast``).
+
+Each kernel lives in its own file with its math, its ``@triton.jit`` code, its launcher, its
+autograd function, a functional API, a thin module and a plain-PyTorch reference. CUDA tensors run
+the Triton kernels; CPU tensors run the PyTorch reference unless ``TRITON_INTERPRET=1``.
+"""
+from .swiglu_op import SwiGLU, swiglu, swiglu_reference
+
+__all__ = ["swiglu", "swiglu_reference", "SwiGLU"]
