@@ -31,24 +31,27 @@ Algorithm (the same on every device, so CPU users get the memory savings too). T
 chunks of C rows (``chunk_size``; default: C x V fp32 logits take ~256 MiB on a GPU, ~64 MiB on a CPU):
     1. z = h_c W^T (+ b) into an fp32 [C, V] buffer;
     2. a row kernel makes two passes over each row: online max / sum-exp (plus the target logit and the
-       row sum for smoothing), then, when a gradient is wanted, overwrites z in place with w_i dl_i/dz;
+       row sum for smoothing), then, when a gradient is wanted, writes dz = w_i dl_i/dz in the GEMM
+       operand dtype (bf16 for a bf16 model) into a [C, V] buffer;
     3. dh_c = dz W (written in h's dtype), dW += dz^T h_c (fp32 accumulator), db += sum_rows dz.
 The gradients are thus computed during the forward (one pass over the vocabulary instead of two) and
 the backward only scales them by the incoming gradient. With ``reduction="none"`` the incoming gradient
 differs per token, so the backward re-runs the chunk loop with w_i * grad_i instead.
-Peak extra memory: the [C, V] fp32 buffer plus the fp32 [V, H] weight-gradient accumulator; the unfused
+Peak extra memory: the [C, V] fp32 and bf16 buffers plus the fp32 [V, H] weight-gradient accumulator; the unfused
 path holds [N, V] logits, their fp32 softmax and their gradient. No ``.item()`` or other host sync: the
 loop bounds depend on shapes only and every reduction stays a device tensor.
 
 The matmuls are Triton kernels (``_matmul_kernel``), not cuBLAS, for three reasons: the logits GEMM
 writes fp32 and adds the bias in its epilogue, the dW GEMM accumulates into the fp32 accumulator in its
 epilogue (cuBLAS via torch would return a bf16 product, rounding every chunk's contribution before the
-fp32 sum, or need an extra fp32 copy), and the dz operand is read as fp32 and rounded to bf16 in
-registers (no bf16 copy of the chunk). On sm_90 the bf16 variant lowers to ``wgmma`` (asserted by a
+fp32 sum, or need an extra fp32 [V, H] temporary per chunk). The gradient dz is stored in bf16 (not fp32
+read and rounded in registers: that variant spilled on sm_90, and bf16 halves the bytes the two backward
+GEMMs read). On sm_90 the bf16 variant lowers to ``wgmma`` (asserted by a
 test); operands stay bf16 with fp32 accumulation. Under the interpreter operands are upcast to fp32
 (``UPCAST``, from ``_runtime.INTERPRET``) because the interpreter's bf16 arithmetic is wrong.
 Cost at s1's shapes is in ``bench/RESULTS.md`` (three GEMMs of 2NVH FLOPs; the fp32 chunk buffer is
-written once, read twice by the row kernel, rewritten once, and read by the two backward GEMMs).
+written once and read twice by the row kernel; the bf16 dz is written once and read by the two backward
+GEMMs).
 
 FSDP2: if ``weight`` (or ``bias``) is a sharded DTensor, it is gathered with ``full_tensor()`` (an
 all-gather of the vocab shards, differentiable: the gradient flows back to the DTensor as its local
@@ -86,31 +89,31 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, s
     size_m = tl.minimum(n_m - first_m, GROUP_M)
     pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
     pid_n = (pid % (GROUP_M * n_n)) // size_m
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    a_ptrs = a_ptr + rm.to(tl.int64)[:, None] * sam + rk[None, :] * sak
-    b_ptrs = b_ptr + rk[:, None] * sbk + rn.to(tl.int64)[None, :] * sbn
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        kmask = (k0 + rk) < K
-        a = tl.load(a_ptrs, mask=(rm < M)[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=kmask[:, None] & (rn < N)[None, :], other=0.0)
+    # block pointers: the bounds checks cost no per-element pointer registers (masked pointer tiles
+    # spilled at 128x128x64), and transposed operands are just other strides
+    a_bp = tl.make_block_ptr(a_ptr, (M, K), (sam, sak), (pid_m * BM, 0), (BM, BK), (1, 0))
+    b_bp = tl.make_block_ptr(b_ptr, (K, N), (sbk, sbn), (0, pid_n * BN), (BK, BN), (1, 0))
+    c_bp = tl.make_block_ptr(c_ptr, (M, N), (scm, scn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
+    if ACCUMULATE:
+        # start from c rather than adding it after the loop (the epilogue add spilled on sm_90)
+        acc = tl.load(c_bp, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for _ in range(0, K, BK):
+        a = tl.load(a_bp, boundary_check=(0, 1), padding_option="zero")
+        b = tl.load(b_bp, boundary_check=(0, 1), padding_option="zero")
         if UPCAST:
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
         elif LOWP:
             acc = tl.dot(a.to(b_ptr.dtype.element_ty), b, acc)
         else:
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        a_ptrs += BK * sak
-        b_ptrs += BK * sbk
+        a_bp = tl.advance(a_bp, (0, BK))
+        b_bp = tl.advance(b_bp, (BK, 0))
     if HAS_BIAS:
+        rn = pid_n * BN + tl.arange(0, BN)
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    c_ptrs = c_ptr + rm.to(tl.int64)[:, None] * scm + rn.to(tl.int64)[None, :] * scn
-    cmask = (rm < M)[:, None] & (rn < N)[None, :]
-    if ACCUMULATE:
-        acc += tl.load(c_ptrs, mask=cmask, other=0.0).to(tl.float32)
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
+    tl.store(c_bp, acc.to(c_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
@@ -169,10 +172,21 @@ def _ce_rows_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, w_ptr, loss_ptr, ls
 
 
 # --------------------------------------------------------------------------------------- launchers
-MM_BLOCKS = dict(BM=128, BN=128, BK=64, GROUP_M=8)
-MM_WARPS, MM_STAGES = 8, 3
-ROWS_BLOCK_N = 16
-ROWS_BLOCK_V = 1024 if INTERPRET else 2048
+def mm_config(lowp: bool) -> tuple[dict, int, int]:
+    """(tile constexprs, num_warps, num_stages) of ``_matmul_kernel``, chosen for zero spills on sm_90.
+
+    bf16/fp16: 128x128x64 tiles, 8 warps (wgmma, ~250 registers, no spills). fp32 operands (an fp32
+    model; no tensor cores at IEEE precision): 64x64x32, 8 warps, 2 stages. Under the interpreter one
+    large tile is fastest.
+    """
+    if lowp or INTERPRET:
+        return dict(BM=128, BN=128, BK=64, GROUP_M=8), 8, 3
+    return dict(BM=64, BN=64, BK=32, GROUP_M=8), 8, 2
+
+
+# rows kernel: one row per program on a GPU (C ~ 400 rows per chunk fill 132 SMs; 16 fp32 values per
+# thread: no spills); 16 rows per program under the interpreter, where each program costs milliseconds
+ROWS_BLOCK_N, ROWS_BLOCK_V, ROWS_WARPS = (16, 1024, 8) if INTERPRET else (1, 4096, 8)
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: torch.Tensor | None = None,
@@ -180,11 +194,43 @@ def _mm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: torch.Tensor | 
     """c (+)= a @ b (+ bias) through ``_matmul_kernel``; a, b may be transposed views."""
     M, K = a.shape
     N = b.shape[1]
-    grid = (triton.cdiv(M, MM_BLOCKS["BM"]) * triton.cdiv(N, MM_BLOCKS["BN"]),)
+    lowp = b.dtype in (torch.bfloat16, torch.float16)
+    blocks, warps, stages = mm_config(lowp)
+    grid = (triton.cdiv(M, blocks["BM"]) * triton.cdiv(N, blocks["BN"]),)
     _matmul_kernel[grid](a, b, c, bias if bias is not None else c, M, N, K, a.stride(0), a.stride(1),
                          b.stride(0), b.stride(1), c.stride(0), c.stride(1), ACCUMULATE=accumulate,
-                         HAS_BIAS=bias is not None, LOWP=b.dtype in (torch.bfloat16, torch.float16),
-                         UPCAST=INTERPRET, num_warps=MM_WARPS, num_stages=MM_STAGES, **MM_BLOCKS)
+                         HAS_BIAS=bias is not None, LOWP=lowp, UPCAST=INTERPRET, num_warps=warps,
+                         num_stages=stages, **blocks)
+
+
+def sm90_variants() -> list[dict]:
+    """The launch configurations used at s1's shapes, for ``compile_check.compile_variants``."""
+    out = []
+    # which strides are 1 (Triton turns them into constants at launch) for row-major h [N,H], W [V,H],
+    # z/dz [C,V], dW [V,H]; every other int is a multiple of 16 at s1's shapes (H 5120, V 152064)
+    unit = {"logits = h W^T + b": ("sak", "sbk", "scn"), "dh = dz W": ("sak", "sbn", "scn"),
+            "dW += dz^T h": ("sam", "sbn", "scn")}
+    for dt, name in (("*bf16", "bf16"), ("*fp32", "fp32")):
+        lowp = dt == "*bf16"
+        blocks, warps, stages = mm_config(lowp)
+        for label, c, acc, bias in (("logits = h W^T + b", "*fp32", False, True), ("dh = dz W", dt, False, False),
+                                    ("dW += dz^T h", "*fp32", True, False)):
+            ints = [k for k in ("M", "N", "K", "sam", "sak", "sbk", "sbn", "scm", "scn") if k not in unit[label]]
+            out.append(dict(name=f"flce matmul {label} ({name})", fn=_matmul_kernel,
+                            signature=dict(a_ptr=dt, b_ptr=dt, c_ptr=c, bias_ptr=dt, **{k: "i32" for k in ints}),
+                            constexprs=dict(ACCUMULATE=acc, HAS_BIAS=bias, LOWP=lowp, UPCAST=False,
+                                            **{k: 1 for k in unit[label]}, **blocks),
+                            num_warps=warps, num_stages=stages, divisible=ints))
+    for dt in ("*fp32", "*bf16"):  # fp32 chunk buffer (fused path) and bf16 logits (cross_entropy)
+        out.append(dict(name=f"ce rows, softcap, grad ({dt[1:]} logits)", fn=_ce_rows_kernel,
+                        signature=dict(z_ptr=dt, z_stride="i32", g_ptr=dt, g_stride="i32", t_ptr="*i64",
+                                       w_ptr="*fp32", loss_ptr="*fp32", lse_ptr="*fp32", n_rows="i32",
+                                       n_cols="i32", ignore_index="i32", smoothing="fp32", z_loss="fp32",
+                                       softcap="fp32"),
+                        constexprs=dict(HAS_SOFTCAP=True, WRITE_GRAD=True, BLOCK_N=ROWS_BLOCK_N,
+                                        BLOCK_V=ROWS_BLOCK_V), num_warps=ROWS_WARPS, num_stages=3,
+                        divisible=("z_stride", "g_stride", "n_cols")))
+    return out
 
 
 def _rows_triton(z, g, target, w, loss, lse, cfg, write_grad: bool) -> None:
@@ -194,7 +240,7 @@ def _rows_triton(z, g, target, w, loss, lse, cfg, write_grad: bool) -> None:
         z, z.stride(0), g, g.stride(0), target, w, loss, lse, n_rows, n_cols, cfg["ignore_index"],
         float(cfg["label_smoothing"]), float(cfg["z_loss"]), float(softcap or 1.0),
         HAS_SOFTCAP=softcap is not None, WRITE_GRAD=write_grad, BLOCK_N=ROWS_BLOCK_N, BLOCK_V=ROWS_BLOCK_V,
-        num_warps=8)
+        num_warps=ROWS_WARPS)
 
 
 def _rows_torch(z: torch.Tensor, target, w, cfg, write_grad: bool):
@@ -244,17 +290,19 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight
         wf = weight.float()
         bf = bias.float() if bias is not None else None
+    else:  # one fp32 logits buffer and one gradient buffer in the GEMM operand dtype, reused by every chunk
+        z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
+        g_buf = torch.empty((min(n, chunk), v), dtype=weight.dtype, device=dev) if want_grad else z_buf
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         hc = h[s:e]
         if triton_path:
-            z = torch.empty((e - s, v), dtype=torch.float32, device=dev)
+            z, g = z_buf[: e - s], g_buf[: e - s]
             _mm(hc, weight.t(), z, bias=bias)
-            _rows_triton(z, z, target[s:e], w[s:e], loss[s:e], lse[s:e], cfg, want_grad)
+            _rows_triton(z, g, target[s:e], w[s:e], loss[s:e], lse[s:e], cfg, want_grad)
             if want_grad:
-                _mm(z, weight, dh[s:e])
-                _mm(z.t(), hc, dw, accumulate=True)
-                g = z
+                _mm(g, weight, dh[s:e])
+                _mm(g.t(), hc, dw, accumulate=True)
         else:
             z = hc.float() @ wf.t()
             if bf is not None:
@@ -264,7 +312,7 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
                 dh[s:e] = g @ wf
                 dw.addmm_(g.t(), hc.float())
         if db is not None:
-            db += g.sum(0)
+            db += g.sum(0, dtype=torch.float32)
     return loss, lse, dh, dw, db
 
 

@@ -121,6 +121,26 @@ def _launch_bwd(x2, w, dy2, rstd):
     return dx, dw_part.sum(0).to(w.dtype)
 
 
+def sm90_variants(hidden: int = 5120) -> list[dict]:
+    """Launch configurations at s1's hidden size, for ``compile_check.compile_variants``."""
+    bm, bd, nw = _blocks(hidden)
+    out = []
+    for x, w in (("*bf16", "*bf16"), ("*bf16", "*fp32"), ("*fp32", "*fp32")):
+        y = "*fp32" if "fp32" in (x, w) else x
+        out.append(dict(name=f"rms_norm fwd (x {x[1:]}, w {w[1:]})", fn=_rms_norm_fwd_kernel,
+                        signature=dict(x_ptr=x, w_ptr=w, y_ptr=y, rstd_ptr="*fp32", n_rows="i32", n_cols="i32",
+                                       x_stride="i32", y_stride="i32", eps="fp32"),
+                        constexprs=dict(BLOCK_M=bm, BLOCK_D=bd), num_warps=nw, num_stages=3,
+                        divisible=("n_cols", "x_stride", "y_stride")))
+        out.append(dict(name=f"rms_norm bwd (x {x[1:]}, w {w[1:]})", fn=_rms_norm_bwd_kernel,
+                        signature=dict(x_ptr=x, w_ptr=w, dy_ptr=y, rstd_ptr="*fp32", dx_ptr=x, dw_part_ptr="*fp32",
+                                       n_rows="i32", n_cols="i32", x_stride="i32", dy_stride="i32",
+                                       dx_stride="i32"),
+                        constexprs=dict(BLOCK_M=bm, BLOCK_D=bd), num_warps=nw, num_stages=3,
+                        divisible=("n_cols", "x_stride", "dy_stride", "dx_stride")))
+    return out
+
+
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):

@@ -119,17 +119,40 @@ def _launch(q, k, qo, ko, cos, sin, pos, backward: bool, copy_rest: bool) -> Non
     d, r = q.shape[-1], cos.shape[-1]
     half, rest = r // 2, d - r
     n_qh, n_kh = q.shape[-2], k.shape[-2]
-    bhq, bhk, br = triton_next_pow2(n_qh), triton_next_pow2(n_kh), triton_next_pow2(max(half, 1))
-    bp = triton_next_pow2(max(rest, 1))
-    # ~4K rotated pairs per program on a GPU (one token of 40+8 heads x 64 pairs fits 3K)
-    budget = 65536 if INTERPRET else 4096
-    block_t = max(1, min(64, budget // ((bhq + bhk) * max(br, bp if copy_rest and rest else 1))))
-    block_t = 1 << (block_t.bit_length() - 1)
-    _rope_kernel[(triton.cdiv(n_tokens, block_t),)](
+    meta, warps = _config(n_qh, n_kh, half, rest)
+    _rope_kernel[(triton.cdiv(n_tokens, meta["BLOCK_T"]),)](
         q, k, qo, ko, cos, sin, pos, n_tokens, seq_len, n_qh, n_kh, *_bsh_strides(q), *_bsh_strides(k),
         *_bsh_strides(qo), *_bsh_strides(ko), cos.stride(0), sin.stride(0), half, rest,
-        BACKWARD=backward, COPY_REST=copy_rest and rest > 0, BLOCK_T=block_t, BLOCK_HQ=bhq, BLOCK_HK=bhk,
-        BLOCK_R=br, BLOCK_P=bp, num_warps=4)
+        BACKWARD=backward, COPY_REST=copy_rest and rest > 0, num_warps=warps, **meta)
+
+
+def _config(n_qh: int, n_kh: int, half: int, rest: int) -> tuple[dict, int]:
+    """Block sizes: all heads of BLOCK_T tokens per program, ~4K rotated pairs of q+k on a GPU."""
+    bhq, bhk, br = triton_next_pow2(n_qh), triton_next_pow2(n_kh), triton_next_pow2(max(half, 1))
+    bp = triton_next_pow2(max(rest, 1))
+    budget = 65536 if INTERPRET else 4096
+    block_t = max(1, min(64, budget // ((bhq + bhk) * max(br, bp))))
+    block_t = 1 << (block_t.bit_length() - 1)
+    warps = 8 if block_t * (bhq + bhk) * br >= 4096 else 4
+    return dict(BLOCK_T=block_t, BLOCK_HQ=bhq, BLOCK_HK=bhk, BLOCK_R=br, BLOCK_P=bp), warps
+
+
+def sm90_variants(n_qh: int = 40, n_kh: int = 8, head_dim: int = 128, rotary_dim: int = 128) -> list[dict]:
+    """Launch configurations at s1's attention shape (Qwen2.5-32B: 40/8 heads, head_dim 128)."""
+    meta, warps = _config(n_qh, n_kh, rotary_dim // 2, head_dim - rotary_dim)
+    strides = {k: "i32" for k in ("sqb", "sqs", "sqh", "skb", "sks", "skh", "soqb", "soqs", "soqh", "sokb",
+                                  "soks", "sokh", "cos_stride", "sin_stride", "half", "rest")}
+    out = []
+    for dt in ("*bf16", "*fp32"):
+        for bwd in (False, True):
+            out.append(dict(name=f"rope {'bwd' if bwd else 'fwd'} q+k ({dt[1:]}, {n_qh}/{n_kh} heads, d {head_dim})",
+                            fn=_rope_kernel,
+                            signature=dict(q_ptr=dt, k_ptr=dt, qo_ptr=dt, ko_ptr=dt, cos_ptr=dt, sin_ptr=dt,
+                                           pos_ptr="*i64", n_tokens="i32", seq_len="i32", n_qh="i32",
+                                           n_kh="i32", **strides),
+                            constexprs=dict(BACKWARD=bwd, COPY_REST=False, **meta), num_warps=warps,
+                            num_stages=3, divisible=tuple(k for k in strides if k != "rest")))
+    return out
 
 
 def _out_like(x: torch.Tensor, inplace: bool) -> torch.Tensor:
