@@ -1,0 +1,241 @@
+"""Fused linear cross-entropy and cross_entropy: interpreter (Triton) and PyTorch paths against float64,
+the reduction / weight / normaliser semantics, ignored tokens, DTensor weights, memory, sm_90 compile.
+
+Shapes: the Triton kernels run under the interpreter at N=93, H=40, V=611 with 32-row chunks (three
+chunks, the last one partial); the issue's N=777, H=96, V=5003 takes 10-50 s per case there, so those
+sizes test the PyTorch path (the same chunked algorithm), which is also what CPU users run.
+"""
+import os
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import triton_kernels
+from triton_kernels import cross_entropy, fused_linear_cross_entropy
+from triton_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
+from kernel_testing import check_against_reference
+
+OPTIONS = {
+    "mean": dict(),
+    "sum+weights+bias+smoothing+zloss+softcap": dict(bias=True, label_smoothing=0.1, z_loss=1e-3, softcap=4.0,
+                                                     reduction="sum", weights=True),
+    "none+weights": dict(reduction="none", weights=True),
+    "mean+normalizer+bias": dict(bias=True, normalizer=50.0),
+}
+
+
+def _inputs(n, h, v, dtype, opts, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hid = torch.randn(n, h, generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(v, h, generator=g, dtype=torch.float64) * 0.3).to(dtype)
+    b = (torch.randn(v, generator=g, dtype=torch.float64) * 0.5).to(dtype) if opts.get("bias") else None
+    t = torch.randint(0, v, (n,), generator=g)
+    t[::5] = -100
+    tw = None
+    if opts.get("weights"):
+        tw = torch.rand(n, generator=g)
+        tw[::5] = float("nan")  # ignored tokens must not care what their weight holds
+    kw = {k: opts[k] for k in ("label_smoothing", "z_loss", "softcap", "reduction", "normalizer") if k in opts}
+    return hid, w, b, t, tw, kw
+
+
+def _run(fn, hid, w, b, t, tw, kw, dtype=None, **extra):
+    """Loss and gradients of fn; dtype=float64 for the reference, None for the inputs' dtype."""
+    def leaf(x):
+        return None if x is None else x.detach().clone().to(dtype or x.dtype).requires_grad_()
+    h2, w2, b2 = leaf(hid), leaf(w), leaf(b)
+    tw2 = None if tw is None else tw.to(dtype or torch.float32)
+    loss = fn(h2, w2, t, b2, token_weight=tw2, **kw, **extra)
+    gout = torch.linspace(0.5, 1.5, loss.numel(), dtype=torch.float64).reshape(loss.shape)
+    loss.backward(gout.to(loss.dtype))
+    return [loss, h2.grad, w2.grad] + ([b2.grad] if b is not None else [])
+
+
+def _compare(label, hid, w, b, t, tw, kw, **extra):
+    out = _run(fused_linear_cross_entropy, hid, w, b, t, tw, kw, **extra)
+    ref = _run(flce_ref, hid, w, b, t, tw, kw, torch.float64)
+    base = _run(flce_ref, hid, w, b, t, tw, kw)
+    for name, o, r, bb in zip(("loss", "dhidden", "dweight", "dbias"), out, ref, base):
+        assert name != "loss" or o.dtype == torch.float32, "the loss is an fp32 tensor"
+        check_against_reference(f"{label} {name}", o, r, bb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("opt", list(OPTIONS))
+def test_fused_linear_ce_triton_matches_float64(dtype, opt):
+    hid, w, b, t, tw, kw = _inputs(93, 40, 611, dtype, OPTIONS[opt])
+    _compare(f"flce[triton] {opt}", hid, w, b, t, tw, kw, chunk_size=32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("opt", ["mean", "sum+weights+bias+smoothing+zloss+softcap", "none+weights"])
+def test_fused_linear_ce_pytorch_path_matches_float64(dtype, opt, monkeypatch):
+    monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    hid, w, b, t, tw, kw = _inputs(777, 96, 5003, dtype, OPTIONS[opt], seed=1)
+    _compare(f"flce[pytorch] {opt}", hid, w, b, t, tw, kw, chunk_size=256)
+
+
+def test_sum_with_token_weight_is_the_weighted_sum_and_ignored_tokens_are_inert():
+    """The trainer's call: reduction="sum", w already normalised, w irrelevant where target == -100."""
+    hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
+    tw = torch.rand(93)
+    tw[t == -100] = float("nan")
+    h = hid.clone().requires_grad_()
+    loss = fused_linear_cross_entropy(h, w, t, token_weight=tw, reduction="sum", chunk_size=32)
+    per_token = fused_linear_cross_entropy(hid, w, t, reduction="none", chunk_size=32)
+    valid = t != -100
+    expect = (per_token[valid].double() * tw[valid].double()).sum()
+    assert abs(loss.item() - expect.item()) <= 1e-5 * abs(expect.item())
+    loss.backward()
+    assert torch.isfinite(h.grad).all() and torch.count_nonzero(h.grad[~valid]) == 0
+    assert torch.count_nonzero(per_token[~valid]) == 0
+
+
+def test_mean_semantics_and_normalizer():
+    hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
+    total = fused_linear_cross_entropy(hid, w, t, reduction="sum", chunk_size=32)
+    n_valid = (t != -100).sum()
+    mean = fused_linear_cross_entropy(hid, w, t, chunk_size=32)
+    torch.testing.assert_close(mean, total / n_valid)
+    torch.testing.assert_close(fused_linear_cross_entropy(hid, w, t, normalizer=1000, chunk_size=32), total / 1000)
+    tw = torch.rand(93)
+    wmean = fused_linear_cross_entropy(hid, w, t, token_weight=tw, chunk_size=32)
+    wsum = fused_linear_cross_entropy(hid, w, t, token_weight=tw, reduction="sum", chunk_size=32)
+    torch.testing.assert_close(wmean, wsum / tw[t != -100].sum())
+    everything_ignored = torch.full_like(t, -100)
+    h = hid.clone().requires_grad_()
+    zero = fused_linear_cross_entropy(h, w, everything_ignored, chunk_size=32)
+    zero.backward()
+    assert zero.item() == 0.0 and torch.count_nonzero(h.grad) == 0, "no supervised token: loss 0, not NaN"
+    with pytest.raises(ValueError, match="normalizer is only meaningful"):
+        fused_linear_cross_entropy(hid, w, t, reduction="sum", normalizer=5)
+
+
+def test_return_lse_and_module_form():
+    hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
+    loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)
+    torch.testing.assert_close(lse, torch.logsumexp(hid @ w.t(), -1), rtol=1e-5, atol=1e-5)
+    module = triton_kernels.FusedLinearCrossEntropy(chunk_size=32)
+    torch.testing.assert_close(module(hid, w, t), loss)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_over_logits_matches_float64(dtype):
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(61, 1031, generator=g) * 3).to(dtype)
+    t = torch.randint(0, 1031, (61,), generator=g)
+    t[::4] = -100
+    kw = dict(label_smoothing=0.05, z_loss=1e-4, softcap=8.0)
+
+    def run(fn, x):
+        x = x.detach().clone().requires_grad_()
+        loss = fn(x, t, **kw)
+        loss.backward()
+        return loss, x.grad
+
+    def ref(x, t, **kw):  # unfused definition over logits: identity weight
+        return flce_ref(x, torch.eye(x.shape[1], dtype=x.dtype), t, **kw)
+
+    out, r64, base = run(cross_entropy, logits), run(ref, logits.double()), run(ref, logits)
+    for name, o, r, b in zip(("loss", "dlogits"), out, r64, base):
+        check_against_reference(f"cross_entropy {name}", o, r, b)
+    assert out[1].dtype == dtype
+
+
+def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):
+    """An FSDP2-style vocab-sharded DTensor weight: gathered with full_tensor(), gradient back as a DTensor."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
+        wd = torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [Shard(0)]))
+        loss = fused_linear_cross_entropy(hid, wd, t, chunk_size=32)
+        loss.backward()
+        w2 = w.clone().requires_grad_()
+        loss2 = fused_linear_cross_entropy(hid, w2, t, chunk_size=32)
+        loss2.backward()
+        torch.testing.assert_close(loss, loss2)
+        assert hasattr(wd.grad, "full_tensor"), "the gradient of a DTensor parameter is a DTensor"
+        torch.testing.assert_close(wd.grad.full_tensor(), w2.grad)
+    finally:
+        dist.destroy_process_group()
+
+
+class PeakLiveBytes(TorchDispatchMode):
+    """Peak bytes of tensor storages created inside the mode and alive at once (inputs excluded).
+
+    Used on meta tensors: the same ops and sizes as a real run, no compute. On this box a real
+    run agreed within 4% (4096 tokens fused: 241 MiB RSS; 1024 tokens unfused: 2977 MiB RSS).
+    """
+
+    def __init__(self, *inputs):
+        super().__init__()
+        self.external = {x.untyped_storage()._cdata for x in inputs}
+        self.count, self.size, self.refs = {}, {}, {}
+        self.cur = self.peak = 0
+
+    def _drop(self, key, tid):
+        self.refs.pop(tid, None)
+        self.count[key] -= 1
+        if not self.count[key]:
+            del self.count[key]
+            self.cur -= self.size.pop(key)
+
+    def _track(self, x):
+        key = x.untyped_storage()._cdata
+        if id(x) in self.refs or key in self.external:
+            return
+        if key not in self.count:
+            self.count[key], self.size[key] = 0, x.untyped_storage().nbytes()
+            self.cur += self.size[key]
+            self.peak = max(self.peak, self.cur)
+        self.count[key] += 1
+        self.refs[id(x)] = weakref.ref(x, lambda _, key=key, tid=id(x): self._drop(key, tid))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in tree_flatten(out)[0]:
+            if isinstance(x, torch.Tensor):
+                self._track(x)
+        return out
+
+
+def _peak_bytes(fn, n, v=151936, hdim=16):
+    h = torch.empty(n, hdim, device="meta", requires_grad=True)
+    w = torch.empty(v, hdim, device="meta", requires_grad=True)
+    t = torch.empty(n, dtype=torch.long, device="meta")
+    with PeakLiveBytes(h, w, t) as mode:
+        fn(h, w, t).backward()
+    return mode.peak
+
+
+def test_memory_stays_bounded_by_the_chunk_as_tokens_grow():
+    """4K vs 32K tokens at V=151936, H=16, forward + backward, on the CPU (PyTorch) path."""
+    fused_4k, fused_32k = _peak_bytes(fused_linear_cross_entropy, 4096), _peak_bytes(fused_linear_cross_entropy, 32768)
+    unfused_4k, unfused_32k = _peak_bytes(flce_ref, 4096), _peak_bytes(flce_ref, 32768)
+    # what may grow with N: dhidden (H fp32... here 16 x 4 bytes) and a few per-token vectors (loss, lse,
+    # weights, mask: < 64 bytes a token); nothing of size V
+    per_token_growth = (32768 - 4096) * (16 * 4 + 64)
+    assert fused_32k - fused_4k <= per_token_growth, (fused_4k, fused_32k)
+    assert unfused_32k > 7 * unfused_4k, "the unfused path holds [N, V] tensors"
+    assert fused_32k < 0.01 * unfused_32k, (fused_32k, unfused_32k)  # the issue's 1% target
+    assert fused_4k < 300 * 2**20
+
+
+def test_fused_linear_ce_compiles_for_sm90_with_wgmma():
+    from triton_kernels.compile_check import compile_variants
+    reps = compile_variants(["triton_kernels.cross_entropy_op"])
+    mm = [r for r in reps if "matmul" in r.name]
+    assert len(mm) == 6 and len(reps) == 8
+    for r in reps:
+        assert r.registers > 0 and r.spill_stores == 0 and r.spill_loads == 0, r.row()
+    for r in mm:
+        assert r.uses_wgmma == ("bf16" in r.name), f"{r.name}: bf16 GEMMs must use wgmma: {r.row()}"
