@@ -6,10 +6,11 @@ the Triton kernels; CPU tensors run the PyTorch reference unless ``TRITON_INTERP
 """
 from .cross_entropy_op import (FusedLinearCrossEntropy, cross_entropy, fused_linear_cross_entropy,
                                fused_linear_cross_entropy_reference)
+from .hf import patch_hf
 from .rms_norm_op import RMSNorm, rms_norm, rms_norm_reference
 from .rope_op import rope, rope_reference
 from .swiglu_op import SwiGLU, swiglu, swiglu_reference
 
 __all__ = ["swiglu", "swiglu_reference", "SwiGLU", "rms_norm", "rms_norm_reference", "RMSNorm",
            "rope", "rope_reference", "fused_linear_cross_entropy", "fused_linear_cross_entropy_reference",
-           "cross_entropy", "FusedLinearCrossEntropy"]
+           "cross_entropy", "FusedLinearCrossEntropy", "patch_hf"]

@@ -1,0 +1,179 @@
+"""Make a transformers (5.x) Qwen2 or Llama model use these kernels, with no per-model copy of its code.
+
+    import triton_kernels
+    model = AutoModelForCausalLM.from_pretrained(...)
+    triton_kernels.patch_hf(model)                 # this model only
+    triton_kernels.patch_hf("qwen2")               # every Qwen2 model, including ones built later
+
+What is replaced (each switch can be turned off):
+- ``rms_norm``: ``forward`` of the model's ``*RMSNorm`` modules -> ``rms_norm(x, weight, variance_epsilon)``.
+- ``swiglu``: ``forward`` of the ``*MLP`` modules (when ``hidden_act`` is silu) ->
+  ``down_proj(swiglu(gate_proj(x), up_proj(x)))``.
+- ``rope``: the modeling module's ``apply_rotary_pos_emb`` (the attention looks it up there) -> one
+  launch for Q and K. transformers hands it ``cos``/``sin`` already gathered per token ([B, S, D]), so
+  they are passed as a [B*S, D] table with positions 0..B*S-1, and Q/K [B, H, S, D] are read through
+  their strides (no copy). The module-level replacement is a switch: it runs the kernel only inside
+  the forward of a patched model's attention (or for every model after ``patch_hf("qwen2")``) and
+  calls the original otherwise, so unpatched models in the same process are unaffected.
+- ``cross_entropy``: the causal-LM ``forward``. With ``labels`` (or ``shift_labels``) the loss comes from
+  ``fused_linear_cross_entropy(last_hidden, lm_head.weight, shifted labels, lm_head.bias,
+  normalizer=num_items_in_batch)``, exactly transformers' ``ForCausalLMLoss`` (mean over non-ignored
+  tokens, or sum / ``num_items_in_batch`` when the HF Trainer passes it) without the [B, S, V] logits;
+  ``logits`` is then None in training mode (that is the memory saving) and computed in eval mode.
+  Without labels the original forward runs unchanged.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+import importlib
+import types
+
+import torch
+
+from .cross_entropy_op import fused_linear_cross_entropy
+from .rms_norm_op import rms_norm
+from .rope_op import rope
+from .swiglu_op import swiglu
+
+SUPPORTED = ("qwen2", "llama")
+_ROPE_ON = contextvars.ContextVar("triton_kernels_rope_on", default=False)
+_GLOBAL_ROPE: set[str] = set()  # modeling modules patched for every model (patch_hf("qwen2"))
+
+
+# ------------------------------------------------------------------------------ replacement pieces
+def _rms_norm_forward(self, hidden_states):
+    return rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _mlp_forward(self, x):
+    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _rope_hf_layout(q, k, cos, sin, unsqueeze_dim=1):
+    """transformers' apply_rotary_pos_emb(q, k, cos [B,S,D], sin [B,S,D], unsqueeze_dim) through ``rope``."""
+    b, s, d = cos.shape  # b is 1 when every sequence of the batch has the same positions
+    if unsqueeze_dim == 1:  # q, k: [B, H, S, D] -> strided [B, S, H, D] views
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+    pos = torch.arange(b * s, device=q.device).view(b, s).expand(q.shape[0], s)
+    qo, ko = rope(q, k, cos.reshape(b * s, d), sin.reshape(b * s, d), pos)
+    if unsqueeze_dim == 1:
+        qo, ko = qo.transpose(1, 2), ko.transpose(1, 2)
+    return qo, ko
+
+
+def _make_rope_switch(original, module_name):
+    @functools.wraps(original)
+    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1, **kwargs):
+        if (_ROPE_ON.get() or module_name in _GLOBAL_ROPE) and not kwargs and cos.dim() == 3:
+            return _rope_hf_layout(q, k, cos, sin, unsqueeze_dim)
+        return original(q, k, cos, sin, unsqueeze_dim, **kwargs)
+    apply_rotary_pos_emb._triton_kernels_original = original
+    return apply_rotary_pos_emb
+
+
+def _with_rope_on(forward):
+    @functools.wraps(forward)
+    def attention_forward(*args, **kwargs):
+        token = _ROPE_ON.set(True)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            _ROPE_ON.reset(token)
+    attention_forward._triton_kernels_rope = True
+    return attention_forward
+
+
+def _make_causal_lm_forward(original_forward):
+    """The causal-LM forward with the fused loss; ``original_forward`` is the class's unbound forward."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    @functools.wraps(original_forward)
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        shift_labels = kwargs.pop("shift_labels", None)
+        if labels is None and shift_labels is None:
+            return original_forward(self, input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids, past_key_values=past_key_values,
+                                    inputs_embeds=inputs_embeds, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                                    **kwargs)
+        num_items = kwargs.pop("num_items_in_batch", None)
+        ignore_index = kwargs.pop("ignore_index", -100)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             **kwargs)
+        hidden = outputs.last_hidden_state
+        if shift_labels is None:  # tokens < n predict n, as transformers' ForCausalLMLoss
+            shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+        head = self.lm_head
+        loss = fused_linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight,
+                                          shift_labels.reshape(-1).to(hidden.device), head.bias,
+                                          ignore_index=ignore_index, normalizer=num_items)
+        logits = None if self.training else head(hidden)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+    forward._triton_kernels_original = original_forward
+    return forward
+
+
+# ------------------------------------------------------------------------------------- patch_hf
+def _modeling_module(model_type: str):
+    if model_type not in SUPPORTED:
+        raise ValueError(f"patch_hf: model type {model_type!r} is not supported; supported: {SUPPORTED}")
+    return importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+
+
+def _classes(mod, suffix):
+    return [c for n, c in vars(mod).items() if isinstance(c, type) and n.endswith(suffix)
+            and c.__module__ == mod.__name__]
+
+
+def _install_rope_switch(mod) -> None:
+    current = mod.apply_rotary_pos_emb
+    if not hasattr(current, "_triton_kernels_original"):
+        mod.apply_rotary_pos_emb = _make_rope_switch(current, mod.__name__)
+
+
+def patch_hf(model_or_model_type, rope: bool = True, rms_norm: bool = True, swiglu: bool = True,
+             cross_entropy: bool = True):
+    """Patch one model instance, or (given "qwen2"/"llama") every model of that type. Returns the argument."""
+    if isinstance(model_or_model_type, str):
+        mod = _modeling_module(model_or_model_type)
+        if rms_norm:
+            for c in _classes(mod, "RMSNorm"):
+                c.forward = _rms_norm_forward
+        if swiglu:
+            for c in _classes(mod, "MLP"):
+                c.forward = _mlp_forward  # silu is the activation of every Qwen2 / Llama checkpoint
+        if rope:
+            _install_rope_switch(mod)
+            _GLOBAL_ROPE.add(mod.__name__)
+        if cross_entropy:
+            for c in _classes(mod, "ForCausalLM"):
+                if not hasattr(c.forward, "_triton_kernels_original"):
+                    c.forward = _make_causal_lm_forward(c.forward)
+        return model_or_model_type
+
+    model = model_or_model_type
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    mod = _modeling_module(model_type)
+    act = getattr(config, "hidden_act", "silu")
+    for sub in model.modules():
+        name = type(sub).__name__
+        if rms_norm and name.endswith("RMSNorm") and hasattr(sub, "variance_epsilon"):
+            sub.forward = types.MethodType(_rms_norm_forward, sub)
+        elif swiglu and name.endswith("MLP") and act in ("silu", "swish") and hasattr(sub, "gate_proj"):
+            sub.forward = types.MethodType(_mlp_forward, sub)
+        elif rope and name.endswith("Attention") and not hasattr(sub.forward, "_triton_kernels_rope"):
+            _install_rope_switch(mod)
+            sub.forward = _with_rope_on(sub.forward)
+    if cross_entropy and hasattr(model, "lm_head") and hasattr(model, "model"):
+        cls_forward = type(model).forward
+        cls_forward = getattr(cls_forward, "_triton_kernels_original", cls_forward)
+        model.forward = types.MethodType(_make_causal_lm_forward(cls_forward), model)
+    return model
+
+
+__all__ = ["patch_hf", "SUPPORTED"]
