@@ -429,16 +429,11 @@ def _ce_rows(logits, target, w, cfg, write_grad):
 
 
 # --------------------------------------------------------------------------------- functional API
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                               bias: torch.Tensor | None = None, *, ignore_index: int = -100,
-                               label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
-                               reduction: str = "mean", token_weight: torch.Tensor | None = None,
-                               normalizer: float | torch.Tensor | None = None, return_lse: bool = False,
-                               chunk_size: int | None = None):
-    """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target`` without the [N, V] logits.
+def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoothing, z_loss, softcap, reduction,
+                      token_weight, normalizer, chunk_size):
+    """Check and normalise the arguments (shared with the custom op in ``custom_ops``).
 
-    hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N].
-    Semantics of every keyword: module docstring. Returns the loss (fp32), or (loss, lse) with return_lse.
+    Returns (hidden [N, H], weight, bias, target [N], w_eff [N] fp32, cfg, want_grad, chunk).
     """
     weight, bias = _full(weight), _full(bias)
     hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -460,8 +455,24 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     w = _effective_weights(target, cfg, token_weight, normalizer, reduction)
     want_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     chunk = int(chunk_size) if chunk_size else _default_chunk(n, weight.shape[0], hidden.is_cuda)
-    loss, lse = FusedLinearCrossEntropyFunction.apply(hidden, weight, bias, target.contiguous(), w, cfg,
-                                                      want_grad, chunk)
+    return hidden, weight, bias, target.contiguous(), w, cfg, want_grad, chunk
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                               bias: torch.Tensor | None = None, *, ignore_index: int = -100,
+                               label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                               reduction: str = "mean", token_weight: torch.Tensor | None = None,
+                               normalizer: float | torch.Tensor | None = None, return_lse: bool = False,
+                               chunk_size: int | None = None):
+    """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target`` without the [N, V] logits.
+
+    hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N].
+    Semantics of every keyword: module docstring. Returns the loss (fp32), or (loss, lse) with return_lse.
+    """
+    args = prepare_linear_ce(hidden, weight, target, bias, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction,
+                             token_weight=token_weight, normalizer=normalizer, chunk_size=chunk_size)
+    loss, lse = FusedLinearCrossEntropyFunction.apply(*args)
     return (loss, lse) if return_lse else loss
 
 

@@ -121,6 +121,26 @@ def _launch_bwd(x2, w, dy2, rstd):
     return dx, dw_part.sum(0).to(w.dtype)
 
 
+def forward_rows(x2: torch.Tensor, w: torch.Tensor, eps: float):
+    """(y, rstd) for rows x2 [M, D]: the Triton kernel, or the same math in PyTorch (custom op paths)."""
+    if use_triton(x2):
+        return _launch_fwd(x2, w, eps)
+    xf = x2.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
+    return w * (xf * rstd[:, None]).to(x2.dtype), rstd
+
+
+def backward_rows(x2, w, dy2, rstd):
+    """(dx, dw) for rows: the Triton kernel, or the module docstring's formulas in PyTorch."""
+    if use_triton(x2):
+        return _launch_bwd(x2, w, dy2, rstd)
+    xh = x2.float() * rstd[:, None]
+    g = dy2.float() * w.float()
+    dx = rstd[:, None] * (g - xh * (g * xh).mean(-1, keepdim=True))
+    dw = (dy2.float() * xh.to(x2.dtype).float()).sum(0)
+    return dx.to(x2.dtype), dw.to(w.dtype)
+
+
 def sm90_variants(hidden: int = 5120) -> list[dict]:
     """Launch configurations at s1's hidden size, for ``compile_check.compile_variants``."""
     bm, bd, nw = _blocks(hidden)

@@ -106,6 +106,22 @@ def rope_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     return apply(q), apply(k)
 
 
+def rope_reference_backward(dq, dk, cos, sin, position_ids):
+    """The PyTorch backward of ``rope_reference``: the rotation by -theta (module docstring)."""
+    r, h = cos.shape[-1], cos.shape[-1] // 2
+    acc = torch.promote_types(dq.dtype, torch.float32)
+    c = cos[position_ids].unsqueeze(-2).to(acc)
+    s = sin[position_ids].unsqueeze(-2).to(acc)
+
+    def apply(dy):
+        y1, y2 = dy[..., :h].to(acc), dy[..., h:r].to(acc)
+        x1 = y1 * c[..., :h] + y2 * s[..., h:]
+        x2 = y2 * c[..., h:] - y1 * s[..., :h]
+        return torch.cat((x1.to(dy.dtype), x2.to(dy.dtype), dy[..., r:]), dim=-1)
+
+    return apply(dq), apply(dk)
+
+
 def _bsh_strides(x: torch.Tensor) -> tuple[int, int, int]:
     """(batch, seq, head) strides in elements; the varlen layout is one batch of T tokens."""
     if x.dim() == 3:
@@ -114,6 +130,7 @@ def _bsh_strides(x: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _launch(q, k, qo, ko, cos, sin, pos, backward: bool, copy_rest: bool) -> None:
+    """Callers guarantee a unit stride on head_dim for q/k/qo/ko (``unit_last``)."""
     n_tokens = pos.numel()
     seq_len = q.shape[1] if q.dim() == 4 else n_tokens
     d, r = q.shape[-1], cos.shape[-1]
@@ -155,6 +172,11 @@ def sm90_variants(n_qh: int = 40, n_kh: int = 8, head_dim: int = 128, rotary_dim
     return out
 
 
+def unit_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim has stride 1, else a contiguous copy (an expanded gradient has stride 0)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _out_like(x: torch.Tensor, inplace: bool) -> torch.Tensor:
     return x if inplace else torch.empty_like(x)  # empty_like keeps a dense tensor's strides
 
@@ -176,6 +198,7 @@ class RoPEFunction(torch.autograd.Function):
         # an unused output gets no gradient from autograd: treat it as zeros
         dq = dq if dq is not None else torch.zeros(ctx.q_meta[0], dtype=ctx.q_meta[1], device=cos.device)
         dk = dk if dk is not None else torch.zeros(ctx.k_meta[0], dtype=ctx.k_meta[1], device=cos.device)
+        dq, dk = unit_last(dq), unit_last(dk)
         dqo, dko = torch.empty_like(dq), torch.empty_like(dk)
         _launch(dq, dk, dqo, dko, cos, sin, pos, backward=True, copy_rest=True)
         return dqo, dko, None, None, None, None

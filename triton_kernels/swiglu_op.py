@@ -63,6 +63,13 @@ def _launch_bwd(g, u, dy):
     return dg, du
 
 
+def backward_reference(g, u, dy):
+    """(dgate, dup) by the module docstring's formulas in PyTorch (fp32 math)."""
+    gf, uf, dyf = g.float(), u.float(), dy.float()
+    s = torch.sigmoid(gf)
+    return (dyf * uf * s * (1.0 + gf * (1.0 - s))).to(g.dtype), (dyf * gf * s).to(u.dtype)
+
+
 def sm90_variants() -> list[dict]:
     """Forward and backward in bf16 and fp32, for ``compile_check.compile_variants``."""
     out = []
