@@ -383,12 +383,9 @@ class Transformer(nn.Module):
               for k, v in self.state_dict().items()}
         save_state_dict_hf(sd, self.cfg, out_dir, tokenizer_dir, max_shard_bytes)
 
-    def num_params(self, matmul_only: bool = False) -> int:
-        """Parameter count (tied weights once); ``matmul_only`` drops the embedding lookup and norms."""
-        n = sum(p.numel() for p in self.parameters())
-        if matmul_only:
-            return matmul_params(self.cfg)
-        return n
+    def num_params(self) -> int:
+        """Parameter count, tied weights once (``matmul_params(cfg)`` counts FLOP-bearing ones)."""
+        return sum(p.numel() for p in self.parameters())
 
 
 # =========================================================================== KV cache
@@ -502,17 +499,17 @@ def _local_slice(param, shape):
 
 
 @torch.no_grad()
-def load_weights(model: Transformer, ckpt_dir, strict: bool = True) -> Transformer:
+def load_weights(model: Transformer, ckpt_dir, strict: bool = True, device=None) -> Transformer:
     """Copy a Hugging Face folder's weights into ``model``, one shard file at a time.
 
     Parameters may be plain tensors, still on the meta device (materialised with ``to_empty`` on
-    the first real device found, else CPU), or DTensors (FSDP2): then only this rank's slice of each
+    ``device``, default CPU), or DTensors (FSDP2): then only this rank's slice of each
     tensor is read from disk (safetensors slices), so no rank ever holds a full 32B model."""
     from safetensors import safe_open
     ckpt_dir = os.fspath(ckpt_dir)
     params = dict(model.named_parameters())  # tied lm_head appears once, as embed_tokens
     if any(p.is_meta for p in params.values()):
-        model.to_empty(device="cpu")
+        model.to_empty(device=device or "cpu")
         if not any(hasattr(p, "device_mesh") for p in model.parameters()):
             model.tie_weights()
         params = dict(model.named_parameters())
