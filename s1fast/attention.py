@@ -152,8 +152,9 @@ def prepare(cu_seqlens: torch.Tensor, max_seqlen: int, n_tokens: int,
         def doc_causal(b, h, q_idx, kv_idx):
             return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
 
+        # Compiled on CUDA so the [T, T] mask is never materialised (1 GiB at T = 32k).
         meta.block_mask = fa.create_block_mask(doc_causal, None, None, n_tokens, n_tokens,
-                                               device=device)
+                                               device=device, _compile=device.type == "cuda")
     return meta
 
 

@@ -376,12 +376,13 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(h)).float()
 
     # ---- checkpoints
-    def save_pretrained(self, out_dir, tokenizer_dir=None, max_shard_bytes: int = 5 * 2**30):
+    def save_pretrained(self, out_dir, tokenizer_dir=None, max_shard_bytes: int = 5 * 2**30,
+                        dtype: torch.dtype | None = None):
         """Write a Hugging Face folder. DTensor parameters are gathered (collective: every rank of
         an FSDP job must call it); prefer the trainer's gathered state dict + save_state_dict_hf."""
         sd = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach()
               for k, v in self.state_dict().items()}
-        save_state_dict_hf(sd, self.cfg, out_dir, tokenizer_dir, max_shard_bytes)
+        save_state_dict_hf(sd, self.cfg, out_dir, tokenizer_dir, max_shard_bytes, dtype)
 
     def num_params(self) -> int:
         """Parameter count, tied weights once (``matmul_params(cfg)`` counts FLOP-bearing ones)."""
@@ -561,12 +562,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "me
 
 
 def save_state_dict_hf(state_dict: dict, cfg: ModelConfig, out_dir, tokenizer_dir=None,
-                       max_shard_bytes: int = 5 * 2**30) -> None:
+                       max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None) -> None:
     """Write a full (gathered) state dict as a Hugging Face folder.
 
     Keys are ours (``layers.0.mlp.up_proj.weight``; wrapper prefixes are stripped). Tensors go
     into shards of at most ``max_shard_bytes`` (one file -> model.safetensors; several ->
-    model-0000i-of-0000n.safetensors + model.safetensors.index.json)."""
+    model-0000i-of-0000n.safetensors + model.safetensors.index.json). ``dtype`` casts on the way
+    out (e.g. fp32 master weights saved as bf16, as s1 released its models)."""
     from safetensors.torch import save_file
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -575,7 +577,7 @@ def save_state_dict_hf(state_dict: dict, cfg: ModelConfig, out_dir, tokenizer_di
         name = hf_name(_clean_name(k))
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue  # tied: transformers re-ties from embed_tokens
-        tensors[name] = v.detach().to("cpu").contiguous()
+        tensors[name] = v.detach().to("cpu", dtype=dtype if v.is_floating_point() else None).contiguous()
     dtypes = {t.dtype for t in tensors.values()}
     shards: list[dict] = [{}]
     size = 0

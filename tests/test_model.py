@@ -194,6 +194,10 @@ def test_state_dict_saver_strips_wrappers_and_skips_tied_copy(tmp_path):
     assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys
     assert json.load(open(tmp_path / "config.json"))["torch_dtype"] == "float32"
     assert json.load(open(tmp_path / "generation_config.json"))["eos_token_id"] == 151645
+    M.save_state_dict_hf(sd, cfg, tmp_path / "bf16", dtype=torch.bfloat16)
+    half = M.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    assert json.load(open(tmp_path / "bf16" / "config.json"))["torch_dtype"] == "bfloat16"
+    assert torch.equal(half.embed_tokens.weight, model.embed_tokens.weight.bfloat16())
 
 
 def test_clear_errors(hf_dir, tmp_path):

@@ -1,5 +1,7 @@
 """Packed attention backends: every one that runs here equals per-document attention, and no
 document can see its neighbour. Plus the Triton kernels in the loop (interpreter on CPU)."""
+import importlib.util
+
 import pytest
 import torch
 
@@ -35,6 +37,10 @@ def test_cpu_backends_and_selection(monkeypatch):
     with attn.use_backend("sdpa_mask"):
         assert attn.select_backend("cpu") == "sdpa_mask"
     assert attn.select_backend("cpu") == "sdpa_doc"
+    # On CUDA the fused kernels come first: flash-attn if installed, then torch's varlen, then flex.
+    cuda = attn.available_backends("cuda")
+    assert cuda[-2:] == ["sdpa_doc", "sdpa_mask"] and cuda.index("varlen") < cuda.index("flex")
+    assert ("flash" in cuda) == (importlib.util.find_spec("flash_attn") is not None)
     monkeypatch.setenv("S1FAST_ATTENTION", "flex")
     assert attn.select_backend("cpu") == "flex"
     monkeypatch.setenv("S1FAST_ATTENTION", "bogus")
