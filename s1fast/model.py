@@ -325,19 +325,25 @@ class Transformer(nn.Module):
                 m.weight.fill_(1.0)
 
     # ---- packed forward (training, evaluation)
-    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen: int) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen: int, head=None):
         """Packed batch -> final-normed hidden states [T, H]. ``position_ids`` must be < max_seqlen
-        (they restart at 0 in every document)."""
+        (they restart at 0 in every document).
+
+        ``head(hidden, lm_head_weight)``, if given, is applied here and its result returned: the
+        trainer's fused linear cross-entropy runs inside ``forward`` so that FSDP2's hooks have
+        all-gathered the root's parameters (lm_head / tied embedding) when it reads them."""
         meta = attn.prepare(cu_seqlens, max_seqlen, input_ids.shape[0], device=input_ids.device)
         cos, sin = rope_tables(self.cfg, int(max_seqlen), input_ids.device)
         h = self.embed_tokens(input_ids)
         for layer in self.layers:
             h = layer(h, position_ids, cos, sin, meta)
-        return self.norm(h)
+        h = self.norm(h)
+        return h if head is None else head(h, self.lm_head.weight)
 
     def logits(self, input_ids, position_ids, cu_seqlens, max_seqlen: int) -> torch.Tensor:
-        """[T, V] logits in the model's dtype (tests, evaluation; training uses the fused loss)."""
-        return self.lm_head(self.forward(input_ids, position_ids, cu_seqlens, max_seqlen))
+        """[T, V] logits in the model's dtype (tests, evaluation; training uses the fused loss).
+        Goes through ``__call__`` so FSDP2's hooks run."""
+        return self(input_ids, position_ids, cu_seqlens, max_seqlen, head=F.linear)
 
     # ---- KV-cache decoding (generation)
     def new_kv_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> "KVCache":
@@ -438,13 +444,23 @@ class _DecodeStep:
 
 
 # =========================================================================== building, loading
+def get_config(name_or_dir: str | os.PathLike) -> ModelConfig:
+    """A CONFIGS name (``tiny-qwen2``, ``Qwen2.5-32B-Instruct``) or a Hugging Face model folder."""
+    key = os.fspath(name_or_dir)
+    if key in CONFIGS:
+        return CONFIGS[key]
+    if os.path.isdir(key):
+        return ModelConfig.from_hf(key)
+    raise FileNotFoundError(f"model {key!r} is neither a named config ({', '.join(CONFIGS)}) nor a "
+                            "folder with a config.json")
+
+
 def build_model(cfg: ModelConfig | str, device="cpu", dtype=torch.float32, init: bool = True):
-    """A model of ``cfg`` (a ModelConfig or a CONFIGS name). On ``"meta"`` nothing is allocated:
-    shard it (fully_shard), then ``load_weights`` (or ``to_empty`` + ``init_weights``)."""
-    if isinstance(cfg, str):
-        if cfg not in CONFIGS:
-            raise KeyError(f"unknown model config {cfg!r}; known: {sorted(CONFIGS)}")
-        cfg = CONFIGS[cfg]
+    """A model of ``cfg`` (a ModelConfig, a CONFIGS name or a model folder: only its config is read).
+    On ``"meta"`` nothing is allocated: shard it (fully_shard), then ``load_weights`` (or
+    ``to_empty`` + ``tie_weights`` + ``init_weights``)."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = get_config(cfg)
     with torch.device("meta"):
         model = Transformer(cfg).to(dtype)
     if str(device) != "meta":

@@ -204,6 +204,9 @@ def test_clear_errors(hf_dir, tmp_path):
     arch, path = hf_dir
     with pytest.raises(FileNotFoundError, match="config.json"):
         M.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="named config"):
+        M.build_model("Qwen9-1T")
+    assert M.get_config(path) == M.ModelConfig.from_hf(os.path.join(path, "config.json"))
     cfg = json.load(open(os.path.join(path, "config.json")))
     os.makedirs(tmp_path / "bad_arch")
     json.dump(dict(cfg, model_type="mistral"), open(tmp_path / "bad_arch" / "config.json", "w"))

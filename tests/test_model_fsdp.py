@@ -39,6 +39,16 @@ def _worker(rank, world, ckpt, out, init_file):
         cu = torch.tensor([0, 4, 10], dtype=torch.int32)
         with torch.no_grad():
             assert (model(ids, pos, cu, 6) - ref(ids, pos, cu, 6)).abs().max().item() < 1e-6
+        # The loss computed inside forward (the trainer's fused-CE hook) gets the same gradients.
+        labels = torch.roll(ids, -1)
+
+        def ce(h, w):
+            return torch.nn.functional.cross_entropy(torch.nn.functional.linear(h, w), labels)
+
+        model(ids, pos, cu, 6, head=ce).backward()
+        ref(ids, pos, cu, 6, head=ce).backward()
+        for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+            assert (p.grad.full_tensor() - q.grad).abs().max().item() < 1e-6, name
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                   cpu_offload=True))
         if rank == 0:
