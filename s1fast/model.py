@@ -90,6 +90,9 @@ class ModelConfig:
                              f"s1fast's decoder covers {sorted(cls._ARCHS)} (Qwen2/Qwen2.5, Llama)")
         if cfg.get("use_sliding_window"):
             raise ValueError(f"{where}: use_sliding_window=true is not supported (Qwen2.5 ships it off)")
+        if set(cfg.get("layer_types") or ["full_attention"]) != {"full_attention"}:
+            raise ValueError(f"{where}: layer_types {sorted(set(cfg['layer_types']))}; only "
+                             "full_attention layers are supported")
         if cfg.get("hidden_act", "silu") != "silu":
             raise ValueError(f"{where}: hidden_act {cfg['hidden_act']!r}; only silu (SwiGLU) is supported")
         # transformers 5 nests theta and scaling in rope_parameters; 4.x keeps them at top level.
@@ -111,7 +114,8 @@ class ModelConfig:
                 "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
                 "max_position_embeddings", "tie_word_embeddings", "attention_bias", "mlp_bias",
                 "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "hidden_act",
-                "torch_dtype", "dtype", "transformers_version", "use_cache"}
+                "torch_dtype", "dtype", "transformers_version", "use_cache",
+                "layer_types"}  # all full attention (checked above); derived again by transformers
         return cls(
             arch=mt, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
             intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"],
