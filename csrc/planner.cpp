@@ -37,6 +37,13 @@ struct SplitMix64 {
 
 struct Range { int64_t start, size; };
 
+// An example with its cost and length beside it: gathered once per epoch after the shuffle, so the sorts and
+// placements read memory in order (looking costs up by id would miss the cache for every access at 1M examples).
+struct Item {
+  double cost;
+  int64_t len, id;
+};
+
 // Writes one step ([rank][micro] lists, already padded) into the flat plan.
 struct Writer {
   PlanArrays& out;
@@ -48,7 +55,25 @@ struct Writer {
     out.order.insert(out.order.end(), ids, ids + count);
     out.offsets.push_back(static_cast<int64_t>(out.order.size()));
   }
+  void empty() { out.offsets.push_back(static_cast<int64_t>(out.order.size())); }
+  void micro(const Item* items, int64_t count) {
+    for (int64_t k = 0; k < count; ++k) out.order.push_back(items[k].id);
+    out.offsets.push_back(static_cast<int64_t>(out.order.size()));
+  }
 };
+
+// std::stable_sort, but by insertion for the few elements of one rank's step (stable_sort allocates a buffer
+// on every call, which dominated planning time at 1M examples).
+template <class It, class Less>
+void small_stable_sort(It first, It last, Less less) {
+  if (last - first > 32) { std::stable_sort(first, last, less); return; }
+  for (It i = first + (first != last); i < last; ++i) {
+    auto v = std::move(*i);
+    It j = i;
+    for (; j != first && less(v, *(j - 1)); --j) *j = std::move(*(j - 1));
+    *j = std::move(v);
+  }
+}
 
 // _lpt_rank: least-loaded rank, first on ties, among the eligible ones (count < cap) when cap > 0.
 inline int64_t lpt_rank(const std::vector<double>& load, const std::vector<int64_t>* count, int64_t cap) {
@@ -64,11 +89,13 @@ inline int64_t lpt_rank(const std::vector<double>& load, const std::vector<int64
 struct Scratch {
   std::vector<double> load;
   std::vector<int64_t> count;
-  std::vector<std::vector<int64_t>> members;               // [rank] -> ids
-  std::vector<std::vector<std::vector<int64_t>>> bins;     // [rank] -> micro-batches
+  std::vector<std::vector<Item>> members;                  // [rank] -> examples
+  std::vector<std::vector<std::vector<Item>>> bins;        // [rank] -> micro-batches
   std::vector<std::vector<int64_t>> room;                  // [rank] -> room left per micro-batch
   std::vector<std::vector<int64_t>> bin_order;             // [rank] -> micro-batch order (cost-descending)
+                                                           // (tokens mode: the rank's bin indices)
   std::vector<double> bc;
+  std::vector<int64_t> order;
   void reset(int64_t W) {
     load.assign(W, 0.0);
     count.assign(W, 0);
@@ -80,46 +107,45 @@ struct Scratch {
   }
 };
 
-double sum_cost(const int64_t* ids, int64_t count, const double* costs) {  // _sum_cost
+double sum_cost(const Item* items, int64_t count) {  // _sum_cost
   double s = 0.0;
-  for (int64_t k = 0; k < count; ++k) s += costs[ids[k]];
+  for (int64_t k = 0; k < count; ++k) s += items[k].cost;
   return s;
 }
 
 // _place_examples: LPT over ranks, FFD by length per rank, micro-batches by cost, padded.
-void place_examples(const int64_t* ids, int64_t count, const int64_t* lengths, const double* costs,
-                    int64_t W, int64_t T, int64_t epoch, Scratch& sc, Writer& w) {
+void place_examples(const Item* items, int64_t count, int64_t W, int64_t T, int64_t epoch, Scratch& sc, Writer& w) {
   sc.reset(W);
   for (int64_t k = 0; k < count; ++k) {
     int64_t r = lpt_rank(sc.load, nullptr, 0);
-    sc.load[r] += costs[ids[k]];
-    sc.members[r].push_back(ids[k]);
+    sc.load[r] += items[k].cost;
+    sc.members[r].push_back(items[k]);
   }
   int64_t M = 1;
   for (int64_t r = 0; r < W; ++r) {
     auto& mem = sc.members[r];
-    std::stable_sort(mem.begin(), mem.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
+    small_stable_sort(mem.begin(), mem.end(), [](const Item& a, const Item& b) { return a.len > b.len; });
     auto& bins = sc.bins[r];
     auto& room = sc.room[r];
     int64_t nb = 0;
-    for (int64_t i : mem) {
+    for (const Item& it : mem) {
       int64_t b = 0;
       for (; b < nb; ++b) {
-        if (room[b] >= lengths[i]) { bins[b].push_back(i); room[b] -= lengths[i]; break; }
+        if (room[b] >= it.len) { bins[b].push_back(it); room[b] -= it.len; break; }
       }
       if (b == nb) {
         if (static_cast<int64_t>(bins.size()) <= nb) bins.emplace_back();
-        bins[nb].assign(1, i);
-        room.push_back(T - lengths[i]);
+        bins[nb].assign(1, it);
+        room.push_back(T - it.len);
         ++nb;
       }
     }
     sc.bc.resize(nb);
-    for (int64_t b = 0; b < nb; ++b) sc.bc[b] = sum_cost(bins[b].data(), bins[b].size(), costs);
+    for (int64_t b = 0; b < nb; ++b) sc.bc[b] = sum_cost(bins[b].data(), bins[b].size());
     auto& ord = sc.bin_order[r];
     ord.resize(nb);
     std::iota(ord.begin(), ord.end(), 0);
-    std::stable_sort(ord.begin(), ord.end(), [&](int64_t a, int64_t b) { return sc.bc[a] > sc.bc[b]; });
+    small_stable_sort(ord.begin(), ord.end(), [&](int64_t a, int64_t b) { return sc.bc[a] > sc.bc[b]; });
     M = std::max(M, nb);
   }
   w.begin_step(M, epoch);
@@ -130,7 +156,7 @@ void place_examples(const int64_t* ids, int64_t count, const int64_t* lengths, c
         const auto& b = sc.bins[r][ord[m]];
         w.micro(b.data(), b.size());
       } else {
-        w.micro(nullptr, 0);
+        w.empty();
       }
     }
   }
@@ -138,47 +164,47 @@ void place_examples(const int64_t* ids, int64_t count, const int64_t* lengths, c
 
 // Micro-batches of one epoch in tokens mode, flat: bin k holds items[start[k] : start[k] + size[k]].
 struct Bins {
-  std::vector<int64_t> items, start, size;
+  std::vector<Item> items;
+  std::vector<int64_t> start, size;
   void clear() { items.clear(); start.clear(); size.clear(); }
 };
 
 // _best_fit: ids already length-descending; appends the window's bins to `bins` in creation order.
-void best_fit(const int64_t* ids, int64_t count, const int64_t* lengths, int64_t T,
-              std::vector<std::vector<int64_t>>& win_bins) {
+void best_fit(const Item* items, int64_t count, int64_t T, std::vector<std::vector<Item>>& win_bins) {
   std::set<std::pair<int64_t, int64_t>> open;  // (room, bin index)
   win_bins.clear();
   for (int64_t k = 0; k < count; ++k) {
-    int64_t i = ids[k], L = lengths[i];
+    const int64_t L = items[k].len;
     auto it = open.lower_bound({L, -1});
     if (it != open.end()) {
       auto [room, b] = *it;
       open.erase(it);
-      win_bins[b].push_back(i);
+      win_bins[b].push_back(items[k]);
       open.insert({room - L, b});
     } else {
-      win_bins.push_back({i});
+      win_bins.push_back({items[k]});
       open.insert({T - L, static_cast<int64_t>(win_bins.size()) - 1});
     }
   }
 }
 
 // _place_bins: LPT of micro-batches over ranks, `accum` per rank at most.
-void place_bins(const Bins& bins, const Range& g, const double* costs, int64_t W, int64_t accum, int64_t epoch,
-                Scratch& sc, Writer& w) {
+void place_bins(const Bins& bins, const Range& g, int64_t W, int64_t accum, int64_t epoch, Scratch& sc, Writer& w) {
   sc.reset(W);
   sc.bc.resize(g.size);
   for (int64_t k = 0; k < g.size; ++k) {
     int64_t b = g.start + k;
-    sc.bc[k] = sum_cost(bins.items.data() + bins.start[b], bins.size[b], costs);
+    sc.bc[k] = sum_cost(bins.items.data() + bins.start[b], bins.size[b]);
   }
-  std::vector<int64_t> ord(g.size);
+  auto& ord = sc.order;
+  ord.resize(g.size);
   std::iota(ord.begin(), ord.end(), 0);
-  std::stable_sort(ord.begin(), ord.end(), [&](int64_t a, int64_t b) { return sc.bc[a] > sc.bc[b]; });
+  small_stable_sort(ord.begin(), ord.end(), [&](int64_t a, int64_t b) { return sc.bc[a] > sc.bc[b]; });
   for (int64_t k : ord) {
     int64_t r = lpt_rank(sc.load, &sc.count, accum);
     sc.load[r] += sc.bc[k];
     sc.count[r] += 1;
-    sc.members[r].push_back(g.start + k);  // bin indices here
+    sc.bin_order[r].push_back(g.start + k);  // bin indices, per rank
   }
   int64_t M = 1;
   for (int64_t r = 0; r < W; ++r) M = std::max(M, sc.count[r]);
@@ -186,10 +212,10 @@ void place_bins(const Bins& bins, const Range& g, const double* costs, int64_t W
   for (int64_t r = 0; r < W; ++r) {
     for (int64_t m = 0; m < M; ++m) {
       if (m < sc.count[r]) {
-        int64_t b = sc.members[r][m];
+        int64_t b = sc.bin_order[r][m];
         w.micro(bins.items.data() + bins.start[b], bins.size[b]);
       } else {
-        w.micro(nullptr, 0);
+        w.empty();
       }
     }
   }
@@ -230,9 +256,10 @@ PlanArrays plan_packing(const int64_t* lengths, const double* costs, int64_t n, 
   Scratch sc;
   SplitMix64 rng(a.seed);
   std::vector<int64_t> perm(n);
+  std::vector<Item> items(a.mode == kModeNone ? 0 : n);
   std::vector<Range> groups;
   Bins bins;
-  std::vector<std::vector<int64_t>> win_bins;
+  std::vector<std::vector<Item>> win_bins;
   std::vector<int64_t> win_order;
   std::vector<double> win_bc;
   std::vector<Range> wins;
@@ -247,22 +274,23 @@ PlanArrays plan_packing(const int64_t* lengths, const double* costs, int64_t n, 
         for (int64_t r = 0; r < W; ++r)
           for (int64_t m = 0; m < M; ++m) {
             int64_t j = m * W + r;  // example j of the step -> rank j % W, micro j / W
-            if (j < S) w.micro(&perm[s0 + j], 1); else w.micro(nullptr, 0);
+            if (j < S) w.micro(&perm[s0 + j], 1); else w.empty();
           }
       }
       continue;
     }
+    for (int64_t k = 0; k < n; ++k) items[k] = Item{costs[perm[k]], lengths[perm[k]], perm[k]};
     groups.clear();
     if (a.mode == kModeBalanced) {
       windows(n, G, a.group_window, wins);
       for (const auto& wr : wins) {
         const int64_t w0 = wr.start, w1 = wr.start + wr.size;
-        std::stable_sort(perm.begin() + w0, perm.begin() + w1,
-                         [&](int64_t x, int64_t y) { return costs[x] > costs[y]; });
+        std::stable_sort(items.begin() + w0, items.begin() + w1,
+                         [](const Item& x, const Item& y) { return x.cost > y.cost; });
         for (int64_t s0 = w0; s0 < w1; s0 += G) groups.push_back({s0, std::min(G, w1 - s0)});
       }
       rng.shuffle(groups);
-      for (const auto& g : groups) place_examples(&perm[g.start], g.size, lengths, costs, W, T, e, sc, w);
+      for (const auto& g : groups) place_examples(&items[g.start], g.size, W, T, e, sc, w);
       continue;
     }
     // tokens mode
@@ -270,12 +298,12 @@ PlanArrays plan_packing(const int64_t* lengths, const double* costs, int64_t n, 
     windows(n, G, a.group_window, wins);
     for (const auto& wr : wins) {
       const int64_t w0 = wr.start, w1 = wr.start + wr.size;
-      std::stable_sort(perm.begin() + w0, perm.begin() + w1,
-                       [&](int64_t x, int64_t y) { return lengths[x] > lengths[y]; });
-      best_fit(&perm[w0], w1 - w0, lengths, T, win_bins);
+      std::stable_sort(items.begin() + w0, items.begin() + w1,
+                       [](const Item& x, const Item& y) { return x.len > y.len; });
+      best_fit(&items[w0], w1 - w0, T, win_bins);
       int64_t nb = win_bins.size();
       win_bc.resize(nb);
-      for (int64_t b = 0; b < nb; ++b) win_bc[b] = sum_cost(win_bins[b].data(), win_bins[b].size(), costs);
+      for (int64_t b = 0; b < nb; ++b) win_bc[b] = sum_cost(win_bins[b].data(), win_bins[b].size());
       win_order.resize(nb);
       std::iota(win_order.begin(), win_order.end(), 0);
       std::stable_sort(win_order.begin(), win_order.end(), [&](int64_t x, int64_t y) { return win_bc[x] > win_bc[y]; });
@@ -288,7 +316,7 @@ PlanArrays plan_packing(const int64_t* lengths, const double* costs, int64_t n, 
     const int64_t per = W * a.accum, nbins = bins.start.size();
     for (int64_t k = 0; k < nbins; k += per) groups.push_back({k, std::min(per, nbins - k)});
     rng.shuffle(groups);
-    for (const auto& g : groups) place_bins(bins, g, costs, W, a.accum, e, sc, w);
+    for (const auto& g : groups) place_bins(bins, g, W, a.accum, e, sc, w);
   }
   return out;
 }
