@@ -28,7 +28,8 @@ fp32 scalar; ``return_lse=True`` also returns the per-token log-sum-exp [N] (fp3
 from which a caller can log the z-loss term.
 
 Algorithm (the same on every device, so CPU users get the memory savings too). Tokens are processed in
-chunks of C rows (``chunk_size``; default: C x V fp32 logits take ~256 MiB on a GPU, ~64 MiB on a CPU):
+chunks of C rows (``chunk_size``; default ``_default_chunk``: 2 GiB of chunk buffers on a GPU, which keeps
+the GEMMs compute-bound, and 64 MiB of fp32 logits on a CPU):
     1. z = h_c W^T (+ b) into an fp32 [C, V] buffer;
     2. a row kernel makes two passes over each row: online max / sum-exp (plus the target logit and the
        row sum for smoothing), then, when a gradient is wanted, writes dz = w_i dl_i/dz in the GEMM
@@ -271,9 +272,15 @@ def _rows_torch(z: torch.Tensor, target, w, cfg, write_grad: bool):
 
 
 def _default_chunk(n: int, v: int, on_gpu: bool) -> int:
-    budget = (256 if on_gpu else 64) * 2**20
-    c = max(16, budget // (4 * v) // 16 * 16)
-    return max(1, min(n, c))
+    """Rows per chunk. GPU: the fp32 logits + bf16 dz buffers (6 bytes x C x V) take <= 2 GiB, which at
+    V=152064 gives C=2304: enough rows that the dW GEMM (which reads and writes the fp32 [V, H]
+    accumulator once per chunk, 8VH bytes for 2CVH FLOPs) stays compute-bound on an H100 (needs
+    C/4 FLOP/byte >= 295, C >= ~1200; bench/RESULTS.md has the arithmetic). CPU: 64 MiB of fp32 logits."""
+    if on_gpu:
+        c = (2 * 2**30) // (6 * v) // 128 * 128
+    else:
+        c = (64 * 2**20) // (4 * v) // 16 * 16
+    return max(1, min(n, max(16, c)))
 
 
 def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: int):
