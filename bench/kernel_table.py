@@ -36,11 +36,10 @@ def _gb(b: float) -> str:
 
 
 def resource_table() -> str:
-    from triton_kernels.compile_check import compile_variants
-    mods = [f"triton_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op")]
+    from triton_kernels.compile_check import kernel_reports
     rows = ["| kernel (launch config at s1's shapes) | registers | spills (bytes) | shared memory (bytes) | warps | wgmma |",
             "|---|---|---|---|---|---|"]
-    rows += [r.row() for r in compile_variants(mods)]
+    rows += [r.row() for reps in kernel_reports().values() for r in reps]
     return "\n".join(rows)
 
 

@@ -11,6 +11,7 @@ compiles for the H100 and to record its register use; ``bench/`` collects the ta
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -142,6 +143,22 @@ def compile_variants(module_names: list[str]) -> list[CompileReport]:
                                         num_stages=v.get("num_stages", 3), name=v["name"],
                                         divisible=tuple(v.get("divisible", ()))))
     return reports
+
+
+KERNEL_MODULES = tuple(f"triton_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op"))
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_reports() -> dict[str, list[CompileReport]]:
+    """Every kernel family's sm_90 reports, compiled once per process (one subprocess under the interpreter)."""
+    reports = compile_variants(list(KERNEL_MODULES))
+    by_module, i = {}, 0
+    import importlib
+    for mod in KERNEL_MODULES:
+        n = len(importlib.import_module(mod).sm90_variants())
+        by_module[mod.rsplit(".", 1)[1]] = reports[i:i + n]
+        i += n
+    return by_module
 
 
 def _main() -> None:
