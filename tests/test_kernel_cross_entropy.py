@@ -144,7 +144,8 @@ def test_cross_entropy_over_logits_matches_float64(dtype):
 
 
 def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):
-    """An FSDP2-style vocab-sharded DTensor weight: gathered with full_tensor(), gradient back as a DTensor."""
+    """An FSDP2-style vocab-sharded DTensor weight: all-gathered, gradient back to the shard as a DTensor
+    (one process, so the reduce-scatter is an identity here; its Partial placement is checked in code)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -165,6 +166,39 @@ def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):
         torch.testing.assert_close(wd.grad.full_tensor(), w2.grad)
     finally:
         dist.destroy_process_group()
+
+
+def _two_rank_worker(rank, port, out_dir):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    os.environ.update(S1FAST_DISABLE_TRITON="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        w = torch.randn(61, 8, generator=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(100 + rank)  # each rank its own tokens
+        h, t = torch.randn(37, 8, generator=g), torch.randint(0, 61, (37,), generator=g)
+        wd = torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)]))
+        fused_linear_cross_entropy(h, wd, t, reduction="sum", chunk_size=16).backward()
+        torch.save(wd.grad.to_local(), os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dtensor_weight_gradient_is_summed_over_two_ranks(tmp_path):
+    """Two gloo ranks, different tokens, a vocab-sharded weight: each rank's shard of the gradient must be
+    the sum over BOTH ranks' tokens (full_tensor() would give only the local tokens' part)."""
+    import torch.multiprocessing as mp
+    port = 29600 + os.getpid() % 1000
+    mp.start_processes(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    w = torch.randn(61, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    for rank in (0, 1):
+        g = torch.Generator().manual_seed(100 + rank)
+        h, t = torch.randn(37, 8, generator=g), torch.randint(0, 61, (37,), generator=g)
+        flce_ref(h, w, t, reduction="sum").backward()
+    shards = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
+    torch.testing.assert_close(torch.cat(shards), w.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_memory_stays_bounded_by_the_chunk_as_tokens_grow():

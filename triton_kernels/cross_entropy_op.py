@@ -54,11 +54,16 @@ Cost at s1's shapes is in ``bench/RESULTS.md`` (three GEMMs of 2NVH FLOPs; the f
 written once and read twice by the row kernel; the bf16 dz is written once and read by the two backward
 GEMMs).
 
-FSDP2: if ``weight`` (or ``bias``) is a sharded DTensor, it is gathered with ``full_tensor()`` (an
-all-gather of the vocab shards, differentiable: the gradient flows back to the DTensor as its local
-shard of this rank's gradient, and FSDP2 or the caller reduces gradients across ranks as for any
-parameter). Calling it inside the FSDP-wrapped module's forward (where parameters are already unsharded)
-needs nothing. Tied embeddings: pass the embedding weight; autograd adds both gradients.
+FSDP2. Inside the FSDP-wrapped module's forward (a head hook, where FSDP2 has already all-gathered the
+parameters) ``weight`` is a plain tensor and FSDP2 reduce-scatters its gradient as for any parameter:
+nothing to do. Given a sharded DTensor instead (calling from outside the wrapped module), the weight
+(and bias) is all-gathered to a full local tensor (``_full``: redistribute to Replicate) and its
+gradient goes back to the DTensor shard through a reduce-scatter that sums over the ranks (grad
+placement Partial): the exact gradient of a loss whose normaliser is global (the trainer's per-token
+weights), with no rescaling by the world size. The chunk loop then runs on the full [V, H] weight; a
+vocab-sharded variant (all-reducing each token's max and sum-exp) would save the gather's memory at the
+cost of two extra collectives per chunk, and is not implemented. Tied embeddings: pass the embedding
+weight; autograd adds both gradients.
 """
 from __future__ import annotations
 
@@ -355,10 +360,14 @@ def _check_args(name, n, target, reduction, token_weight, normalizer, label_smoo
 
 
 def _full(t):
-    """An FSDP2-sharded DTensor parameter becomes the full tensor (differentiable all-gather)."""
-    if t is not None and hasattr(t, "full_tensor") and hasattr(t, "placements"):
-        return t.full_tensor()
-    return t
+    """A sharded DTensor (FSDP2 parameter) -> the full local tensor: an all-gather forward, and in backward
+    a reduce-scatter that SUMS the ranks' gradients (grad placement Partial). ``full_tensor()`` would
+    instead hand each rank only the slice of its own gradient, silently dropping the other ranks' data."""
+    if t is None or not hasattr(t, "placements"):
+        return t
+    from torch.distributed.tensor import Partial, Replicate
+    n = t.device_mesh.ndim
+    return t.redistribute(t.device_mesh, [Replicate()] * n).to_local(grad_placements=[Partial()] * n)
 
 
 # -------------------------------------------------------------------------------- autograd functions
