@@ -112,6 +112,27 @@ def test_mean_semantics_and_normalizer():
         fused_linear_cross_entropy(hid, w, t, reduction="sum", normalizer=5)
 
 
+@pytest.mark.parametrize("path", ["triton", "pytorch"])
+def test_no_host_sync(path, monkeypatch):
+    """No .item(), bool(), int(), float() or .tolist() of a tensor anywhere in forward or backward: each
+    would be a device sync on a GPU. They are made to raise while the loss runs."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    hid, w, b, t, tw, _ = _inputs(93, 40, 611, torch.float32, {"bias": True, "weights": True})
+    leaves = [x.clone().requires_grad_() for x in (hid, w, b)]
+    nd = torch.tensor(41.0)
+
+    def sync(*_a, **_k):
+        raise AssertionError("host sync inside fused_linear_cross_entropy")
+    with monkeypatch.context() as m:
+        for name in ("item", "__bool__", "__int__", "__float__", "tolist", "__index__"):
+            m.setattr(torch.Tensor, name, sync)
+        for red, kw in (("mean", dict(normalizer=nd)), ("sum", {}), ("none", {})):
+            loss = fused_linear_cross_entropy(*leaves[:2], t, leaves[2], token_weight=tw, reduction=red,
+                                              z_loss=1e-3, chunk_size=32, **kw)
+            loss.backward(torch.ones_like(loss))
+
+
 def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)

@@ -12,8 +12,10 @@ transformers = pytest.importorskip("transformers", reason="patch_hf patches tran
 
 
 def tiny(model_type):
+    tied = model_type.endswith("-tied")  # lm_head shares the embedding: both gradients must add up
+    model_type = model_type.removesuffix("-tied")
     kw = dict(vocab_size=331, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied)
     cfg = (transformers.Qwen2Config if model_type == "qwen2" else transformers.LlamaConfig)(**kw)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float()
@@ -32,7 +34,7 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+@pytest.mark.parametrize("model_type", ["qwen2", "llama", "qwen2-tied"])
 def test_patched_model_matches_unpatched(model_type, monkeypatch):
     import triton_kernels.hf as hf
     calls = {"rope": 0, "rms_norm": 0, "swiglu": 0}
@@ -61,6 +63,8 @@ def test_patched_model_matches_unpatched(model_type, monkeypatch):
     torch.testing.assert_close(l_pat, l_ref, rtol=1e-5, atol=1e-6)
     g_ref, g_pat = _grads(ref), _grads(pat)
     assert g_ref.keys() == g_pat.keys() and len(g_ref) > 10
+    if model_type.endswith("-tied"):
+        assert pat.lm_head.weight is pat.model.embed_tokens.weight
     for name in g_ref:
         torch.testing.assert_close(g_pat[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
     # the HF Trainer's num_items_in_batch: sum / count, as ForCausalLMLoss
