@@ -87,9 +87,13 @@ def test_sum_with_token_weight_is_the_weighted_sum_and_ignored_tokens_are_inert(
     valid = t != -100
     expect = (per_token[valid].double() * tw[valid].double()).sum()
     assert abs(loss.item() - expect.item()) <= 1e-5 * abs(expect.item())
-    loss.backward()
+    loss.backward()  # the weight is frozen here: its GEMM is skipped, dhidden must not change
     assert torch.isfinite(h.grad).all() and torch.count_nonzero(h.grad[~valid]) == 0
     assert torch.count_nonzero(per_token[~valid]) == 0
+    h2, w2 = hid.clone().requires_grad_(), w.clone().requires_grad_()
+    fused_linear_cross_entropy(h2, w2, t, token_weight=tw, reduction="sum", chunk_size=32).backward()
+    torch.testing.assert_close(h.grad, h2.grad)
+    assert w.grad is None and torch.count_nonzero(w2.grad) > 0
 
 
 def test_mean_semantics_and_normalizer():

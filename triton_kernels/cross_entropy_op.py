@@ -288,16 +288,18 @@ def _default_chunk(n: int, v: int, on_gpu: bool) -> int:
     return max(1, min(n, max(16, c)))
 
 
-def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: int):
-    """The chunk loop of the module docstring. Returns (w * loss [N], lse [N], dh, dW fp32, db fp32)."""
+def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: int, needs=(True, True, True)):
+    """The chunk loop of the module docstring. Returns (w * loss [N], lse [N], dh, dW fp32, db fp32);
+    with ``want_grad``, ``needs`` says which of dh, dW, db to compute (a frozen weight skips its GEMM)."""
+    need_dh, need_dw, need_db = (want_grad and x for x in needs)
     n, hid = h.shape
     v = weight.shape[0]
     dev = h.device
     loss = torch.empty(n, dtype=torch.float32, device=dev)
     lse = torch.empty(n, dtype=torch.float32, device=dev)
-    dh = torch.empty_like(h) if want_grad else None
-    dw = torch.zeros((v, hid), dtype=torch.float32, device=dev) if want_grad else None
-    db = torch.zeros(v, dtype=torch.float32, device=dev) if (want_grad and bias is not None) else None
+    dh = torch.empty_like(h) if need_dh else None
+    dw = torch.zeros((v, hid), dtype=torch.float32, device=dev) if need_dw else None
+    db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
     triton_path = use_triton(h)
     if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight
         wf = weight.float()
@@ -312,16 +314,18 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
             z, g = z_buf[: e - s], g_buf[: e - s]
             _mm(hc, weight.t(), z, bias=bias)
             _rows_triton(z, g, target[s:e], w[s:e], loss[s:e], lse[s:e], cfg, want_grad)
-            if want_grad:
+            if need_dh:
                 _mm(g, weight, dh[s:e])
+            if need_dw:
                 _mm(g.t(), hc, dw, accumulate=True)
         else:
             z = hc.float() @ wf.t()
             if bf is not None:
                 z += bf
             loss[s:e], lse[s:e], g = _rows_torch(z, target[s:e], w[s:e], cfg, want_grad)
-            if want_grad:
+            if need_dh:
                 dh[s:e] = g @ wf
+            if need_dw:
                 dw.addmm_(g.t(), hc.float())
         if db is not None:
             db += g.sum(0, dtype=torch.float32)
@@ -375,7 +379,8 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, target, w, cfg, want_grad, chunk):
         eager = want_grad and cfg["reduction"] != "none"
-        loss_rows, lse, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, cfg, eager, chunk)
+        ctx.needs = ctx.needs_input_grad[:3]
+        loss_rows, lse, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, cfg, eager, chunk, ctx.needs)
         ctx.cfg, ctx.chunk, ctx.dtypes = cfg, chunk, (weight.dtype, bias.dtype if bias is not None else None)
         if eager:
             ctx.grads = (dh, dw, db)
@@ -391,7 +396,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         if ctx.cfg["reduction"] == "none":
             h, weight, bias, target, w = ctx.saved_tensors
             _, _, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, (w * g.float()).contiguous(), ctx.cfg,
-                                                 True, ctx.chunk)
+                                                 True, ctx.chunk, ctx.needs)
         else:
             if ctx.grads is None:
                 raise RuntimeError("fused_linear_cross_entropy: backward ran twice over one forward "
@@ -399,11 +404,13 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             dh, dw, db = ctx.grads
             ctx.grads = None  # scaled in place below: a second backward must not reuse them
             g = g.float()
-            dh = (dh.float() * g).to(dh.dtype)
-            dw.mul_(g)
+            dh = (dh.float() * g).to(dh.dtype) if dh is not None else None
+            if dw is not None:
+                dw.mul_(g)
             if db is not None:
                 db.mul_(g)
-        return (dh, dw.to(wdt), db.to(bdt) if db is not None else None, None, None, None, None, None)
+        return (dh, dw.to(wdt) if dw is not None else None, db.to(bdt) if db is not None else None,
+                None, None, None, None, None)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
