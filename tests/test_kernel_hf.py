@@ -104,3 +104,35 @@ def test_unpatched_models_are_untouched_and_bad_types_are_clear():
     assert type(ref.model.norm).forward is mq.Qwen2RMSNorm.forward and "forward" not in vars(ref.model.norm)
     with pytest.raises(ValueError, match="not supported"):
         triton_kernels.patch_hf("gpt2")
+
+
+_GLOBAL_PATCH_SCRIPT = r"""
+import torch, transformers, triton_kernels
+import transformers.models.qwen2.modeling_qwen2 as mq
+cfg = transformers.Qwen2Config(vocab_size=331, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+torch.manual_seed(0)
+model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float()
+ids = torch.randint(0, 331, (2, 13))
+with torch.no_grad():
+    before_logits, before_loss = model(ids).logits, model(ids, labels=ids).loss
+triton_kernels.patch_hf("qwen2")
+assert mq.Qwen2RMSNorm.forward is triton_kernels.hf._rms_norm_forward
+assert hasattr(mq.apply_rotary_pos_emb, "_triton_kernels_original")
+with torch.no_grad():
+    torch.testing.assert_close(model(ids).logits, before_logits, rtol=1e-5, atol=1e-5)
+    model.eval()
+    out = model(ids, labels=ids)
+torch.testing.assert_close(out.loss, before_loss, rtol=1e-5, atol=1e-6)
+print("OK")
+"""
+
+
+def test_patch_by_model_type_in_a_fresh_process():
+    """patch_hf("qwen2") patches the classes for every model (checked in a subprocess, since it is global)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, S1FAST_DISABLE_TRITON="1")  # the wiring is under test; kernels are tested above
+    proc = subprocess.run([sys.executable, "-c", _GLOBAL_PATCH_SCRIPT], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
