@@ -27,7 +27,8 @@ from dataclasses import asdict, replace
 from typing import Sequence
 
 from s1fast import grading
-from s1fast.generate import GenerationConfig, add_generation_args, budget_arg, config_from_args, generate, open_backend
+from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, config_from_args, generate,
+                             open_backend, read_jsonl)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
 QUESTION_FIELDS = ("question", "problem", "Question", "prompt")
@@ -38,19 +39,12 @@ def read_problems(path: str, question_field: str | None = None, answer_field: st
                   limit: int | None = None) -> list[dict]:
     """[{"question", "answer", "source"}] from a jsonl file; errors name the file, line and field."""
     rows = []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-            q = _field(row, question_field, QUESTION_FIELDS, path, n, "question")
-            a = _field(row, answer_field, ANSWER_FIELDS, path, n, "answer")
-            rows.append({"question": str(q), "answer": str(a), "source": row.get("source", f"{path}:{n}")})
-            if limit and len(rows) >= limit:
-                break
+    for n, row in read_jsonl(path):
+        q = _field(row, question_field, QUESTION_FIELDS, path, n, "question")
+        a = _field(row, answer_field, ANSWER_FIELDS, path, n, "answer")
+        rows.append({"question": str(q), "answer": str(a), "source": row.get("source", f"{path}:{n}")})
+        if limit and len(rows) >= limit:
+            break
     if not rows:
         raise ValueError(f"{path}: no problems found")
     return rows

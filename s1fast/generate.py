@@ -262,23 +262,28 @@ def load(model_dir: str, *, tokenizer_dir: str | None = None, dtype: str = "auto
 
 
 # ---- the CLI --------------------------------------------------------------------------------------------
-def read_prompts(path: str, field: str = "question") -> list[str]:
-    out = []
+def read_jsonl(path: str):
+    """(line number, parsed value) for each non-blank line; a bad line names the file and line."""
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-            if isinstance(row, str):
-                out.append(row)
-            elif isinstance(row, dict) and isinstance(row.get(field), str):
-                out.append(row[field])
-            else:
-                raise ValueError(f"{path}:{n}: expected a string or an object with a string field {field!r}; "
-                                 "pass --field to name another")
+
+
+def read_prompts(path: str, field: str = "question") -> list[str]:
+    out = []
+    for n, row in read_jsonl(path):
+        if isinstance(row, str):
+            out.append(row)
+        elif isinstance(row, dict) and isinstance(row.get(field), str):
+            out.append(row[field])
+        else:
+            raise ValueError(f"{path}:{n}: expected a string or an object with a string field {field!r}; "
+                             "pass --field to name another")
     return out
 
 
