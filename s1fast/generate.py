@@ -239,7 +239,7 @@ def _record(tokenizer, f: BudgetForcer, index: int, question: str) -> dict:
 
 
 def _model_max_positions(model) -> int | None:
-    cfg = getattr(model, "config", None)
+    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)   # s1fast's model: .cfg
     v = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
     return int(v) if v else None
 
