@@ -231,12 +231,19 @@ class BudgetForcer:
         else:
             raise ProtocolError(f"token {token} pushed after the answer ended")
 
-    def push_many(self, tokens: Sequence[int]) -> None:
-        """Feed a segment's tokens; anything the engine produced past the protocol's decision point is an error."""
+    def push_segment(self, tokens: Sequence[int]) -> None:
+        """Feed one engine segment. A segment ends at the protocol's next decision (a stop, the cap, the
+        end of the answer); tokens after that point mean the engine ignored its request: an error."""
+        if len(tokens) > self.remaining() + 1:   # + 1: a trailing stop id is not counted by max_tokens
+            raise ProtocolError(f"{len(tokens)} tokens for a segment of at most {self.remaining()} "
+                                f"(phase {self.phase}); the engine ignored max_tokens")
         for i, t in enumerate(tokens):
-            if self.done:
-                raise ProtocolError(f"{len(tokens) - i} tokens pushed after the answer ended")
+            before = (self.phase, self.waits)
             self.push(t)
+            if (self.phase, self.waits) != before and i != len(tokens) - 1:
+                raise ProtocolError(f"{len(tokens) - 1 - i} tokens follow a protocol decision (phase {before[0]} "
+                                    f"-> {self.phase}, waits {before[1]} -> {self.waits}) in one segment; "
+                                    "the engine ignored its stop ids")
 
     def result(self) -> dict:
         return {"thinking_ids": list(self.thinking), "answer_ids": list(self.answer),

@@ -189,7 +189,7 @@ class VLLMBackend:
     @staticmethod
     def _absorb(f: BudgetForcer, seg, o) -> None:
         toks = [int(t) for t in o.token_ids]
-        f.push_many(toks)
+        f.push_segment(toks)
         # vLLM may leave the stop id out of token_ids; its stop_reason then names it.
         if (not f.done and o.finish_reason == "stop" and (not toks or toks[-1] not in seg.stops)
                 and isinstance(getattr(o, "stop_reason", None), int)):

@@ -207,12 +207,16 @@ def test_forcer_rejects_a_suppressed_stop_and_tokens_after_the_end(tok):
     assert f.suppress_stop
     with pytest.raises(ProtocolError, match="suppressed"):
         f.push(IM_START)
-    f.push_many([A, IM_START])            # Wait appended
+    f.push_segment([A, IM_START])            # Wait appended
     assert f.thinking == [A, WAIT] and f.suppress_stop
-    f.push_many([B, IM_END, X])
-    assert f.done
+    with pytest.raises(ProtocolError, match="follow a protocol decision"):
+        f.push_segment([B, IM_END, X])       # an engine that ran past the stop id
+    assert f.done and f.answer == [X]        # max_answer_tokens=1
     with pytest.raises(ProtocolError, match="after the answer ended"):
         f.push(Y)
+    g = BudgetForcer([1, 2, 3], ForcingTokens.from_tokenizer(tok), max_thinking_tokens=2, max_total_tokens=1000)
+    with pytest.raises(ProtocolError, match="ignored max_tokens"):
+        g.push_segment([A, B, C, D])
 
 
 # ---- sampling ----------------------------------------------------------------------------------------
