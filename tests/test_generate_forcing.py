@@ -211,7 +211,9 @@ def test_forcer_rejects_a_suppressed_stop_and_tokens_after_the_end(tok):
     assert f.thinking == [A, WAIT] and f.suppress_stop
     with pytest.raises(ProtocolError, match="follow a protocol decision"):
         f.push_segment([B, IM_END, X])       # an engine that ran past the stop id
-    assert f.done and f.answer == [X]        # max_answer_tokens=1
+    assert f.phase == "answer" and f.answer == []    # stopped at the decision; X was not taken
+    f.push(X)
+    assert f.done and f.answer == [X]                # max_answer_tokens=1
     with pytest.raises(ProtocolError, match="after the answer ended"):
         f.push(Y)
     g = BudgetForcer([1, 2, 3], ForcingTokens.from_tokenizer(tok), max_thinking_tokens=2, max_total_tokens=1000)
