@@ -120,6 +120,7 @@ def plot(rows: Sequence[dict], path: str, title: str) -> None:
             ax.annotate(str(b), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
     ax.set_xlabel("mean thinking tokens")
     ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, max(10.0, 1.15 * max(100 * r["accuracy"] for r in rows)))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
