@@ -170,8 +170,8 @@ def normalize(ans: str) -> str:
     s = re.sub(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z ]*\}\s*$", r"\1", s)
     s = _unwrap_command(s, ("text", "textbf", "mathrm", "mathbf", "mbox", "boxed", "displaystyle"))
     for old, new in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
-                     ("\\displaystyle", ""), ("~", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""), ("\\%", ""), ("%", ""),
-                     ("\\cdot", "*"), ("\\times", "*")):
+                     ("\\displaystyle", ""), ("~", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""),
+                     ("\\%", ""), ("%", ""), ("\\cdot", "*"), ("\\times", "*")):
         s = s.replace(old, new)
     s = re.sub(r"(?<!\\)\\[!,;: ]", "", s)            # thin spaces; "\\ " (a matrix row break) stays
     s = re.sub(r"\s+", "", s)

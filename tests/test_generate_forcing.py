@@ -5,7 +5,6 @@ position, the row's next scripted choices first; it also puts its highest logit 
 (151700) so that any unmasked pick would show. Rows are prefilled in one call (a large prefill_chunk),
 so "the k-th call that feeds a row" is "the row's k-th pick".
 """
-import os
 from types import SimpleNamespace
 
 import pytest
