@@ -1,0 +1,714 @@
+"""Projection of a recipe's wall time and per-GPU memory on H100s: s1's stack against s1fast.
+
+Usage::
+
+    python -m s1fast.project --preset s1 --gpus 16 --gpu h100 [--lengths FILE] [--json] [--plot OUT.png]
+
+Nothing here is measured: every output is PROJECTED from the arithmetic below, calibrated against the
+one public timing (s1: 315 optimizer steps in 26 minutes on 16 H100). Every input that is an assumption
+is a field of :class:`Assumptions` (and a command-line flag), and is printed with the result.
+
+Work (model FLOPs, no recomputation counted)
+--------------------------------------------
+A sequence of L tokens costs ``c(L) = a*L + b*L^2`` FLOPs for forward + backward, with
+``a = 6 * N_matmul`` (N_matmul = parameters of the decoder layers + lm_head; the embedding is a lookup)
+and ``b = 6 * n_layers * n_heads * head_dim`` (causal attention: QK^T and PV each cost L^2*d/2 multiply-adds
+per layer forward, so 2*L^2*d FLOPs forward, times 3 for forward + backward). Sequences longer than the
+block size are truncated to it, as both stacks do. Qwen2.5-32B-Instruct: a = 1.92e11, b = 1.97e6.
+
+MFU here is model FLOPs / (GPUs * peak * wall time), peak = 989 TFLOP/s dense bf16 (H100 SXM).
+Activation checkpointing re-runs each layer's forward, so the hardware does about 4/3 of the model FLOPs
+in the layers (HFU is printed beside MFU).
+
+Time of a run
+-------------
+``T = sum over micro-steps of (slowest rank's work) / (peak * MFU) + exposed communication + optimizer``.
+The first term is ``straggler * total work / (W * peak * MFU)``, with the packing plan's
+straggler factor = sum over micro-steps of the slowest rank's work / sum of the balanced work (step work / W).
+- s1's stack: one sequence per GPU per micro-step (global batch / W micro-steps of accumulation), sequences
+  in random order, every rank waits for the slowest at each micro-step (FSDP collectives).
+- s1fast: the balanced packing plan over the same steps (same sequences per optimizer step).
+Communication per micro-step (ring collectives, bf16 parameter gathers, gradient reduce-scatter):
+- FSDP full shard over W GPUs on k nodes: 2 all-gathers of the bf16 parameters (forward, and again in the
+  backward since parameters are freed after forward) and 1 reduce-scatter of the gradients, each moving
+  (W-1)/W * bytes per GPU. Across nodes, a ring with one channel per NIC puts (W-1)/W * bytes / n_NIC on
+  each NIC, so the bus bandwidth is min(NVLink, n_NIC * NIC) per GPU (times the link efficiency).
+- HSDP (shard within a node of G GPUs, replicate across k nodes): the gathers and reduce-scatters run on
+  NVLink over G GPUs, then each GPU all-reduces its 1/G gradient shard across the k nodes over its own NIC.
+FSDP prefetching overlaps communication with compute; the exposed part is the communication beyond the
+compute of the same micro-step, plus one unit's gather and one unit's reduce-scatter that cannot overlap.
+The optimizer step (AdamW over the local fp32 shard) is memory-bound: 28 bytes per local parameter
+(read parameter, gradient, two moments; write parameter, two moments) at HBM bandwidth * efficiency.
+
+Calibration
+-----------
+The s1 run (s1K lengths, 16 H100, block 32768, global batch 16, 5 epochs = 315 steps) took 26 minutes.
+The reference MFU is the value that makes the model above give 26 minutes; it absorbs everything the model
+does not name (HF Trainer overhead, kernel efficiency). s1fast's MFU is an argued assumption (see
+:func:`anchored_s1fast_mfu`): the reference's MFU times torchtitan's measured gain from torch.compile on
+FSDP2 (6,667 / 5,762 tokens/s/GPU, Llama 3.1 8B, 8 H100), capped at Megatron's best published 48%.
+
+Memory of one GPU (GB = 1e9 bytes)
+----------------------------------
+- states: fp32 master weights (4 B), fp32 gradients (4 B), AdamW moments (8 B) per parameter, sharded over
+  the shard group: 16 * N / shard.
+- in-flight units: two decoder layers gathered in bf16 (current + prefetched), and one layer's unsharded
+  gradient (bf16 for the reference's reduce dtype, fp32 for s1fast's).
+- saved activations with checkpointing: each layer's input, L * h * 2 bytes, for every layer;
+  without checkpointing: every layer keeps its full set, L * A_layer (below) per layer.
+- the layer being recomputed in the backward: L * (A_layer + backward working set).
+  A_layer (bytes per token): reference (transformers Qwen2, unfused): two RMSNorms at 6h each (fp32 upcast
+  saved by pow/mul + bf16 normed saved by the weight multiply), q/k/v after repeat_kv (3 * 2h), the SDPA
+  output and the o_proj input (2 * 2h), MLP: gate, silu(gate), up, product (4 * 2*ffn); working set 3 * 2*ffn.
+  s1fast (fused RMSNorm/SwiGLU, varlen flash attention without repeat_kv): norms 2 * 2h, q 2h, k/v 2 * 2kv,
+  output 2h, gate/up/product 3 * 2*ffn; working set 2 * 2*ffn.
+- the loss. Reference (transformers' loss: ``logits.float()`` then ``F.cross_entropy``): bf16 logits (2LV),
+  their fp32 upcast (4LV) and the fp32 log-softmax output saved for backward (4LV) live in the forward; in
+  the backward the log-softmax output, its incoming gradient and the outgoing gradient (3 * 4LV) are live:
+  peak 12 * L * V bytes, so fp32 logits alone are 4 * 32768 * 152064 = 19.9 GB at block 32768.
+  s1fast (fused linear cross-entropy in chunks of C tokens): fp32 chunk logits + bf16 copy (6CV), the fp32
+  hidden-state gradient (4Lh), the fp32 lm_head weight-gradient accumulator (4Vh); plus the gathered lm_head.
+- The card sold as "80 GB" holds 81,559 MiB = 85.5 GB (nvidia-smi); a runtime reserve (CUDA context, NCCL
+  buffers, allocator fragmentation; an assumption) is left out of the budget.
+The peak is states + saved activations + the larger of the loss phase and the layer-backward phase.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import asdict, dataclass, field, replace
+
+GB = 1e9
+ASSETS = os.path.join(os.path.dirname(__file__), "assets", "data")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hardware
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    peak_tflops: float      # dense bf16
+    memory_gb: float        # total device memory, 1e9 bytes
+    hbm_tbps: float
+    nvlink_gbps: float      # per GPU, per direction
+    gpus_per_node: int = 8
+
+
+GPUS = {
+    # anchors.md: 989 TFLOP/s dense bf16, HBM3 3.35 TB/s; NVLink 4 on H100 SXM: 900 GB/s total = 450 per
+    # direction; 81,559 MiB total memory as nvidia-smi reports for the 80 GB card.
+    "h100": GPU("H100 SXM 80GB", 989.0, 81559 * 2**20 / GB, 3.35, 450.0),
+    # NVIDIA H200 SXM datasheet: same compute and NVLink as H100, 141 GB HBM3e at 4.8 TB/s.
+    "h200": GPU("H200 SXM 141GB", 989.0, 141.0, 4.8, 450.0),
+}
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Every number the projection assumes rather than derives. Each is a command-line flag."""
+    nic_gbit: float = 400.0            # per NIC (InfiniBand NDR), one NIC per GPU
+    nics_per_node: int = 8
+    link_efficiency: float = 0.8       # achieved / nominal bandwidth of NVLink and NICs in collectives
+    hbm_efficiency: float = 0.7        # achieved / nominal HBM bandwidth in the optimizer step
+    runtime_reserve_gb: float = 2.0    # CUDA context, NCCL buffers, allocator fragmentation
+    memory_headroom: float = 0.1       # s1fast keeps this fraction of the budget free when it picks checkpointing
+    loss_chunk: int = 2048             # tokens per chunk of s1fast's fused linear cross-entropy
+    s1fast_mfu: float | None = None    # None: anchored (reference HFU x torchtitan's compile gain)
+    seed: int = 0                      # order of the sequences in the simulated plans
+    calib_minutes: float = 26.0        # the public s1 figure
+    calib_steps: int = 315
+    calib_gpus: int = 16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recipes
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    lengths_file: str | None   # default token lengths (one integer a line)
+    blocks: tuple              # block sizes to show; the first is the reference stack's recipe value
+    s1fast_block: int          # the block s1fast is projected at (the headline)
+    global_batch: int          # sequences per optimizer step
+    epochs: int
+    gpus: int
+    note: str = ""
+
+
+PRESETS = {
+    "s1": Preset("s1", "s1k_lengths_derived.txt", (32768,), 32768, 16, 5, 16,
+                 "s1K lengths DERIVED from the published thinking-length histogram (SOURCES.md)"),
+    "s1.1": Preset("s1.1", "s1k-1.1_lengths_derived.txt", (20000, 32768), 32768, 16, 5, 16,
+                   "s1K-1.1 lengths DERIVED from the published histogram; the reference ran at 20000 to avoid OOM"),
+    "sky-t1": Preset("sky-t1", None, (16384,), 16384, 96, 3, 8,
+                     "17K rows; no lengths file ships with s1fast: pass --lengths"),
+}
+
+
+def load_lengths(path: str) -> list[int]:
+    """Token lengths, one positive integer per line (blank lines and '#' comments skipped)."""
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            s = line.split("#", 1)[0].strip()
+            if not s:
+                continue
+            try:
+                v = int(s)
+            except ValueError:
+                raise ValueError(f"{path}:{i}: expected one integer token length per line, got {s!r}") from None
+            if v <= 0:
+                raise ValueError(f"{path}:{i}: token length must be positive, got {v}")
+            out.append(v)
+    if not out:
+        raise ValueError(f"{path}: no token lengths found (expected one integer per line)")
+    return out
+
+
+def preset_lengths(preset: Preset, path: str | None) -> tuple[list[int], str]:
+    if path is None:
+        if preset.lengths_file is None:
+            raise SystemExit(
+                f"preset {preset.name!r} has no bundled token lengths ({preset.note}). Pass "
+                "--lengths FILE with one token length per line (e.g. tokenise the training set with "
+                "`python -m s1fast.data prepare` and write each row's length), or use --lengths "
+                f"{os.path.join(ASSETS, 's1k-1.1_lengths_derived.txt')} as a labelled stand-in.")
+        path = os.path.join(ASSETS, preset.lengths_file)
+    return load_lengths(path), path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model arithmetic.  TO BE REPLACED by s1fast.model.CONFIGS / flops_per_token once the model issue lands.
+# ----------------------------------------------------------------------------------------------------------
+_QWEN25_32B = dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
+                   num_key_value_heads=8, head_dim=128, vocab_size=152064, tie_word_embeddings=False,
+                   attention_bias=True)
+
+
+@dataclass(frozen=True)
+class Shape:
+    h: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    layer_params: int
+    embed_params: int
+    head_params: int
+
+    @property
+    def params(self) -> int:
+        return self.layers * self.layer_params + self.embed_params + self.head_params + self.h  # + final norm
+
+    @property
+    def kv(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def _shape(cfg: dict) -> Shape:
+    h, f, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    bias = (q + 2 * kv) if cfg.get("attention_bias", True) else 0
+    layer = h * q + 2 * h * kv + bias + q * h + 3 * h * f + 2 * h
+    emb = cfg["vocab_size"] * h
+    return Shape(h, f, cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"], d,
+                 cfg["vocab_size"], layer, emb, 0 if cfg.get("tie_word_embeddings") else emb)
+
+
+def _cost_coefficients(s: Shape) -> tuple[float, float]:
+    """(a, b) of c(L) = a*L + b*L^2 training FLOPs per sequence (module docstring)."""
+    a = 6.0 * (s.layers * s.layer_params + s.vocab * s.h)
+    b = 6.0 * s.layers * s.heads * s.head_dim
+    return a, b
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plans.  TO BE REPLACED by s1fast.packing.make_plan(...).straggler_factor once the packing issue lands.
+# ----------------------------------------------------------------------------------------------------------
+def _plan_stats(lengths, *, world_size, max_tokens, global_batch, epochs, seed, mode, a, b):
+    """(straggler factor, micro-steps, max tokens on one rank in one micro-step) of a simulated plan.
+
+    mode "reference": each epoch in random order, steps of ``global_batch`` sequences, micro-steps of one
+    sequence per rank. mode "balanced": stand-in for the real planner: steps of similar cost (each epoch
+    sorted by cost, cut into steps, step order shuffled), each step's sequences dealt longest-first to the
+    least-loaded rank, packs capped at max_tokens.
+    """
+    rng = random.Random(seed)
+    cost = lambda L: a * L + b * L * L  # noqa: E731
+    slow = bal = 0.0
+    micro = 0
+    peak_tokens = 0
+    for _ in range(epochs):
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        if mode == "balanced":
+            order.sort(key=lambda i: lengths[i], reverse=True)
+        steps = [order[i:i + global_batch] for i in range(0, len(order), global_batch)]
+        if mode == "balanced":
+            rng.shuffle(steps)
+        for step in steps:
+            if mode == "reference":
+                for j in range(0, len(step), world_size):
+                    chunk = step[j:j + world_size]
+                    slow += max(cost(lengths[i]) for i in chunk)
+                    bal += sum(cost(lengths[i]) for i in chunk) / world_size
+                    peak_tokens = max(peak_tokens, max(lengths[i] for i in chunk))
+                    micro += 1
+            else:
+                loads = [0.0] * world_size
+                toks = [0] * world_size
+                for i in sorted(step, key=lambda i: lengths[i], reverse=True):
+                    r = min(range(world_size), key=loads.__getitem__)
+                    loads[r] += cost(lengths[i])
+                    toks[r] += lengths[i]
+                m = max(1, math.ceil(max(toks) / max_tokens))
+                slow += max(loads)
+                bal += sum(loads) / world_size
+                peak_tokens = max(peak_tokens, min(max(toks), max_tokens))
+                micro += m
+    return slow / bal, micro, peak_tokens
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Communication, optimizer, memory
+# ----------------------------------------------------------------------------------------------------------
+def comm_seconds_per_microstep(s: Shape, gpu: GPU, A: Assumptions, world: int, shard: int,
+                               reduce_bytes: int) -> float:
+    """Seconds of collectives in one micro-step (module docstring), before overlap."""
+    n = s.params
+    nvlink = gpu.nvlink_gbps * GB * A.link_efficiency
+    nic = A.nic_gbit / 8 * GB * A.link_efficiency
+    nodes = math.ceil(world / gpu.gpus_per_node)
+    in_node = nodes == 1 or shard <= gpu.gpus_per_node
+    bus = nvlink if in_node else min(nvlink, A.nics_per_node * nic)
+    frac = (shard - 1) / shard
+    t = frac * (2 * 2 * n + reduce_bytes * n) / bus
+    replicas = world // shard
+    if replicas > 1:  # HSDP: all-reduce of this GPU's gradient shard across replicas, over its own NIC
+        t += 2 * (replicas - 1) / replicas * reduce_bytes * n / shard / nic
+    return t
+
+
+def optimizer_seconds(s: Shape, gpu: GPU, A: Assumptions, shard: int) -> float:
+    return 28.0 * s.params / shard / (gpu.hbm_tbps * 1e12 * A.hbm_efficiency)
+
+
+def memory_gb(s: Shape, A: Assumptions, *, stack: str, tokens: int, shard: int, ckpt_layers: int | None = None) -> dict:
+    """Per-GPU memory components in GB at ``tokens`` tokens on the rank (module docstring).
+
+    ``ckpt_layers``: how many decoder layers use activation checkpointing (default: all)."""
+    k = s.layers if ckpt_layers is None else ckpt_layers
+    h, f, kv, V, L = s.h, s.ffn, s.kv, s.vocab, tokens
+    ref = stack == "reference"
+    act_layer = (2 * 6 * h + 3 * 2 * h + 2 * 2 * h + 4 * 2 * f) if ref else (2 * 2 * h + 2 * h + 2 * 2 * kv
+                                                                           + 2 * h + 3 * 2 * f)
+    work_layer = (3 * 2 * f) if ref else (2 * 2 * f)
+    grad_bytes = 2 if ref else 4
+    states = 16.0 * s.params / shard
+    saved = k * L * 2 * h + (s.layers - k) * L * act_layer
+    layer_phase = (2 * 2 * s.layer_params + grad_bytes * s.layer_params
+                   + L * ((act_layer if k else 0) + work_layer))
+    if ref:
+        loss = 12.0 * L * V
+        head = 2 * 2 * V * h                      # gathered lm_head + its bf16 unsharded gradient
+    else:
+        loss = 6.0 * min(A.loss_chunk, L) * V + 4.0 * L * h
+        head = 2 * V * h + 4 * V * h              # gathered lm_head + fp32 weight-gradient accumulator
+    loss_phase = loss + head
+    parts = {
+        "states": states,
+        "saved_activations": saved,
+        "loss_phase": loss_phase,
+        "layer_phase": layer_phase,
+        "fp32_logits_full": 4.0 * L * V,
+    }
+    parts = {k: v / GB for k, v in parts.items()}
+    parts["peak"] = parts["states"] + parts["saved_activations"] + max(parts["loss_phase"], parts["layer_phase"])
+    return parts
+
+
+def max_fit_tokens(s: Shape, A: Assumptions, *, stack: str, shard: int, limit_gb: float,
+                   ckpt_layers: int | None = None) -> int:
+    """Largest number of tokens on one rank whose peak memory stays within ``limit_gb`` (0 if none)."""
+    lo, hi = 0, 1 << 22
+    while lo < hi:  # peak memory grows with tokens: bisection
+        mid = (lo + hi + 1) // 2
+        ok = memory_gb(s, A, stack=stack, tokens=mid, shard=shard, ckpt_layers=ckpt_layers)["peak"] <= limit_gb
+        lo, hi = (mid, hi) if ok else (lo, mid - 1)
+    return lo
+
+
+MEMORY_TABLE_BLOCKS = (4096, 8192, 16384, 20000, 24576, 32768)
+
+
+def memory_table(s: Shape, A: Assumptions, gpu: GPU, world: int) -> list[dict]:
+    """Per-GPU memory of both stacks (FSDP full shard over ``world``) at several block sizes, with every
+    layer checkpointed and with none: which block sizes fit."""
+    budget = gpu.memory_gb - A.runtime_reserve_gb
+    rows = []
+    for stack in ("reference", "s1fast"):
+        for L in MEMORY_TABLE_BLOCKS:
+            m = memory_gb(s, A, stack=stack, tokens=L, shard=world)
+            m0 = memory_gb(s, A, stack=stack, tokens=L, shard=world, ckpt_layers=0)
+            rows.append(dict(stack=stack, tokens=L, **{k: round(v, 2) for k, v in m.items()},
+                             peak_no_ckpt=round(m0["peak"], 2), fits=m["peak"] <= budget,
+                             fits_no_ckpt=m0["peak"] <= budget))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    stack: str
+    block: int
+    gpus: int
+    sharding: str
+    ckpt_layers: int           # decoder layers with activation checkpointing
+    steps: int
+    micro_steps: int
+    straggler: float
+    hfu: float                 # hardware FLOPs (recompute included) / peak
+    mfu: float                 # model FLOPs / peak
+    compute_min: float
+    balanced_compute_min: float
+    comm_exposed_min: float
+    optimizer_min: float
+    minutes: float
+    peak_tokens: int           # longest pack (tokens on one rank in one micro-step) this data gives
+    peak_memory_gb: float      # at peak_tokens
+    memory_at_block_gb: float  # at a full block, every layer checkpointed: fits any data at this block
+    memory_budget_gb: float
+    fits: bool
+    max_fit_tokens: int        # most tokens on one rank that fit, every layer checkpointed
+    memory: dict = field(repr=False)
+
+
+def _check_batch(stack: str, world: int, global_batch: int) -> None:
+    if stack == "reference" and global_batch % world:
+        raise SystemExit(f"s1's stack runs one sequence per GPU: the global batch ({global_batch}) must be a "
+                         f"multiple of --gpus ({world}); pick --gpus from the divisors of {global_batch}")
+
+
+def recompute_factor(s: Shape, lens, ckpt_layers: int) -> float:
+    """Hardware FLOPs / model FLOPs: a checkpointed layer runs its forward (1/3 of its work) twice."""
+    layers = 6.0 * s.layers * s.layer_params
+    head = 6.0 * s.vocab * s.h
+    att = 6.0 * s.layers * s.heads * s.head_dim * sum(x * x for x in lens) / sum(lens)
+    extra = ckpt_layers / s.layers / 3
+    return ((layers + att) * (1 + extra) + head) / (layers + head + att)
+
+
+@dataclass
+class _Setup:
+    """Everything about a run that does not depend on the assumed efficiency."""
+    stack: str
+    block: int
+    world: int
+    lens: list
+    work: float
+    steps: int
+    straggler: float
+    micro: int
+    peak_tokens: int
+
+
+def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU, A: Assumptions,
+           s: Shape) -> _Setup:
+    _check_batch(stack, world, preset.global_batch)
+    a, b = _cost_coefficients(s)
+    lens = [min(x, block) for x in lengths]
+    work = preset.epochs * sum(a * x + b * x * x for x in lens)
+    pack_cap = block
+    if stack != "reference":
+        # s1fast caps a pack at what fits in memory (every layer checkpointed, headroom kept), never below
+        # the longest sequence, which must stay whole: beyond that the run does not fit, and says so.
+        limit = (gpu.memory_gb - A.runtime_reserve_gb) * (1 - A.memory_headroom)
+        pack_cap = max(max(lens), max_fit_tokens(s, A, stack=stack, shard=world, limit_gb=limit))
+    straggler, micro, peak_tokens = _plan_stats(
+        lens, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch, epochs=preset.epochs,
+        seed=A.seed, mode="reference" if stack == "reference" else "balanced", a=a, b=b)
+    steps = preset.epochs * math.ceil(len(lens) / preset.global_batch)
+    return _Setup(stack, block, world, lens, work, steps, straggler, micro, peak_tokens)
+
+
+def _timed(st: _Setup, s: Shape, gpu: GPU, A: Assumptions, *, shard: int, sharding: str, ckpt_layers: int,
+           hfu: float) -> Run:
+    peak = gpu.peak_tflops * 1e12
+    mfu = hfu / recompute_factor(s, st.lens, ckpt_layers)
+    balanced = st.work / (st.world * peak * mfu)
+    compute = st.straggler * balanced
+    comm_ms = comm_seconds_per_microstep(s, gpu, A, st.world, shard, 2 if st.stack == "reference" else 4)
+    exposed = st.micro * (max(0.0, comm_ms - compute / st.micro) + comm_ms * 2 / (s.layers + 2))
+    opt = st.steps * optimizer_seconds(s, gpu, A, shard)
+    mem = memory_gb(s, A, stack=st.stack, tokens=st.peak_tokens, shard=shard, ckpt_layers=ckpt_layers)
+    at_block = memory_gb(s, A, stack=st.stack, tokens=st.block, shard=shard)["peak"]
+    budget = gpu.memory_gb - A.runtime_reserve_gb
+    return Run(st.stack, st.block, st.world, sharding, ckpt_layers, st.steps, st.micro, st.straggler, hfu, mfu,
+               compute / 60, balanced / 60, exposed / 60, opt / 60, (compute + exposed + opt) / 60,
+               st.peak_tokens, mem["peak"], at_block, budget, mem["peak"] <= budget,
+               max_fit_tokens(s, A, stack=st.stack, shard=shard, limit_gb=budget), mem)
+
+
+def project_run(stack: str, lengths, preset: Preset, *, block: int, world: int, gpu: GPU, A: Assumptions,
+                hfu: float | None = None, mfu: float | None = None, cfg: dict = _QWEN25_32B,
+                _st: _Setup | None = None) -> Run:
+    """One stack's projected run. Give the efficiency as ``hfu`` or (s1fast only) a fixed ``mfu``.
+
+    The reference is FSDP full shard with every layer checkpointed (s1's scripts). s1fast tries FSDP full
+    shard and, on several nodes, HSDP (shard inside a node: gathers on NVLink); for each it checkpoints the
+    fewest layers that keep the longest pack of the plan within the memory budget less the headroom (the
+    plan is made before training, so its longest pack is known), and keeps the faster configuration.
+    """
+    s = _shape(cfg)
+    st = _st or _setup(stack, lengths, preset, block, world, gpu, A, s)
+    if stack == "reference":
+        return _timed(st, s, gpu, A, shard=world, sharding="FSDP full shard", ckpt_layers=s.layers, hfu=hfu)
+    limit = (gpu.memory_gb - A.runtime_reserve_gb) * (1 - A.memory_headroom)
+    shards = [(world, "FSDP full shard")]
+    g = gpu.gpus_per_node
+    if world > g and world % g == 0:
+        shards.append((g, f"HSDP {g}x{world // g}"))
+    best = None
+    for shard, name in shards:
+        k = next((k for k in range(s.layers + 1)
+                  if memory_gb(s, A, stack=stack, tokens=st.peak_tokens, shard=shard, ckpt_layers=k)["peak"] <= limit),
+                 None)
+        if k is None:
+            continue
+        h = hfu if mfu is None else mfu * recompute_factor(s, st.lens, k)
+        r = _timed(st, s, gpu, A, shard=shard, sharding=name, ckpt_layers=k, hfu=h)
+        if best is None or r.minutes < best.minutes:
+            best = r
+    if best is None:  # nothing fits: report full shard, every layer checkpointed, marked as not fitting
+        h = hfu if mfu is None else mfu * recompute_factor(s, st.lens, s.layers)
+        best = _timed(st, s, gpu, A, shard=world, sharding="FSDP full shard", ckpt_layers=s.layers, hfu=h)
+    return best
+
+
+def calibrate(A: Assumptions, gpu: GPU, lengths=None) -> dict:
+    """The reference efficiency that reproduces s1's public figure, and what it means."""
+    p = PRESETS["s1"]
+    lens = lengths or load_lengths(os.path.join(ASSETS, p.lengths_file))
+    s = _shape(_QWEN25_32B)
+    st = _setup("reference", lens, p, 32768, A.calib_gpus, gpu, A, s)
+    if st.steps != A.calib_steps:
+        raise ValueError(f"calibration: the s1 preset gives {st.steps} steps, the public figure has {A.calib_steps}")
+    target = A.calib_minutes
+    lo, hi = 1e-3, 1.0
+    for _ in range(60):  # total time falls as efficiency rises: bisection
+        mid = (lo + hi) / 2
+        r = project_run("reference", lens, p, block=32768, world=A.calib_gpus, gpu=gpu, A=A, hfu=mid, _st=st)
+        lo, hi = (lo, mid) if r.minutes < target else (mid, hi)
+    r = project_run("reference", lens, p, block=32768, world=A.calib_gpus, gpu=gpu, A=A, hfu=(lo + hi) / 2, _st=st)
+    e2e = st.work / (A.calib_gpus * gpu.peak_tflops * 1e12 * target * 60)
+    return dict(reference_mfu=r.mfu, reference_hfu=r.hfu, end_to_end_mfu=e2e,
+                seconds_per_step=target * 60 / A.calib_steps, straggler=r.straggler,
+                comm_exposed_min=r.comm_exposed_min, optimizer_min=r.optimizer_min)
+
+
+# torchtitan, Llama 3.1 8B on 8 H100 at 8192 tokens, FSDP2 (anchors.md): tokens/s/GPU plain and compiled.
+TORCHTITAN_PLAIN, TORCHTITAN_COMPILED = 5762.0, 6667.0
+MEGATRON_BEST_MFU = 0.48
+
+
+def anchored_s1fast_hfu(reference_hfu: float) -> float:
+    """s1fast's assumed hardware efficiency: the calibrated reference's times torchtitan's measured
+    torch.compile gain on FSDP2 (6667/5762 = 1.157 at the same checkpointing). The reference already runs
+    flash attention (SDPA, one sequence per GPU), so the gain argued is compile + fused kernels only; the
+    straggler factor and the recompute that selective checkpointing avoids are accounted for separately.
+    The resulting MFU is capped at Megatron's best published 48% (see :func:`project`)."""
+    return reference_hfu * TORCHTITAN_COMPILED / TORCHTITAN_PLAIN
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------
+TARGET_MINUTES = 10.0
+
+
+def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100", lengths_path: str | None = None,
+            A: Assumptions = Assumptions()) -> dict:
+    """The whole projection for one preset, as a JSON-able dict (see :func:`format_report`)."""
+    preset = PRESETS[preset_name]
+    gpu = GPUS[gpu_name]
+    world = gpus or preset.gpus
+    if world < 1:
+        raise SystemExit(f"--gpus must be at least 1, got {world}")
+    lengths, path = preset_lengths(preset, lengths_path)
+    calib = calibrate(A, gpu, lengths if preset_name == "s1" else None)
+    s = _shape(_QWEN25_32B)
+    blocks = sorted(set(preset.blocks) | {preset.s1fast_block})
+    setups = {(stack, blk): _setup(stack, lengths, preset, blk, world, gpu, A, s)
+              for blk in blocks for stack in ("reference", "s1fast")}
+
+    def fast(blk, **eff):
+        return project_run("s1fast", lengths, preset, block=blk, world=world, gpu=gpu, A=A,
+                           _st=setups[("s1fast", blk)], **eff)
+
+    def fast_anchored(blk):
+        if A.s1fast_mfu is not None:
+            return fast(blk, mfu=A.s1fast_mfu)
+        r = fast(blk, hfu=anchored_s1fast_hfu(calib["reference_hfu"]))
+        return r if r.mfu <= MEGATRON_BEST_MFU else fast(blk, mfu=MEGATRON_BEST_MFU)
+
+    runs = []
+    for blk in blocks:
+        runs.append(project_run("reference", lengths, preset, block=blk, world=world, gpu=gpu, A=A,
+                                hfu=calib["reference_hfu"], _st=setups[("reference", blk)]))
+        runs.append(fast_anchored(blk))
+    ref = next(r for r in runs if r.stack == "reference" and r.block == preset.blocks[0])
+    head = next(r for r in runs if r.stack == "s1fast" and r.block == preset.s1fast_block)
+    blk = preset.s1fast_block
+    sens = {"reference HFU, no kernel gain": fast(blk, hfu=calib["reference_hfu"]), "anchored": head,
+            "torchtitan compiled": fast(blk, mfu=0.39), "Megatron low": fast(blk, mfu=0.41),
+            "Megatron best": fast(blk, mfu=MEGATRON_BEST_MFU)}
+    sens = {k: dict(mfu=r.mfu, minutes=r.minutes) for k, r in sens.items()}
+    need = None  # MFU s1fast would need to reach the target; None when even 100% does not
+    if fast(blk, mfu=1.0).minutes <= TARGET_MINUTES:
+        lo, hi = 1e-3, 1.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if fast(blk, mfu=mid).minutes <= TARGET_MINUTES else (mid, hi)
+        need = hi
+    return dict(
+        preset=preset.name, gpus=world, gpu=gpu.name, lengths_file=path, lengths_note=preset.note,
+        rows=len(lengths), mean_tokens=sum(lengths) / len(lengths), max_tokens=max(lengths),
+        model="Qwen2.5-32B-Instruct", params=s.params, global_batch=preset.global_batch, epochs=preset.epochs,
+        assumptions=asdict(A) | dict(nvlink_gbps=gpu.nvlink_gbps, peak_tflops=gpu.peak_tflops,
+                                     memory_gb=round(gpu.memory_gb, 1), hbm_tbps=gpu.hbm_tbps),
+        calibration=calib, s1fast_mfu=head.mfu, s1fast_hfu=head.hfu,
+        runs=[asdict(r) for r in runs],
+        reference_minutes=ref.minutes, s1fast_minutes=head.minutes, speedup=ref.minutes / head.minutes,
+        peak_memory_gb=head.peak_memory_gb, peak_memory_at_block_gb=head.memory_at_block_gb,
+        reference_peak_memory_gb=ref.peak_memory_gb, target_minutes=TARGET_MINUTES,
+        mfu_needed_for_target=need, sensitivity=sens, memory_table=memory_table(s, A, gpu, world),
+    )
+
+
+def format_report(p: dict) -> str:
+    c, A = p["calibration"], p["assumptions"]
+    out = [f"PROJECTED (arithmetic, not measured): preset {p['preset']} on {p['gpus']} x {p['gpu']}, "
+           f"{p['model']} ({p['params'] / 1e9:.2f}B params), global batch {p['global_batch']}, {p['epochs']} epochs",
+           f"lengths: {p['lengths_file']} ({p['rows']} rows, mean {p['mean_tokens']:.0f}, max {p['max_tokens']}; "
+           f"{p['lengths_note']})",
+           "",
+           f"calibration: s1 = {A['calib_steps']} steps in {A['calib_minutes']:g} min on {A['calib_gpus']} GPUs "
+           f"({c['seconds_per_step']:.2f} s/step) implies",
+           f"  end-to-end MFU {c['end_to_end_mfu']:.1%} (all model FLOPs / all GPU time);",
+           f"  on the busiest rank {c['reference_mfu']:.1%} MFU = {c['reference_hfu']:.1%} HFU (checkpoint recompute "
+           f"counted), once the straggler factor {c['straggler']:.2f}, exposed comm {c['comm_exposed_min']:.2f} min "
+           f"and optimizer {c['optimizer_min']:.2f} min are taken out",
+           f"s1fast: HFU {p['s1fast_hfu']:.1%} = reference HFU x torchtitan's compile gain "
+           f"{TORCHTITAN_COMPILED:.0f}/{TORCHTITAN_PLAIN:.0f} (MFU capped at Megatron's {MEGATRON_BEST_MFU:.0%}) "
+           "unless --s1fast-mfu; MFU then follows from the layers it checkpoints",
+           ""]
+    hdr = (f"{'stack':<10}{'block':>6} {'sharding':<16}{'ckpt':>5}{'steps':>6}{'strag':>6}{'MFU':>6}{'compute':>8}"
+           f"{'comm':>6}{'optim':>6}{'total':>7}  {'pack':>6}{'mem GB':>7}{'@block':>7}  fits")
+    out += [hdr, "-" * len(hdr)]
+    for r in p["runs"]:
+        out.append(f"{r['stack']:<10}{r['block']:>6} {r['sharding']:<16}{r['ckpt_layers']:>5}{r['steps']:>6}"
+                   f"{r['straggler']:>6.2f}{r['mfu']:>6.1%}{r['compute_min']:>8.2f}{r['comm_exposed_min']:>6.2f}"
+                   f"{r['optimizer_min']:>6.2f}{r['minutes']:>7.2f}  {r['peak_tokens']:>6}{r['peak_memory_gb']:>7.1f}"
+                   f"{r['memory_at_block_gb']:>7.1f}{r['max_fit_tokens']:>8}  {'yes' if r['fits'] else 'OOM'}")
+    budget = p["runs"][0]["memory_budget_gb"]
+    out += [f"(minutes; ckpt = layers checkpointed; pack = longest pack on one rank; mem GB = peak there; "
+            f"@block = at a full block with every layer checkpointed; max fit = most tokens per rank that fit "
+            f"with every layer checkpointed; budget {budget:.1f} GB)", "",
+            f"memory per GPU (GB), FSDP full shard over {p['gpus']} GPUs, tokens on the rank = block:",
+            f"{'stack':<10}{'tokens':>7}{'states':>8}{'saved':>7}{'loss':>7}{'layer':>7}{'fp32 logits':>12}"
+            f"{'peak':>7}{'no ckpt':>9}  fits (ckpt / none)"]
+    for m in p["memory_table"]:
+        out.append(f"{m['stack']:<10}{m['tokens']:>7}{m['states']:>8.1f}{m['saved_activations']:>7.1f}"
+                   f"{m['loss_phase']:>7.1f}{m['layer_phase']:>7.1f}{m['fp32_logits_full']:>12.1f}{m['peak']:>7.1f}"
+                   f"{m['peak_no_ckpt']:>9.1f}  {'yes' if m['fits'] else 'OOM'} / {'yes' if m['fits_no_ckpt'] else 'OOM'}")
+    out += ["(saved = checkpointed layer inputs; loss / layer = the two phases' transient memory; "
+            "peak = states + saved + the larger phase)", "",
+            f"reference {p['reference_minutes']:.1f} min -> s1fast {p['s1fast_minutes']:.1f} min "
+            f"({p['speedup']:.2f}x); target {p['target_minutes']:g} min: "
+            + ("met" if p['s1fast_minutes'] <= p['target_minutes'] else "NOT met"),
+            "s1fast minutes by efficiency: " + ", ".join(f"{k} (MFU {v['mfu']:.0%}): {v['minutes']:.1f}"
+                                                        for k, v in p["sensitivity"].items()),
+            ("MFU s1fast would need for the target: " + (f"{p['mfu_needed_for_target']:.1%}"
+                                                         if p['mfu_needed_for_target'] else "unreachable")),
+            "", "assumptions: " + ", ".join(f"{k}={v}" for k, v in A.items())]
+    return "\n".join(out)
+
+
+def plot(p: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = p["runs"]
+    labels = [f"{r['stack']}\n{r['block']}" for r in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    x = range(len(runs))
+    bal = [r["balanced_compute_min"] for r in runs]
+    strag = [r["compute_min"] - r["balanced_compute_min"] for r in runs]
+    comm = [r["comm_exposed_min"] + r["optimizer_min"] for r in runs]
+    ax1.bar(x, bal, label="compute (balanced)")
+    ax1.bar(x, strag, bottom=bal, label="straggler wait")
+    ax1.bar(x, comm, bottom=[u + v for u, v in zip(bal, strag)], label="exposed comm + optimizer")
+    ax1.axhline(p["target_minutes"], color="k", ls="--", lw=1, label="target")
+    ax1.set_xticks(list(x), labels)
+    ax1.set_ylabel("minutes (PROJECTED)")
+    ax1.set_title(f"{p['preset']}: {p['gpus']} x {p['gpu']}")
+    ax1.legend(fontsize=8)
+    keys = ("states", "saved_activations")
+    bottom = [0.0] * len(runs)
+    for k in keys:
+        vals = [r["memory"][k] for r in runs]
+        ax2.bar(x, vals, bottom=bottom, label=k)
+        bottom = [u + v for u, v in zip(bottom, vals)]
+    top = [max(r["memory"]["loss_phase"], r["memory"]["layer_phase"]) for r in runs]
+    ax2.bar(x, top, bottom=bottom, label="max(loss phase, layer phase)")
+    ax2.axhline(runs[0]["memory_budget_gb"], color="r", ls="--", lw=1, label="budget")
+    ax2.set_xticks(list(x), labels)
+    ax2.set_ylabel("GB per GPU (PROJECTED)")
+    ax2.set_title("peak memory at the longest pack")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    d = Assumptions()
+    ap = argparse.ArgumentParser(prog="python -m s1fast.project", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="s1")
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs (default: the recipe's)")
+    ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    ap.add_argument("--lengths", default=None, help="token lengths, one integer per line")
+    ap.add_argument("--json", action="store_true", help="print the projection as JSON")
+    ap.add_argument("--plot", default=None, metavar="OUT.png")
+    ap.add_argument("--nic-gbit", type=float, default=d.nic_gbit, help="per NIC, Gbit/s")
+    ap.add_argument("--nics-per-node", type=int, default=d.nics_per_node)
+    ap.add_argument("--link-efficiency", type=float, default=d.link_efficiency)
+    ap.add_argument("--hbm-efficiency", type=float, default=d.hbm_efficiency)
+    ap.add_argument("--runtime-reserve-gb", type=float, default=d.runtime_reserve_gb)
+    ap.add_argument("--memory-headroom", type=float, default=d.memory_headroom)
+    ap.add_argument("--loss-chunk", type=int, default=d.loss_chunk)
+    ap.add_argument("--s1fast-mfu", type=float, default=None, help="override the anchored MFU assumption")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    args = ap.parse_args(argv)
+    A = Assumptions(nic_gbit=args.nic_gbit, nics_per_node=args.nics_per_node, link_efficiency=args.link_efficiency,
+                    hbm_efficiency=args.hbm_efficiency, runtime_reserve_gb=args.runtime_reserve_gb,
+                    memory_headroom=args.memory_headroom,
+                    loss_chunk=args.loss_chunk, s1fast_mfu=args.s1fast_mfu, seed=args.seed)
+    p = project(args.preset, gpus=args.gpus, gpu_name=args.gpu, lengths_path=args.lengths, A=A)
+    if args.plot:
+        plot(p, args.plot)
+    print(json.dumps(p, indent=1) if args.json else format_report(p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
