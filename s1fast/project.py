@@ -27,14 +27,19 @@ The first term is ``straggler * total work / (W * peak * MFU)``, with the packin
 straggler factor = sum over micro-steps of the slowest rank's work / sum of the balanced work (step work / W).
 - s1's stack: one sequence per GPU per micro-step (global batch / W micro-steps of accumulation), sequences
   in random order, every rank waits for the slowest at each micro-step (FSDP collectives).
-- s1fast: the balanced packing plan over the same steps (same sequences per optimizer step).
+- s1fast: the balanced packing plan over the same steps (same sequences per optimizer step), packs capped at
+  what fits in memory (never below the longest sequence). Since the plan is made before training, its
+  longest pack is known: s1fast checkpoints only as many layers as that pack needs to stay within the
+  budget less a headroom (selective checkpointing), and picks FSDP full shard or HSDP, whichever is faster
+  among those that fit.
 Communication per micro-step (ring collectives, bf16 parameter gathers, gradient reduce-scatter):
 - FSDP full shard over W GPUs on k nodes: 2 all-gathers of the bf16 parameters (forward, and again in the
   backward since parameters are freed after forward) and 1 reduce-scatter of the gradients, each moving
   (W-1)/W * bytes per GPU. Across nodes, a ring with one channel per NIC puts (W-1)/W * bytes / n_NIC on
   each NIC, so the bus bandwidth is min(NVLink, n_NIC * NIC) per GPU (times the link efficiency).
 - HSDP (shard within a node of G GPUs, replicate across k nodes): the gathers and reduce-scatters run on
-  NVLink over G GPUs, then each GPU all-reduces its 1/G gradient shard across the k nodes over its own NIC.
+  NVLink over G GPUs, and each GPU all-reduces its 1/G gradient shard across the k nodes over its own NIC;
+  the two use different links and are pipelined across units, so the longer of the two sets the time.
 FSDP prefetching overlaps communication with compute; the exposed part is the communication beyond the
 compute of the same micro-step, plus one unit's gather and one unit's reduce-scatter that cannot overlap.
 The optimizer step (AdamW over the local fp32 shard) is memory-bound: 28 bytes per local parameter
@@ -43,10 +48,13 @@ The optimizer step (AdamW over the local fp32 shard) is memory-bound: 28 bytes p
 Calibration
 -----------
 The s1 run (s1K lengths, 16 H100, block 32768, global batch 16, 5 epochs = 315 steps) took 26 minutes.
-The reference MFU is the value that makes the model above give 26 minutes; it absorbs everything the model
-does not name (HF Trainer overhead, kernel efficiency). s1fast's MFU is an argued assumption (see
-:func:`anchored_s1fast_mfu`): the reference's MFU times torchtitan's measured gain from torch.compile on
-FSDP2 (6,667 / 5,762 tokens/s/GPU, Llama 3.1 8B, 8 H100), capped at Megatron's best published 48%.
+The reference's hardware efficiency (HFU) is the value that makes the model above give 26 minutes; it absorbs
+everything the model does not name (HF Trainer overhead, kernel efficiency, and whatever evaluation and
+checkpoint saving s1's script ran inside those minutes: ``--eval_steps 50 --save_steps 100``), so it is a
+lower bound on the kernels' efficiency. s1fast's efficiency is an argued assumption
+(:func:`anchored_s1fast_hfu`): the reference's HFU times torchtitan's measured gain from torch.compile on
+FSDP2 (6,667 / 5,762 tokens/s/GPU, Llama 3.1 8B, 8 H100), its MFU capped at Megatron's best published 48%;
+``--s1fast-mfu`` replaces it.
 
 Memory of one GPU (GB = 1e9 bytes)
 ----------------------------------
@@ -65,7 +73,8 @@ Memory of one GPU (GB = 1e9 bytes)
 - the loss. Reference (transformers' loss: ``logits.float()`` then ``F.cross_entropy``): bf16 logits (2LV),
   their fp32 upcast (4LV) and the fp32 log-softmax output saved for backward (4LV) live in the forward; in
   the backward the log-softmax output, its incoming gradient and the outgoing gradient (3 * 4LV) are live:
-  peak 12 * L * V bytes, so fp32 logits alone are 4 * 32768 * 152064 = 19.9 GB at block 32768.
+  peak 12 * L * V bytes (fp32 logits alone are 4 * 32768 * 152064 = 19.9 GB at block 32768), plus the
+  gathered lm_head (2Vh).
   s1fast (fused linear cross-entropy in chunks of C tokens): fp32 chunk logits + bf16 copy (6CV), the fp32
   hidden-state gradient (4Lh), the fp32 lm_head weight-gradient accumulator (4Vh); plus the gathered lm_head.
 - The card sold as "80 GB" holds 81,559 MiB = 85.5 GB (nvidia-smi); a runtime reserve (CUDA context, NCCL
@@ -179,7 +188,8 @@ def preset_lengths(preset: Preset, path: str | None) -> tuple[list[int], str]:
                 "`python -m s1fast.data prepare` and write each row's length), or use --lengths "
                 f"{os.path.join(ASSETS, 's1k-1.1_lengths_derived.txt')} as a labelled stand-in.")
         path = os.path.join(ASSETS, preset.lengths_file)
-    return load_lengths(path), path
+    rel = os.path.relpath(path)
+    return load_lengths(path), (path if rel.startswith("..") else rel)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -279,21 +289,26 @@ def _plan_stats(lengths, *, world_size, max_tokens, global_batch, epochs, seed, 
 # ----------------------------------------------------------------------------------------------------------
 # Communication, optimizer, memory
 # ----------------------------------------------------------------------------------------------------------
-def comm_seconds_per_microstep(s: Shape, gpu: GPU, A: Assumptions, world: int, shard: int,
-                               reduce_bytes: int) -> float:
-    """Seconds of collectives in one micro-step (module docstring), before overlap."""
+def comm_per_microstep(s: Shape, gpu: GPU, A: Assumptions, world: int, shard: int, reduce_bytes: int) -> dict:
+    """Collectives of one micro-step (module docstring), before overlap: GB each GPU sends, GB each node
+    sends over the network, and seconds."""
     n = s.params
     nvlink = gpu.nvlink_gbps * GB * A.link_efficiency
     nic = A.nic_gbit / 8 * GB * A.link_efficiency
     nodes = math.ceil(world / gpu.gpus_per_node)
     in_node = nodes == 1 or shard <= gpu.gpus_per_node
     bus = nvlink if in_node else min(nvlink, A.nics_per_node * nic)
-    frac = (shard - 1) / shard
-    t = frac * (2 * 2 * n + reduce_bytes * n) / bus
+    ring = (shard - 1) / shard * (2 * 2 * n + reduce_bytes * n)   # 2 bf16 gathers + 1 reduce-scatter
+    net = 0.0 if in_node else ring
+    seconds = ring / bus
     replicas = world // shard
-    if replicas > 1:  # HSDP: all-reduce of this GPU's gradient shard across replicas, over its own NIC
-        t += 2 * (replicas - 1) / replicas * reduce_bytes * n / shard / nic
-    return t
+    send = ring
+    if replicas > 1:
+        # HSDP: all-reduce of this GPU's gradient shard across replicas, over its own NIC. It uses other links
+        # than the NVLink collectives and FSDP pipelines the two across units: the longer one sets the time.
+        ar = 2 * (replicas - 1) / replicas * reduce_bytes * n / shard
+        send, net, seconds = send + ar, net + ar * min(shard, gpu.gpus_per_node), max(seconds, ar / nic)
+    return dict(gpu_send_gb=send / GB, node_network_gb=net / GB, bus_gbps=bus / GB, seconds=seconds)
 
 
 def optimizer_seconds(s: Shape, gpu: GPU, A: Assumptions, shard: int) -> float:
@@ -316,12 +331,13 @@ def memory_gb(s: Shape, A: Assumptions, *, stack: str, tokens: int, shard: int, 
     layer_phase = (2 * 2 * s.layer_params + grad_bytes * s.layer_params
                    + L * ((act_layer if k else 0) + work_layer))
     if ref:
-        loss = 12.0 * L * V
-        head = 2 * 2 * V * h                      # gathered lm_head + its bf16 unsharded gradient
+        # gathered lm_head, then the larger of: the log-softmax backward (3 fp32 L x V tensors), and the
+        # lm_head backward that follows (bf16 logit gradient, lm_head gradient, hidden-state gradient)
+        loss_phase = 2 * V * h + max(12.0 * L * V, 2.0 * L * V + 2 * V * h + 2 * L * h)
     else:
-        loss = 6.0 * min(A.loss_chunk, L) * V + 4.0 * L * h
-        head = 2 * V * h + 4 * V * h              # gathered lm_head + fp32 weight-gradient accumulator
-    loss_phase = loss + head
+        # gathered lm_head + fp32 weight-gradient accumulator + one chunk's fp32 logits and bf16 copy +
+        # the fp32 hidden-state gradient, all live together (the fused loss makes its gradients in forward)
+        loss_phase = 2 * V * h + 4 * V * h + 6.0 * min(A.loss_chunk, L) * V + 4.0 * L * h
     parts = {
         "states": states,
         "saved_activations": saved,
@@ -359,7 +375,8 @@ def memory_table(s: Shape, A: Assumptions, gpu: GPU, world: int) -> list[dict]:
             m0 = memory_gb(s, A, stack=stack, tokens=L, shard=world, ckpt_layers=0)
             rows.append(dict(stack=stack, tokens=L, **{k: round(v, 2) for k, v in m.items()},
                              peak_no_ckpt=round(m0["peak"], 2), fits=m["peak"] <= budget,
-                             fits_no_ckpt=m0["peak"] <= budget))
+                             fits_no_ckpt=m0["peak"] <= budget, fit=_fit(m["peak"], budget, gpu.memory_gb),
+                             fit_no_ckpt=_fit(m0["peak"], budget, gpu.memory_gb)))
     return rows
 
 
@@ -387,7 +404,8 @@ class Run:
     peak_memory_gb: float      # at peak_tokens
     memory_at_block_gb: float  # at a full block, every layer checkpointed: fits any data at this block
     memory_budget_gb: float
-    fits: bool
+    fits: bool                 # peak within the budget (device memory less the runtime reserve)
+    fit: str                   # "yes", "edge" (only within the reserve: the model cannot call it) or "OOM"
     max_fit_tokens: int        # most tokens on one rank that fit, every layer checkpointed
     memory: dict = field(repr=False)
 
@@ -396,6 +414,10 @@ def _check_batch(stack: str, world: int, global_batch: int) -> None:
     if stack == "reference" and global_batch % world:
         raise SystemExit(f"s1's stack runs one sequence per GPU: the global batch ({global_batch}) must be a "
                          f"multiple of --gpus ({world}); pick --gpus from the divisors of {global_batch}")
+
+
+def _fit(peak: float, budget: float, device: float) -> str:
+    return "yes" if peak <= budget else ("edge" if peak <= device else "OOM")
 
 
 def recompute_factor(s: Shape, lens, ckpt_layers: int) -> float:
@@ -446,7 +468,7 @@ def _timed(st: _Setup, s: Shape, gpu: GPU, A: Assumptions, *, shard: int, shardi
     mfu = hfu / recompute_factor(s, st.lens, ckpt_layers)
     balanced = st.work / (st.world * peak * mfu)
     compute = st.straggler * balanced
-    comm_ms = comm_seconds_per_microstep(s, gpu, A, st.world, shard, 2 if st.stack == "reference" else 4)
+    comm_ms = comm_per_microstep(s, gpu, A, st.world, shard, 2 if st.stack == "reference" else 4)["seconds"]
     exposed = st.micro * (max(0.0, comm_ms - compute / st.micro) + comm_ms * 2 / (s.layers + 2))
     opt = st.steps * optimizer_seconds(s, gpu, A, shard)
     mem = memory_gb(s, A, stack=st.stack, tokens=st.peak_tokens, shard=shard, ckpt_layers=ckpt_layers)
@@ -455,6 +477,7 @@ def _timed(st: _Setup, s: Shape, gpu: GPU, A: Assumptions, *, shard: int, shardi
     return Run(st.stack, st.block, st.world, sharding, ckpt_layers, st.steps, st.micro, st.straggler, hfu, mfu,
                compute / 60, balanced / 60, exposed / 60, opt / 60, (compute + exposed + opt) / 60,
                st.peak_tokens, mem["peak"], at_block, budget, mem["peak"] <= budget,
+               _fit(mem["peak"], budget, gpu.memory_gb),
                max_fit_tokens(s, A, stack=st.stack, shard=shard, limit_gb=budget), mem)
 
 
@@ -572,6 +595,14 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
             "torchtitan compiled": fast(blk, mfu=0.39), "Megatron low": fast(blk, mfu=0.41),
             "Megatron best": fast(blk, mfu=MEGATRON_BEST_MFU)}
     sens = {k: dict(mfu=r.mfu, minutes=r.minutes) for k, r in sens.items()}
+    comm = []
+    g = gpu.gpus_per_node
+    options = [(world, "FSDP full shard")] + ([(g, f"HSDP {g}x{world // g}")] if world > g and world % g == 0 else [])
+    for stack, rb, run in (("reference", 2, ref), ("s1fast", 4, head)):
+        for shard, name in options:
+            c = comm_per_microstep(s, gpu, A, world, shard, rb)
+            comm.append(dict(stack=stack, sharding=name, reduce_bytes=rb, **c, states_gb=16 * s.params / shard / GB,
+                             compute_seconds=run.compute_min * 60 / run.micro_steps))
     need = None  # MFU s1fast would need to reach the target; None when even 100% does not
     if fast(blk, mfu=1.0).minutes <= TARGET_MINUTES:
         lo, hi = 1e-3, 1.0
@@ -591,7 +622,46 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
         peak_memory_gb=head.peak_memory_gb, peak_memory_at_block_gb=head.memory_at_block_gb,
         reference_peak_memory_gb=ref.peak_memory_gb, target_minutes=TARGET_MINUTES,
         mfu_needed_for_target=need, sensitivity=sens, memory_table=memory_table(s, A, gpu, world),
+        communication=comm,
     )
+
+
+def _table(cols, rows) -> list[str]:
+    """Text table: ``cols`` are (header, width, row -> text); text columns (TEXT_HEADERS) align left."""
+    def line(cells):
+        return "".join(f"{c:<{w}}" if h in TEXT_HEADERS else f"{c:>{w}}" for c, (h, w, _) in zip(cells, cols))
+    head = line([h for h, _, _ in cols])
+    return [head, "-" * len(head)] + [line([f(r) for _, _, f in cols]) for r in rows]
+
+
+TEXT_HEADERS = {"stack", "sharding", " sharding", " fits", "  fits (ckpt / none)"}
+
+
+RUN_COLUMNS = [
+    ("stack", 10, lambda r: r["stack"]), ("block", 6, lambda r: str(r["block"])),
+    (" sharding", 17, lambda r: " " + r["sharding"]), ("ckpt", 5, lambda r: str(r["ckpt_layers"])),
+    ("steps", 6, lambda r: str(r["steps"])), ("strag", 6, lambda r: f"{r['straggler']:.2f}"),
+    ("MFU", 7, lambda r: f"{r['mfu']:.1%}"), ("compute", 8, lambda r: f"{r['compute_min']:.2f}"),
+    ("comm", 6, lambda r: f"{r['comm_exposed_min']:.2f}"), ("optim", 6, lambda r: f"{r['optimizer_min']:.2f}"),
+    ("total", 7, lambda r: f"{r['minutes']:.2f}"), ("pack", 7, lambda r: str(r["peak_tokens"])),
+    ("mem GB", 7, lambda r: f"{r['peak_memory_gb']:.1f}"), ("@block", 7, lambda r: f"{r['memory_at_block_gb']:.1f}"),
+    ("max fit", 8, lambda r: str(r["max_fit_tokens"])), (" fits", 6, lambda r: " " + r["fit"]),
+]
+COMM_COLUMNS = [
+    ("stack", 10, lambda c: c["stack"]), ("sharding", 17, lambda c: c["sharding"]),
+    ("reduce", 7, lambda c: "bf16" if c["reduce_bytes"] == 2 else "fp32"),
+    ("GPU GB", 8, lambda c: f"{c['gpu_send_gb']:.1f}"), ("net GB", 8, lambda c: f"{c['node_network_gb']:.1f}"),
+    ("bus GB/s", 9, lambda c: f"{c['bus_gbps']:.0f}"), ("comm s", 8, lambda c: f"{c['seconds']:.2f}"),
+    ("compute s", 10, lambda c: f"{c['compute_seconds']:.2f}"), ("states GB", 10, lambda c: f"{c['states_gb']:.1f}"),
+]
+MEMORY_COLUMNS = [
+    ("stack", 10, lambda m: m["stack"]), ("tokens", 7, lambda m: str(m["tokens"])),
+    ("states", 8, lambda m: f"{m['states']:.1f}"), ("saved", 7, lambda m: f"{m['saved_activations']:.1f}"),
+    ("loss", 7, lambda m: f"{m['loss_phase']:.1f}"), ("layer", 7, lambda m: f"{m['layer_phase']:.1f}"),
+    ("fp32 logits", 12, lambda m: f"{m['fp32_logits_full']:.1f}"), ("peak", 7, lambda m: f"{m['peak']:.1f}"),
+    ("no ckpt", 9, lambda m: f"{m['peak_no_ckpt']:.1f}"),
+    ("  fits (ckpt / none)", 20, lambda m: f"  {m['fit']} / {m['fit_no_ckpt']}"),
+]
 
 
 def format_report(p: dict) -> str:
@@ -611,25 +681,17 @@ def format_report(p: dict) -> str:
            f"{TORCHTITAN_COMPILED:.0f}/{TORCHTITAN_PLAIN:.0f} (MFU capped at Megatron's {MEGATRON_BEST_MFU:.0%}) "
            "unless --s1fast-mfu; MFU then follows from the layers it checkpoints",
            ""]
-    hdr = (f"{'stack':<10}{'block':>6} {'sharding':<16}{'ckpt':>5}{'steps':>6}{'strag':>6}{'MFU':>6}{'compute':>8}"
-           f"{'comm':>6}{'optim':>6}{'total':>7}  {'pack':>6}{'mem GB':>7}{'@block':>7}  fits")
-    out += [hdr, "-" * len(hdr)]
-    for r in p["runs"]:
-        out.append(f"{r['stack']:<10}{r['block']:>6} {r['sharding']:<16}{r['ckpt_layers']:>5}{r['steps']:>6}"
-                   f"{r['straggler']:>6.2f}{r['mfu']:>6.1%}{r['compute_min']:>8.2f}{r['comm_exposed_min']:>6.2f}"
-                   f"{r['optimizer_min']:>6.2f}{r['minutes']:>7.2f}  {r['peak_tokens']:>6}{r['peak_memory_gb']:>7.1f}"
-                   f"{r['memory_at_block_gb']:>7.1f}{r['max_fit_tokens']:>8}  {'yes' if r['fits'] else 'OOM'}")
-    budget = p["runs"][0]["memory_budget_gb"]
+    out += _table(RUN_COLUMNS, p["runs"])
     out += [f"(minutes; ckpt = layers checkpointed; pack = longest pack on one rank; mem GB = peak there; "
             f"@block = at a full block with every layer checkpointed; max fit = most tokens per rank that fit "
-            f"with every layer checkpointed; budget {budget:.1f} GB)", "",
-            f"memory per GPU (GB), FSDP full shard over {p['gpus']} GPUs, tokens on the rank = block:",
-            f"{'stack':<10}{'tokens':>7}{'states':>8}{'saved':>7}{'loss':>7}{'layer':>7}{'fp32 logits':>12}"
-            f"{'peak':>7}{'no ckpt':>9}  fits (ckpt / none)"]
-    for m in p["memory_table"]:
-        out.append(f"{m['stack']:<10}{m['tokens']:>7}{m['states']:>8.1f}{m['saved_activations']:>7.1f}"
-                   f"{m['loss_phase']:>7.1f}{m['layer_phase']:>7.1f}{m['fp32_logits_full']:>12.1f}{m['peak']:>7.1f}"
-                   f"{m['peak_no_ckpt']:>9.1f}  {'yes' if m['fits'] else 'OOM'} / {'yes' if m['fits_no_ckpt'] else 'OOM'}")
+            f"with every layer checkpointed; budget {p['runs'][0]['memory_budget_gb']:.1f} GB; edge = over the "
+            f"budget but within the device's {A['memory_gb']} GB)", "",
+            "communication per micro-step, before overlap (GB sent per GPU, GB per node over the network):"]
+    out += _table(COMM_COLUMNS, p["communication"])
+    out += ["(compute s = the busiest rank's compute in one micro-step of that stack's projected run; FSDP "
+            "overlaps comm with it. states = fp32 weights + gradients + AdamW moments per GPU)", "",
+            f"memory per GPU (GB), FSDP full shard over {p['gpus']} GPUs, tokens on the rank = block:"]
+    out += _table(MEMORY_COLUMNS, p["memory_table"])
     out += ["(saved = checkpointed layer inputs; loss / layer = the two phases' transient memory; "
             "peak = states + saved + the larger phase)", "",
             f"reference {p['reference_minutes']:.1f} min -> s1fast {p['s1fast_minutes']:.1f} min "
@@ -657,7 +719,7 @@ def plot(p: dict, path: str) -> None:
     ax1.bar(x, bal, label="compute (balanced)")
     ax1.bar(x, strag, bottom=bal, label="straggler wait")
     ax1.bar(x, comm, bottom=[u + v for u, v in zip(bal, strag)], label="exposed comm + optimizer")
-    ax1.axhline(p["target_minutes"], color="k", ls="--", lw=1, label="target")
+    ax1.axhline(p["target_minutes"], color="k", ls="--", lw=1, label="s1 target (issue #8)")
     ax1.set_xticks(list(x), labels)
     ax1.set_ylabel("minutes (PROJECTED)")
     ax1.set_title(f"{p['preset']}: {p['gpus']} x {p['gpu']}")
@@ -676,6 +738,7 @@ def plot(p: dict, path: str) -> None:
     ax2.set_title("peak memory at the longest pack")
     ax2.legend(fontsize=8)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
