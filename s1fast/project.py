@@ -147,11 +147,12 @@ class Preset:
     epochs: int
     gpus: int
     note: str = ""
+    target_minutes: float | None = None   # issue #8's target, where it sets one
 
 
 PRESETS = {
     "s1": Preset("s1", "s1k_lengths_derived.txt", (32768,), 32768, 16, 5, 16,
-                 "s1K lengths DERIVED from the published thinking-length histogram (SOURCES.md)"),
+                 "s1K lengths DERIVED from the published thinking-length histogram (SOURCES.md)", 10.0),
     "s1.1": Preset("s1.1", "s1k-1.1_lengths_derived.txt", (20000, 32768), 32768, 16, 5, 16,
                    "s1K-1.1 lengths DERIVED from the published histogram; the reference ran at 20000 to avoid OOM"),
     "sky-t1": Preset("sky-t1", None, (16384,), 16384, 96, 3, 8,
@@ -555,9 +556,6 @@ def anchored_s1fast_hfu(reference_hfu: float) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------
-TARGET_MINUTES = 10.0
-
-
 def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100", lengths_path: str | None = None,
             A: Assumptions = Assumptions()) -> dict:
     """The whole projection for one preset, as a JSON-able dict (see :func:`format_report`)."""
@@ -603,15 +601,17 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
             c = comm_per_microstep(s, gpu, A, world, shard, rb)
             comm.append(dict(stack=stack, sharding=name, reduce_bytes=rb, **c, states_gb=16 * s.params / shard / GB,
                              compute_seconds=run.compute_min * 60 / run.micro_steps))
-    need = None  # MFU s1fast would need to reach the target; None when even 100% does not
-    if fast(blk, mfu=1.0).minutes <= TARGET_MINUTES:
+    target = preset.target_minutes
+    need = None  # MFU s1fast would need to reach the target; None when there is none or 100% does not
+    if target is not None and fast(blk, mfu=1.0).minutes <= target:
         lo, hi = 1e-3, 1.0
         for _ in range(50):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if fast(blk, mfu=mid).minutes <= TARGET_MINUTES else (mid, hi)
+            lo, hi = (lo, mid) if fast(blk, mfu=mid).minutes <= target else (mid, hi)
         need = hi
     return dict(
-        preset=preset.name, gpus=world, gpu=gpu.name, lengths_file=path, lengths_note=preset.note,
+        preset=preset.name, gpus=world, gpu=gpu.name, lengths_file=path,
+        lengths_note=preset.note if lengths_path is None else "given with --lengths",
         rows=len(lengths), mean_tokens=sum(lengths) / len(lengths), max_tokens=max(lengths),
         model="Qwen2.5-32B-Instruct", params=s.params, global_batch=preset.global_batch, epochs=preset.epochs,
         assumptions=asdict(A) | dict(nvlink_gbps=gpu.nvlink_gbps, peak_tflops=gpu.peak_tflops,
@@ -620,7 +620,7 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
         runs=[asdict(r) for r in runs],
         reference_minutes=ref.minutes, s1fast_minutes=head.minutes, speedup=ref.minutes / head.minutes,
         peak_memory_gb=head.peak_memory_gb, peak_memory_at_block_gb=head.memory_at_block_gb,
-        reference_peak_memory_gb=ref.peak_memory_gb, target_minutes=TARGET_MINUTES,
+        reference_peak_memory_gb=ref.peak_memory_gb, target_minutes=target,
         mfu_needed_for_target=need, sensitivity=sens, memory_table=memory_table(s, A, gpu, world),
         communication=comm,
     )
@@ -695,13 +695,14 @@ def format_report(p: dict) -> str:
     out += ["(saved = checkpointed layer inputs; loss / layer = the two phases' transient memory; "
             "peak = states + saved + the larger phase)", "",
             f"reference {p['reference_minutes']:.1f} min -> s1fast {p['s1fast_minutes']:.1f} min "
-            f"({p['speedup']:.2f}x); target {p['target_minutes']:g} min: "
-            + ("met" if p['s1fast_minutes'] <= p['target_minutes'] else "NOT met"),
+            f"({p['speedup']:.2f}x)",
             "s1fast minutes by efficiency: " + ", ".join(f"{k} (MFU {v['mfu']:.0%}): {v['minutes']:.1f}"
-                                                        for k, v in p["sensitivity"].items()),
-            ("MFU s1fast would need for the target: " + (f"{p['mfu_needed_for_target']:.1%}"
-                                                         if p['mfu_needed_for_target'] else "unreachable")),
-            "", "assumptions: " + ", ".join(f"{k}={v}" for k, v in A.items())]
+                                                        for k, v in p["sensitivity"].items())]
+    t = p["target_minutes"]
+    if t is not None:
+        out += [f"target {t:g} min: " + ("met" if p["s1fast_minutes"] <= t else "NOT met") + "; MFU s1fast would "
+                "need for it: " + (f"{p['mfu_needed_for_target']:.1%}" if p["mfu_needed_for_target"] else "unreachable")]
+    out += ["", "assumptions: " + ", ".join(f"{k}={v}" for k, v in A.items())]
     return "\n".join(out)
 
 
@@ -719,7 +720,8 @@ def plot(p: dict, path: str) -> None:
     ax1.bar(x, bal, label="compute (balanced)")
     ax1.bar(x, strag, bottom=bal, label="straggler wait")
     ax1.bar(x, comm, bottom=[u + v for u, v in zip(bal, strag)], label="exposed comm + optimizer")
-    ax1.axhline(p["target_minutes"], color="k", ls="--", lw=1, label="s1 target (issue #8)")
+    if p["target_minutes"] is not None:
+        ax1.axhline(p["target_minutes"], color="k", ls="--", lw=1, label="target (issue #8)")
     ax1.set_xticks(list(x), labels)
     ax1.set_ylabel("minutes (PROJECTED)")
     ax1.set_title(f"{p['preset']}: {p['gpus']} x {p['gpu']}")
