@@ -629,7 +629,8 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
 def _table(cols, rows) -> list[str]:
     """Text table: ``cols`` are (header, width, row -> text); text columns (TEXT_HEADERS) align left."""
     def line(cells):
-        return "".join(f"{c:<{w}}" if h in TEXT_HEADERS else f"{c:>{w}}" for c, (h, w, _) in zip(cells, cols))
+        return "".join(f"{c:<{w}}" if h in TEXT_HEADERS else f"{c:>{w}}"
+                       for c, (h, w, _) in zip(cells, cols)).rstrip()
     head = line([h for h, _, _ in cols])
     return [head, "-" * len(head)] + [line([f(r) for _, _, f in cols]) for r in rows]
 
