@@ -89,7 +89,9 @@ import math
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+
+from s1fast.config import PRESETS as RECIPES
 
 GB = 1e9
 ASSETS = os.path.join(os.path.dirname(__file__), "assets", "data")
@@ -139,9 +141,11 @@ class Assumptions:
 # ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preset:
+    """A recipe (block size, global batch, epochs from :data:`s1fast.config.PRESETS`) plus what the
+    projection needs besides: default lengths, GPUs, the block s1fast is projected at, the issue's target."""
     name: str
-    lengths_file: str | None   # default token lengths (one integer a line)
-    blocks: tuple              # block sizes to show; the first is the reference stack's recipe value
+    lengths_file: str | None   # default token lengths (one integer a line), in s1fast/assets/data
+    blocks: tuple              # block sizes to show; the first is the reference recipe's
     s1fast_block: int          # the block s1fast is projected at (the headline)
     global_batch: int          # sequences per optimizer step
     epochs: int
@@ -150,14 +154,23 @@ class Preset:
     target_minutes: float | None = None   # issue #8's target, where it sets one
 
 
-PRESETS = {
-    "s1": Preset("s1", "s1k_lengths_derived.txt", (32768,), 32768, 16, 5, 16,
-                 "s1K lengths DERIVED from the published thinking-length histogram (SOURCES.md)", 10.0),
-    "s1.1": Preset("s1.1", "s1k-1.1_lengths_derived.txt", (20000, 32768), 32768, 16, 5, 16,
-                   "s1K-1.1 lengths DERIVED from the published histogram; the reference ran at 20000 to avoid OOM"),
-    "sky-t1": Preset("sky-t1", None, (16384,), 16384, 96, 3, 8,
-                     "17K rows; no lengths file ships with s1fast: pass --lengths"),
+# name: (lengths file, GPUs of the published run, s1fast's block or None for the recipe's, note, target)
+_PROJECTED = {
+    "s1": ("s1k_lengths_derived.txt", 16, None,
+           "s1K lengths DERIVED from the published thinking-length histogram (SOURCES.md)", 10.0),
+    "s1.1": ("s1k-1.1_lengths_derived.txt", 16, 32768,
+             "s1K-1.1 lengths DERIVED from the published histogram; the reference ran at 20000 to avoid OOM", None),
+    "sky-t1": (None, 8, None, "17K rows; no lengths file ships with s1fast: pass --lengths", None),
 }
+
+
+def get_preset(name: str) -> Preset:
+    recipe = RECIPES[name]
+    lengths_file, gpus, fast_block, note, target = _PROJECTED[name]
+    block = recipe["max_tokens"]
+    fast_block = fast_block or block
+    blocks = (block,) + ((fast_block,) if fast_block != block else ())
+    return Preset(name, lengths_file, blocks, fast_block, recipe["global_batch"], recipe["epochs"], gpus, note, target)
 
 
 def load_lengths(path: str) -> list[int]:
@@ -520,7 +533,7 @@ def project_run(stack: str, lengths, preset: Preset, *, block: int, world: int, 
 
 def calibrate(A: Assumptions, gpu: GPU, lengths=None) -> dict:
     """The reference efficiency that reproduces s1's public figure, and what it means."""
-    p = PRESETS["s1"]
+    p = get_preset("s1")
     lens = lengths or load_lengths(os.path.join(ASSETS, p.lengths_file))
     s = _shape(_QWEN25_32B)
     st = _setup("reference", lens, p, 32768, A.calib_gpus, gpu, A, s)
@@ -559,7 +572,7 @@ def anchored_s1fast_hfu(reference_hfu: float) -> float:
 def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100", lengths_path: str | None = None,
             A: Assumptions = Assumptions()) -> dict:
     """The whole projection for one preset, as a JSON-able dict (see :func:`format_report`)."""
-    preset = PRESETS[preset_name]
+    preset = get_preset(preset_name)
     gpu = GPUS[gpu_name]
     world = gpus or preset.gpus
     if world < 1:
@@ -749,7 +762,7 @@ def plot(p: dict, path: str) -> None:
 def main(argv=None) -> int:
     d = Assumptions()
     ap = argparse.ArgumentParser(prog="python -m s1fast.project", description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="s1")
+    ap.add_argument("--preset", choices=sorted(_PROJECTED), default="s1")
     ap.add_argument("--gpus", type=int, default=None, help="GPUs (default: the recipe's)")
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
     ap.add_argument("--lengths", default=None, help="token lengths, one integer per line")
