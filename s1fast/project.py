@@ -207,15 +207,15 @@ def preset_lengths(preset: Preset, path: str | None) -> tuple[list[int], str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model arithmetic.  TO BE REPLACED by s1fast.model.CONFIGS / flops_per_token once the model issue lands.
+# The model: shape from s1fast.model's configs, training FLOPs from s1fast.model.flops_per_token
 # ----------------------------------------------------------------------------------------------------------
-_QWEN25_32B = dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
-                   num_key_value_heads=8, head_dim=128, vocab_size=152064, tie_word_embeddings=False,
-                   attention_bias=True)
+CALIBRATION_MODEL = "Qwen2.5-32B-Instruct"   # the model of s1's public figure
 
 
 @dataclass(frozen=True)
 class Shape:
+    """What the projection needs of a decoder: sizes, stored parameters, and the cost c(L) = a*L + b*L^2."""
+    name: str
     h: int
     ffn: int
     layers: int
@@ -223,9 +223,11 @@ class Shape:
     kv_heads: int
     head_dim: int
     vocab: int
-    layer_params: int
+    layer_params: int   # stored per decoder layer (biases and norms included): memory
     embed_params: int
-    head_params: int
+    head_params: int    # 0 when tied to the embedding
+    a: float            # training FLOPs per token, linear part (6 x matmul parameters)
+    b: float            # training FLOPs per token per token of context (causal attention)
 
     @property
     def params(self) -> int:
@@ -235,22 +237,24 @@ class Shape:
     def kv(self) -> int:
         return self.kv_heads * self.head_dim
 
-
-def _shape(cfg: dict) -> Shape:
-    h, f, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
-    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    bias = (q + 2 * kv) if cfg.get("attention_bias", True) else 0
-    layer = h * q + 2 * h * kv + bias + q * h + 3 * h * f + 2 * h
-    emb = cfg["vocab_size"] * h
-    return Shape(h, f, cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"], d,
-                 cfg["vocab_size"], layer, emb, 0 if cfg.get("tie_word_embeddings") else emb)
+    def cost(self, L: float) -> float:
+        return self.a * L + self.b * L * L
 
 
-def _cost_coefficients(s: Shape) -> tuple[float, float]:
-    """(a, b) of c(L) = a*L + b*L^2 training FLOPs per sequence (module docstring)."""
-    a = 6.0 * (s.layers * s.layer_params + s.vocab * s.h)
-    b = 6.0 * s.layers * s.heads * s.head_dim
-    return a, b
+def model_shape(name_or_dir: str) -> Shape:
+    """A config name of s1fast.model.CONFIGS or a Hugging Face model folder (only config.json is read)."""
+    from s1fast.model import flops_per_token, get_config
+    cfg = get_config(name_or_dir)
+    h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    layer = (h * q + 2 * h * kv + (q + 2 * kv) * cfg.qkv_bias + q * h + h * cfg.o_bias
+             + 3 * h * f + (2 * f + h) * cfg.mlp_bias + 2 * h)
+    emb = cfg.vocab_size * h
+    # c(L) = L * flops_per_token(cfg, L) (causal attention over a document of L tokens): read a and b off it.
+    a = flops_per_token(cfg, 0)
+    b = flops_per_token(cfg, 1) - a
+    return Shape(str(name_or_dir), h, f, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, d, cfg.vocab_size,
+                 layer, emb, 0 if cfg.tie_word_embeddings else emb, a, b)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,9 +440,9 @@ def _fit(peak: float, budget: float, device: float) -> str:
 
 def recompute_factor(s: Shape, lens, ckpt_layers: int) -> float:
     """Hardware FLOPs / model FLOPs: a checkpointed layer runs its forward (1/3 of its work) twice."""
-    layers = 6.0 * s.layers * s.layer_params
-    head = 6.0 * s.vocab * s.h
-    att = 6.0 * s.layers * s.heads * s.head_dim * sum(x * x for x in lens) / sum(lens)
+    head = 6.0 * s.vocab * s.h               # the lm_head sits outside the checkpointed layers
+    layers = s.a - head
+    att = s.b * sum(x * x for x in lens) / sum(lens)
     extra = ckpt_layers / s.layers / 3
     return ((layers + att) * (1 + extra) + head) / (layers + head + att)
 
@@ -460,9 +464,8 @@ class _Setup:
 def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU, A: Assumptions,
            s: Shape) -> _Setup:
     _check_batch(stack, world, preset.global_batch)
-    a, b = _cost_coefficients(s)
     lens = [min(x, block) for x in lengths]
-    work = preset.epochs * sum(a * x + b * x * x for x in lens)
+    work = preset.epochs * sum(s.cost(x) for x in lens)
     pack_cap = block
     if stack != "reference":
         # s1fast caps a pack at what fits in memory (every layer checkpointed, headroom kept), never below
@@ -471,7 +474,7 @@ def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU
         pack_cap = max(max(lens), max_fit_tokens(s, A, stack=stack, shard=world, limit_gb=limit))
     straggler, micro, peak_tokens = _plan_stats(
         lens, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch, epochs=preset.epochs,
-        seed=A.seed, mode="reference" if stack == "reference" else "balanced", a=a, b=b)
+        seed=A.seed, mode="reference" if stack == "reference" else "balanced", a=s.a, b=s.b)
     steps = preset.epochs * math.ceil(len(lens) / preset.global_batch)
     return _Setup(stack, block, world, lens, work, steps, straggler, micro, peak_tokens)
 
@@ -495,8 +498,8 @@ def _timed(st: _Setup, s: Shape, gpu: GPU, A: Assumptions, *, shard: int, shardi
                max_fit_tokens(s, A, stack=st.stack, shard=shard, limit_gb=budget), mem)
 
 
-def project_run(stack: str, lengths, preset: Preset, *, block: int, world: int, gpu: GPU, A: Assumptions,
-                hfu: float | None = None, mfu: float | None = None, cfg: dict = _QWEN25_32B,
+def project_run(stack: str, s: Shape, lengths, preset: Preset, *, block: int, world: int, gpu: GPU,
+                A: Assumptions, hfu: float | None = None, mfu: float | None = None,
                 _st: _Setup | None = None) -> Run:
     """One stack's projected run. Give the efficiency as ``hfu`` or (s1fast only) a fixed ``mfu``.
 
@@ -505,7 +508,6 @@ def project_run(stack: str, lengths, preset: Preset, *, block: int, world: int, 
     fewest layers that keep the longest pack of the plan within the memory budget less the headroom (the
     plan is made before training, so its longest pack is known), and keeps the faster configuration.
     """
-    s = _shape(cfg)
     st = _st or _setup(stack, lengths, preset, block, world, gpu, A, s)
     if stack == "reference":
         return _timed(st, s, gpu, A, shard=world, sharding="FSDP full shard", ckpt_layers=s.layers, hfu=hfu)
@@ -535,7 +537,7 @@ def calibrate(A: Assumptions, gpu: GPU, lengths=None) -> dict:
     """The reference efficiency that reproduces s1's public figure, and what it means."""
     p = get_preset("s1")
     lens = lengths or load_lengths(os.path.join(ASSETS, p.lengths_file))
-    s = _shape(_QWEN25_32B)
+    s = model_shape(CALIBRATION_MODEL)
     st = _setup("reference", lens, p, 32768, A.calib_gpus, gpu, A, s)
     if st.steps != A.calib_steps:
         raise ValueError(f"calibration: the s1 preset gives {st.steps} steps, the public figure has {A.calib_steps}")
@@ -543,9 +545,9 @@ def calibrate(A: Assumptions, gpu: GPU, lengths=None) -> dict:
     lo, hi = 1e-3, 1.0
     for _ in range(60):  # total time falls as efficiency rises: bisection
         mid = (lo + hi) / 2
-        r = project_run("reference", lens, p, block=32768, world=A.calib_gpus, gpu=gpu, A=A, hfu=mid, _st=st)
+        r = project_run("reference", s, lens, p, block=32768, world=A.calib_gpus, gpu=gpu, A=A, hfu=mid, _st=st)
         lo, hi = (lo, mid) if r.minutes < target else (mid, hi)
-    r = project_run("reference", lens, p, block=32768, world=A.calib_gpus, gpu=gpu, A=A, hfu=(lo + hi) / 2, _st=st)
+    r = project_run("reference", s, lens, p, block=32768, world=A.calib_gpus, gpu=gpu, A=A, hfu=(lo + hi) / 2, _st=st)
     e2e = st.work / (A.calib_gpus * gpu.peak_tflops * 1e12 * target * 60)
     return dict(reference_mfu=r.mfu, reference_hfu=r.hfu, end_to_end_mfu=e2e,
                 seconds_per_step=target * 60 / A.calib_steps, straggler=r.straggler,
@@ -570,8 +572,10 @@ def anchored_s1fast_hfu(reference_hfu: float) -> float:
 # Report
 # ----------------------------------------------------------------------------------------------------------
 def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100", lengths_path: str | None = None,
-            A: Assumptions = Assumptions()) -> dict:
-    """The whole projection for one preset, as a JSON-able dict (see :func:`format_report`)."""
+            model: str = CALIBRATION_MODEL, A: Assumptions = Assumptions()) -> dict:
+    """The whole projection for one preset, as a JSON-able dict (see :func:`format_report`).
+
+    ``model`` other than the calibration's (Qwen2.5-32B-Instruct) assumes the same hardware efficiency."""
     preset = get_preset(preset_name)
     gpu = GPUS[gpu_name]
     world = gpus or preset.gpus
@@ -579,13 +583,13 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
         raise SystemExit(f"--gpus must be at least 1, got {world}")
     lengths, path = preset_lengths(preset, lengths_path)
     calib = calibrate(A, gpu, lengths if preset_name == "s1" else None)
-    s = _shape(_QWEN25_32B)
+    s = model_shape(model)
     blocks = sorted(set(preset.blocks) | {preset.s1fast_block})
     setups = {(stack, blk): _setup(stack, lengths, preset, blk, world, gpu, A, s)
               for blk in blocks for stack in ("reference", "s1fast")}
 
     def fast(blk, **eff):
-        return project_run("s1fast", lengths, preset, block=blk, world=world, gpu=gpu, A=A,
+        return project_run("s1fast", s, lengths, preset, block=blk, world=world, gpu=gpu, A=A,
                            _st=setups[("s1fast", blk)], **eff)
 
     def fast_anchored(blk):
@@ -596,7 +600,7 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
 
     runs = []
     for blk in blocks:
-        runs.append(project_run("reference", lengths, preset, block=blk, world=world, gpu=gpu, A=A,
+        runs.append(project_run("reference", s, lengths, preset, block=blk, world=world, gpu=gpu, A=A,
                                 hfu=calib["reference_hfu"], _st=setups[("reference", blk)]))
         runs.append(fast_anchored(blk))
     ref = next(r for r in runs if r.stack == "reference" and r.block == preset.blocks[0])
@@ -626,7 +630,7 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
         preset=preset.name, gpus=world, gpu=gpu.name, lengths_file=path,
         lengths_note=preset.note if lengths_path is None else "given with --lengths",
         rows=len(lengths), mean_tokens=sum(lengths) / len(lengths), max_tokens=max(lengths),
-        model="Qwen2.5-32B-Instruct", params=s.params, global_batch=preset.global_batch, epochs=preset.epochs,
+        model=s.name, params=s.params, global_batch=preset.global_batch, epochs=preset.epochs,
         assumptions=asdict(A) | dict(nvlink_gbps=gpu.nvlink_gbps, peak_tflops=gpu.peak_tflops,
                                      memory_gb=round(gpu.memory_gb, 1), hbm_tbps=gpu.hbm_tbps),
         calibration=calib, s1fast_mfu=head.mfu, s1fast_hfu=head.hfu,
@@ -765,6 +769,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", choices=sorted(_PROJECTED), default="s1")
     ap.add_argument("--gpus", type=int, default=None, help="GPUs (default: the recipe's)")
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    ap.add_argument("--model", default=CALIBRATION_MODEL,
+                    help="a config name of s1fast.model.CONFIGS or a Hugging Face model folder")
     ap.add_argument("--lengths", default=None, help="token lengths, one integer per line")
     ap.add_argument("--json", action="store_true", help="print the projection as JSON")
     ap.add_argument("--plot", default=None, metavar="OUT.png")
@@ -782,7 +788,7 @@ def main(argv=None) -> int:
                     hbm_efficiency=args.hbm_efficiency, runtime_reserve_gb=args.runtime_reserve_gb,
                     memory_headroom=args.memory_headroom,
                     loss_chunk=args.loss_chunk, s1fast_mfu=args.s1fast_mfu, seed=args.seed)
-    p = project(args.preset, gpus=args.gpus, gpu_name=args.gpu, lengths_path=args.lengths, A=A)
+    p = project(args.preset, gpus=args.gpus, gpu_name=args.gpu, lengths_path=args.lengths, model=args.model, A=A)
     if args.plot:
         plot(p, args.plot)
     print(json.dumps(p, indent=1) if args.json else format_report(p))

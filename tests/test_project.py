@@ -16,13 +16,14 @@ def s1():
     return P.project("s1", gpus=16)
 
 
-def test_cost_coefficients_match_qwen25_32b_by_hand():
-    s = P._shape(P._QWEN25_32B)
-    layer = 2 * H * H + 2 * H * 1024 + (H + 2 * 1024) + 3 * H * 27648 + 2 * H
+def test_model_shape_matches_qwen25_32b_by_hand():
+    s = P.model_shape("Qwen2.5-32B-Instruct")
+    layer = 2 * H * H + 2 * H * 1024 + (H + 2 * 1024) + 3 * H * 27648 + 2 * H   # q,o + k,v + qkv bias + MLP + norms
     assert s.layer_params == layer
-    a, b = P._cost_coefficients(s)
-    assert a == 6 * (64 * layer + V * H)          # matmul: layers + lm_head, not the embedding lookup
-    assert b == 6 * 64 * 40 * 128                  # causal attention, forward + backward
+    matmul = 64 * (2 * H * H + 2 * H * 1024 + 3 * H * 27648) + V * H           # layers + lm_head, no embedding
+    assert s.a == 6 * matmul
+    assert s.b == 6 * 64 * 40 * 128                  # causal attention, forward + backward
+    assert s.cost(1000) == s.a * 1000 + s.b * 1000 ** 2
     assert 32.7e9 < s.params < 32.8e9              # Qwen2.5-32B is 32.76B parameters
 
 
@@ -31,8 +32,8 @@ def test_calibration_reproduces_26_minutes_and_its_mfu(s1):
     assert c["seconds_per_step"] == pytest.approx(26 * 60 / 315)
     # End-to-end MFU from first principles: all training FLOPs of 5 epochs / (16 GPUs * peak * 26 min).
     lens = P.load_lengths(s1["lengths_file"])
-    a, b = P._cost_coefficients(P._shape(P._QWEN25_32B))
-    work = 5 * sum(a * x + b * x * x for x in lens)
+    s = P.model_shape("Qwen2.5-32B-Instruct")
+    work = 5 * sum(s.a * x + s.b * x * x for x in lens)
     assert c["end_to_end_mfu"] == pytest.approx(work / (16 * PEAK * 26 * 60))
     # The busiest rank's MFU: the straggler and the overheads only push it above the end-to-end figure.
     assert c["reference_mfu"] > c["end_to_end_mfu"] * c["straggler"]
@@ -69,7 +70,7 @@ def test_memory_table_logits_and_which_blocks_fit(s1):
     ref, fast = rows[("reference", 32768)], rows[("s1fast", 32768)]
     assert ref["fp32_logits_full"] == pytest.approx(4 * 32768 * V / 1e9, abs=0.01)   # ~19.9 GB
     assert 19.5 < ref["fp32_logits_full"] < 20.5
-    assert ref["states"] == pytest.approx(16 * P._shape(P._QWEN25_32B).params / 16 / 1e9, abs=0.01)
+    assert ref["states"] == pytest.approx(16 * P.model_shape("Qwen2.5-32B-Instruct").params / 16 / 1e9, abs=0.01)
     assert ref["loss_phase"] > ref["fp32_logits_full"] > fast["loss_phase"]
     assert not ref["fits"] and fast["fits"]          # s1.1 at 32768: the reference OOMs, s1fast fits
     assert not fast["fits_no_ckpt"]                  # 32B at 32768 needs activation checkpointing
