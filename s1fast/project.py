@@ -23,11 +23,14 @@ in the layers (HFU is printed beside MFU).
 Time of a run
 -------------
 ``T = sum over micro-steps of (slowest rank's work) / (peak * MFU) + exposed communication + optimizer``.
-The first term is ``straggler * total work / (W * peak * MFU)``, with the packing plan's
-straggler factor = sum over micro-steps of the slowest rank's work / sum of the balanced work (step work / W).
-- s1's stack: one sequence per GPU per micro-step (global batch / W micro-steps of accumulation), sequences
-  in random order, every rank waits for the slowest at each micro-step (FSDP collectives).
-- s1fast: the balanced packing plan over the same steps (same sequences per optimizer step), packs capped at
+The first term is ``straggler * total work / (W * peak * MFU)``, with the straggler factor of the plan that
+``s1fast.packing.make_plan`` makes for the data (its ``sync_straggler_factor``: sum over micro-steps of the
+slowest rank's work / sum of the balanced work, step work / W; FSDP synchronises every micro-step).
+- s1's stack: plan mode "none": one sequence per GPU per micro-step (global batch / W micro-steps of
+  accumulation), sequences in random order, every rank waits for the slowest at each micro-step.
+- s1fast: plan mode "balanced": the same steps with the same number of sequences each, but sequences of similar
+  cost grouped into a step inside windows of ``group_window`` steps (the planner's default; ``--group-window 1``
+  keeps s1's random step composition, and then only placement inside a step can help), packs capped at
   what fits in memory (never below the longest sequence). Since the plan is made before training, its
   longest pack is known: s1fast checkpoints only as many layers as that pack needs to stay within the
   budget less a headroom (selective checkpointing), and picks FSDP full shard or HSDP, whichever is faster
@@ -87,7 +90,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -130,7 +132,8 @@ class Assumptions:
     memory_headroom: float = 0.1       # s1fast keeps this fraction of the budget free when it picks checkpointing
     loss_chunk: int = 2048             # tokens per chunk of s1fast's fused linear cross-entropy
     s1fast_mfu: float | None = None    # None: anchored (reference HFU x torchtitan's compile gain)
-    seed: int = 0                      # order of the sequences in the simulated plans
+    seed: int = 0                      # order of the sequences in the plans
+    group_window: int | None = None    # s1fast's plan: steps per grouping window (None: the planner's default)
     calib_minutes: float = 26.0        # the public s1 figure
     calib_steps: int = 315
     calib_gpus: int = 16
@@ -258,50 +261,24 @@ def model_shape(name_or_dir: str) -> Shape:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Plans.  TO BE REPLACED by s1fast.packing.make_plan(...).straggler_factor once the packing issue lands.
+# Plans: s1fast.packing.make_plan, mode "none" for s1's stack and "balanced" for s1fast
 # ----------------------------------------------------------------------------------------------------------
-def _plan_stats(lengths, *, world_size, max_tokens, global_batch, epochs, seed, mode, a, b):
-    """(straggler factor, micro-steps, max tokens on one rank in one micro-step) of a simulated plan.
+def plan_stats(lengths, s: Shape, *, world_size: int, max_tokens: int, global_batch: int, epochs: int, seed: int,
+               mode: str, group_window: int | None = None) -> tuple[float, int, int]:
+    """(straggler factor, synchronised micro-steps, longest micro-batch in tokens) of the packing plan.
 
-    mode "reference": each epoch in random order, steps of ``global_batch`` sequences, micro-steps of one
-    sequence per rank. mode "balanced": stand-in for the real planner: steps of similar cost (each epoch
-    sorted by cost, cut into steps, step order shuffled), each step's sequences dealt longest-first to the
-    least-loaded rank, packs capped at max_tokens.
+    The straggler factor is the plan's ``sync_straggler_factor``: FSDP synchronises every micro-step, so a
+    step lasts the sum over its micro-steps of the slowest rank's work. The lengths files carry no
+    supervised counts; they do not change the plan (only its loss weights), so L - 1 stands in.
     """
-    rng = random.Random(seed)
-    cost = lambda L: a * L + b * L * L  # noqa: E731
-    slow = bal = 0.0
-    micro = 0
-    peak_tokens = 0
-    for _ in range(epochs):
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        if mode == "balanced":
-            order.sort(key=lambda i: lengths[i], reverse=True)
-        steps = [order[i:i + global_batch] for i in range(0, len(order), global_batch)]
-        if mode == "balanced":
-            rng.shuffle(steps)
-        for step in steps:
-            if mode == "reference":
-                for j in range(0, len(step), world_size):
-                    chunk = step[j:j + world_size]
-                    slow += max(cost(lengths[i]) for i in chunk)
-                    bal += sum(cost(lengths[i]) for i in chunk) / world_size
-                    peak_tokens = max(peak_tokens, max(lengths[i] for i in chunk))
-                    micro += 1
-            else:
-                loads = [0.0] * world_size
-                toks = [0] * world_size
-                for i in sorted(step, key=lambda i: lengths[i], reverse=True):
-                    r = min(range(world_size), key=loads.__getitem__)
-                    loads[r] += cost(lengths[i])
-                    toks[r] += lengths[i]
-                m = max(1, math.ceil(max(toks) / max_tokens))
-                slow += max(loads)
-                bal += sum(loads) / world_size
-                peak_tokens = max(peak_tokens, min(max(toks), max_tokens))
-                micro += m
-    return slow / bal, micro, peak_tokens
+    from s1fast import _native
+    from s1fast.packing import CostModel, make_plan
+    window = {} if group_window is None else dict(group_window=group_window)
+    plan = make_plan(lengths, [x - 1 for x in lengths], world_size=world_size, max_tokens=max_tokens,
+                     global_batch=global_batch, epochs=epochs, seed=seed, mode=mode, cost=CostModel(s.a, s.b),
+                     backend="native" if _native.available() else "python", **window)
+    st = plan.stats
+    return st["sync_straggler_factor"], st["micro_steps_per_rank"], st["max_micro_tokens"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -472,9 +449,10 @@ def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU
         # the longest sequence, which must stay whole: beyond that the run does not fit, and says so.
         limit = (gpu.memory_gb - A.runtime_reserve_gb) * (1 - A.memory_headroom)
         pack_cap = max(max(lens), max_fit_tokens(s, A, stack=stack, shard=world, limit_gb=limit))
-    straggler, micro, peak_tokens = _plan_stats(
-        lens, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch, epochs=preset.epochs,
-        seed=A.seed, mode="reference" if stack == "reference" else "balanced", a=s.a, b=s.b)
+    straggler, micro, peak_tokens = plan_stats(
+        lens, s, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch, epochs=preset.epochs,
+        seed=A.seed, mode="none" if stack == "reference" else "balanced",
+        group_window=None if stack == "reference" else A.group_window)
     steps = preset.epochs * math.ceil(len(lens) / preset.global_batch)
     return _Setup(stack, block, world, lens, work, steps, straggler, micro, peak_tokens)
 
@@ -783,11 +761,14 @@ def main(argv=None) -> int:
     ap.add_argument("--loss-chunk", type=int, default=d.loss_chunk)
     ap.add_argument("--s1fast-mfu", type=float, default=None, help="override the anchored MFU assumption")
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--group-window", type=int, default=None,
+                    help="s1fast's plan: steps per grouping window (1 keeps s1's random step composition)")
     args = ap.parse_args(argv)
     A = Assumptions(nic_gbit=args.nic_gbit, nics_per_node=args.nics_per_node, link_efficiency=args.link_efficiency,
                     hbm_efficiency=args.hbm_efficiency, runtime_reserve_gb=args.runtime_reserve_gb,
                     memory_headroom=args.memory_headroom,
-                    loss_chunk=args.loss_chunk, s1fast_mfu=args.s1fast_mfu, seed=args.seed)
+                    loss_chunk=args.loss_chunk, s1fast_mfu=args.s1fast_mfu, seed=args.seed,
+                    group_window=args.group_window)
     p = project(args.preset, gpus=args.gpus, gpu_name=args.gpu, lengths_path=args.lengths, model=args.model, A=A)
     if args.plot:
         plot(p, args.plot)

@@ -44,13 +44,14 @@ def test_calibration_reproduces_26_minutes_and_its_mfu(s1):
     assert ref["straggler"] > 1.2                  # one sequence per GPU on long-tailed lengths
 
 
-def test_straggler_is_one_for_equal_lengths_and_balanced_beats_random():
-    kw = dict(world_size=4, max_tokens=10_000, global_batch=8, epochs=2, seed=0, a=1.0, b=0.0)
-    f, micro, peak = P._plan_stats([500] * 40, mode="reference", **kw)
-    assert f == pytest.approx(1.0) and micro == 2 * 5 * 2 and peak == 500
+def test_plan_stats_from_the_packing_planner():
+    s = P.model_shape("Qwen2.5-32B-Instruct")
+    kw = dict(world_size=4, max_tokens=10_000, global_batch=8, epochs=2, seed=0)
+    f, micro, peak = P.plan_stats([500] * 40, s, mode="none", **kw)
+    assert f == pytest.approx(1.0) and micro == 2 * 5 * 2 and peak == 500   # 2 micro-steps of accumulation
     lens = [100 + 37 * i % 900 for i in range(64)]
-    ref, _, _ = P._plan_stats(lens, mode="reference", **kw)
-    bal, _, _ = P._plan_stats(lens, mode="balanced", **kw)
+    ref, _, _ = P.plan_stats(lens, s, mode="none", **kw)
+    bal, _, _ = P.plan_stats(lens, s, mode="balanced", **kw)
     assert bal < ref
 
 
