@@ -78,8 +78,9 @@ Memory of one GPU (GB = 1e9 bytes)
   the backward the log-softmax output, its incoming gradient and the outgoing gradient (3 * 4LV) are live:
   peak 12 * L * V bytes (fp32 logits alone are 4 * 32768 * 152064 = 19.9 GB at block 32768), plus the
   gathered lm_head (2Vh).
-  s1fast (fused linear cross-entropy in chunks of C tokens): fp32 chunk logits + bf16 copy (6CV), the fp32
-  hidden-state gradient (4Lh), the fp32 lm_head weight-gradient accumulator (4Vh); plus the gathered lm_head.
+  s1fast (triton_kernels' fused linear cross-entropy in chunks of C tokens, by default C x V fp32 ~ 256 MiB on
+  a GPU, C = 432 for V = 152064): the fp32 chunk logits and the bf16 chunk gradient (6CV), the bf16
+  hidden-state gradient (2Lh), the fp32 lm_head weight-gradient accumulator (4Vh); plus the gathered lm_head.
 - The card sold as "80 GB" holds 81,559 MiB = 85.5 GB (nvidia-smi); a runtime reserve (CUDA context, NCCL
   buffers, allocator fragmentation; an assumption) is left out of the budget.
 The peak is states + saved activations + the larger of the loss phase and the layer-backward phase.
@@ -130,7 +131,7 @@ class Assumptions:
     hbm_efficiency: float = 0.7        # achieved / nominal HBM bandwidth in the optimizer step
     runtime_reserve_gb: float = 2.0    # CUDA context, NCCL buffers, allocator fragmentation
     memory_headroom: float = 0.1       # s1fast keeps this fraction of the budget free when it picks checkpointing
-    loss_chunk: int = 2048             # tokens per chunk of s1fast's fused linear cross-entropy
+    loss_chunk: int | None = None      # tokens per chunk of the fused loss (None: its default, C*V*4 ~ 256 MiB)
     s1fast_mfu: float | None = None    # None: anchored (reference HFU x torchtitan's compile gain)
     seed: int = 0                      # order of the sequences in the plans
     group_window: int | None = None    # s1fast's plan: steps per grouping window (None: the planner's default)
@@ -330,9 +331,10 @@ def memory_gb(s: Shape, A: Assumptions, *, stack: str, tokens: int, shard: int, 
         # lm_head backward that follows (bf16 logit gradient, lm_head gradient, hidden-state gradient)
         loss_phase = 2 * V * h + max(12.0 * L * V, 2.0 * L * V + 2 * V * h + 2 * L * h)
     else:
-        # gathered lm_head + fp32 weight-gradient accumulator + one chunk's fp32 logits and bf16 copy +
-        # the fp32 hidden-state gradient, all live together (the fused loss makes its gradients in forward)
-        loss_phase = 2 * V * h + 4 * V * h + 6.0 * min(A.loss_chunk, L) * V + 4.0 * L * h
+        # gathered lm_head + fp32 weight-gradient accumulator + one chunk's fp32 logits and bf16 gradient +
+        # the bf16 hidden-state gradient, all live together (the fused loss makes its gradients in forward)
+        chunk = A.loss_chunk or max(16, 256 * 2**20 // (4 * V) // 16 * 16)  # the kernel's GPU default
+        loss_phase = 2 * V * h + 4 * V * h + 6.0 * min(chunk, L) * V + 2.0 * L * h
     parts = {
         "states": states,
         "saved_activations": saved,
@@ -477,7 +479,7 @@ def _timed(st: _Setup, s: Shape, gpu: GPU, A: Assumptions, *, shard: int, shardi
 
 
 def project_run(stack: str, s: Shape, lengths, preset: Preset, *, block: int, world: int, gpu: GPU,
-                A: Assumptions, hfu: float | None = None, mfu: float | None = None,
+                A: Assumptions, hfu: float | None = None, mfu: float | None = None, all_checkpointed: bool = False,
                 _st: _Setup | None = None) -> Run:
     """One stack's projected run. Give the efficiency as ``hfu`` or (s1fast only) a fixed ``mfu``.
 
@@ -485,6 +487,7 @@ def project_run(stack: str, s: Shape, lengths, preset: Preset, *, block: int, wo
     shard and, on several nodes, HSDP (shard inside a node: gathers on NVLink); for each it checkpoints the
     fewest layers that keep the longest pack of the plan within the memory budget less the headroom (the
     plan is made before training, so its longest pack is known), and keeps the faster configuration.
+    ``all_checkpointed``: s1fast checkpoints every layer as s1's stack does.
     """
     st = _st or _setup(stack, lengths, preset, block, world, gpu, A, s)
     if stack == "reference":
@@ -496,7 +499,7 @@ def project_run(stack: str, s: Shape, lengths, preset: Preset, *, block: int, wo
         shards.append((g, f"HSDP {g}x{world // g}"))
     best = None
     for shard, name in shards:
-        k = next((k for k in range(s.layers + 1)
+        k = next((k for k in range(s.layers if all_checkpointed else 0, s.layers + 1)
                   if memory_gb(s, A, stack=stack, tokens=st.peak_tokens, shard=shard, ckpt_layers=k)["peak"] <= limit),
                  None)
         if k is None:
@@ -585,6 +588,8 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
     head = next(r for r in runs if r.stack == "s1fast" and r.block == preset.s1fast_block)
     blk = preset.s1fast_block
     sens = {"reference HFU, no kernel gain": fast(blk, hfu=calib["reference_hfu"]), "anchored": head,
+            "anchored, every layer checkpointed": fast(blk, hfu=anchored_s1fast_hfu(calib["reference_hfu"]),
+                                                       all_checkpointed=True),
             "torchtitan compiled": fast(blk, mfu=0.39), "Megatron low": fast(blk, mfu=0.41),
             "Megatron best": fast(blk, mfu=MEGATRON_BEST_MFU)}
     sens = {k: dict(mfu=r.mfu, minutes=r.minutes) for k, r in sens.items()}

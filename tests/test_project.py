@@ -108,3 +108,14 @@ def test_cli_json_keys_and_plot(tmp_path):
     assert png.stat().st_size > 10_000
     text = P.format_report(p)
     assert "PROJECTED" in text and "calibration" in text and "assumptions:" in text
+
+
+def test_balance_comes_from_step_composition_and_selective_checkpointing_helps(s1):
+    # With s1's random step composition (group window 1) and as many sequences per step as GPUs, no
+    # placement can beat the longest sequence of each step: s1fast keeps the reference's straggler factor.
+    fixed = P.project("s1", gpus=16, A=P.Assumptions(group_window=1))
+    runs = {r["stack"]: r for r in fixed["runs"]}
+    assert runs["s1fast"]["straggler"] == pytest.approx(runs["reference"]["straggler"], rel=1e-6)
+    assert fixed["s1fast_minutes"] > s1["s1fast_minutes"]
+    sens = s1["sensitivity"]
+    assert sens["anchored, every layer checkpointed"]["minutes"] >= sens["anchored"]["minutes"]
