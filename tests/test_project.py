@@ -115,7 +115,8 @@ def test_balance_comes_from_step_composition_and_selective_checkpointing_helps(s
     # placement can beat the longest sequence of each step: s1fast keeps the reference's straggler factor.
     fixed = P.project("s1", gpus=16, A=P.Assumptions(group_window=1))
     runs = {r["stack"]: r for r in fixed["runs"]}
-    assert runs["s1fast"]["straggler"] == pytest.approx(runs["reference"]["straggler"], rel=1e-6)
+    assert runs["s1fast"]["straggler"] == pytest.approx(runs["reference"]["straggler"], rel=0.02)  # other shuffle
+    assert runs["s1fast"]["straggler"] > 1.3
     assert fixed["s1fast_minutes"] > s1["s1fast_minutes"]
     sens = s1["sensitivity"]
     assert sens["anchored, every layer checkpointed"]["minutes"] >= sens["anchored"]["minutes"]
