@@ -158,10 +158,17 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     # -- resume ---------------------------------------------------------------------------------------
     ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
     start, last_ckpt = 0, None
+    # what must match for a resume to continue the same trajectory (the world size may change: the step
+    # composition of a plan does not depend on it, and the checkpoint is resharded on load)
+    signature = {"data": ds.meta["key"], "global_batch": cfg.global_batch, "epochs": cfg.epochs, "seed": cfg.seed,
+                 "packing": cfg.packing, "weighting": cfg.weighting, "micro_tokens": cfg.micro_budget}
     if cfg.resume != "never":
         path = checkpoint.latest(ckpt_root) if cfg.resume == "auto" else cfg.resume
         if path is not None:
             state = checkpoint.load(path, model, optimizer)
+            if state.get("plan_signature", signature) != signature:
+                raise ConfigError(f"{path} was saved by a run with another data/plan ({state['plan_signature']}); "
+                                  f"this run has {signature}. Pass --resume never or a new --output-dir.")
             scheduler.load_state_dict(state["scheduler"])
             start, last_ckpt = state["step"], path
             if rank == 0:
@@ -187,7 +194,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
 
     def save(step):
         return checkpoint.save(ckpt_root, step, model, optimizer,
-                               {"scheduler": scheduler.state_dict(), "config": cfg.to_dict()}, cfg.keep_checkpoints)
+                               {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
+                                "plan_signature": signature}, cfg.keep_checkpoints)
 
     step = start
     try:
