@@ -16,11 +16,15 @@ Modes (``make_plan(mode=...)``)
               examples and every example is seen once per epoch. What changes is which examples share a step:
               each epoch is shuffled, cut into grouping windows of ``group_window`` steps, each window sorted by
               cost and cut into steps (so a step holds examples of similar cost), and the steps of the epoch are
-              shuffled. Inside a step, examples go to ranks by longest-processing-time-first on cost, and each
+              shuffled. With ``tolerance`` > 0 the sort key is the cost's level in steps of (1 + tolerance)
+              (``grouping_keys``), so examples of nearly equal cost keep their random order and the step
+              composition changes from epoch to epoch (tolerance 0: the sorted, optimal but nearly fixed one). Inside a step, examples go to ranks by longest-processing-time-first on cost, and each
               rank's examples are packed first-fit-decreasing into micro-batches of at most ``max_tokens``;
               micro-batches are ordered by cost so micro-step m costs about the same on every rank (FSDP syncs
               every micro-step). ``group_window=1`` keeps s1's random step composition (only placement changes);
-              larger windows trade randomness of composition for balance (bench/RESULTS.md, Packing).
+              larger windows and smaller tolerances trade randomness of composition for balance
+              (bench/RESULTS.md, Packing: s1K-1.1 derived lengths, 16 ranks: straggler 1.92 with window 1,
+              1.038 with the defaults window 64 / tolerance 0.03, 1.028 with tolerance 0).
               With as many examples per step as ranks only the composition can help.
 ``tokens``    a different optimisation (NOT the recipe's trajectory: fewer, larger steps): examples are packed
               best-fit-decreasing into micro-batches of ``max_tokens`` tokens inside each window, and a step is
@@ -91,6 +95,7 @@ import torch
 MODES = ("none", "balanced", "tokens")
 _MODE_ID = {m: i for i, m in enumerate(MODES)}
 WEIGHTINGS = ("sequence", "token")
+DEFAULT_TOLERANCE = 0.03  # balanced mode: cost levels of (1 + tolerance) share a grouping key (grouping_keys)
 DEFAULT_GROUP_WINDOW = 64  # steps per grouping window (s1K: 63 steps/epoch, so the whole epoch; RESULTS.md)
 IGNORE = -100
 
@@ -302,7 +307,7 @@ class Plan:
 def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_batch: int, epochs: int,
               seed: int = 0, mode: str = "balanced", cost: CostModel | None = None, weighting: str = "sequence",
               backend: str = "native", group_window: int = DEFAULT_GROUP_WINDOW,
-              accum: int | None = None) -> Plan:
+              tolerance: float = DEFAULT_TOLERANCE, accum: int | None = None) -> Plan:
     """Plan every optimizer step of ``epochs`` epochs (see the module docstring for modes and weights).
 
     lengths[i]: tokens of example i; supervised[i]: its targets (``(labels[1:] != -100).sum()``).
@@ -312,17 +317,19 @@ def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_b
     supervised = np.asarray(supervised, dtype=np.int64).reshape(-1)
     cost = cost or DEFAULT_COST
     _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs, mode, weighting, backend,
-              group_window, accum)
+              group_window, accum, tolerance)
     accum = int(accum) if accum is not None else max(1, global_batch // world_size)
     costs = cost.cost(lengths)
+    keys = grouping_keys(costs, tolerance)
     args = (world_size, max_tokens, global_batch, epochs, int(seed), _MODE_ID[mode], group_window, accum)
     t0 = time.perf_counter()
     if backend == "native":
         from . import _native
-        out = _native.ops().plan(torch.from_numpy(lengths), torch.from_numpy(costs), *args)
+        out = _native.ops().plan(torch.from_numpy(lengths), torch.from_numpy(costs), torch.from_numpy(keys), *args)
         order, micro_offsets, step_micro, step_epoch = (t.numpy() for t in out)
     else:
-        order, micro_offsets, step_micro, step_epoch = _plan_reference(lengths.tolist(), costs.tolist(), *args)
+        order, micro_offsets, step_micro, step_epoch = _plan_reference(lengths.tolist(), costs.tolist(), keys.tolist(),
+                                                                            *args)
     seconds = time.perf_counter() - t0
     plan = Plan(world_size=world_size, max_tokens=max_tokens, global_batch=global_batch, epochs=epochs,
                 seed=int(seed), mode=mode, weighting=weighting, group_window=group_window, accum=accum, cost=cost,
@@ -332,8 +339,18 @@ def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_b
     return plan
 
 
+def grouping_keys(costs: np.ndarray, tolerance: float) -> np.ndarray:
+    """What balanced mode sorts a window by (descending): the cost itself when tolerance is 0, else its level
+    ``floor(log(cost) / log(1 + tolerance))``: examples whose costs agree within about ``tolerance`` share a
+    level and keep their shuffled order, so the steps of a window change from epoch to epoch at the price of
+    about ``tolerance`` in balance. Computed once here, for both planners."""
+    if tolerance == 0:
+        return costs.astype(np.float64)
+    return np.floor(np.log(np.maximum(costs, 1e-300)) / np.log1p(tolerance))
+
+
 def _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs, mode, weighting, backend,
-              group_window, accum):
+              group_window, accum, tolerance=0.0):
     if mode not in MODES:
         raise ValueError(f"make_plan: mode={mode!r}; choose one of {MODES}")
     if weighting not in WEIGHTINGS:
@@ -344,6 +361,8 @@ def _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs,
                     ("epochs", epochs), ("group_window", group_window)):
         if int(v) < 1:
             raise ValueError(f"make_plan: {name}={v} must be >= 1")
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"make_plan: tolerance={tolerance} must be in [0, 1)")
     if accum is not None and int(accum) < 1:
         raise ValueError(f"make_plan: accum={accum} must be >= 1")
     if mode == "none" and global_batch % world_size:
@@ -391,7 +410,7 @@ class SplitMix64:
             xs[i], xs[j] = xs[j], xs[i]
 
 
-def _plan_reference(lengths: list, costs: list, W: int, T: int, G: int, epochs: int, seed: int, mode: int,
+def _plan_reference(lengths: list, costs: list, keys: list, W: int, T: int, G: int, epochs: int, seed: int, mode: int,
                     window: int, accum: int):
     """Pure-Python planner: the specification csrc/packing.cpp follows line by line."""
     n = len(lengths)
@@ -412,7 +431,7 @@ def _plan_reference(lengths: list, costs: list, W: int, T: int, G: int, epochs: 
         groups = []
         if mode == _MODE_ID["balanced"]:
             for w0, w1 in _windows(n, G, window):
-                w = sorted(perm[w0:w1], key=lambda i: -costs[i])  # stable: ties keep the shuffled order
+                w = sorted(perm[w0:w1], key=lambda i: -keys[i])  # stable: ties keep the shuffled order
                 groups.extend(w[s0:s0 + G] for s0 in range(0, len(w), G))
             rng.shuffle(groups)
             steps.extend((e, _place_examples(g, lengths, costs, W, T)) for g in groups)
@@ -634,7 +653,7 @@ def _register_fakes():
         return lengths.new_empty((lengths.shape[0] + 1,), dtype=torch.int32)
 
     @torch.library.register_fake("s1fast::plan")
-    def _(lengths, costs, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum):
+    def _(lengths, costs, keys, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum):
         ctx = torch.library.get_ctx()
         n = lengths.shape[0] * epochs
         mk = lambda s: lengths.new_empty((s,), dtype=torch.int64)  # noqa: E731

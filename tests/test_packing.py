@@ -30,7 +30,7 @@ def problems(draw, modes=packing.MODES):
     sup = [draw(st.integers(0, L - 1)) for L in lengths]
     kw = dict(world_size=W, max_tokens=T, global_batch=G, epochs=draw(st.integers(1, 2)),
               seed=draw(st.integers(-2**63, 2**63 - 1)), mode=mode, group_window=draw(st.integers(1, 5)),
-              weighting=draw(st.sampled_from(packing.WEIGHTINGS)))
+              weighting=draw(st.sampled_from(packing.WEIGHTINGS)), tolerance=draw(st.sampled_from([0.0, 0.05, 0.5])))
     if mode == "tokens":
         kw["accum"] = draw(st.integers(1, 3))
     return np.array(lengths), np.array(sup), kw
@@ -138,7 +138,7 @@ def test_errors_name_the_problem():
     from s1fast import _native
     import torch
     with pytest.raises(RuntimeError, match="example 1 has length 50"):
-        _native.ops().plan(torch.tensor(L), torch.ones(3, dtype=torch.float64), 1, 40, 1, 1, 0, 1, 1, 1)
+        _native.ops().plan(torch.tensor(L), torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), 1, 40, 1, 1, 0, 1, 1, 1)
 
 
 def test_json_roundtrip_and_steps():

@@ -125,7 +125,7 @@ def test_opcheck():
     torch.library.opcheck(ops.cu_seqlens, (torch.tensor([3, 0, 5]),))
     L = torch.tensor([5, 9, 3, 7, 2, 8])
     costs = torch.from_numpy(packing.DEFAULT_COST.cost(L.numpy()))
-    torch.library.opcheck(ops.plan, (L, costs, 2, 16, 4, 2, 0, 1, 1, 1),
+    torch.library.opcheck(ops.plan, (L, costs, costs, 2, 16, 4, 2, 0, 1, 1, 1),
                           test_utils=("test_schema", "test_faketensor"))
 
 
