@@ -4,9 +4,12 @@ Each kernel lives in its own file with its math, its ``@triton.jit`` code, its l
 autograd function, a functional API, a thin module and a plain-PyTorch reference. CUDA tensors run
 the Triton kernels; CPU tensors run the PyTorch reference unless ``TRITON_INTERPRET=1``.
 """
+from .cross_entropy_op import (FusedLinearCrossEntropy, cross_entropy, fused_linear_cross_entropy,
+                               fused_linear_cross_entropy_reference)
 from .rms_norm_op import RMSNorm, rms_norm, rms_norm_reference
 from .rope_op import rope, rope_reference
 from .swiglu_op import SwiGLU, swiglu, swiglu_reference
 
 __all__ = ["swiglu", "swiglu_reference", "SwiGLU", "rms_norm", "rms_norm_reference", "RMSNorm",
-           "rope", "rope_reference"]
+           "rope", "rope_reference", "fused_linear_cross_entropy", "fused_linear_cross_entropy_reference",
+           "cross_entropy", "FusedLinearCrossEntropy"]

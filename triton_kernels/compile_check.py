@@ -74,22 +74,30 @@ def as_jit_function(fn):
 
 
 def compile_sm90(fn, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4,
-                 num_stages: int = 3, name: str | None = None) -> CompileReport:
+                 num_stages: int = 3, name: str | None = None, divisible: tuple = ()) -> CompileReport:
     """Compile ``fn`` (a ``@triton.jit`` function) for sm_90 and report its resource use.
 
     ``signature`` maps every non-constexpr argument to a Triton type string ("*bf16", "i32", "fp32");
     ``constexprs`` maps the constexpr arguments to values. Spills are read from the cubin: STACK and
     LOCAL bytes (a kernel that spills keeps registers in local memory).
+
+    To compile what a real launch compiles, mirror Triton's launch-time specialisation: an integer
+    argument equal to 1 (a unit stride) becomes a constant (pass it in ``constexprs``), pointer
+    arguments are 16-byte aligned (torch allocations are) and the integers named in ``divisible`` are
+    multiples of 16 (``tt.divisibility``); without these the loads cannot be vectorised and a GEMM
+    tile's address arithmetic alone spills.
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         # The interpreter patches triton.language in this process; compile in a clean one.
-        return _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name)
+        return _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name, divisible)
     fn = as_jit_function(fn)
     constexprs = dict(constexprs or {})
     sig = dict(signature)
     for k in constexprs:
         sig[k] = "constexpr"
-    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in signature.items()
+             if k not in constexprs and (t.startswith("*") or k in divisible)}
+    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     compiled = triton.compile(src, target=H100, options={"num_warps": num_warps, "num_stages": num_stages})
     regs, stack, local, shared_static = _resource_usage(compiled.asm["cubin"])
     shared = max(int(getattr(compiled.metadata, "shared", 0) or 0), shared_static)
@@ -98,10 +106,11 @@ def compile_sm90(fn, signature: dict, constexprs: dict | None = None, *, num_war
                          shared_bytes=shared, num_warps=num_warps, uses_wgmma="wgmma" in ptx, ptx=ptx)
 
 
-def _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name) -> CompileReport:
+def _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name, divisible) -> CompileReport:
     target = as_jit_function(fn).fn if not hasattr(fn, "fn") else fn.fn
     spec = {"module": target.__module__, "name": target.__name__, "signature": signature,
-            "constexprs": constexprs or {}, "num_warps": num_warps, "num_stages": num_stages, "label": name}
+            "constexprs": constexprs or {}, "num_warps": num_warps, "num_stages": num_stages, "label": name,
+            "divisible": list(divisible)}
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, "-m", "triton_kernels.compile_check"], input=json.dumps(spec),
                           capture_output=True, text=True, env=env)
@@ -110,12 +119,40 @@ def _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, nam
     return CompileReport(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def compile_variants(module_names: list[str]) -> list[CompileReport]:
+    """Compile every variant listed by ``<module>.sm90_variants()`` (one process for all of them).
+
+    A kernel module lists its launch configurations at H100 shapes as dicts with ``name``, ``fn``,
+    ``signature``, ``constexprs``, ``num_warps``, ``num_stages`` (and ``divisible``). Under the interpreter the whole batch
+    runs in one clean subprocess (a Python start-up and a Triton import cost seconds each).
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        proc = subprocess.run([sys.executable, "-m", "triton_kernels.compile_check"],
+                              input=json.dumps({"modules": list(module_names)}), capture_output=True, text=True,
+                              env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sm_90 compile of {module_names} failed:\n{proc.stderr[-4000:]}")
+        return [CompileReport(**d) for d in json.loads(proc.stdout.strip().splitlines()[-1])]
+    import importlib
+    reports = []
+    for mod in module_names:
+        for v in importlib.import_module(mod).sm90_variants():
+            reports.append(compile_sm90(v["fn"], v["signature"], v.get("constexprs"), num_warps=v["num_warps"],
+                                        num_stages=v.get("num_stages", 3), name=v["name"],
+                                        divisible=tuple(v.get("divisible", ()))))
+    return reports
+
+
 def _main() -> None:
     import importlib
     spec = json.loads(sys.stdin.read())
+    if "modules" in spec:
+        print(json.dumps([asdict(r) for r in compile_variants(spec["modules"])]))
+        return
     fn = getattr(importlib.import_module(spec["module"]), spec["name"])
     rep = compile_sm90(fn, spec["signature"], spec["constexprs"], num_warps=spec["num_warps"],
-                       num_stages=spec["num_stages"], name=spec["label"])
+                       num_stages=spec["num_stages"], name=spec["label"], divisible=tuple(spec.get("divisible", ())))
     print(json.dumps(asdict(rep)))
 
 

@@ -1,21 +1,169 @@
-"""RMSNorm (Qwen2/Llama): ``y = x / sqrt(mean(x^2) + eps) * weight``, statistics in fp32.
+"""RMSNorm (Qwen2/Llama): ``y = weight * (x / sqrt(mean(x^2) + eps)).to(x.dtype)``, statistics in fp32.
 
-PyTorch path for now; the Triton forward/backward kernels land with the kernels issue (#4) behind
-the same ``rms_norm`` signature.
+Math, per row x of length D (r = rstd = 1 / sqrt(mean(x^2) + eps), xh = x * r, g = dy * w):
+    y   = w * xh
+    dx  = r * (g - xh * mean(g * xh))
+    dw  = sum over rows of dy * xh
+The forward saves only ``rstd`` [rows] (fp32); the backward recomputes ``xh`` from ``x``. Each
+backward program owns a strided set of row blocks and writes one fp32 partial ``dw`` row; the
+partials ([programs, D], programs ~ 4 x SMs) are summed afterwards, so the weight gradient is
+reduced across row blocks in fp32 with no atomics (deterministic).
+
+Qwen2RMSNorm rounds ``xh`` to the input dtype before scaling by the weight; the kernel does the
+same, so bf16 outputs match transformers bit for bit in the common case. The output dtype is
+``promote(x.dtype, weight.dtype)``, as in transformers.
+
+Kernels load in the input dtype and compute in fp32 (the right numerics on a GPU and the only
+correct ones under the interpreter, see ``_runtime``). Each program handles ``BLOCK_M`` rows of a
+power-of-two ``BLOCK_D`` >= D, so one row is read once per pass (the bandwidth floor: read x and
+write y forward; read x, dy and write dx backward).
 """
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+from ._runtime import INTERPRET, row_block, use_triton
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, x_stride, y_stride, eps,
+                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols < n_cols)[None, :]
+    rows64 = rows.to(tl.int64)
+    x_raw = tl.load(x_ptr + rows64[:, None] * x_stride + cols[None, :], mask=mask, other=0.0)
+    x = x_raw.to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    # round x_hat to the input dtype before the weight, as Qwen2RMSNorm does
+    xh = (x * rstd[:, None]).to(x_raw.dtype).to(tl.float32)
+    y = xh * w[None, :]
+    tl.store(y_ptr + rows64[:, None] * y_stride + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(rstd_ptr + rows, rstd, mask=rmask)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(x_ptr, w_ptr, dy_ptr, rstd_ptr, dx_ptr, dw_part_ptr, n_rows, n_cols, x_stride,
+                         dy_stride, dx_stride, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    n_blocks = tl.cdiv(n_rows, BLOCK_M)
+    for blk in range(pid, n_blocks, n_prog):
+        rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < n_rows
+        mask = rmask[:, None] & cmask[None, :]
+        rows64 = rows.to(tl.int64)
+        x_raw = tl.load(x_ptr + rows64[:, None] * x_stride + cols[None, :], mask=mask, other=0.0)
+        x = x_raw.to(tl.float32)
+        dy = tl.load(dy_ptr + rows64[:, None] * dy_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
+        xh = x * rstd[:, None]
+        g = dy * w[None, :]
+        c = tl.sum(g * xh, axis=1) / n_cols
+        dx = rstd[:, None] * (g - xh * c[:, None])
+        tl.store(dx_ptr + rows64[:, None] * dx_stride + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw_acc += tl.sum(dy * xh.to(x_raw.dtype).to(tl.float32), axis=0)
+    tl.store(dw_part_ptr + pid * n_cols + cols, dw_acc, mask=cmask)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """transformers' Qwen2RMSNorm: normalise in fp32, cast back, then scale by the weight."""
-    xf = x.float()
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp64 stays fp64 for a reference
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * y.to(x.dtype)
 
 
+def _blocks(n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_D, num_warps): ~4K elements per program on a GPU, larger tiles under the interpreter."""
+    block_d = row_block(n_cols)
+    budget = 16384 if INTERPRET else 4096
+    block_m = max(1, min(64, budget // block_d))
+    num_warps = 4 if block_d * block_m <= 4096 else 8
+    return block_m, block_d, num_warps
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _launch_fwd(x2: torch.Tensor, w: torch.Tensor, eps: float):
+    n_rows, n_cols = x2.shape
+    y = torch.empty((n_rows, n_cols), dtype=torch.promote_types(x2.dtype, w.dtype), device=x2.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
+    bm, bd, nw = _blocks(n_cols)
+    _rms_norm_fwd_kernel[(triton.cdiv(n_rows, bm),)](x2, w, y, rstd, n_rows, n_cols, x2.stride(0), y.stride(0),
+                                                     eps, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
+    return y, rstd
+
+
+def _num_programs(x: torch.Tensor, n_blocks: int) -> int:
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
+    return max(1, min(n_blocks, 4 * sms))
+
+
+def _launch_bwd(x2, w, dy2, rstd):
+    n_rows, n_cols = x2.shape
+    bm, bd, nw = _blocks(n_cols)
+    n_prog = _num_programs(x2, triton.cdiv(n_rows, bm))
+    dx = torch.empty_like(x2)
+    dw_part = torch.empty((n_prog, n_cols), dtype=torch.float32, device=x2.device)
+    _rms_norm_bwd_kernel[(n_prog,)](x2, w, dy2, rstd, dx, dw_part, n_rows, n_cols, x2.stride(0), dy2.stride(0),
+                                    dx.stride(0), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
+    return dx, dw_part.sum(0).to(w.dtype)
+
+
+def sm90_variants(hidden: int = 5120) -> list[dict]:
+    """Launch configurations at s1's hidden size, for ``compile_check.compile_variants``."""
+    bm, bd, nw = _blocks(hidden)
+    out = []
+    for x, w in (("*bf16", "*bf16"), ("*bf16", "*fp32"), ("*fp32", "*fp32")):
+        y = "*fp32" if "fp32" in (x, w) else x
+        out.append(dict(name=f"rms_norm fwd (x {x[1:]}, w {w[1:]})", fn=_rms_norm_fwd_kernel,
+                        signature=dict(x_ptr=x, w_ptr=w, y_ptr=y, rstd_ptr="*fp32", n_rows="i32", n_cols="i32",
+                                       x_stride="i32", y_stride="i32", eps="fp32"),
+                        constexprs=dict(BLOCK_M=bm, BLOCK_D=bd), num_warps=nw, num_stages=3,
+                        divisible=("n_cols", "x_stride", "y_stride")))
+        out.append(dict(name=f"rms_norm bwd (x {x[1:]}, w {w[1:]})", fn=_rms_norm_bwd_kernel,
+                        signature=dict(x_ptr=x, w_ptr=w, dy_ptr=y, rstd_ptr="*fp32", dx_ptr=x, dw_part_ptr="*fp32",
+                                       n_rows="i32", n_cols="i32", x_stride="i32", dy_stride="i32",
+                                       dx_stride="i32"),
+                        constexprs=dict(BLOCK_M=bm, BLOCK_D=bd), num_warps=nw, num_stages=3,
+                        divisible=("n_cols", "x_stride", "dy_stride", "dx_stride")))
+    return out
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x2 = _as_rows(x)
+        y, rstd = _launch_fwd(x2, weight, eps)
+        ctx.save_for_backward(x2, weight, rstd)
+        ctx.x_shape = x.shape
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, rstd = ctx.saved_tensors
+        dx, dw = _launch_bwd(x2, weight, _as_rows(dy), rstd)
+        return dx.view(ctx.x_shape), dw, None
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension of ``x`` with a [D] ``weight`` (fused forward and backward on GPU)."""
+    if weight.dim() != 1 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"rms_norm: x {tuple(x.shape)} needs a weight of shape [{x.shape[-1]}], got "
+                         f"{tuple(weight.shape)}")
+    if use_triton(x) and x.numel() > 0:
+        return RMSNormFunction.apply(x, weight, float(eps))
     return rms_norm_reference(x, weight, eps)
 
 

@@ -63,6 +63,19 @@ def _launch_bwd(g, u, dy):
     return dg, du
 
 
+def sm90_variants() -> list[dict]:
+    """Forward and backward in bf16 and fp32, for ``compile_check.compile_variants``."""
+    out = []
+    for dt in ("*bf16", "*fp32"):
+        out.append(dict(name=f"swiglu fwd ({dt[1:]})", fn=_swiglu_fwd_kernel,
+                        signature={"g_ptr": dt, "u_ptr": dt, "y_ptr": dt, "n": "i32"}, constexprs={"BLOCK": BLOCK},
+                        num_warps=4, num_stages=3, divisible=("n",)))
+        out.append(dict(name=f"swiglu bwd ({dt[1:]})", fn=_swiglu_bwd_kernel,
+                        signature={"g_ptr": dt, "u_ptr": dt, "dy_ptr": dt, "dg_ptr": dt, "du_ptr": dt, "n": "i32"},
+                        constexprs={"BLOCK": BLOCK}, num_warps=4, num_stages=3, divisible=("n",)))
+    return out
+
+
 class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate, up):

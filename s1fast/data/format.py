@@ -1,0 +1,188 @@
+"""The exact training text of the s1, s1.1 and Sky-T1 recipes, and its token ids and loss mask.
+
+s1 / s1.1 (recipe.md): the Qwen2.5 chat template with its default system prompt, the question as the
+user turn, and the assistant turn ``<|im_start|>think\\n{trace}\\n<|im_start|>answer\\n{answer}``::
+
+    <|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n
+    <|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n<|im_start|>think\\n{trace}\\n
+    <|im_start|>answer\\n{answer}<|im_end|>\\n
+
+- trace: s1K ``"\\n".join(thinking_trajectories).strip()``; s1K-1.1 ``deepseek_thinking_trajectory.strip()``.
+- answer: the attempt stripped, prefixed with ``"Answer: "`` unless it already contains ``"Answer:"``.
+
+Sky-T1 / chat: the same ChatML template over the row's turns, with the row's system prompt (or the
+default one). ShareGPT rows (``system``, ``conversations`` of ``from``/``value``) and chat rows
+(``messages`` of ``role``/``content``) are both accepted.
+
+Loss mask: only assistant turns are trained, from the token after ``<|im_start|>assistant\\n`` up to
+and including that turn's ``<|im_end|>`` and the ``\\n`` after it. The rendered string is tokenised
+once and the boundaries are found by token id.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .readers import DataError
+
+IM_START, IM_END, ASSISTANT, NEWLINE = 151644, 151645, 77091, 198
+IGNORE = -100
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+RECIPES = ("s1", "s1.1", "sky-t1", "chat")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system"}
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> str:
+    if field not in row or row[field] is None:
+        raise DataError(f"missing (have: {', '.join(sorted(row)) or 'no fields'})", field=field, **where)
+    v = row[field]
+    if allow_list and isinstance(v, (list, tuple)):
+        if not all(isinstance(x, str) for x in v):
+            raise DataError("must be a list of strings", field=field, **where)
+        v = "\n".join(v)
+    if not isinstance(v, str):
+        raise DataError(f"must be a string, got {type(v).__name__}", field=field, **where)
+    return v
+
+
+def _answer(attempt: str) -> str:
+    attempt = attempt.strip()
+    return attempt if "Answer:" in attempt else "Answer: " + attempt
+
+
+def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int | None = None) -> list[dict]:
+    """The chat turns of one training example for ``recipe`` (system turn first)."""
+    where = {"path": path, "row": row_id}
+    if recipe not in RECIPES:
+        raise DataError(f"unknown recipe '{recipe}'; choose one of {', '.join(RECIPES)}")
+    if recipe in ("s1", "s1.1"):
+        question = _text(row, "question", where)
+        if recipe == "s1":
+            trace = _text(row, "thinking_trajectories", where, allow_list=True).strip()
+            attempt = _text(row, "attempt", where)
+            trace_field = "thinking_trajectories"
+        else:
+            trace = _text(row, "deepseek_thinking_trajectory", where).strip()
+            attempt = _text(row, "deepseek_attempt", where)
+            trace_field = "deepseek_thinking_trajectory"
+        if not trace:
+            raise DataError("empty reasoning trace", field=trace_field, **where)
+        if not question.strip():
+            raise DataError("empty question", field="question", **where)
+        body = f"<|im_start|>think\n{trace}\n<|im_start|>answer\n{_answer(attempt)}"
+        return [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": question},
+                {"role": "assistant", "content": body}]
+    # sky-t1 / chat
+    if "conversations" in row:
+        turns = row["conversations"]
+        if not isinstance(turns, list) or not turns:
+            raise DataError("must be a non-empty list of {from, value}", field="conversations", **where)
+        msgs = []
+        for j, t in enumerate(turns):
+            if not isinstance(t, dict) or "from" not in t or "value" not in t:
+                raise DataError(f"turn {j} must be an object with 'from' and 'value'", field="conversations", **where)
+            role = _SHAREGPT_ROLES.get(t["from"])
+            if role is None or not isinstance(t["value"], str):
+                raise DataError(f"turn {j}: unknown speaker '{t['from']}' or non-string value",
+                                field="conversations", **where)
+            msgs.append({"role": role, "content": t["value"]})
+        system = row.get("system")
+        if system is not None and not isinstance(system, str):
+            raise DataError("must be a string", field="system", **where)
+    elif "messages" in row:
+        turns = row["messages"]
+        if not isinstance(turns, list) or not turns:
+            raise DataError("must be a non-empty list of {role, content}", field="messages", **where)
+        msgs = []
+        for j, t in enumerate(turns):
+            if not isinstance(t, dict) or t.get("role") not in ("system", "user", "assistant") \
+                    or not isinstance(t.get("content"), str):
+                raise DataError(f"turn {j} must have role system/user/assistant and string content",
+                                field="messages", **where)
+            msgs.append({"role": t["role"], "content": t["content"]})
+        system = None
+    else:
+        raise DataError(f"recipe '{recipe}' needs 'conversations' (ShareGPT) or 'messages' (chat); "
+                        f"row has {', '.join(sorted(row))}", **where)
+    if msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system if system else DEFAULT_SYSTEM})
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+        raise DataError("no non-empty assistant turn to train on", field="conversations" if "conversations" in row
+                        else "messages", **where)
+    return msgs
+
+
+def chatml(messages: list[dict]) -> str:
+    """Qwen2.5's chat template for plain text turns (no tools), with no generation prompt."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def render(example: dict, recipe: str, tokenizer=None, *, path: str | None = None,
+           row_id: int | None = None) -> str:
+    """The exact training string of ``example`` under ``recipe``.
+
+    With a tokenizer that has a chat template, the template renders it (the tests check it equals the
+    built-in ChatML renderer byte for byte on real rows); without one, the built-in renderer does.
+    """
+    msgs = to_messages(example, recipe, path=path, row_id=row_id)
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(msgs, tokenize=False)
+    return chatml(msgs)
+
+
+def label_mask(ids: list[int]) -> list[int]:
+    """Labels for ``ids``: the token where it lies inside an assistant turn's trained span, else -100.
+
+    A turn's span starts after ``<|im_start|>assistant`` and the token that carries its newline
+    (``\\n`` alone, or a merged newline token when the content starts with newlines), and ends with
+    the turn's ``<|im_end|>`` and the ``\\n`` after it.
+    """
+    labels = [IGNORE] * len(ids)
+    i, n = 0, len(ids)
+    while i < n - 1:
+        if ids[i] == IM_START and ids[i + 1] == ASSISTANT:
+            j = i + 3  # skip <|im_start|>, assistant, and the header newline token
+            while j < n and ids[j] != IM_END:
+                labels[j] = ids[j]
+                j += 1
+            if j < n:
+                labels[j] = ids[j]  # <|im_end|>
+                if j + 1 < n and ids[j + 1] == NEWLINE:
+                    labels[j + 1] = ids[j + 1]
+                    j += 1
+            i = j + 1
+        else:
+            i += 1
+    return labels
+
+
+def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None, *, policy: str = "error",
+           path: str | None = None, row_id: int | None = None) -> Encoded:
+    """Token ids and labels of one example (tokenised once, boundaries found by id).
+
+    ``policy`` decides what happens when the example is longer than ``max_tokens``: ``"error"``
+    raises a DataError naming the row, ``"truncate"`` keeps the first ``max_tokens`` tokens (marked
+    ``truncated``), ``"drop"`` is handled by the caller (``encode`` returns the full example).
+    """
+    text = render(example, recipe, tokenizer, path=path, row_id=row_id)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    labels = label_mask(ids)
+    truncated = False
+    if max_tokens is not None and len(ids) > max_tokens:
+        if policy == "error":
+            raise DataError(f"{len(ids)} tokens, over the {max_tokens}-token budget: raise --max-tokens or use "
+                            f"--policy drop / truncate", path=path, row=row_id)
+        if policy == "truncate":
+            ids, labels, truncated = ids[:max_tokens], labels[:max_tokens], True
+    return Encoded(ids, labels, truncated)

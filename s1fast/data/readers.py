@@ -1,0 +1,69 @@
+"""Read rows from json, jsonl and parquet files, remembering where each row came from.
+
+Every row comes back as ``(row_number, dict)``; errors name the file and the row, so a bad line
+in a 100K-row jsonl is found at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+
+class DataError(ValueError):
+    """Bad input data: says which file, row and field, and what to do."""
+
+    def __init__(self, message: str, *, path: str | None = None, row: int | None = None,
+                 field: str | None = None):
+        where = ", ".join(x for x in (path and f"file {path}", row is not None and f"row {row}",
+                                      field and f"field '{field}'") if x)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.path, self.row, self.field = path, row, field
+
+
+def read_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """Yield ``(row_number, row)`` from a .json (a list of objects), .jsonl or .parquet file."""
+    if not os.path.exists(path):
+        raise DataError("no such file; pass --data with a .json, .jsonl or .parquet file", path=path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, row=i) from None
+                if not isinstance(row, dict):
+                    raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
+                yield i, row
+    elif ext == ".json":
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"train": [...]}
+        if not isinstance(data, list):
+            raise DataError("a .json data file must hold a list of objects (use .jsonl for one object per line)",
+                            path=path)
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
+            yield i, row
+    elif ext == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError("reading parquet needs pyarrow: `pip install pyarrow` (or convert to jsonl)",
+                            path=path) from None
+        table = pq.read_table(path)
+        i = 0
+        for batch in table.to_batches(max_chunksize=1024):
+            for row in batch.to_pylist():
+                yield i, row
+                i += 1
+    else:
+        raise DataError(f"unknown extension '{ext}': use .json, .jsonl or .parquet", path=path)

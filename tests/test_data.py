@@ -1,0 +1,212 @@
+"""The data pipeline: exact s1 / s1.1 / Sky-T1 text, loss masks by token id, every error path, the cache."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from s1fast import data
+from s1fast.data import DataError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+S1K = json.load(open(os.path.join(FIXTURES, "s1k_head.json"), encoding="utf-8"))
+SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return data.load_tokenizer()
+
+
+def reference_s1(question, trace, answer):
+    """recipe.md's format, written out literally."""
+    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+            f"<|im_start|>assistant\n<|im_start|>think\n{trace}\n<|im_start|>answer\n{answer}<|im_end|>\n")
+
+
+def s1_row(r, k=0):
+    steps = [f"Step {i}: consider the problem carefully." for i in range(3)]
+    return {"question": r["problem"], "thinking_trajectories": ["  "] + steps + [" "], "attempt": r["solution"]}
+
+
+@pytest.mark.parametrize("k", range(len(S1K)))
+def test_s1_render_equals_reference_on_real_questions(tok, k):
+    r = S1K[k]
+    row = s1_row(r)
+    trace = "\n".join(row["thinking_trajectories"]).strip()
+    sol = r["solution"].strip()
+    ans = sol if "Answer:" in sol else "Answer: " + sol
+    want = reference_s1(r["problem"], trace, ans)
+    assert data.render(row, "s1") == want                    # built-in renderer
+    assert data.render(row, "s1", tok) == want               # through the tokenizer's own chat template
+
+
+def test_s11_render_and_answer_rule(tok):
+    q = S1K[0]["problem"]
+    row = {"question": q, "deepseek_thinking_trajectory": "\n  Let me think.\nOkay.  \n",
+           "deepseek_attempt": "So the result is 3.\n\nFinal Answer: 3"}
+    want = reference_s1(q, "Let me think.\nOkay.", "So the result is 3.\n\nFinal Answer: 3")
+    assert data.render(row, "s1.1") == want == data.render(row, "s1.1", tok)
+    row["deepseek_attempt"] = "  The result is 3. "
+    assert data.render(row, "s1.1").endswith("<|im_start|>answer\nAnswer: The result is 3.<|im_end|>\n")
+
+
+def test_s1_label_mask_by_token_id(tok):
+    row = s1_row(S1K[1])
+    enc = data.encode(row, tok, "s1")
+    ids, labels = enc.input_ids, enc.labels
+    header = [151644, 77091, 198]
+    h = next(i for i in range(len(ids)) if ids[i:i + 3] == header)
+    assert all(x == -100 for x in labels[:h + 3]), "prompt and assistant header must be masked"
+    assert labels[h + 3:] == ids[h + 3:], "everything after the header is trained"
+    assert ids[h + 3:h + 5] == [151644, 26865], "<|im_start|>think starts the trained span"
+    assert ids[-2:] == [151645, 198] and labels[-2:] == [151645, 198], "final <|im_end|> and \\n are trained"
+    assert [151644, 9217] in [ids[i:i + 2] for i in range(len(ids))]
+    # tokenised once: the ids are exactly the tokenizer's ids of the rendered string
+    assert ids == tok(data.render(row, "s1"), add_special_tokens=False)["input_ids"]
+    assert enc.supervised == len(ids) - (h + 3)
+
+
+def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
+    row = {"system": "Your role as an assistant involves thoroughly exploring questions.",
+           "conversations": [{"from": "user", "value": "What is 2+2?"},
+                             {"from": "assistant", "value": "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|>"},
+                             {"from": "user", "value": "And 3+3?"},
+                             {"from": "assistant", "value": "6"}]}
+    text = data.render(row, "sky-t1")
+    assert text == data.render(row, "sky-t1", tok)
+    assert text.startswith("<|im_start|>system\nYour role as an assistant involves thoroughly exploring questions."
+                           "<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    enc = data.encode(row, tok, "sky-t1")
+    trained = tok.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != -100])
+    assert trained == "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|><|im_end|>\n6<|im_end|>\n"
+    # chat rows with messages, default system prompt
+    msgs = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    assert data.render(msgs, "chat") == (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                                         "<|im_start|>assistant\nhello<|im_end|>\n")
+
+
+@pytest.mark.parametrize("row,recipe,match", [
+    ({"thinking_trajectories": ["x"], "attempt": "a"}, "s1", "field 'question': missing"),
+    ({"question": "q", "thinking_trajectories": ["x"]}, "s1", "field 'attempt': missing"),
+    ({"question": "q", "thinking_trajectories": 7, "attempt": "a"}, "s1", "field 'thinking_trajectories': must be"),
+    ({"question": "q", "thinking_trajectories": [" ", ""], "attempt": "a"}, "s1", "empty reasoning trace"),
+    ({"question": "q", "thinking_trajectories": ["x", 3], "attempt": "a"}, "s1", "list of strings"),
+    ({"question": "q", "deepseek_thinking_trajectory": "", "deepseek_attempt": "a"}, "s1.1", "empty reasoning"),
+    ({"question": "q"}, "sky-t1", "needs 'conversations'"),
+    ({"conversations": [{"from": "alien", "value": "x"}]}, "sky-t1", "unknown speaker"),
+    ({"conversations": [{"from": "user", "value": "x"}]}, "sky-t1", "no non-empty assistant turn"),
+    ({"question": "q"}, "s2", "unknown recipe"),
+])
+def test_malformed_rows_name_file_row_field(row, recipe, match):
+    with pytest.raises(DataError, match=match) as e:
+        data.render(row, recipe, path="train.jsonl", row_id=17)
+    if "unknown recipe" not in match:
+        assert "file train.jsonl, row 17" in str(e.value)
+
+
+def test_readers_json_jsonl_parquet_and_errors(tmp_path):
+    rows = [s1_row(S1K[i]) for i in range(3)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    for name in ("a.json", "a.jsonl", "a.parquet"):
+        got = list(data.read_rows(str(tmp_path / name)))
+        assert [i for i, _ in got] == [0, 1, 2] and [r["question"] for _, r in got] == [r["question"] for r in rows]
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"bad.jsonl, row 1: not valid JSON"):
+        list(data.read_rows(str(tmp_path / "bad.jsonl")))
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(DataError, match="row 0: expected a JSON object"):
+        list(data.read_rows(str(tmp_path / "list.jsonl")))
+    with pytest.raises(DataError, match="no such file"):
+        list(data.read_rows(str(tmp_path / "missing.jsonl")))
+    with pytest.raises(DataError, match="unknown extension '.csv'"):
+        (tmp_path / "x.csv").write_text("a")
+        list(data.read_rows(str(tmp_path / "x.csv")))
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith("pyarrow"):
+            raise ImportError("no pyarrow")
+        return real(name, *a, **k)
+
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(DataError, match="pip install pyarrow"):
+        list(data.read_rows(str(tmp_path / "x.parquet")))
+
+
+def test_encode_over_budget_policies(tok):
+    row = s1_row(S1K[0])
+    n = len(data.encode(row, tok, "s1").input_ids)
+    with pytest.raises(DataError, match=f"row 3: {n} tokens, over the 50-token budget"):
+        data.encode(row, tok, "s1", 50, path="f.jsonl", row_id=3)
+    t = data.encode(row, tok, "s1", 50, policy="truncate")
+    assert t.truncated and len(t.input_ids) == 50 and all(x == -100 for x in t.labels)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_prepare_cache_policies_and_atomic_rebuild(tmp_path):
+    rows = [s1_row(S1K[i]) for i in range(6)]
+    rows[2]["thinking_trajectories"] = ["long " * 3000]
+    src = tmp_path / "d.jsonl"
+    _write_jsonl(src, rows)
+    out = str(tmp_path / "cache")
+    logs = []
+    with pytest.raises(DataError, match=r"1 example\(s\) longer than --max-tokens 2000: row 2 \(\d+ tokens\)"):
+        data.prepare(str(src), "s1", max_tokens=2000, out=out, progress=False, log=logs.append, workers=1)
+    assert not os.path.exists(out)
+
+    ds = data.prepare(str(src), "s1", max_tokens=2000, out=out, policy="drop", progress=False, log=logs.append,
+                      workers=2)
+    assert len(ds) == 5 and list(ds.rows) == [0, 1, 3, 4, 5]
+    assert any("dropped 1 example(s)" in line for line in logs)
+    assert ds.meta["summary"]["rows_dropped"] == 1 and ds.meta["summary"]["rows_over_budget"] == 1
+    tok = data.load_tokenizer()
+    for i, r in enumerate(ds.rows):
+        ids, labels = ds[i]
+        enc = data.encode(rows[r], tok, "s1")
+        assert ids.tolist() == enc.input_ids and labels.tolist() == enc.labels
+        assert ds.lengths[i] == len(enc.input_ids) and ds.supervised[i] == enc.supervised
+
+    logs.clear()
+    again = data.prepare(str(src), "s1", max_tokens=2000, out=out, policy="drop", progress=False, log=logs.append)
+    assert "cache hit" in logs[0] and len(again) == 5
+
+    # a change of budget rebuilds; a failing rebuild leaves the previous cache intact
+    with pytest.raises(DataError):
+        data.prepare(str(src), "s1", max_tokens=1000, out=out, policy="error", progress=False, log=logs.append)
+    assert len(data.TokenDataset(out)) == 5
+    logs.clear()
+    t = data.prepare(str(src), "s1", max_tokens=1000, out=out, policy="truncate", progress=False, log=logs.append)
+    assert "cache hit" not in logs[0] and int(t.lengths.max()) == 1000
+    assert any("truncated" in line for line in logs)
+    # a change of data rebuilds too
+    _write_jsonl(src, rows[:4])
+    logs.clear()
+    assert len(data.prepare(str(src), "s1", max_tokens=1000, out=out, policy="truncate", progress=False,
+                            log=logs.append)) == 4
+
+
+def test_prepare_cli_on_bundled_sample(tmp_path, capsys):
+    from s1fast.data.__main__ import main
+    out = str(tmp_path / "c")
+    assert main(["prepare", "--max-tokens", "16384", "--out", out, "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    assert "supervised_tokens" in first and "rows_kept          59" in first
+    assert main(["prepare", "--max-tokens", "16384", "--out", out, "--no-progress"]) == 0
+    assert "cache hit" in capsys.readouterr().out
+    assert main(["prepare", "--data", str(tmp_path / "nope.jsonl"), "--out", out]) == 2
+    assert "no such file" in capsys.readouterr().err
+    ds = data.TokenDataset(out)
+    assert np.all(ds.supervised > 0) and np.all(ds.lengths > ds.supervised)

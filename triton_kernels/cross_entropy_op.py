@@ -1,0 +1,525 @@
+"""Fused linear cross-entropy (``hidden @ weight.T`` -> loss, never the full [N, V] logits) and a
+cross-entropy over given logits.
+
+    loss = fused_linear_cross_entropy(hidden [N, H], weight [V, H], target [N], bias=None, *,
+                                      ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,
+                                      reduction="mean", token_weight=None, normalizer=None,
+                                      return_lse=False, chunk_size=None)
+    loss = cross_entropy(logits [N, V], target [N], *, same keywords)
+
+Per token i with logits a_i = h_i W^T + b, capped logits z = c * tanh(a / c) if ``softcap=c`` else a,
+lse_i = log sum_j exp(z_ij), t = target_i, eps = label_smoothing, lam = z_loss:
+    l_i       = lse_i - (1 - eps) * z_it - (eps / V) * sum_j z_ij + lam * lse_i^2
+    dl_i/dz_j = (1 + 2 lam lse_i) * softmax(z_i)_j - (1 - eps) [j = t] - eps / V
+    dz/da     = 1 - (z / c)^2                                       (softcap only)
+Tokens with ``target == ignore_index`` contribute exactly 0 to the loss and to every gradient, whatever
+their ``token_weight`` holds (a NaN weight there included): their effective weight is forced to 0.
+
+Reductions (w_i = token_weight[i], or 1; w_i = 0 where the target is ignored):
+    "none": the vector [w_i * l_i]                  (fp32, 0 at ignored tokens)
+    "sum":  sum_i w_i l_i                           (``normalizer`` not allowed)
+    "mean": sum_i w_i l_i / D, with D = ``normalizer`` if given (a number or a 0-dim tensor, e.g. the
+            step's global supervised-token count), else D = sum_i w_i (= the number of non-ignored tokens
+            without weights). D == 0 gives a loss of 0, not NaN.
+A trainer that folds the step's normalisation into the weights calls
+``fused_linear_cross_entropy(h, W, t, token_weight=w, reduction="sum")``: that is exact (one fp32 sum
+of w_i l_i, no division, no host sync) and costs nothing beyond the unweighted loss. The result is an
+fp32 scalar; ``return_lse=True`` also returns the per-token log-sum-exp [N] (fp32, not differentiable),
+from which a caller can log the z-loss term.
+
+Algorithm (the same on every device, so CPU users get the memory savings too). Tokens are processed in
+chunks of C rows (``chunk_size``; default: C x V fp32 logits take ~256 MiB on a GPU, ~64 MiB on a CPU):
+    1. z = h_c W^T (+ b) into an fp32 [C, V] buffer;
+    2. a row kernel makes two passes over each row: online max / sum-exp (plus the target logit and the
+       row sum for smoothing), then, when a gradient is wanted, writes dz = w_i dl_i/dz in the GEMM
+       operand dtype (bf16 for a bf16 model) into a [C, V] buffer;
+    3. dh_c = dz W (written in h's dtype), dW += dz^T h_c (fp32 accumulator), db += sum_rows dz.
+The gradients are thus computed during the forward (one pass over the vocabulary instead of two) and
+the backward only scales them by the incoming gradient. With ``reduction="none"`` the incoming gradient
+differs per token, so the backward re-runs the chunk loop with w_i * grad_i instead.
+Peak extra memory: the [C, V] fp32 and bf16 buffers plus the fp32 [V, H] weight-gradient accumulator; the unfused
+path holds [N, V] logits, their fp32 softmax and their gradient. No ``.item()`` or other host sync: the
+loop bounds depend on shapes only and every reduction stays a device tensor.
+
+The matmuls are Triton kernels (``_matmul_kernel``), not cuBLAS, for three reasons: the logits GEMM
+writes fp32 and adds the bias in its epilogue, the dW GEMM accumulates into the fp32 accumulator in its
+epilogue (cuBLAS via torch would return a bf16 product, rounding every chunk's contribution before the
+fp32 sum, or need an extra fp32 [V, H] temporary per chunk). The gradient dz is stored in bf16 (not fp32
+read and rounded in registers: that variant spilled on sm_90, and bf16 halves the bytes the two backward
+GEMMs read). On sm_90 the bf16 variant lowers to ``wgmma`` (asserted by a
+test); operands stay bf16 with fp32 accumulation. Under the interpreter operands are upcast to fp32
+(``UPCAST``, from ``_runtime.INTERPRET``) because the interpreter's bf16 arithmetic is wrong.
+Cost at s1's shapes is in ``bench/RESULTS.md`` (three GEMMs of 2NVH FLOPs; the fp32 chunk buffer is
+written once and read twice by the row kernel; the bf16 dz is written once and read by the two backward
+GEMMs).
+
+FSDP2: if ``weight`` (or ``bias``) is a sharded DTensor, it is gathered with ``full_tensor()`` (an
+all-gather of the vocab shards, differentiable: the gradient flows back to the DTensor as its local
+shard of this rank's gradient, and FSDP2 or the caller reduces gradients across ranks as for any
+parameter). Calling it inside the FSDP-wrapped module's forward (where parameters are already unsharded)
+needs nothing. Tied embeddings: pass the embedding weight; autograd adds both gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._runtime import INTERPRET, use_triton
+
+
+# ----------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+                   ACCUMULATE: tl.constexpr, HAS_BIAS: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """c[M, N] (+)= a[M, K] @ b[K, N] (+ bias[N]) with an fp32 accumulator; any strides.
+
+    LOWP: round both operands to b's dtype (bf16/fp16: tensor cores, wgmma on sm_90); otherwise fp32
+    operands with IEEE precision. UPCAST (interpreter only) forces fp32 operands.
+    """
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BM)
+    n_n = tl.cdiv(N, BN)
+    # grouped ordering: GROUP_M row tiles share their b tiles in L2
+    group = pid // (GROUP_M * n_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
+    pid_n = (pid % (GROUP_M * n_n)) // size_m
+    # block pointers: the bounds checks cost no per-element pointer registers (masked pointer tiles
+    # spilled at 128x128x64), and transposed operands are just other strides
+    a_bp = tl.make_block_ptr(a_ptr, (M, K), (sam, sak), (pid_m * BM, 0), (BM, BK), (1, 0))
+    b_bp = tl.make_block_ptr(b_ptr, (K, N), (sbk, sbn), (0, pid_n * BN), (BK, BN), (1, 0))
+    c_bp = tl.make_block_ptr(c_ptr, (M, N), (scm, scn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
+    if ACCUMULATE:
+        # start from c rather than adding it after the loop (the epilogue add spilled on sm_90)
+        acc = tl.load(c_bp, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for _ in range(0, K, BK):
+        a = tl.load(a_bp, boundary_check=(0, 1), padding_option="zero")
+        b = tl.load(b_bp, boundary_check=(0, 1), padding_option="zero")
+        if UPCAST:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+        elif LOWP:
+            acc = tl.dot(a.to(b_ptr.dtype.element_ty), b, acc)
+        else:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        a_bp = tl.advance(a_bp, (0, BK))
+        b_bp = tl.advance(b_bp, (BK, 0))
+    if HAS_BIAS:
+        rn = pid_n * BN + tl.arange(0, BN)
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(c_bp, acc.to(c_ptr.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf, and the interpreter has no tanh
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _ce_rows_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, w_ptr, loss_ptr, lse_ptr, n_rows, n_cols,
+                    ignore_index, smoothing, z_loss, softcap, HAS_SOFTCAP: tl.constexpr,
+                    WRITE_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Per row: w * loss and lse; with WRITE_GRAD, g = w * dloss/dlogits (g may alias z)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < n_rows
+    rows64 = rows.to(tl.int64)
+    tgt = tl.load(t_ptr + rows, mask=rmask, other=ignore_index).to(tl.int64)
+    valid = rmask & (tgt != ignore_index)
+    w = tl.load(w_ptr + rows, mask=rmask, other=0.0)
+    m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    s = tl.zeros((BLOCK_N,), tl.float32)
+    zsum = tl.zeros((BLOCK_N,), tl.float32)
+    zt = tl.zeros((BLOCK_N,), tl.float32)
+    for start in range(0, n_cols, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        cmask = (cols < n_cols)[None, :]
+        z = tl.load(z_ptr + rows64[:, None] * z_stride + cols[None, :], mask=rmask[:, None] & cmask,
+                    other=0.0).to(tl.float32)
+        if HAS_SOFTCAP:
+            z = softcap * _tanh(z / softcap)
+        m_new = tl.maximum(m, tl.max(tl.where(cmask, z, float("-inf")), axis=1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.where(cmask, tl.exp(z - m_new[:, None]), 0.0), axis=1)
+        m = m_new
+        zsum += tl.sum(tl.where(cmask, z, 0.0), axis=1)
+        zt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
+    lse = m + tl.log(s)
+    loss = lse - (1.0 - smoothing) * zt - (smoothing / n_cols) * zsum + z_loss * lse * lse
+    tl.store(loss_ptr + rows, tl.where(valid, w * loss, 0.0), mask=rmask)
+    tl.store(lse_ptr + rows, lse, mask=rmask)
+    if WRITE_GRAD:
+        coef = 1.0 + 2.0 * z_loss * lse
+        for start in range(0, n_cols, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            mask = rmask[:, None] & (cols < n_cols)[None, :]
+            a = tl.load(z_ptr + rows64[:, None] * z_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            z = a
+            if HAS_SOFTCAP:
+                z = softcap * _tanh(a / softcap)
+            g = coef[:, None] * tl.exp(z - lse[:, None]) - smoothing / n_cols
+            g = tl.where(cols[None, :] == tgt[:, None], g - (1.0 - smoothing), g)
+            if HAS_SOFTCAP:
+                zc = z / softcap
+                g = g * (1.0 - zc * zc)
+            g = tl.where(valid[:, None], g * w[:, None], 0.0)
+            tl.store(g_ptr + rows64[:, None] * g_stride + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------- launchers
+def mm_config(lowp: bool) -> tuple[dict, int, int]:
+    """(tile constexprs, num_warps, num_stages) of ``_matmul_kernel``, chosen for zero spills on sm_90.
+
+    bf16/fp16: 128x128x64 tiles, 8 warps (wgmma, ~250 registers, no spills). fp32 operands (an fp32
+    model; no tensor cores at IEEE precision): 64x64x32, 8 warps, 2 stages. Under the interpreter one
+    large tile is fastest.
+    """
+    if lowp or INTERPRET:
+        return dict(BM=128, BN=128, BK=64, GROUP_M=8), 8, 3
+    return dict(BM=64, BN=64, BK=32, GROUP_M=8), 8, 2
+
+
+# rows kernel: one row per program on a GPU (C ~ 400 rows per chunk fill 132 SMs; 16 fp32 values per
+# thread: no spills); 16 rows per program under the interpreter, where each program costs milliseconds
+ROWS_BLOCK_N, ROWS_BLOCK_V, ROWS_WARPS = (16, 1024, 8) if INTERPRET else (1, 4096, 8)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: torch.Tensor | None = None,
+        accumulate: bool = False) -> None:
+    """c (+)= a @ b (+ bias) through ``_matmul_kernel``; a, b may be transposed views."""
+    M, K = a.shape
+    N = b.shape[1]
+    lowp = b.dtype in (torch.bfloat16, torch.float16)
+    blocks, warps, stages = mm_config(lowp)
+    grid = (triton.cdiv(M, blocks["BM"]) * triton.cdiv(N, blocks["BN"]),)
+    _matmul_kernel[grid](a, b, c, bias if bias is not None else c, M, N, K, a.stride(0), a.stride(1),
+                         b.stride(0), b.stride(1), c.stride(0), c.stride(1), ACCUMULATE=accumulate,
+                         HAS_BIAS=bias is not None, LOWP=lowp, UPCAST=INTERPRET, num_warps=warps,
+                         num_stages=stages, **blocks)
+
+
+def sm90_variants() -> list[dict]:
+    """The launch configurations used at s1's shapes, for ``compile_check.compile_variants``."""
+    out = []
+    # which strides are 1 (Triton turns them into constants at launch) for row-major h [N,H], W [V,H],
+    # z/dz [C,V], dW [V,H]; every other int is a multiple of 16 at s1's shapes (H 5120, V 152064)
+    unit = {"logits = h W^T + b": ("sak", "sbk", "scn"), "dh = dz W": ("sak", "sbn", "scn"),
+            "dW += dz^T h": ("sam", "sbn", "scn")}
+    for dt, name in (("*bf16", "bf16"), ("*fp32", "fp32")):
+        lowp = dt == "*bf16"
+        blocks, warps, stages = mm_config(lowp)
+        for label, c, acc, bias in (("logits = h W^T + b", "*fp32", False, True), ("dh = dz W", dt, False, False),
+                                    ("dW += dz^T h", "*fp32", True, False)):
+            ints = [k for k in ("M", "N", "K", "sam", "sak", "sbk", "sbn", "scm", "scn") if k not in unit[label]]
+            out.append(dict(name=f"flce matmul {label} ({name})", fn=_matmul_kernel,
+                            signature=dict(a_ptr=dt, b_ptr=dt, c_ptr=c, bias_ptr=dt, **{k: "i32" for k in ints}),
+                            constexprs=dict(ACCUMULATE=acc, HAS_BIAS=bias, LOWP=lowp, UPCAST=False,
+                                            **{k: 1 for k in unit[label]}, **blocks),
+                            num_warps=warps, num_stages=stages, divisible=ints))
+    for dt in ("*fp32", "*bf16"):  # fp32 chunk buffer (fused path) and bf16 logits (cross_entropy)
+        out.append(dict(name=f"ce rows, softcap, grad ({dt[1:]} logits)", fn=_ce_rows_kernel,
+                        signature=dict(z_ptr=dt, z_stride="i32", g_ptr=dt, g_stride="i32", t_ptr="*i64",
+                                       w_ptr="*fp32", loss_ptr="*fp32", lse_ptr="*fp32", n_rows="i32",
+                                       n_cols="i32", ignore_index="i32", smoothing="fp32", z_loss="fp32",
+                                       softcap="fp32"),
+                        constexprs=dict(HAS_SOFTCAP=True, WRITE_GRAD=True, BLOCK_N=ROWS_BLOCK_N,
+                                        BLOCK_V=ROWS_BLOCK_V), num_warps=ROWS_WARPS, num_stages=3,
+                        divisible=("z_stride", "g_stride", "n_cols")))
+    return out
+
+
+def _rows_triton(z, g, target, w, loss, lse, cfg, write_grad: bool) -> None:
+    n_rows, n_cols = z.shape
+    softcap = cfg["softcap"]
+    _ce_rows_kernel[(triton.cdiv(n_rows, ROWS_BLOCK_N),)](
+        z, z.stride(0), g, g.stride(0), target, w, loss, lse, n_rows, n_cols, cfg["ignore_index"],
+        float(cfg["label_smoothing"]), float(cfg["z_loss"]), float(softcap or 1.0),
+        HAS_SOFTCAP=softcap is not None, WRITE_GRAD=write_grad, BLOCK_N=ROWS_BLOCK_N, BLOCK_V=ROWS_BLOCK_V,
+        num_warps=ROWS_WARPS)
+
+
+def _rows_torch(z: torch.Tensor, target, w, cfg, write_grad: bool):
+    """The row math of ``_ce_rows_kernel`` in PyTorch (fp32 or fp64): (w * loss, lse, w * dloss/dz or None)."""
+    eps, lam, cap, n_cols = cfg["label_smoothing"], cfg["z_loss"], cfg["softcap"], z.shape[1]
+    valid = target != cfg["ignore_index"]
+    if cap is not None:
+        z = cap * torch.tanh(z / cap)
+    lse = torch.logsumexp(z, dim=1)
+    t = torch.where(valid, target, 0).unsqueeze(1)
+    zt = z.gather(1, t).squeeze(1)
+    loss = lse - (1.0 - eps) * zt + lam * lse * lse
+    if eps:
+        loss = loss - (eps / n_cols) * z.sum(1)
+    loss = torch.where(valid, w * loss, 0.0)
+    if not write_grad:
+        return loss, lse, None
+    g = torch.exp(z - lse.unsqueeze(1))
+    if lam:
+        g.mul_(1.0 + 2.0 * lam * lse.unsqueeze(1))
+    if eps:
+        g.sub_(eps / n_cols)
+    g.scatter_add_(1, t, torch.full_like(zt, -(1.0 - eps)).unsqueeze(1))
+    if cap is not None:
+        g.mul_(1.0 - (z / cap) ** 2)
+    g.mul_(torch.where(valid, w, 0.0).unsqueeze(1))
+    return loss, lse, g
+
+
+def _default_chunk(n: int, v: int, on_gpu: bool) -> int:
+    budget = (256 if on_gpu else 64) * 2**20
+    c = max(16, budget // (4 * v) // 16 * 16)
+    return max(1, min(n, c))
+
+
+def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: int):
+    """The chunk loop of the module docstring. Returns (w * loss [N], lse [N], dh, dW fp32, db fp32)."""
+    n, hid = h.shape
+    v = weight.shape[0]
+    dev = h.device
+    loss = torch.empty(n, dtype=torch.float32, device=dev)
+    lse = torch.empty(n, dtype=torch.float32, device=dev)
+    dh = torch.empty_like(h) if want_grad else None
+    dw = torch.zeros((v, hid), dtype=torch.float32, device=dev) if want_grad else None
+    db = torch.zeros(v, dtype=torch.float32, device=dev) if (want_grad and bias is not None) else None
+    triton_path = use_triton(h)
+    if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight
+        wf = weight.float()
+        bf = bias.float() if bias is not None else None
+    else:  # one fp32 logits buffer and one gradient buffer in the GEMM operand dtype, reused by every chunk
+        z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
+        g_buf = torch.empty((min(n, chunk), v), dtype=weight.dtype, device=dev) if want_grad else z_buf
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        hc = h[s:e]
+        if triton_path:
+            z, g = z_buf[: e - s], g_buf[: e - s]
+            _mm(hc, weight.t(), z, bias=bias)
+            _rows_triton(z, g, target[s:e], w[s:e], loss[s:e], lse[s:e], cfg, want_grad)
+            if want_grad:
+                _mm(g, weight, dh[s:e])
+                _mm(g.t(), hc, dw, accumulate=True)
+        else:
+            z = hc.float() @ wf.t()
+            if bf is not None:
+                z += bf
+            loss[s:e], lse[s:e], g = _rows_torch(z, target[s:e], w[s:e], cfg, want_grad)
+            if want_grad:
+                dh[s:e] = g @ wf
+                dw.addmm_(g.t(), hc.float())
+        if db is not None:
+            db += g.sum(0, dtype=torch.float32)
+    return loss, lse, dh, dw, db
+
+
+# ------------------------------------------------------------------------------ weights and checks
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _effective_weights(target, cfg, token_weight, normalizer, reduction):
+    """w_i of the module docstring, already divided by D for "mean" (fp32, 0 at ignored tokens)."""
+    valid = target != cfg["ignore_index"]
+    w = valid.float() if token_weight is None else torch.where(valid, token_weight.float(), 0.0)
+    if reduction == "mean":
+        d = w.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32,
+                                                               device=w.device)
+        w = torch.where(d != 0, w / d, 0.0)
+    return w.contiguous()
+
+
+def _check_args(name, n, target, reduction, token_weight, normalizer, label_smoothing, softcap):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: reduction={reduction!r}; use one of {_REDUCTIONS}")
+    if normalizer is not None and reduction != "mean":
+        raise ValueError(f"{name}: normalizer is only meaningful with reduction='mean' (got {reduction!r}); "
+                         f"for 'sum' fold it into token_weight")
+    if target.dim() != 1 or target.shape[0] != n:
+        raise ValueError(f"{name}: target {tuple(target.shape)} must be [N={n}] (flatten batch and sequence)")
+    if token_weight is not None and tuple(token_weight.shape) != (n,):
+        raise ValueError(f"{name}: token_weight {tuple(token_weight.shape)} must be [N={n}]")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing={label_smoothing} must lie in [0, 1]")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"{name}: softcap={softcap} must be positive (or None)")
+
+
+def _full(t):
+    """An FSDP2-sharded DTensor parameter becomes the full tensor (differentiable all-gather)."""
+    if t is not None and hasattr(t, "full_tensor") and hasattr(t, "placements"):
+        return t.full_tensor()
+    return t
+
+
+# -------------------------------------------------------------------------------- autograd functions
+class FusedLinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, w, cfg, want_grad, chunk):
+        eager = want_grad and cfg["reduction"] != "none"
+        loss_rows, lse, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, cfg, eager, chunk)
+        ctx.cfg, ctx.chunk, ctx.dtypes = cfg, chunk, (weight.dtype, bias.dtype if bias is not None else None)
+        if eager:
+            ctx.grads = (dh, dw, db)
+        else:
+            ctx.save_for_backward(h, weight, bias, target, w)
+        out = loss_rows if cfg["reduction"] == "none" else loss_rows.sum()
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, g, _glse):
+        wdt, bdt = ctx.dtypes
+        if ctx.cfg["reduction"] == "none":
+            h, weight, bias, target, w = ctx.saved_tensors
+            _, _, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, (w * g.float()).contiguous(), ctx.cfg,
+                                                 True, ctx.chunk)
+        else:
+            if ctx.grads is None:
+                raise RuntimeError("fused_linear_cross_entropy: backward ran twice over one forward "
+                                   "(retain_graph); run the forward again instead")
+            dh, dw, db = ctx.grads
+            ctx.grads = None  # scaled in place below: a second backward must not reuse them
+            g = g.float()
+            dh = (dh.float() * g).to(dh.dtype)
+            dw.mul_(g)
+            if db is not None:
+                db.mul_(g)
+        return (dh, dw.to(wdt), db.to(bdt) if db is not None else None, None, None, None, None, None)
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, w, cfg, want_grad):
+        eager = want_grad and cfg["reduction"] != "none"
+        loss, lse, grad = _ce_rows(logits, target, w, cfg, eager)
+        ctx.cfg = cfg
+        if eager:
+            ctx.grads = grad
+        else:
+            ctx.save_for_backward(logits, target, w)
+        ctx.mark_non_differentiable(lse)
+        return (loss if cfg["reduction"] == "none" else loss.sum()), lse
+
+    @staticmethod
+    def backward(ctx, g, _glse):
+        if ctx.cfg["reduction"] == "none":
+            logits, target, w = ctx.saved_tensors
+            _, _, grad = _ce_rows(logits, target, (w * g.float()).contiguous(), ctx.cfg, True)
+        else:
+            if ctx.grads is None:
+                raise RuntimeError("cross_entropy: backward ran twice over one forward (retain_graph)")
+            grad, ctx.grads = ctx.grads, None
+            grad = grad.mul_(g.to(grad.dtype)) if grad.dtype == torch.float32 else (grad.float() * g).to(grad.dtype)
+        return grad, None, None, None, None
+
+
+def _ce_rows(logits, target, w, cfg, write_grad):
+    n = logits.shape[0]
+    if use_triton(logits):
+        loss = torch.empty(n, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(loss)
+        grad = torch.empty_like(logits) if write_grad else logits
+        _rows_triton(logits, grad, target, w, loss, lse, cfg, write_grad)
+        return loss, lse, (grad if write_grad else None)
+    loss, lse, grad = _rows_torch(logits.float(), target, w, cfg, write_grad)
+    return loss, lse, (grad.to(logits.dtype) if grad is not None else None)
+
+
+# --------------------------------------------------------------------------------- functional API
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                               bias: torch.Tensor | None = None, *, ignore_index: int = -100,
+                               label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                               reduction: str = "mean", token_weight: torch.Tensor | None = None,
+                               normalizer: float | torch.Tensor | None = None, return_lse: bool = False,
+                               chunk_size: int | None = None):
+    """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target`` without the [N, V] logits.
+
+    hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N].
+    Semantics of every keyword: module docstring. Returns the loss (fp32), or (loss, lse) with return_lse.
+    """
+    weight, bias = _full(weight), _full(bias)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    target = target.reshape(-1)
+    n, hid = hidden.shape
+    _check_args("fused_linear_cross_entropy", n, target, reduction, token_weight, normalizer, label_smoothing,
+                softcap)
+    if weight.dim() != 2 or weight.shape[1] != hid:
+        raise ValueError(f"fused_linear_cross_entropy: weight {tuple(weight.shape)} must be [V, H={hid}] "
+                         f"(the lm_head layout: vocab rows), for hidden {tuple(hidden.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"fused_linear_cross_entropy: bias {tuple(bias.shape)} must be [V={weight.shape[0]}]")
+    if use_triton(hidden):
+        hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
+        if weight.dtype != hidden.dtype:  # one operand dtype for the GEMMs (fp32 weight under bf16 autocast)
+            weight = weight.to(hidden.dtype)
+    cfg = dict(ignore_index=int(ignore_index), label_smoothing=float(label_smoothing), z_loss=float(z_loss),
+               softcap=None if softcap is None else float(softcap), reduction=reduction)
+    w = _effective_weights(target, cfg, token_weight, normalizer, reduction)
+    want_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    chunk = int(chunk_size) if chunk_size else _default_chunk(n, weight.shape[0], hidden.is_cuda)
+    loss, lse = FusedLinearCrossEntropyFunction.apply(hidden, weight, bias, target.contiguous(), w, cfg,
+                                                      want_grad, chunk)
+    return (loss, lse) if return_lse else loss
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
+                  label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                  reduction: str = "mean", token_weight: torch.Tensor | None = None,
+                  normalizer: float | torch.Tensor | None = None, return_lse: bool = False):
+    """Cross-entropy over given logits [N, V] (any leading dims flattened), one fused row kernel.
+
+    Same semantics as ``fused_linear_cross_entropy``; the gradient is computed in the forward into a
+    tensor shaped like the logits (and in their dtype), so no fp32 softmax copy is kept.
+    """
+    logits = logits.reshape(-1, logits.shape[-1])
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    target = target.reshape(-1)
+    _check_args("cross_entropy", logits.shape[0], target, reduction, token_weight, normalizer, label_smoothing,
+                softcap)
+    cfg = dict(ignore_index=int(ignore_index), label_smoothing=float(label_smoothing), z_loss=float(z_loss),
+               softcap=None if softcap is None else float(softcap), reduction=reduction)
+    w = _effective_weights(target, cfg, token_weight, normalizer, reduction)
+    want_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, lse = CrossEntropyFunction.apply(logits, target.contiguous(), w, cfg, want_grad)
+    return (loss, lse) if return_lse else loss
+
+
+def fused_linear_cross_entropy_reference(hidden, weight, target, bias=None, *, ignore_index=-100,
+                                         label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
+                                         token_weight=None, normalizer=None):
+    """The unfused definition (full logits), in the inputs' dtype: the tests' reference and baseline."""
+    logits = hidden.reshape(-1, hidden.shape[-1]) @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    target = target.reshape(-1)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    valid = target != ignore_index
+    t = torch.where(valid, target, 0)
+    lse = torch.logsumexp(logits, dim=-1)
+    nll = lse - logits.gather(1, t[:, None]).squeeze(1)
+    smooth = lse - logits.mean(-1)
+    loss = (1 - label_smoothing) * nll + label_smoothing * smooth + z_loss * lse * lse
+    w = valid.to(loss.dtype) if token_weight is None else torch.where(valid, token_weight.to(loss.dtype), 0.0)
+    loss = torch.where(valid, loss * w, 0.0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    d = w.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=loss.dtype)
+    return torch.where(d != 0, loss.sum() / d, 0.0)
+
+
+class FusedLinearCrossEntropy(torch.nn.Module):
+    """Module form: ``FusedLinearCrossEntropy(**options)(hidden, weight, target, bias=None)`` (hidden first)."""
+
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+    def forward(self, hidden, weight, target, bias=None):
+        return fused_linear_cross_entropy(hidden, weight, target, bias, **self.options)
