@@ -165,16 +165,17 @@ def _timed(fn, *args, **kw):
 
 def _row(name, plan, seconds):
     s = plan.stats
-    return (f"| {name} | {seconds:.3f} | {s['steps']} | {s['micro_steps_per_rank']} | {s['fill_efficiency']:.3f} | "
+    op = f"{s['plan_seconds']:.3f}" if s["backend"] != "baseline" else "-"
+    return (f"| {name} | {seconds:.3f} | {op} | {s['steps']} | {s['micro_steps_per_rank']} | {s['fill_efficiency']:.3f} | "
             f"{s['straggler_factor']:.3f} | {s['sync_straggler_factor']:.3f} |")
 
 
 def quality_and_time(sizes):
-    print("| packer | seconds | steps | micro-steps/rank | fill | straggler | sync straggler |")
-    print("|---|---|---|---|---|---|---|")
+    print("| packer | seconds | of which planner | steps | micro-steps/rank | fill | straggler | sync straggler |")
+    print("|---|---|---|---|---|---|---|---|")
     for size in sizes:
         L = sample_lengths(SIZES[size])
-        print(f"| **{size} examples** | | | | | | |")
+        print(f"| **{size} examples** | | | | | | | |")
         native, t = _timed(s1fast_plan, L)
         print(_row("s1fast balanced (C++)", native, t))
         ref, t_ref = _timed(s1fast_plan, L, "python")
@@ -226,7 +227,9 @@ def window_tradeoff():
 
 
 if __name__ == "__main__":
+    from bench.env import environment, markdown_header
     quick = "--quick" in sys.argv
+    print(markdown_header(environment()))
     window_tradeoff()
     print()
     quality_and_time(["1k"] if quick else list(SIZES))
