@@ -197,46 +197,44 @@ class Plan:
     _steps: list | None = field(default=None, repr=False)
 
     # -- derived arrays (vectorised: the plan for 1M examples must stay cheap)
-    def _layout(self):
-        W, M = self.world_size, self.step_micro.astype(np.int64)
-        per_step = W * M
-        micro_step = np.repeat(np.arange(len(M)), per_step)            # step of each micro-batch
-        start = np.concatenate([[0], np.cumsum(per_step)[:-1]]).astype(np.int64)
-        local = np.arange(per_step.sum()) - start[micro_step]
-        rank = local // M[micro_step]
-        sizes = np.diff(self.micro_offsets)
-        entry_micro = np.repeat(np.arange(len(sizes)), sizes)           # micro-batch of each entry of order
-        return micro_step, rank, local % M[micro_step], sizes, entry_micro
+    def _micro_start(self) -> np.ndarray:
+        """Index of each step's first micro-batch, plus the total (len = steps + 1)."""
+        return np.concatenate([[0], np.cumsum(self.world_size * self.step_micro)]).astype(np.int64)
+
+    def _entry_step(self) -> np.ndarray:
+        """The step of every entry of ``order``."""
+        per_step = np.diff(self.micro_offsets[self._micro_start()])
+        return np.repeat(np.arange(len(self.step_micro)), per_step)
 
     def entry_weights(self) -> np.ndarray:
         """Per-token loss weight of every entry of ``order`` (see the module docstring)."""
-        micro_step, _, _, _, entry_micro = self._layout()
-        step_of = micro_step[entry_micro]
+        step_of = self._entry_step()
         sup = self.supervised[self.order].astype(np.float64)
         K = len(self.step_micro)
         if self.weighting == "token":
-            n_step = np.bincount(step_of, weights=sup, minlength=K)
-            den = n_step[step_of]
+            den = np.bincount(step_of, weights=sup, minlength=K)[step_of]
         else:
             s_step = np.bincount(step_of, weights=(sup > 0).astype(np.float64), minlength=K)
             den = sup * s_step[step_of]
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where((sup > 0) & (den > 0), 1.0 / den, 0.0)
-        return w
+            return np.where((sup > 0) & (den > 0), 1.0 / den, 0.0)
 
     def compute_stats(self) -> dict:
-        W, K = self.world_size, len(self.step_micro)
-        micro_step, rank, micro_idx, sizes, entry_micro = self._layout()
-        c = self.cost.cost(self.lengths[self.order])
-        tok = self.lengths[self.order].astype(np.int64)
-        mc = np.bincount(entry_micro, weights=c, minlength=len(sizes))
-        mt = np.bincount(entry_micro, weights=tok, minlength=len(sizes))
-        rank_cost = np.bincount(micro_step * W + rank, weights=mc, minlength=K * W).reshape(K, W)
+        W, K, off = self.world_size, len(self.step_micro), self.micro_offsets
+        tok = self.lengths[self.order]
+        cs = np.concatenate([[0.0], np.cumsum(self.cost.cost(tok))])
+        ts = np.concatenate([[0], np.cumsum(tok)])
+        mc, mt = cs[off[1:]] - cs[off[:-1]], ts[off[1:]] - ts[off[:-1]]  # per micro-batch cost and tokens
+        # Steps with the same micro count M are a (steps, W, M) block of micro-batches: rank cost = sum over M;
+        # FSDP synchronises every micro-step, so a step also lasts sum over m of the slowest rank's micro m.
+        start = self._micro_start()[:-1]
+        rank_cost, sync = np.zeros((K, W)), 0.0
+        for M in np.unique(self.step_micro):
+            ks = np.flatnonzero(self.step_micro == M)
+            blk = mc[start[ks, None, None] + np.arange(W)[None, :, None] * M + np.arange(M)[None, None, :]]
+            rank_cost[ks] = blk.sum(axis=2)
+            sync += blk.max(axis=1).sum()
         balanced = rank_cost.sum() / W
-        # FSDP synchronises every micro-step: a step lasts sum over micro-steps of the slowest rank's micro-batch.
-        ms_start = np.concatenate([[0], np.cumsum(self.step_micro)[:-1]]).astype(np.int64)
-        sync = np.zeros(int(self.step_micro.sum()))
-        np.maximum.at(sync, ms_start[micro_step] + micro_idx, mc)
         micro_steps = int(self.step_micro.sum())
         self.stats = dict(
             examples=int(len(self.lengths)), epochs=self.epochs, mode=self.mode, world_size=W,
@@ -245,9 +243,9 @@ class Plan:
             steps=K, micro_steps_per_rank=micro_steps,
             fill_efficiency=float(mt.sum() / (W * micro_steps * self.max_tokens)) if micro_steps else 0.0,
             straggler_factor=float(rank_cost.max(axis=1).sum() / balanced) if balanced > 0 else 1.0,
-            sync_straggler_factor=float(sync.sum() / balanced) if balanced > 0 else 1.0,
+            sync_straggler_factor=float(sync / balanced) if balanced > 0 else 1.0,
             max_micro_tokens=int(mt.max()) if len(mt) else 0,
-            empty_micro_batches=int((sizes == 0).sum()),
+            empty_micro_batches=int((np.diff(off) == 0).sum()),
             plan_seconds=self.plan_seconds,
             cost_a=self.cost.a, cost_b=self.cost.b,
         )

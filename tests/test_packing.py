@@ -70,6 +70,16 @@ def _check_invariants(plan, lengths, sup):
         if plan.weighting == "sequence":
             S = sum(1 for i in ids if sup[i] > 0)
             assert all(s.example_weight[i] == pytest.approx(1 / (sup[i] * S)) for i in ids if sup[i])
+    # summary statistics against their definitions, computed naively from the steps
+    cost = plan.cost.cost(lengths)
+    rank_cost = [[sum(cost[i] for mb in r for i in mb) for r in s.micro_batches] for s in steps]
+    sync = sum(max(sum(cost[i] for i in r[m]) for r in s.micro_batches) for s in steps for m in range(s.micro_steps))
+    balanced = sum(map(sum, rank_cost)) / W
+    assert plan.straggler_factor == pytest.approx(sum(map(max, rank_cost)) / balanced, rel=1e-9)
+    assert plan.sync_straggler_factor == pytest.approx(sync / balanced, rel=1e-9)
+    micro_steps = sum(s.micro_steps for s in steps)
+    assert plan.micro_steps_per_rank == micro_steps
+    assert plan.fill_efficiency == pytest.approx(lengths.sum() * plan.epochs / (W * micro_steps * plan.max_tokens))
     if plan.mode in ("none", "balanced"):
         G = plan.global_batch
         per_epoch = -(-n // G)
