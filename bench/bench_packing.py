@@ -106,7 +106,7 @@ def plan_from_packs(packs: list, lengths: np.ndarray, accum: int = 1, seed: int 
                 offsets.append(len(order))
     a = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
     plan = Plan(world_size=W, max_tokens=T, global_batch=G, epochs=1, seed=seed, mode="packs",
-                weighting="token", group_window=1, accum=accum, cost=DEFAULT_COST, lengths=lengths,
+                weighting="token", group_window=1, tolerance=0.0, accum=accum, cost=DEFAULT_COST, lengths=lengths,
                 supervised=lengths - 1, order=a(order), micro_offsets=a(offsets), step_micro=a(step_micro),
                 step_epoch=a([0] * len(step_micro)), backend="baseline")
     plan.compute_stats()

@@ -18,8 +18,9 @@ Modes (``make_plan(mode=...)``)
               cost and cut into steps (so a step holds examples of similar cost), and the steps of the epoch are
               shuffled. With ``tolerance`` > 0 the sort key is the cost's level in steps of (1 + tolerance)
               (``grouping_keys``), so examples of nearly equal cost keep their random order and the step
-              composition changes from epoch to epoch (tolerance 0: the sorted, optimal but nearly fixed one). Inside a step, examples go to ranks by longest-processing-time-first on cost, and each
-              rank's examples are packed first-fit-decreasing into micro-batches of at most ``max_tokens``;
+              composition changes from epoch to epoch (tolerance 0: the sorted, optimal but nearly fixed one).
+              Inside a step, examples go to ranks by longest-processing-time-first on cost, and each rank's
+              examples are packed first-fit-decreasing into micro-batches of at most ``max_tokens``;
               micro-batches are ordered by cost so micro-step m costs about the same on every rank (FSDP syncs
               every micro-step). ``group_window=1`` keeps s1's random step composition (only placement changes);
               larger windows and smaller tolerances trade randomness of composition for balance
@@ -32,8 +33,9 @@ Modes (``make_plan(mode=...)``)
               dealt to ranks by cost, ``accum`` each.
 
 The planner exists twice with identical output: in C++ (``torch.ops.s1fast.plan``, csrc/packing.cpp, the fast
-one) and in pure Python below (``_plan_reference``, the readable specification used by the tests). Both use the
-same SplitMix64 generator and tie-breaking rules, and receive the same float64 costs, so plans are identical.
+one; csrc/planner.cpp) and in pure Python below (``_plan_reference``, the readable specification used by the
+tests). Both use the same SplitMix64 generator and tie-breaking rules, and receive the same float64 costs and
+grouping keys (computed once in numpy), so plans are identical.
 
 Loss weights (exact objective with a plain gradient SUM)
 --------------------------------------------------------
@@ -183,6 +185,7 @@ class Plan:
     mode: str
     weighting: str
     group_window: int
+    tolerance: float
     accum: int
     cost: CostModel
     lengths: np.ndarray
@@ -239,7 +242,7 @@ class Plan:
         self.stats = dict(
             examples=int(len(self.lengths)), epochs=self.epochs, mode=self.mode, world_size=W,
             max_tokens=self.max_tokens, global_batch=self.global_batch, group_window=self.group_window,
-            accum=self.accum, seed=self.seed, weighting=self.weighting, backend=self.backend,
+            tolerance=self.tolerance, accum=self.accum, seed=self.seed, weighting=self.weighting, backend=self.backend,
             steps=K, micro_steps_per_rank=micro_steps,
             fill_efficiency=float(mt.sum() / (W * micro_steps * self.max_tokens)) if micro_steps else 0.0,
             straggler_factor=float(rank_cost.max(axis=1).sum() / balanced) if balanced > 0 else 1.0,
@@ -284,7 +287,8 @@ class Plan:
 
     def to_json(self) -> str:
         d = {k: getattr(self, k) for k in ("world_size", "max_tokens", "global_batch", "epochs", "seed", "mode",
-                                           "weighting", "group_window", "accum", "plan_seconds", "backend")}
+                                           "weighting", "group_window", "tolerance", "accum", "plan_seconds",
+                                           "backend")}
         d["cost"] = dict(a=self.cost.a, b=self.cost.b)
         for k in ("lengths", "supervised", "order", "micro_offsets", "step_micro", "step_epoch"):
             d[k] = getattr(self, k).tolist()
@@ -309,6 +313,10 @@ def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_b
     """Plan every optimizer step of ``epochs`` epochs (see the module docstring for modes and weights).
 
     lengths[i]: tokens of example i; supervised[i]: its targets (``(labels[1:] != -100).sum()``).
+    max_tokens: token budget of one rank's micro-batch (an example longer than it is an error naming it).
+    global_batch: examples per optimizer step (none/balanced). cost: CostModel (default Qwen2.5-32B's).
+    group_window: steps per grouping window (balanced/tokens); tolerance: balanced mode's cost-level width
+    (``grouping_keys``); accum: tokens mode's micro-batches per rank per step (default global_batch // world_size).
     backend: "native" (C++ op) or "python" (the reference; identical plans, much slower).
     """
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
@@ -323,14 +331,19 @@ def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_b
     t0 = time.perf_counter()
     if backend == "native":
         from . import _native
-        out = _native.ops().plan(torch.from_numpy(lengths), torch.from_numpy(costs), torch.from_numpy(keys), *args)
+        ops = _native.ops()
+        if not hasattr(ops, "plan"):
+            raise ImportError("s1fast's native extension predates the planner op: rebuild it with "
+                              "`python setup.py build_ext --inplace` (or pip install --no-build-isolation -e .)")
+        out = ops.plan(torch.from_numpy(lengths), torch.from_numpy(costs), torch.from_numpy(keys), *args)
         order, micro_offsets, step_micro, step_epoch = (t.numpy() for t in out)
     else:
         order, micro_offsets, step_micro, step_epoch = _plan_reference(lengths.tolist(), costs.tolist(), keys.tolist(),
                                                                             *args)
     seconds = time.perf_counter() - t0
     plan = Plan(world_size=world_size, max_tokens=max_tokens, global_batch=global_batch, epochs=epochs,
-                seed=int(seed), mode=mode, weighting=weighting, group_window=group_window, accum=accum, cost=cost,
+                seed=int(seed), mode=mode, weighting=weighting, group_window=group_window, tolerance=float(tolerance),
+                accum=accum, cost=cost,
                 lengths=lengths, supervised=supervised, order=order, micro_offsets=micro_offsets,
                 step_micro=step_micro, step_epoch=step_epoch, plan_seconds=seconds, backend=backend)
     plan.compute_stats()
@@ -664,7 +677,8 @@ def _has_cuda_kernel(op: str) -> bool:
 
 def _load_native():
     from . import _native
-    if _native.available():
+    # an extension built before these ops existed loads but lacks them: make_plan then says to rebuild
+    if _native.available() and all(hasattr(torch.ops.s1fast, op) for op in ("plan", "pack_collate", "cu_seqlens")):
         _register_fakes()
 
 
@@ -702,6 +716,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=MODES, default="balanced")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--group-window", type=int, default=DEFAULT_GROUP_WINDOW, help="steps per grouping window")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="balanced mode: costs within this relative width share a grouping level (0 = exact sort)")
     p.add_argument("--accum", type=int, default=None, help="tokens mode: micro-batches per rank per step")
     p.add_argument("--weighting", choices=WEIGHTINGS, default="sequence")
     p.add_argument("--backend", choices=("native", "python"), default="native")
@@ -716,7 +732,7 @@ def main(argv=None) -> int:
     try:
         plan = make_plan(lengths, sup, world_size=a.world_size, max_tokens=a.max_tokens, global_batch=a.global_batch,
                          epochs=a.epochs, seed=a.seed, mode=a.mode, cost=cost, weighting=a.weighting,
-                         backend=a.backend, group_window=a.group_window, accum=a.accum)
+                         backend=a.backend, group_window=a.group_window, tolerance=a.tolerance, accum=a.accum)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
