@@ -20,7 +20,7 @@
 #include "planner.h"
 
 #ifdef S1FAST_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 #endif
@@ -149,7 +149,7 @@ at::Tensor cu_seqlens_cuda(const at::Tensor& lengths) {
   auto l = lengths.to(at::kLong).contiguous();
   auto out = at::empty({l.numel() + 1}, l.options().dtype(at::kInt));
   auto err = launch_cu_seqlens(l.data_ptr<int64_t>(), out.data_ptr<int32_t>(), l.numel(),
-                               at::cuda::getCurrentCUDAStream());
+                               c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "cu_seqlens: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
 }
@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_collate_cuda(
   auto err = launch_pack_collate(io.lab.data_ptr<int64_t>(), io.cu.data_ptr<int32_t>(), io.w.data_ptr<float>(),
                                  io.T, static_cast<int32_t>(io.D), io.pos.data_ptr<int64_t>(),
                                  io.tgt.data_ptr<int64_t>(), io.lw.data_ptr<float>(),
-                                 at::cuda::getCurrentCUDAStream());
+                                 c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "pack_collate: CUDA launch failed: ", cudaGetErrorString(err));
   return {io.ids, io.pos, io.tgt, io.lw};
 }

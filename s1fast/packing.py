@@ -127,9 +127,10 @@ class CostModel:
     b: float
 
     def cost(self, L):
-        """Cost of documents of lengths L (a number or a numpy array); float64, computed as a*L + b*L*L."""
-        L = np.asarray(L, dtype=np.float64)
-        return self.a * L + self.b * L * L
+        """Cost of documents of lengths L (a number -> float, or an array -> float64 array): a*L + b*L*L."""
+        x = np.asarray(L, dtype=np.float64)
+        c = self.a * x + self.b * x * x
+        return float(c) if c.ndim == 0 else c
 
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "CostModel":

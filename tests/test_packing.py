@@ -167,7 +167,8 @@ def test_cost_model_from_qwen25_32b_config():
     params = 64 * (5120 * 128 * (2 * 40 + 2 * 8) + 3 * 5120 * 27648) + 5120 * 152064
     assert params == 31_984_189_440
     assert cm.a == 6 * params and cm.b == 6 * 40 * 128 * 64
-    assert cm.cost(1000) == pytest.approx(cm.a * 1000 + cm.b * 1e6)
+    assert isinstance(cm.cost(1000), float) and cm.cost(1000) == pytest.approx(cm.a * 1000 + cm.b * 1e6)
+    assert cm.cost(np.array([1, 2])).tolist() == [cm.a + cm.b, 2 * cm.a + 4 * cm.b]
     # head_dim defaults to hidden / heads; kv heads default to heads
     small = CostModel.from_hf_config(dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=128, vocab_size=100))
