@@ -1,7 +1,7 @@
 // s1fast native extension: sequence packing ops registered with TORCH_LIBRARY (namespace s1fast).
 //
 //   cu_seqlens(lengths) -> int32 [0, l0, l0+l1, ...]                                  CPU, CUDA
-//   plan(lengths, costs, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum)
+//   plan(lengths, costs, keys, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum)
 //       -> (order, micro_offsets, step_micro, step_epoch)                             CPU (planner.cpp)
 //   pack_collate(input_ids, labels, cu_seqlens, doc_weights)
 //       -> (input_ids int64, position_ids, targets, loss_weight)                      CPU, CUDA (collate_cuda.cu)
@@ -20,7 +20,7 @@
 #include "planner.h"
 
 #ifdef S1FAST_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 #endif
@@ -54,18 +54,21 @@ at::Tensor to_tensor(const std::vector<int64_t>& v) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> plan_cpu(
-    const at::Tensor& lengths, const at::Tensor& costs, int64_t world_size, int64_t max_tokens,
+    const at::Tensor& lengths, const at::Tensor& costs, const at::Tensor& keys, int64_t world_size, int64_t max_tokens,
     int64_t global_batch, int64_t epochs, int64_t seed, int64_t mode, int64_t group_window, int64_t accum) {
   TORCH_CHECK(lengths.dim() == 1 && costs.dim() == 1 && lengths.numel() == costs.numel(),
               "plan: lengths and costs must be 1-D of equal size, got ", lengths.sizes(), " and ", costs.sizes());
-  TORCH_CHECK(costs.scalar_type() == at::kDouble, "plan: costs must be float64 (CostModel.cost), got ",
-              costs.scalar_type());
+  TORCH_CHECK(costs.scalar_type() == at::kDouble && keys.scalar_type() == at::kDouble &&
+                  keys.dim() == 1 && keys.numel() == costs.numel(),
+              "plan: costs and keys must be float64 1-D of the same size, got ", costs.scalar_type(), " ",
+              keys.scalar_type(), " ", keys.sizes());
   auto l = lengths.to(at::kLong).contiguous();
   auto c = costs.contiguous();
+  auto k = keys.contiguous();
   PlanArgs args{world_size, max_tokens, global_batch, epochs, static_cast<uint64_t>(seed), mode, group_window, accum};
   PlanArrays p;
   try {
-    p = plan_packing(l.data_ptr<int64_t>(), c.data_ptr<double>(), l.numel(), args);
+    p = plan_packing(l.data_ptr<int64_t>(), c.data_ptr<double>(), k.data_ptr<double>(), l.numel(), args);
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK(false, e.what());
   }
@@ -146,7 +149,7 @@ at::Tensor cu_seqlens_cuda(const at::Tensor& lengths) {
   auto l = lengths.to(at::kLong).contiguous();
   auto out = at::empty({l.numel() + 1}, l.options().dtype(at::kInt));
   auto err = launch_cu_seqlens(l.data_ptr<int64_t>(), out.data_ptr<int32_t>(), l.numel(),
-                               at::cuda::getCurrentCUDAStream());
+                               c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "cu_seqlens: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
 }
@@ -159,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_collate_cuda(
   auto err = launch_pack_collate(io.lab.data_ptr<int64_t>(), io.cu.data_ptr<int32_t>(), io.w.data_ptr<float>(),
                                  io.T, static_cast<int32_t>(io.D), io.pos.data_ptr<int64_t>(),
                                  io.tgt.data_ptr<int64_t>(), io.lw.data_ptr<float>(),
-                                 at::cuda::getCurrentCUDAStream());
+                                 c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "pack_collate: CUDA launch failed: ", cudaGetErrorString(err));
   return {io.ids, io.pos, io.tgt, io.lw};
 }
@@ -169,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_collate_cuda(
 
 TORCH_LIBRARY(s1fast, m) {
   m.def("cu_seqlens(Tensor lengths) -> Tensor");
-  m.def("plan(Tensor lengths, Tensor costs, int world_size, int max_tokens, int global_batch, int epochs, "
+  m.def("plan(Tensor lengths, Tensor costs, Tensor keys, int world_size, int max_tokens, int global_batch, int epochs, "
         "int seed, int mode, int group_window, int accum) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("pack_collate(Tensor input_ids, Tensor labels, Tensor cu_seqlens, Tensor doc_weights) "
         "-> (Tensor, Tensor, Tensor, Tensor)");

@@ -40,7 +40,7 @@ struct Range { int64_t start, size; };
 // An example with its cost and length beside it: gathered once per epoch after the shuffle, so the sorts and
 // placements read memory in order (looking costs up by id would miss the cache for every access at 1M examples).
 struct Item {
-  double cost;
+  double cost, key;  // key: what balanced mode groups by (the cost, or its tolerance level)
   int64_t len, id;
 };
 
@@ -235,7 +235,8 @@ void windows(int64_t n, int64_t G, int64_t window, std::vector<Range>& out) {
 
 }  // namespace
 
-PlanArrays plan_packing(const int64_t* lengths, const double* costs, int64_t n, const PlanArgs& a) {
+PlanArrays plan_packing(const int64_t* lengths, const double* costs, const double* keys, int64_t n,
+                        const PlanArgs& a) {
   const int64_t W = a.world_size, T = a.max_tokens, G = a.global_batch;
   if (W < 1 || T < 1 || G < 1 || a.epochs < 1 || a.group_window < 1 || a.accum < 1 || n < 1)
     throw std::invalid_argument("plan: world_size, max_tokens, global_batch, epochs, group_window, accum and the "
@@ -279,14 +280,14 @@ PlanArrays plan_packing(const int64_t* lengths, const double* costs, int64_t n, 
       }
       continue;
     }
-    for (int64_t k = 0; k < n; ++k) items[k] = Item{costs[perm[k]], lengths[perm[k]], perm[k]};
+    for (int64_t k = 0; k < n; ++k) items[k] = Item{costs[perm[k]], keys[perm[k]], lengths[perm[k]], perm[k]};
     groups.clear();
     if (a.mode == kModeBalanced) {
       windows(n, G, a.group_window, wins);
       for (const auto& wr : wins) {
         const int64_t w0 = wr.start, w1 = wr.start + wr.size;
         std::stable_sort(items.begin() + w0, items.begin() + w1,
-                         [](const Item& x, const Item& y) { return x.cost > y.cost; });
+                         [](const Item& x, const Item& y) { return x.key > y.key; });
         for (int64_t s0 = w0; s0 < w1; s0 += G) groups.push_back({s0, std::min(G, w1 - s0)});
       }
       rng.shuffle(groups);

@@ -22,6 +22,8 @@ struct PlanArrays {
   std::vector<int64_t> order, offsets, step_micro, step_epoch;
 };
 
-PlanArrays plan_packing(const int64_t* lengths, const double* costs, int64_t n, const PlanArgs& args);
+// keys: the balanced mode's grouping key per example (descending; ties keep the shuffled order).
+PlanArrays plan_packing(const int64_t* lengths, const double* costs, const double* keys, int64_t n,
+                        const PlanArgs& args);
 
 }  // namespace s1fast

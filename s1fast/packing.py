@@ -16,11 +16,16 @@ Modes (``make_plan(mode=...)``)
               examples and every example is seen once per epoch. What changes is which examples share a step:
               each epoch is shuffled, cut into grouping windows of ``group_window`` steps, each window sorted by
               cost and cut into steps (so a step holds examples of similar cost), and the steps of the epoch are
-              shuffled. Inside a step, examples go to ranks by longest-processing-time-first on cost, and each
-              rank's examples are packed first-fit-decreasing into micro-batches of at most ``max_tokens``;
+              shuffled. With ``tolerance`` > 0 the sort key is the cost's level in steps of (1 + tolerance)
+              (``grouping_keys``), so examples of nearly equal cost keep their random order and the step
+              composition changes from epoch to epoch (tolerance 0: the sorted, optimal but nearly fixed one).
+              Inside a step, examples go to ranks by longest-processing-time-first on cost, and each rank's
+              examples are packed first-fit-decreasing into micro-batches of at most ``max_tokens``;
               micro-batches are ordered by cost so micro-step m costs about the same on every rank (FSDP syncs
               every micro-step). ``group_window=1`` keeps s1's random step composition (only placement changes);
-              larger windows trade randomness of composition for balance (bench/RESULTS.md, Packing).
+              larger windows and smaller tolerances trade randomness of composition for balance
+              (bench/RESULTS.md, Packing: s1K-1.1 derived lengths, 16 ranks: straggler 1.92 with window 1,
+              1.038 with the defaults window 64 / tolerance 0.03, 1.028 with tolerance 0).
               With as many examples per step as ranks only the composition can help.
 ``tokens``    a different optimisation (NOT the recipe's trajectory: fewer, larger steps): examples are packed
               best-fit-decreasing into micro-batches of ``max_tokens`` tokens inside each window, and a step is
@@ -28,8 +33,9 @@ Modes (``make_plan(mode=...)``)
               dealt to ranks by cost, ``accum`` each.
 
 The planner exists twice with identical output: in C++ (``torch.ops.s1fast.plan``, csrc/packing.cpp, the fast
-one) and in pure Python below (``_plan_reference``, the readable specification used by the tests). Both use the
-same SplitMix64 generator and tie-breaking rules, and receive the same float64 costs, so plans are identical.
+one; csrc/planner.cpp) and in pure Python below (``_plan_reference``, the readable specification used by the
+tests). Both use the same SplitMix64 generator and tie-breaking rules, and receive the same float64 costs and
+grouping keys (computed once in numpy), so plans are identical.
 
 Loss weights (exact objective with a plain gradient SUM)
 --------------------------------------------------------
@@ -91,6 +97,7 @@ import torch
 MODES = ("none", "balanced", "tokens")
 _MODE_ID = {m: i for i, m in enumerate(MODES)}
 WEIGHTINGS = ("sequence", "token")
+DEFAULT_TOLERANCE = 0.03  # balanced mode: cost levels of (1 + tolerance) share a grouping key (grouping_keys)
 DEFAULT_GROUP_WINDOW = 64  # steps per grouping window (s1K: 63 steps/epoch, so the whole epoch; RESULTS.md)
 IGNORE = -100
 
@@ -120,9 +127,10 @@ class CostModel:
     b: float
 
     def cost(self, L):
-        """Cost of documents of lengths L (a number or a numpy array); float64, computed as a*L + b*L*L."""
-        L = np.asarray(L, dtype=np.float64)
-        return self.a * L + self.b * L * L
+        """Cost of documents of lengths L (a number -> float, or an array -> float64 array): a*L + b*L*L."""
+        x = np.asarray(L, dtype=np.float64)
+        c = self.a * x + self.b * x * x
+        return float(c) if c.ndim == 0 else c
 
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "CostModel":
@@ -178,6 +186,7 @@ class Plan:
     mode: str
     weighting: str
     group_window: int
+    tolerance: float
     accum: int
     cost: CostModel
     lengths: np.ndarray
@@ -192,57 +201,55 @@ class Plan:
     _steps: list | None = field(default=None, repr=False)
 
     # -- derived arrays (vectorised: the plan for 1M examples must stay cheap)
-    def _layout(self):
-        W, M = self.world_size, self.step_micro.astype(np.int64)
-        per_step = W * M
-        micro_step = np.repeat(np.arange(len(M)), per_step)            # step of each micro-batch
-        start = np.concatenate([[0], np.cumsum(per_step)[:-1]]).astype(np.int64)
-        local = np.arange(per_step.sum()) - start[micro_step]
-        rank = local // M[micro_step]
-        sizes = np.diff(self.micro_offsets)
-        entry_micro = np.repeat(np.arange(len(sizes)), sizes)           # micro-batch of each entry of order
-        return micro_step, rank, local % M[micro_step], sizes, entry_micro
+    def _micro_start(self) -> np.ndarray:
+        """Index of each step's first micro-batch, plus the total (len = steps + 1)."""
+        return np.concatenate([[0], np.cumsum(self.world_size * self.step_micro)]).astype(np.int64)
+
+    def _entry_step(self) -> np.ndarray:
+        """The step of every entry of ``order``."""
+        per_step = np.diff(self.micro_offsets[self._micro_start()])
+        return np.repeat(np.arange(len(self.step_micro)), per_step)
 
     def entry_weights(self) -> np.ndarray:
         """Per-token loss weight of every entry of ``order`` (see the module docstring)."""
-        micro_step, _, _, _, entry_micro = self._layout()
-        step_of = micro_step[entry_micro]
+        step_of = self._entry_step()
         sup = self.supervised[self.order].astype(np.float64)
         K = len(self.step_micro)
         if self.weighting == "token":
-            n_step = np.bincount(step_of, weights=sup, minlength=K)
-            den = n_step[step_of]
+            den = np.bincount(step_of, weights=sup, minlength=K)[step_of]
         else:
             s_step = np.bincount(step_of, weights=(sup > 0).astype(np.float64), minlength=K)
             den = sup * s_step[step_of]
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where((sup > 0) & (den > 0), 1.0 / den, 0.0)
-        return w
+            return np.where((sup > 0) & (den > 0), 1.0 / den, 0.0)
 
     def compute_stats(self) -> dict:
-        W, K = self.world_size, len(self.step_micro)
-        micro_step, rank, micro_idx, sizes, entry_micro = self._layout()
-        c = self.cost.cost(self.lengths[self.order])
-        tok = self.lengths[self.order].astype(np.int64)
-        mc = np.bincount(entry_micro, weights=c, minlength=len(sizes))
-        mt = np.bincount(entry_micro, weights=tok, minlength=len(sizes))
-        rank_cost = np.bincount(micro_step * W + rank, weights=mc, minlength=K * W).reshape(K, W)
+        W, K, off = self.world_size, len(self.step_micro), self.micro_offsets
+        tok = self.lengths[self.order]
+        cs = np.concatenate([[0.0], np.cumsum(self.cost.cost(tok))])
+        ts = np.concatenate([[0], np.cumsum(tok)])
+        mc, mt = cs[off[1:]] - cs[off[:-1]], ts[off[1:]] - ts[off[:-1]]  # per micro-batch cost and tokens
+        # Steps with the same micro count M are a (steps, W, M) block of micro-batches: rank cost = sum over M;
+        # FSDP synchronises every micro-step, so a step also lasts sum over m of the slowest rank's micro m.
+        start = self._micro_start()[:-1]
+        rank_cost, sync = np.zeros((K, W)), 0.0
+        for M in np.unique(self.step_micro):
+            ks = np.flatnonzero(self.step_micro == M)
+            blk = mc[start[ks, None, None] + np.arange(W)[None, :, None] * M + np.arange(M)[None, None, :]]
+            rank_cost[ks] = blk.sum(axis=2)
+            sync += blk.max(axis=1).sum()
         balanced = rank_cost.sum() / W
-        # FSDP synchronises every micro-step: a step lasts sum over micro-steps of the slowest rank's micro-batch.
-        ms_start = np.concatenate([[0], np.cumsum(self.step_micro)[:-1]]).astype(np.int64)
-        sync = np.zeros(int(self.step_micro.sum()))
-        np.maximum.at(sync, ms_start[micro_step] + micro_idx, mc)
         micro_steps = int(self.step_micro.sum())
         self.stats = dict(
             examples=int(len(self.lengths)), epochs=self.epochs, mode=self.mode, world_size=W,
             max_tokens=self.max_tokens, global_batch=self.global_batch, group_window=self.group_window,
-            accum=self.accum, seed=self.seed, weighting=self.weighting, backend=self.backend,
+            tolerance=self.tolerance, accum=self.accum, seed=self.seed, weighting=self.weighting, backend=self.backend,
             steps=K, micro_steps_per_rank=micro_steps,
             fill_efficiency=float(mt.sum() / (W * micro_steps * self.max_tokens)) if micro_steps else 0.0,
             straggler_factor=float(rank_cost.max(axis=1).sum() / balanced) if balanced > 0 else 1.0,
-            sync_straggler_factor=float(sync.sum() / balanced) if balanced > 0 else 1.0,
+            sync_straggler_factor=float(sync / balanced) if balanced > 0 else 1.0,
             max_micro_tokens=int(mt.max()) if len(mt) else 0,
-            empty_micro_batches=int((sizes == 0).sum()),
+            empty_micro_batches=int((np.diff(off) == 0).sum()),
             plan_seconds=self.plan_seconds,
             cost_a=self.cost.a, cost_b=self.cost.b,
         )
@@ -281,7 +288,8 @@ class Plan:
 
     def to_json(self) -> str:
         d = {k: getattr(self, k) for k in ("world_size", "max_tokens", "global_batch", "epochs", "seed", "mode",
-                                           "weighting", "group_window", "accum", "plan_seconds", "backend")}
+                                           "weighting", "group_window", "tolerance", "accum", "plan_seconds",
+                                           "backend")}
         d["cost"] = dict(a=self.cost.a, b=self.cost.b)
         for k in ("lengths", "supervised", "order", "micro_offsets", "step_micro", "step_epoch"):
             d[k] = getattr(self, k).tolist()
@@ -302,38 +310,59 @@ class Plan:
 def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_batch: int, epochs: int,
               seed: int = 0, mode: str = "balanced", cost: CostModel | None = None, weighting: str = "sequence",
               backend: str = "native", group_window: int = DEFAULT_GROUP_WINDOW,
-              accum: int | None = None) -> Plan:
+              tolerance: float = DEFAULT_TOLERANCE, accum: int | None = None) -> Plan:
     """Plan every optimizer step of ``epochs`` epochs (see the module docstring for modes and weights).
 
     lengths[i]: tokens of example i; supervised[i]: its targets (``(labels[1:] != -100).sum()``).
+    max_tokens: token budget of one rank's micro-batch (an example longer than it is an error naming it).
+    global_batch: examples per optimizer step (none/balanced). cost: CostModel (default Qwen2.5-32B's).
+    group_window: steps per grouping window (balanced/tokens); tolerance: balanced mode's cost-level width
+    (``grouping_keys``); accum: tokens mode's micro-batches per rank per step (default global_batch // world_size).
     backend: "native" (C++ op) or "python" (the reference; identical plans, much slower).
     """
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     supervised = np.asarray(supervised, dtype=np.int64).reshape(-1)
     cost = cost or DEFAULT_COST
     _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs, mode, weighting, backend,
-              group_window, accum)
+              group_window, accum, tolerance)
     accum = int(accum) if accum is not None else max(1, global_batch // world_size)
     costs = cost.cost(lengths)
+    keys = grouping_keys(costs, tolerance)
     args = (world_size, max_tokens, global_batch, epochs, int(seed), _MODE_ID[mode], group_window, accum)
     t0 = time.perf_counter()
     if backend == "native":
         from . import _native
-        out = _native.ops().plan(torch.from_numpy(lengths), torch.from_numpy(costs), *args)
+        ops = _native.ops()
+        if not hasattr(ops, "plan"):
+            raise ImportError("s1fast's native extension predates the planner op: rebuild it with "
+                              "`python setup.py build_ext --inplace` (or pip install --no-build-isolation -e .)")
+        out = ops.plan(torch.from_numpy(lengths), torch.from_numpy(costs), torch.from_numpy(keys), *args)
         order, micro_offsets, step_micro, step_epoch = (t.numpy() for t in out)
     else:
-        order, micro_offsets, step_micro, step_epoch = _plan_reference(lengths.tolist(), costs.tolist(), *args)
+        order, micro_offsets, step_micro, step_epoch = _plan_reference(lengths.tolist(), costs.tolist(), keys.tolist(),
+                                                                            *args)
     seconds = time.perf_counter() - t0
     plan = Plan(world_size=world_size, max_tokens=max_tokens, global_batch=global_batch, epochs=epochs,
-                seed=int(seed), mode=mode, weighting=weighting, group_window=group_window, accum=accum, cost=cost,
+                seed=int(seed), mode=mode, weighting=weighting, group_window=group_window, tolerance=float(tolerance),
+                accum=accum, cost=cost,
                 lengths=lengths, supervised=supervised, order=order, micro_offsets=micro_offsets,
                 step_micro=step_micro, step_epoch=step_epoch, plan_seconds=seconds, backend=backend)
     plan.compute_stats()
     return plan
 
 
+def grouping_keys(costs: np.ndarray, tolerance: float) -> np.ndarray:
+    """What balanced mode sorts a window by (descending): the cost itself when tolerance is 0, else its level
+    ``floor(log(cost) / log(1 + tolerance))``: examples whose costs agree within about ``tolerance`` share a
+    level and keep their shuffled order, so the steps of a window change from epoch to epoch at the price of
+    about ``tolerance`` in balance. Computed once here, for both planners."""
+    if tolerance == 0:
+        return costs.astype(np.float64)
+    return np.floor(np.log(np.maximum(costs, 1e-300)) / np.log1p(tolerance))
+
+
 def _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs, mode, weighting, backend,
-              group_window, accum):
+              group_window, accum, tolerance=0.0):
     if mode not in MODES:
         raise ValueError(f"make_plan: mode={mode!r}; choose one of {MODES}")
     if weighting not in WEIGHTINGS:
@@ -344,6 +373,8 @@ def _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs,
                     ("epochs", epochs), ("group_window", group_window)):
         if int(v) < 1:
             raise ValueError(f"make_plan: {name}={v} must be >= 1")
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"make_plan: tolerance={tolerance} must be in [0, 1)")
     if accum is not None and int(accum) < 1:
         raise ValueError(f"make_plan: accum={accum} must be >= 1")
     if mode == "none" and global_batch % world_size:
@@ -391,7 +422,7 @@ class SplitMix64:
             xs[i], xs[j] = xs[j], xs[i]
 
 
-def _plan_reference(lengths: list, costs: list, W: int, T: int, G: int, epochs: int, seed: int, mode: int,
+def _plan_reference(lengths: list, costs: list, keys: list, W: int, T: int, G: int, epochs: int, seed: int, mode: int,
                     window: int, accum: int):
     """Pure-Python planner: the specification csrc/packing.cpp follows line by line."""
     n = len(lengths)
@@ -412,7 +443,7 @@ def _plan_reference(lengths: list, costs: list, W: int, T: int, G: int, epochs: 
         groups = []
         if mode == _MODE_ID["balanced"]:
             for w0, w1 in _windows(n, G, window):
-                w = sorted(perm[w0:w1], key=lambda i: -costs[i])  # stable: ties keep the shuffled order
+                w = sorted(perm[w0:w1], key=lambda i: -keys[i])  # stable: ties keep the shuffled order
                 groups.extend(w[s0:s0 + G] for s0 in range(0, len(w), G))
             rng.shuffle(groups)
             steps.extend((e, _place_examples(g, lengths, costs, W, T)) for g in groups)
@@ -634,7 +665,7 @@ def _register_fakes():
         return lengths.new_empty((lengths.shape[0] + 1,), dtype=torch.int32)
 
     @torch.library.register_fake("s1fast::plan")
-    def _(lengths, costs, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum):
+    def _(lengths, costs, keys, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum):
         ctx = torch.library.get_ctx()
         n = lengths.shape[0] * epochs
         mk = lambda s: lengths.new_empty((s,), dtype=torch.int64)  # noqa: E731
@@ -647,7 +678,8 @@ def _has_cuda_kernel(op: str) -> bool:
 
 def _load_native():
     from . import _native
-    if _native.available():
+    # an extension built before these ops existed loads but lacks them: make_plan then says to rebuild
+    if _native.available() and all(hasattr(torch.ops.s1fast, op) for op in ("plan", "pack_collate", "cu_seqlens")):
         _register_fakes()
 
 
@@ -685,6 +717,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=MODES, default="balanced")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--group-window", type=int, default=DEFAULT_GROUP_WINDOW, help="steps per grouping window")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="balanced mode: costs within this relative width share a grouping level (0 = exact sort)")
     p.add_argument("--accum", type=int, default=None, help="tokens mode: micro-batches per rank per step")
     p.add_argument("--weighting", choices=WEIGHTINGS, default="sequence")
     p.add_argument("--backend", choices=("native", "python"), default="native")
@@ -699,7 +733,7 @@ def main(argv=None) -> int:
     try:
         plan = make_plan(lengths, sup, world_size=a.world_size, max_tokens=a.max_tokens, global_batch=a.global_batch,
                          epochs=a.epochs, seed=a.seed, mode=a.mode, cost=cost, weighting=a.weighting,
-                         backend=a.backend, group_window=a.group_window, accum=a.accum)
+                         backend=a.backend, group_window=a.group_window, tolerance=a.tolerance, accum=a.accum)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ def main() -> None:
             r = json.loads(line)
             gen = r["code"][0]
             ok = "<|end_of_thought|>" in gen and "<|end_of_solution|>" in gen and r["score"][0]
-            if bench != "math500" or len(evals) < 40:
+            if bench != "math500" or sum(e["source"].startswith("math500") for e in evals) < 40:
                 evals.append({"question": r["question"], "answer": str(r["gt"]), "source": f"{bench}:{r['idx']}"})
             if not ok:
                 continue

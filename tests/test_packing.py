@@ -30,7 +30,7 @@ def problems(draw, modes=packing.MODES):
     sup = [draw(st.integers(0, L - 1)) for L in lengths]
     kw = dict(world_size=W, max_tokens=T, global_batch=G, epochs=draw(st.integers(1, 2)),
               seed=draw(st.integers(-2**63, 2**63 - 1)), mode=mode, group_window=draw(st.integers(1, 5)),
-              weighting=draw(st.sampled_from(packing.WEIGHTINGS)))
+              weighting=draw(st.sampled_from(packing.WEIGHTINGS)), tolerance=draw(st.sampled_from([0.0, 0.05, 0.5])))
     if mode == "tokens":
         kw["accum"] = draw(st.integers(1, 3))
     return np.array(lengths), np.array(sup), kw
@@ -70,6 +70,16 @@ def _check_invariants(plan, lengths, sup):
         if plan.weighting == "sequence":
             S = sum(1 for i in ids if sup[i] > 0)
             assert all(s.example_weight[i] == pytest.approx(1 / (sup[i] * S)) for i in ids if sup[i])
+    # summary statistics against their definitions, computed naively from the steps
+    cost = plan.cost.cost(lengths)
+    rank_cost = [[sum(cost[i] for mb in r for i in mb) for r in s.micro_batches] for s in steps]
+    sync = sum(max(sum(cost[i] for i in r[m]) for r in s.micro_batches) for s in steps for m in range(s.micro_steps))
+    balanced = sum(map(sum, rank_cost)) / W
+    assert plan.straggler_factor == pytest.approx(sum(map(max, rank_cost)) / balanced, rel=1e-9)
+    assert plan.sync_straggler_factor == pytest.approx(sync / balanced, rel=1e-9)
+    micro_steps = sum(s.micro_steps for s in steps)
+    assert plan.micro_steps_per_rank == micro_steps
+    assert plan.fill_efficiency == pytest.approx(lengths.sum() * plan.epochs / (W * micro_steps * plan.max_tokens))
     if plan.mode in ("none", "balanced"):
         G = plan.global_batch
         per_epoch = -(-n // G)
@@ -138,7 +148,7 @@ def test_errors_name_the_problem():
     from s1fast import _native
     import torch
     with pytest.raises(RuntimeError, match="example 1 has length 50"):
-        _native.ops().plan(torch.tensor(L), torch.ones(3, dtype=torch.float64), 1, 40, 1, 1, 0, 1, 1, 1)
+        _native.ops().plan(torch.tensor(L), torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), 1, 40, 1, 1, 0, 1, 1, 1)
 
 
 def test_json_roundtrip_and_steps():
@@ -157,7 +167,8 @@ def test_cost_model_from_qwen25_32b_config():
     params = 64 * (5120 * 128 * (2 * 40 + 2 * 8) + 3 * 5120 * 27648) + 5120 * 152064
     assert params == 31_984_189_440
     assert cm.a == 6 * params and cm.b == 6 * 40 * 128 * 64
-    assert cm.cost(1000) == pytest.approx(cm.a * 1000 + cm.b * 1e6)
+    assert isinstance(cm.cost(1000), float) and cm.cost(1000) == pytest.approx(cm.a * 1000 + cm.b * 1e6)
+    assert cm.cost(np.array([1, 2])).tolist() == [cm.a + cm.b, 2 * cm.a + 4 * cm.b]
     # head_dim defaults to hidden / heads; kv heads default to heads
     small = CostModel.from_hf_config(dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=128, vocab_size=100))

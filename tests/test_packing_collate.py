@@ -1,6 +1,9 @@
 """Packed collate: C++ op == pure-Python reference, layout properties, exact loss weights, opcheck, CLI."""
 import json
 import os
+import shutil
+import subprocess
+import sysconfig
 
 import numpy as np
 import pytest
@@ -125,7 +128,7 @@ def test_opcheck():
     torch.library.opcheck(ops.cu_seqlens, (torch.tensor([3, 0, 5]),))
     L = torch.tensor([5, 9, 3, 7, 2, 8])
     costs = torch.from_numpy(packing.DEFAULT_COST.cost(L.numpy()))
-    torch.library.opcheck(ops.plan, (L, costs, 2, 16, 4, 2, 0, 1, 1, 1),
+    torch.library.opcheck(ops.plan, (L, costs, costs, 2, 16, 4, 2, 0, 1, 1, 1),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -173,3 +176,28 @@ def test_cli(tmp_path, capsys):
     assert plan.supervised.tolist() == [3, 8, 2, 6, 1, 7]
     rc = packing.main(["--lengths", str(f), "--world-size", "2", "--max-tokens", "8", "--global-batch", "2"])
     assert rc == 2 and "example 1 has 9 tokens" in capsys.readouterr().err
+
+
+def _cuda_include():
+    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and os.path.exists(os.path.join(root, "include", "cuda_runtime.h")):
+            return os.path.join(root, "include")
+    return None
+
+
+@pytest.mark.skipif(_cuda_include() is None or shutil.which("g++") is None,
+                    reason="needs the CUDA headers (CUDA_HOME or /usr/local/cuda) and g++")
+def test_cuda_wrapper_compiles(tmp_path):
+    """The S1FAST_WITH_CUDA half of csrc/packing.cpp is built only against CUDA torch; check its syntax here
+    against the CUDA headers. A CPU torch lacks one generated c10 header, stubbed in tmp_path."""
+    from torch.utils import cpp_extension
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = (["g++", "-std=c++17", "-fsyntax-only", "-DS1FAST_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C",
+            "-DTORCH_API_INCLUDE_EXTENSION_H", f"-I{_cuda_include()}", f"-I{tmp_path}",
+            f"-I{sysconfig.get_paths()['include']}"]
+           + [f"-I{p}" for p in cpp_extension.include_paths()] + [os.path.join(root, "csrc", "packing.cpp")])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"packing.cpp with S1FAST_WITH_CUDA does not compile:\n{proc.stderr[-3000:]}"

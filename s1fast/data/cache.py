@@ -181,7 +181,7 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     summary = Summary(
         rows_read=len(rows), rows_kept=len(kept), rows_dropped=len(over) if policy == "drop" else 0,
         rows_truncated=truncated, rows_over_budget=len(over), tokens=int(offsets[-1]),
-        supervised_tokens=int((labels != IGNORE).sum()),
+        supervised_tokens=int((labels != IGNORE).sum() - (labels[offsets[:-1]] != IGNORE).sum()),
         length_p50=int(np.percentile(lengths, 50)), length_p90=int(np.percentile(lengths, 90)),
         length_p99=int(np.percentile(lengths, 99)), length_max=int(lengths.max()))
 
@@ -227,8 +227,11 @@ class TokenDataset:
         self.offsets = np.load(os.path.join(path, "offsets.npy"))
         self.rows = np.load(os.path.join(path, "rows.npy"))
         self.lengths = np.diff(self.offsets)
-        sup = np.concatenate([[0], np.cumsum(np.asarray(self.labels) != IGNORE, dtype=np.int64)])
-        self.supervised = sup[self.offsets[1:]] - sup[self.offsets[:-1]]
+        # supervised = predicted tokens: an example's first label has no position before it to predict it
+        is_sup = np.asarray(self.labels) != IGNORE
+        sup = np.concatenate([[0], np.cumsum(is_sup, dtype=np.int64)])
+        first = is_sup[self.offsets[:-1]] if len(self.offsets) > 1 and self.offsets[-1] > 0 else 0
+        self.supervised = sup[self.offsets[1:]] - sup[self.offsets[:-1]] - first
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -40,7 +40,8 @@ class Encoded:
 
     @property
     def supervised(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        """Tokens the model is trained to predict: labels[1:] (the first token has no prediction before it)."""
+        return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
 def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> str:

@@ -1,0 +1,366 @@
+"""Generation with s1's budget forcing: batched, KV-cached, greedy or seeded sampling.
+
+The protocol itself lives in ``s1fast.forcing`` (one state machine per prompt); this file feeds it
+tokens from a model. Two backends drive the same forcers:
+
+- ``native``: s1fast's own model. Each step feeds every row what it has not fed yet (the sampled token,
+  plus whatever the protocol forced after it) through ``model.decode`` with per-row ``lengths``, so
+  rows in different phases advance together in one batched call; prompts are prefilled in chunks of
+  ``prefill_chunk`` tokens to bound the [B, t, V] logits.
+- ``vllm`` (optional, when vLLM is installed): re-prompting as s1's evaluation code does; each round asks
+  the engine for one :class:`~s1fast.forcing.Segment` per prompt (``max_tokens``, ``min_tokens``,
+  ``stop_token_ids``) and pushes the tokens back into the forcer.
+
+Sampling: ``temperature == 0`` is greedy; otherwise softmax(logits / T), nucleus (top-p) filtering,
+one seeded ``torch.Generator`` per prompt (seed + prompt index), so a prompt's output does not depend on
+the batch it ran in. Ids >= ``len(tokenizer)`` (151665 for Qwen2.5: embedding rows with no token) are
+masked before every pick, greedy included; so are the stop ids while the protocol suppresses them.
+
+Model interface (``s1fast.model``): ``cache = model.new_kv_cache(batch_size, max_len, device=...)``;
+``model.decode(input_ids [B, t] int64, cache, lengths [B]) -> logits [B, t, V]``, writing row b's
+``lengths[b]`` tokens at its own next positions and leaving rows with length 0 untouched.
+
+Usage::
+
+    python -m s1fast.generate --model DIR --prompt "How many r in raspberry?" --num-wait 1 \\
+        --max-thinking-tokens 2000
+    python -m s1fast.generate --model DIR --prompts questions.jsonl --temperature 0.7 --top-p 0.95 --seed 1
+
+Each prompt gives one JSON line: ``thinking``, ``answer``, ``thinking_tokens``, ``waits``, ``capped`` and more.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from s1fast.forcing import BudgetForcer, ForcingTokens, ProtocolError
+
+BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tokenizer", "qwen2.5")
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+@dataclass
+class GenerationConfig:
+    max_thinking_tokens: int | str = "auto"
+    min_thinking_tokens: int = 0
+    num_wait: int = 0
+    extension: str = "Wait"
+    max_answer_tokens: int | None = None   # None: whatever the context leaves
+    max_total_tokens: int | None = None    # None: the model's max_position_embeddings, else 32768
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+    prefill_chunk: int = 256
+
+
+# ---- prompts --------------------------------------------------------------------------------------------
+def prompt_ids(tokenizer, question: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
+    """The chat prompt up to ``<|im_start|>assistant\\n`` (the forcer appends ``<|im_start|>think``).
+
+    Written out as s1 does (the Qwen2.5 template with its default system prompt), so a tokenizer whose
+    template differs cannot silently change the protocol."""
+    sys_part = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    text = f"{sys_part}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+# ---- sampling -------------------------------------------------------------------------------------------
+def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
+                banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None]) -> list[int]:
+    """Next token per row of ``logits`` [n, V]: mask ids >= vocab_limit and each row's banned ids, then
+    argmax (temperature 0) or a seeded draw from the top-p nucleus of softmax(logits / temperature)."""
+    logits = logits.float().clone()
+    if vocab_limit < logits.shape[-1]:
+        logits[:, vocab_limit:] = float("-inf")
+    for i, ban in enumerate(banned):
+        if ban:
+            logits[i, list(ban)] = float("-inf")
+    if temperature <= 0:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    picks = [torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(probs.shape[0])]
+    return torch.cat(picks).tolist()
+
+
+def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+# ---- the native backend ---------------------------------------------------------------------------------
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def run_native(model, forcers: Sequence[BudgetForcer], *, temperature: float = 0.0, top_p: float = 1.0,
+               seeds: Sequence[int] | None = None, vocab_limit: int, prefill_chunk: int = 256) -> None:
+    """Drive ``forcers`` (one batch) to the end with ``model``'s KV cache."""
+    n = len(forcers)
+    device = _model_device(model)
+    seeds = list(seeds) if seeds is not None else list(range(n))
+    gens = _generators(seeds, device) if temperature > 0 else [None] * n
+    cache = model.new_kv_cache(n, max(f.max_len for f in forcers), device=device)
+    fed = [0] * n  # ids of each row already in the cache
+    while True:
+        chunks = [[] if f.done else f.ids[fed[b]:fed[b] + prefill_chunk] for b, f in enumerate(forcers)]
+        lengths = [len(c) for c in chunks]
+        if not any(lengths):
+            return
+        x = torch.zeros(n, max(lengths), dtype=torch.long)
+        for b, c in enumerate(chunks):
+            x[b, :len(c)] = torch.tensor(c, dtype=torch.long)
+        logits = model.decode(x.to(device), cache, lengths=torch.tensor(lengths, device=device))
+        for b in range(n):
+            fed[b] += lengths[b]
+        # A row picks its next token once everything the protocol put in its sequence is in the cache.
+        ready = [b for b in range(n) if lengths[b] and fed[b] == len(forcers[b].ids)]
+        if not ready:
+            continue
+        last = logits[torch.tensor(ready, device=device), torch.tensor([lengths[b] - 1 for b in ready], device=device)]
+        toks = pick_tokens(last, temperature=temperature, top_p=top_p, vocab_limit=vocab_limit,
+                           banned=[forcers[b].stops if forcers[b].suppress_stop else None for b in ready],
+                           generators=[gens[b] for b in ready])
+        for b, t in zip(ready, toks):
+            forcers[b].push(t)
+
+
+# ---- the optional vLLM backend --------------------------------------------------------------------------
+class VLLMBackend:
+    """Budget forcing on a vLLM engine by re-prompting (s1's way), driven by the same forcers.
+
+    ``llm`` is a ``vllm.LLM``; ``sampling_params`` the ``vllm.SamplingParams`` class (tests pass a stand-in).
+    Thinking rounds set ``ignore_eos=True`` so that only the protocol's stop ids end a round."""
+
+    def __init__(self, llm, sampling_params=None):
+        if sampling_params is None:
+            try:
+                from vllm import SamplingParams as sampling_params  # noqa: N813
+            except ImportError as e:
+                raise ImportError("the vLLM backend was requested but vllm is not installed; install it on a "
+                                  "GPU machine (`pip install vllm`) or use the native backend (--backend native)"
+                                  ) from e
+        self.llm = llm
+        self.sampling_params = sampling_params
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str, **engine_kwargs) -> "VLLMBackend":
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError(f"--backend vllm needs vllm, which is not installed (model {model_dir}); "
+                              "`pip install vllm` on a GPU machine, or use --backend native") from e
+        return cls(LLM(model_dir, **engine_kwargs))
+
+    def run(self, forcers: Sequence[BudgetForcer], *, temperature: float = 0.0, top_p: float = 1.0,
+            seeds: Sequence[int] | None = None, vocab_limit: int | None = None) -> None:
+        seeds = list(seeds) if seeds is not None else list(range(len(forcers)))
+        allowed = list(range(vocab_limit)) if vocab_limit is not None else None
+        rounds = 0
+        active = [i for i, f in enumerate(forcers) if not f.done]
+        while active:
+            segs = [forcers[i].segment() for i in active]
+            params = [self.sampling_params(
+                max_tokens=s.max_new, min_tokens=s.min_new, stop_token_ids=sorted(s.stops), ignore_eos=True,
+                temperature=temperature, top_p=top_p, seed=seeds[i] + 1_000_003 * rounds,
+                skip_special_tokens=False, allowed_token_ids=allowed) for i, s in zip(active, segs)]
+            outs = self.llm.generate([{"prompt_token_ids": s.context} for s in segs], sampling_params=params,
+                                     use_tqdm=False)
+            for i, s, out in zip(active, segs, outs):
+                self._absorb(forcers[i], s, out.outputs[0])
+            rounds += 1
+            active = [i for i in active if not forcers[i].done]
+
+    @staticmethod
+    def _absorb(f: BudgetForcer, seg, o) -> None:
+        toks = [int(t) for t in o.token_ids]
+        f.push_segment(toks)
+        # vLLM may leave the stop id out of token_ids; its stop_reason then names it.
+        if (not f.done and o.finish_reason == "stop" and (not toks or toks[-1] not in seg.stops)
+                and isinstance(getattr(o, "stop_reason", None), int)):
+            f.push(o.stop_reason)
+        if not f.done and len(f.ids) == len(seg.context):
+            raise ProtocolError(f"the engine returned nothing for a segment (finish_reason={o.finish_reason!r}); "
+                                "stopping instead of re-prompting forever")
+
+
+# ---- the API --------------------------------------------------------------------------------------------
+def generate(model, tokenizer, questions: Sequence[str], config: GenerationConfig | None = None, *,
+             backend: str | VLLMBackend = "native", system: str | None = DEFAULT_SYSTEM) -> list[dict]:
+    """Budget-forced generation for each question; one result dict per question, in order."""
+    cfg = config or GenerationConfig()
+    tokens = ForcingTokens.from_tokenizer(tokenizer, extension=cfg.extension)
+    max_total = cfg.max_total_tokens or _model_max_positions(model) or 32768
+    vocab_limit = len(tokenizer)
+    results: list[dict] = []
+    for start in range(0, len(questions), cfg.batch_size):
+        batch = questions[start:start + cfg.batch_size]
+        forcers = [BudgetForcer(prompt_ids(tokenizer, q, system), tokens,
+                                max_thinking_tokens=cfg.max_thinking_tokens,
+                                min_thinking_tokens=cfg.min_thinking_tokens, num_wait=cfg.num_wait,
+                                max_answer_tokens=cfg.max_answer_tokens, max_total_tokens=max_total)
+                   for q in batch]
+        seeds = [cfg.seed + start + i for i in range(len(batch))]
+        if isinstance(backend, VLLMBackend):
+            backend.run(forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=seeds, vocab_limit=vocab_limit)
+        elif backend == "native":
+            run_native(model, forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=seeds,
+                       vocab_limit=vocab_limit, prefill_chunk=cfg.prefill_chunk)
+        else:
+            raise ValueError(f"unknown backend {backend!r}: use 'native' or a VLLMBackend")
+        results.extend(_record(tokenizer, f, start + i, q) for i, (f, q) in enumerate(zip(forcers, batch)))
+    return results
+
+
+def _record(tokenizer, f: BudgetForcer, index: int, question: str) -> dict:
+    r = f.result()
+    dec = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+    out = {"index": index, "question": question, "thinking": dec(r.pop("thinking_ids")),
+           "answer": dec(r.pop("answer_ids")), "forced_end": dec(r.pop("forced_end_ids"))}
+    out.update(r)
+    # Everything after the prompt, special tokens included: what the model saw and said.
+    out["completion"] = dec(f.ids[f.prompt_len:])
+    return out
+
+
+def _model_max_positions(model) -> int | None:
+    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)   # s1fast's model: .cfg
+    v = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
+    return int(v) if v else None
+
+
+def load(model_dir: str, *, tokenizer_dir: str | None = None, dtype: str = "auto", device: str = "auto"):
+    """(model, tokenizer) from an exported Hugging Face folder (tokenizer: the folder's, else the bundled Qwen2.5)."""
+    from transformers import AutoTokenizer
+
+    from s1fast import model as lean
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dt = {"auto": torch.bfloat16 if dev.startswith("cuda") else torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}.get(dtype)
+    if dt is None:
+        raise ValueError(f"--dtype {dtype!r}: use auto, bf16 or fp32")
+    m = lean.from_pretrained(model_dir, dtype=dt, device=dev)
+    m.eval()
+    tok_dir = tokenizer_dir or (model_dir if os.path.exists(os.path.join(model_dir, "tokenizer_config.json"))
+                                else BUNDLED_TOKENIZER)
+    return m, AutoTokenizer.from_pretrained(tok_dir)
+
+
+# ---- the CLI --------------------------------------------------------------------------------------------
+def read_jsonl(path: str):
+    """(line number, parsed value) for each non-blank line; a bad line names the file and line."""
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+
+
+def read_prompts(path: str, field: str = "question") -> list[str]:
+    out = []
+    for n, row in read_jsonl(path):
+        if isinstance(row, str):
+            out.append(row)
+        elif isinstance(row, dict) and isinstance(row.get(field), str):
+            out.append(row[field])
+        else:
+            raise ValueError(f"{path}:{n}: expected a string or an object with a string field {field!r}; "
+                             "pass --field to name another")
+    return out
+
+
+def budget_arg(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"a token budget must be >= 0, got {v}")
+    return v
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``s1fast.eval``."""
+    p.add_argument("--model", required=True, help="exported Hugging Face model folder")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
+    p.add_argument("--backend", choices=["native", "vllm"], default="native")
+    p.add_argument("--min-thinking-tokens", type=int, default=0)
+    p.add_argument("--extension", default="Wait", help="text appended when the end of thinking is ignored")
+    p.add_argument("--max-answer-tokens", type=int, default=None)
+    p.add_argument("--max-total-tokens", type=int, default=None,
+                   help="context budget (default: the model's max_position_embeddings, else 32768)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+
+
+def open_backend(args):
+    """(model, tokenizer, backend) for parsed CLI args."""
+    if args.backend == "vllm":
+        from transformers import AutoTokenizer
+        engine = VLLMBackend.from_pretrained(args.model)
+        return None, AutoTokenizer.from_pretrained(args.tokenizer or args.model), engine
+    model, tok = load(args.model, tokenizer_dir=args.tokenizer, dtype=args.dtype, device=args.device)
+    return model, tok, "native"
+
+
+def config_from_args(args, **over) -> GenerationConfig:
+    kw = dict(min_thinking_tokens=args.min_thinking_tokens, extension=args.extension,
+              max_answer_tokens=args.max_answer_tokens, max_total_tokens=args.max_total_tokens,
+              temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
+    kw.update(over)
+    return GenerationConfig(**kw)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m s1fast.generate", description=__doc__.split("\n\n")[0])
+    add_generation_args(p)
+    p.add_argument("--prompt", action="append", default=[], help="a question (repeatable)")
+    p.add_argument("--prompts", help="jsonl file of questions (strings or objects with --field)")
+    p.add_argument("--field", default="question")
+    p.add_argument("--max-thinking-tokens", type=budget_arg, default="auto")
+    p.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
+    p.add_argument("--out", help="write JSON lines here (default: stdout)")
+    args = p.parse_args(argv)
+    questions = list(args.prompt) + (read_prompts(args.prompts, args.field) if args.prompts else [])
+    if not questions:
+        p.error("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    model, tok, backend = open_backend(args)
+    cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
+    rows = generate(model, tok, questions, cfg, backend=backend)
+    fh = open(args.out, "w") if args.out else sys.stdout
+    try:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    finally:
+        if args.out:
+            fh.close()
+    print(f"config: {json.dumps(asdict(cfg))}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

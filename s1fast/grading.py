@@ -1,0 +1,411 @@
+"""Final-answer extraction and mathematical-equivalence grading for reasoning-model evaluation.
+
+Extraction (``extract_answer``), as in s1's evaluation: the last ``\\boxed{...}`` (or ``\\fbox``),
+braces matched to any depth; else the last ``(?i)Answer\\s*:\\s*(.*)`` line, with "the final answer is",
+``$...$`` and markdown bold peeled off.
+
+Equivalence (``is_equiv(pred, gold)``), one backend chosen at import and reported in ``BACKEND``:
+
+- ``"math-verify"`` when the ``math_verify`` package is importable (Hugging Face's grader, the standard);
+- ``"sympy"`` otherwise, when sympy is: a careful LaTeX normaliser, then structure (intervals keep their
+  bracket types, tuples keep order, bare comma lists and sets compare as multisets, matrices entry by
+  entry), then each scalar as an exact sympy expression: decimals become rationals, so ``0.5 == \\frac12``
+  but ``0.333 != \\frac13``; ``simplify(a - b) == 0`` decides, with a 1e-12 relative numeric check as a
+  last resort. Text reaches sympy only after a whitelist check (sympy's parser evaluates Python);
+- ``"string"`` when neither is installed: the normaliser and the structural comparison alone.
+
+Multiple-choice golds (a letter A-E, bare or in parentheses) are compared as letters first, whatever
+the backend. ``grade(text, gold)`` does both steps and says which backend decided.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import threading
+from contextlib import contextmanager
+
+try:  # the standard grader, when installed
+    from math_verify import parse as _mv_parse, verify as _mv_verify
+    BACKEND = "math-verify"
+except ImportError:  # pragma: no cover - depends on the environment
+    _mv_parse = _mv_verify = None
+    try:
+        import sympy as _sympy  # noqa: F401
+        BACKEND = "sympy"
+    except ImportError:
+        BACKEND = "string"
+
+_ANSWER_RE = re.compile(r"(?i)Answer\s*:\s*(.*)")
+_LETTER_GOLD = re.compile(r"^\(?([A-E])\)?$")
+
+
+# ---- extraction -----------------------------------------------------------------------------------------
+def _matching_brace(s: str, open_at: int) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``open_at`` (escaped ``\\{`` ``\\}`` do not count)."""
+    depth = 0
+    i = open_at
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``), nested braces kept."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)", text)]
+    for start in reversed(starts):
+        i = start
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            end = _matching_brace(text, i)
+            if end is not None:
+                return text[i + 1:end].strip()
+        elif i > start:  # "\boxed 5": up to the next space or dollar
+            m = re.match(r"[^\s$]+", text[i:])
+            if m:
+                return m.group(0)
+    return None
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer in a model's output, or None when it gives none."""
+    if not text:
+        return None
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    matches = _ANSWER_RE.findall(text)
+    if not matches:
+        return None
+    ans = matches[-1].strip()
+    ans = re.sub(r"^\*+\s*|\s*\*+$", "", ans)                       # **Answer:** 42
+    m = re.match(r"(?i)^the\s+(?:final\s+)?answer\s+is\s*:?\s*(.*)$", ans)
+    if m:
+        ans = m.group(1)
+    ans = re.sub(r"(?i)\.?\s*I hope it is correct\.?$", "", ans).strip()
+    ans = ans.strip().rstrip(".").strip()
+    if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
+        ans = ans.strip("$").strip()
+    for a, b in (("\\(", "\\)"), ("\\[", "\\]")):
+        if ans.startswith(a) and ans.endswith(b):
+            ans = ans[2:-2].strip()
+    return ans or None
+
+
+# ---- normalisation --------------------------------------------------------------------------------------
+def _unwrap_command(s: str, names: tuple[str, ...]) -> str:
+    """``\\text{abc}`` -> ``abc`` for each command in ``names`` (nested braces kept)."""
+    pat = re.compile(r"\\(?:%s)\s*\{" % "|".join(names))
+    while True:
+        m = pat.search(s)
+        if not m:
+            return s
+        end = _matching_brace(s, m.end() - 1)
+        if end is None:
+            return s
+        s = s[:m.start()] + s[m.end():end] + s[end + 1:]
+
+
+def _brace_arg(s: str, i: int) -> tuple[str, int]:
+    """The argument starting at ``s[i]``: ``{...}`` or one character; returns (arg, index after it)."""
+    if s[i] == "{":
+        end = _matching_brace(s, i)
+        if end is None:
+            raise ValueError("unbalanced braces")
+        return s[i + 1:end], end + 1
+    return s[i], i + 1
+
+
+def _brace_short_args(s: str) -> str:
+    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt2`` -> ``\\sqrt{2}``: one shape for the string comparison."""
+    out, i = [], 0
+    while i < len(s):
+        m = re.match(r"\\(frac|sqrt)", s[i:])
+        if not m:
+            out.append(s[i])
+            i += 1
+            continue
+        name = m.group(1)
+        i += m.end()
+        try:
+            if name == "sqrt" and i < len(s) and s[i] == "[":
+                j = s.index("]", i)
+                out.append("\\sqrt" + s[i:j + 1])
+                i = j + 1
+            nargs = 2 if name == "frac" else 1
+            parts = []
+            for _ in range(nargs):
+                a, i = _brace_arg(s, i)
+                parts.append("{" + _brace_short_args(a) + "}")
+        except (ValueError, IndexError):
+            return s
+        if name == "frac":
+            out.append("\\frac" + "".join(parts))
+        else:
+            out.append(("" if out and out[-1].startswith("\\sqrt[") else "\\sqrt") + parts[0])
+    return "".join(out)
+
+
+def normalize(ans: str) -> str:
+    """A canonical string for a LaTeX answer (spacing, delimiters, units and synonyms removed)."""
+    s = str(ans).strip()
+    s = s.replace("\n", " ").strip()
+    if len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+        s = s.strip("$")
+    for a, b in (("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(a) and s.endswith(b):
+            s = s[2:-2]
+    s = s.replace("\\$", "").replace("$", "")
+    # Units written after a number in text: "9\text{ customers}", "42 \mbox{inches}".
+    s = re.sub(r"^([-+]?[\d.,/]+)\s*\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z ]*\}\s*$", r"\1", s)
+    s = _unwrap_command(s, ("text", "textbf", "mathrm", "mathbf", "mbox", "boxed", "displaystyle"))
+    for old, new in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
+                     ("\\displaystyle", ""), ("~", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""),
+                     ("\\%", ""), ("%", ""), ("\\cdot", "*"), ("\\times", "*")):
+        s = s.replace(old, new)
+    s = re.sub(r"(?<!\\)\\[!,;: ]", "", s)            # thin spaces; "\\ " (a matrix row break) stays
+    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"_\{(\w+)\}", r"_\1", s)                 # 4210_{5} -> 4210_5
+    s = _brace_short_args(s)
+    s = s.rstrip(".")
+    # "x = 5" -> "5" (a single-letter left-hand side), never for equations like "5x-7y+11z+4=0".
+    m = re.match(r"^[A-Za-z]=([^=<>]+)$", s)
+    if m:
+        s = m.group(1)
+    s = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", s)          # .5 -> 0.5
+    if re.fullmatch(r"[-+]?\d+", s):                      # 007 -> 7, +3 -> 3
+        s = str(int(s))
+    return s
+
+
+# ---- structure ------------------------------------------------------------------------------------------
+def _split_top(s: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside any (), [], {} nesting."""
+    parts, depth, cur, i = [], 0, [], 0
+    while i < len(s):
+        if s.startswith("\\{", i) or s.startswith("\\}", i):
+            depth += 1 if s[i + 1] == "{" else -1
+            cur.append(s[i:i + 2])
+            i += 2
+            continue
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if depth == 0 and s.startswith(sep, i):
+            parts.append("".join(cur))
+            cur = []
+            i += len(sep)
+            continue
+        cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def _matrix_entries(s: str) -> list[list[str]] | None:
+    m = re.fullmatch(r"\\begin\{([pbv]?matrix)\}(.*)\\end\{\1\}", s)
+    if not m:
+        return None
+    return [row.split("&") for row in m.group(2).split("\\\\") if row != ""]
+
+
+def _thousands(s: str) -> str | None:
+    return s.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+", s) else None
+
+
+def _equiv_norm(a: str, b: str, backend: str) -> bool:
+    """Equivalence of two normalised answers: structure first, then scalars."""
+    if a == b:
+        return True
+    # Unions of intervals: piece by piece, in order.
+    ua, ub = _split_top(a, "\\cup"), _split_top(b, "\\cup")
+    if len(ua) > 1 or len(ub) > 1:
+        return len(ua) == len(ub) and all(_equiv_norm(x, y, backend) for x, y in zip(ua, ub))
+    ma, mb = _matrix_entries(a), _matrix_entries(b)
+    if ma is not None or mb is not None:
+        return (ma is not None and mb is not None and len(ma) == len(mb)
+                and all(len(r) == len(q) and all(_equiv_norm(x, y, backend) for x, y in zip(r, q))
+                        for r, q in zip(ma, mb)))
+    ta, tb = _thousands(a), _thousands(b)
+    if (ta or tb) and (ta or a) == (tb or b):
+        return True
+    if a[:2] == "\\{" and b[:2] == "\\{" and a.endswith("\\}") and b.endswith("\\}"):   # sets: any order
+        return _same_multiset(_split_top(a[2:-2], ","), _split_top(b[2:-2], ","), backend)
+    ea, eb = _split_top(a, ","), _split_top(b, ",")
+    if len(ea) > 1 or len(eb) > 1:
+        if len(ea) != len(eb):
+            return False
+        return _same_multiset(ea, eb, backend)   # "Enter all solutions, separated by commas": any order
+    if a[:1] in "([" and b[:1] in "([" and a[-1:] in ")]" and b[-1:] in ")]":
+        ia, ib = _split_top(a[1:-1], ","), _split_top(b[1:-1], ",")
+        if len(ia) > 1 or len(ib) > 1:     # tuples and intervals: brackets and order both matter
+            return (a[0] == b[0] and a[-1] == b[-1] and len(ia) == len(ib)
+                    and all(_equiv_norm(x, y, backend) for x, y in zip(ia, ib)))
+    if backend == "sympy":
+        return _sympy_equal(a, b)
+    return False
+
+
+def _same_multiset(xs: list[str], ys: list[str], backend: str) -> bool:
+    left = list(ys)
+    for x in xs:
+        hit = next((k for k, y in enumerate(left) if _equiv_norm(x, y, backend)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return not left
+
+
+# ---- sympy ----------------------------------------------------------------------------------------------
+_FUNCS = {"sqrt", "pi", "oo", "I", "E", "log", "sin", "cos", "tan", "cot", "sec", "csc", "exp", "Abs",
+          "asin", "acos", "atan"}
+_LATEX_NAMES = {"\\pi": " pi ", "\\infty": " oo ", "\\ln": " log ", "\\log": " log ", "\\exp": " exp ",
+                "\\sin": " sin ", "\\cos": " cos ", "\\tan": " tan ", "\\cot": " cot ", "\\sec": " sec ",
+                "\\csc": " csc ", "\\arcsin": " asin ", "\\arccos": " acos ", "\\arctan": " atan ",
+                "\\div": "/", "\\cdot": "*", "\\times": "*"}
+
+
+def _latex_to_sympy_text(s: str) -> str | None:
+    """Plain sympy syntax for a small LaTeX subset (fractions, roots, powers, pi, functions), else None."""
+    out, i = [], 0
+    try:
+        while i < len(s):
+            if s.startswith("\\frac", i):
+                num, i = _brace_arg(s, i + 5)
+                den, i = _brace_arg(s, i)
+                a, b = _latex_to_sympy_text(num), _latex_to_sympy_text(den)
+                if a is None or b is None:
+                    return None
+                out.append(f"(({a})/({b}))")
+                continue
+            if s.startswith("\\sqrt", i):
+                i += 5
+                index = None
+                if i < len(s) and s[i] == "[":
+                    j = s.index("]", i)
+                    index, i = _latex_to_sympy_text(s[i + 1:j]), j + 1
+                arg, i = _brace_arg(s, i)
+                a = _latex_to_sympy_text(arg)
+                if a is None:
+                    return None
+                out.append(f"(({a})**(1/({index})))" if index else f"sqrt({a})")
+                continue
+            name = next((k for k in sorted(_LATEX_NAMES, key=len, reverse=True) if s.startswith(k, i)), None)
+            if name and not s[i + len(name):i + len(name) + 1].isalpha():
+                out.append(_LATEX_NAMES[name])
+                i += len(name)
+                continue
+            c = s[i]
+            if c == "\\":
+                return None          # a command this converter does not know
+            out.append({"{": "(", "}": ")", "^": "**", "[": "(", "]": ")"}.get(c, c))
+            i += 1
+    except (ValueError, IndexError):
+        return None
+    return "".join(out)
+
+
+def _safe(expr_text: str) -> bool:
+    """Only arithmetic, single-letter symbols and known functions may reach sympy's (eval-based) parser."""
+    if len(expr_text) > 200 or "__" in expr_text or not re.fullmatch(r"[0-9A-Za-z+\-*/(). ]*", expr_text):
+        return False
+    if re.search(r"\*\*\s*\(?\s*\d{4,}", expr_text):       # 2**12345: too big to simplify
+        return False
+    return all(len(w) == 1 or w in _FUNCS for w in re.findall(r"[A-Za-z]+", expr_text))
+
+
+@contextmanager
+def _time_limit(seconds: int):
+    """An alarm in the main thread (sympy can run away on odd input); no limit elsewhere."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _to_sympy(s: str):
+    import sympy
+    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
+                                            rationalize, standard_transformations)
+    text = _latex_to_sympy_text(s)
+    if text is None or not _safe(text):
+        return None
+    local = {"i": sympy.I, "e": sympy.E, "pi": sympy.pi, "oo": sympy.oo, "I": sympy.I, "E": sympy.E}
+    tr = standard_transformations + (implicit_multiplication_application, convert_xor, rationalize)
+    return parse_expr(text, local_dict=local, transformations=tr, evaluate=True)
+
+
+def _sympy_equal(a: str, b: str) -> bool:
+    import sympy
+    try:
+        with _time_limit(5):
+            x, y = _to_sympy(a), _to_sympy(b)
+            if x is None or y is None:
+                return False
+            if x == y:
+                return True
+            if sympy.simplify(x - y) == 0:
+                return True
+            if not x.free_symbols and not y.free_symbols:
+                d, ref = complex(sympy.N(x - y, 30)), complex(sympy.N(y, 30))
+                return abs(d) <= 1e-12 * max(1.0, abs(ref))
+            return False
+    except Exception:   # parse errors, TimeoutError, sympy's own failures: not shown equal
+        return False
+
+
+# ---- the public API -------------------------------------------------------------------------------------
+def _letter(s: str) -> str | None:
+    """The choice a multiple-choice answer names: "(C)", "C", "\\text{(C)} 17", "C. 3.2", else None."""
+    s = _unwrap_command(s.strip().strip("$").strip(), ("text", "textbf", "mathrm", "mbox")).strip()
+    m = re.match(r"^\(([A-E])\)|^([A-E])(?=$|[\s.:,)])", s)
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def is_equiv(pred: str | None, gold: str, backend: str | None = None) -> bool:
+    """Whether the extracted answer ``pred`` equals the reference ``gold`` mathematically."""
+    if pred is None or not str(pred).strip():
+        return False
+    backend = backend or BACKEND
+    gm = _LETTER_GOLD.match(normalize(gold))
+    if gm:   # multiple choice
+        return _letter(pred) == gm.group(1)
+    if backend == "math-verify":
+        if _mv_verify is None:
+            raise RuntimeError("backend 'math-verify' asked for but math_verify is not installed")
+        try:
+            return bool(_mv_verify(_mv_parse(f"${gold}$"), _mv_parse(f"${pred}$")))
+        except Exception:
+            return False
+    pa, ga = normalize(pred), normalize(gold)
+    if pa.lower() == ga.lower() and re.fullmatch(r"[A-Za-z ]+", ga):   # word answers: "Evelyn", "ellipse"
+        return True
+    return _equiv_norm(pa, ga, backend)
+
+
+def grade(text: str | None, gold: str, backend: str | None = None) -> dict:
+    """Extract the answer from ``text`` and grade it: {"pred", "correct", "grader"}."""
+    pred = extract_answer(text)
+    return {"pred": pred, "correct": is_equiv(pred, gold, backend), "grader": backend or BACKEND}

@@ -1,0 +1,99 @@
+"""What a run shows: a progress bar, ``metrics.jsonl``, a loss-curve PNG, and optional TensorBoard.
+
+Only rank 0 writes. ``metrics.jsonl`` is appended line by line and flushed, so a crash loses nothing
+already logged; after a resume, steps that are run again are appended again and the plot keeps the
+last entry of each step.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+
+class Metrics:
+    def __init__(self, output_dir: str, total_steps: int, *, enabled: bool, progress: bool = True,
+                 tensorboard: bool = False, start_step: int = 0):
+        self.enabled = enabled
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.bar = self.tb = None
+        if not enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.file = open(self.path, "a", buffering=1)
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+            except ImportError:
+                print("[s1fast] --tensorboard asked for but tensorboard is not installed (pip install tensorboard); "
+                      "continuing with metrics.jsonl only")
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        if self.bar is not None:
+            self.bar.update(row["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                 tok_s=f"{row['tokens_per_s']:.0f}", mfu=f"{100 * row['mfu']:.1f}%",
+                                 step_s=f"{row['step_time']:.2f}")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self, plot: bool = True) -> str | None:
+        if not self.enabled:
+            return None
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        self.file.close()
+        return plot_loss(self.path) if plot else None
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The rows of a metrics file, the last entry of each step kept, in step order."""
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                by_step[row["step"]] = row
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
+    """``loss_curve.png`` beside the metrics: loss per step, learning rate on a second axis."""
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = out or os.path.join(os.path.dirname(metrics_path), "loss_curve.png")
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", lw=1.6, label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (step objective)")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", lw=1, ls="--", label="learning rate")
+    ax2.set_ylabel("learning rate")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
+    ax.set_title(f"s1fast: {rows[-1].get('run', '')} loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

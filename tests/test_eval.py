@@ -1,0 +1,101 @@
+"""s1fast.eval mechanics with a rule-following stand-in model on the bundled real eval sample.
+
+The stand-in thinks "A" until it has written K of them, then ends its thinking (<|im_start|>); after a
+forced "Wait" its first choice is to stop again, so the sampler's mask makes it write one more "A".
+In the answer phase it writes " \\boxed{204}" and <|im_end|>. Thinking tokens are therefore known
+exactly for every budget and num_wait, and only problems whose answer is 204 are right.
+"""
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from s1fast import grading
+from s1fast.eval import DEFAULT_DATA, evaluate, read_problems, table, write_outputs
+from s1fast.generate import BUNDLED_TOKENIZER, GenerationConfig
+
+V = 151936
+A, IM_START, IM_END, ANSWER, WAIT = 32, 151644, 151645, 9217, 14190
+K = 6
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
+
+
+class RuleModel:
+    def __init__(self, tok):
+        self.answer = tok.encode(" \\boxed{204}", add_special_tokens=False) + [IM_END]
+
+    def new_kv_cache(self, batch_size, max_len, dtype=None, device=None):
+        return SimpleNamespace(seen=[[] for _ in range(batch_size)])
+
+    def next_prefs(self, seen):
+        think = max(i for i in range(len(seen) - 1) if seen[i:i + 2] == [IM_START, 26865]) + 2
+        if ANSWER in seen[think:]:
+            end = think + seen[think:].index(ANSWER) + 1
+            if seen[end:end + 4] == [198, 19357, 21806, 25]:
+                end += 4
+            return [self.answer[len(seen) - end]]
+        a_count = seen[think:].count(A)
+        return [IM_START, A] if a_count >= K else [A]
+
+    def decode(self, input_ids, cache, lengths=None):
+        n, t = input_ids.shape
+        logits = torch.zeros(n, t, V)
+        for b in range(n):
+            k = int(lengths[b])
+            if k:
+                cache.seen[b] += input_ids[b, :k].tolist()
+                for r, tid in enumerate(self.next_prefs(cache.seen[b])):
+                    logits[b, k - 1, tid] = 10.0 - r
+        return logits
+
+
+def test_read_problems_bundled_sample_and_errors(tmp_path):
+    rows = read_problems(DEFAULT_DATA)
+    assert len(rows) == 70 and rows[0]["answer"] == "204" and rows[0]["source"] == "aime24:0"
+    assert read_problems(DEFAULT_DATA, limit=3)[2]["answer"] == "371"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?", "gt": "2"}\n{"question": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: no answer field"):
+        read_problems(str(bad))
+    assert read_problems(str(bad), limit=1) == [{"question": "1+1?", "answer": "2", "source": f"{bad}:1"}]
+
+
+def test_evaluate_counts_accuracy_and_thinking_tokens(tok, tmp_path):
+    problems = read_problems(DEFAULT_DATA, limit=3)          # answers 204, 113, 371
+    cfg = GenerationConfig(max_answer_tokens=8, batch_size=2, max_total_tokens=4096)
+    res = evaluate(RuleModel(tok), tok, problems, budgets=[4, 100], num_waits=[0, 2], config=cfg)
+    rows = {(r["num_wait"], r["budget"]): r for r in res["rows"]}
+    # budget 4: capped at 4 "A"s, answer forced with "Final Answer:"; budget 100: K "A"s (+ "Wait", "A" per wait)
+    assert rows[(0, 4)]["mean_thinking_tokens"] == 4 and rows[(0, 4)]["capped_frac"] == 1
+    assert rows[(0, 100)]["mean_thinking_tokens"] == K and rows[(0, 100)]["capped_frac"] == 0
+    assert rows[(2, 100)]["mean_thinking_tokens"] == K + 2 * 2 and rows[(2, 100)]["mean_waits"] == 2
+    assert rows[(2, 4)]["mean_waits"] == 0
+    for r in res["rows"]:
+        assert (r["correct"], r["n"]) == (1, 3) and r["accuracy"] == pytest.approx(1 / 3)
+    assert res["grader"] == grading.BACKEND
+    g = [x for x in res["generations"] if x["budget"] == 4 and x["num_wait"] == 0]
+    assert [x["pred"] for x in g] == ["204"] * 3 and [x["correct"] for x in g] == [True, False, False]
+    assert g[0]["forced_end"] == "\n<|im_start|>answer\nFinal Answer:"
+
+    paths = write_outputs(res, str(tmp_path / "out"), "rule model")
+    summary = json.load(open(paths["results"]))
+    assert summary["rows"] == res["rows"] and "generations" not in summary
+    assert len(open(paths["generations"]).read().splitlines()) == 12
+    with open(paths["plot"], "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(paths["plot"]) > 5000
+    md = open(paths["table"]).read()
+    assert "| 2 | 100 | 33.3% | 1 / 3 | 10.0 | 2.00 | 0% |" in md and f"grader: {grading.BACKEND}" in md
+
+
+def test_table_format():
+    t = table([{"num_wait": 0, "budget": "auto", "accuracy": 0.5, "correct": 1, "n": 2, "mean_thinking_tokens": 12.25,
+                "mean_waits": 0, "capped_frac": 0.5}])
+    assert t.splitlines()[-1] == "| 0 | auto | 50.0% | 1 / 2 | 12.2 | 0.00 | 50% |"

@@ -1,0 +1,166 @@
+"""The trainer as users run it: `python -m s1fast.train` and `torchrun -m s1fast.train`, on CPU with gloo.
+
+One small configuration is shared (the tiny preset on the bundled sample cut to 256 tokens, 4 examples a
+step): a one-process run is the reference that the 2-rank FSDP2 run, the 2x2 hybrid-sharded run and a
+SIGKILLed-then-resumed run must reproduce.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ["--preset", "tiny", "--max-tokens", "256", "--global-batch", "4", "--max-steps", "4", "--progress", "false",
+        "--lr", "2e-3", "--save-every", "2"]
+ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+ENV.pop("TRITON_INTERPRET", None)  # the trainer's CPU path: PyTorch kernels (the interpreter is tested elsewhere)
+
+
+def run(args, nproc=1, check=True, timeout=600, **kw):
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "s1fast.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "s1fast.train", *args]
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout, **kw)
+    if check:
+        assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
+    return p
+
+
+def losses(out):
+    rows = {}
+    for line in open(os.path.join(out, "metrics.jsonl")):
+        r = json.loads(line)
+        rows[r["step"]] = r["loss"]
+    return [rows[k] for k in sorted(rows)]
+
+
+def weights(out):
+    files = sorted(f for f in os.listdir(os.path.join(out, "final")) if f.endswith(".safetensors"))
+    sd = {}
+    for f in files:
+        sd.update(load_file(os.path.join(out, "final", f)))
+    return sd
+
+
+def assert_same_weights(a, b, atol=2e-6):
+    assert a.keys() == b.keys()
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert worst <= atol, f"weights differ by up to {worst:.3e}"
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("single"))
+    p = run(BASE + ["--output-dir", out])
+    return out, p
+
+
+def test_single_process_run_logs_checkpoints_exports(single):
+    out, p = single
+    rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "lr", "grad_norm", "tokens", "supervised_tokens", "tokens_per_s", "mfu", "peak_memory_gb",
+                "step_time"):
+        assert key in rows[0]
+    assert rows[0]["lr"] < rows[-1]["lr"] or rows[1]["lr"] > 0  # warmup
+    assert os.path.exists(os.path.join(out, "loss_curve.png"))
+    assert open(os.path.join(out, "checkpoints", "latest")).read().strip() == "step_00000004"
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000002", "step_00000004"]
+    # the export loads in transformers and gives s1fast's logits
+    from transformers import AutoModelForCausalLM
+
+    from s1fast.model import from_pretrained
+    hf = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"), dtype=torch.float32).eval()
+    ours = from_pretrained(os.path.join(out, "final")).eval()
+    ids = torch.tensor([151644, 8948, 198, 2610, 525, 1207, 16948, 13, 151645, 198, 151644, 872])
+    with torch.no_grad():
+        ref = hf(ids[None]).logits[0]
+        got = ours.logits(ids, torch.arange(len(ids)), torch.tensor([0, len(ids)], dtype=torch.int32), len(ids))
+    assert (ref - got.float()).abs().max().item() < 1e-4
+
+
+def test_two_rank_fsdp_equals_single_process(single, tmp_path):
+    ref, _ = single
+    out = str(tmp_path / "two")
+    run(BASE + ["--output-dir", out], nproc=2)
+    a, b = losses(ref), losses(out)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)
+    assert_same_weights(weights(ref), weights(out))
+
+
+def test_hybrid_sharding_2x2_equals_single_process(single, tmp_path):
+    ref, _ = single
+    out = str(tmp_path / "hsdp")
+    p = run(BASE + ["--output-dir", out, "--shard-size", "2", "--max-steps", "2", "--export", "false"], nproc=4)
+    a, b = losses(ref)[:2], losses(out)
+    assert len(b) == 2 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (a, b)
+    assert "4 rank(s)" in p.stdout + p.stderr
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(single, tmp_path):
+    ref, _ = single
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "s1fast.train", *BASE, "--output-dir", out]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = os.path.join(out, "checkpoints", "latest")
+    t0 = time.time()
+    while not (os.path.exists(latest) and open(latest).read().strip() == "step_00000002"):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(out, "final")), "killed before the end"
+    p = run(BASE + ["--output-dir", out])
+    assert "resumed from" in p.stdout and "at step 2" in p.stdout
+    a, b = losses(ref), losses(out)
+    assert len(b) == 4 and all(abs(x - y) <= 1e-6 * abs(x) for x, y in zip(a, b)), (a, b)
+    assert_same_weights(weights(ref), weights(out), atol=0)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    out = str(tmp_path / "term")
+    args = [*BASE, "--max-steps", "40", "--save-every", "0", "--output-dir", out]
+    proc = subprocess.Popen([sys.executable, "-m", "s1fast.train", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    t0 = time.time()
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert proc.poll() is None and time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    assert "signal 15: saved" in text
+    step = int(open(os.path.join(out, "checkpoints", "latest")).read().strip().split("_")[1])
+    assert 1 <= step < 40 and losses(out)[-1] and len(losses(out)) == step
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
+    out = str(tmp_path / "nan")
+    p = run([*BASE, "--lr", "1e8", "--grad-clip", "0", "--max-steps", "12", "--save-every", "1", "--warmup-ratio", "0",
+             "--output-dir", out], check=False)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "training stopped" in p.stderr and "Last good checkpoint:" in p.stderr and "step_" in p.stderr
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--model", "/nonexistent/model"], "neither a folder nor a named config"),
+    (["--data", "/nonexistent/data.jsonl"], "no such file"),
+    (["--policy", "error", "--max-tokens", "512"], "longer than --max-tokens 512"),
+    (["--model", "tiny-qwen3"], "named configs: "),
+])
+def test_bad_input_fails_before_any_compute(tmp_path, extra, match):
+    p = run([*BASE, "--output-dir", str(tmp_path / "x"), *extra], check=False, timeout=120)
+    assert p.returncode == 2 and match in p.stderr, p.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "x" / "metrics.jsonl")
