@@ -249,22 +249,35 @@ def _rows_triton(z, g, target, w, loss, lse, cfg, write_grad: bool) -> None:
         num_warps=ROWS_WARPS)
 
 
-def _rows_torch(z: torch.Tensor, target, w, cfg, write_grad: bool):
-    """The row math of ``_ce_rows_kernel`` in PyTorch (fp32 or fp64): (w * loss, lse, w * dloss/dz or None)."""
+def _rows_torch(z: torch.Tensor, target, w, cfg, write_grad: bool, inplace: bool = False):
+    """The row math of ``_ce_rows_kernel`` in PyTorch (fp32 or fp64): (w * loss, lse, w * dloss/dz or None).
+
+    With ``inplace`` (``z`` is a scratch chunk the caller owns) and a gradient to make, ``z`` becomes the
+    gradient with one pass of ``exp``: p = exp(z - max) / sum, lse = max + log(sum). That single pass is what
+    makes the chunked CPU path cheaper than PyTorch's unfused log_softmax + its backward (two passes).
+    """
     eps, lam, cap, n_cols = cfg["label_smoothing"], cfg["z_loss"], cfg["softcap"], z.shape[1]
     valid = target != cfg["ignore_index"]
-    if cap is not None:
-        z = cap * torch.tanh(z / cap)
-    lse = torch.logsumexp(z, dim=1)
     t = torch.where(valid, target, 0).unsqueeze(1)
+    if cap is not None:
+        z = cap * torch.tanh(z / cap)  # kept: its derivative needs it (the one-pass path is for cap=None)
     zt = z.gather(1, t).squeeze(1)
+    zsum = z.sum(1) if eps else None
+    if write_grad and inplace and cap is None:
+        m = z.amax(1, keepdim=True)
+        g = z.sub_(m).exp_()
+        ssum = g.sum(1, keepdim=True)
+        lse = (m + ssum.log()).squeeze(1)
+        g.div_(ssum)
+    else:
+        lse = torch.logsumexp(z, dim=1)
+        g = torch.exp(z - lse.unsqueeze(1)) if write_grad else None
     loss = lse - (1.0 - eps) * zt + lam * lse * lse
     if eps:
-        loss = loss - (eps / n_cols) * z.sum(1)
+        loss = loss - (eps / n_cols) * zsum
     loss = torch.where(valid, w * loss, 0.0)
     if not write_grad:
         return loss, lse, None
-    g = torch.exp(z - lse.unsqueeze(1))
     if lam:
         g.mul_(1.0 + 2.0 * lam * lse.unsqueeze(1))
     if eps:
@@ -322,7 +335,7 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
             z = hc.float() @ wf.t()
             if bf is not None:
                 z += bf
-            loss[s:e], lse[s:e], g = _rows_torch(z, target[s:e], w[s:e], cfg, want_grad)
+            loss[s:e], lse[s:e], g = _rows_torch(z, target[s:e], w[s:e], cfg, want_grad, inplace=True)
             if need_dh:
                 dh[s:e] = g @ wf
             if need_dw:
