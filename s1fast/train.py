@@ -116,6 +116,9 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     from .packing import CostModel, collate, make_plan
 
     # -- model config and data (all checks before any compute) ---------------------------------------
+    if cfg.cpu_offload and device.type != "cuda":
+        raise ConfigError("--cpu-offload moves GPU parameters and optimizer states to CPU memory; this run is on "
+                          "the CPU already: drop --cpu-offload")
     mcfg, weights, tok_dir = resolve_model(cfg)
     cache_dir = os.path.join(cfg.output_dir, "tokens")
     ds = rank0_first(lambda: prepare(cfg.data or None, cfg.recipe, tok_dir, cfg.max_tokens, cache_dir, cfg.policy,

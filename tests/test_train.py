@@ -164,3 +164,22 @@ def test_bad_input_fails_before_any_compute(tmp_path, extra, match):
     p = run([*BASE, "--output-dir", str(tmp_path / "x"), *extra], check=False, timeout=120)
     assert p.returncode == 2 and match in p.stderr, p.stderr[-2000:]
     assert not os.path.exists(tmp_path / "x" / "metrics.jsonl")
+
+
+def test_bf16_checkpointing_and_compile_paths_train_the_same_model(single, tmp_path):
+    """The options a GPU user turns on, run for real on CPU: bf16 compute with bf16 master weights and
+    selective activation checkpointing; full checkpointing with per-block torch.compile."""
+    ref = losses(single[0])[:2]
+    out = str(tmp_path / "bf16")
+    run(BASE + ["--output-dir", out, "--max-steps", "2", "--export", "false", "--dtype", "bf16",
+                "--master-dtype", "bf16", "--activation-checkpointing", "selective"], nproc=2)
+    assert all(abs(x - y) <= 2e-3 * x for x, y in zip(ref, losses(out))), (ref, losses(out))
+    out = str(tmp_path / "compiled")
+    run(BASE + ["--output-dir", out, "--max-steps", "2", "--export", "false", "--activation-checkpointing", "full",
+                "--compile"], nproc=2)
+    assert all(abs(x - y) <= 1e-5 * x for x, y in zip(ref, losses(out))), (ref, losses(out))
+
+
+def test_cpu_offload_on_a_cpu_run_is_refused_clearly(tmp_path):
+    p = run([*BASE, "--output-dir", str(tmp_path / "x"), "--cpu-offload"], check=False, timeout=120)
+    assert p.returncode == 2 and "drop --cpu-offload" in p.stderr
