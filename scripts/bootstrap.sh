@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make ./.venv with everything s1fast needs on a CPU box, and build the native extension.
-# Idempotent: re-installs only when the requirements, setup.py or csrc/ changed.
+# Idempotent: re-installs only when the requirements, setup.py or csrc/ changed. pip's output goes to
+# .venv/install.log (shown if something fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -8,11 +9,16 @@ PY="${PYTHON:-python3}"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 want=$(cat scripts/requirements-cpu.txt setup.py csrc/* | sha256sum | cut -d' ' -f1)
-if [ "$(cat .venv/.s1fast-stamp 2>/dev/null)" != "$want" ] || ! python -c "import s1fast._C" 2>/dev/null; then
-  echo "[s1fast] installing into .venv (first run takes about two minutes)" >&2
-  python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  python -m pip install -q -r scripts/requirements-cpu.txt 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  python -m pip install -q --no-build-isolation -e . 2>&1 | grep -vE "^WARNING: Location|^\s*$|!!|wheel_obj|warn" >&2 || true
-  python -c "import s1fast._C, triton_kernels, transformers" || { echo "[s1fast] install failed" >&2; exit 1; }
+ready() { python -c "import torch, s1fast._C, triton_kernels, transformers" >/dev/null 2>&1; }
+if [ "$(cat .venv/.s1fast-stamp 2>/dev/null)" != "$want" ] || ! ready; then
+  echo "[s1fast] installing into .venv (first run: about two minutes; log in .venv/install.log)" >&2
+  log=.venv/install.log
+  : > "$log"
+  step() { "$@" >>"$log" 2>&1 || { echo "[s1fast] install step failed: $*" >&2; tail -n 60 "$log" >&2; exit 1; }; }
+  step python -m pip install --upgrade pip
+  step python -m pip install -r scripts/requirements-cpu.txt
+  step python -m pip install --no-build-isolation -e .
+  ready || { echo "[s1fast] installed, but s1fast._C does not import:" >&2;
+             python -c "import torch, s1fast._C" >&2; exit 1; }
   echo "$want" > .venv/.s1fast-stamp
 fi
