@@ -58,7 +58,7 @@ class RuleModel:
 
 def test_read_problems_bundled_sample_and_errors(tmp_path):
     rows = read_problems(DEFAULT_DATA)
-    assert len(rows) == 70 and rows[0]["answer"] == "204" and rows[0]["source"] == "aime24:0"
+    assert len(rows) == 110 and rows[0]["answer"] == "204" and rows[0]["source"] == "aime24:0"
     assert read_problems(DEFAULT_DATA, limit=3)[2]["answer"] == "371"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "1+1?", "gt": "2"}\n{"question": "x"}\n')
