@@ -37,12 +37,14 @@ class Metrics:
         self.file.write(json.dumps(row) + "\n")
         if self.bar is not None:
             self.bar.update(row["step"] - self.bar.n)
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                 tok_s=f"{row['tokens_per_s']:.0f}", mfu=f"{100 * row['mfu']:.1f}%",
-                                 step_s=f"{row['step_time']:.2f}")
+            post = dict(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
+                        step_s=f"{row['step_time']:.2f}")
+            if row.get("mfu") is not None:  # None where the device's peak is unknown (CPUs)
+                post["mfu"] = f"{100 * row['mfu']:.1f}%"
+            self.bar.set_postfix(post)
         if self.tb is not None:
             for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                     self.tb.add_scalar(k, v, row["step"])
 
     def message(self, text: str) -> None:

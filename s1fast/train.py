@@ -223,6 +223,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses (HF's schedule: 0 at the first step)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -234,11 +235,11 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                     f"Last good checkpoint: {last_ckpt or 'none (no checkpoint was saved yet)'}. "
                     "Lower --lr, check the data, or resume from that checkpoint.")
             tok_s = tokens / dt
-            row = {"step": step + 1, "epoch": plan_step.epoch, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
+            row = {"step": step + 1, "epoch": plan_step.epoch, "loss": loss_sum, "lr": lr,
                    "grad_norm": float(grad_norm), "tokens": int(tokens),
                    "supervised_tokens": int(plan_step.supervised_tokens), "examples": plan_step.num_examples,
                    "tokens_per_s": tok_s, "step_time": dt,
-                   "mfu": (tok_s / world) * modeling.flops_per_token(mcfg, eff_len) / peak if peak else 0.0,
+                   "mfu": (tok_s / world) * modeling.flops_per_token(mcfg, eff_len) / peak if peak else None,
                    "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
                                       else _rss_gb()), "run": cfg.preset or "custom"}
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:

@@ -183,3 +183,24 @@ def test_bf16_checkpointing_and_compile_paths_train_the_same_model(single, tmp_p
 def test_cpu_offload_on_a_cpu_run_is_refused_clearly(tmp_path):
     p = run([*BASE, "--output-dir", str(tmp_path / "x"), "--cpu-offload"], check=False, timeout=120)
     assert p.returncode == 2 and "drop --cpu-offload" in p.stderr
+
+
+def test_embedded_default_trains_and_exports(tmp_path):
+    """The README's main job: the tiny preset on the bundled sample, 2 FSDP2 ranks, to the end. The loss falls
+    from ln(V) and the exported folder loads in transformers with s1fast's logits."""
+    out = str(tmp_path / "tiny")
+    run(["--preset", "tiny", "--output-dir", out, "--progress", "false"], nproc=2, timeout=900)
+    loss = losses(out)
+    assert len(loss) == 24 and abs(loss[0] - 11.93) < 0.1, loss
+    assert max(loss[-4:]) < loss[0] - 3.0, f"the loss must fall visibly: {loss}"
+    assert os.path.exists(os.path.join(out, "loss_curve.png"))
+    from transformers import AutoModelForCausalLM
+
+    from s1fast.model import from_pretrained
+    hf = AutoModelForCausalLM.from_pretrained(os.path.join(out, "final"), dtype=torch.float32).eval()
+    ours = from_pretrained(os.path.join(out, "final")).eval()
+    ids = torch.tensor([151644, 8948, 198, 2610, 525, 1207, 16948, 13, 151645, 198, 151644, 872, 198, 3838, 374])
+    with torch.no_grad():
+        ref = hf(ids[None]).logits[0]
+        got = ours.logits(ids, torch.arange(len(ids)), torch.tensor([0, len(ids)], dtype=torch.int32), len(ids))
+    assert (ref - got.float()).abs().max().item() < 1e-4
