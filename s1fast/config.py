@@ -47,6 +47,7 @@ class TrainConfig:
                                                 "N < world: hybrid sharding, shard inside groups of N, replicate across)"})
     cpu_offload: bool = field(default=False, metadata={"help": "keep parameters and optimizer states in CPU memory"})
     activation_checkpointing: str = field(default="none", metadata={"help": "none, full or selective"})
+    checkpoint_layers: int = field(default=0, metadata={"help": "checkpoint only the first N blocks (0: all of them)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block"})
     attention: str = field(default="auto", metadata={"help": "attention backend: auto, flash, varlen, flex, sdpa"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cuda or cpu"})

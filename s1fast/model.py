@@ -642,14 +642,18 @@ def _natural_key(name: str):
 
 
 # =========================================================================== outside hooks
-def apply_activation_checkpointing(model: Transformer, mode: str = "full") -> Transformer:
+def apply_activation_checkpointing(model: Transformer, mode: str = "full", layers: int | None = None) -> Transformer:
     """Recompute each block in backward ("full"), or only its MLP half ("selective": the attention
     output is kept, the MLP's [T, intermediate] activations are recomputed); "none" turns it off.
-    Apply before compile and fully_shard (torchtitan's order)."""
+    ``layers`` (default: all) checkpoints only the first ``layers`` blocks: memory left over after the
+    weights buys back recompute time block by block. Apply before compile and fully_shard (torchtitan's order)."""
     if mode not in ("none", "full", "selective"):
         raise ValueError(f"activation checkpointing mode {mode!r}; use 'none', 'full' or 'selective'")
-    for block in model.layers:
-        block.checkpoint = mode
+    n = len(model.layers) if layers is None else layers
+    if not 0 <= n <= len(model.layers):
+        raise ValueError(f"checkpoint layers {layers}: the model has {len(model.layers)} blocks")
+    for i, block in enumerate(model.layers):
+        block.checkpoint = mode if i < n else "none"
     return model
 
 

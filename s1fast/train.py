@@ -143,7 +143,11 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     if cfg.attention != "auto":
         os.environ["S1FAST_ATTENTION"] = {"sdpa": "sdpa_doc"}.get(cfg.attention, cfg.attention)
     if cfg.activation_checkpointing != "none":
-        modeling.apply_activation_checkpointing(model, mode=cfg.activation_checkpointing)
+        try:
+            modeling.apply_activation_checkpointing(model, mode=cfg.activation_checkpointing,
+                                                    layers=cfg.checkpoint_layers or None)
+        except ValueError as e:
+            raise ConfigError(f"--checkpoint-layers: {e}") from None
     if cfg.compile:
         modeling.compile_blocks(model)
     mesh = distributed.make_mesh(device, world, cfg.shard_size)

@@ -140,3 +140,14 @@ def test_flops_per_token_formula():
     emb = cfg.vocab_size * cfg.hidden_size
     small_params = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 1)
     assert model.num_params() - emb - small_params == n
+
+
+def test_checkpoint_only_the_first_layers():
+    from s1fast.model import CONFIGS, Transformer, apply_activation_checkpointing
+    m = Transformer(CONFIGS["tiny-qwen2"])
+    apply_activation_checkpointing(m, "full", layers=1)
+    assert [b.checkpoint for b in m.layers] == ["full", "none"]
+    apply_activation_checkpointing(m, "selective")
+    assert [b.checkpoint for b in m.layers] == ["selective", "selective"]
+    with pytest.raises(ValueError, match="the model has 2 blocks"):
+        apply_activation_checkpointing(m, "full", layers=3)
