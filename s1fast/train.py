@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint, distributed
 from .config import ConfigError, TrainConfig, parse_config, validate
-from .data import DEFAULT_TOKENIZER, DataError, TokenDataset, prepare
+from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
 
 
@@ -105,7 +105,7 @@ def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    for key, tflops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12)):
+    for key, tflops in (("H100 PCIe", 756e12), ("H200", 989e12), ("H100", 989e12), ("A100", 312e12)):
         if key in name:
             return tflops
     return None
@@ -124,8 +124,6 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     ds = rank0_first(lambda: prepare(cfg.data or None, cfg.recipe, tok_dir, cfg.max_tokens, cache_dir, cfg.policy,
                                      progress=cfg.progress and rank == 0,
                                      log=print if rank == 0 else (lambda *_: None)), rank)
-    if rank != 0:
-        ds = TokenDataset(cache_dir)
     plan = make_plan(ds.lengths, ds.supervised, world_size=world, max_tokens=cfg.micro_budget,
                      global_batch=cfg.global_batch, epochs=cfg.epochs, seed=cfg.seed, mode=cfg.packing,
                      cost=CostModel.from_hf_config(mcfg.to_hf()), weighting=cfg.weighting)
