@@ -163,6 +163,13 @@ class ModelConfig:
         return replace(self, **kw)
 
 
+def _llama31(h, i, n, heads, kv, head_dim):
+    return ModelConfig(arch="llama", vocab_size=128256, hidden_size=h, intermediate_size=i, num_layers=n,
+                       num_heads=heads, num_kv_heads=kv, head_dim=head_dim, rms_norm_eps=1e-5, rope_theta=500000.0,
+                       rope_scaling=dict(_LLAMA31_ROPE), max_position_embeddings=131072,
+                       tie_word_embeddings=False, qkv_bias=False, bos_token_id=128000, eos_token_id=128001)
+
+
 def _qwen(h, i, n, heads, kv, vocab, tied, eos=151645):
     return ModelConfig(arch="qwen2", vocab_size=vocab, hidden_size=h, intermediate_size=i,
                        num_layers=n, num_heads=heads, num_kv_heads=kv, head_dim=h // heads,
@@ -183,18 +190,10 @@ CONFIGS: dict[str, ModelConfig] = {
     "Qwen2.5-7B-Instruct": _qwen(3584, 18944, 28, 28, 4, 152064, False),
     "Qwen2.5-14B-Instruct": _qwen(5120, 13824, 48, 40, 8, 152064, False),
     "Qwen2.5-32B-Instruct": _qwen(5120, 27648, 64, 40, 8, 152064, False),
-    "Llama-3.1-8B": ModelConfig(
-        arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
-        num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0,
-        rope_scaling=dict(_LLAMA31_ROPE), max_position_embeddings=131072,
-        tie_word_embeddings=False, qkv_bias=False, bos_token_id=128000, eos_token_id=128001),
+    "Llama-3.1-8B": _llama31(4096, 14336, 32, 32, 8, 128),
     # Tiny models of the same architectures with the real vocabularies (tests, CPU demo).
     "tiny-qwen2": _qwen(64, 128, 2, 4, 2, 151936, True),
-    "tiny-llama": ModelConfig(
-        arch="llama", vocab_size=128256, hidden_size=64, intermediate_size=128, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=500000.0,
-        rope_scaling=dict(_LLAMA31_ROPE), max_position_embeddings=131072,
-        tie_word_embeddings=False, qkv_bias=False, bos_token_id=128000, eos_token_id=128001),
+    "tiny-llama": _llama31(64, 128, 2, 4, 2, 16),
 }
 
 
