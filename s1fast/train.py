@@ -100,6 +100,14 @@ def rank0_first(fn, rank: int):
     return result if rank == 0 else fn()
 
 
+def kernel_path(device: torch.device) -> str:
+    """Which implementation of the kernels this run uses (triton_kernels decides by device)."""
+    from triton_kernels._runtime import INTERPRET, use_triton
+    if not use_triton(torch.empty(0, device=device)):
+        return "pytorch"
+    return "triton (interpreter)" if INTERPRET and device.type == "cpu" else "triton"
+
+
 def peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of the GPU, for MFU; None where no honest figure is known (CPUs)."""
     if device.type != "cuda":
@@ -191,7 +199,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     if rank == 0:
         metrics.message(f"[s1fast] {cfg.preset or 'custom'}: {len(ds)} examples, {len(plan.steps)} steps "
                         f"({total} to run), {world} rank(s), packing {cfg.packing} (straggler factor "
-                        f"{plan.straggler_factor:.3f}), weighting {cfg.weighting}, warmup {warmup} steps")
+                        f"{plan.straggler_factor:.3f}), weighting {cfg.weighting}, warmup {warmup} steps, "
+                        f"kernels: {kernel_path(device)}")
     peak = peak_flops(device)
     eff_len = float((ds.lengths.astype("float64") ** 2).sum() / ds.lengths.sum())  # attention: sum L^2 / sum L
     params = [p for p in model.parameters() if p.requires_grad]
