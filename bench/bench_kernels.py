@@ -32,6 +32,13 @@ def _env(benchmark, command="pytest bench/bench_kernels.py"):
     benchmark.extra_info.update(environment(command))
 
 
+def _bench(benchmark, impls: dict, impl: str, make_inputs, mode):
+    """Benchmark ``impls[impl]``; an implementation missing here (e.g. Liger not installed) is skipped, named."""
+    if impl not in impls:
+        pytest.skip(f"{impl} is not available in this environment")
+    _run(benchmark, make_inputs, impls[impl], mode)
+
+
 def _run(benchmark, make_inputs, fn, mode):
     """Time ``fn`` in one mode. forward: no grad; backward: only the backward of a fresh forward
     (timed with CUDA events around .backward()); full: forward + backward."""
@@ -116,10 +123,7 @@ def _flce_impls():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("impl", ["s1fast", "pytorch", "torch.compile", "F.linear_cross_entropy", "liger"])
 def test_fused_linear_cross_entropy(benchmark, impl, mode):
-    impls = _flce_impls()
-    if impl not in impls:
-        pytest.skip(f"{impl} is not available in this environment")
-    _run(benchmark, _flce_inputs, impls[impl], mode)
+    _bench(benchmark, _flce_impls(), impl, _flce_inputs, mode)
 
 
 # ---------------------------------------------------------------------------------------------- RoPE
@@ -151,10 +155,7 @@ def _rope_impls():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("impl", ["s1fast", "pytorch", "torch.compile", "liger"])
 def test_rope(benchmark, impl, mode):
-    impls = _rope_impls()
-    if impl not in impls:
-        pytest.skip(f"{impl} is not available in this environment")
-    _run(benchmark, _rope_inputs, impls[impl], mode)
+    _bench(benchmark, _rope_impls(), impl, _rope_inputs, mode)
 
 
 # ---------------------------------------------------------------------------------- RMSNorm / SwiGLU
@@ -174,10 +175,7 @@ def _norm_impls():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("impl", ["s1fast", "pytorch", "torch.compile", "liger"])
 def test_rms_norm(benchmark, impl, mode):
-    impls = _norm_impls()
-    if impl not in impls:
-        pytest.skip(f"{impl} is not available in this environment")
-    _run(benchmark, lambda: (_leaf(N, HIDDEN), _leaf(HIDDEN), 1e-6), impls[impl], mode)
+    _bench(benchmark, _norm_impls(), impl, lambda: (_leaf(N, HIDDEN), _leaf(HIDDEN), 1e-6), mode)
 
 
 def _swiglu_impls():
@@ -196,7 +194,4 @@ def _swiglu_impls():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("impl", ["s1fast", "pytorch", "torch.compile", "liger"])
 def test_swiglu(benchmark, impl, mode):
-    impls = _swiglu_impls()
-    if impl not in impls:
-        pytest.skip(f"{impl} is not available in this environment")
-    _run(benchmark, lambda: (_leaf(N, INTER), _leaf(N, INTER)), impls[impl], mode)
+    _bench(benchmark, _swiglu_impls(), impl, lambda: (_leaf(N, INTER), _leaf(N, INTER)), mode)

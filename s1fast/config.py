@@ -158,7 +158,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     for name in ("max_tokens", "epochs", "global_batch"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    if cfg.packing != "tokens" and cfg.global_batch % world_size and cfg.packing == "none":
+    if cfg.packing == "none" and cfg.global_batch % world_size:
         raise ConfigError(f"--packing none runs one example per rank per micro-step, so --global-batch "
                           f"({cfg.global_batch}) must be a multiple of the world size ({world_size})")
     if cfg.shard_size and (cfg.shard_size < 0 or world_size % cfg.shard_size):
