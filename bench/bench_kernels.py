@@ -107,7 +107,9 @@ def _flce_impls():
     def plain(h, w, t):  # transformers' ForCausalLMLoss: bf16 logits, fp32 upcast, F.cross_entropy
         return torch.nn.functional.cross_entropy((h @ w.t()).float(), t, ignore_index=-100)
 
-    impls = {"s1fast": triton_kernels.fused_linear_cross_entropy, "pytorch": plain,
+    impls = {"s1fast": triton_kernels.fused_linear_cross_entropy,
+             "s1fast low_memory": lambda h, w, t: triton_kernels.fused_linear_cross_entropy(h, w, t, low_memory=True),
+             "pytorch": plain,
              "torch.compile": torch.compile(plain), "s1fast reference (unfused)": fused_linear_cross_entropy_reference}
     if hasattr(torch.nn.functional, "linear_cross_entropy"):
         impls["F.linear_cross_entropy"] = lambda h, w, t: torch.nn.functional.linear_cross_entropy(
@@ -121,7 +123,8 @@ def _flce_impls():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("impl", ["s1fast", "pytorch", "torch.compile", "F.linear_cross_entropy", "liger"])
+@pytest.mark.parametrize("impl", ["s1fast", "s1fast low_memory", "pytorch", "torch.compile", "F.linear_cross_entropy",
+                                  "liger"])
 def test_fused_linear_cross_entropy(benchmark, impl, mode):
     _bench(benchmark, _flce_impls(), impl, _flce_inputs, mode)
 

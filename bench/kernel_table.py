@@ -73,12 +73,44 @@ def flce_projection(chunk: int) -> list[str]:
         f"-> {_ms(rows_b / PEAK_BW)} (the GEMM writing z is counted above).",
         f"- projected forward + backward: {_ms(total)} = {total / floor:.2f} x the matmul floor.",
         f"- extra memory: chunk buffers C x V x (4 + 2) B = {_gb(bufs)}, fp32 dW accumulator 4VH = "
-        f"{_gb(4 * vh)} (the bf16 weight gradient itself is {_gb(BF16 * vh)}). The unfused path (transformers' "
-        f"ForCausalLMLoss) holds at its forward peak the bf16 logits it returns (2NV = {_gb(2 * nv)}), their fp32 "
-        f"upcast and the fp32 log-softmax (4NV = {_gb(4 * nv)} each): 10NV = {_gb(10 * nv)}. The fused path's "
-        f"extra is {(bufs + 4 * vh) / (10 * nv) * 100:.1f}% of that ({bufs / (10 * nv) * 100:.1f}% for the chunk "
-        f"buffers alone): the issue's 1% target needs C <= {int(0.01 * 10 * nv / (6 * VOCAB))} rows, which the "
-        f"next lines show costs time.",
+        f"{_gb(4 * vh)} (the bf16 weight gradient itself is {_gb(BF16 * vh)}); the counted table below compares "
+        f"both modes with the unfused path.",
+    ]
+
+
+def _roofline(flops: float, nbytes: float) -> float:
+    return max(flops / PEAK_FLOPS, nbytes / PEAK_BW)
+
+
+def flce_low_memory_projection(chunk: int = 512) -> list[str]:
+    """``low_memory=True``: forward over token chunks (logits, rows, dh), backward dW by vocabulary blocks."""
+    from triton_kernels.cross_entropy_op import _dw_tiles
+    nv, vh = N * VOCAB, VOCAB * HIDDEN
+    floor = 6 * nv * HIDDEN / PEAK_FLOPS
+    n_chunks = N / chunk
+    gemm = 2 * chunk * VOCAB * HIDDEN
+    fwd = n_chunks * (_roofline(gemm, BF16 * vh + BF16 * chunk * HIDDEN + 4 * chunk * VOCAB)
+                      + _roofline(gemm, BF16 * chunk * VOCAB + BF16 * vh + BF16 * chunk * HIDDEN)) \
+        + nv * (4 + 4 + 2) / PEAK_BW
+    rows, vrows = _dw_tiles(N, VOCAB, HIDDEN, chunk)
+    acc = rows < N
+    tiles = (N / rows) * (VOCAB / vrows)
+    tile_gemm = 2 * rows * vrows * HIDDEN
+    logits_b = BF16 * vrows * HIDDEN + BF16 * rows * HIDDEN + 4 * rows * vrows
+    grad_b = rows * vrows * (4 + 2)
+    dw_b = BF16 * rows * vrows + BF16 * rows * HIDDEN + (8 if acc else BF16) * vrows * HIDDEN
+    bwd = tiles * (_roofline(tile_gemm, logits_b) + grad_b / PEAK_BW + _roofline(tile_gemm, dw_b))
+    total = fwd + bwd
+    return [
+        f"- forward: {n_chunks:.0f} chunks of C = {chunk} rows: the logits GEMM, the row kernel and dh = dz W "
+        f"(2 x 2NVH FLOP, compute-bound: 2CVH / (2VH + 4CV + 2CH) = "
+        f"{gemm / (BF16 * vh + 4 * chunk * VOCAB + BF16 * chunk * HIDDEN):.0f} FLOP/B > 295): {_ms(fwd)}.",
+        f"- backward: dW by vocabulary blocks of {vrows} rows x token tiles of {rows} "
+        f"({tiles:.1f} tiles): logits recomputed (2NVH), dz from the saved lse (elementwise, {_gb(grad_b)} a "
+        f"tile), dW_block {'+' if acc else ''}= dz^T h (2NVH; {'an fp32 block accumulator of ' + _gb(4 * vrows * HIDDEN) if acc else 'written once'}): "
+        f"{_ms(bwd)}.",
+        f"- projected forward + backward: 4 GEMMs x 2NVH = 8NVH FLOP, {_ms(total)} = {total / floor:.2f} x the "
+        f"6NVH matmul floor.",
     ]
 
 
@@ -107,10 +139,32 @@ def projections() -> str:
         "",
     ]
     lines += flce_projection(_default_chunk(N, VOCAB, on_gpu=True))
-    lines += ["", "With a smaller chunk the dW GEMM turns memory-bound (it reads and writes the fp32 accumulator "
-              "every chunk), for example:", ""]
+    lines += ["", "A smaller chunk alone does not help: the fp32 accumulator stays, and the dW GEMM turns "
+              "memory-bound (it reads and writes the accumulator every chunk), for example:", ""]
     lines += flce_projection(512)[1:4]
+    lines += ["", "`low_memory=True` (no [V, H] fp32 accumulator; the weight gradient is made in the backward by "
+              "vocabulary blocks, each reduced over all tokens inside one GEMM's fp32 accumulator):", ""]
+    lines += flce_low_memory_projection()
+    lines += ["", "Extra memory of both modes, counted (not computed by formula) on meta tensors running the GPU "
+              "code path (`bench.kernel_memory.gpu_plan_extra`: `use_triton` says yes, the kernel launchers do "
+              "nothing, every buffer is allocated at its real size):", "", gpu_memory_table(), "",
+              "**Why no single mode meets both targets at these shapes** (time within 10% of the floor, extra memory "
+              "under 1%): the floor, 6NVH, computes each logit once, and a row's gradient needs that row's "
+              "log-sum-exp over the whole vocabulary first. So the gradient of every chunk of whole rows adds to "
+              "every row of dW, and a [V, H] partial sum lives through the whole loop: 4VH = "
+              f"{_gb(4 * VOCAB * HIDDEN)} in fp32 (the issue asks for fp32 accumulation), 2VH = "
+              f"{_gb(2 * VOCAB * HIDDEN)} even in bf16 (Cut Cross-Entropy's default), against 1% of the unfused "
+              "path = about 0.6 GB. Only summing straight into the bf16 gradient (rounding every chunk's partial "
+              "sum) would avoid it, which the fp32 requirement rules out. Under 1% therefore means computing the "
+              "logits twice, 8NVH = 1.33x the floor at best. s1fast offers both: the default (fast) and "
+              "`low_memory=True`; the trainer uses the default, since its peak is set by the decoder layers, not "
+              "the loss (Projected H100 run)."]
     return "\n".join(lines)
+
+
+def gpu_memory_table() -> str:
+    from bench.kernel_memory import gpu_plan_table
+    return gpu_plan_table()
 
 
 def memory_table() -> str:
@@ -141,8 +195,8 @@ def section() -> str:
         "### Measured: fused linear cross-entropy memory on the CPU path (2-core CPU box, this commit)",
         "",
         "Peak memory of forward + backward beyond the inputs, counted on meta tensors by "
-        "`python -m bench.kernel_memory` (a real run agreed within 4%: 4096 tokens fused 241 MiB RSS growth; "
-        "1024 tokens unfused 2977 MiB). The fused path stays flat as the tokens grow 8x (only dhidden and a few "
+        "`python -m bench.kernel_memory` (a real run on this box: 4096 tokens fused, 108 MiB of RSS growth beyond "
+        "a warm-up call, counted 121 MiB; 1024 tokens unfused 2964 MiB, counted 2968 MiB). The fused path stays flat as the tokens grow 8x (only dhidden and a few "
         "per-token vectors grow); the unfused one grows with N x V.",
         "",
         memory_table(),

@@ -46,18 +46,25 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.triton_kernels.rms_norm, (req(p["x"]), req(p["w_norm"]), 1e-6))
     torch.library.opcheck(torch.ops.triton_kernels.rope, (req(p["q"]), req(p["k"]), p["cos"], p["sin"], p["pos"]))
     w = torch.ones(18) / 18
-    torch.library.opcheck(torch.ops.triton_kernels.fused_linear_cross_entropy,
-                          (req(p["x"].reshape(18, 24)), req(p["head"]), None, p["target"], w, -100, 0.0, 0.0, None,
-                           "sum", True, 8))
+    for low_memory in (False, True):
+        torch.library.opcheck(torch.ops.triton_kernels.fused_linear_cross_entropy,
+                              (req(p["x"].reshape(18, 24)), req(p["head"]), None, p["target"], w, -100, 0.0, 0.0,
+                               None, "sum", True, 8, low_memory))
+    lse = torch.logsumexp(p["x"].reshape(18, 24) @ p["head"].t(), -1)
+    torch.library.opcheck(torch.ops.triton_kernels.fused_linear_cross_entropy_dweight,
+                          (p["x"].reshape(18, 24), p["head"], None, p["target"], w, lse, -100, 0.0, 0.0, None, 8))
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compile_fullgraph_matches_eager_reference(backend, monkeypatch):
+@pytest.mark.parametrize("backend,low_memory", [("aot_eager", False), ("inductor", False), ("aot_eager", True)])
+def test_compile_fullgraph_matches_eager_reference(backend, low_memory, monkeypatch):
     monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")  # the PyTorch implementations inside the ops
     torch._dynamo.reset()
     p = _inputs()
-    compiled = torch.compile(lambda p: model(p, ops.rms_norm, ops.rope, ops.swiglu,
-                                             ops.fused_linear_cross_entropy), fullgraph=True, backend=backend)
+
+    def flce(*a, **kw):
+        return ops.fused_linear_cross_entropy(*a, low_memory=low_memory, **kw)
+    compiled = torch.compile(lambda p: model(p, ops.rms_norm, ops.rope, ops.swiglu, flce), fullgraph=True,
+                             backend=backend)
     a = _leaves(p)
     loss = compiled(a)
     loss.backward()

@@ -34,8 +34,9 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "llama", "qwen2-tied"])
-def test_patched_model_matches_unpatched(model_type, monkeypatch):
+@pytest.mark.parametrize("model_type,ce_mode", [("qwen2", True), ("llama", True), ("qwen2-tied", True),
+                                                ("qwen2-tied", "low_memory")])
+def test_patched_model_matches_unpatched(model_type, ce_mode, monkeypatch):
     import triton_kernels.hf as hf
     calls = {"rope": 0, "rms_norm": 0, "swiglu": 0}
 
@@ -47,7 +48,7 @@ def test_patched_model_matches_unpatched(model_type, monkeypatch):
     for name in calls:
         spy(name, getattr(hf, name))
     ref = tiny(model_type)
-    pat = triton_kernels.patch_hf(copy.deepcopy(ref))
+    pat = triton_kernels.patch_hf(copy.deepcopy(ref), cross_entropy=ce_mode)
     ids, labels = batch()
     # logits (no labels: the original forward with patched norms, MLP and RoPE)
     with torch.no_grad():
@@ -73,6 +74,11 @@ def test_patched_model_matches_unpatched(model_type, monkeypatch):
                                ref(ids, labels=labels, num_items_in_batch=n).loss, rtol=1e-5, atol=1e-6)
     # the kernels really ran: in training mode the fused loss skips the logits
     assert pat.train()(ids, labels=labels).logits is None
+
+
+def test_patch_hf_rejects_an_unknown_loss_mode():
+    with pytest.raises(ValueError, match="cross_entropy='fast'"):
+        triton_kernels.patch_hf(tiny("qwen2"), cross_entropy="fast")
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])

@@ -39,7 +39,17 @@ The gradients are thus computed during the forward (one pass over the vocabulary
 the backward only scales them by the incoming gradient. With ``reduction="none"`` the incoming gradient
 differs per token, so the backward re-runs the chunk loop with w_i * grad_i instead.
 Peak extra memory: the [C, V] fp32 and bf16 buffers plus the fp32 [V, H] weight-gradient accumulator; the unfused
-path holds [N, V] logits, their fp32 softmax and their gradient. No ``.item()`` or other host sync: the
+path holds [N, V] logits, their fp32 softmax and their gradient.
+
+Two modes. The default above is the fastest (each logit computed once: 3 GEMMs of 2NVH FLOPs) but its
+dW accumulator is 4VH bytes (3.1 GB at Qwen2.5-32B's lm_head). ``low_memory=True`` drops it: steps 1-3
+run without the dW GEMM (C = 512 rows on a GPU), the forward keeps the lse [N], and the backward makes dW
+by blocks of vocabulary rows: for each block, the logits of every token against it are recomputed in
+tiles (``_dw_tiles``), ``_ce_grad_tile_kernel`` turns them into w_i dl_i/dz from the saved lse (no row
+reduction needed), and dW_block = dz^T h reduces over all tokens inside the GEMM's fp32 accumulator (a
+[block, H] fp32 accumulator only when the tokens take several tiles), written once in the weight's dtype.
+Cost: 4 GEMMs of 2NVH instead of 3. Why both targets (time and memory) cannot be had at once, and the
+counted memory of both modes at s1's shapes: bench/RESULTS.md, Kernels. No ``.item()`` or other host sync: the
 loop bounds depend on shapes only and every reduction stays a device tensor.
 
 The matmuls are Triton kernels (``_matmul_kernel``), not cuBLAS, for three reasons: the logits GEMM
@@ -160,21 +170,47 @@ def _ce_rows_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, w_ptr, loss_ptr, ls
     tl.store(loss_ptr + rows, tl.where(valid, w * loss, 0.0), mask=rmask)
     tl.store(lse_ptr + rows, lse, mask=rmask)
     if WRITE_GRAD:
-        coef = 1.0 + 2.0 * z_loss * lse
         for start in range(0, n_cols, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             mask = rmask[:, None] & (cols < n_cols)[None, :]
             a = tl.load(z_ptr + rows64[:, None] * z_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            z = a
-            if HAS_SOFTCAP:
-                z = softcap * _tanh(a / softcap)
-            g = coef[:, None] * tl.exp(z - lse[:, None]) - smoothing / n_cols
-            g = tl.where(cols[None, :] == tgt[:, None], g - (1.0 - smoothing), g)
-            if HAS_SOFTCAP:
-                zc = z / softcap
-                g = g * (1.0 - zc * zc)
-            g = tl.where(valid[:, None], g * w[:, None], 0.0)
+            g = _dlogits(a, cols, lse, tgt, valid, w, n_cols, smoothing, z_loss, softcap, HAS_SOFTCAP)
             tl.store(g_ptr + rows64[:, None] * g_stride + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dlogits(a, cols, lse, tgt, valid, w, vocab, smoothing, z_loss, softcap, HAS_SOFTCAP: tl.constexpr):
+    """w * dloss/da for a tile of raw logits a [rows, cols] (columns ``cols`` of a vocabulary of ``vocab``),
+    given each row's lse (of the capped logits): the gradient formula of the module docstring."""
+    z = a
+    if HAS_SOFTCAP:
+        z = softcap * _tanh(a / softcap)
+    g = (1.0 + 2.0 * z_loss * lse)[:, None] * tl.exp(z - lse[:, None]) - smoothing / vocab
+    g = tl.where(cols[None, :] == tgt[:, None], g - (1.0 - smoothing), g)
+    if HAS_SOFTCAP:
+        zc = z / softcap
+        g = g * (1.0 - zc * zc)
+    return tl.where(valid[:, None], g * w[:, None], 0.0)
+
+
+@triton.jit
+def _ce_grad_tile_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, w_ptr, lse_ptr, n_rows, n_cols, col0, vocab,
+                         ignore_index, smoothing, z_loss, softcap, HAS_SOFTCAP: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """g = w * dloss/dz for a tile z [n_rows, n_cols] holding vocabulary columns col0.. of each row, from the
+    saved lse (the low-memory backward: no row reduction, so any 2-D tiling; g may alias z)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols < n_cols)[None, :]
+    rows64 = rows.to(tl.int64)
+    tgt = tl.load(t_ptr + rows, mask=rmask, other=ignore_index).to(tl.int64)
+    valid = rmask & (tgt != ignore_index)
+    w = tl.load(w_ptr + rows, mask=rmask, other=0.0)
+    lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+    a = tl.load(z_ptr + rows64[:, None] * z_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    g = _dlogits(a, col0 + cols, lse, tgt, valid, w, vocab, smoothing, z_loss, softcap, HAS_SOFTCAP)
+    tl.store(g_ptr + rows64[:, None] * g_stride + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
 # --------------------------------------------------------------------------------------- launchers
@@ -193,6 +229,8 @@ def mm_config(lowp: bool) -> tuple[dict, int, int]:
 # rows kernel: one row per program on a GPU (C ~ 400 rows per chunk fill 132 SMs; 16 fp32 values per
 # thread: no spills); 16 rows per program under the interpreter, where each program costs milliseconds
 ROWS_BLOCK_N, ROWS_BLOCK_V, ROWS_WARPS = (16, 1024, 8) if INTERPRET else (1, 4096, 8)
+# gradient tiles of the low-memory backward (elementwise): 32 x 128 per program, 4 warps (32 values a thread)
+TILE_BLOCK_N, TILE_BLOCK_V = (64, 256) if INTERPRET else (32, 128)
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: torch.Tensor | None = None,
@@ -215,12 +253,12 @@ def sm90_variants() -> list[dict]:
     # which strides are 1 (Triton turns them into constants at launch) for row-major h [N,H], W [V,H],
     # z/dz [C,V], dW [V,H]; every other int is a multiple of 16 at s1's shapes (H 5120, V 152064)
     unit = {"logits = h W^T + b": ("sak", "sbk", "scn"), "dh = dz W": ("sak", "sbn", "scn"),
-            "dW += dz^T h": ("sam", "sbn", "scn")}
+            "dW += dz^T h": ("sam", "sbn", "scn"), "dW = dz^T h": ("sam", "sbn", "scn")}
     for dt, name in (("*bf16", "bf16"), ("*fp32", "fp32")):
         lowp = dt == "*bf16"
         blocks, warps, stages = mm_config(lowp)
         for label, c, acc, bias in (("logits = h W^T + b", "*fp32", False, True), ("dh = dz W", dt, False, False),
-                                    ("dW += dz^T h", "*fp32", True, False)):
+                                    ("dW += dz^T h", "*fp32", True, False), ("dW = dz^T h", dt, False, False)):
             ints = [k for k in ("M", "N", "K", "sam", "sak", "sbk", "sbn", "scm", "scn") if k not in unit[label]]
             out.append(dict(name=f"flce matmul {label} ({name})", fn=_matmul_kernel,
                             signature=dict(a_ptr=dt, b_ptr=dt, c_ptr=c, bias_ptr=dt, **{k: "i32" for k in ints}),
@@ -236,6 +274,12 @@ def sm90_variants() -> list[dict]:
                         constexprs=dict(HAS_SOFTCAP=True, WRITE_GRAD=True, BLOCK_N=ROWS_BLOCK_N,
                                         BLOCK_V=ROWS_BLOCK_V), num_warps=ROWS_WARPS, num_stages=3,
                         divisible=("z_stride", "g_stride", "n_cols")))
+    out.append(dict(name="ce grad tile, softcap (low-memory backward, bf16 dz)", fn=_ce_grad_tile_kernel,
+                    signature=dict(z_ptr="*fp32", z_stride="i32", g_ptr="*bf16", g_stride="i32", t_ptr="*i64",
+                                   w_ptr="*fp32", lse_ptr="*fp32", n_rows="i32", n_cols="i32", col0="i32",
+                                   vocab="i32", ignore_index="i32", smoothing="fp32", z_loss="fp32", softcap="fp32"),
+                    constexprs=dict(HAS_SOFTCAP=True, BLOCK_N=TILE_BLOCK_N, BLOCK_V=TILE_BLOCK_V), num_warps=4,
+                    num_stages=3, divisible=("z_stride", "g_stride", "n_cols")))
     return out
 
 
@@ -278,23 +322,38 @@ def _rows_torch(z: torch.Tensor, target, w, cfg, write_grad: bool, inplace: bool
     loss = torch.where(valid, w * loss, 0.0)
     if not write_grad:
         return loss, lse, None
+    return loss, lse, _dlogits_torch(g, z, lse, target, w, cfg)
+
+
+def _dlogits_torch(p: torch.Tensor, z: torch.Tensor, lse, target, w, cfg, col0: int = 0, vocab: int | None = None):
+    """The math of ``_dlogits`` in PyTorch, in place on p = exp(z - lse) [rows, cols] (z: the capped logits of
+    vocabulary columns col0.., of a vocabulary of ``vocab``, default all of them): returns w * dloss/da."""
+    eps, lam, cap = cfg["label_smoothing"], cfg["z_loss"], cfg["softcap"]
+    cols = p.shape[1]
+    valid = target != cfg["ignore_index"]
     if lam:
-        g.mul_(1.0 + 2.0 * lam * lse.unsqueeze(1))
+        p.mul_(1.0 + 2.0 * lam * lse.unsqueeze(1))
     if eps:
-        g.sub_(eps / n_cols)
-    g.scatter_add_(1, t, torch.full_like(zt, -(1.0 - eps)).unsqueeze(1))
+        p.sub_(eps / (vocab or cols))
+    local = target - col0
+    hit = valid & (local >= 0) & (local < cols)
+    p.scatter_add_(1, torch.where(hit, local, 0).unsqueeze(1),
+                   torch.where(hit, -(1.0 - eps), 0.0).to(p.dtype).unsqueeze(1))
     if cap is not None:
-        g.mul_(1.0 - (z / cap) ** 2)
-    g.mul_(torch.where(valid, w, 0.0).unsqueeze(1))
-    return loss, lse, g
+        p.mul_(1.0 - (z / cap) ** 2)
+    return p.mul_(torch.where(valid, w, 0.0).to(p.dtype).unsqueeze(1))
 
 
-def _default_chunk(n: int, v: int, on_gpu: bool) -> int:
+def _default_chunk(n: int, v: int, on_gpu: bool, low_memory: bool = False) -> int:
     """Rows per chunk. GPU: the fp32 logits + bf16 dz buffers (6 bytes x C x V) take <= 2 GiB, which at
     V=152064 gives C=2304: enough rows that the dW GEMM (which reads and writes the fp32 [V, H]
     accumulator once per chunk, 8VH bytes for 2CVH FLOPs) stays compute-bound on an H100 (needs
-    C/4 FLOP/byte >= 295, C >= ~1200; bench/RESULTS.md has the arithmetic). CPU: 64 MiB of fp32 logits."""
-    if on_gpu:
+    C/4 FLOP/byte >= 295, C >= ~1200; bench/RESULTS.md has the arithmetic). GPU, ``low_memory``: 512
+    rows, the fewest that keep the logits and dh GEMMs (which have no accumulator to stream) above the
+    H100's 295 FLOP/byte at H=5120 (6 x 512 x 152064 B = 0.47 GB of buffers). CPU: 64 MiB of fp32 logits."""
+    if on_gpu and low_memory:
+        c = 512
+    elif on_gpu:
         c = (2 * 2**30) // (6 * v) // 128 * 128
     else:
         c = (64 * 2**20) // (4 * v) // 16 * 16
@@ -345,6 +404,89 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     return loss, lse, dh, dw, db
 
 
+# The low-memory backward's row tile: at most this many tokens per dW tile (tests lower it to reach the
+# path that accumulates a vocabulary block's dW over several token tiles).
+DW_ROWS = 16384
+
+
+def _dw_tiles(n: int, v: int, hid: int, chunk: int) -> tuple[int, int]:
+    """(token rows, vocabulary rows) of the low-memory backward's tiles: the fp32 logits and bf16 gradient
+    tiles (6 B each element) plus, when the tokens take several tiles, the block's fp32 dW accumulator
+    (4 B x H per vocabulary row) take no more than the forward's chunk buffers (6 x chunk x V bytes)."""
+    rows = min(n, DW_ROWS)
+    acc = 4 * hid if rows < n else 0
+    vrows = (6 * chunk * v) // (6 * rows + acc)
+    return rows, max(16, min(v, vrows // 16 * 16))
+
+
+def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw: bool = True,
+                       need_db: bool = True):
+    """The low-memory backward's weight (and bias) gradient, with w the effective weights already times the
+    incoming gradient: for each block of vocabulary rows, recompute the logits of every token against it
+    (tiles of ``_dw_tiles``), turn them into w * dloss/dz with the saved ``lse`` (no row reduction), and
+    dW_block = dz^T h with the reduction over tokens inside the GEMM's fp32 accumulator (one rounding to the
+    weight's dtype, no [V, H] fp32 buffer). Returns (dW in the weight's dtype or None, db fp32 or None)."""
+    n, hid = h.shape
+    v = weight.shape[0]
+    rows, vrows = _dw_tiles(n, v, hid, chunk)
+    dev = h.device
+    dw = torch.empty_like(weight) if need_dw else None
+    db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
+    triton_path = use_triton(h)
+    buf_dtype = torch.float32 if not triton_path else weight.dtype
+    z_buf = torch.empty((rows, vrows), dtype=torch.float32, device=dev)
+    g_buf = torch.empty((rows, vrows), dtype=buf_dtype, device=dev) if triton_path else None
+    acc = torch.empty((vrows, hid), dtype=torch.float32, device=dev) if (need_dw and rows < n) else None
+    for vs in range(0, v, vrows):
+        ve = min(v, vs + vrows)
+        wb = weight[vs:ve]
+        wf = wb.float() if not triton_path else None
+        bb = bias[vs:ve] if bias is not None else None
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            hc = h[s:e]
+            z = z_buf[: e - s, : ve - vs]
+            if triton_path:
+                g = g_buf[: e - s, : ve - vs]
+                _mm(hc, wb.t(), z, bias=bb)
+                _grad_tile_triton(z, g, target[s:e], w[s:e], lse[s:e], cfg, vs, v)
+            else:
+                torch.mm(hc.float(), wf.t(), out=z)
+                if bb is not None:
+                    z += bb.float()
+                cap = cfg["softcap"]
+                zc = z if cap is None else cap * torch.tanh(z / cap)
+                p = (zc if cap is None else zc.clone()).sub_(lse[s:e].unsqueeze(1)).exp_()
+                g = _dlogits_torch(p, zc, lse[s:e], target[s:e], w[s:e], cfg, vs, v)
+            if need_dw:
+                if acc is None:  # every token in one tile: the GEMM writes the block's gradient directly
+                    if triton_path:
+                        _mm(g.t(), hc, dw[vs:ve])
+                    else:
+                        dw[vs:ve] = (g.t() @ hc.float()).to(dw.dtype)
+                elif triton_path:
+                    _mm(g.t(), hc, acc[: ve - vs], accumulate=s > 0)
+                elif s == 0:
+                    torch.mm(g.t(), hc.float(), out=acc[: ve - vs])
+                else:
+                    acc[: ve - vs].addmm_(g.t(), hc.float())
+            if db is not None:
+                db[vs:ve] += g.sum(0, dtype=torch.float32)
+        if acc is not None:
+            dw[vs:ve] = acc[: ve - vs]
+    return dw, db
+
+
+def _grad_tile_triton(z, g, target, w, lse, cfg, col0: int, vocab: int) -> None:
+    softcap = cfg["softcap"]
+    n_rows, n_cols = z.shape
+    grid = (triton.cdiv(n_rows, TILE_BLOCK_N), triton.cdiv(n_cols, TILE_BLOCK_V))
+    _ce_grad_tile_kernel[grid](z, z.stride(0), g, g.stride(0), target, w, lse, n_rows, n_cols, col0, vocab,
+                               cfg["ignore_index"], float(cfg["label_smoothing"]), float(cfg["z_loss"]),
+                               float(softcap or 1.0), HAS_SOFTCAP=softcap is not None, BLOCK_N=TILE_BLOCK_N,
+                               BLOCK_V=TILE_BLOCK_V, num_warps=4)
+
+
 # ------------------------------------------------------------------------------ weights and checks
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -388,17 +530,29 @@ def _full(t):
 
 
 # -------------------------------------------------------------------------------- autograd functions
+def _scale_(x: torch.Tensor, g: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """x *= g in place, g a 0-dim fp32 tensor (the incoming gradient; no host sync), the product made in fp32
+    and rounded once to x's dtype; a bf16 x is scaled ``rows`` rows at a time, so the fp32 temporary stays a
+    chunk, not a copy of x (the memory the fused loss exists to save)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return x.mul_(g.to(x.dtype))
+    for s in range(0, x.shape[0], rows):
+        x[s:s + rows].copy_(x[s:s + rows].float().mul_(g))
+    return x
+
+
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, target, w, cfg, want_grad, chunk):
         eager = want_grad and cfg["reduction"] != "none"
         ctx.needs = ctx.needs_input_grad[:3]
-        loss_rows, lse, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, cfg, eager, chunk, ctx.needs)
+        ctx.low = cfg["low_memory"] and ctx.needs[1]  # dW by the low-memory backward, not in the chunk loop
+        needs = (ctx.needs[0], ctx.needs[1] and not ctx.low, ctx.needs[2])
+        loss_rows, lse, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, cfg, eager, chunk, needs)
         ctx.cfg, ctx.chunk, ctx.dtypes = cfg, chunk, (weight.dtype, bias.dtype if bias is not None else None)
-        if eager:
-            ctx.grads = (dh, dw, db)
-        else:
-            ctx.save_for_backward(h, weight, bias, target, w)
+        ctx.grads = (dh, dw, db) if eager else None
+        if not eager or ctx.low:
+            ctx.save_for_backward(h, weight, bias, target, w, lse)
         out = loss_rows if cfg["reduction"] == "none" else loss_rows.sum()
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -406,22 +560,29 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _glse):
         wdt, bdt = ctx.dtypes
+        g = g.float()
         if ctx.cfg["reduction"] == "none":
-            h, weight, bias, target, w = ctx.saved_tensors
-            _, _, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, (w * g.float()).contiguous(), ctx.cfg,
-                                                 True, ctx.chunk, ctx.needs)
+            h, weight, bias, target, w, lse = ctx.saved_tensors
+            w = (w * g).contiguous()
+            needs = (ctx.needs[0], ctx.needs[1] and not ctx.low, ctx.needs[2])
+            _, _, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, ctx.cfg, True, ctx.chunk, needs)
         else:
             if ctx.grads is None:
                 raise RuntimeError("fused_linear_cross_entropy: backward ran twice over one forward "
                                    "(retain_graph); run the forward again instead")
             dh, dw, db = ctx.grads
             ctx.grads = None  # scaled in place below: a second backward must not reuse them
-            g = g.float()
-            dh = (dh.float() * g).to(dh.dtype) if dh is not None else None
+            if dh is not None:
+                _scale_(dh, g)
             if dw is not None:
                 dw.mul_(g)
             if db is not None:
                 db.mul_(g)
+            if ctx.low:
+                h, weight, bias, target, w, lse = ctx.saved_tensors
+                w = (w * g).contiguous()
+        if ctx.low:
+            dw, _ = _linear_ce_dweight(h, weight, bias, target, w, lse, ctx.cfg, ctx.chunk, need_db=False)
         return (dh, dw.to(wdt) if dw is not None else None, db.to(bdt) if db is not None else None,
                 None, None, None, None, None)
 
@@ -448,7 +609,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             if ctx.grads is None:
                 raise RuntimeError("cross_entropy: backward ran twice over one forward (retain_graph)")
             grad, ctx.grads = ctx.grads, None
-            grad = grad.mul_(g.to(grad.dtype)) if grad.dtype == torch.float32 else (grad.float() * g).to(grad.dtype)
+            _scale_(grad, g)
         return grad, None, None, None, None
 
 
@@ -466,7 +627,7 @@ def _ce_rows(logits, target, w, cfg, write_grad):
 
 # --------------------------------------------------------------------------------- functional API
 def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoothing, z_loss, softcap, reduction,
-                      token_weight, normalizer, chunk_size):
+                      token_weight, normalizer, chunk_size, low_memory=False):
     """Check and normalise the arguments (shared with the custom op in ``custom_ops``).
 
     Returns (hidden [N, H], weight, bias, target [N], w_eff [N] fp32, cfg, want_grad, chunk).
@@ -487,10 +648,10 @@ def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoot
         if weight.dtype != hidden.dtype:  # one operand dtype for the GEMMs (fp32 weight under bf16 autocast)
             weight = weight.to(hidden.dtype)
     cfg = dict(ignore_index=int(ignore_index), label_smoothing=float(label_smoothing), z_loss=float(z_loss),
-               softcap=None if softcap is None else float(softcap), reduction=reduction)
+               softcap=None if softcap is None else float(softcap), reduction=reduction, low_memory=bool(low_memory))
     w = _effective_weights(target, cfg, token_weight, normalizer, reduction)
     want_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-    chunk = int(chunk_size) if chunk_size else _default_chunk(n, weight.shape[0], hidden.is_cuda)
+    chunk = int(chunk_size) if chunk_size else _default_chunk(n, weight.shape[0], hidden.is_cuda, low_memory)
     return hidden, weight, bias, target.contiguous(), w, cfg, want_grad, chunk
 
 
@@ -499,15 +660,18 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                                label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
                                reduction: str = "mean", token_weight: torch.Tensor | None = None,
                                normalizer: float | torch.Tensor | None = None, return_lse: bool = False,
-                               chunk_size: int | None = None):
+                               chunk_size: int | None = None, low_memory: bool = False):
     """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target`` without the [N, V] logits.
 
     hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N].
     Semantics of every keyword: module docstring. Returns the loss (fp32), or (loss, lse) with return_lse.
+    ``low_memory=True``: no [V, H] fp32 weight-gradient accumulator and small chunks, for a third more
+    matmul FLOPs (the module docstring's "Two modes").
     """
     args = prepare_linear_ce(hidden, weight, target, bias, ignore_index=ignore_index,
                              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction,
-                             token_weight=token_weight, normalizer=normalizer, chunk_size=chunk_size)
+                             token_weight=token_weight, normalizer=normalizer, chunk_size=chunk_size,
+                             low_memory=low_memory)
     loss, lse = FusedLinearCrossEntropyFunction.apply(*args)
     return (loss, lse) if return_lse else loss
 

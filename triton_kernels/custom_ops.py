@@ -148,27 +148,45 @@ _rope.register_autograd(_rope_grad, setup_context=_rope_setup)
 @torch.library.custom_op(f"{NS}::fused_linear_cross_entropy", mutates_args=())
 def _flce(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, w_eff: Tensor, ignore_index: int,
           label_smoothing: float, z_loss: float, softcap: float | None, reduction: str, want_grad: bool,
-          chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss, lse, dhidden, dweight fp32, dbias fp32): gradients for a unit incoming gradient, or empty."""
+          chunk: int, low_memory: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, lse, dhidden, dweight fp32, dbias fp32): gradients for a unit incoming gradient, or empty.
+    With ``low_memory`` dweight is left empty: the backward makes it (``fused_linear_cross_entropy_dweight``)."""
     cfg = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                reduction=reduction)
-    rows, lse, dh, dw, db = ce._linear_ce_chunks(hidden, weight, bias, target, w_eff, cfg, want_grad, chunk)
+    rows, lse, dh, dw, db = ce._linear_ce_chunks(hidden, weight, bias, target, w_eff, cfg, want_grad, chunk,
+                                                 (True, not low_memory, True))
     loss = rows if reduction == "none" else rows.sum()
-    empty = hidden.new_empty(0)
-    return loss, lse, (dh if dh is not None else empty), (dw if dw is not None else empty.float()), \
-        (db if db is not None else empty.float())
+    def empty(dtype):  # a fresh tensor each: outputs may not alias one another
+        return hidden.new_empty(0, dtype=dtype)
+    return loss, lse, (dh if dh is not None else empty(hidden.dtype)), \
+        (dw if dw is not None else empty(torch.float32)), (db if db is not None else empty(torch.float32))
 
 
 @_flce.register_fake
 def _(hidden, weight, bias, target, w_eff, ignore_index, label_smoothing, z_loss, softcap, reduction, want_grad,
-      chunk):
+      chunk, low_memory):
     n, v = hidden.shape[0], weight.shape[0]
     f32 = dict(dtype=torch.float32)
     loss = hidden.new_empty((n,) if reduction == "none" else (), **f32)
-    grads = (torch.empty_like(hidden), weight.new_empty(weight.shape, **f32),
+    grads = (torch.empty_like(hidden), weight.new_empty((0,) if low_memory else weight.shape, **f32),
              weight.new_empty((v,) if bias is not None else (0,), **f32)) if want_grad else \
         (hidden.new_empty(0), hidden.new_empty(0, **f32), hidden.new_empty(0, **f32))
     return (loss, hidden.new_empty((n,), **f32), *grads)
+
+
+@torch.library.custom_op(f"{NS}::fused_linear_cross_entropy_dweight", mutates_args=())
+def _flce_dweight(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, w_eff: Tensor, lse: Tensor,
+                  ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None,
+                  chunk: int) -> Tensor:
+    """The low-memory backward's weight gradient (in the weight's dtype), for effective weights w_eff that
+    already include the incoming gradient."""
+    cfg = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+    return ce._linear_ce_dweight(hidden, weight, bias, target, w_eff, lse, cfg, chunk, need_db=False)[0]
+
+
+@_flce_dweight.register_fake
+def _(hidden, weight, bias, target, w_eff, lse, ignore_index, label_smoothing, z_loss, softcap, chunk):
+    return torch.empty_like(weight)
 
 
 def _flce_setup(ctx, inputs, output):
@@ -176,26 +194,37 @@ def _flce_setup(ctx, inputs, output):
     ctx.rest = rest
     ctx.has_bias = bias is not None
     ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+    low_memory = rest[-1]
     if rest[4] == "none":  # the per-token incoming gradient is only known in backward: recompute then
-        ctx.save_for_backward(hidden, weight, bias, target, w_eff)
+        ctx.save_for_backward(hidden, weight, bias, target, w_eff, output[1])
+    elif low_memory:
+        ctx.save_for_backward(hidden, weight, bias, target, w_eff, output[1], output[2], output[4])
     else:
         ctx.save_for_backward(*output[2:])
 
 
 def _flce_grad(ctx, g, _glse, _gdh, _gdw, _gdb):
-    ignore_index, smoothing, z_loss, softcap, reduction, _, chunk = ctx.rest
+    ignore_index, smoothing, z_loss, softcap, reduction, _, chunk, low_memory = ctx.rest
+    g = g.float()
     if reduction == "none":
-        hidden, weight, bias, target, w_eff = ctx.saved_tensors
+        hidden, weight, bias, target, w_eff, lse = ctx.saved_tensors
+        w_eff = w_eff * g
         _, _, dh, dw, db = torch.ops.triton_kernels.fused_linear_cross_entropy(
-            hidden, weight, bias, target, w_eff * g.float(), ignore_index, smoothing, z_loss, softcap, reduction,
-            True, chunk)
+            hidden, weight, bias, target, w_eff, ignore_index, smoothing, z_loss, softcap, reduction, True, chunk,
+            low_memory)
         g = torch.ones((), dtype=torch.float32, device=dh.device)
+    elif low_memory:
+        hidden, weight, bias, target, w_eff, lse, dh, db = ctx.saved_tensors
+        w_eff = w_eff * g
     else:
         dh, dw, db = ctx.saved_tensors
-    g = g.float()
+    if low_memory:
+        dw = torch.ops.triton_kernels.fused_linear_cross_entropy_dweight(  # g is already inside w_eff
+            hidden, weight, bias, target, w_eff, lse, ignore_index, smoothing, z_loss, softcap, chunk)
     wdt, bdt = ctx.dtypes
-    return ((dh.float() * g).to(dh.dtype), (dw * g).to(wdt), (db * g).to(bdt) if ctx.has_bias else None,
-            None, None, None, None, None, None, None, None, None)
+    dw = dw if low_memory else (dw * g).to(wdt)
+    return ((dh.float() * g).to(dh.dtype), dw, (db * g).to(bdt) if ctx.has_bias else None,
+            None, None, None, None, None, None, None, None, None, None)
 
 
 _flce.register_autograd(_flce_grad, setup_context=_flce_setup)
@@ -216,13 +245,13 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -
 
 def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100, label_smoothing=0.0,
                                z_loss=0.0, softcap=None, reduction="mean", token_weight=None, normalizer=None,
-                               return_lse=False, chunk_size=None):
+                               return_lse=False, chunk_size=None, low_memory=False):
     """``cross_entropy_op.fused_linear_cross_entropy`` (same semantics) behind the custom op."""
     h, w, b, t, w_eff, cfg, want_grad, chunk = ce.prepare_linear_ce(
         hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         softcap=softcap, reduction=reduction, token_weight=token_weight, normalizer=normalizer,
-        chunk_size=chunk_size)
+        chunk_size=chunk_size, low_memory=low_memory)
     loss, lse, *_ = torch.ops.triton_kernels.fused_linear_cross_entropy(
         h, w, b, t, w_eff, cfg["ignore_index"], cfg["label_smoothing"], cfg["z_loss"], cfg["softcap"],
-        cfg["reduction"], want_grad, chunk)
+        cfg["reduction"], want_grad, chunk, cfg["low_memory"])
     return (loss, lse) if return_lse else loss

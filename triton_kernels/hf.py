@@ -84,7 +84,7 @@ def _with_rope_on(forward):
     return attention_forward
 
 
-def _make_causal_lm_forward(original_forward):
+def _make_causal_lm_forward(original_forward, low_memory: bool = False):
     """The causal-LM forward with the fused loss; ``original_forward`` is the class's unbound forward."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -108,7 +108,7 @@ def _make_causal_lm_forward(original_forward):
         head = self.lm_head
         loss = fused_linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight,
                                           shift_labels.reshape(-1).to(hidden.device), head.bias,
-                                          ignore_index=ignore_index, normalizer=num_items)
+                                          ignore_index=ignore_index, normalizer=num_items, low_memory=low_memory)
         logits = None if self.training else head(hidden)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
@@ -136,8 +136,14 @@ def _install_rope_switch(mod) -> None:
 
 
 def patch_hf(model_or_model_type, rope: bool = True, rms_norm: bool = True, swiglu: bool = True,
-             cross_entropy: bool = True):
-    """Patch one model instance, or (given "qwen2"/"llama") every model of that type. Returns the argument."""
+             cross_entropy: bool | str = True):
+    """Patch one model instance, or (given "qwen2"/"llama") every model of that type. Returns the argument.
+
+    ``cross_entropy="low_memory"`` uses the fused loss's low-memory mode (no fp32 [V, H] accumulator, the
+    logits recomputed in the backward); ``True`` its default, fastest mode."""
+    if cross_entropy not in (True, False, "low_memory"):
+        raise ValueError(f"patch_hf: cross_entropy={cross_entropy!r}; use True, False or 'low_memory'")
+    low_memory = cross_entropy == "low_memory"
     if isinstance(model_or_model_type, str):
         mod = _modeling_module(model_or_model_type)
         if rms_norm:
@@ -152,7 +158,7 @@ def patch_hf(model_or_model_type, rope: bool = True, rms_norm: bool = True, swig
         if cross_entropy:
             for c in _classes(mod, "ForCausalLM"):
                 if not hasattr(c.forward, "_triton_kernels_original"):
-                    c.forward = _make_causal_lm_forward(c.forward)
+                    c.forward = _make_causal_lm_forward(c.forward, low_memory)
         return model_or_model_type
 
     model = model_or_model_type
@@ -172,7 +178,7 @@ def patch_hf(model_or_model_type, rope: bool = True, rms_norm: bool = True, swig
     if cross_entropy and hasattr(model, "lm_head") and hasattr(model, "model"):
         cls_forward = type(model).forward
         cls_forward = getattr(cls_forward, "_triton_kernels_original", cls_forward)
-        model.forward = types.MethodType(_make_causal_lm_forward(cls_forward), model)
+        model.forward = types.MethodType(_make_causal_lm_forward(cls_forward, low_memory), model)
     return model
 
 
