@@ -48,6 +48,10 @@ class TrainConfig:
     cpu_offload: bool = field(default=False, metadata={"help": "keep parameters and optimizer states in CPU memory"})
     activation_checkpointing: str = field(default="none", metadata={"help": "none, full or selective"})
     checkpoint_layers: int = field(default=0, metadata={"help": "checkpoint only the first N blocks (0: all of them)"})
+    checkpoint_budget_gb: float = field(default=0.0, metadata={
+        "help": "adaptive checkpointing: before each micro-step, checkpoint only the first blocks its tokens need "
+                "to stay within this many GB per GPU by s1fast.project's memory model (-1: the GPU's memory less "
+                "a 2 GB reserve and 10%% headroom; 0: off, --checkpoint-layers decides)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block"})
     attention: str = field(default="auto", metadata={"help": "attention backend: auto, flash, varlen, flex, sdpa"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cuda or cpu"})
@@ -164,5 +168,15 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if cfg.shard_size and (cfg.shard_size < 0 or world_size % cfg.shard_size):
         raise ConfigError(f"--shard-size {cfg.shard_size} must divide the world size {world_size} "
                           f"(e.g. GPUs per node for hybrid sharding)")
+    if cfg.checkpoint_budget_gb:
+        if cfg.activation_checkpointing == "none":
+            raise ConfigError("--checkpoint-budget-gb picks how many blocks to checkpoint: also pass "
+                              "--activation-checkpointing full (or selective)")
+        if cfg.checkpoint_layers:
+            raise ConfigError("--checkpoint-budget-gb and --checkpoint-layers both set the checkpointed blocks: "
+                              "pass one of them")
+        if cfg.checkpoint_budget_gb < 0 and cfg.checkpoint_budget_gb != -1:
+            raise ConfigError(f"--checkpoint-budget-gb {cfg.checkpoint_budget_gb}: give GB per GPU, or -1 for the "
+                              f"GPU's own memory")
     if not 0 <= cfg.warmup_ratio < 1:
         raise ConfigError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")

@@ -32,9 +32,12 @@ slowest rank's work / sum of the balanced work, step work / W; FSDP synchronises
   cost grouped into a step inside windows of ``group_window`` steps (the planner's default; ``--group-window 1``
   keeps s1's random step composition, and then only placement inside a step can help), packs capped at
   what fits in memory (never below the longest sequence). Since the plan is made before training, its
-  longest pack is known: s1fast checkpoints only as many layers as that pack needs to stay within the
-  budget less a headroom (selective checkpointing), and picks FSDP full shard or HSDP, whichever is faster
-  among those that fit.
+  longest pack is known, and with it the memory peak. s1fast checkpoints, before each micro-step, only the
+  first layers that micro-batch's tokens need to stay within the budget less a headroom (adaptive
+  checkpointing, the trainer's ``--checkpoint-budget-gb``; ``layers_to_checkpoint``): a micro-step then
+  lasts max over ranks of work x its recompute factor; ``--static-checkpointing`` instead charges every
+  micro-step the longest pack's count (``--checkpoint-layers K``). It picks FSDP full shard or HSDP,
+  whichever is faster among those that fit.
 Communication per micro-step (ring collectives, bf16 parameter gathers, gradient reduce-scatter):
 - FSDP full shard over W GPUs on k nodes: 2 all-gathers of the bf16 parameters (forward, and again in the
   backward since parameters are freed after forward) and 1 reduce-scatter of the gradients, each moving
@@ -78,8 +81,8 @@ Memory of one GPU (GB = 1e9 bytes)
   the backward the log-softmax output, its incoming gradient and the outgoing gradient (3 * 4LV) are live:
   peak 12 * L * V bytes (fp32 logits alone are 4 * 32768 * 152064 = 19.9 GB at block 32768), plus the
   gathered lm_head (2Vh).
-  s1fast (triton_kernels' fused linear cross-entropy in chunks of C tokens, by default C x V fp32 ~ 256 MiB on
-  a GPU, C = 432 for V = 152064): the fp32 chunk logits and the bf16 chunk gradient (6CV), the bf16
+  s1fast (triton_kernels' fused linear cross-entropy in chunks of C tokens, its GPU default: 6CV <= 2 GiB,
+  C = 2304 for V = 152064): the fp32 chunk logits and the bf16 chunk gradient (6CV), the bf16
   hidden-state gradient (2Lh), the fp32 lm_head weight-gradient accumulator (4Vh); plus the gathered lm_head.
 - The card sold as "80 GB" holds 81,559 MiB = 85.5 GB (nvidia-smi); a runtime reserve (CUDA context, NCCL
   buffers, allocator fragmentation; an assumption) is left out of the budget.
@@ -92,9 +95,11 @@ import json
 import math
 import os
 import sys
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from s1fast.config import PRESETS as RECIPES
+from triton_kernels.cross_entropy_op import _default_chunk
 
 GB = 1e9
 ASSETS = os.path.join(os.path.dirname(__file__), "assets", "data")
@@ -131,10 +136,12 @@ class Assumptions:
     hbm_efficiency: float = 0.7        # achieved / nominal HBM bandwidth in the optimizer step
     runtime_reserve_gb: float = 2.0    # CUDA context, NCCL buffers, allocator fragmentation
     memory_headroom: float = 0.1       # s1fast keeps this fraction of the budget free when it picks checkpointing
-    loss_chunk: int | None = None      # tokens per chunk of the fused loss (None: its default, C*V*4 ~ 256 MiB)
+    loss_chunk: int | None = None      # tokens per chunk of the fused loss (None: its GPU default, C*V*6 <= 2 GiB)
     s1fast_mfu: float | None = None    # None: anchored (reference HFU x torchtitan's compile gain)
     seed: int = 0                      # order of the sequences in the plans
     group_window: int | None = None    # s1fast's plan: steps per grouping window (None: the planner's default)
+    adaptive_checkpointing: bool = True  # s1fast checkpoints, per micro-step, only the layers its tokens need
+    #                                      (train --checkpoint-budget-gb); False: the longest pack's count always
     calib_minutes: float = 26.0        # the public s1 figure
     calib_steps: int = 315
     calib_gpus: int = 16
@@ -245,10 +252,11 @@ class Shape:
         return self.a * L + self.b * L * L
 
 
-def model_shape(name_or_dir: str) -> Shape:
-    """A config name of s1fast.model.CONFIGS or a Hugging Face model folder (only config.json is read)."""
-    from s1fast.model import flops_per_token, get_config
-    cfg = get_config(name_or_dir)
+def model_shape(name_or_dir) -> Shape:
+    """A config name of s1fast.model.CONFIGS, a Hugging Face model folder (only config.json is read), or a
+    ``s1fast.model.ModelConfig``."""
+    from s1fast.model import ModelConfig, flops_per_token, get_config
+    cfg = name_or_dir if isinstance(name_or_dir, ModelConfig) else get_config(name_or_dir)
     h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
     layer = (h * q + 2 * h * kv + (q + 2 * kv) * cfg.qkv_bias + q * h + h * cfg.o_bias
@@ -257,13 +265,25 @@ def model_shape(name_or_dir: str) -> Shape:
     # c(L) = L * flops_per_token(cfg, L) (causal attention over a document of L tokens): read a and b off it.
     a = flops_per_token(cfg, 0)
     b = flops_per_token(cfg, 1) - a
-    return Shape(str(name_or_dir), h, f, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, d, cfg.vocab_size,
+    name = f"{cfg.arch} {cfg.num_layers}x{h}" if isinstance(name_or_dir, ModelConfig) else str(name_or_dir)
+    return Shape(name, h, f, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, d, cfg.vocab_size,
                  layer, emb, 0 if cfg.tie_word_embeddings else emb, a, b)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Plans: s1fast.packing.make_plan, mode "none" for s1's stack and "balanced" for s1fast
 # ----------------------------------------------------------------------------------------------------------
+def _make_plan(lengths, s: Shape, *, world_size: int, max_tokens: int, global_batch: int, epochs: int, seed: int,
+               mode: str, group_window: int | None = None):
+    from s1fast import _native
+    from s1fast.packing import CostModel, make_plan
+    window = {} if group_window is None else dict(group_window=group_window)
+    # the lengths files carry no supervised counts; they do not change the plan (only its loss weights)
+    return make_plan(lengths, [x - 1 for x in lengths], world_size=world_size, max_tokens=max_tokens,
+                     global_batch=global_batch, epochs=epochs, seed=seed, mode=mode, cost=CostModel(s.a, s.b),
+                     backend="native" if _native.available() else "python", **window)
+
+
 def plan_stats(lengths, s: Shape, *, world_size: int, max_tokens: int, global_batch: int, epochs: int, seed: int,
                mode: str, group_window: int | None = None) -> tuple[float, int, int]:
     """(straggler factor, synchronised micro-steps, longest micro-batch in tokens) of the packing plan.
@@ -272,14 +292,19 @@ def plan_stats(lengths, s: Shape, *, world_size: int, max_tokens: int, global_ba
     step lasts the sum over its micro-steps of the slowest rank's work. The lengths files carry no
     supervised counts; they do not change the plan (only its loss weights), so L - 1 stands in.
     """
-    from s1fast import _native
-    from s1fast.packing import CostModel, make_plan
-    window = {} if group_window is None else dict(group_window=group_window)
-    plan = make_plan(lengths, [x - 1 for x in lengths], world_size=world_size, max_tokens=max_tokens,
-                     global_batch=global_batch, epochs=epochs, seed=seed, mode=mode, cost=CostModel(s.a, s.b),
-                     backend="native" if _native.available() else "python", **window)
-    st = plan.stats
+    st = _make_plan(lengths, s, world_size=world_size, max_tokens=max_tokens, global_batch=global_batch,
+                    epochs=epochs, seed=seed, mode=mode, group_window=group_window).stats
     return st["sync_straggler_factor"], st["micro_steps_per_rank"], st["max_micro_tokens"]
+
+
+def micro_step_loads(plan, lengths, s: Shape) -> list[list[tuple[float, int]]]:
+    """For every synchronised micro-step of the plan, each rank's (work in FLOPs, tokens)."""
+    out = []
+    for step in plan.steps:
+        for m in range(max(len(r) for r in step.micro_batches)):
+            out.append([(sum(s.cost(lengths[i]) for i in r[m]), sum(lengths[i] for i in r[m])) if m < len(r)
+                        else (0.0, 0) for r in step.micro_batches])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,7 +358,7 @@ def memory_gb(s: Shape, A: Assumptions, *, stack: str, tokens: int, shard: int, 
     else:
         # gathered lm_head + fp32 weight-gradient accumulator + one chunk's fp32 logits and bf16 gradient +
         # the bf16 hidden-state gradient, all live together (the fused loss makes its gradients in forward)
-        chunk = A.loss_chunk or max(16, 256 * 2**20 // (4 * V) // 16 * 16)  # the kernel's GPU default
+        chunk = A.loss_chunk or _default_chunk(L, V, on_gpu=True)  # the kernel's own GPU default
         loss_phase = 2 * V * h + 4 * V * h + 6.0 * min(chunk, L) * V + 2.0 * L * h
     parts = {
         "states": states,
@@ -405,6 +430,7 @@ class Run:
     fit: str                   # "yes", "edge" (only within the reserve: the model cannot call it) or "OOM"
     max_fit_tokens: int        # most tokens on one rank that fit, every layer checkpointed
     memory: dict = field(repr=False)
+    ckpt_mean: float = 0.0     # adaptive checkpointing: mean layers checkpointed on the slowest rank
 
 
 def _check_batch(stack: str, world: int, global_batch: int) -> None:
@@ -438,6 +464,7 @@ class _Setup:
     straggler: float
     micro: int
     peak_tokens: int
+    loads: list = field(default_factory=list, repr=False)  # micro_step_loads of the plan
 
 
 def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU, A: Assumptions,
@@ -451,18 +478,61 @@ def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU
         # the longest sequence, which must stay whole: beyond that the run does not fit, and says so.
         limit = (gpu.memory_gb - A.runtime_reserve_gb) * (1 - A.memory_headroom)
         pack_cap = max(max(lens), max_fit_tokens(s, A, stack=stack, shard=world, limit_gb=limit))
-    straggler, micro, peak_tokens = plan_stats(
-        lens, s, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch, epochs=preset.epochs,
-        seed=A.seed, mode="none" if stack == "reference" else "balanced",
-        group_window=None if stack == "reference" else A.group_window)
+    plan = _make_plan(lens, s, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch,
+                      epochs=preset.epochs, seed=A.seed, mode="none" if stack == "reference" else "balanced",
+                      group_window=None if stack == "reference" else A.group_window)
+    ps = plan.stats
     steps = preset.epochs * math.ceil(len(lens) / preset.global_batch)
-    return _Setup(stack, block, world, lens, work, steps, straggler, micro, peak_tokens)
+    return _Setup(stack, block, world, lens, work, steps, ps["sync_straggler_factor"], ps["micro_steps_per_rank"],
+                  ps["max_micro_tokens"], micro_step_loads(plan, lens, s))
+
+
+def layers_to_checkpoint(s: Shape, A: Assumptions, *, tokens: int, shard: int, limit_gb: float) -> int | None:
+    """The fewest decoder layers to checkpoint (the first ones) so that ``tokens`` tokens on one rank stay
+    within ``limit_gb``; None if even every layer checkpointed does not fit. The trainer's adaptive
+    checkpointing (``--checkpoint-budget-gb``) calls this before every micro-step."""
+    if memory_gb(s, A, stack="s1fast", tokens=tokens, shard=shard, ckpt_layers=s.layers)["peak"] > limit_gb:
+        return None
+    lo, hi = 0, s.layers  # peak falls as layers are checkpointed: the fewest that fit, by bisection
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if memory_gb(s, A, stack="s1fast", tokens=tokens, shard=shard, ckpt_layers=mid)["peak"] <= limit_gb:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def adaptive_recompute(st: _Setup, s: Shape, A: Assumptions, *, shard: int, limit_gb: float) -> tuple[float, float]:
+    """(effective recompute factor, mean layers checkpointed on the slowest rank) when every rank checkpoints,
+    per micro-step, only the layers its own tokens need: a micro-step lasts max over ranks of work x factor."""
+    cache: dict[int, int] = {}
+
+    def k_of(tokens):
+        if tokens not in cache:
+            k = layers_to_checkpoint(s, A, tokens=tokens, shard=shard, limit_gb=limit_gb)
+            cache[tokens] = s.layers if k is None else k
+        return cache[tokens]
+    plain = timed = ks = 0.0
+    for ranks in st.loads:
+        plain += max(w for w, _ in ranks)
+        t, k = max((w * recompute_factor(s, st.lens, k_of(n)), k_of(n)) for w, n in ranks)
+        timed += t
+        ks += k
+    return timed / plain, ks / max(1, len(st.loads))
 
 
 def _timed(st: _Setup, s: Shape, gpu: GPU, A: Assumptions, *, shard: int, sharding: str, ckpt_layers: int,
-           hfu: float) -> Run:
+           hfu: float, adaptive_limit_gb: float | None = None) -> Run:
+    """``adaptive_limit_gb``: each micro-step checkpoints only the layers its tokens need within this limit
+    (``ckpt_layers`` is then the count at the longest pack, and ``ckpt_mean`` the mean on the slowest rank)."""
     peak = gpu.peak_tflops * 1e12
-    mfu = hfu / recompute_factor(s, st.lens, ckpt_layers)
+    ckpt_mean = float(ckpt_layers)
+    if adaptive_limit_gb is None:
+        mfu = hfu / recompute_factor(s, st.lens, ckpt_layers)
+    else:
+        factor, ckpt_mean = adaptive_recompute(st, s, A, shard=shard, limit_gb=adaptive_limit_gb)
+        mfu = hfu / factor
     balanced = st.work / (st.world * peak * mfu)
     compute = st.straggler * balanced
     comm_ms = comm_per_microstep(s, gpu, A, st.world, shard, 2 if st.stack == "reference" else 4)["seconds"]
@@ -475,7 +545,7 @@ def _timed(st: _Setup, s: Shape, gpu: GPU, A: Assumptions, *, shard: int, shardi
                compute / 60, balanced / 60, exposed / 60, opt / 60, (compute + exposed + opt) / 60,
                st.peak_tokens, mem["peak"], at_block, budget, mem["peak"] <= budget,
                _fit(mem["peak"], budget, gpu.memory_gb),
-               max_fit_tokens(s, A, stack=st.stack, shard=shard, limit_gb=budget), mem)
+               max_fit_tokens(s, A, stack=st.stack, shard=shard, limit_gb=budget), mem, ckpt_mean)
 
 
 def project_run(stack: str, s: Shape, lengths, preset: Preset, *, block: int, world: int, gpu: GPU,
@@ -498,14 +568,17 @@ def project_run(stack: str, s: Shape, lengths, preset: Preset, *, block: int, wo
     if world > g and world % g == 0:
         shards.append((g, f"HSDP {g}x{world // g}"))
     best = None
+    # adaptive checkpointing changes the time only where an efficiency (HFU) is assumed: a fixed MFU is an
+    # end result that already includes whatever recompute the run does
+    adaptive = A.adaptive_checkpointing and mfu is None and not all_checkpointed
     for shard, name in shards:
-        k = next((k for k in range(s.layers if all_checkpointed else 0, s.layers + 1)
-                  if memory_gb(s, A, stack=stack, tokens=st.peak_tokens, shard=shard, ckpt_layers=k)["peak"] <= limit),
-                 None)
+        k = layers_to_checkpoint(s, A, tokens=st.peak_tokens, shard=shard, limit_gb=limit)
         if k is None:
             continue
+        k = s.layers if all_checkpointed else k
         h = hfu if mfu is None else mfu * recompute_factor(s, st.lens, k)
-        r = _timed(st, s, gpu, A, shard=shard, sharding=name, ckpt_layers=k, hfu=h)
+        r = _timed(st, s, gpu, A, shard=shard, sharding=name, ckpt_layers=k, hfu=h,
+                   adaptive_limit_gb=limit if adaptive else None)
         if best is None or r.minutes < best.minutes:
             best = r
     if best is None:  # nothing fits: report full shard, every layer checkpointed, marked as not fitting
@@ -590,6 +663,10 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
     sens = {"reference HFU, no kernel gain": fast(blk, hfu=calib["reference_hfu"]), "anchored": head,
             "anchored, every layer checkpointed": fast(blk, hfu=anchored_s1fast_hfu(calib["reference_hfu"]),
                                                        all_checkpointed=True),
+            "anchored, the longest pack's layers checkpointed at every step":
+                project_run("s1fast", s, lengths, preset, block=blk, world=world, gpu=gpu,
+                            A=dataclasses.replace(A, adaptive_checkpointing=False), _st=setups[("s1fast", blk)],
+                            hfu=anchored_s1fast_hfu(calib["reference_hfu"])),
             "torchtitan compiled": fast(blk, mfu=0.39), "Megatron low": fast(blk, mfu=0.41),
             "Megatron best": fast(blk, mfu=MEGATRON_BEST_MFU)}
     sens = {k: dict(mfu=r.mfu, minutes=r.minutes) for k, r in sens.items()}
@@ -640,7 +717,9 @@ TEXT_HEADERS = {"stack", "sharding", " sharding", " fits", "  fits (ckpt / none)
 
 RUN_COLUMNS = [
     ("stack", 10, lambda r: r["stack"]), ("block", 6, lambda r: str(r["block"])),
-    (" sharding", 17, lambda r: " " + r["sharding"]), ("ckpt", 5, lambda r: str(r["ckpt_layers"])),
+    (" sharding", 17, lambda r: " " + r["sharding"]),
+    ("ckpt", 8, lambda r: str(r["ckpt_layers"]) + (f"/{r['ckpt_mean']:.0f}" if r["ckpt_mean"] != r["ckpt_layers"]
+                                                    else "")),
     ("steps", 6, lambda r: str(r["steps"])), ("strag", 6, lambda r: f"{r['straggler']:.2f}"),
     ("MFU", 7, lambda r: f"{r['mfu']:.1%}"), ("compute", 8, lambda r: f"{r['compute_min']:.2f}"),
     ("comm", 6, lambda r: f"{r['comm_exposed_min']:.2f}"), ("optim", 6, lambda r: f"{r['optimizer_min']:.2f}"),
@@ -683,7 +762,8 @@ def format_report(p: dict) -> str:
            "unless --s1fast-mfu; MFU then follows from the layers it checkpoints",
            ""]
     out += _table(RUN_COLUMNS, p["runs"])
-    out += [f"(minutes; ckpt = layers checkpointed; pack = longest pack on one rank; mem GB = peak there; "
+    out += [f"(minutes; ckpt = layers checkpointed (A/B: A at the longest pack, B on average per micro-step, "
+            f"with adaptive checkpointing); pack = longest pack on one rank; mem GB = peak there; "
             f"@block = at a full block with every layer checkpointed; max fit = most tokens per rank that fit "
             f"with every layer checkpointed; budget {p['runs'][0]['memory_budget_gb']:.1f} GB; edge = over the "
             f"budget but within the device's {A['memory_gb']} GB)", "",
@@ -768,12 +848,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--group-window", type=int, default=None,
                     help="s1fast's plan: steps per grouping window (1 keeps s1's random step composition)")
+    ap.add_argument("--static-checkpointing", action="store_true",
+                    help="s1fast checkpoints the longest pack's layer count at every micro-step (train "
+                         "--checkpoint-layers K) instead of only what each micro-step's tokens need")
     args = ap.parse_args(argv)
     A = Assumptions(nic_gbit=args.nic_gbit, nics_per_node=args.nics_per_node, link_efficiency=args.link_efficiency,
                     hbm_efficiency=args.hbm_efficiency, runtime_reserve_gb=args.runtime_reserve_gb,
                     memory_headroom=args.memory_headroom,
                     loss_chunk=args.loss_chunk, s1fast_mfu=args.s1fast_mfu, seed=args.seed,
-                    group_window=args.group_window)
+                    group_window=args.group_window, adaptive_checkpointing=not args.static_checkpointing)
     p = project(args.preset, gpus=args.gpus, gpu_name=args.gpu, lengths_path=args.lengths, model=args.model, A=A)
     if args.plot:
         plot(p, args.plot)

@@ -119,6 +119,43 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
+def adaptive_checkpointing(cfg: TrainConfig, mcfg, device: torch.device, world: int, rank: int):
+    """``--checkpoint-budget-gb``: a function tokens -> how many blocks (the first ones) to checkpoint, the
+    fewest that keep this rank's projected peak within the budget (``s1fast.project``'s memory model of an
+    s1fast rank: sharded states, checkpointed layer inputs, the larger of the loss and layer phases). The
+    model is a projection, not a measurement: the default budget keeps the projection's 2 GB reserve and 10%
+    headroom below the GPU's memory. None when the flag is off."""
+    if not cfg.checkpoint_budget_gb:
+        return None
+    from . import project
+    A = project.Assumptions()
+    if cfg.checkpoint_budget_gb == -1:
+        if device.type != "cuda":
+            raise ConfigError("--checkpoint-budget-gb -1 reads the GPU's memory; on a CPU run give the budget in GB")
+        total = torch.cuda.get_device_properties(device).total_memory / project.GB
+        limit = (total - A.runtime_reserve_gb) * (1 - A.memory_headroom)
+    else:
+        limit = cfg.checkpoint_budget_gb
+    shape = project.model_shape(mcfg)
+    shard = cfg.shard_size or world
+    cache: dict[int, int] = {}
+    warned = []
+
+    def layers_for(tokens: int) -> int:
+        if tokens not in cache:
+            k = project.layers_to_checkpoint(shape, A, tokens=tokens, shard=shard, limit_gb=limit)
+            if k is None and not warned and rank == 0:
+                warned.append(tokens)
+                print(f"[s1fast] warning: {tokens} tokens on a rank exceed --checkpoint-budget-gb {limit:.1f} by the "
+                      f"memory model even with every block checkpointed; checkpointing every block", flush=True)
+            cache[tokens] = shape.layers if k is None else k
+        return cache[tokens]
+    if rank == 0:
+        print(f"[s1fast] adaptive checkpointing: budget {limit:.1f} GB per GPU; at {cfg.micro_budget} tokens "
+              f"{layers_for(cfg.micro_budget)} of {shape.layers} blocks are checkpointed", flush=True)
+    return layers_for
+
+
 def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
     from . import model as modeling
     from .packing import CostModel, collate, make_plan
@@ -164,6 +201,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     else:
         model.to_empty(device="cpu" if cfg.cpu_offload else device)
         modeling.load_weights(model, weights)
+    layers_for = adaptive_checkpointing(cfg, mcfg, device, world, rank)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.eps, fused=device.type == "cuda" and not cfg.cpu_offload)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(len(plan.steps), warmup))
@@ -220,6 +258,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
             n_micro = max(len(m) for m in plan_step.micro_batches)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             local_tokens = 0
+            ckpt_used = None
             for k in range(n_micro):
                 ids = mine[k] if k < len(mine) else []
                 # a rank with no work in this micro-step still joins FSDP's collectives, on one dummy token
@@ -227,6 +266,10 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                 batch = collate([ds[i] for i in ids], [plan_step.example_weight[i] for i in ids], device=device,
                                 pad_to_nonempty=True)
                 local_tokens += int(batch.input_ids.numel()) if ids else 0
+                if layers_for is not None:  # checkpoint only the blocks this micro-batch's tokens need
+                    n_ckpt = layers_for(int(batch.input_ids.numel()))
+                    modeling.apply_activation_checkpointing(model, mode=cfg.activation_checkpointing, layers=n_ckpt)
+                    ckpt_used = max(n_ckpt, ckpt_used or 0)
                 loss = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen,
                              head=loss_head(batch.targets, batch.loss_weight))
                 (loss * scale).backward()
@@ -253,6 +296,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                    "mfu": (tok_s / world) * modeling.flops_per_token(mcfg, eff_len) / peak if peak else None,
                    "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
                                       else _rss_gb()), "run": cfg.preset or "custom"}
+            if ckpt_used is not None:
+                row["checkpointed_layers"] = ckpt_used  # the most this rank checkpointed in the step
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 metrics.log(row)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:

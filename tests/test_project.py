@@ -120,3 +120,30 @@ def test_balance_comes_from_step_composition_and_selective_checkpointing_helps(s
     assert fixed["s1fast_minutes"] > s1["s1fast_minutes"]
     sens = s1["sensitivity"]
     assert sens["anchored, every layer checkpointed"]["minutes"] >= sens["anchored"]["minutes"]
+
+
+def test_layers_to_checkpoint_is_the_fewest_that_fit_and_grows_with_tokens():
+    s, A = P.model_shape("Qwen2.5-32B-Instruct"), P.Assumptions()
+    limit = 75.0
+    prev = 0
+    for tokens in (1000, 4000, 6000, 8000, 9000, 12000):
+        k = P.layers_to_checkpoint(s, A, tokens=tokens, shard=16, limit_gb=limit)
+        fits = [j for j in range(s.layers + 1)
+                if P.memory_gb(s, A, stack="s1fast", tokens=tokens, shard=16, ckpt_layers=j)["peak"] <= limit]
+        assert k == (min(fits) if fits else None), tokens
+        assert k is not None and k >= prev, "more tokens never need fewer checkpointed layers"
+        prev = k
+    assert P.layers_to_checkpoint(s, A, tokens=1000, shard=16, limit_gb=75.0) == 0
+    assert P.layers_to_checkpoint(s, A, tokens=200_000, shard=16, limit_gb=75.0) is None
+
+
+def test_adaptive_checkpointing_recomputes_less_than_the_longest_packs_count(s1):
+    """Per micro-step checkpointing (the trainer's --checkpoint-budget-gb) against the longest pack's count at
+    every step (--checkpoint-layers K): same memory at the longest pack, less recompute on shorter ones."""
+    head = next(r for r in s1["runs"] if r["stack"] == "s1fast")
+    assert head["ckpt_mean"] < head["ckpt_layers"]
+    static = s1["sensitivity"]["anchored, the longest pack's layers checkpointed at every step"]
+    assert s1["s1fast_minutes"] < static["minutes"] < s1["sensitivity"]["anchored, every layer checkpointed"]["minutes"]
+    fixed = P.project("s1", gpus=16, A=P.Assumptions(adaptive_checkpointing=False))
+    assert fixed["s1fast_minutes"] == pytest.approx(static["minutes"])
+    assert fixed["peak_memory_gb"] == pytest.approx(s1["peak_memory_gb"])
