@@ -152,6 +152,18 @@ def test_no_host_sync(path, monkeypatch):
             loss.backward(torch.ones_like(loss))
 
 
+@pytest.mark.parametrize("path", ["triton", "pytorch"])
+@pytest.mark.parametrize("low_memory", [False, True], ids=["fast", "low_memory"])
+def test_no_tokens_give_a_zero_loss_and_zero_gradients(path, low_memory, monkeypatch):
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    for red in ("mean", "sum", "none"):
+        h, w = torch.zeros(0, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+        loss = fused_linear_cross_entropy(h, w, torch.zeros(0, dtype=torch.long), reduction=red, low_memory=low_memory)
+        loss.backward(torch.ones_like(loss))
+        assert loss.sum().item() == 0.0 and torch.count_nonzero(w.grad) == 0, (red, w.grad.abs().max())
+
+
 def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)

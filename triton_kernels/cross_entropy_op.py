@@ -413,7 +413,7 @@ def _dw_tiles(n: int, v: int, hid: int, chunk: int) -> tuple[int, int]:
     """(token rows, vocabulary rows) of the low-memory backward's tiles: the fp32 logits and bf16 gradient
     tiles (6 B each element) plus, when the tokens take several tiles, the block's fp32 dW accumulator
     (4 B x H per vocabulary row) take no more than the forward's chunk buffers (6 x chunk x V bytes)."""
-    rows = min(n, DW_ROWS)
+    rows = max(1, min(n, DW_ROWS))
     acc = 4 * hid if rows < n else 0
     vrows = (6 * chunk * v) // (6 * rows + acc)
     return rows, max(16, min(v, vrows // 16 * 16))
@@ -430,7 +430,7 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw
     v = weight.shape[0]
     rows, vrows = _dw_tiles(n, v, hid, chunk)
     dev = h.device
-    dw = torch.empty_like(weight) if need_dw else None
+    dw = (torch.empty_like(weight) if n else torch.zeros_like(weight)) if need_dw else None  # no tokens: 0
     db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
     triton_path = use_triton(h)
     buf_dtype = torch.float32 if not triton_path else weight.dtype
