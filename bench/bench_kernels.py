@@ -39,6 +39,19 @@ def _bench(benchmark, impls: dict, impl: str, make_inputs, mode):
     _run(benchmark, make_inputs, impls[impl], mode)
 
 
+def _with_baselines(ours, reference, liger=None, **more) -> dict:
+    """s1fast, the PyTorch reference, torch.compile of it, any ``more``, and Liger-Kernel's version when the
+    package is installed (``liger``: liger_kernel.transformers.functional -> the callable to time)."""
+    impls = {"s1fast": ours, "pytorch": reference, "torch.compile": torch.compile(reference), **more}
+    try:
+        import liger_kernel.transformers.functional as liger_functional
+    except ImportError:
+        return impls
+    if liger is not None:
+        impls["liger"] = liger(liger_functional)
+    return impls
+
+
 def _run(benchmark, make_inputs, fn, mode):
     """Time ``fn`` in one mode. forward: no grad; backward: only the backward of a fresh forward
     (timed with CUDA events around .backward()); full: forward + backward."""
@@ -107,18 +120,14 @@ def _flce_impls():
     def plain(h, w, t):  # transformers' ForCausalLMLoss: bf16 logits, fp32 upcast, F.cross_entropy
         return torch.nn.functional.cross_entropy((h @ w.t()).float(), t, ignore_index=-100)
 
-    impls = {"s1fast": triton_kernels.fused_linear_cross_entropy,
-             "s1fast low_memory": lambda h, w, t: triton_kernels.fused_linear_cross_entropy(h, w, t, low_memory=True),
-             "pytorch": plain,
-             "torch.compile": torch.compile(plain), "s1fast reference (unfused)": fused_linear_cross_entropy_reference}
+    impls = _with_baselines(
+        triton_kernels.fused_linear_cross_entropy, plain,
+        lambda lf: lambda h, w, t: lf.liger_fused_linear_cross_entropy(h, w, t, ignore_index=-100),
+        **{"s1fast low_memory": lambda h, w, t: triton_kernels.fused_linear_cross_entropy(h, w, t, low_memory=True),
+           "s1fast reference (unfused)": fused_linear_cross_entropy_reference})
     if hasattr(torch.nn.functional, "linear_cross_entropy"):
         impls["F.linear_cross_entropy"] = lambda h, w, t: torch.nn.functional.linear_cross_entropy(
             h, w, t, ignore_index=-100)
-    try:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-        impls["liger"] = lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t, ignore_index=-100)
-    except ImportError:
-        pass
     return impls
 
 
@@ -142,17 +151,11 @@ def _rope_inputs():
 def _rope_impls():
     import triton_kernels
     from triton_kernels.rope_op import rope_reference
-    impls = {"s1fast": triton_kernels.rope, "pytorch": rope_reference, "torch.compile": torch.compile(rope_reference)}
-    try:
-        from liger_kernel.transformers.functional import liger_rope
-
-        def liger(q, k, cos, sin, pos):  # liger wants [B, H, S, D] and gathered cos/sin [1, S, D]
-            return liger_rope(q.permute(1, 0, 2).unsqueeze(0), k.permute(1, 0, 2).unsqueeze(0),
-                              cos[pos].unsqueeze(0), sin[pos].unsqueeze(0))
-        impls["liger"] = liger
-    except ImportError:
-        pass
-    return impls
+    def liger(lf):  # liger wants [B, H, S, D] and gathered cos/sin [1, S, D]
+        return lambda q, k, cos, sin, pos: lf.liger_rope(q.permute(1, 0, 2).unsqueeze(0),
+                                                         k.permute(1, 0, 2).unsqueeze(0),
+                                                         cos[pos].unsqueeze(0), sin[pos].unsqueeze(0))
+    return _with_baselines(triton_kernels.rope, rope_reference, liger)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -165,14 +168,8 @@ def test_rope(benchmark, impl, mode):
 def _norm_impls():
     import triton_kernels
     from triton_kernels.rms_norm_op import rms_norm_reference
-    impls = {"s1fast": triton_kernels.rms_norm, "pytorch": rms_norm_reference,
-             "torch.compile": torch.compile(rms_norm_reference)}
-    try:
-        from liger_kernel.transformers.functional import liger_rms_norm
-        impls["liger"] = lambda x, w, eps: liger_rms_norm(x, w, eps, in_place=False)
-    except ImportError:
-        pass
-    return impls
+    return _with_baselines(triton_kernels.rms_norm, rms_norm_reference,
+                           lambda lf: lambda x, w, eps: lf.liger_rms_norm(x, w, eps, in_place=False))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -184,14 +181,7 @@ def test_rms_norm(benchmark, impl, mode):
 def _swiglu_impls():
     import triton_kernels
     from triton_kernels.swiglu_op import swiglu_reference
-    impls = {"s1fast": triton_kernels.swiglu, "pytorch": swiglu_reference,
-             "torch.compile": torch.compile(swiglu_reference)}
-    try:
-        from liger_kernel.transformers.functional import liger_swiglu
-        impls["liger"] = liger_swiglu
-    except ImportError:
-        pass
-    return impls
+    return _with_baselines(triton_kernels.swiglu, swiglu_reference, lambda lf: lf.liger_swiglu)
 
 
 @pytest.mark.parametrize("mode", MODES)
