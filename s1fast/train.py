@@ -146,12 +146,12 @@ def adaptive_checkpointing(cfg: TrainConfig, mcfg, device: torch.device, world: 
             k = project.layers_to_checkpoint(shape, A, tokens=tokens, shard=shard, limit_gb=limit)
             if k is None and not warned and rank == 0:
                 warned.append(tokens)
-                print(f"[s1fast] warning: {tokens} tokens on a rank exceed --checkpoint-budget-gb {limit:.1f} by the "
+                print(f"[s1fast] warning: {tokens} tokens on a rank exceed --checkpoint-budget-gb {limit:.4g} by the "
                       f"memory model even with every block checkpointed; checkpointing every block", flush=True)
             cache[tokens] = shape.layers if k is None else k
         return cache[tokens]
     if rank == 0:
-        print(f"[s1fast] adaptive checkpointing: budget {limit:.1f} GB per GPU; at {cfg.micro_budget} tokens "
+        print(f"[s1fast] adaptive checkpointing: budget {limit:.4g} GB per GPU; at {cfg.micro_budget} tokens "
               f"{layers_for(cfg.micro_budget)} of {shape.layers} blocks are checkpointed", flush=True)
     return layers_for
 
@@ -269,7 +269,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                 if layers_for is not None:  # checkpoint only the blocks this micro-batch's tokens need
                     n_ckpt = layers_for(int(batch.input_ids.numel()))
                     modeling.apply_activation_checkpointing(model, mode=cfg.activation_checkpointing, layers=n_ckpt)
-                    ckpt_used = max(n_ckpt, ckpt_used or 0)
+                    ckpt_used = (n_ckpt, n_ckpt) if ckpt_used is None else (min(ckpt_used[0], n_ckpt),
+                                                                             max(ckpt_used[1], n_ckpt))
                 loss = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen,
                              head=loss_head(batch.targets, batch.loss_weight))
                 (loss * scale).backward()
@@ -281,7 +282,12 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum, tokens = distributed.all_reduce_sum([local_loss.item(), local_tokens], device)
+            # with adaptive checkpointing each rank also writes its (fewest, most) checkpointed blocks into its
+            # own two slots, so the one sum gathers every rank's counts
+            slots = [0.0] * (2 * world if ckpt_used is not None else 0)
+            if ckpt_used is not None:
+                slots[2 * rank: 2 * rank + 2] = ckpt_used
+            loss_sum, tokens, *slots = distributed.all_reduce_sum([local_loss.item(), local_tokens, *slots], device)
             dt = time.perf_counter() - t0
             if not math.isfinite(loss_sum) or not math.isfinite(float(grad_norm)):
                 raise TrainingDiverged(
@@ -296,8 +302,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                    "mfu": (tok_s / world) * modeling.flops_per_token(mcfg, eff_len) / peak if peak else None,
                    "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
                                       else _rss_gb()), "run": cfg.preset or "custom"}
-            if ckpt_used is not None:
-                row["checkpointed_layers"] = ckpt_used  # the most this rank checkpointed in the step
+            if slots:  # the fewest and the most blocks any rank checkpointed in a micro-step of this step
+                row["checkpointed_layers_min"], row["checkpointed_layers"] = int(min(slots[0::2])), int(max(slots[1::2]))
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 metrics.log(row)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
