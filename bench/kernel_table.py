@@ -19,6 +19,9 @@ from bench.env import environment, markdown_header
 
 PEAK_FLOPS = 989e12
 PEAK_BW = 3.35e12
+# fp32 exp2 on the special-function units: 16 results per clock per SM (CUDA programming guide, compute
+# capability 9.0 throughput table) x 132 SMs x 1.98 GHz boost clock
+SFU_EXP = 16 * 132 * 1.98e9
 BEGIN, END = "<!-- kernels:begin -->", "<!-- kernels:end -->"
 
 # s1's shapes (Qwen2.5-32B-Instruct, 32768-token packs)
@@ -47,6 +50,20 @@ def memory_bound(name: str, nbytes: float, what: str) -> str:
     return f"| {name} | {what} = {_gb(nbytes)} | {_ms(nbytes / PEAK_BW)} |"
 
 
+def _row_phase() -> tuple[float, float, float]:
+    """(statistics bytes, dz kernel bytes, epilogue exp seconds) of the softmax part of the fused loss at
+    s1's shapes: statistics in the logits GEMM's epilogue, then one elementwise pass z -> dz."""
+    from triton_kernels.cross_entropy_op import mm_config
+    n_tiles = -(-VOCAB // mm_config(True)[0]["BN"])
+    nv = N * VOCAB
+    return N * n_tiles * 4 * 4 * 2, nv * (4 + 2), nv / SFU_EXP
+
+
+def _row_phase_seconds() -> float:
+    stats_b, grad_b, exp_t = _row_phase()
+    return (stats_b + grad_b) / PEAK_BW + exp_t
+
+
 def flce_projection(chunk: int) -> list[str]:
     nv = N * VOCAB
     vh = VOCAB * HIDDEN
@@ -58,9 +75,9 @@ def flce_projection(chunk: int) -> list[str]:
     dw_b = BF16 * chunk * VOCAB + BF16 * chunk * HIDDEN + 8 * vh
     n_chunks = N / chunk
     gemm_t = sum(max(t_flop, b / PEAK_BW) for b in (logits_b, dh_b, dw_b)) * n_chunks
-    rows_b = nv * (4 + 4 + 2)  # row kernel: read z twice (fp32), write dz (bf16)
+    stats_b, grad_b, epilogue_t = _row_phase()
     floor = 3 * 2 * nv * HIDDEN / PEAK_FLOPS
-    total = gemm_t + rows_b / PEAK_BW
+    total = gemm_t + _row_phase_seconds()
     bufs = chunk * VOCAB * (4 + 2)
     return [
         f"- matmul floor: 3 GEMMs x 2NVH = 6 x {N} x {VOCAB} x {HIDDEN} = {6 * nv * HIDDEN:.4g} FLOP "
@@ -69,8 +86,12 @@ def flce_projection(chunk: int) -> list[str]:
         f"= {_ms(t_flop)} (the last, partial chunk is counted pro rata); bytes: logits 2VH + 2CH + 4CV = {_gb(logits_b)} ({_ms(logits_b / PEAK_BW)}), "
         f"dh 2CV + 2VH + 2CH = {_gb(dh_b)} ({_ms(dh_b / PEAK_BW)}), dW 2CV + 2CH + 8VH (fp32 accumulator read "
         f"and written) = {_gb(dw_b)} ({_ms(dw_b / PEAK_BW)}). Roofline sum over chunks: {_ms(gemm_t)}.",
-        f"- row kernel: reads the fp32 logits twice and writes bf16 dz: NV x (4 + 4 + 2) B = {_gb(rows_b)} "
-        f"-> {_ms(rows_b / PEAK_BW)} (the GEMM writing z is counted above).",
+        f"- row statistics (max, sum of exp, target logit, sum) in the logits GEMM's epilogue: one exp per logit "
+        f"on the special-function units, NV / (16 x 132 SMs x 1.98 GHz) = {_ms(epilogue_t)}, counted as not "
+        f"overlapped; the per-tile statistics {_gb(stats_b)} written and read back ({_ms(stats_b / PEAK_BW)}); "
+        f"then the dz kernel reads the fp32 logits once and writes bf16 dz: NV x (4 + 2) B = {_gb(grad_b)} -> "
+        f"{_ms(grad_b / PEAK_BW)} (the GEMM writing z is counted above; a separate row kernel would read z twice, "
+        f"NV x 10 B = {_gb(nv * 10)}).",
         f"- projected forward + backward: {_ms(total)} = {total / floor:.2f} x the matmul floor.",
         f"- extra memory: chunk buffers C x V x (4 + 2) B = {_gb(bufs)}, fp32 dW accumulator 4VH = "
         f"{_gb(4 * vh)} (the bf16 weight gradient itself is {_gb(BF16 * vh)}); the counted table below compares "
@@ -91,7 +112,7 @@ def flce_low_memory_projection(chunk: int = 512) -> list[str]:
     gemm = 2 * chunk * VOCAB * HIDDEN
     fwd = n_chunks * (_roofline(gemm, BF16 * vh + BF16 * chunk * HIDDEN + 4 * chunk * VOCAB)
                       + _roofline(gemm, BF16 * chunk * VOCAB + BF16 * vh + BF16 * chunk * HIDDEN)) \
-        + nv * (4 + 4 + 2) / PEAK_BW
+        + _row_phase_seconds()
     rows, vrows = _dw_tiles(N, VOCAB, HIDDEN, chunk)
     acc = rows < N
     tiles = (N / rows) * (VOCAB / vrows)
@@ -102,7 +123,7 @@ def flce_low_memory_projection(chunk: int = 512) -> list[str]:
     bwd = tiles * (_roofline(tile_gemm, logits_b) + grad_b / PEAK_BW + _roofline(tile_gemm, dw_b))
     total = fwd + bwd
     return [
-        f"- forward: {n_chunks:.0f} chunks of C = {chunk} rows: the logits GEMM, the row kernel and dh = dz W "
+        f"- forward: {n_chunks:.0f} chunks of C = {chunk} rows: the logits GEMM with its row statistics, the dz kernel and dh = dz W "
         f"(2 x 2NVH FLOP, compute-bound: 2CVH / (2VH + 4CV + 2CH) = "
         f"{gemm / (BF16 * vh + 4 * chunk * VOCAB + BF16 * chunk * HIDDEN):.0f} FLOP/B > 295): {_ms(fwd)}.",
         f"- backward: dW by vocabulary blocks of {vrows} rows x token tiles of {rows} "

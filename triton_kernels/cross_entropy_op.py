@@ -30,10 +30,13 @@ from which a caller can log the z-loss term.
 Algorithm (the same on every device, so CPU users get the memory savings too). Tokens are processed in
 chunks of C rows (``chunk_size``; default ``_default_chunk``: 2 GiB of chunk buffers on a GPU, which keeps
 the GEMMs compute-bound, and 64 MiB of fp32 logits on a CPU):
-    1. z = h_c W^T (+ b) into an fp32 [C, V] buffer;
-    2. a row kernel makes two passes over each row: online max / sum-exp (plus the target logit and the
-       row sum for smoothing), then, when a gradient is wanted, writes dz = w_i dl_i/dz in the GEMM
-       operand dtype (bf16 for a bf16 model) into a [C, V] buffer;
+    1. z = h_c W^T (+ b) into an fp32 [C, V] buffer; on a GPU the GEMM's epilogue also writes each row's
+       statistics over its column tile (max, sum of exp, target logit, sum of logits: ``_logits_stats_kernel``),
+       which a few small tensor ops combine into lse and the loss;
+    2. when a gradient is wanted, dz = w_i dl_i/dz is written from z and lse in the GEMM operand dtype (bf16
+       for a bf16 model) into a [C, V] buffer (``_ce_grad_tile_kernel``): z is read once. (The PyTorch path
+       does the same math in one exp pass per chunk; ``_ce_rows_kernel``, a two-pass row kernel, serves
+       ``cross_entropy`` over given logits.)
     3. dh_c = dz W (written in h's dtype), dW += dz^T h_c (fp32 accumulator), db += sum_rows dz.
 The gradients are thus computed during the forward (one pass over the vocabulary instead of two) and
 the backward only scales them by the incoming gradient. With ``reduction="none"`` the incoming gradient
@@ -88,33 +91,25 @@ from ._runtime import INTERPRET, use_triton
 
 # ----------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
-                   ACCUMULATE: tl.constexpr, HAS_BIAS: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    """c[M, N] (+)= a[M, K] @ b[K, N] (+ bias[N]) with an fp32 accumulator; any strides.
-
-    LOWP: round both operands to b's dtype (bf16/fp16: tensor cores, wgmma on sm_90); otherwise fp32
-    operands with IEEE precision. UPCAST (interpreter only) forces fp32 operands.
-    """
+def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of this program, in grouped order: GROUP_M row tiles share their b tiles in L2."""
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BM)
     n_n = tl.cdiv(N, BN)
-    # grouped ordering: GROUP_M row tiles share their b tiles in L2
     group = pid // (GROUP_M * n_n)
     first_m = group * GROUP_M
     size_m = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
-    pid_n = (pid % (GROUP_M * n_n)) // size_m
+    return first_m + (pid % (GROUP_M * n_n)) % size_m, (pid % (GROUP_M * n_n)) // size_m
+
+
+@triton.jit
+def _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, acc, LOWP: tl.constexpr,
+             UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """acc += a[tile rows, :] @ b[:, tile cols] over all of K (fp32 accumulator)."""
     # block pointers: the bounds checks cost no per-element pointer registers (masked pointer tiles
     # spilled at 128x128x64), and transposed operands are just other strides
     a_bp = tl.make_block_ptr(a_ptr, (M, K), (sam, sak), (pid_m * BM, 0), (BM, BK), (1, 0))
     b_bp = tl.make_block_ptr(b_ptr, (K, N), (sbk, sbn), (0, pid_n * BN), (BK, BN), (1, 0))
-    c_bp = tl.make_block_ptr(c_ptr, (M, N), (scm, scn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
-    if ACCUMULATE:
-        # start from c rather than adding it after the loop (the epilogue add spilled on sm_90)
-        acc = tl.load(c_bp, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
     for _ in range(0, K, BK):
         a = tl.load(a_bp, boundary_check=(0, 1), padding_option="zero")
         b = tl.load(b_bp, boundary_check=(0, 1), padding_option="zero")
@@ -126,10 +121,64 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, s
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
         a_bp = tl.advance(a_bp, (0, BK))
         b_bp = tl.advance(b_bp, (BK, 0))
+    return acc
+
+
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+                   ACCUMULATE: tl.constexpr, HAS_BIAS: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """c[M, N] (+)= a[M, K] @ b[K, N] (+ bias[N]) with an fp32 accumulator; any strides.
+
+    LOWP: round both operands to b's dtype (bf16/fp16: tensor cores, wgmma on sm_90); otherwise fp32
+    operands with IEEE precision. UPCAST (interpreter only) forces fp32 operands.
+    """
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    c_bp = tl.make_block_ptr(c_ptr, (M, N), (scm, scn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
+    if ACCUMULATE:
+        # start from c rather than adding it after the loop (the epilogue add spilled on sm_90)
+        acc = tl.load(c_bp, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, acc, LOWP, UPCAST, BM, BN, BK)
     if HAS_BIAS:
         rn = pid_n * BN + tl.arange(0, BN)
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     tl.store(c_bp, acc.to(c_ptr.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _logits_stats_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, t_ptr, stats_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+                         n_tiles, softcap, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, LOWP: tl.constexpr,
+                         UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                         GROUP_M: tl.constexpr):
+    """The logits GEMM z = h W^T (+ b) of one chunk, and in its epilogue each row's statistics over this
+    tile's columns, of the (capped) logits: max m, sum exp(z - m), the target's logit, and the sum of z.
+    stats [4, M, n_tiles] fp32; the row kernel's first pass over z is not needed."""
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    acc = _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, tl.zeros((BM, BN), dtype=tl.float32),
+                   LOWP, UPCAST, BM, BN, BK)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    c_bp = tl.make_block_ptr(c_ptr, (M, N), (scm, scn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
+    tl.store(c_bp, acc.to(c_ptr.dtype.element_ty), boundary_check=(0, 1))
+    if HAS_SOFTCAP:
+        acc = softcap * _tanh(acc / softcap)
+    cmask = (rn < N)[None, :]
+    rmask = rm < M
+    tgt = tl.load(t_ptr + rm, mask=rmask, other=-1).to(tl.int64)
+    m = tl.max(tl.where(cmask, acc, float("-inf")), axis=1)
+    srow = tl.sum(tl.where(cmask, tl.exp(acc - m[:, None]), 0.0), axis=1)
+    zt = tl.sum(tl.where(rn[None, :] == tgt[:, None], acc, 0.0), axis=1)
+    zsum = tl.sum(tl.where(cmask, acc, 0.0), axis=1)
+    out = stats_ptr + rm.to(tl.int64) * n_tiles + pid_n
+    plane = M.to(tl.int64) * n_tiles
+    tl.store(out, m, mask=rmask)
+    tl.store(out + plane, srow, mask=rmask)
+    tl.store(out + 2 * plane, zt, mask=rmask)
+    tl.store(out + 3 * plane, zsum, mask=rmask)
 
 
 @triton.jit
@@ -265,6 +314,13 @@ def sm90_variants() -> list[dict]:
                             constexprs=dict(ACCUMULATE=acc, HAS_BIAS=bias, LOWP=lowp, UPCAST=False,
                                             **{k: 1 for k in unit[label]}, **blocks),
                             num_warps=warps, num_stages=stages, divisible=ints))
+        ints = ("M", "N", "K", "sam", "sbn", "scm", "n_tiles")
+        out.append(dict(name=f"flce logits + row statistics, bias, softcap ({name})", fn=_logits_stats_kernel,
+                        signature=dict(a_ptr=dt, b_ptr=dt, c_ptr="*fp32", bias_ptr=dt, t_ptr="*i64",
+                                       stats_ptr="*fp32", **{k: "i32" for k in ints}, softcap="fp32"),
+                        constexprs=dict(HAS_BIAS=True, HAS_SOFTCAP=True, LOWP=lowp, UPCAST=False, sak=1, sbk=1,
+                                        scn=1, **blocks),
+                        num_warps=warps, num_stages=stages, divisible=ints))
     for dt in ("*fp32", "*bf16"):  # fp32 chunk buffer (fused path) and bf16 logits (cross_entropy)
         out.append(dict(name=f"ce rows, softcap, grad ({dt[1:]} logits)", fn=_ce_rows_kernel,
                         signature=dict(z_ptr=dt, z_stride="i32", g_ptr=dt, g_stride="i32", t_ptr="*i64",
@@ -281,6 +337,38 @@ def sm90_variants() -> list[dict]:
                     constexprs=dict(HAS_SOFTCAP=True, BLOCK_N=TILE_BLOCK_N, BLOCK_V=TILE_BLOCK_V), num_warps=4,
                     num_stages=3, divisible=("z_stride", "g_stride", "n_cols")))
     return out
+
+
+def _logits_rows_triton(h, weight, bias, z, g, target, w, loss, lse, stats, cfg, write_grad: bool) -> None:
+    """Steps 1-2 of a chunk on the GPU: the logits GEMM with each row's statistics per column tile in its
+    epilogue (``_logits_stats_kernel``), their combination into lse and the loss (a few [C, tiles] tensor
+    ops, no host sync), then dz = w dl/dz from z and lse (``_ce_grad_tile_kernel``). z is read once after the
+    GEMM writes it, where the row kernel read it twice."""
+    M, K = h.shape
+    N = weight.shape[0]
+    wt = weight.t()
+    lowp = wt.dtype in (torch.bfloat16, torch.float16)
+    blocks, warps, stages = mm_config(lowp)
+    n_tiles = triton.cdiv(N, blocks["BN"])
+    st = stats[: 4 * M * n_tiles].view(4, M, n_tiles)
+    softcap = cfg["softcap"]
+    grid = (triton.cdiv(M, blocks["BM"]) * n_tiles,)
+    _logits_stats_kernel[grid](h, wt, z, bias if bias is not None else z, target, st, M, N, K, h.stride(0),
+                               h.stride(1), wt.stride(0), wt.stride(1), z.stride(0), z.stride(1), n_tiles,
+                               float(softcap or 1.0), HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
+                               LOWP=lowp, UPCAST=INTERPRET, num_warps=warps, num_stages=stages, **blocks)
+    m, srow, zt, zsum = st.unbind(0)
+    mx = m.amax(1)
+    lse.copy_(mx + (srow * torch.exp(m - mx.unsqueeze(1))).sum(1).log())
+    loss.copy_(_row_loss(lse, zt.sum(1), zsum.sum(1), target, w, cfg, N))
+    if write_grad:
+        _grad_tile_triton(z, g, target, w, lse, cfg, 0, N)
+
+
+def stats_elements(rows: int, v: int, dtype: torch.dtype) -> int:
+    """fp32 elements of the statistics buffer ``_logits_rows_triton`` needs for ``rows`` rows of V=v logits
+    with GEMM operands of ``dtype`` (the column tile, and so the number of tiles, depends on it)."""
+    return 4 * rows * triton.cdiv(v, mm_config(dtype in (torch.bfloat16, torch.float16))[0]["BN"])
 
 
 def _rows_triton(z, g, target, w, loss, lse, cfg, write_grad: bool) -> None:
@@ -316,13 +404,19 @@ def _rows_torch(z: torch.Tensor, target, w, cfg, write_grad: bool, inplace: bool
     else:
         lse = torch.logsumexp(z, dim=1)
         g = torch.exp(z - lse.unsqueeze(1)) if write_grad else None
-    loss = lse - (1.0 - eps) * zt + lam * lse * lse
-    if eps:
-        loss = loss - (eps / n_cols) * zsum
-    loss = torch.where(valid, w * loss, 0.0)
+    loss = _row_loss(lse, zt, zsum, target, w, cfg, n_cols)
     if not write_grad:
         return loss, lse, None
     return loss, lse, _dlogits_torch(g, z, lse, target, w, cfg)
+
+
+def _row_loss(lse, zt, zsum, target, w, cfg, vocab: int):
+    """w_i * l_i of the module docstring from each row's lse, target logit and (with smoothing) sum of logits."""
+    eps, lam = cfg["label_smoothing"], cfg["z_loss"]
+    loss = lse - (1.0 - eps) * zt + lam * lse * lse
+    if eps:
+        loss = loss - (eps / vocab) * zsum
+    return torch.where(target != cfg["ignore_index"], w * loss, 0.0)
 
 
 def _dlogits_torch(p: torch.Tensor, z: torch.Tensor, lse, target, w, cfg, col0: int = 0, vocab: int | None = None):
@@ -379,13 +473,14 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     else:  # one fp32 logits buffer and one gradient buffer in the GEMM operand dtype, reused by every chunk
         z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
         g_buf = torch.empty((min(n, chunk), v), dtype=weight.dtype, device=dev) if want_grad else z_buf
+        stats = torch.empty(stats_elements(min(n, chunk), v, weight.dtype), dtype=torch.float32, device=dev)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         hc = h[s:e]
         if triton_path:
             z, g = z_buf[: e - s], g_buf[: e - s]
-            _mm(hc, weight.t(), z, bias=bias)
-            _rows_triton(z, g, target[s:e], w[s:e], loss[s:e], lse[s:e], cfg, want_grad)
+            _logits_rows_triton(hc, weight, bias, z, g, target[s:e], w[s:e], loss[s:e], lse[s:e], stats, cfg,
+                                want_grad)
             if need_dh:
                 _mm(g, weight, dh[s:e])
             if need_dw:
