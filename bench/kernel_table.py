@@ -113,23 +113,24 @@ def flce_low_memory_projection(chunk: int = 512) -> list[str]:
     fwd = n_chunks * (_roofline(gemm, BF16 * vh + BF16 * chunk * HIDDEN + 4 * chunk * VOCAB)
                       + _roofline(gemm, BF16 * chunk * VOCAB + BF16 * vh + BF16 * chunk * HIDDEN)) \
         + _row_phase_seconds()
-    rows, vrows = _dw_tiles(N, VOCAB, HIDDEN, chunk)
+    rows, vrows = _dw_tiles(N, VOCAB, HIDDEN, chunk, BF16)
     acc = rows < N
     tiles = (N / rows) * (VOCAB / vrows)
     tile_gemm = 2 * rows * vrows * HIDDEN
-    logits_b = BF16 * vrows * HIDDEN + BF16 * rows * HIDDEN + 4 * rows * vrows
-    grad_b = rows * vrows * (4 + 2)
+    logits_b = BF16 * vrows * HIDDEN + BF16 * rows * HIDDEN + BF16 * rows * vrows  # writes bf16 dz, not z
     dw_b = BF16 * rows * vrows + BF16 * rows * HIDDEN + (8 if acc else BF16) * vrows * HIDDEN
-    bwd = tiles * (_roofline(tile_gemm, logits_b) + grad_b / PEAK_BW + _roofline(tile_gemm, dw_b))
+    exp_t = rows * vrows / SFU_EXP  # the epilogue's exp per logit, counted as not overlapped
+    bwd = tiles * (_roofline(tile_gemm, logits_b) + exp_t + _roofline(tile_gemm, dw_b))
     total = fwd + bwd
     return [
-        f"- forward: {n_chunks:.0f} chunks of C = {chunk} rows: the logits GEMM with its row statistics, the dz kernel and dh = dz W "
-        f"(2 x 2NVH FLOP, compute-bound: 2CVH / (2VH + 4CV + 2CH) = "
+        f"- forward: {n_chunks:.0f} chunks of C = {chunk} rows: the logits GEMM with its row statistics, the dz "
+        f"kernel and dh = dz W (2 x 2NVH FLOP, compute-bound: 2CVH / (2VH + 4CV + 2CH) = "
         f"{gemm / (BF16 * vh + 4 * chunk * VOCAB + BF16 * chunk * HIDDEN):.0f} FLOP/B > 295): {_ms(fwd)}.",
-        f"- backward: dW by vocabulary blocks of {vrows} rows x token tiles of {rows} "
-        f"({tiles:.1f} tiles): logits recomputed (2NVH), dz from the saved lse (elementwise, {_gb(grad_b)} a "
-        f"tile), dW_block {'+' if acc else ''}= dz^T h (2NVH; {'an fp32 block accumulator of ' + _gb(4 * vrows * HIDDEN) if acc else 'written once'}): "
-        f"{_ms(bwd)}.",
+        f"- backward: dW by vocabulary blocks of {vrows} rows x token tiles of {rows} ({tiles:.1f} tiles): the "
+        f"logits recomputed (2NVH) and turned into bf16 dz from the saved lse in the same GEMM's epilogue "
+        f"({_gb(BF16 * rows * vrows)} a tile, one exp per logit: {_ms(tiles * exp_t)} in all), dW_block "
+        f"{'+' if acc else ''}= dz^T h (2NVH; "
+        f"{'an fp32 block accumulator of ' + _gb(4 * vrows * HIDDEN) if acc else 'written once'}): {_ms(bwd)}.",
         f"- projected forward + backward: 4 GEMMs x 2NVH = 8NVH FLOP, {_ms(total)} = {total / floor:.2f} x the "
         f"6NVH matmul floor.",
     ]

@@ -48,8 +48,8 @@ Two modes. The default above is the fastest (each logit computed once: 3 GEMMs o
 dW accumulator is 4VH bytes (3.1 GB at Qwen2.5-32B's lm_head). ``low_memory=True`` drops it: steps 1-3
 run without the dW GEMM (C = 512 rows on a GPU), the forward keeps the lse [N], and the backward makes dW
 by blocks of vocabulary rows: for each block, the logits of every token against it are recomputed in
-tiles (``_dw_tiles``), ``_ce_grad_tile_kernel`` turns them into w_i dl_i/dz from the saved lse (no row
-reduction needed), and dW_block = dz^T h reduces over all tokens inside the GEMM's fp32 accumulator (a
+tiles (``_dw_tiles``) and turned into w_i dl_i/dz from the saved lse in the same GEMM's epilogue
+(``_logits_grad_kernel``: no row reduction is needed, so no fp32 logits buffer), and dW_block = dz^T h reduces over all tokens inside the GEMM's fp32 accumulator (a
 [block, H] fp32 accumulator only when the tokens take several tiles), written once in the weight's dtype.
 Cost: 4 GEMMs of 2NVH instead of 3. Why both targets (time and memory) cannot be had at once, and the
 counted memory of both modes at s1's shapes: bench/RESULTS.md, Kernels. No ``.item()`` or other host sync: the
@@ -125,10 +125,15 @@ def _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, acc, LOWP:
 
 
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
-                   ACCUMULATE: tl.constexpr, HAS_BIAS: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr,
+def _bias_row(bias_ptr, rn, N):
+    return tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+                   ACCUMULATE: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    """c[M, N] (+)= a[M, K] @ b[K, N] (+ bias[N]) with an fp32 accumulator; any strides.
+    """c[M, N] (+)= a[M, K] @ b[K, N] with an fp32 accumulator; any strides (the backward GEMMs).
 
     LOWP: round both operands to b's dtype (bf16/fp16: tensor cores, wgmma on sm_90); otherwise fp32
     operands with IEEE precision. UPCAST (interpreter only) forces fp32 operands.
@@ -141,9 +146,6 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, s
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)
     acc = _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, acc, LOWP, UPCAST, BM, BN, BK)
-    if HAS_BIAS:
-        rn = pid_n * BN + tl.arange(0, BN)
-        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     tl.store(c_bp, acc.to(c_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -161,7 +163,7 @@ def _logits_stats_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, t_ptr, stats_ptr, M, N, 
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        acc += _bias_row(bias_ptr, rn, N)
     c_bp = tl.make_block_ptr(c_ptr, (M, N), (scm, scn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
     tl.store(c_bp, acc.to(c_ptr.dtype.element_ty), boundary_check=(0, 1))
     if HAS_SOFTCAP:
@@ -179,6 +181,31 @@ def _logits_stats_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, t_ptr, stats_ptr, M, N, 
     tl.store(out + plane, srow, mask=rmask)
     tl.store(out + 2 * plane, zt, mask=rmask)
     tl.store(out + 3 * plane, zsum, mask=rmask)
+
+
+@triton.jit
+def _logits_grad_kernel(a_ptr, b_ptr, g_ptr, bias_ptr, t_ptr, w_ptr, lse_ptr, M, N, K, sam, sak, sbk, sbn, sgm, sgn,
+                        col0, vocab, ignore_index, smoothing, z_loss, softcap, HAS_BIAS: tl.constexpr,
+                        HAS_SOFTCAP: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr, BM: tl.constexpr,
+                        BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """The low-memory backward's tile: logits z = h W_block^T (+ b) and, in the GEMM's epilogue, straight from
+    the fp32 accumulator and the saved lse, g = w * dloss/dz (columns col0.. of a vocabulary of ``vocab``),
+    stored in g's dtype. No fp32 logits buffer and no second kernel."""
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    acc = _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, tl.zeros((BM, BN), dtype=tl.float32),
+                   LOWP, UPCAST, BM, BN, BK)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    if HAS_BIAS:
+        acc += _bias_row(bias_ptr, rn, N)
+    rmask = rm < M
+    tgt = tl.load(t_ptr + rm, mask=rmask, other=ignore_index).to(tl.int64)
+    valid = rmask & (tgt != ignore_index)
+    w = tl.load(w_ptr + rm, mask=rmask, other=0.0)
+    lse = tl.load(lse_ptr + rm, mask=rmask, other=0.0)
+    g = _dlogits(acc, col0 + rn, lse, tgt, valid, w, vocab, smoothing, z_loss, softcap, HAS_SOFTCAP)
+    g_bp = tl.make_block_ptr(g_ptr, (M, N), (sgm, sgn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
+    tl.store(g_bp, g.to(g_ptr.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
@@ -282,17 +309,16 @@ ROWS_BLOCK_N, ROWS_BLOCK_V, ROWS_WARPS = (16, 1024, 8) if INTERPRET else (1, 409
 TILE_BLOCK_N, TILE_BLOCK_V = (64, 256) if INTERPRET else (32, 128)
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bias: torch.Tensor | None = None,
-        accumulate: bool = False) -> None:
-    """c (+)= a @ b (+ bias) through ``_matmul_kernel``; a, b may be transposed views."""
+def _mm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, accumulate: bool = False) -> None:
+    """c (+)= a @ b through ``_matmul_kernel``; a, b may be transposed views."""
     M, K = a.shape
     N = b.shape[1]
     lowp = b.dtype in (torch.bfloat16, torch.float16)
     blocks, warps, stages = mm_config(lowp)
     grid = (triton.cdiv(M, blocks["BM"]) * triton.cdiv(N, blocks["BN"]),)
-    _matmul_kernel[grid](a, b, c, bias if bias is not None else c, M, N, K, a.stride(0), a.stride(1),
+    _matmul_kernel[grid](a, b, c, M, N, K, a.stride(0), a.stride(1),
                          b.stride(0), b.stride(1), c.stride(0), c.stride(1), ACCUMULATE=accumulate,
-                         HAS_BIAS=bias is not None, LOWP=lowp, UPCAST=INTERPRET, num_warps=warps,
+                         LOWP=lowp, UPCAST=INTERPRET, num_warps=warps,
                          num_stages=stages, **blocks)
 
 
@@ -301,26 +327,32 @@ def sm90_variants() -> list[dict]:
     out = []
     # which strides are 1 (Triton turns them into constants at launch) for row-major h [N,H], W [V,H],
     # z/dz [C,V], dW [V,H]; every other int is a multiple of 16 at s1's shapes (H 5120, V 152064)
-    unit = {"logits = h W^T + b": ("sak", "sbk", "scn"), "dh = dz W": ("sak", "sbn", "scn"),
-            "dW += dz^T h": ("sam", "sbn", "scn"), "dW = dz^T h": ("sam", "sbn", "scn")}
+    unit = {"dh = dz W": ("sak", "sbn", "scn"), "dW += dz^T h": ("sam", "sbn", "scn"),
+            "dW = dz^T h": ("sam", "sbn", "scn")}
     for dt, name in (("*bf16", "bf16"), ("*fp32", "fp32")):
         lowp = dt == "*bf16"
         blocks, warps, stages = mm_config(lowp)
-        for label, c, acc, bias in (("logits = h W^T + b", "*fp32", False, True), ("dh = dz W", dt, False, False),
-                                    ("dW += dz^T h", "*fp32", True, False), ("dW = dz^T h", dt, False, False)):
+        launch = dict(num_warps=warps, num_stages=stages)
+        for label, c, acc in (("dh = dz W", dt, False), ("dW += dz^T h", "*fp32", True), ("dW = dz^T h", dt, False)):
             ints = [k for k in ("M", "N", "K", "sam", "sak", "sbk", "sbn", "scm", "scn") if k not in unit[label]]
             out.append(dict(name=f"flce matmul {label} ({name})", fn=_matmul_kernel,
-                            signature=dict(a_ptr=dt, b_ptr=dt, c_ptr=c, bias_ptr=dt, **{k: "i32" for k in ints}),
-                            constexprs=dict(ACCUMULATE=acc, HAS_BIAS=bias, LOWP=lowp, UPCAST=False,
-                                            **{k: 1 for k in unit[label]}, **blocks),
-                            num_warps=warps, num_stages=stages, divisible=ints))
+                            signature=dict(a_ptr=dt, b_ptr=dt, c_ptr=c, **{k: "i32" for k in ints}),
+                            constexprs=dict(ACCUMULATE=acc, LOWP=lowp, UPCAST=False, **{k: 1 for k in unit[label]},
+                                            **blocks), divisible=ints, **launch))
+        # the logits GEMMs: h [C, H] against W^T (unit strides sak, sbk and the output's column stride)
+        logits = dict(HAS_BIAS=True, HAS_SOFTCAP=True, LOWP=lowp, UPCAST=False, sak=1, sbk=1, **blocks)
         ints = ("M", "N", "K", "sam", "sbn", "scm", "n_tiles")
         out.append(dict(name=f"flce logits + row statistics, bias, softcap ({name})", fn=_logits_stats_kernel,
                         signature=dict(a_ptr=dt, b_ptr=dt, c_ptr="*fp32", bias_ptr=dt, t_ptr="*i64",
                                        stats_ptr="*fp32", **{k: "i32" for k in ints}, softcap="fp32"),
-                        constexprs=dict(HAS_BIAS=True, HAS_SOFTCAP=True, LOWP=lowp, UPCAST=False, sak=1, sbk=1,
-                                        scn=1, **blocks),
-                        num_warps=warps, num_stages=stages, divisible=ints))
+                        constexprs=dict(logits, scn=1), divisible=ints, **launch))
+        ints = ("M", "N", "K", "sam", "sbn", "sgm", "col0", "vocab")
+        out.append(dict(name=f"flce logits -> dz from lse, bias, softcap (low-memory backward, {name})",
+                        fn=_logits_grad_kernel,
+                        signature=dict(a_ptr=dt, b_ptr=dt, g_ptr=dt, bias_ptr=dt, t_ptr="*i64", w_ptr="*fp32",
+                                       lse_ptr="*fp32", **{k: "i32" for k in ints}, ignore_index="i32",
+                                       smoothing="fp32", z_loss="fp32", softcap="fp32"),
+                        constexprs=dict(logits, sgn=1), divisible=ints, **launch))
     for dt in ("*fp32", "*bf16"):  # fp32 chunk buffer (fused path) and bf16 logits (cross_entropy)
         out.append(dict(name=f"ce rows, softcap, grad ({dt[1:]} logits)", fn=_ce_rows_kernel,
                         signature=dict(z_ptr=dt, z_stride="i32", g_ptr=dt, g_stride="i32", t_ptr="*i64",
@@ -330,7 +362,7 @@ def sm90_variants() -> list[dict]:
                         constexprs=dict(HAS_SOFTCAP=True, WRITE_GRAD=True, BLOCK_N=ROWS_BLOCK_N,
                                         BLOCK_V=ROWS_BLOCK_V), num_warps=ROWS_WARPS, num_stages=3,
                         divisible=("z_stride", "g_stride", "n_cols")))
-    out.append(dict(name="ce grad tile, softcap (low-memory backward, bf16 dz)", fn=_ce_grad_tile_kernel,
+    out.append(dict(name="ce grad tile, softcap (dz from z and lse, bf16 dz)", fn=_ce_grad_tile_kernel,
                     signature=dict(z_ptr="*fp32", z_stride="i32", g_ptr="*bf16", g_stride="i32", t_ptr="*i64",
                                    w_ptr="*fp32", lse_ptr="*fp32", n_rows="i32", n_cols="i32", col0="i32",
                                    vocab="i32", ignore_index="i32", smoothing="fp32", z_loss="fp32", softcap="fp32"),
@@ -504,13 +536,14 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
 DW_ROWS = 16384
 
 
-def _dw_tiles(n: int, v: int, hid: int, chunk: int) -> tuple[int, int]:
-    """(token rows, vocabulary rows) of the low-memory backward's tiles: the fp32 logits and bf16 gradient
-    tiles (6 B each element) plus, when the tokens take several tiles, the block's fp32 dW accumulator
-    (4 B x H per vocabulary row) take no more than the forward's chunk buffers (6 x chunk x V bytes)."""
+def _dw_tiles(n: int, v: int, hid: int, chunk: int, elem_bytes: int) -> tuple[int, int]:
+    """(token rows, vocabulary rows) of the low-memory backward's tiles: the tile buffers (``elem_bytes`` per
+    element: the gradient tile in the weight's dtype on a GPU, the fp32 logits on a CPU) plus, when the
+    tokens take several tiles, the block's fp32 dW accumulator (4 B x H per vocabulary row) take no more
+    than the forward's chunk buffers (6 x chunk x V bytes)."""
     rows = max(1, min(n, DW_ROWS))
     acc = 4 * hid if rows < n else 0
-    vrows = (6 * chunk * v) // (6 * rows + acc)
+    vrows = (6 * chunk * v) // (elem_bytes * rows + acc)
     return rows, max(16, min(v, vrows // 16 * 16))
 
 
@@ -523,14 +556,14 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw
     weight's dtype, no [V, H] fp32 buffer). Returns (dW in the weight's dtype or None, db fp32 or None)."""
     n, hid = h.shape
     v = weight.shape[0]
-    rows, vrows = _dw_tiles(n, v, hid, chunk)
+    triton_path = use_triton(h)
+    cap = cfg["softcap"]
+    # GPU: one gradient tile in the weight's dtype; CPU: fp32 logits, exp'd in place (a second copy with softcap)
+    rows, vrows = _dw_tiles(n, v, hid, chunk, weight.element_size() if triton_path else 4 * (1 + (cap is not None)))
     dev = h.device
     dw = (torch.empty_like(weight) if n else torch.zeros_like(weight)) if need_dw else None  # no tokens: 0
     db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
-    triton_path = use_triton(h)
-    buf_dtype = torch.float32 if not triton_path else weight.dtype
-    z_buf = torch.empty((rows, vrows), dtype=torch.float32, device=dev)
-    g_buf = torch.empty((rows, vrows), dtype=buf_dtype, device=dev) if triton_path else None
+    buf = torch.empty((rows, vrows), dtype=weight.dtype if triton_path else torch.float32, device=dev)
     acc = torch.empty((vrows, hid), dtype=torch.float32, device=dev) if (need_dw and rows < n) else None
     for vs in range(0, v, vrows):
         ve = min(v, vs + vrows)
@@ -540,16 +573,14 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw
         for s in range(0, n, rows):
             e = min(n, s + rows)
             hc = h[s:e]
-            z = z_buf[: e - s, : ve - vs]
             if triton_path:
-                g = g_buf[: e - s, : ve - vs]
-                _mm(hc, wb.t(), z, bias=bb)
-                _grad_tile_triton(z, g, target[s:e], w[s:e], lse[s:e], cfg, vs, v)
+                g = buf[: e - s, : ve - vs]
+                _logits_grad_triton(hc, wb, bb, g, target[s:e], w[s:e], lse[s:e], cfg, vs, v)
             else:
+                z = buf[: e - s, : ve - vs]
                 torch.mm(hc.float(), wf.t(), out=z)
                 if bb is not None:
                     z += bb.float()
-                cap = cfg["softcap"]
                 zc = z if cap is None else cap * torch.tanh(z / cap)
                 p = (zc if cap is None else zc.clone()).sub_(lse[s:e].unsqueeze(1)).exp_()
                 g = _dlogits_torch(p, zc, lse[s:e], target[s:e], w[s:e], cfg, vs, v)
@@ -570,6 +601,22 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw
         if acc is not None:
             dw[vs:ve] = acc[: ve - vs]
     return dw, db
+
+
+def _logits_grad_triton(h, wb, bb, g, target, w, lse, cfg, col0: int, vocab: int) -> None:
+    """g = w * dloss/dz of the logits h wb^T (+ bb), columns col0.. of the vocabulary (``_logits_grad_kernel``)."""
+    M, K = h.shape
+    N = wb.shape[0]
+    wt = wb.t()
+    lowp = wt.dtype in (torch.bfloat16, torch.float16)
+    blocks, warps, stages = mm_config(lowp)
+    softcap = cfg["softcap"]
+    grid = (triton.cdiv(M, blocks["BM"]) * triton.cdiv(N, blocks["BN"]),)
+    _logits_grad_kernel[grid](h, wt, g, bb if bb is not None else g, target, w, lse, M, N, K, h.stride(0),
+                              h.stride(1), wt.stride(0), wt.stride(1), g.stride(0), g.stride(1), col0, vocab,
+                              cfg["ignore_index"], float(cfg["label_smoothing"]), float(cfg["z_loss"]),
+                              float(softcap or 1.0), HAS_BIAS=bb is not None, HAS_SOFTCAP=softcap is not None,
+                              LOWP=lowp, UPCAST=INTERPRET, num_warps=warps, num_stages=stages, **blocks)
 
 
 def _grad_tile_triton(z, g, target, w, lse, cfg, col0: int, vocab: int) -> None:
