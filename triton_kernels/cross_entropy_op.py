@@ -125,8 +125,17 @@ def _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, acc, LOWP:
 
 
 @triton.jit
-def _bias_row(bias_ptr, rn, N):
-    return tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+def _logits_tile(a_ptr, b_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, HAS_BIAS: tl.constexpr, LOWP: tl.constexpr,
+                 UPCAST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's tile of the logits h W^T (+ b) in fp32: (acc, pid_m, pid_n, row indices, column indices)."""
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    acc = _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, tl.zeros((BM, BN), dtype=tl.float32),
+                   LOWP, UPCAST, BM, BN, BK)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    return acc, pid_m, pid_n, rm, rn
 
 
 @triton.jit
@@ -157,13 +166,8 @@ def _logits_stats_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, t_ptr, stats_ptr, M, N, 
     """The logits GEMM z = h W^T (+ b) of one chunk, and in its epilogue each row's statistics over this
     tile's columns, of the (capped) logits: max m, sum exp(z - m), the target's logit, and the sum of z.
     stats [4, M, n_tiles] fp32; the row kernel's first pass over z is not needed."""
-    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
-    acc = _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, tl.zeros((BM, BN), dtype=tl.float32),
-                   LOWP, UPCAST, BM, BN, BK)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    if HAS_BIAS:
-        acc += _bias_row(bias_ptr, rn, N)
+    acc, pid_m, pid_n, rm, rn = _logits_tile(a_ptr, b_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, HAS_BIAS, LOWP,
+                                             UPCAST, BM, BN, BK, GROUP_M)
     c_bp = tl.make_block_ptr(c_ptr, (M, N), (scm, scn), (pid_m * BM, pid_n * BN), (BM, BN), (1, 0))
     tl.store(c_bp, acc.to(c_ptr.dtype.element_ty), boundary_check=(0, 1))
     if HAS_SOFTCAP:
@@ -191,13 +195,8 @@ def _logits_grad_kernel(a_ptr, b_ptr, g_ptr, bias_ptr, t_ptr, w_ptr, lse_ptr, M,
     """The low-memory backward's tile: logits z = h W_block^T (+ b) and, in the GEMM's epilogue, straight from
     the fp32 accumulator and the saved lse, g = w * dloss/dz (columns col0.. of a vocabulary of ``vocab``),
     stored in g's dtype. No fp32 logits buffer and no second kernel."""
-    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
-    acc = _mm_loop(a_ptr, b_ptr, M, N, K, sam, sak, sbk, sbn, pid_m, pid_n, tl.zeros((BM, BN), dtype=tl.float32),
-                   LOWP, UPCAST, BM, BN, BK)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    if HAS_BIAS:
-        acc += _bias_row(bias_ptr, rn, N)
+    acc, pid_m, pid_n, rm, rn = _logits_tile(a_ptr, b_ptr, bias_ptr, M, N, K, sam, sak, sbk, sbn, HAS_BIAS, LOWP,
+                                             UPCAST, BM, BN, BK, GROUP_M)
     rmask = rm < M
     tgt = tl.load(t_ptr + rm, mask=rmask, other=ignore_index).to(tl.int64)
     valid = rmask & (tgt != ignore_index)
