@@ -6,6 +6,13 @@ PyTorch computing the same thing in the same dtype, plus a small stated margin. 
 fp32 (PyTorch's fp32 error is ~1e-7 relative) and fair in bf16 (bf16 rounding of the output alone
 is ~4e-3 relative), instead of one loose tolerance for everything.
 
+``on_kernel_device``: run a kernel on the GPU when the machine has one. The float64 tests build their inputs
+on the CPU and compare there; wrapped in this, a kernel call copies its tensor arguments to CUDA and its
+results back (both copies differentiable, so gradients reach the CPU leaves exactly). Without a GPU it is
+the identity and the interpreter runs the Triton code (conftest). On a GPU machine (where conftest leaves
+the interpreter off) ``pytest tests/test_kernel_*.py`` thus checks the compiled kernels on the hardware
+against the same float64 references and tolerance rule (``bash bench/run_gpu.sh`` does).
+
 ``sm90_report``: compile a kernel for the H100 and return its register / spill / shared memory use
 (see ``triton_kernels.compile_check``); kernels are expected to compile without spills.
 """
@@ -39,6 +46,24 @@ def check_against_reference(name: str, out: torch.Tensor, ref64: torch.Tensor,
     assert err <= allowed, (f"{name} ({out.dtype}): max error {err:.3e} against float64 exceeds "
                             f"plain PyTorch's {base:.3e} + margin {m:.1e} x scale {scale:.3e} = {allowed:.3e}")
     return {"err": err, "baseline_err": base, "allowed": allowed}
+
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def on_kernel_device(fn):
+    """``fn`` with its tensor arguments on KERNEL_DEVICE and its tensor results back on the CPU."""
+    if KERNEL_DEVICE == "cpu":
+        return fn
+    from torch.utils._pytree import tree_map
+
+    def move(x, dev):
+        return x.to(dev) if isinstance(x, torch.Tensor) else x
+
+    def wrapped(*args, **kwargs):
+        args, kwargs = tree_map(lambda x: move(x, KERNEL_DEVICE), (args, kwargs))
+        return tree_map(lambda x: move(x, "cpu"), fn(*args, **kwargs))
+    return wrapped
 
 
 def sm90_report(fn, signature: dict, constexprs: dict | None = None, **kw) -> CompileReport:

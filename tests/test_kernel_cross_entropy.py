@@ -14,7 +14,7 @@ import triton_kernels
 import triton_kernels.cross_entropy_op as ce
 from triton_kernels import cross_entropy, fused_linear_cross_entropy
 from triton_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
-from kernel_testing import check_against_reference
+from kernel_testing import check_against_reference, on_kernel_device
 from bench.kernel_memory import S1_SHAPES, gpu_plan_extra, peak_bytes as _peak_bytes
 
 OPTIONS = {
@@ -54,7 +54,7 @@ def _run(fn, hid, w, b, t, tw, kw, dtype=None, **extra):
 
 
 def _compare(label, hid, w, b, t, tw, kw, **extra):
-    out = _run(fused_linear_cross_entropy, hid, w, b, t, tw, kw, **extra)
+    out = _run(on_kernel_device(fused_linear_cross_entropy), hid, w, b, t, tw, kw, **extra)
     ref = _run(flce_ref, hid, w, b, t, tw, kw, torch.float64)
     base = _run(flce_ref, hid, w, b, t, tw, kw)
     for name, o, r, bb in zip(("loss", "dhidden", "dweight", "dbias"), out, ref, base):
@@ -189,7 +189,7 @@ def test_cross_entropy_over_logits_matches_float64(dtype):
     def ref(x, t, **kw):  # unfused definition over logits: identity weight
         return flce_ref(x, torch.eye(x.shape[1], dtype=x.dtype), t, **kw)
 
-    out, r64, base = run(cross_entropy, logits), run(ref, logits.double()), run(ref, logits)
+    out, r64, base = run(on_kernel_device(cross_entropy), logits), run(ref, logits.double()), run(ref, logits)
     for name, o, r, b in zip(("loss", "dlogits"), out, r64, base):
         check_against_reference(f"cross_entropy {name}", o, r, b)
     assert out[1].dtype == dtype

@@ -5,7 +5,7 @@ import torch
 
 import triton_kernels
 from triton_kernels.rope_op import rope_reference
-from kernel_testing import check_against_reference
+from kernel_testing import check_against_reference, on_kernel_device
 
 
 def tables(max_pos, rotary_dim, dtype):
@@ -45,7 +45,7 @@ def test_rope_matches_float64(dtype, case):
     k = torch.randn(ks, generator=g).to(dtype)
     dq, dk = torch.randn(qs, generator=g), torch.randn(ks, generator=g)
     cos, sin = tables(512, r, dtype)
-    out = _grads(triton_kernels.rope, q, k, cos, sin, pos, dq, dk)
+    out = _grads(on_kernel_device(triton_kernels.rope), q, k, cos, sin, pos, dq, dk)
     ref = _grads(rope_reference, q, k, cos, sin, pos, dq, dk, torch.float64)
     base = _grads(rope_reference, q, k, cos, sin, pos, dq, dk)
     for name, o, rr, b in zip(("q", "k", "dq", "dk"), out, ref, base):

@@ -4,7 +4,7 @@ import torch
 
 import triton_kernels
 from triton_kernels._runtime import INTERPRET, use_triton
-from kernel_testing import check_against_reference
+from kernel_testing import check_against_reference, on_kernel_device
 
 
 def test_interpreter_is_active_on_cpu():
@@ -19,7 +19,7 @@ def test_swiglu_matches_float64(dtype, shape):
     u64 = torch.randn(shape, dtype=torch.float64)
     g = g64.to(dtype).requires_grad_()
     u = u64.to(dtype).requires_grad_()
-    y = triton_kernels.swiglu(g, u)
+    y = on_kernel_device(triton_kernels.swiglu)(g, u)
     dy64 = torch.randn(shape, dtype=torch.float64)
     y.backward(dy64.to(dtype))
 
