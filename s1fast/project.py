@@ -505,7 +505,11 @@ def layers_to_checkpoint(s: Shape, A: Assumptions, *, tokens: int, shard: int, l
 
 def adaptive_recompute(st: _Setup, s: Shape, A: Assumptions, *, shard: int, limit_gb: float) -> tuple[float, float]:
     """(effective recompute factor, mean layers checkpointed on the slowest rank) when every rank checkpoints,
-    per micro-step, only the layers its own tokens need: a micro-step lasts max over ranks of work x factor."""
+    per micro-step, only the layers its own tokens need: a micro-step lasts max over ranks of work x factor.
+    FSDP's per-layer collectives couple the ranks layer by layer, so where ranks checkpoint different counts
+    this is optimistic by the difference between max-of-sums and sum-of-maxes; the balanced plan gives the
+    ranks of a micro-step nearly equal tokens (straggler 1.03), hence nearly equal counts, and the static
+    figure (``--static-checkpointing``) bounds it from above."""
     cache: dict[int, int] = {}
 
     def k_of(tokens):
