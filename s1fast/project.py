@@ -505,11 +505,10 @@ def layers_to_checkpoint(s: Shape, A: Assumptions, *, tokens: int, shard: int, l
 
 def adaptive_recompute(st: _Setup, s: Shape, A: Assumptions, *, shard: int, limit_gb: float) -> tuple[float, float]:
     """(effective recompute factor, mean layers checkpointed on the slowest rank) when every rank checkpoints,
-    per micro-step, only the layers its own tokens need: a micro-step lasts max over ranks of work x factor.
-    FSDP's per-layer collectives couple the ranks layer by layer, so where ranks checkpoint different counts
-    this is optimistic by the difference between max-of-sums and sum-of-maxes; the balanced plan gives the
-    ranks of a micro-step nearly equal tokens (straggler 1.03), hence nearly equal counts, and the static
-    figure (``--static-checkpointing``) bounds it from above."""
+    per micro-step, only the first layers its own tokens need. FSDP's per-layer collectives couple the ranks
+    layer by layer, so a micro-step is charged, layer by layer, the slowest rank's time at that layer (a
+    checkpointed layer costs 4/3 of its work, its forward running twice), plus the slowest lm_head: the
+    sum of maxima, which is never less than the slowest rank's total."""
     cache: dict[int, int] = {}
 
     def k_of(tokens):
@@ -517,12 +516,23 @@ def adaptive_recompute(st: _Setup, s: Shape, A: Assumptions, *, shard: int, limi
             k = layers_to_checkpoint(s, A, tokens=tokens, shard=shard, limit_gb=limit_gb)
             cache[tokens] = s.layers if k is None else k
         return cache[tokens]
+    head = 6.0 * s.vocab * s.h  # the work split of recompute_factor: layers (+ attention) and the lm_head
+    layers = s.a - head + s.b * sum(x * x for x in st.lens) / sum(st.lens)
+    in_layers = layers / (layers + head)
     plain = timed = ks = 0.0
     for ranks in st.loads:
         plain += max(w for w, _ in ranks)
-        t, k = max((w * recompute_factor(s, st.lens, k_of(n)), k_of(n)) for w, n in ranks)
+        per_layer = sorted(((w * in_layers / s.layers, k_of(n)) for w, n in ranks), key=lambda x: -x[1])
+        # layer i: max over ranks of c_r * (4/3 if i < k_r else 1); ranks sorted by k, largest first
+        t, best_ckpt, j = max(w for w, _ in ranks) * (1 - in_layers), 0.0, 0
+        slowest = max(c for c, _ in per_layer)
+        for i in reversed(range(s.layers)):  # from the last layer down, more ranks checkpoint layer i
+            while j < len(per_layer) and per_layer[j][1] > i:
+                best_ckpt = max(best_ckpt, per_layer[j][0])
+                j += 1
+            t += max(slowest, best_ckpt * 4 / 3)
         timed += t
-        ks += k
+        ks += max(k for _, k in per_layer)
     return timed / plain, ks / max(1, len(st.loads))
 
 

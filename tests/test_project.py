@@ -147,3 +147,22 @@ def test_adaptive_checkpointing_recomputes_less_than_the_longest_packs_count(s1)
     fixed = P.project("s1", gpus=16, A=P.Assumptions(adaptive_checkpointing=False))
     assert fixed["s1fast_minutes"] == pytest.approx(static["minutes"])
     assert fixed["peak_memory_gb"] == pytest.approx(s1["peak_memory_gb"])
+
+
+def test_adaptive_timing_charges_each_layer_its_slowest_rank():
+    """FSDP couples ranks at every layer: the adaptive figure is the sum over layers of the slowest rank there,
+    equal to the per-rank factor when the ranks are alike and never below the slowest rank's own total."""
+    s, A = P.model_shape("Qwen2.5-32B-Instruct"), P.Assumptions()
+    lens = [3000, 9000]
+    limit = 75.0
+    k_small, k_big = (P.layers_to_checkpoint(s, A, tokens=n, shard=16, limit_gb=limit) for n in (3000, 9000))
+    assert k_small < k_big
+    st = P._Setup("s1fast", 32768, 2, lens, 0.0, 1, 1.0, 1, 9000, [[(s.cost(9000), 9000)] * 2])
+    same, mean_k = P.adaptive_recompute(st, s, A, shard=16, limit_gb=limit)
+    assert same == pytest.approx(P.recompute_factor(s, lens, k_big)) and mean_k == k_big
+    # a rank with more work but fewer checkpointed layers beside one with less work and more of them
+    w = s.cost(9000)
+    st.loads = [[(1.2 * w, 3000), (w, 9000)]]  # (work, tokens): the tokens set each rank's count
+    mixed, _ = P.adaptive_recompute(st, s, A, shard=16, limit_gb=limit)
+    per_rank = max(1.2 * w * P.recompute_factor(s, lens, k_small), w * P.recompute_factor(s, lens, k_big)) / (1.2 * w)
+    assert per_rank < mixed < P.recompute_factor(s, lens, k_big) * 1.0001
