@@ -169,9 +169,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         raise ConfigError(f"--shard-size {cfg.shard_size} must divide the world size {world_size} "
                           f"(e.g. GPUs per node for hybrid sharding)")
     if cfg.checkpoint_budget_gb:
-        if cfg.activation_checkpointing == "none":
-            raise ConfigError("--checkpoint-budget-gb picks how many blocks to checkpoint: also pass "
-                              "--activation-checkpointing full (or selective)")
+        if cfg.activation_checkpointing != "full":
+            raise ConfigError("--checkpoint-budget-gb picks how many blocks to checkpoint in full (its memory model "
+                              "is that of full checkpointing): also pass --activation-checkpointing full")
         if cfg.checkpoint_layers:
             raise ConfigError("--checkpoint-budget-gb and --checkpoint-layers both set the checkpointed blocks: "
                               "pass one of them")

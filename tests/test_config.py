@@ -40,6 +40,12 @@ def test_flags_override_presets_and_help_lists_them(capsys):
     (dict(model="x", packing="none", global_batch=3), 2, "multiple of the world size"),
     (dict(model="x", epochs=0), 1, "--epochs must be positive"),
     (dict(model="x", warmup_ratio=1.5), 1, "--warmup-ratio"),
+    (dict(model="x", checkpoint_budget_gb=40.0), 1, "also pass --activation-checkpointing full"),
+    (dict(model="x", checkpoint_budget_gb=40.0, activation_checkpointing="selective"), 1,
+     "its memory model is that of full checkpointing"),
+    (dict(model="x", checkpoint_budget_gb=40.0, activation_checkpointing="full", checkpoint_layers=3), 1,
+     "pass one of them"),
+    (dict(model="x", checkpoint_budget_gb=-2.0, activation_checkpointing="full"), 1, "or -1 for the GPU's own"),
 ])
 def test_bad_configs_say_what_to_change(kw, world, match):
     with pytest.raises(ConfigError, match=match):
