@@ -150,6 +150,9 @@ def adaptive_checkpointing(cfg: TrainConfig, mcfg, device: torch.device, world: 
                       f"memory model even with every block checkpointed; checkpointing every block", flush=True)
             cache[tokens] = shape.layers if k is None else k
         return cache[tokens]
+    if rank == 0 and cfg.dtype != "bf16":
+        print(f"[s1fast] warning: --checkpoint-budget-gb's memory model assumes bf16 activations; with --dtype "
+              f"{cfg.dtype} they take twice the bytes, so give a budget with that in mind", flush=True)
     if rank == 0:
         print(f"[s1fast] adaptive checkpointing: budget {limit:.4g} GB per GPU; at {cfg.micro_budget} tokens "
               f"{layers_for(cfg.micro_budget)} of {shape.layers} blocks are checkpointed", flush=True)
