@@ -111,12 +111,12 @@ def gpu_plan_extra(low_memory: bool | None, n: int, hdim: int, v: int, dtype=tor
 
     def is_gradient(x):
         return x.dtype == dtype and tuple(x.shape) in (tuple(h.shape), tuple(w.shape))
-    saved = {k: getattr(ce, k) for k in ("use_triton", "_mm", "_rows_triton", "_logits_rows_triton", "_logits_grad_triton",
-                                        "_grad_tile_triton")}
+    launchers = ("_mm", "_logits_rows_triton", "_logits_grad_triton")  # every kernel launch of the fused loss
+    saved = {k: getattr(ce, k) for k in ("use_triton", *launchers)}
     try:
         if low_memory is not None:
             ce.use_triton = lambda *_: True
-            for k in ("_mm", "_rows_triton", "_logits_rows_triton", "_logits_grad_triton", "_grad_tile_triton"):
+            for k in launchers:
                 setattr(ce, k, lambda *a, **k: None)
         with PeakLiveBytes(h, w, t, is_gradient=is_gradient) as mode:
             if low_memory is None:

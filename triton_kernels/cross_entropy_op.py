@@ -269,11 +269,11 @@ def _dlogits(a, cols, lse, tgt, valid, w, vocab, smoothing, z_loss, softcap, HAS
 
 
 @triton.jit
-def _ce_grad_tile_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, w_ptr, lse_ptr, n_rows, n_cols, col0, vocab,
+def _ce_grad_tile_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, w_ptr, lse_ptr, n_rows, n_cols,
                          ignore_index, smoothing, z_loss, softcap, HAS_SOFTCAP: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
-    """g = w * dloss/dz for a tile z [n_rows, n_cols] holding vocabulary columns col0.. of each row, from the
-    saved lse (the low-memory backward: no row reduction, so any 2-D tiling; g may alias z)."""
+    """g = w * dloss/dz of the logits z [n_rows, n_cols] from each row's lse, tiled in 2-D (no row reduction is
+    left to do); g may alias z."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     rmask = rows < n_rows
@@ -284,7 +284,7 @@ def _ce_grad_tile_kernel(z_ptr, z_stride, g_ptr, g_stride, t_ptr, w_ptr, lse_ptr
     w = tl.load(w_ptr + rows, mask=rmask, other=0.0)
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     a = tl.load(z_ptr + rows64[:, None] * z_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    g = _dlogits(a, col0 + cols, lse, tgt, valid, w, vocab, smoothing, z_loss, softcap, HAS_SOFTCAP)
+    g = _dlogits(a, cols, lse, tgt, valid, w, n_cols, smoothing, z_loss, softcap, HAS_SOFTCAP)
     tl.store(g_ptr + rows64[:, None] * g_stride + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
@@ -363,8 +363,8 @@ def sm90_variants() -> list[dict]:
                         divisible=("z_stride", "g_stride", "n_cols")))
     out.append(dict(name="ce grad tile, softcap (dz from z and lse, bf16 dz)", fn=_ce_grad_tile_kernel,
                     signature=dict(z_ptr="*fp32", z_stride="i32", g_ptr="*bf16", g_stride="i32", t_ptr="*i64",
-                                   w_ptr="*fp32", lse_ptr="*fp32", n_rows="i32", n_cols="i32", col0="i32",
-                                   vocab="i32", ignore_index="i32", smoothing="fp32", z_loss="fp32", softcap="fp32"),
+                                   w_ptr="*fp32", lse_ptr="*fp32", n_rows="i32", n_cols="i32", ignore_index="i32",
+                                   smoothing="fp32", z_loss="fp32", softcap="fp32"),
                     constexprs=dict(HAS_SOFTCAP=True, BLOCK_N=TILE_BLOCK_N, BLOCK_V=TILE_BLOCK_V), num_warps=4,
                     num_stages=3, divisible=("z_stride", "g_stride", "n_cols")))
     return out
@@ -393,7 +393,7 @@ def _logits_rows_triton(h, weight, bias, z, g, target, w, loss, lse, stats, cfg,
     lse.copy_(mx + (srow * torch.exp(m - mx.unsqueeze(1))).sum(1).log())
     loss.copy_(_row_loss(lse, zt.sum(1), zsum.sum(1), target, w, cfg, N))
     if write_grad:
-        _grad_tile_triton(z, g, target, w, lse, cfg, 0, N)
+        _grad_tile_triton(z, g, target, w, lse, cfg)
 
 
 def stats_elements(rows: int, v: int, dtype: torch.dtype) -> int:
@@ -546,13 +546,13 @@ def _dw_tiles(n: int, v: int, hid: int, chunk: int, elem_bytes: int) -> tuple[in
     return rows, max(16, min(v, vrows // 16 * 16))
 
 
-def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw: bool = True,
-                       need_db: bool = True):
-    """The low-memory backward's weight (and bias) gradient, with w the effective weights already times the
+def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int):
+    """The low-memory backward's weight gradient (the bias gradient comes from the chunk loop), with w the
+    effective weights already times the
     incoming gradient: for each block of vocabulary rows, recompute the logits of every token against it
     (tiles of ``_dw_tiles``), turn them into w * dloss/dz with the saved ``lse`` (no row reduction), and
     dW_block = dz^T h with the reduction over tokens inside the GEMM's fp32 accumulator (one rounding to the
-    weight's dtype, no [V, H] fp32 buffer). Returns (dW in the weight's dtype or None, db fp32 or None)."""
+    weight's dtype, no [V, H] fp32 buffer). Returns dW in the weight's dtype."""
     n, hid = h.shape
     v = weight.shape[0]
     triton_path = use_triton(h)
@@ -560,10 +560,9 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw
     # GPU: one gradient tile in the weight's dtype; CPU: fp32 logits, exp'd in place (a second copy with softcap)
     rows, vrows = _dw_tiles(n, v, hid, chunk, weight.element_size() if triton_path else 4 * (1 + (cap is not None)))
     dev = h.device
-    dw = (torch.empty_like(weight) if n else torch.zeros_like(weight)) if need_dw else None  # no tokens: 0
-    db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
+    dw = torch.empty_like(weight) if n else torch.zeros_like(weight)  # no tokens: a zero gradient
     buf = torch.empty((rows, vrows), dtype=weight.dtype if triton_path else torch.float32, device=dev)
-    acc = torch.empty((vrows, hid), dtype=torch.float32, device=dev) if (need_dw and rows < n) else None
+    acc = torch.empty((vrows, hid), dtype=torch.float32, device=dev) if rows < n else None
     for vs in range(0, v, vrows):
         ve = min(v, vs + vrows)
         wb = weight[vs:ve]
@@ -583,23 +582,20 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int, need_dw
                 zc = z if cap is None else cap * torch.tanh(z / cap)
                 p = (zc if cap is None else zc.clone()).sub_(lse[s:e].unsqueeze(1)).exp_()
                 g = _dlogits_torch(p, zc, lse[s:e], target[s:e], w[s:e], cfg, vs, v)
-            if need_dw:
-                if acc is None:  # every token in one tile: the GEMM writes the block's gradient directly
-                    if triton_path:
-                        _mm(g.t(), hc, dw[vs:ve])
-                    else:
-                        dw[vs:ve] = (g.t() @ hc.float()).to(dw.dtype)
-                elif triton_path:
-                    _mm(g.t(), hc, acc[: ve - vs], accumulate=s > 0)
-                elif s == 0:
-                    torch.mm(g.t(), hc.float(), out=acc[: ve - vs])
+            if acc is None:  # every token in one tile: the GEMM writes the block's gradient directly
+                if triton_path:
+                    _mm(g.t(), hc, dw[vs:ve])
                 else:
-                    acc[: ve - vs].addmm_(g.t(), hc.float())
-            if db is not None:
-                db[vs:ve] += g.sum(0, dtype=torch.float32)
+                    dw[vs:ve] = (g.t() @ hc.float()).to(dw.dtype)
+            elif triton_path:
+                _mm(g.t(), hc, acc[: ve - vs], accumulate=s > 0)
+            elif s == 0:
+                torch.mm(g.t(), hc.float(), out=acc[: ve - vs])
+            else:
+                acc[: ve - vs].addmm_(g.t(), hc.float())
         if acc is not None:
             dw[vs:ve] = acc[: ve - vs]
-    return dw, db
+    return dw
 
 
 def _logits_grad_triton(h, wb, bb, g, target, w, lse, cfg, col0: int, vocab: int) -> None:
@@ -618,11 +614,11 @@ def _logits_grad_triton(h, wb, bb, g, target, w, lse, cfg, col0: int, vocab: int
                               LOWP=lowp, UPCAST=INTERPRET, num_warps=warps, num_stages=stages, **blocks)
 
 
-def _grad_tile_triton(z, g, target, w, lse, cfg, col0: int, vocab: int) -> None:
+def _grad_tile_triton(z, g, target, w, lse, cfg) -> None:
     softcap = cfg["softcap"]
     n_rows, n_cols = z.shape
     grid = (triton.cdiv(n_rows, TILE_BLOCK_N), triton.cdiv(n_cols, TILE_BLOCK_V))
-    _ce_grad_tile_kernel[grid](z, z.stride(0), g, g.stride(0), target, w, lse, n_rows, n_cols, col0, vocab,
+    _ce_grad_tile_kernel[grid](z, z.stride(0), g, g.stride(0), target, w, lse, n_rows, n_cols,
                                cfg["ignore_index"], float(cfg["label_smoothing"]), float(cfg["z_loss"]),
                                float(softcap or 1.0), HAS_SOFTCAP=softcap is not None, BLOCK_N=TILE_BLOCK_N,
                                BLOCK_V=TILE_BLOCK_V, num_warps=4)
@@ -723,7 +719,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                 h, weight, bias, target, w, lse = ctx.saved_tensors
                 w = (w * g).contiguous()
         if ctx.low:
-            dw, _ = _linear_ce_dweight(h, weight, bias, target, w, lse, ctx.cfg, ctx.chunk, need_db=False)
+            dw = _linear_ce_dweight(h, weight, bias, target, w, lse, ctx.cfg, ctx.chunk)
         return (dh, dw.to(wdt) if dw is not None else None, db.to(bdt) if db is not None else None,
                 None, None, None, None, None)
 

@@ -181,7 +181,7 @@ def _flce_dweight(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: T
     """The low-memory backward's weight gradient (in the weight's dtype), for effective weights w_eff that
     already include the incoming gradient."""
     cfg = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-    return ce._linear_ce_dweight(hidden, weight, bias, target, w_eff, lse, cfg, chunk, need_db=False)[0]
+    return ce._linear_ce_dweight(hidden, weight, bias, target, w_eff, lse, cfg, chunk)
 
 
 @_flce_dweight.register_fake
