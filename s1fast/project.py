@@ -273,8 +273,11 @@ def model_shape(name_or_dir) -> Shape:
 # ----------------------------------------------------------------------------------------------------------
 # Plans: s1fast.packing.make_plan, mode "none" for s1's stack and "balanced" for s1fast
 # ----------------------------------------------------------------------------------------------------------
-def _make_plan(lengths, s: Shape, *, world_size: int, max_tokens: int, global_batch: int, epochs: int, seed: int,
-               mode: str, group_window: int | None = None):
+def projection_plan(lengths, s: Shape, *, world_size: int, max_tokens: int, global_batch: int, epochs: int,
+                    seed: int, mode: str, group_window: int | None = None):
+    """The packing plan a stack runs on these lengths (``s1fast.packing.make_plan`` with the model's cost).
+    Its ``stats["sync_straggler_factor"]`` is the straggler factor: FSDP synchronises every micro-step, so a
+    step lasts the sum over its micro-steps of the slowest rank's work."""
     from s1fast import _native
     from s1fast.packing import CostModel, make_plan
     window = {} if group_window is None else dict(group_window=group_window)
@@ -282,19 +285,6 @@ def _make_plan(lengths, s: Shape, *, world_size: int, max_tokens: int, global_ba
     return make_plan(lengths, [x - 1 for x in lengths], world_size=world_size, max_tokens=max_tokens,
                      global_batch=global_batch, epochs=epochs, seed=seed, mode=mode, cost=CostModel(s.a, s.b),
                      backend="native" if _native.available() else "python", **window)
-
-
-def plan_stats(lengths, s: Shape, *, world_size: int, max_tokens: int, global_batch: int, epochs: int, seed: int,
-               mode: str, group_window: int | None = None) -> tuple[float, int, int]:
-    """(straggler factor, synchronised micro-steps, longest micro-batch in tokens) of the packing plan.
-
-    The straggler factor is the plan's ``sync_straggler_factor``: FSDP synchronises every micro-step, so a
-    step lasts the sum over its micro-steps of the slowest rank's work. The lengths files carry no
-    supervised counts; they do not change the plan (only its loss weights), so L - 1 stands in.
-    """
-    st = _make_plan(lengths, s, world_size=world_size, max_tokens=max_tokens, global_batch=global_batch,
-                    epochs=epochs, seed=seed, mode=mode, group_window=group_window).stats
-    return st["sync_straggler_factor"], st["micro_steps_per_rank"], st["max_micro_tokens"]
 
 
 def micro_step_loads(plan, lengths, s: Shape) -> list[list[tuple[float, int]]]:
@@ -443,13 +433,17 @@ def _fit(peak: float, budget: float, device: float) -> str:
     return "yes" if peak <= budget else ("edge" if peak <= device else "OOM")
 
 
+def layer_fraction(s: Shape, lens) -> float:
+    """The share of the training FLOPs (per token, over these lengths) spent in the decoder layers, attention
+    included; the rest is the lm_head, which sits outside the checkpointed layers."""
+    head = 6.0 * s.vocab * s.h
+    layers = s.a - head + s.b * sum(x * x for x in lens) / sum(lens)
+    return layers / (layers + head)
+
+
 def recompute_factor(s: Shape, lens, ckpt_layers: int) -> float:
     """Hardware FLOPs / model FLOPs: a checkpointed layer runs its forward (1/3 of its work) twice."""
-    head = 6.0 * s.vocab * s.h               # the lm_head sits outside the checkpointed layers
-    layers = s.a - head
-    att = s.b * sum(x * x for x in lens) / sum(lens)
-    extra = ckpt_layers / s.layers / 3
-    return ((layers + att) * (1 + extra) + head) / (layers + head + att)
+    return 1 + layer_fraction(s, lens) * ckpt_layers / s.layers / 3
 
 
 @dataclass
@@ -478,7 +472,7 @@ def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU
         # the longest sequence, which must stay whole: beyond that the run does not fit, and says so.
         limit = (gpu.memory_gb - A.runtime_reserve_gb) * (1 - A.memory_headroom)
         pack_cap = max(max(lens), max_fit_tokens(s, A, stack=stack, shard=world, limit_gb=limit))
-    plan = _make_plan(lens, s, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch,
+    plan = projection_plan(lens, s, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch,
                       epochs=preset.epochs, seed=A.seed, mode="none" if stack == "reference" else "balanced",
                       group_window=None if stack == "reference" else A.group_window)
     ps = plan.stats
@@ -516,9 +510,7 @@ def adaptive_recompute(st: _Setup, s: Shape, A: Assumptions, *, shard: int, limi
             k = layers_to_checkpoint(s, A, tokens=tokens, shard=shard, limit_gb=limit_gb)
             cache[tokens] = s.layers if k is None else k
         return cache[tokens]
-    head = 6.0 * s.vocab * s.h  # the work split of recompute_factor: layers (+ attention) and the lm_head
-    layers = s.a - head + s.b * sum(x * x for x in st.lens) / sum(st.lens)
-    in_layers = layers / (layers + head)
+    in_layers = layer_fraction(s, st.lens)
     plain = timed = ks = 0.0
     for ranks in st.loads:
         plain += max(w for w, _ in ranks)

@@ -47,11 +47,15 @@ def test_calibration_reproduces_26_minutes_and_its_mfu(s1):
 def test_plan_stats_from_the_packing_planner():
     s = P.model_shape("Qwen2.5-32B-Instruct")
     kw = dict(world_size=4, max_tokens=10_000, global_batch=8, epochs=2, seed=0)
-    f, micro, peak = P.plan_stats([500] * 40, s, mode="none", **kw)
+
+    def stats(lens, mode):
+        st = P.projection_plan(lens, s, mode=mode, **kw).stats
+        return st["sync_straggler_factor"], st["micro_steps_per_rank"], st["max_micro_tokens"]
+    f, micro, peak = stats([500] * 40, "none")
     assert f == pytest.approx(1.0) and micro == 2 * 5 * 2 and peak == 500   # 2 micro-steps of accumulation
     lens = [100 + 37 * i % 900 for i in range(64)]
-    ref, _, _ = P.plan_stats(lens, s, mode="none", **kw)
-    bal, _, _ = P.plan_stats(lens, s, mode="balanced", **kw)
+    ref, _, _ = stats(lens, "none")
+    bal, _, _ = stats(lens, "balanced")
     assert bal < ref
 
 
