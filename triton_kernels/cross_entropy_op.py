@@ -563,6 +563,7 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int):
     dw = torch.empty_like(weight) if n else torch.zeros_like(weight)  # no tokens: a zero gradient
     buf = torch.empty((rows, vrows), dtype=weight.dtype if triton_path else torch.float32, device=dev)
     acc = torch.empty((vrows, hid), dtype=torch.float32, device=dev) if rows < n else None
+    hf = h if triton_path else h.float()  # CPU: fp32 math, h converted once (not once per vocabulary block)
     for vs in range(0, v, vrows):
         ve = min(v, vs + vrows)
         wb = weight[vs:ve]
@@ -570,13 +571,13 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int):
         bb = bias[vs:ve] if bias is not None else None
         for s in range(0, n, rows):
             e = min(n, s + rows)
-            hc = h[s:e]
+            hc = hf[s:e]
             if triton_path:
                 g = buf[: e - s, : ve - vs]
                 _logits_grad_triton(hc, wb, bb, g, target[s:e], w[s:e], lse[s:e], cfg, vs, v)
             else:
                 z = buf[: e - s, : ve - vs]
-                torch.mm(hc.float(), wf.t(), out=z)
+                torch.mm(hc, wf.t(), out=z)
                 if bb is not None:
                     z += bb.float()
                 zc = z if cap is None else cap * torch.tanh(z / cap)
@@ -586,13 +587,13 @@ def _linear_ce_dweight(h, weight, bias, target, w, lse, cfg, chunk: int):
                 if triton_path:
                     _mm(g.t(), hc, dw[vs:ve])
                 else:
-                    dw[vs:ve] = (g.t() @ hc.float()).to(dw.dtype)
+                    dw[vs:ve] = (g.t() @ hc).to(dw.dtype)
             elif triton_path:
                 _mm(g.t(), hc, acc[: ve - vs], accumulate=s > 0)
             elif s == 0:
-                torch.mm(g.t(), hc.float(), out=acc[: ve - vs])
+                torch.mm(g.t(), hc, out=acc[: ve - vs])
             else:
-                acc[: ve - vs].addmm_(g.t(), hc.float())
+                acc[: ve - vs].addmm_(g.t(), hc)
         if acc is not None:
             dw[vs:ve] = acc[: ve - vs]
     return dw
