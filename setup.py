@@ -1,4 +1,4 @@
-"""Build s1fast, the standalone ``triton_kernels`` package, and the native extension ``s1fast._C``.
+"""Build s1fast, the standalone ``s1fast_kernels`` package, and the native extension ``s1fast._C``.
 
 The extension is C++ (``csrc/*.cpp``) everywhere; the CUDA sources (``csrc/*.cu``) are added only
 when the installed torch has CUDA and nvcc is found, since ``CUDAExtension`` cannot link against a
@@ -43,7 +43,10 @@ setup(
     description="Fast, exact distillation training of reasoning models (s1, s1.1, Sky-T1 recipes)",
     long_description=open(os.path.join(here, "README.md")).read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["s1fast", "s1fast.*", "triton_kernels", "triton_kernels.*"]),
+    # The kernels live in the folder triton_kernels/ but install as ``s1fast_kernels``: the name
+    # ``triton_kernels`` belongs to triton-lang's package, which vLLM probes for and imports.
+    packages=find_packages(include=["s1fast", "s1fast.*"]) + ["s1fast_kernels"],
+    package_dir={"s1fast_kernels": "triton_kernels"},
     package_data={"s1fast": ["assets/data/*", "assets/tokenizer/qwen2.5/*"]},
     python_requires=">=3.10",
     install_requires=core,

@@ -55,7 +55,7 @@ def _with_baselines(ours, reference, liger=None, **more) -> dict:
 def _run(benchmark, make_inputs, fn, mode):
     """Time ``fn`` in one mode. forward: no grad; backward: only the backward of a fresh forward
     (timed with CUDA events around .backward()); full: forward + backward."""
-    import triton_kernels  # noqa: F401  (compile Triton lazily, outside the timing)
+    import s1fast_kernels  # noqa: F401  (compile Triton lazily, outside the timing)
     _env(benchmark)
     inputs = make_inputs()
     torch.cuda.synchronize()
@@ -114,16 +114,16 @@ def _flce_inputs():
 
 
 def _flce_impls():
-    import triton_kernels
-    from triton_kernels.cross_entropy_op import fused_linear_cross_entropy_reference
+    import s1fast_kernels
+    from s1fast_kernels.cross_entropy_op import fused_linear_cross_entropy_reference
 
     def plain(h, w, t):  # transformers' ForCausalLMLoss: bf16 logits, fp32 upcast, F.cross_entropy
         return torch.nn.functional.cross_entropy((h @ w.t()).float(), t, ignore_index=-100)
 
     impls = _with_baselines(
-        triton_kernels.fused_linear_cross_entropy, plain,
+        s1fast_kernels.fused_linear_cross_entropy, plain,
         lambda lf: lambda h, w, t: lf.liger_fused_linear_cross_entropy(h, w, t, ignore_index=-100),
-        **{"s1fast low_memory": lambda h, w, t: triton_kernels.fused_linear_cross_entropy(h, w, t, low_memory=True),
+        **{"s1fast low_memory": lambda h, w, t: s1fast_kernels.fused_linear_cross_entropy(h, w, t, low_memory=True),
            "s1fast reference (unfused)": fused_linear_cross_entropy_reference})
     if hasattr(torch.nn.functional, "linear_cross_entropy"):
         impls["F.linear_cross_entropy"] = lambda h, w, t: torch.nn.functional.linear_cross_entropy(
@@ -149,13 +149,13 @@ def _rope_inputs():
 
 
 def _rope_impls():
-    import triton_kernels
-    from triton_kernels.rope_op import rope_reference
+    import s1fast_kernels
+    from s1fast_kernels.rope_op import rope_reference
     def liger(lf):  # liger wants [B, H, S, D] and gathered cos/sin [1, S, D]
         return lambda q, k, cos, sin, pos: lf.liger_rope(q.permute(1, 0, 2).unsqueeze(0),
                                                          k.permute(1, 0, 2).unsqueeze(0),
                                                          cos[pos].unsqueeze(0), sin[pos].unsqueeze(0))
-    return _with_baselines(triton_kernels.rope, rope_reference, liger)
+    return _with_baselines(s1fast_kernels.rope, rope_reference, liger)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -166,9 +166,9 @@ def test_rope(benchmark, impl, mode):
 
 # ---------------------------------------------------------------------------------- RMSNorm / SwiGLU
 def _norm_impls():
-    import triton_kernels
-    from triton_kernels.rms_norm_op import rms_norm_reference
-    return _with_baselines(triton_kernels.rms_norm, rms_norm_reference,
+    import s1fast_kernels
+    from s1fast_kernels.rms_norm_op import rms_norm_reference
+    return _with_baselines(s1fast_kernels.rms_norm, rms_norm_reference,
                            lambda lf: lambda x, w, eps: lf.liger_rms_norm(x, w, eps, in_place=False))
 
 
@@ -179,9 +179,9 @@ def test_rms_norm(benchmark, impl, mode):
 
 
 def _swiglu_impls():
-    import triton_kernels
-    from triton_kernels.swiglu_op import swiglu_reference
-    return _with_baselines(triton_kernels.swiglu, swiglu_reference, lambda lf: lf.liger_swiglu)
+    import s1fast_kernels
+    from s1fast_kernels.swiglu_op import swiglu_reference
+    return _with_baselines(s1fast_kernels.swiglu, swiglu_reference, lambda lf: lf.liger_swiglu)
 
 
 @pytest.mark.parametrize("mode", MODES)

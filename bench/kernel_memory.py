@@ -82,7 +82,7 @@ def peak_bytes(fn, n: int, v: int = 151936, hdim: int = 16) -> int:
 
 
 def table() -> str:
-    from triton_kernels import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
+    from s1fast_kernels import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
     rows = ["| tokens (V=151936, H=16, fp32, fwd+bwd) | fused (PyTorch path) | unfused |", "|---|---|---|"]
     for n in (4096, 32768):
         f, u = peak_bytes(fused_linear_cross_entropy, n), peak_bytes(fused_linear_cross_entropy_reference, n)
@@ -102,8 +102,8 @@ def gpu_plan_extra(low_memory: bool | None, n: int, hdim: int, v: int, dtype=tor
     """Peak bytes beyond the inputs and their gradients of forward + backward at [n, hdim] x [v, hdim] in
     ``dtype``: the fused loss's GPU path (``low_memory`` False or True, its default chunk), or with
     ``low_memory=None`` the reference stack's unfused loss."""
-    import triton_kernels.cross_entropy_op as ce
-    from triton_kernels import fused_linear_cross_entropy
+    import s1fast_kernels.cross_entropy_op as ce
+    from s1fast_kernels import fused_linear_cross_entropy
 
     h = torch.empty(n, hdim, device="meta", dtype=dtype, requires_grad=True)
     w = torch.empty(v, hdim, device="meta", dtype=dtype, requires_grad=True)

@@ -4,7 +4,7 @@ projected cost of each kernel at s1's shapes on an H100.
     python -m bench.kernel_table            # print the section
     python -m bench.kernel_table --write    # replace it in bench/RESULTS.md (between the markers)
 
-The table comes from ``triton_kernels.compile_check.compile_variants`` (each kernel file lists the
+The table comes from ``s1fast_kernels.compile_check.compile_variants`` (each kernel file lists the
 launch configurations it uses at s1's shapes in ``sm90_variants``). The projections are arithmetic
 from the kernels' designs (bytes each one must move, FLOPs each must do) at 989 TFLOP/s dense bf16 and
 3.35 TB/s HBM3 (H100 SXM datasheet); every figure is printed with the formula that produced it.
@@ -39,7 +39,7 @@ def _gb(b: float) -> str:
 
 
 def resource_table() -> str:
-    from triton_kernels.compile_check import kernel_reports
+    from s1fast_kernels.compile_check import kernel_reports
     rows = ["| kernel (launch config at s1's shapes) | registers | spills (bytes) | shared memory (bytes) | warps | wgmma |",
             "|---|---|---|---|---|---|"]
     rows += [r.row() for reps in kernel_reports().values() for r in reps]
@@ -53,7 +53,7 @@ def memory_bound(name: str, nbytes: float, what: str) -> str:
 def _row_phase() -> tuple[float, float, float]:
     """(statistics bytes, dz kernel bytes, epilogue exp seconds) of the softmax part of the fused loss at
     s1's shapes: statistics in the logits GEMM's epilogue, then one elementwise pass z -> dz."""
-    from triton_kernels.cross_entropy_op import mm_config
+    from s1fast_kernels.cross_entropy_op import mm_config
     n_tiles = -(-VOCAB // mm_config(True)[0]["BN"])
     nv = N * VOCAB
     return N * n_tiles * 4 * 4 * 2, nv * (4 + 2), nv / SFU_EXP
@@ -105,7 +105,7 @@ def _roofline(flops: float, nbytes: float) -> float:
 
 def flce_low_memory_projection(chunk: int = 512) -> list[str]:
     """``low_memory=True``: forward over token chunks (logits, rows, dh), backward dW by vocabulary blocks."""
-    from triton_kernels.cross_entropy_op import _dw_tiles
+    from s1fast_kernels.cross_entropy_op import _dw_tiles
     nv, vh = N * VOCAB, VOCAB * HIDDEN
     floor = 6 * nv * HIDDEN / PEAK_FLOPS
     n_chunks = N / chunk
@@ -137,7 +137,7 @@ def flce_low_memory_projection(chunk: int = 512) -> list[str]:
 
 
 def projections() -> str:
-    from triton_kernels.cross_entropy_op import _default_chunk
+    from s1fast_kernels.cross_entropy_op import _default_chunk
     rope_tok = N * (HQ + HK) * HEAD_DIM * BF16
     rope_tab = N * HEAD_DIM * BF16 * 2
     x = N * HIDDEN * BF16

@@ -8,7 +8,7 @@ Features
   ``cu_seqlens`` int32 [D+1], ``max_seqlen``. ``forward`` returns the final-normed hidden states
   [T, H] so the trainer's fused linear cross-entropy never materialises [T, V] logits;
   ``logits`` gives them for tests and evaluation. Attention backends live in ``s1fast.attention``.
-- The norms, RoPE and the SwiGLU activation are ``triton_kernels`` ops (Triton on CUDA, PyTorch on
+- The norms, RoPE and the SwiGLU activation are ``s1fast_kernels`` ops (Triton on CUDA, PyTorch on
   CPU, the same Triton code on CPU under ``TRITON_INTERPRET=1``).
 - Parameter names are Hugging Face's minus the ``model.`` prefix, so checkpoints map 1:1.
 - ``from_pretrained`` streams safetensors shard by shard; ``build_model(cfg, "meta")`` +
@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import triton_kernels as tk
+import s1fast_kernels as tk
 from s1fast import attention as attn
 
 

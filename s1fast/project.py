@@ -81,7 +81,7 @@ Memory of one GPU (GB = 1e9 bytes)
   the backward the log-softmax output, its incoming gradient and the outgoing gradient (3 * 4LV) are live:
   peak 12 * L * V bytes (fp32 logits alone are 4 * 32768 * 152064 = 19.9 GB at block 32768), plus the
   gathered lm_head (2Vh).
-  s1fast (triton_kernels' fused linear cross-entropy in chunks of C tokens, its GPU default: 6CV <= 2 GiB,
+  s1fast (s1fast_kernels' fused linear cross-entropy in chunks of C tokens, its GPU default: 6CV <= 2 GiB,
   C = 2304 for V = 152064): the fp32 chunk logits and the bf16 chunk gradient (6CV), the bf16
   hidden-state gradient (2Lh), the fp32 lm_head weight-gradient accumulator (4Vh); plus the gathered lm_head.
 - The card sold as "80 GB" holds 81,559 MiB = 85.5 GB (nvidia-smi); a runtime reserve (CUDA context, NCCL
@@ -99,7 +99,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from s1fast.config import PRESETS as RECIPES
-from triton_kernels.cross_entropy_op import _default_chunk
+from s1fast_kernels.cross_entropy_op import _default_chunk
 
 GB = 1e9
 ASSETS = os.path.join(os.path.dirname(__file__), "assets", "data")

@@ -35,7 +35,7 @@ def loss_head(targets: torch.Tensor, weights: torch.Tensor):
 
     Full logits never exist: the fused linear cross-entropy reads hidden states and the weight in chunks.
     """
-    from triton_kernels import fused_linear_cross_entropy
+    from s1fast_kernels import fused_linear_cross_entropy
 
     def head(hidden, weight):
         return fused_linear_cross_entropy(hidden, weight, targets, token_weight=weights, reduction="sum")
@@ -101,8 +101,8 @@ def rank0_first(fn, rank: int):
 
 
 def kernel_path(device: torch.device) -> str:
-    """Which implementation of the kernels this run uses (triton_kernels decides by device)."""
-    from triton_kernels._runtime import INTERPRET, use_triton
+    """Which implementation of the kernels this run uses (s1fast_kernels decides by device)."""
+    from s1fast_kernels._runtime import INTERPRET, use_triton
     if not use_triton(torch.empty(0, device=device)):
         return "pytorch"
     return "triton (interpreter)" if INTERPRET and device.type == "cpu" else "triton"

@@ -9,7 +9,7 @@ PY="${PYTHON:-python3}"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 want=$(cat scripts/requirements-cpu.txt setup.py csrc/* | sha256sum | cut -d' ' -f1)
-ready() { python -c "import torch, s1fast._C, triton_kernels, transformers" >/dev/null 2>&1; }
+ready() { python -c "import torch, s1fast._C, s1fast_kernels, transformers" >/dev/null 2>&1; }
 if [ "$(cat .venv/.s1fast-stamp 2>/dev/null)" != "$want" ] || ! ready; then
   echo "[s1fast] installing into .venv (first run: about two minutes; log in .venv/install.log)" >&2
   log=.venv/install.log

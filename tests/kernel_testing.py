@@ -14,7 +14,7 @@ the interpreter off) ``pytest tests/test_kernel_*.py`` thus checks the compiled 
 against the same float64 references and tolerance rule (``bash bench/run_gpu.sh`` does).
 
 ``sm90_report``: compile a kernel for the H100 and return its register / spill / shared memory use
-(see ``triton_kernels.compile_check``); kernels are expected to compile without spills.
+(see ``s1fast_kernels.compile_check``); kernels are expected to compile without spills.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import shutil
 
 import torch
 
-from triton_kernels.compile_check import CompileReport, compile_sm90
+from s1fast_kernels.compile_check import CompileReport, compile_sm90
 
 # Margins, relative to the largest magnitude of the reference. fp32 allows a few ulps of
 # reordered accumulation; bf16 allows one rounding of the output on top of PyTorch's own error.
@@ -75,5 +75,5 @@ def sm90_report(fn, signature: dict, constexprs: dict | None = None, **kw) -> Co
 
 
 def have_cuobjdump() -> bool:
-    from triton_kernels.compile_check import _tool
+    from s1fast_kernels.compile_check import _tool
     return shutil.which(_tool("cuobjdump")) is not None or __import__("os").path.exists(_tool("cuobjdump"))

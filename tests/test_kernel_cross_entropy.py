@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-import triton_kernels
-import triton_kernels.cross_entropy_op as ce
-from triton_kernels import cross_entropy, fused_linear_cross_entropy
-from triton_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
+import s1fast_kernels
+import s1fast_kernels.cross_entropy_op as ce
+from s1fast_kernels import cross_entropy, fused_linear_cross_entropy
+from s1fast_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
 from kernel_testing import check_against_reference, on_kernel_device
 from bench.kernel_memory import S1_SHAPES, gpu_plan_extra, peak_bytes as _peak_bytes
 
@@ -168,7 +168,7 @@ def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)
     torch.testing.assert_close(lse, torch.logsumexp(hid @ w.t(), -1), rtol=1e-5, atol=1e-5)
-    module = triton_kernels.FusedLinearCrossEntropy(chunk_size=32)
+    module = s1fast_kernels.FusedLinearCrossEntropy(chunk_size=32)
     torch.testing.assert_close(module(hid, w, t), loss)
 
 
@@ -285,7 +285,7 @@ def test_gpu_path_memory_at_s1_shapes_both_modes():
 
 
 def test_fused_linear_ce_compiles_for_sm90_with_wgmma():
-    from triton_kernels.compile_check import kernel_reports
+    from s1fast_kernels.compile_check import kernel_reports
     reps = kernel_reports()["cross_entropy_op"]
     mm = [r for r in reps if r.name.startswith("flce")]  # every GEMM of the fused loss
     assert len(mm) == 10 and len(reps) == 13

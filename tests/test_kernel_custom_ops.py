@@ -3,11 +3,11 @@ torch.compile(fullgraph=True) forward + backward over all four on CPU with the P
 import pytest
 import torch
 
-from triton_kernels import custom_ops as ops
-from triton_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
-from triton_kernels.rope_op import rope_reference
-from triton_kernels.rms_norm_op import rms_norm_reference
-from triton_kernels.swiglu_op import swiglu_reference
+from s1fast_kernels import custom_ops as ops
+from s1fast_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
+from s1fast_kernels.rope_op import rope_reference
+from s1fast_kernels.rms_norm_op import rms_norm_reference
+from s1fast_kernels.swiglu_op import swiglu_reference
 
 
 def _inputs():
@@ -42,16 +42,16 @@ def _ref_flce(h, w, t, **kw):
 def test_custom_ops_pass_opcheck():
     p = _inputs()
     req = lambda t: t.clone().requires_grad_()  # noqa: E731
-    torch.library.opcheck(torch.ops.triton_kernels.swiglu, (req(p["gate"]), req(p["up"])))
-    torch.library.opcheck(torch.ops.triton_kernels.rms_norm, (req(p["x"]), req(p["w_norm"]), 1e-6))
-    torch.library.opcheck(torch.ops.triton_kernels.rope, (req(p["q"]), req(p["k"]), p["cos"], p["sin"], p["pos"]))
+    torch.library.opcheck(torch.ops.s1fast_kernels.swiglu, (req(p["gate"]), req(p["up"])))
+    torch.library.opcheck(torch.ops.s1fast_kernels.rms_norm, (req(p["x"]), req(p["w_norm"]), 1e-6))
+    torch.library.opcheck(torch.ops.s1fast_kernels.rope, (req(p["q"]), req(p["k"]), p["cos"], p["sin"], p["pos"]))
     w = torch.ones(18) / 18
     for low_memory in (False, True):
-        torch.library.opcheck(torch.ops.triton_kernels.fused_linear_cross_entropy,
+        torch.library.opcheck(torch.ops.s1fast_kernels.fused_linear_cross_entropy,
                               (req(p["x"].reshape(18, 24)), req(p["head"]), None, p["target"], w, -100, 0.0, 0.0,
                                None, "sum", True, 8, low_memory))
     lse = torch.logsumexp(p["x"].reshape(18, 24) @ p["head"].t(), -1)
-    torch.library.opcheck(torch.ops.triton_kernels.fused_linear_cross_entropy_dweight,
+    torch.library.opcheck(torch.ops.s1fast_kernels.fused_linear_cross_entropy_dweight,
                           (p["x"].reshape(18, 24), p["head"], None, p["target"], w, lse, -100, 0.0, 0.0, None, 8))
 
 

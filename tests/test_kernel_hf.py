@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-import triton_kernels
+import s1fast_kernels
 
 transformers = pytest.importorskip("transformers", reason="patch_hf patches transformers models")
 
@@ -37,7 +37,7 @@ def _grads(model):
 @pytest.mark.parametrize("model_type,ce_mode", [("qwen2", True), ("llama", True), ("qwen2-tied", True),
                                                 ("qwen2-tied", "low_memory")])
 def test_patched_model_matches_unpatched(model_type, ce_mode, monkeypatch):
-    import triton_kernels.hf as hf
+    import s1fast_kernels.hf as hf
     calls = {"rope": 0, "rms_norm": 0, "swiglu": 0}
 
     def spy(name, fn):
@@ -48,7 +48,7 @@ def test_patched_model_matches_unpatched(model_type, ce_mode, monkeypatch):
     for name in calls:
         spy(name, getattr(hf, name))
     ref = tiny(model_type)
-    pat = triton_kernels.patch_hf(copy.deepcopy(ref), cross_entropy=ce_mode)
+    pat = s1fast_kernels.patch_hf(copy.deepcopy(ref), cross_entropy=ce_mode)
     ids, labels = batch()
     # logits (no labels: the original forward with patched norms, MLP and RoPE)
     with torch.no_grad():
@@ -78,13 +78,13 @@ def test_patched_model_matches_unpatched(model_type, ce_mode, monkeypatch):
 
 def test_patch_hf_rejects_an_unknown_loss_mode():
     with pytest.raises(ValueError, match="cross_entropy='fast'"):
-        triton_kernels.patch_hf(tiny("qwen2"), cross_entropy="fast")
+        s1fast_kernels.patch_hf(tiny("qwen2"), cross_entropy="fast")
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])
 def test_training_curves_match(model_type):
     ref = tiny(model_type)
-    pat = triton_kernels.patch_hf(copy.deepcopy(ref))
+    pat = s1fast_kernels.patch_hf(copy.deepcopy(ref))
     ids, labels = batch()
     curves = []
     for model in (ref, pat):
@@ -104,16 +104,16 @@ def test_training_curves_match(model_type):
 def test_unpatched_models_are_untouched_and_bad_types_are_clear():
     import transformers.models.qwen2.modeling_qwen2 as mq
     ref = tiny("qwen2")
-    triton_kernels.patch_hf(copy.deepcopy(ref))
+    s1fast_kernels.patch_hf(copy.deepcopy(ref))
     assert hasattr(mq.apply_rotary_pos_emb, "_triton_kernels_original")
     assert not hasattr(ref.model.layers[0].self_attn.forward, "_triton_kernels_rope")
     assert type(ref.model.norm).forward is mq.Qwen2RMSNorm.forward and "forward" not in vars(ref.model.norm)
     with pytest.raises(ValueError, match="not supported"):
-        triton_kernels.patch_hf("gpt2")
+        s1fast_kernels.patch_hf("gpt2")
 
 
 _GLOBAL_PATCH_SCRIPT = r"""
-import torch, transformers, triton_kernels
+import torch, transformers, s1fast_kernels
 import transformers.models.qwen2.modeling_qwen2 as mq
 cfg = transformers.Qwen2Config(vocab_size=331, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -122,8 +122,8 @@ model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="
 ids = torch.randint(0, 331, (2, 13))
 with torch.no_grad():
     before_logits, before_loss = model(ids).logits, model(ids, labels=ids).loss
-triton_kernels.patch_hf("qwen2")
-assert mq.Qwen2RMSNorm.forward is triton_kernels.hf._rms_norm_forward
+s1fast_kernels.patch_hf("qwen2")
+assert mq.Qwen2RMSNorm.forward is s1fast_kernels.hf._rms_norm_forward
 assert hasattr(mq.apply_rotary_pos_emb, "_triton_kernels_original")
 with torch.no_grad():
     torch.testing.assert_close(model(ids).logits, before_logits, rtol=1e-5, atol=1e-5)

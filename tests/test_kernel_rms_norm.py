@@ -2,15 +2,15 @@
 import pytest
 import torch
 
-import triton_kernels
-from triton_kernels import rms_norm_op
+import s1fast_kernels
+from s1fast_kernels import rms_norm_op
 from kernel_testing import MARGIN, check_against_reference, on_kernel_device
 
 
 def _run(x, w, eps, dy):
     x = x.detach().clone().requires_grad_()
     w = w.detach().clone().requires_grad_()
-    y = on_kernel_device(triton_kernels.rms_norm)(x, w, eps)
+    y = on_kernel_device(s1fast_kernels.rms_norm)(x, w, eps)
     y.backward(dy.to(y.dtype))
     return y, x.grad, w.grad
 
@@ -51,17 +51,17 @@ def test_rms_norm_cpu_path_is_the_reference(monkeypatch):
     """With Triton disabled, CPU tensors take the PyTorch path (what the lean model runs on a CPU)."""
     monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
     x, w = torch.randn(4, 10), torch.rand(10)
-    y = triton_kernels.rms_norm(x, w, 1e-5)
+    y = s1fast_kernels.rms_norm(x, w, 1e-5)
     assert y.grad_fn is None and torch.equal(y, rms_norm_op.rms_norm_reference(x, w, 1e-5))
 
 
 def test_rms_norm_bad_weight_is_clear():
     with pytest.raises(ValueError, match=r"weight of shape \[8\]"):
-        triton_kernels.rms_norm(torch.zeros(2, 8), torch.zeros(9))
+        s1fast_kernels.rms_norm(torch.zeros(2, 8), torch.zeros(9))
 
 
 def test_rms_norm_compiles_for_sm90_without_spills():
-    from triton_kernels.compile_check import kernel_reports
+    from s1fast_kernels.compile_check import kernel_reports
     reps = kernel_reports()["rms_norm_op"]
     assert len(reps) == 6
     for r in reps:

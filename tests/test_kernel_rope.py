@@ -3,8 +3,8 @@ strided inputs, backward; sm_90 compile."""
 import pytest
 import torch
 
-import triton_kernels
-from triton_kernels.rope_op import rope_reference
+import s1fast_kernels
+from s1fast_kernels.rope_op import rope_reference
 from kernel_testing import check_against_reference, on_kernel_device
 
 
@@ -45,7 +45,7 @@ def test_rope_matches_float64(dtype, case):
     k = torch.randn(ks, generator=g).to(dtype)
     dq, dk = torch.randn(qs, generator=g), torch.randn(ks, generator=g)
     cos, sin = tables(512, r, dtype)
-    out = _grads(on_kernel_device(triton_kernels.rope), q, k, cos, sin, pos, dq, dk)
+    out = _grads(on_kernel_device(s1fast_kernels.rope), q, k, cos, sin, pos, dq, dk)
     ref = _grads(rope_reference, q, k, cos, sin, pos, dq, dk, torch.float64)
     base = _grads(rope_reference, q, k, cos, sin, pos, dq, dk)
     for name, o, rr, b in zip(("q", "k", "dq", "dk"), out, ref, base):
@@ -63,12 +63,12 @@ def test_rope_in_place_and_strided_views():
     cos, sin = tables(40, 64, torch.float32)
     q, k = qh.transpose(1, 2), kh.transpose(1, 2)
     assert not q.is_contiguous()
-    qo, ko = triton_kernels.rope(q, k, cos, sin, pos)
+    qo, ko = s1fast_kernels.rope(q, k, cos, sin, pos)
     qr, kr = rope_reference(q.double(), k.double(), cos.double(), sin.double(), pos)
     check_against_reference("rope strided q", qo, qr, rope_reference(q, k, cos, sin, pos)[0])
     assert qo.stride() == q.stride(), "the output keeps the input's layout (no copy)"
     q2, k2 = q.clone(), k.clone()
-    qi, ki = triton_kernels.rope(q2, k2, cos, sin, pos, inplace=True)
+    qi, ki = s1fast_kernels.rope(q2, k2, cos, sin, pos, inplace=True)
     assert qi.data_ptr() == q2.data_ptr() and torch.equal(qi, qo) and torch.equal(ki, ko)
 
 
@@ -76,7 +76,7 @@ def test_rope_unused_output_gets_zero_gradient():
     q = torch.randn(9, 2, 16, requires_grad=True)
     k = torch.randn(9, 1, 16, requires_grad=True)
     cos, sin = tables(9, 16, torch.float32)
-    qo, _ = triton_kernels.rope(q, k, cos, sin, torch.arange(9))
+    qo, _ = s1fast_kernels.rope(q, k, cos, sin, torch.arange(9))
     qo.sum().backward()  # an expanded (all strides 0) gradient: must be read as such, not as contiguous
     assert k.grad is None or torch.count_nonzero(k.grad) == 0
     q2 = q.detach().clone().requires_grad_()
@@ -87,13 +87,13 @@ def test_rope_unused_output_gets_zero_gradient():
 def test_rope_shape_errors_are_clear():
     cos, sin = tables(8, 16, torch.float32)
     with pytest.raises(ValueError, match="position_ids"):
-        triton_kernels.rope(torch.zeros(4, 2, 16), torch.zeros(4, 1, 16), cos, sin, torch.arange(5))
+        s1fast_kernels.rope(torch.zeros(4, 2, 16), torch.zeros(4, 1, 16), cos, sin, torch.arange(5))
     with pytest.raises(ValueError, match="rotary_dim"):
-        triton_kernels.rope(torch.zeros(4, 2, 8), torch.zeros(4, 1, 8), cos, sin, torch.arange(4))
+        s1fast_kernels.rope(torch.zeros(4, 2, 8), torch.zeros(4, 1, 8), cos, sin, torch.arange(4))
 
 
 def test_rope_compiles_for_sm90_without_spills():
-    from triton_kernels.compile_check import kernel_reports
+    from s1fast_kernels.compile_check import kernel_reports
     reps = kernel_reports()["rope_op"]
     assert len(reps) == 4
     for r in reps:

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import triton_kernels
-from triton_kernels._runtime import INTERPRET, use_triton
+import s1fast_kernels
+from s1fast_kernels._runtime import INTERPRET, use_triton
 from kernel_testing import check_against_reference, on_kernel_device
 
 
@@ -19,7 +19,7 @@ def test_swiglu_matches_float64(dtype, shape):
     u64 = torch.randn(shape, dtype=torch.float64)
     g = g64.to(dtype).requires_grad_()
     u = u64.to(dtype).requires_grad_()
-    y = on_kernel_device(triton_kernels.swiglu)(g, u)
+    y = on_kernel_device(s1fast_kernels.swiglu)(g, u)
     dy64 = torch.randn(shape, dtype=torch.float64)
     y.backward(dy64.to(dtype))
 
@@ -41,11 +41,11 @@ def test_swiglu_matches_float64(dtype, shape):
 
 def test_swiglu_shape_mismatch_is_clear():
     with pytest.raises(ValueError, match="one shape"):
-        triton_kernels.swiglu(torch.zeros(3), torch.zeros(4))
+        s1fast_kernels.swiglu(torch.zeros(3), torch.zeros(4))
 
 
 def test_swiglu_compiles_for_sm90():
-    from triton_kernels.compile_check import kernel_reports
+    from s1fast_kernels.compile_check import kernel_reports
     reps = kernel_reports()["swiglu_op"]  # fwd and bwd, bf16 and fp32 (swiglu_op.sm90_variants)
     assert len(reps) == 4
     for r in reps:

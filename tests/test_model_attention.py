@@ -107,7 +107,7 @@ def test_model_isolation_packed_equals_alone(backend, monkeypatch):
 def test_kernels_in_the_loop_equal_pytorch_path(monkeypatch):
     """Under TRITON_INTERPRET=1 (conftest) CPU tensors go through the Triton kernels; forward and
     backward must equal the plain PyTorch path."""
-    from triton_kernels import _runtime
+    from s1fast_kernels import _runtime
     if not _runtime.INTERPRET:
         pytest.skip("needs TRITON_INTERPRET=1 (set by tests/conftest.py) to run Triton on CPU")
     torch.manual_seed(0)
@@ -124,7 +124,7 @@ def test_kernels_in_the_loop_equal_pytorch_path(monkeypatch):
         out.square().mean().backward()
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    from triton_kernels import swiglu_op
+    from s1fast_kernels import swiglu_op
     launches = []
     real = swiglu_op._launch_fwd
     monkeypatch.setattr(swiglu_op, "_launch_fwd", lambda *a: launches.append(1) or real(*a))

@@ -1,12 +1,12 @@
 """s1fast's Triton kernels, usable by any trainer (imports nothing of ``s1fast``).
 
-    from triton_kernels import rms_norm, rope, swiglu, fused_linear_cross_entropy, cross_entropy, patch_hf
+    from s1fast_kernels import rms_norm, rope, swiglu, fused_linear_cross_entropy, cross_entropy, patch_hf
     y = rms_norm(x, weight, eps)                              # Qwen2/Llama RMSNorm
     q, k = rope(q, k, cos, sin, position_ids)                 # packed [T,H,D] + [T], or [B,S,H,D] + [B,S]
     a = swiglu(gate, up)                                      # silu(gate) * up
     loss = fused_linear_cross_entropy(h, lm_head.weight, target, token_weight=w, reduction="sum")
     patch_hf(model)                                           # a transformers Qwen2 / Llama model
-    from triton_kernels import custom_ops                     # the same as torch.library ops (torch.compile)
+    from s1fast_kernels import custom_ops                     # the same as torch.library ops (torch.compile)
 
 Each kernel lives in its own file with its math, its ``@triton.jit`` code, its launcher, its
 autograd function, a functional API, a thin module and a plain-PyTorch reference. CUDA tensors run

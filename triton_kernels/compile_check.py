@@ -5,7 +5,7 @@ triton wheel ships ``cuobjdump``, so the registers, spills and shared memory the
 see can be read from that cubin on a CPU-only box. Tests use this to prove that every kernel
 compiles for the H100 and to record its register use; ``bench/`` collects the table.
 
-    >>> from triton_kernels.compile_check import compile_sm90
+    >>> from s1fast_kernels.compile_check import compile_sm90
     >>> r = compile_sm90(my_kernel, {"x_ptr": "*bf16", "n": "i32"}, {"BLOCK": 1024})
     >>> r.registers, r.spill_stores, r.uses_wgmma
 """
@@ -113,7 +113,7 @@ def _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, nam
             "constexprs": constexprs or {}, "num_warps": num_warps, "num_stages": num_stages, "label": name,
             "divisible": list(divisible)}
     env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run([sys.executable, "-m", "triton_kernels.compile_check"], input=json.dumps(spec),
+    proc = subprocess.run([sys.executable, "-m", "s1fast_kernels.compile_check"], input=json.dumps(spec),
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"sm_90 compile of {spec['module']}.{spec['name']} failed:\n{proc.stderr[-4000:]}")
@@ -129,7 +129,7 @@ def compile_variants(module_names: list[str]) -> list[CompileReport]:
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         env = dict(os.environ, TRITON_INTERPRET="0")
-        proc = subprocess.run([sys.executable, "-m", "triton_kernels.compile_check"],
+        proc = subprocess.run([sys.executable, "-m", "s1fast_kernels.compile_check"],
                               input=json.dumps({"modules": list(module_names)}), capture_output=True, text=True,
                               env=env)
         if proc.returncode != 0:
@@ -145,7 +145,7 @@ def compile_variants(module_names: list[str]) -> list[CompileReport]:
     return reports
 
 
-KERNEL_MODULES = tuple(f"triton_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op"))
+KERNEL_MODULES = tuple(f"s1fast_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,6 @@
 """The kernels as ``torch.library`` custom ops, so ``torch.compile(fullgraph=True)`` traces through them.
 
-    from triton_kernels import custom_ops as ops
+    from s1fast_kernels import custom_ops as ops
     y = ops.rms_norm(x, w, eps); q, k = ops.rope(q, k, cos, sin, pos); a = ops.swiglu(g, u)
     loss = ops.fused_linear_cross_entropy(h, W, t, token_weight=w, reduction="sum")
 
@@ -10,7 +10,7 @@ opaque calls (Inductor does not try to trace into Triton's launcher or the inter
 the usual device rule applies (``_runtime.use_triton``): Triton on CUDA and under the interpreter, the
 PyTorch implementation otherwise. The functional API in each kernel file (autograd.Function) stays the
 eager entry point; these wrappers are the same math behind a graph-safe boundary. Namespace:
-``torch.ops.triton_kernels``.
+``torch.ops.s1fast_kernels``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from . import cross_entropy_op as ce
 from . import rms_norm_op, rope_op, swiglu_op
 from ._runtime import use_triton
 
-NS = "triton_kernels"
+NS = "s1fast_kernels"
 
 
 # -------------------------------------------------------------------------------------------- swiglu
@@ -54,7 +54,7 @@ def _swiglu_setup(ctx, inputs, output):
 
 
 def _swiglu_grad(ctx, dy):
-    return tuple(torch.ops.triton_kernels.swiglu_backward(*ctx.saved_tensors, dy))
+    return tuple(torch.ops.s1fast_kernels.swiglu_backward(*ctx.saved_tensors, dy))
 
 
 _swiglu.register_autograd(_swiglu_grad, setup_context=_swiglu_setup)
@@ -91,7 +91,7 @@ def _rms_setup(ctx, inputs, output):
 
 def _rms_grad(ctx, dy, _drstd):
     x, weight, rstd = ctx.saved_tensors
-    dx, dw = torch.ops.triton_kernels.rms_norm_backward(x, weight, dy, rstd)
+    dx, dw = torch.ops.s1fast_kernels.rms_norm_backward(x, weight, dy, rstd)
     return dx, dw, None
 
 
@@ -137,7 +137,7 @@ def _rope_setup(ctx, inputs, output):
 
 def _rope_grad(ctx, dq, dk):
     cos, sin, pos = ctx.saved_tensors
-    gq, gk = torch.ops.triton_kernels.rope_backward(dq, dk, cos, sin, pos)
+    gq, gk = torch.ops.s1fast_kernels.rope_backward(dq, dk, cos, sin, pos)
     return gq, gk, None, None, None
 
 
@@ -209,7 +209,7 @@ def _flce_grad(ctx, g, _glse, _gdh, _gdw, _gdb):
     if reduction == "none":
         hidden, weight, bias, target, w_eff, lse = ctx.saved_tensors
         w_eff = w_eff * g
-        _, _, dh, dw, db = torch.ops.triton_kernels.fused_linear_cross_entropy(
+        _, _, dh, dw, db = torch.ops.s1fast_kernels.fused_linear_cross_entropy(
             hidden, weight, bias, target, w_eff, ignore_index, smoothing, z_loss, softcap, reduction, True, chunk,
             low_memory)
         g = torch.ones((), dtype=torch.float32, device=dh.device)
@@ -219,7 +219,7 @@ def _flce_grad(ctx, g, _glse, _gdh, _gdw, _gdb):
     else:
         dh, dw, db = ctx.saved_tensors
     if low_memory:
-        dw = torch.ops.triton_kernels.fused_linear_cross_entropy_dweight(  # g is already inside w_eff
+        dw = torch.ops.s1fast_kernels.fused_linear_cross_entropy_dweight(  # g is already inside w_eff
             hidden, weight, bias, target, w_eff, lse, ignore_index, smoothing, z_loss, softcap, chunk)
     wdt, bdt = ctx.dtypes
     dw = dw if low_memory else (dw * g).to(wdt)
@@ -232,15 +232,15 @@ _flce.register_autograd(_flce_grad, setup_context=_flce_setup)
 
 # --------------------------------------------------------------------------------- functional forms
 def swiglu(gate: Tensor, up: Tensor) -> Tensor:
-    return torch.ops.triton_kernels.swiglu(gate, up)
+    return torch.ops.s1fast_kernels.swiglu(gate, up)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
-    return torch.ops.triton_kernels.rms_norm(x, weight, float(eps))[0]
+    return torch.ops.s1fast_kernels.rms_norm(x, weight, float(eps))[0]
 
 
 def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-    return tuple(torch.ops.triton_kernels.rope(q, k, cos, sin, position_ids))
+    return tuple(torch.ops.s1fast_kernels.rope(q, k, cos, sin, position_ids))
 
 
 def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100, label_smoothing=0.0,
@@ -251,7 +251,7 @@ def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_inde
         hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         softcap=softcap, reduction=reduction, token_weight=token_weight, normalizer=normalizer,
         chunk_size=chunk_size, low_memory=low_memory)
-    loss, lse, *_ = torch.ops.triton_kernels.fused_linear_cross_entropy(
+    loss, lse, *_ = torch.ops.s1fast_kernels.fused_linear_cross_entropy(
         h, w, b, t, w_eff, cfg["ignore_index"], cfg["label_smoothing"], cfg["z_loss"], cfg["softcap"],
         cfg["reduction"], want_grad, chunk, cfg["low_memory"])
     return (loss, lse) if return_lse else loss

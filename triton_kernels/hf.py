@@ -1,9 +1,9 @@
 """Make a transformers (5.x) Qwen2 or Llama model use these kernels, with no per-model copy of its code.
 
-    import triton_kernels
+    import s1fast_kernels
     model = AutoModelForCausalLM.from_pretrained(...)
-    triton_kernels.patch_hf(model)                 # this model only
-    triton_kernels.patch_hf("qwen2")               # every Qwen2 model, including ones built later
+    s1fast_kernels.patch_hf(model)                 # this model only
+    s1fast_kernels.patch_hf("qwen2")               # every Qwen2 model, including ones built later
 
 What is replaced (each switch can be turned off):
 - ``rms_norm``: ``forward`` of the model's ``*RMSNorm`` modules -> ``rms_norm(x, weight, variance_epsilon)``.
