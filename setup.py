@@ -28,13 +28,15 @@ if with_cuda:
 else:
     ext = CppExtension("s1fast._C", cpp, extra_compile_args={"cxx": cxx})
 
-core = ["torch>=2.10", "triton", "transformers>=4.45", "safetensors", "numpy", "tqdm"]
+core = ["torch>=2.10", "triton", "transformers>=4.45", "safetensors", "numpy", "tqdm", "math-verify[antlr4_13_2]>=0.7"]
 extras = {
     "test": ["pytest", "hypothesis", "pytest-benchmark", "matplotlib", "pyarrow"],
     "bench": ["pytest-benchmark", "liger-kernel", "trl", "binpacking", "matplotlib"],
     "gpu": ["flash-attn"],
     "parquet": ["pyarrow"],
     "plot": ["matplotlib"],
+    "serve": ["fastapi", "uvicorn"],
+    "openai": ["openai>=1.0"],
 }
 
 setup(
