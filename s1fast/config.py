@@ -13,6 +13,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
+from .memory import MEMORY_HEADROOM, RUNTIME_RESERVE_GB
+
 
 @dataclass
 class TrainConfig:
@@ -50,8 +52,12 @@ class TrainConfig:
     checkpoint_layers: int = field(default=0, metadata={"help": "checkpoint only the first N blocks (0: all of them)"})
     checkpoint_budget_gb: float = field(default=0.0, metadata={
         "help": "adaptive checkpointing: before each micro-step, checkpoint only the first blocks its tokens need "
-                "to stay within this many GB per GPU by s1fast.project's memory model (-1: the GPU's memory less "
-                "a 2 GB reserve and 10%% headroom; 0: off, --checkpoint-layers decides)"})
+                "to stay within this many GB per GPU by s1fast.memory's model (-1: the GPU's memory less "
+                "--runtime-reserve-gb, less --memory-headroom; 0: off, --checkpoint-layers decides)"})
+    runtime_reserve_gb: float = field(default=RUNTIME_RESERVE_GB, metadata={
+        "help": "GB per GPU the memory model leaves to the CUDA context, NCCL buffers and fragmentation"})
+    memory_headroom: float = field(default=MEMORY_HEADROOM, metadata={
+        "help": "fraction of the budget --checkpoint-budget-gb -1 keeps free"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block"})
     attention: str = field(default="auto", metadata={"help": "attention backend: auto, flash, varlen, flex, sdpa"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cuda or cpu"})
@@ -178,5 +184,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         if cfg.checkpoint_budget_gb < 0 and cfg.checkpoint_budget_gb != -1:
             raise ConfigError(f"--checkpoint-budget-gb {cfg.checkpoint_budget_gb}: give GB per GPU, or -1 for the "
                               f"GPU's own memory")
+    if cfg.runtime_reserve_gb < 0 or not 0 <= cfg.memory_headroom < 1:
+        raise ConfigError(f"--runtime-reserve-gb must be >= 0 and --memory-headroom in [0, 1), got "
+                          f"{cfg.runtime_reserve_gb} and {cfg.memory_headroom}")
     if not 0 <= cfg.warmup_ratio < 1:
         raise ConfigError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, hardware, memory
 from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
@@ -109,47 +109,33 @@ def kernel_path(device: torch.device) -> str:
 
 
 def peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak of the GPU, for MFU; None where no honest figure is known (CPUs)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in (("H100 PCIe", 756e12), ("H200", 989e12), ("H100", 989e12), ("A100", 312e12)):
-        if key in name:
-            return tflops
-    return None
+    """Dense bf16 peak of the GPU (s1fast.hardware), for MFU; None where no honest figure is known (CPUs)."""
+    gpu = hardware.gpu_for_device_name(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    return gpu.peak_flops if gpu else None
 
 
 def adaptive_checkpointing(cfg: TrainConfig, mcfg, device: torch.device, world: int, rank: int):
     """``--checkpoint-budget-gb``: a function tokens -> how many blocks (the first ones) to checkpoint, the
-    fewest that keep this rank's projected peak within the budget (``s1fast.project``'s memory model of an
-    s1fast rank: sharded states, checkpointed layer inputs, the larger of the loss and layer phases). The
-    model is a projection, not a measurement: the default budget keeps the projection's 2 GB reserve and 10%
-    headroom below the GPU's memory. None when the flag is off."""
+    fewest that keep this rank's projected peak within the budget (``s1fast.memory``'s model of an s1fast rank).
+    The model is a projection, not a measurement: the default budget keeps ``--runtime-reserve-gb`` and
+    ``--memory-headroom`` below the GPU's memory. None when the flag is off."""
     if not cfg.checkpoint_budget_gb:
         return None
-    from . import project
-    A = project.Assumptions()
+    A = memory.MemoryAssumptions(runtime_reserve_gb=cfg.runtime_reserve_gb, memory_headroom=cfg.memory_headroom)
     if cfg.checkpoint_budget_gb == -1:
         if device.type != "cuda":
             raise ConfigError("--checkpoint-budget-gb -1 reads the GPU's memory; on a CPU run give the budget in GB")
-        total = torch.cuda.get_device_properties(device).total_memory / project.GB
-        limit = (total - A.runtime_reserve_gb) * (1 - A.memory_headroom)
+        limit = memory.checkpoint_limit_gb(torch.cuda.get_device_properties(device).total_memory / memory.GB, A)
     else:
         limit = cfg.checkpoint_budget_gb
-    shape = project.model_shape(mcfg)
-    shard = cfg.shard_size or world
-    cache: dict[int, int] = {}
-    warned = []
+    shape = memory.model_shape(mcfg)
 
-    def layers_for(tokens: int) -> int:
-        if tokens not in cache:
-            k = project.layers_to_checkpoint(shape, A, tokens=tokens, shard=shard, limit_gb=limit)
-            if k is None and not warned and rank == 0:
-                warned.append(tokens)
-                print(f"[s1fast] warning: {tokens} tokens on a rank exceed --checkpoint-budget-gb {limit:.4g} by the "
-                      f"memory model even with every block checkpointed; checkpointing every block", flush=True)
-            cache[tokens] = shape.layers if k is None else k
-        return cache[tokens]
+    def overflow(tokens):
+        if rank == 0:
+            print(f"[s1fast] warning: {tokens} tokens on a rank exceed --checkpoint-budget-gb {limit:.4g} by the "
+                  f"memory model even with every block checkpointed; checkpointing every block", flush=True)
+    layers_for = memory.checkpoint_policy(shape, A, shard=cfg.shard_size or world, limit_gb=limit,
+                                          on_overflow=overflow)
     if rank == 0 and cfg.dtype != "bf16":
         print(f"[s1fast] warning: --checkpoint-budget-gb's memory model assumes bf16 activations; with --dtype "
               f"{cfg.dtype} they take twice the bytes, so give a budget with that in mind", flush=True)

@@ -1,11 +1,12 @@
-"""s1fast.project: calibration arithmetic, monotonicity, memory table, JSON keys, the CLI."""
+"""s1fast.projection (python -m s1fast.project): calibration arithmetic, monotonicity, memory table, JSON keys, the CLI."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from s1fast import project as P
+from s1fast import projection as P
+from s1fast.projection import runs as R
 
 PEAK = 989e12
 V, H = 152064, 5120
@@ -161,7 +162,7 @@ def test_adaptive_timing_charges_each_layer_its_slowest_rank():
     limit = 75.0
     k_small, k_big = (P.layers_to_checkpoint(s, A, tokens=n, shard=16, limit_gb=limit) for n in (3000, 9000))
     assert k_small < k_big
-    st = P._Setup("s1fast", 32768, 2, lens, 0.0, 1, 1.0, 1, 9000, [[(s.cost(9000), 9000)] * 2])
+    st = R._Setup("s1fast", 32768, 2, lens, 0.0, 1, 1.0, 1, 9000, [[(s.cost(9000), 9000)] * 2])
     same, mean_k = P.adaptive_recompute(st, s, A, shard=16, limit_gb=limit)
     assert same == pytest.approx(P.recompute_factor(s, lens, k_big)) and mean_k == k_big
     # a rank with more work but fewer checkpointed layers beside one with less work and more of them

@@ -236,7 +236,7 @@ def test_adaptive_checkpointing_picks_the_blocks_the_budget_needs_and_keeps_the_
     stand-in micro-step of the rank that has one example fewer (global batch 3 on 2 ranks) checkpoints none: the
     count changes between micro-steps, here with torch.compile'd blocks (the recommended command line), on 2
     FSDP2 ranks, and the losses are those of the same run without checkpointing (recompute changes no math)."""
-    from s1fast import project as P
+    from s1fast import projection as P
     from s1fast.model import get_config
     s, A = P.model_shape(get_config("tiny-qwen2")), P.Assumptions()
     peaks = [P.memory_gb(s, A, stack="s1fast", tokens=256, shard=2, ckpt_layers=k)["peak"] for k in (0, 1)]

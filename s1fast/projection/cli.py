@@ -1,0 +1,56 @@
+"""``python -m s1fast.project`` (or ``-m s1fast.projection``): the projection's command line (docs/projection.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from s1fast.hardware import PROJECTED_GPUS
+
+from .assumptions import Assumptions
+from .presets import CALIBRATION_MODEL, PROJECTED
+from .report import format_report, plot, project
+
+DESCRIPTION = "Projection of a recipe's wall time and per-GPU memory on H100s: s1's stack against s1fast."
+
+
+def main(argv=None) -> int:
+    d = Assumptions()
+    ap = argparse.ArgumentParser(prog="python -m s1fast.project", description=DESCRIPTION)
+    ap.add_argument("--preset", choices=sorted(PROJECTED), default="s1")
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs (default: the recipe's)")
+    ap.add_argument("--gpu", choices=sorted(PROJECTED_GPUS), default="h100")
+    ap.add_argument("--model", default=CALIBRATION_MODEL,
+                    help="a config name of s1fast.model.CONFIGS or a Hugging Face model folder")
+    ap.add_argument("--lengths", default=None, help="token lengths, one integer per line")
+    ap.add_argument("--json", action="store_true", help="print the projection as JSON")
+    ap.add_argument("--plot", default=None, metavar="OUT.png")
+    ap.add_argument("--nic-gbit", type=float, default=d.nic_gbit, help="per NIC, Gbit/s")
+    ap.add_argument("--nics-per-node", type=int, default=d.nics_per_node)
+    ap.add_argument("--link-efficiency", type=float, default=d.link_efficiency)
+    ap.add_argument("--hbm-efficiency", type=float, default=d.hbm_efficiency)
+    ap.add_argument("--runtime-reserve-gb", type=float, default=d.runtime_reserve_gb)
+    ap.add_argument("--memory-headroom", type=float, default=d.memory_headroom)
+    ap.add_argument("--loss-chunk", type=int, default=d.loss_chunk)
+    ap.add_argument("--s1fast-mfu", type=float, default=None, help="override the anchored MFU assumption")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--group-window", type=int, default=None,
+                    help="s1fast's plan: steps per grouping window (1 keeps s1's random step composition)")
+    ap.add_argument("--static-checkpointing", action="store_true",
+                    help="s1fast checkpoints the longest pack's layer count at every micro-step (train "
+                         "--checkpoint-layers K) instead of only what each micro-step's tokens need")
+    args = ap.parse_args(argv)
+    A = Assumptions(nic_gbit=args.nic_gbit, nics_per_node=args.nics_per_node, link_efficiency=args.link_efficiency,
+                    hbm_efficiency=args.hbm_efficiency, runtime_reserve_gb=args.runtime_reserve_gb,
+                    memory_headroom=args.memory_headroom,
+                    loss_chunk=args.loss_chunk, s1fast_mfu=args.s1fast_mfu, seed=args.seed,
+                    group_window=args.group_window, adaptive_checkpointing=not args.static_checkpointing)
+    p = project(args.preset, gpus=args.gpus, gpu_name=args.gpu, lengths_path=args.lengths, model=args.model, A=A)
+    if args.plot:
+        plot(p, args.plot)
+    print(json.dumps(p, indent=1) if args.json else format_report(p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
