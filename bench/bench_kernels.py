@@ -18,12 +18,16 @@ import os
 import pytest
 import torch
 
+from s1fast.model import CONFIGS
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="kernel benchmarks need a CUDA GPU (H100); bench/RESULTS.md has the "
                                        "projected costs and `python -m bench.kernel_table` regenerates them")
 
 N = int(os.environ.get("S1FAST_BENCH_TOKENS", 32768))
-HIDDEN, VOCAB, INTER, HQ, HK, HEAD_DIM = 5120, 152064, 27648, 40, 8, 128
+_QWEN32 = CONFIGS["Qwen2.5-32B-Instruct"]
+HIDDEN, VOCAB, INTER = _QWEN32.hidden_size, _QWEN32.vocab_size, _QWEN32.intermediate_size
+HQ, HK, HEAD_DIM = _QWEN32.num_heads, _QWEN32.num_kv_heads, _QWEN32.head_dim
 MODES = ["forward", "backward", "full"]
 
 
@@ -115,7 +119,7 @@ def _flce_inputs():
 
 def _flce_impls():
     import s1fast_kernels
-    from s1fast_kernels.cross_entropy_op import fused_linear_cross_entropy_reference
+    from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference
 
     def plain(h, w, t):  # transformers' ForCausalLMLoss: bf16 logits, fp32 upcast, F.cross_entropy
         return torch.nn.functional.cross_entropy((h @ w.t()).float(), t, ignore_index=-100)

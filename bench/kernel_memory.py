@@ -102,7 +102,7 @@ def gpu_plan_extra(low_memory: bool | None, n: int, hdim: int, v: int, dtype=tor
     """Peak bytes beyond the inputs and their gradients of forward + backward at [n, hdim] x [v, hdim] in
     ``dtype``: the fused loss's GPU path (``low_memory`` False or True, its default chunk), or with
     ``low_memory=None`` the reference stack's unfused loss."""
-    import s1fast_kernels.cross_entropy_op as ce
+    import s1fast_kernels.linear_cross_entropy_op as ce
     from s1fast_kernels import fused_linear_cross_entropy
 
     h = torch.empty(n, hdim, device="meta", dtype=dtype, requires_grad=True)

@@ -17,16 +17,21 @@ import re
 
 from bench.env import environment, markdown_header
 
-PEAK_FLOPS = 989e12
-PEAK_BW = 3.35e12
+from s1fast.hardware import GPUS
+from s1fast.model import CONFIGS
+
+PEAK_FLOPS = GPUS["h100"].peak_flops
+PEAK_BW = GPUS["h100"].hbm_bytes_per_s
 # fp32 exp2 on the special-function units: 16 results per clock per SM (CUDA programming guide, compute
 # capability 9.0 throughput table) x 132 SMs x 1.98 GHz boost clock
 SFU_EXP = 16 * 132 * 1.98e9
 BEGIN, END = "<!-- kernels:begin -->", "<!-- kernels:end -->"
 
 # s1's shapes (Qwen2.5-32B-Instruct, 32768-token packs)
-N, HIDDEN, VOCAB, INTER = 32768, 5120, 152064, 27648
-HQ, HK, HEAD_DIM = 40, 8, 128
+_QWEN32 = CONFIGS["Qwen2.5-32B-Instruct"]
+N = 32768
+HIDDEN, VOCAB, INTER = _QWEN32.hidden_size, _QWEN32.vocab_size, _QWEN32.intermediate_size
+HQ, HK, HEAD_DIM = _QWEN32.num_heads, _QWEN32.num_kv_heads, _QWEN32.head_dim
 BF16 = 2
 
 
@@ -53,7 +58,7 @@ def memory_bound(name: str, nbytes: float, what: str) -> str:
 def _row_phase() -> tuple[float, float, float]:
     """(statistics bytes, dz kernel bytes, epilogue exp seconds) of the softmax part of the fused loss at
     s1's shapes: statistics in the logits GEMM's epilogue, then one elementwise pass z -> dz."""
-    from s1fast_kernels.cross_entropy_op import mm_config
+    from s1fast_kernels.matmul_tiles import mm_config
     n_tiles = -(-VOCAB // mm_config(True)[0]["BN"])
     nv = N * VOCAB
     return N * n_tiles * 4 * 4 * 2, nv * (4 + 2), nv / SFU_EXP
@@ -105,7 +110,7 @@ def _roofline(flops: float, nbytes: float) -> float:
 
 def flce_low_memory_projection(chunk: int = 512) -> list[str]:
     """``low_memory=True``: forward over token chunks (logits, rows, dh), backward dW by vocabulary blocks."""
-    from s1fast_kernels.cross_entropy_op import _dw_tiles
+    from s1fast_kernels.linear_cross_entropy_op import _dw_tiles
     nv, vh = N * VOCAB, VOCAB * HIDDEN
     floor = 6 * nv * HIDDEN / PEAK_FLOPS
     n_chunks = N / chunk
@@ -137,7 +142,7 @@ def flce_low_memory_projection(chunk: int = 512) -> list[str]:
 
 
 def projections() -> str:
-    from s1fast_kernels.cross_entropy_op import _default_chunk
+    from s1fast_kernels.linear_cross_entropy_op import _default_chunk
     rope_tok = N * (HQ + HK) * HEAD_DIM * BF16
     rope_tab = N * HEAD_DIM * BF16 * 2
     x = N * HIDDEN * BF16

@@ -13,7 +13,10 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
+from .data.cache import POLICIES
+from .data.format import RECIPES as RECIPE_NAMES
 from .memory import MEMORY_HEADROOM, RUNTIME_RESERVE_GB
+from .packing import MODES as PACKING_MODES, WEIGHTINGS
 
 
 @dataclass
@@ -111,8 +114,7 @@ PRESETS: dict[str, dict] = {
                  save_every=10, output_dir="runs/tiny"),
 }
 
-CHOICES = {"recipe": ("s1", "s1.1", "sky-t1", "chat"), "policy": ("error", "drop", "truncate"),
-           "packing": ("none", "balanced", "tokens"), "weighting": ("sequence", "token"),
+CHOICES = {"recipe": RECIPE_NAMES, "policy": POLICIES, "packing": PACKING_MODES, "weighting": WEIGHTINGS,
            "dtype": ("bf16", "fp32"), "master_dtype": ("fp32", "bf16"),
            "activation_checkpointing": ("none", "full", "selective"),
            "attention": ("auto", "flash", "varlen", "flex", "sdpa"), "device": ("auto", "cuda", "cpu")}

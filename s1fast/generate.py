@@ -39,10 +39,10 @@ from typing import Iterable, Sequence
 
 import torch
 
+from s1fast.data.format import DEFAULT_SYSTEM, generation_prompt
 from s1fast.forcing import BudgetForcer, ForcingTokens, ProtocolError
 
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tokenizer", "qwen2.5")
-DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
 @dataclass
@@ -66,9 +66,7 @@ def prompt_ids(tokenizer, question: str, system: str | None = DEFAULT_SYSTEM) ->
 
     Written out as s1 does (the Qwen2.5 template with its default system prompt), so a tokenizer whose
     template differs cannot silently change the protocol."""
-    sys_part = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-    text = f"{sys_part}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(generation_prompt(question, system), add_special_tokens=False)
 
 
 # ---- sampling -------------------------------------------------------------------------------------------

@@ -66,16 +66,14 @@ class Shape:
 def model_shape(name_or_dir) -> Shape:
     """A config name of s1fast.model.CONFIGS, a Hugging Face model folder (only config.json is read), or a
     ``s1fast.model.ModelConfig``."""
-    from s1fast.model import ModelConfig, flops_per_token, get_config
+    from s1fast.model import ModelConfig, cost_coefficients, get_config
     cfg = name_or_dir if isinstance(name_or_dir, ModelConfig) else get_config(name_or_dir)
     h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
     layer = (h * q + 2 * h * kv + (q + 2 * kv) * cfg.qkv_bias + q * h + h * cfg.o_bias
              + 3 * h * f + (2 * f + h) * cfg.mlp_bias + 2 * h)
     emb = cfg.vocab_size * h
-    # c(L) = L * flops_per_token(cfg, L) (causal attention over a document of L tokens): read a and b off it.
-    a = flops_per_token(cfg, 0)
-    b = flops_per_token(cfg, 1) - a
+    a, b = cost_coefficients(cfg)
     name = f"{cfg.arch} {cfg.num_layers}x{h}" if isinstance(name_or_dir, ModelConfig) else str(name_or_dir)
     return Shape(name, h, f, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, d, cfg.vocab_size,
                  layer, emb, 0 if cfg.tie_word_embeddings else emb, a, b)
@@ -86,7 +84,7 @@ def memory_gb(s: Shape, A, *, stack: str, tokens: int, shard: int, ckpt_layers: 
 
     ``stack``: "s1fast" or "reference" (s1's transformers stack); ``ckpt_layers``: how many decoder layers use
     activation checkpointing (default: all)."""
-    from s1fast_kernels.cross_entropy_op import _default_chunk as default_chunk
+    from s1fast_kernels.linear_cross_entropy_op import _default_chunk as default_chunk
     k = s.layers if ckpt_layers is None else ckpt_layers
     h, f, kv, V, L = s.h, s.ffn, s.kv, s.vocab, tokens
     ref = stack == "reference"

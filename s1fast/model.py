@@ -688,6 +688,13 @@ def flops_per_token(cfg: ModelConfig, seq_len: float, training: bool = True) -> 
     return 3 * fwd if training else fwd
 
 
+def cost_coefficients(cfg: ModelConfig) -> tuple[float, float]:
+    """(a, b) of the training cost of one document of L tokens, ``c(L) = L * flops_per_token(cfg, L) = a*L + b*L^2``
+    (the packing planner's and the projection's cost model)."""
+    a = flops_per_token(cfg, 0)
+    return a, flops_per_token(cfg, 1) - a
+
+
 def mfu(tokens_per_s: float, cfg: ModelConfig, seq_len: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the hardware peak (per device: pass
     per-device tokens/s with one device's peak, e.g. H100 SXM dense bf16 989e12)."""

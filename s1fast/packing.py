@@ -133,23 +133,32 @@ class CostModel:
         return float(c) if c.ndim == 0 else c
 
     @classmethod
+    def from_model_config(cls, cfg) -> "CostModel":
+        """From an ``s1fast.model.ModelConfig`` (its ``cost_coefficients``: the one home of the formula)."""
+        from .model import cost_coefficients
+        a, b = cost_coefficients(cfg)
+        return cls(a=float(a), b=float(b))
+
+    @classmethod
     def from_hf_config(cls, cfg: dict) -> "CostModel":
         need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
         missing = [k for k in need if k not in cfg]
         if missing:
             raise KeyError(f"CostModel.from_hf_config: config lacks {missing}; pass a Hugging Face decoder "
                            f"config dict (config.json) with {list(need)}")
-        h, n, q = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-        k = int(cfg.get("num_key_value_heads") or q)
-        d = int(cfg.get("head_dim") or h // q)
-        inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
-        params = n * (h * d * (2 * q + 2 * k) + 3 * h * inter) + h * vocab
-        return cls(a=6.0 * params, b=6.0 * q * d * n)
+        from .model import ModelConfig
+        h, q = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        return cls.from_model_config(ModelConfig(
+            hidden_size=h, num_layers=int(cfg["num_hidden_layers"]), num_heads=q,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or q), head_dim=int(cfg.get("head_dim") or h // q),
+            intermediate_size=int(cfg["intermediate_size"]), vocab_size=int(cfg["vocab_size"])))
 
 
-QWEN25_32B = dict(hidden_size=5120, num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8,
-                  head_dim=128, intermediate_size=27648, vocab_size=152064)
-DEFAULT_COST = CostModel.from_hf_config(QWEN25_32B)
+def __getattr__(name):
+    if name == "DEFAULT_COST":  # Qwen2.5-32B's, from s1fast.model.CONFIGS (lazily: model imports torch kernels)
+        from .model import CONFIGS
+        return CostModel.from_model_config(CONFIGS["Qwen2.5-32B-Instruct"])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------- the plan
@@ -322,7 +331,7 @@ def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_b
     """
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     supervised = np.asarray(supervised, dtype=np.int64).reshape(-1)
-    cost = cost or DEFAULT_COST
+    cost = cost or __getattr__("DEFAULT_COST")
     _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs, mode, weighting, backend,
               group_window, accum, tolerance)
     accum = int(accum) if accum is not None else max(1, global_batch // world_size)
@@ -726,7 +735,7 @@ def main(argv=None) -> int:
     p.add_argument("--plan-out", help="write the full plan as JSON here")
     a = p.parse_args(argv)
     lengths, sup = _read_lengths(a.lengths)
-    cost = DEFAULT_COST
+    cost = __getattr__("DEFAULT_COST")
     if a.hf_config:
         with open(a.hf_config) as f:
             cost = CostModel.from_hf_config(json.load(f))

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import s1fast_kernels
-import s1fast_kernels.cross_entropy_op as ce
+import s1fast_kernels.linear_cross_entropy_op as ce
 from s1fast_kernels import cross_entropy, fused_linear_cross_entropy
-from s1fast_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
+from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
 from kernel_testing import check_against_reference, on_kernel_device
 from bench.kernel_memory import S1_SHAPES, gpu_plan_extra, peak_bytes as _peak_bytes
 
@@ -286,7 +286,7 @@ def test_gpu_path_memory_at_s1_shapes_both_modes():
 
 def test_fused_linear_ce_compiles_for_sm90_with_wgmma():
     from s1fast_kernels.compile_check import kernel_reports
-    reps = kernel_reports()["cross_entropy_op"]
+    reps = kernel_reports()["linear_cross_entropy_op"] + kernel_reports()["cross_entropy_op"]
     mm = [r for r in reps if r.name.startswith("flce")]  # every GEMM of the fused loss
     assert len(mm) == 10 and len(reps) == 13
     for r in reps:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from s1fast_kernels import custom_ops as ops
-from s1fast_kernels.cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
+from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
 from s1fast_kernels.rope_op import rope_reference
 from s1fast_kernels.rms_norm_op import rms_norm_reference
 from s1fast_kernels.swiglu_op import swiglu_reference

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s1fast import packing
+from s1fast.model import get_config
 from s1fast.packing import CostModel, Plan, SplitMix64, make_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +164,8 @@ def test_json_roundtrip_and_steps():
 
 
 def test_cost_model_from_qwen25_32b_config():
-    cm = CostModel.from_hf_config(packing.QWEN25_32B)
+    cm = CostModel.from_model_config(get_config("Qwen2.5-32B-Instruct"))
+    assert CostModel.from_hf_config(get_config("Qwen2.5-32B-Instruct").to_hf()) == cm
     params = 64 * (5120 * 128 * (2 * 40 + 2 * 8) + 3 * 5120 * 27648) + 5120 * 152064
     assert params == 31_984_189_440
     assert cm.a == 6 * params and cm.b == 6 * 40 * 128 * 64

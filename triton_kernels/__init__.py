@@ -12,8 +12,9 @@ Each kernel lives in its own file with its math, its ``@triton.jit`` code, its l
 autograd function, a functional API, a thin module and a plain-PyTorch reference. CUDA tensors run
 the Triton kernels; CPU tensors run the PyTorch reference unless ``TRITON_INTERPRET=1``.
 """
-from .cross_entropy_op import (FusedLinearCrossEntropy, cross_entropy, fused_linear_cross_entropy,
-                               fused_linear_cross_entropy_reference)
+from .cross_entropy_op import cross_entropy
+from .linear_cross_entropy_op import (FusedLinearCrossEntropy, fused_linear_cross_entropy,
+                                      fused_linear_cross_entropy_reference)
 from .hf import patch_hf
 from .rms_norm_op import RMSNorm, rms_norm, rms_norm_reference
 from .rope_op import rope, rope_reference

@@ -75,7 +75,8 @@ def as_jit_function(fn):
 
 
 def compile_sm90(fn, signature: dict, constexprs: dict | None = None, *, num_warps: int = 4,
-                 num_stages: int = 3, name: str | None = None, divisible: tuple = ()) -> CompileReport:
+                 num_stages: int = 3, name: str | None = None, divisible: tuple = (),
+                 debug: bool = False) -> CompileReport:
     """Compile ``fn`` (a ``@triton.jit`` function) for sm_90 and report its resource use.
 
     ``signature`` maps every non-constexpr argument to a Triton type string ("*bf16", "i32", "fp32");
@@ -86,11 +87,11 @@ def compile_sm90(fn, signature: dict, constexprs: dict | None = None, *, num_war
     argument equal to 1 (a unit stride) becomes a constant (pass it in ``constexprs``), pointer
     arguments are 16-byte aligned (torch allocations are) and the integers named in ``divisible`` are
     multiples of 16 (``tt.divisibility``); without these the loads cannot be vectorised and a GEMM
-    tile's address arithmetic alone spills.
+    tile's address arithmetic alone spills. ``debug``: keep ``tl.device_assert`` (as ``@triton.jit(debug=True)``).
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         # The interpreter patches triton.language in this process; compile in a clean one.
-        return _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name, divisible)
+        return _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name, divisible, debug)
     fn = as_jit_function(fn)
     constexprs = dict(constexprs or {})
     sig = dict(signature)
@@ -99,7 +100,8 @@ def compile_sm90(fn, signature: dict, constexprs: dict | None = None, *, num_war
     attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, t in signature.items()
              if k not in constexprs and (t.startswith("*") or k in divisible)}
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
-    compiled = triton.compile(src, target=H100, options={"num_warps": num_warps, "num_stages": num_stages})
+    compiled = triton.compile(src, target=H100, options={"num_warps": num_warps, "num_stages": num_stages,
+                                                            "debug": debug})
     regs, stack, local, shared_static = _resource_usage(compiled.asm["cubin"])
     shared = max(int(getattr(compiled.metadata, "shared", 0) or 0), shared_static)
     ptx = compiled.asm["ptx"]
@@ -107,11 +109,12 @@ def compile_sm90(fn, signature: dict, constexprs: dict | None = None, *, num_war
                          shared_bytes=shared, num_warps=num_warps, uses_wgmma="wgmma" in ptx, ptx=ptx)
 
 
-def _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name, divisible) -> CompileReport:
+def _compile_in_subprocess(fn, signature, constexprs, num_warps, num_stages, name, divisible,
+                           debug=False) -> CompileReport:
     target = as_jit_function(fn).fn if not hasattr(fn, "fn") else fn.fn
     spec = {"module": target.__module__, "name": target.__name__, "signature": signature,
             "constexprs": constexprs or {}, "num_warps": num_warps, "num_stages": num_stages, "label": name,
-            "divisible": list(divisible)}
+            "divisible": list(divisible), "debug": debug}
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, "-m", "s1fast_kernels.compile_check"], input=json.dumps(spec),
                           capture_output=True, text=True, env=env)
@@ -141,11 +144,12 @@ def compile_variants(module_names: list[str]) -> list[CompileReport]:
         for v in importlib.import_module(mod).sm90_variants():
             reports.append(compile_sm90(v["fn"], v["signature"], v.get("constexprs"), num_warps=v["num_warps"],
                                         num_stages=v.get("num_stages", 3), name=v["name"],
-                                        divisible=tuple(v.get("divisible", ()))))
+                                        divisible=tuple(v.get("divisible", ())), debug=v.get("debug", False)))
     return reports
 
 
-KERNEL_MODULES = tuple(f"s1fast_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op"))
+KERNEL_MODULES = tuple(f"s1fast_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op",
+                                                                "linear_cross_entropy_op", "targets"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,7 +173,8 @@ def _main() -> None:
         return
     fn = getattr(importlib.import_module(spec["module"]), spec["name"])
     rep = compile_sm90(fn, spec["signature"], spec["constexprs"], num_warps=spec["num_warps"],
-                       num_stages=spec["num_stages"], name=spec["label"], divisible=tuple(spec.get("divisible", ())))
+                       num_stages=spec["num_stages"], name=spec["label"], divisible=tuple(spec.get("divisible", ())),
+                       debug=spec.get("debug", False))
     print(json.dumps(asdict(rep)))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import cross_entropy_op as ce
+from . import linear_cross_entropy_op as ce
 from . import rms_norm_op, rope_op, swiglu_op
 from ._runtime import use_triton
 
@@ -246,7 +246,7 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -
 def fused_linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100, label_smoothing=0.0,
                                z_loss=0.0, softcap=None, reduction="mean", token_weight=None, normalizer=None,
                                return_lse=False, chunk_size=None, low_memory=False):
-    """``cross_entropy_op.fused_linear_cross_entropy`` (same semantics) behind the custom op."""
+    """``linear_cross_entropy_op.fused_linear_cross_entropy`` (same semantics) behind the custom op."""
     h, w, b, t, w_eff, cfg, want_grad, chunk = ce.prepare_linear_ce(
         hidden, weight, target, bias, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         softcap=softcap, reduction=reduction, token_weight=token_weight, normalizer=normalizer,

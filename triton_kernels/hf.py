@@ -31,7 +31,7 @@ import types
 
 import torch
 
-from .cross_entropy_op import fused_linear_cross_entropy
+from .linear_cross_entropy_op import fused_linear_cross_entropy
 from .rms_norm_op import rms_norm
 from .rope_op import rope
 from .swiglu_op import swiglu

@@ -129,6 +129,12 @@ def chatml(messages: list[dict]) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
 
+def generation_prompt(question: str, system: str | None = DEFAULT_SYSTEM) -> str:
+    """The chat prompt up to ``<|im_start|>assistant\n`` (no system turn when ``system`` is empty or None)."""
+    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return chatml(turns) + "<|im_start|>assistant\n"
+
+
 def render(example: dict, recipe: str, tokenizer=None, *, path: str | None = None,
            row_id: int | None = None) -> str:
     """The exact training string of ``example`` under ``recipe``.
