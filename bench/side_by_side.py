@@ -36,7 +36,8 @@ step time is its own ``step_time`` (collate to optimizer step and loss all-reduc
 between consecutive ``on_step_end`` callbacks (data fetch, forward/backward, optimizer, HF's logging).
 The load average at start and end is recorded: other jobs on a 2-core box distort timings.
 
-Outputs: ``bench/side_by_side.json``, ``bench/side_by_side_loss.png`` and a markdown table on stdout (and in the
+Outputs: ``bench/out/side_by_side.json``, ``bench/out/side_by_side_loss.png`` (ignored by git; the cited runs
+are copied to ``bench/results/``) and a markdown table on stdout (and in the
 JSON) for bench/RESULTS.md. The straggler factors of the ``none`` and ``balanced`` plans for the same steps come
 from ``s1fast.packing.make_plan`` with the model's cost model.
 """
@@ -333,8 +334,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--stacks", default=",".join(STACKS), help=f"comma list of {', '.join(STACKS)}")
     ap.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "side_by_side"), help="scratch folder")
-    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "side_by_side.json"))
-    ap.add_argument("--png", default=os.path.join(ROOT, "bench", "side_by_side_loss.png"))
+    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "side_by_side.json"))
+    ap.add_argument("--png", default=os.path.join(ROOT, "bench", "out", "side_by_side_loss.png"))
     ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed per stack")
     ap.add_argument("--replot", default="", metavar="JSON", help="only redraw --png from a report JSON")
     ap.add_argument("--trl-worker", default="", help=argparse.SUPPRESS)

@@ -2,7 +2,7 @@
 
 Every field is a ``--flag`` (underscores become dashes); ``--preset NAME`` picks the starting values
 and any flag given on the command line overrides them. The presets reproduce the published recipes
-(recipe.md): ``s1`` and ``s1.1`` (Qwen2.5-32B-Instruct on s1K / s1K-1.1), ``sky-t1`` (Sky-T1-32B-Preview)
+(docs/recipe.md): ``s1`` and ``s1.1`` (Qwen2.5-32B-Instruct on s1K / s1K-1.1), ``sky-t1`` (Sky-T1-32B-Preview)
 and ``tiny`` (the embedded default: a tiny Qwen2-architecture model, the real tokenizer, the bundled
 real sample; it trains on a CPU in about two minutes).
 """
@@ -88,7 +88,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # s1 (recipe.md): Qwen2.5-32B-Instruct, s1K, block 32768, 5 epochs, global batch 16, lr 1e-5, warmup 5%,
+    # s1 (docs/recipe.md): Qwen2.5-32B-Instruct, s1K, block 32768, 5 epochs, global batch 16, lr 1e-5, warmup 5%,
     # cosine to 0, AdamW (0.9, 0.95), wd 1e-4, clip 1.0, bf16 with fp32 master weights, per-sequence mean.
     # The reference (TRL) truncates longer examples, hence policy=truncate.
     "s1": dict(recipe="s1", max_tokens=32768, policy="truncate", epochs=5, global_batch=16, lr=1e-5,
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a reasoning model by distillation (s1 / s1.1 / Sky-T1 recipes) with FSDP2.\n"
                     f"Presets: {', '.join(PRESETS)}. Any flag overrides the preset's value.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="", choices=[""] + list(PRESETS), help="starting values (recipe.md)")
+    ap.add_argument("--preset", default="", choices=[""] + list(PRESETS), help="starting values (docs/recipe.md)")
     for f in fields(TrainConfig):
         if f.name == "preset":
             continue

@@ -12,8 +12,8 @@ Usage::
 
 ``--data`` is jsonl with a question and a reference answer per line (fields ``question`` / ``answer``,
 or ``problem``, ``gt``; see ``--question-field`` / ``--answer-field``); the default is the bundled sample
-of 70 real AIME 2024 and AMC 2023 problems. Written under ``--out``: ``results.json`` (every row, the
-configuration and the grader), ``table.md``, ``scaling.png`` (accuracy against mean thinking tokens, one
+of 110 real problems (30 AIME 2024, 40 AMC 2023, 40 MATH500). Written under ``--out``: ``results.json``
+(every row, the configuration and the grader), ``table.md``, ``scaling.png`` (accuracy against mean thinking tokens, one
 line per ``num_wait``) and ``generations.jsonl`` (each output with its extracted answer and verdict).
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ The protocol (Qwen2.5 ids; ``ForcingTokens.from_tokenizer`` derives them from an
 - len(cap text) - 100 (room for the answer). An explicit budget is lowered to the same bound so the
 sequence always fits the context.
 
-Where s1's own scripts leave a choice open, this follows recipe.md: the budget is one total over all
+Where s1's own scripts leave a choice open, this follows docs/recipe.md: the budget is one total over all
 rounds (its README example subtracts each round's tokens; its lm-evaluation-harness fork gives every
 round the full budget and cuts afterwards); "auto" uses each prompt's own length (the fork uses the
 longest prompt of the batch, so results would depend on batching); ``min_thinking_tokens`` extends with

@@ -119,7 +119,7 @@ class CostModel:
       L*(L+1)/2 ~ L^2/2 pairs, so the L^2 coefficient is ``b = 12*q*d*n / 2 = 6*q*d*n`` (b is per entry of the
       L x L score matrix, causal half already applied).
 
-    Qwen2.5-32B (recipe.md): P = 31.98e9, a = 1.919e11, b = 1.966e6: attention equals the linear work at
+    Qwen2.5-32B (docs/recipe.md): P = 31.98e9, a = 1.919e11, b = 1.966e6: attention equals the linear work at
     L = a/b ~ 97.6K tokens and adds ~34% at 32K.
     """
 
@@ -264,7 +264,7 @@ class Plan:
         )
         return self.stats
 
-    # summary shortcuts named in the contract
+    # summary shortcuts
     fill_efficiency = property(lambda self: self.stats["fill_efficiency"])
     straggler_factor = property(lambda self: self.stats["straggler_factor"])
     sync_straggler_factor = property(lambda self: self.stats["sync_straggler_factor"])

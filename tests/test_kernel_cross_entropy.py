@@ -15,7 +15,11 @@ import s1fast_kernels.linear_cross_entropy_op as ce
 from s1fast_kernels import cross_entropy, fused_linear_cross_entropy
 from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
 from kernel_testing import check_against_reference, on_kernel_device
-from bench.kernel_memory import S1_SHAPES, gpu_plan_extra, peak_bytes as _peak_bytes
+from s1fast.model import CONFIGS
+from s1fast_kernels.memory_count import gpu_plan_extra, peak_bytes as _peak_bytes
+
+_QWEN32 = CONFIGS["Qwen2.5-32B-Instruct"]
+S1_SHAPES = dict(n=32768, hdim=_QWEN32.hidden_size, v=_QWEN32.vocab_size)  # s1's block, Qwen2.5-32B's sizes
 
 OPTIONS = {
     "mean": dict(),
@@ -255,7 +259,7 @@ def test_dtensor_weight_gradient_is_summed_over_two_ranks(tmp_path):
 
 def test_memory_stays_bounded_by_the_chunk_as_tokens_grow():
     """4K vs 32K tokens at V=151936, H=16, forward + backward, on the CPU (PyTorch) path, counted on
-    meta tensors (bench.kernel_memory; a real run on this box agreed: 108 MiB of RSS growth, 121 counted)."""
+    meta tensors (s1fast_kernels.memory_count; a real run on this box agreed: 108 MiB of RSS growth, 121 counted)."""
     fused_4k, fused_32k = _peak_bytes(fused_linear_cross_entropy, 4096), _peak_bytes(fused_linear_cross_entropy, 32768)
     unfused_4k, unfused_32k = _peak_bytes(flce_ref, 4096), _peak_bytes(flce_ref, 32768)
     # what may grow with N: dhidden (H fp32... here 16 x 4 bytes) and a few per-token vectors (loss, lse,
@@ -269,7 +273,7 @@ def test_memory_stays_bounded_by_the_chunk_as_tokens_grow():
 
 def test_gpu_path_memory_at_s1_shapes_both_modes():
     """The buffers the GPU path allocates at s1's shapes (bf16, N=32768, H=5120, V=152064), counted on meta
-    tensors with the kernel launches skipped (bench.kernel_memory.gpu_plan_extra). low_memory=True meets the
+    tensors with the kernel launches skipped (s1fast_kernels.memory_count.gpu_plan_extra). low_memory=True meets the
     issue's 1% of the unfused path; the default holds the fp32 [V, H] dW accumulator and its chunk buffers."""
     n, hdim, v = S1_SHAPES["n"], S1_SHAPES["hdim"], S1_SHAPES["v"]
     unfused = gpu_plan_extra(None, **S1_SHAPES)

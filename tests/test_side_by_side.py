@@ -18,6 +18,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def _side_by_side():
+    """bench/side_by_side.py loaded from its path (bench/ is a folder of scripts, not a package to import)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("side_by_side_script", os.path.join(ROOT, "bench", "side_by_side.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     from s1fast.data import DEFAULT_DATA, prepare, read_rows
@@ -41,7 +50,7 @@ def test_trl_sees_the_same_ids_and_loss_masks(cache):
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from bench.side_by_side import sft_config, trl_examples
+    sft_config, trl_examples = _side_by_side().sft_config, _side_by_side().trl_examples
     from s1fast import model as modeling
     from s1fast.data import DEFAULT_TOKENIZER
     tmp, ds = cache
@@ -81,7 +90,7 @@ def test_example_order_deals_the_none_plan_to_the_same_ranks():
     from accelerate.data_loader import BatchSamplerShard
     from torch.utils.data import BatchSampler, SequentialSampler
 
-    from bench.side_by_side import trl_order
+    trl_order = _side_by_side().trl_order
     from s1fast.packing import make_plan
     rng = np.random.default_rng(0)
     lengths = rng.integers(50, 900, size=24)

@@ -1,6 +1,6 @@
 """The exact training text of the s1, s1.1 and Sky-T1 recipes, and its token ids and loss mask.
 
-s1 / s1.1 (recipe.md): the Qwen2.5 chat template with its default system prompt, the question as the
+s1 / s1.1 (docs/recipe.md): the Qwen2.5 chat template with its default system prompt, the question as the
 user turn, and the assistant turn ``<|im_start|>think\\n{trace}\\n<|im_start|>answer\\n{answer}``::
 
     <|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n

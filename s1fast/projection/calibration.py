@@ -33,7 +33,7 @@ def calibrate(A: Assumptions, gpu: GPU, lengths=None) -> dict:
                 comm_exposed_min=r.comm_exposed_min, optimizer_min=r.optimizer_min)
 
 
-# torchtitan, Llama 3.1 8B on 8 H100 at 8192 tokens, FSDP2 (anchors.md): tokens/s/GPU plain and compiled.
+# torchtitan, Llama 3.1 8B on 8 H100 at 8192 tokens, FSDP2 (docs/projection.md, "Calibration"): tokens/s/GPU plain and compiled.
 TORCHTITAN_PLAIN, TORCHTITAN_COMPILED = 5762.0, 6667.0
 MEGATRON_BEST_MFU = 0.48
 

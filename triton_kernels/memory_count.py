@@ -1,0 +1,111 @@
+"""Peak memory of a function's forward + backward, counted on meta tensors (same ops and sizes as a real
+run, no compute): the tool the memory tests and ``bench/kernel_memory.py`` use.
+
+``PeakLiveBytes`` adds up the storages created inside it while they are alive and keeps the maximum.
+``gpu_plan_extra`` runs the fused loss's GPU code path on meta tensors (``use_triton`` answers yes and the
+kernel launchers do nothing), so every buffer that path allocates on an H100 is counted at its real size.
+How the counts were checked against a real run: docs/kernels.md.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class PeakLiveBytes(TorchDispatchMode):
+    """``peak``: the most bytes alive at once among storages created inside the mode (inputs excluded).
+    ``peak_extra``: the same, not counting storages whose first tensor ``is_gradient(tensor)`` says is an
+    input's gradient (the memory every implementation of the function must hold)."""
+
+    def __init__(self, *inputs: torch.Tensor, is_gradient=None):
+        super().__init__()
+        self.external = {x.untyped_storage()._cdata for x in inputs}
+        self.is_gradient = is_gradient or (lambda t: False)
+        self.count, self.size, self.refs, self.grad_keys = {}, {}, {}, set()
+        self.cur = self.peak = self.cur_extra = self.peak_extra = 0
+
+    def _drop(self, key, tid):
+        self.refs.pop(tid, None)
+        self.count[key] -= 1
+        if not self.count[key]:
+            del self.count[key]
+            size = self.size.pop(key)
+            self.cur -= size
+            if key in self.grad_keys:
+                self.grad_keys.discard(key)
+            else:
+                self.cur_extra -= size
+
+    def _track(self, x: torch.Tensor):
+        key = x.untyped_storage()._cdata
+        if id(x) in self.refs or key in self.external:
+            return
+        if key not in self.count:
+            self.count[key], self.size[key] = 0, x.untyped_storage().nbytes()
+            self.cur += self.size[key]
+            self.peak = max(self.peak, self.cur)
+            if self.is_gradient(x):
+                self.grad_keys.add(key)
+            else:
+                self.cur_extra += self.size[key]
+                self.peak_extra = max(self.peak_extra, self.cur_extra)
+        self.count[key] += 1
+        self.refs[id(x)] = weakref.ref(x, lambda _, key=key, tid=id(x): self._drop(key, tid))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in tree_flatten(out)[0]:
+            if isinstance(x, torch.Tensor):
+                self._track(x)
+        return out
+
+
+def peak_bytes(fn, n: int, v: int = 151936, hdim: int = 16) -> int:
+    """Peak extra bytes of ``fn(hidden [n, hdim], weight [v, hdim], target [n]).backward()`` (fp32)."""
+    h = torch.empty(n, hdim, device="meta", requires_grad=True)
+    w = torch.empty(v, hdim, device="meta", requires_grad=True)
+    t = torch.empty(n, dtype=torch.long, device="meta")
+    with PeakLiveBytes(h, w, t) as mode:
+        fn(h, w, t).backward()
+    return mode.peak
+
+
+def transformers_unfused(h, w, t):
+    """The reference stack's loss (transformers' ForCausalLMLoss): bf16 logits, upcast to fp32, cross-entropy."""
+    return torch.nn.functional.cross_entropy((h @ w.t()).float(), t, ignore_index=-100, reduction="sum")
+
+
+def gpu_plan_extra(low_memory: bool | None, n: int, hdim: int, v: int, dtype=torch.bfloat16) -> int:
+    """Peak bytes beyond the inputs and their gradients of forward + backward at [n, hdim] x [v, hdim] in
+    ``dtype``: the fused loss's GPU path (``low_memory`` False or True, its default chunk), or with
+    ``low_memory=None`` the reference stack's unfused loss."""
+    from . import linear_cross_entropy_op as ce
+    from .linear_cross_entropy_op import fused_linear_cross_entropy
+
+    h = torch.empty(n, hdim, device="meta", dtype=dtype, requires_grad=True)
+    w = torch.empty(v, hdim, device="meta", dtype=dtype, requires_grad=True)
+    t = torch.empty(n, dtype=torch.long, device="meta")
+
+    def is_gradient(x):
+        return x.dtype == dtype and tuple(x.shape) in (tuple(h.shape), tuple(w.shape))
+    launchers = ("_mm", "_logits_rows_triton", "_logits_grad_triton")  # every kernel launch of the fused loss
+    saved = {k: getattr(ce, k) for k in ("use_triton", *launchers)}
+    try:
+        if low_memory is not None:
+            ce.use_triton = lambda *_: True
+            for k in launchers:
+                setattr(ce, k, lambda *a, **k: None)
+        with PeakLiveBytes(h, w, t, is_gradient=is_gradient) as mode:
+            if low_memory is None:
+                loss = transformers_unfused(h, w, t)
+            else:
+                loss = fused_linear_cross_entropy(h, w, t, reduction="sum", low_memory=low_memory,
+                                                  chunk_size=ce._default_chunk(n, v, True, low_memory))
+            loss.backward()
+    finally:
+        for k, f in saved.items():
+            setattr(ce, k, f)
+    return mode.peak_extra
