@@ -1,6 +1,5 @@
 // s1fast native extension: sequence packing ops registered with TORCH_LIBRARY (namespace s1fast).
 //
-//   cu_seqlens(lengths) -> int32 [0, l0, l0+l1, ...]                                  CPU, CUDA
 //   plan(lengths, costs, keys, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum)
 //       -> (order, micro_offsets, step_micro, step_epoch)                             CPU (planner.cpp)
 //   pack_collate(input_ids, labels, cu_seqlens, doc_weights)
@@ -28,24 +27,6 @@
 namespace s1fast {
 
 constexpr int64_t kIgnore = -100;
-
-// int32 cumulative sequence offsets [0, l0, l0+l1, ...] from per-document lengths.
-at::Tensor cu_seqlens_cpu(const at::Tensor& lengths) {
-  TORCH_CHECK(lengths.dim() == 1, "cu_seqlens: lengths must be 1-D, got ", lengths.dim(), "-D");
-  auto l = lengths.to(at::kLong).contiguous();
-  auto out = at::empty({l.numel() + 1}, l.options().dtype(at::kInt));
-  const int64_t* src = l.data_ptr<int64_t>();
-  int32_t* dst = out.data_ptr<int32_t>();
-  int64_t acc = 0;
-  dst[0] = 0;
-  for (int64_t i = 0; i < l.numel(); ++i) {
-    TORCH_CHECK(src[i] >= 0, "cu_seqlens: length ", i, " is negative (", src[i], ")");
-    acc += src[i];
-    TORCH_CHECK(acc <= INT32_MAX, "cu_seqlens: total tokens overflow int32");
-    dst[i + 1] = static_cast<int32_t>(acc);
-  }
-  return out;
-}
 
 at::Tensor to_tensor(const std::vector<int64_t>& v) {
   auto t = at::empty({static_cast<int64_t>(v.size())}, at::kLong);
@@ -138,21 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_collate_cpu(
 
 #ifdef S1FAST_WITH_CUDA
 // Launchers in collate_cuda.cu (raw pointers: that file includes no torch header).
-cudaError_t launch_cu_seqlens(const int64_t* lengths, int32_t* out, int64_t n, cudaStream_t stream);
 cudaError_t launch_pack_collate(const int64_t* labels, const int32_t* cu_seqlens, const float* doc_weights,
                                 int64_t T, int32_t D, int64_t* position_ids, int64_t* targets, float* loss_weight,
                                 cudaStream_t stream);
-
-at::Tensor cu_seqlens_cuda(const at::Tensor& lengths) {
-  TORCH_CHECK(lengths.dim() == 1, "cu_seqlens: lengths must be 1-D, got ", lengths.dim(), "-D");
-  c10::cuda::CUDAGuard guard(lengths.device());
-  auto l = lengths.to(at::kLong).contiguous();
-  auto out = at::empty({l.numel() + 1}, l.options().dtype(at::kInt));
-  auto err = launch_cu_seqlens(l.data_ptr<int64_t>(), out.data_ptr<int32_t>(), l.numel(),
-                               c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "cu_seqlens: CUDA launch failed: ", cudaGetErrorString(err));
-  return out;
-}
 
 // Device-side: no check that reads cu_seqlens' values (that would sync); collate() builds them on the host.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_collate_cuda(
@@ -171,7 +140,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pack_collate_cuda(
 }  // namespace s1fast
 
 TORCH_LIBRARY(s1fast, m) {
-  m.def("cu_seqlens(Tensor lengths) -> Tensor");
   m.def("plan(Tensor lengths, Tensor costs, Tensor keys, int world_size, int max_tokens, int global_batch, int epochs, "
         "int seed, int mode, int group_window, int accum) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("pack_collate(Tensor input_ids, Tensor labels, Tensor cu_seqlens, Tensor doc_weights) "
@@ -179,14 +147,12 @@ TORCH_LIBRARY(s1fast, m) {
 }
 
 TORCH_LIBRARY_IMPL(s1fast, CPU, m) {
-  m.impl("cu_seqlens", &s1fast::cu_seqlens_cpu);
   m.impl("plan", &s1fast::plan_cpu);
   m.impl("pack_collate", &s1fast::pack_collate_cpu);
 }
 
 #ifdef S1FAST_WITH_CUDA
 TORCH_LIBRARY_IMPL(s1fast, CUDA, m) {
-  m.impl("cu_seqlens", &s1fast::cu_seqlens_cuda);
   m.impl("pack_collate", &s1fast::pack_collate_cuda);
 }
 #endif

@@ -73,6 +73,14 @@ def select_backend(device: torch.device | str) -> str:
     return available_backends(device)[0]
 
 
+def set_backend(name: str | None) -> None:
+    """Choose the backend for this process (``None``: automatic), as the trainer's ``--attention`` does."""
+    global _override
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
+    _override = name
+
+
 @contextlib.contextmanager
 def use_backend(name: str | None):
     """Force a backend inside a ``with`` block (``None`` restores automatic choice)."""

@@ -21,16 +21,13 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
+from .distributed import barrier as _barrier
+
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _write_atomic(path: str, text: str) -> None:

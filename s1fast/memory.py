@@ -66,7 +66,7 @@ class Shape:
 def model_shape(name_or_dir) -> Shape:
     """A config name of s1fast.model.CONFIGS, a Hugging Face model folder (only config.json is read), or a
     ``s1fast.model.ModelConfig``."""
-    from s1fast.model import ModelConfig, cost_coefficients, get_config
+    from s1fast.model_config import ModelConfig, cost_coefficients, get_config
     cfg = name_or_dir if isinstance(name_or_dir, ModelConfig) else get_config(name_or_dir)
     h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_heads * d, cfg.num_kv_heads * d

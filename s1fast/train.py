@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import checkpoint, distributed, hardware, memory
+from . import attention, checkpoint, distributed, hardware, memory
 from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
@@ -173,7 +173,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     else:  # a checkpoint folder: build on the meta device, shard, then stream the weights into the shards
         model = modeling.build_model(mcfg, device="meta", dtype=master_dtype)
     if cfg.attention != "auto":
-        os.environ["S1FAST_ATTENTION"] = {"sdpa": "sdpa_doc"}.get(cfg.attention, cfg.attention)
+        attention.set_backend({"sdpa": "sdpa_doc"}.get(cfg.attention, cfg.attention))
     if cfg.activation_checkpointing != "none":
         try:
             modeling.apply_activation_checkpointing(model, mode=cfg.activation_checkpointing,

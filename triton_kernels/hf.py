@@ -89,19 +89,19 @@ def _make_causal_lm_forward(original_forward, low_memory: bool = False):
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     @functools.wraps(original_forward)
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
+                logits_to_keep=0, **kwargs):
+        # cache arguments (use_cache and the cache itself, whose keyword transformers is renaming) travel in
+        # kwargs exactly as the caller named them: this wrapper never names them itself
         shift_labels = kwargs.pop("shift_labels", None)
         if labels is None and shift_labels is None:
             return original_forward(self, input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids, past_key_values=past_key_values,
-                                    inputs_embeds=inputs_embeds, use_cache=use_cache, logits_to_keep=logits_to_keep,
-                                    **kwargs)
+                                    position_ids=position_ids, inputs_embeds=inputs_embeds,
+                                    logits_to_keep=logits_to_keep, **kwargs)
         num_items = kwargs.pop("num_items_in_batch", None)
         ignore_index = kwargs.pop("ignore_index", -100)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             **kwargs)
+                             inputs_embeds=inputs_embeds, **kwargs)
         hidden = outputs.last_hidden_state
         if shift_labels is None:  # tokens < n predict n, as transformers' ForCausalLMLoss
             shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
@@ -110,7 +110,7 @@ def _make_causal_lm_forward(original_forward, low_memory: bool = False):
                                           shift_labels.reshape(-1).to(hidden.device), head.bias,
                                           ignore_index=ignore_index, normalizer=num_items, low_memory=low_memory)
         logits = None if self.training else head(hidden)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=getattr(outputs, "past_key_values", None),
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     forward._triton_kernels_original = original_forward

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from s1fast.config import PRESETS as RECIPES
+from s1fast.lengths_file import read_lengths
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "data")
 CALIBRATION_MODEL = "Qwen2.5-32B-Instruct"   # the model of s1's public figure
@@ -47,23 +48,8 @@ def get_preset(name: str) -> Preset:
 
 
 def load_lengths(path: str) -> list[int]:
-    """Token lengths, one positive integer per line (blank lines and '#' comments skipped)."""
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            s = line.split("#", 1)[0].strip()
-            if not s:
-                continue
-            try:
-                v = int(s)
-            except ValueError:
-                raise ValueError(f"{path}:{i}: expected one integer token length per line, got {s!r}") from None
-            if v <= 0:
-                raise ValueError(f"{path}:{i}: token length must be positive, got {v}")
-            out.append(v)
-    if not out:
-        raise ValueError(f"{path}: no token lengths found (expected one integer per line)")
-    return out
+    """Token lengths, one positive integer per line (``s1fast.lengths_file``; a supervised count is ignored)."""
+    return read_lengths(path)[0]
 
 
 def preset_lengths(preset: Preset, path: str | None) -> tuple[list[int], str]:
