@@ -1,41 +1,10 @@
 """Budget forcing (s1, arXiv 2501.19393) as a backend-independent state machine.
 
-One :class:`BudgetForcer` follows one prompt through s1's protocol (``docs/recipe.md``), token by token.
-A backend only has to produce the next token id; the forcer decides what that token means and which
-tokens the protocol forces into the sequence. Both backends drive the same object, so the protocol is
-written once:
-
-- the native backend (``s1fast.generate``) pushes one sampled token at a time and masks the stop ids
-  while :attr:`BudgetForcer.suppress_stop` is true;
-- a re-prompting engine (vLLM, as s1's own evaluation code does) asks for a whole :meth:`segment` at a
-  time, i.e. ``(context, max_tokens, min_tokens, stop_token_ids)``, and pushes the tokens it got back.
-
-The protocol (Qwen2.5 ids; ``ForcingTokens.from_tokenizer`` derives them from any tokenizer)::
-
-    ids = prompt + "<|im_start|>think"                               [151644, 26865]
-    THINK: generate; a thinking-stop token (151644 or 151645) ends the thinking, unless
-        waits < num_wait  or  thinking_tokens < min_thinking_tokens:
-            the stop token is dropped, the extension ("Wait" = [14190]) is appended, waits += 1,
-            and generation continues (the first token after an extension may not be a stop: s1 runs
-            every round with vLLM's min_tokens=1 when it ignores the end of thinking);
-        when thinking_tokens reaches max_thinking_tokens (extension tokens count; an extension is
-            cut to the budget left): the cap. Append "\n" unless the thinking text already ends
-            with one, then "<|im_start|>answer\nFinal Answer:"  [151644, 9217, 198, 19357, 21806, 25];
-        a stop accepted: append "<|im_start|>answer"          [151644, 9217]   (the stop is dropped)
-    ANSWER: generate until "<|im_end|>" (151645, kept in ``ids``, not in the answer text)
-        or max_answer_tokens.
-
-``max_thinking_tokens="auto"`` is s1's rule: max total tokens - prompt length - len(think start)
-- len(cap text) - 100 (room for the answer). An explicit budget is lowered to the same bound so the
-sequence always fits the context.
-
-Where s1's own scripts leave a choice open, this follows docs/recipe.md: the budget is one total over all
-rounds (its README example subtracts each round's tokens; its lm-evaluation-harness fork gives every
-round the full budget and cuts afterwards); "auto" uses each prompt's own length (the fork uses the
-longest prompt of the batch, so results would depend on batching); ``min_thinking_tokens`` extends with
-the extension string like ``num_wait`` (the fork's ``min_tokens_thinking`` only masks the stop ids).
-
-Usage::
+One :class:`BudgetForcer` follows one prompt through s1's protocol, token by token: a backend produces the
+next token id, the forcer decides what it means and which tokens the protocol forces (the think start,
+"Wait" extensions instead of an early stop, the cap at ``max_thinking_tokens``, the answer start). The
+native backend pushes one token at a time; a re-prompting engine (vLLM) asks for a :meth:`segment`.
+The protocol, its token ids and the choices s1's scripts leave open: docs/forcing.md. Usage::
 
     tokens = ForcingTokens.from_tokenizer(tokenizer, extension="Wait")
     f = BudgetForcer(prompt_ids, tokens, max_thinking_tokens=1000, num_wait=2, max_total_tokens=32768)

@@ -1,29 +1,15 @@
 """The lean Qwen2 / Llama decoder s1fast trains, read and written as Hugging Face checkpoints.
 
-Features
-- One block class for both families: RMSNorm -> GQA attention (qkv bias for Qwen2; Llama's
-  ``attention_bias`` / ``mlp_bias`` honoured) with RoPE (plain theta, or Llama-3 "llama3" scaling)
-  -> residual -> RMSNorm -> SwiGLU MLP -> residual. Tied or untied ``lm_head``.
-- Packed input only: ``input_ids`` [T], ``position_ids`` [T] (restarting at 0 per document),
-  ``cu_seqlens`` int32 [D+1], ``max_seqlen``. ``forward`` returns the final-normed hidden states
-  [T, H] so the trainer's fused linear cross-entropy never materialises [T, V] logits;
-  ``logits`` gives them for tests and evaluation. Attention backends live in ``s1fast.attention``.
-- The norms, RoPE and the SwiGLU activation are ``s1fast_kernels`` ops (Triton on CUDA, PyTorch on
-  CPU, the same Triton code on CPU under ``TRITON_INTERPRET=1``).
-- Parameter names are Hugging Face's minus the ``model.`` prefix, so checkpoints map 1:1.
-- ``from_pretrained`` streams safetensors shard by shard; ``build_model(cfg, "meta")`` +
-  ``load_weights`` loads after FSDP sharding, reading only each rank's slice of every tensor.
-  ``save_pretrained`` / ``save_state_dict_hf`` write config.json, generation_config.json,
-  (sharded) safetensors with an index and the tokenizer files: transformers loads the result.
-- KV-cache decoding (``new_kv_cache`` / ``decode``) for generation with right-padded rows.
-- Per-block activation checkpointing (full, or selective: keep attention, recompute the MLP) and
-  per-block ``torch.compile``, applied from outside; ``flops_per_token`` / ``mfu``.
-
-Usage::
+Packed input only (``input_ids`` [T], ``position_ids`` restarting per document, ``cu_seqlens``,
+``max_seqlen``); ``forward`` returns the final-normed hidden states [T, H] so the fused loss never builds
+[T, V] logits. Norms, RoPE and SwiGLU are ``s1fast_kernels`` ops; attention is ``s1fast.attention``.
+Parameter names are Hugging Face's minus ``model.``; ``from_pretrained`` / ``load_weights`` stream
+safetensors (each FSDP rank reads its slice), ``save_state_dict_hf`` writes a folder transformers loads.
+KV-cache decoding, per-block activation checkpointing and ``torch.compile``. Shapes and FLOPs:
+``s1fast.model_config`` (re-exported here). Features in full: docs/model.md. Usage::
 
     model = from_pretrained("Qwen2.5-0.5B-Instruct", dtype=torch.bfloat16, device="cuda")
     hidden = model(input_ids, position_ids, cu_seqlens, max_seqlen)      # [T, H]
-    model.save_pretrained("out", tokenizer_dir="Qwen2.5-0.5B-Instruct")
 """
 from __future__ import annotations
 

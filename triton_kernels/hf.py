@@ -5,22 +5,10 @@
     s1fast_kernels.patch_hf(model)                 # this model only
     s1fast_kernels.patch_hf("qwen2")               # every Qwen2 model, including ones built later
 
-What is replaced (each switch can be turned off):
-- ``rms_norm``: ``forward`` of the model's ``*RMSNorm`` modules -> ``rms_norm(x, weight, variance_epsilon)``.
-- ``swiglu``: ``forward`` of the ``*MLP`` modules (when ``hidden_act`` is silu) ->
-  ``down_proj(swiglu(gate_proj(x), up_proj(x)))``.
-- ``rope``: the modeling module's ``apply_rotary_pos_emb`` (the attention looks it up there) -> one
-  launch for Q and K. transformers hands it ``cos``/``sin`` already gathered per token ([B, S, D]), so
-  they are passed as a [B*S, D] table with positions 0..B*S-1, and Q/K [B, H, S, D] are read through
-  their strides (no copy). The module-level replacement is a switch: it runs the kernel only inside
-  the forward of a patched model's attention (or for every model after ``patch_hf("qwen2")``) and
-  calls the original otherwise, so unpatched models in the same process are unaffected.
-- ``cross_entropy``: the causal-LM ``forward``. With ``labels`` (or ``shift_labels``) the loss comes from
-  ``fused_linear_cross_entropy(last_hidden, lm_head.weight, shifted labels, lm_head.bias,
-  normalizer=num_items_in_batch)``, exactly transformers' ``ForCausalLMLoss`` (mean over non-ignored
-  tokens, or sum / ``num_items_in_batch`` when the HF Trainer passes it) without the [B, S, V] logits;
-  ``logits`` is then None in training mode (that is the memory saving) and computed in eval mode.
-  Without labels the original forward runs unchanged.
+Replaced (each switch can be turned off): the ``*RMSNorm`` and ``*MLP`` forwards, the modeling module's
+``apply_rotary_pos_emb`` (only inside a patched model's attention), and the causal-LM forward, whose loss
+with labels comes from ``fused_linear_cross_entropy`` exactly as transformers' ``ForCausalLMLoss`` (logits
+are then None in training mode). What each replacement does in detail: docs/kernels.md.
 """
 from __future__ import annotations
 

@@ -1,22 +1,9 @@
 """RMSNorm (Qwen2/Llama): ``y = weight * (x / sqrt(mean(x^2) + eps)).to(x.dtype)``, statistics in fp32.
 
-Math, per row x of length D (r = rstd = 1 / sqrt(mean(x^2) + eps), xh = x * r, g = dy * w):
-    y   = w * xh
-    dx  = r * (g - xh * mean(g * xh))
-    dw  = sum over rows of dy * xh
-The forward saves only ``rstd`` [rows] (fp32); the backward recomputes ``xh`` from ``x``. Each
-backward program owns a strided set of row blocks and writes one fp32 partial ``dw`` row; the
-partials ([programs, D], programs ~ 4 x SMs) are summed afterwards, so the weight gradient is
-reduced across row blocks in fp32 with no atomics (deterministic).
-
-Qwen2RMSNorm rounds ``xh`` to the input dtype before scaling by the weight; the kernel does the
-same, so bf16 outputs match transformers bit for bit in the common case. The output dtype is
-``promote(x.dtype, weight.dtype)``, as in transformers.
-
-Kernels load in the input dtype and compute in fp32 (the right numerics on a GPU and the only
-correct ones under the interpreter, see ``_runtime``). Each program handles ``BLOCK_M`` rows of a
-power-of-two ``BLOCK_D`` >= D, so one row is read once per pass (the bandwidth floor: read x and
-write y forward; read x, dy and write dx backward).
+The forward saves only ``rstd`` [rows]; the backward recomputes ``x * rstd`` and reduces the weight
+gradient through fp32 per-program partials (no atomics: deterministic). ``xh`` is rounded to the input
+dtype before the weight, as Qwen2RMSNorm does, so bf16 outputs match transformers; the output dtype is
+``promote(x.dtype, weight.dtype)``. Math and design: docs/kernels.md.
 """
 from __future__ import annotations
 

@@ -1,28 +1,10 @@
-"""Rotary position embedding for packed sequences, Q and K together.
+"""Rotary position embedding for packed sequences, Q and K together, in one launch.
 
 Layouts: varlen ``q`` [T, Hq, D], ``k`` [T, Hk, D] with ``position_ids`` [T] (restarting at 0 per
-document), or batched [B, S, H, D] with ``position_ids`` [B, S]. ``cos``/``sin`` are
-[max_positions, rotary_dim] tables in transformers' layout (the two halves repeated), so any RoPE
-scaling the caller computed is honoured. ``rotary_dim < head_dim`` rotates the first ``rotary_dim``
-channels and passes the rest through (partial rotary).
-
-Math (rotate_half convention, r = rotary_dim, x1 = x[:r/2], x2 = x[r/2:r]):
-    out[:r/2]  = x1 * cos[:r/2] - x2 * sin[:r/2]
-    out[r/2:r] = x2 * cos[r/2:] + x1 * sin[r/2:]
-Backward is the same rotation by -theta.
-
-Backward is the same rotation by -theta (out of place or in place, no saved activations):
-    dx1 = dy1 * cos[:r/2] + dy2 * sin[r/2:]
-    dx2 = dy2 * cos[r/2:] - dy1 * sin[:r/2]
-
-One launch rotates Q and K: each program takes ``BLOCK_T`` tokens and all heads of both, loads
-the token's cos/sin row once (gathered through ``position_ids``, so packed documents that restart
-at position 0 need no per-document work) and computes in fp32. Any strides are honoured: the
-batched layout is addressed as (b, s) = divmod(token, S) with the tensors' own strides, so a
-[B, H, S, D] tensor transposed to [B, S, H, D] (what attention code often holds) is read in place,
-never copied. ``inplace=True`` writes the result into ``q``/``k`` (and then the pass-through
-channels need no copy); otherwise new tensors with the inputs' strides are returned.
-Traffic: read q, k once and write them once (plus the small cos/sin rows): the bandwidth floor.
+document), or batched [B, S, H, D] with ``position_ids`` [B, S]. ``cos``/``sin`` are [max_positions,
+rotary_dim] tables in transformers' layout, so any scaling the caller computed is honoured; partial rotary
+passes the other channels through. Any strides are read in place; ``inplace=True`` writes into q/k.
+Backward is the same rotation by -theta (no saved activations). Math and design: docs/kernels.md.
 """
 from __future__ import annotations
 
