@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import s1fast.collate as collate_module
 from s1fast import _native, packing
 from s1fast.packing import collate, collate_reference, make_plan
 
@@ -121,11 +122,10 @@ def test_weights_give_the_exact_objective(weighting):
 def test_opcheck():
     ops = _native.ops()
     ex = [(np.arange(5), np.array([-100, -100, 3, 4, 5])), (np.arange(3), np.arange(3))]
-    _, labels, cu, w, _ = packing._gather(ex, [0.5, 0.25], False, 0)
+    _, labels, cu, w, _ = collate_module._gather(ex, [0.5, 0.25], False, 0)
     ids = torch.from_numpy(np.concatenate([e[0] for e in ex]).astype(np.int32))
     torch.library.opcheck(ops.pack_collate, (ids, torch.from_numpy(labels), torch.from_numpy(cu),
                                              torch.from_numpy(w)))
-    torch.library.opcheck(ops.cu_seqlens, (torch.tensor([3, 0, 5]),))
     L = torch.tensor([5, 9, 3, 7, 2, 8])
     costs = torch.from_numpy(packing.DEFAULT_COST.cost(L.numpy()))
     torch.library.opcheck(ops.plan, (L, costs, costs, 2, 16, 4, 2, 0, 1, 1, 1),
@@ -135,7 +135,7 @@ def test_opcheck():
 def test_device_fallback_copies_the_cpu_result():
     """A device with no native kernel (here "meta"; CUDA on a CPU-only build) gets the CPU op's result, copied."""
     if torch.version.cuda is None:
-        assert not packing._has_cuda_kernel("pack_collate")
+        assert not collate_module._has_cuda_kernel("pack_collate")
     ex, w = [(np.arange(4), np.arange(4))], [0.5]
     out = collate(ex, w, device="meta")
     assert out.input_ids.device.type == "meta" and out.cu_seqlens.device.type == "meta"
@@ -153,12 +153,10 @@ def test_cuda_collate_equals_cpu():
         y[: int(rng.integers(0, L))] = -100
         ex.append((ids, y))
         w.append(float(rng.random()))
-    assert packing._has_cuda_kernel("pack_collate"), "extension built without its CUDA kernel on a CUDA machine"
+    assert collate_module._has_cuda_kernel("pack_collate"), "extension built without its CUDA kernel on a CUDA machine"
     gpu = collate(ex, w, device="cuda")
     assert gpu.input_ids.is_cuda and gpu.targets.is_cuda
     _assert_same(gpu.to("cpu"), collate(ex, w))
-    out = _native.ops().cu_seqlens(torch.tensor([3, 0, 5], device="cuda"))
-    assert out.tolist() == [0, 3, 3, 8]
 
 
 def test_cli(tmp_path, capsys):
