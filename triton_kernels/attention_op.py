@@ -11,8 +11,8 @@ on the device from ``cu_seqlens`` with torch ops (no host sync); its length is a
 from shapes alone, cdiv(T, BLOCK) + docs, so it scales with tokens and documents present, never with
 max_seqlen x docs; surplus programs return at once. Head dims that are not powers of two (80) are
 padded to the next one with masked loads. bf16/fp16 operands feed ``tl.dot`` directly (wgmma on
-sm_90, fp32 accumulation); fp32 operands use IEEE fp32 dots; under the interpreter (``UPCAST``) dot
-operands are upcast, as its bf16 arithmetic is wrong. Derivation: docs/attention.md.
+sm_90, fp32 accumulation); fp32 operands use IEEE fp32 dots; under the interpreter (``UPCAST``) the
+loaded tiles are upcast at once, as its bf16 arithmetic is wrong. Derivation: docs/attention.md.
 """
 from __future__ import annotations
 
@@ -36,21 +36,10 @@ PRE_BLOCK = 64
 
 # ----------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _dot(a, b, LOWP: tl.constexpr, UPCAST: tl.constexpr):
-    """a @ b with an fp32 result: low-precision operands as they are (wgmma), fp32 in IEEE precision."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    elif LOWP:
-        return tl.dot(a, b)
-    else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-
-
-@triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, bdoc_ptr, bidx_ptr, sqt, sqh, skt, skh, svt, svh,
                      sot, soh, n_tokens, qk_scale, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOWP: tl.constexpr,
-                     UPCAST: tl.constexpr):
+                     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+                     PREC: tl.constexpr):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     doc = tl.load(bdoc_ptr + pid)
@@ -66,6 +55,8 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, bdoc_ptr, bidx
     kh = (h // GROUP).to(tl.int64)
     q = tl.load(q_ptr + offs_m.to(tl.int64)[:, None] * sqt + h.to(tl.int64) * sqh + offs_d[None, :],
                 mask=mmask[:, None] & dmask[None, :], other=0.0)
+    if UPCAST:  # the interpreter's bf16 dots are wrong
+        q = q.to(tl.float32)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -75,7 +66,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, bdoc_ptr, bidx
         nmask = offs_n < end
         kt = tl.load(k_ptr + offs_n.to(tl.int64)[None, :] * skt + kh * skh + offs_d[:, None],
                      mask=nmask[None, :] & dmask[:, None], other=0.0)
-        s = _dot(q, kt, LOWP, UPCAST) * qk_scale
+        if UPCAST:  # the interpreter's bf16 dots are wrong
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=PREC) * qk_scale
         # causal inside the document; keys past its end sit past every valid query, so this covers them
         s = tl.where(offs_n[None, :] <= offs_m[:, None], s, -1e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -84,7 +77,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, bdoc_ptr, bidx
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + offs_n.to(tl.int64)[:, None] * svt + kh * svh + offs_d[None, :],
                     mask=nmask[:, None] & dmask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, LOWP, UPCAST)
+        if UPCAST:  # the interpreter's bf16 dots are wrong
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     acc = acc / l_i[:, None]
     tl.store(o_ptr + offs_m.to(tl.int64)[:, None] * sot + h.to(tl.int64) * soh + offs_d[None, :],
@@ -110,7 +105,7 @@ def _attn_bwd_delta_kernel(o_ptr, do_ptr, delta_ptr, sot, soh, sdot, sdoh, n_tok
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_ptr, bdoc_ptr, bidx_ptr,
                         sqt, sqh, skt, skh, svt, svh, sdot, sdoh, sdqt, sdqh, n_tokens, qk_scale, sm_scale,
                         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr):
+                        BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """dq = scale * sum over keys of P * (dP - delta) @ k, for one block of queries of one head."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -130,6 +125,8 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     qd_mask = mmask[:, None] & dmask[None, :]
     q = tl.load(q_ptr + rows * sqt + h64 * sqh + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(do_ptr + rows * sdot + h64 * sdoh + offs_d[None, :], mask=qd_mask, other=0.0)
+    if UPCAST:
+        q, do = q.to(tl.float32), do.to(tl.float32)
     lse = tl.load(lse_ptr + h64 * n_tokens + offs_m, mask=mmask, other=0.0)
     delta = tl.load(delta_ptr + h64 * n_tokens + offs_m, mask=mmask, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -140,12 +137,14 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
         cols = offs_n.to(tl.int64)[None, :]
         kt = tl.load(k_ptr + cols * skt + kh * skh + offs_d[:, None], mask=kv_mask, other=0.0)
         vt = tl.load(v_ptr + cols * svt + kh * svh + offs_d[:, None], mask=kv_mask, other=0.0)
-        s = _dot(q, kt, LOWP, UPCAST) * qk_scale
+        if UPCAST:
+            kt, vt = kt.to(tl.float32), vt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=PREC) * qk_scale
         s = tl.where((offs_n[None, :] <= offs_m[:, None]) & mmask[:, None], s, -1e30)
         p = tl.exp2(s - lse[:, None])
-        dp = _dot(do, vt, LOWP, UPCAST)
+        dp = tl.dot(do, vt, input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(kt.dtype), tl.trans(kt), LOWP, UPCAST)
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
     tl.store(dq_ptr + rows * sdqt + h64 * sdqh + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
              mask=qd_mask)
 
@@ -154,7 +153,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, cu_ptr, bdoc_ptr,
                           bidx_ptr, sqt, sqh, skt, skh, svt, svh, sdot, sdoh, sdkt, sdkh, sdvt, sdvh, n_tokens,
                           qk_scale, sm_scale, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOWP: tl.constexpr, UPCAST: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """dk, dv for one block of keys of one key/value head, summed over its GROUP query heads and over the
     queries of the document at or after the block (transposed scores: rows are keys)."""
     pid = tl.program_id(0)
@@ -174,6 +173,8 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
     kd_mask = nmask[:, None] & dmask[None, :]
     k = tl.load(k_ptr + rows * skt + kh64 * skh + offs_d[None, :], mask=kd_mask, other=0.0)
     v = tl.load(v_ptr + rows * svt + kh64 * svh + offs_d[None, :], mask=kd_mask, other=0.0)
+    if UPCAST:
+        k, v = k.to(tl.float32), v.to(tl.float32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for g in range(GROUP):
@@ -185,15 +186,17 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
             qt_mask = mmask[None, :] & dmask[:, None]
             qt = tl.load(q_ptr + cols * sqt + h64 * sqh + offs_d[:, None], mask=qt_mask, other=0.0)
             dot_ = tl.load(do_ptr + cols * sdot + h64 * sdoh + offs_d[:, None], mask=qt_mask, other=0.0)
+            if UPCAST:
+                qt, dot_ = qt.to(tl.float32), dot_.to(tl.float32)
             lse = tl.load(lse_ptr + h64 * n_tokens + offs_m, mask=mmask, other=0.0)
             delta = tl.load(delta_ptr + h64 * n_tokens + offs_m, mask=mmask, other=0.0)
-            st = _dot(k, qt, LOWP, UPCAST) * qk_scale
+            st = tl.dot(k, qt, input_precision=PREC) * qk_scale
             st = tl.where((offs_m[None, :] >= offs_n[:, None]) & mmask[None, :], st, -1e30)
             pt = tl.exp2(st - lse[None, :])
-            dv += _dot(pt.to(dot_.dtype), tl.trans(dot_), LOWP, UPCAST)
-            dpt = _dot(v, dot_, LOWP, UPCAST)
+            dv += tl.dot(pt.to(dot_.dtype), tl.trans(dot_), input_precision=PREC)
+            dpt = tl.dot(v, dot_, input_precision=PREC)
             dst = pt * (dpt - delta[None, :])
-            dk += _dot(dst.to(qt.dtype), tl.trans(qt), LOWP, UPCAST)
+            dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PREC)
     tl.store(dk_ptr + rows * sdkt + kh64 * sdkh + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty),
              mask=kd_mask)
     tl.store(dv_ptr + rows * sdvt + kh64 * sdvh + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kd_mask)
@@ -218,7 +221,8 @@ def block_table(cu_seqlens: Tensor, n_tokens: int, block: int) -> tuple[Tensor, 
 
 
 def _flags(q: Tensor) -> dict:
-    return dict(LOWP=q.dtype in (torch.bfloat16, torch.float16), UPCAST=INTERPRET)
+    """fp32 operands: IEEE fp32 dots (not tf32); bf16/fp16: the precision flag is moot (wgmma, fp32 sums)."""
+    return dict(UPCAST=INTERPRET, PREC="ieee" if INTERPRET or q.dtype == torch.float32 else "tf32")
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> None:
@@ -393,7 +397,7 @@ def sm90_variants() -> list[dict]:
     ptr = "*bf16"
     for d in (128, 64, 80):
         bd = triton_next_pow2(d)
-        common = dict(GROUP=5, HEAD_DIM=d, BLOCK_D=bd, LOWP=True, UPCAST=False)
+        common = dict(GROUP=5, HEAD_DIM=d, BLOCK_D=bd, UPCAST=False, PREC="tf32")
         strides = lambda *names: {n: "i32" for n in names}  # noqa: E731
         sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": "*fp32", "cu_ptr": "*i32",
                "bdoc_ptr": "*i32", "bidx_ptr": "*i32", **strides("sqt", "sqh", "skt", "skh", "svt", "svh", "sot",
