@@ -53,7 +53,7 @@ class TrainConfig:
                 "to stay within this many GB per GPU by s1fast.project's memory model (-1: the GPU's memory less "
                 "a 2 GB reserve and 10%% headroom; 0: off, --checkpoint-layers decides)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block"})
-    attention: str = field(default="auto", metadata={"help": "attention backend: auto, flash, varlen, flex, sdpa"})
+    attention: str = field(default="auto", metadata={"help": "attention backend: auto, flash, varlen, flex, triton, sdpa"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cuda or cpu"})
     # checkpoints and logs
     save_every: int = field(default=0, metadata={"help": "save a checkpoint every K steps (0: only at the end)"})
@@ -109,7 +109,7 @@ CHOICES = {"recipe": ("s1", "s1.1", "sky-t1", "chat"), "policy": ("error", "drop
            "packing": ("none", "balanced", "tokens"), "weighting": ("sequence", "token"),
            "dtype": ("bf16", "fp32"), "master_dtype": ("fp32", "bf16"),
            "activation_checkpointing": ("none", "full", "selective"),
-           "attention": ("auto", "flash", "varlen", "flex", "sdpa"), "device": ("auto", "cuda", "cpu")}
+           "attention": ("auto", "flash", "varlen", "flex", "triton", "sdpa"), "device": ("auto", "cuda", "cpu")}
 
 
 class ConfigError(ValueError):

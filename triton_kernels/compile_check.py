@@ -145,7 +145,8 @@ def compile_variants(module_names: list[str]) -> list[CompileReport]:
     return reports
 
 
-KERNEL_MODULES = tuple(f"s1fast_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op"))
+KERNEL_MODULES = tuple(f"s1fast_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op",
+                                                             "attention_op"))
 
 
 @functools.lru_cache(maxsize=None)

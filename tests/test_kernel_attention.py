@@ -1,0 +1,145 @@
+"""Packed causal attention (s1fast_kernels.attention_op): the Triton kernels (interpreter on CPU) forward and
+backward against float64 on packed batches of odd document lengths, head dims 64/80/128, GQA 1/4/7, bf16 and
+fp32 (tolerance rule of kernel_testing); no attention across documents; the device-built block table; the
+torch.library op (opcheck); sm_90 compile (registers, spills, shared memory, wgmma)."""
+import pytest
+import torch
+
+from s1fast_kernels import _runtime
+from s1fast_kernels.attention_op import block_table, packed_attention, packed_attention_reference
+from kernel_testing import check_against_reference, on_kernel_device
+
+needs_kernels = pytest.mark.skipif(
+    not (_runtime.INTERPRET or torch.cuda.is_available()),
+    reason="runs the Triton kernels: needs a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it without a GPU)")
+
+
+def cu_of(lengths):
+    return torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+
+
+def run(fn, q, k, v, cu, dout, dtype):
+    """(out, dq, dk, dv) of ``fn`` on copies of q, k, v in ``dtype``, for incoming gradient ``dout``."""
+    q, k, v = (x.detach().to(dtype).requires_grad_() for x in (q, k, v))
+    out = fn(q, k, v, cu)
+    out.backward(dout.to(out.dtype))
+    return out, q.grad, k.grad, v.grad
+
+
+def kernel(q, k, v, cu):
+    return on_kernel_device(packed_attention)(q, k, v, cu, int((cu[1:] - cu[:-1]).max()))
+
+
+# many short documents: 40 of 1..12 tokens, one empty (a repeated boundary)
+SHORT = [int(x) for x in torch.randint(1, 13, (40,), generator=torch.Generator().manual_seed(5))]
+SHORT[7] = 0
+CASES = {  # name: (document lengths, query heads, key/value heads, head dim)
+    "lengths 1,2,17,129,300; gqa 4; d 64": ([1, 2, 17, 129, 300], 4, 1, 64),
+    "40 short documents; gqa 1; d 64": (SHORT, 2, 2, 64),
+    "one long document of 520; gqa 7; d 64": ([520], 7, 1, 64),
+    "lengths 33,100; gqa 1; d 80 (padded)": ([33, 100], 2, 2, 80),
+    "lengths 50,90; gqa 4; d 128": ([50, 90], 4, 1, 128),
+}
+MATRIX = [("lengths 1,2,17,129,300; gqa 4; d 64", torch.float32),
+          ("lengths 1,2,17,129,300; gqa 4; d 64", torch.bfloat16),
+          ("40 short documents; gqa 1; d 64", torch.bfloat16),
+          ("one long document of 520; gqa 7; d 64", torch.float32),
+          ("lengths 33,100; gqa 1; d 80 (padded)", torch.bfloat16),
+          ("lengths 50,90; gqa 4; d 128", torch.bfloat16)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case,dtype", MATRIX, ids=[f"{c} {str(d)[6:]}" for c, d in MATRIX])
+def test_attention_fwd_bwd_match_float64(case, dtype):
+    lengths, hq, hk, d = CASES[case]
+    g = torch.Generator().manual_seed(len(lengths) + d)
+    T = sum(lengths)
+    q, k, v = torch.randn(T, hq, d, generator=g), torch.randn(T, hk, d, generator=g), torch.randn(T, hk, d, generator=g)
+    dout = torch.randn(T, hq, d, generator=g)
+    cu = cu_of(lengths)
+    got = run(kernel, q, k, v, cu, dout, dtype)
+    ref = run(packed_attention_reference, q, k, v, cu, dout, torch.float64)
+    base = run(packed_attention_reference, q, k, v, cu, dout, dtype)  # PyTorch's own error in this dtype
+    for name, o, r, b in zip(("out", "dq", "dk", "dv"), got, ref, base):
+        assert o.dtype == dtype
+        check_against_reference(f"attention {case} {name}", o, r, b)
+
+
+@needs_kernels
+def test_no_attention_across_documents():
+    """Huge values planted in the middle document move nothing in its neighbours, forward or backward:
+    their outputs and gradients are bit-for-bit those of the batch without them, and a loss on the
+    neighbours alone sends exactly zero gradient into the middle document."""
+    lengths = [70, 37, 25]
+    cu = cu_of(lengths)
+    s, e = 70, 107
+    g = torch.Generator().manual_seed(11)
+    q, k, v = torch.randn(132, 2, 64, generator=g), torch.randn(132, 1, 64, generator=g), torch.randn(132, 1, 64,
+                                                                                                     generator=g)
+    dout = torch.randn(132, 2, 64, generator=g)
+    dout[s:e] = 0
+    planted = [x.clone() for x in (q, k, v)]
+    for x in planted:
+        x[s:e] = 1e4
+    base = run(kernel, q, k, v, cu, dout, torch.float32)
+    hot = run(kernel, *planted, cu, dout, torch.float32)
+    keep = torch.ones(132, dtype=torch.bool)
+    keep[s:e] = False
+    for name, a, b in zip(("out", "dq", "dk", "dv"), base, hot):
+        assert torch.equal(a[keep], b[keep]), f"{name}: a neighbour document changed it"
+        if name != "out":
+            assert torch.equal(b[~keep], torch.zeros_like(b[~keep])), f"{name}: gradient leaked into the middle"
+    assert torch.isfinite(hot[0]).all()
+
+
+def test_block_table_is_built_on_device_and_covers_each_block_once():
+    lengths = [1, 0, 17, 129, 64, 300, 0]
+    cu = cu_of(lengths)
+    T = sum(lengths)
+    doc, idx = block_table(cu, T, 64)
+    assert doc.numel() == -(-T // 64) + len(lengths)  # from shapes alone: no host sync to size the grid
+    want = [(d, b) for d, n in enumerate(lengths) for b in range(-(-n // 64))]
+    live = doc >= 0
+    assert list(zip(doc[live].tolist(), idx[live].tolist())) == want
+    assert not live[len(want):].any() and live[:len(want)].all()
+
+
+@needs_kernels
+def test_op_schema_fake_and_autograd_registration():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(21, 4, 16, generator=g).requires_grad_()
+    k = torch.randn(21, 2, 16, generator=g).requires_grad_()
+    v = torch.randn(21, 2, 16, generator=g).requires_grad_()
+    torch.library.opcheck(torch.ops.s1fast_kernels.packed_attention, (q, k, v, cu_of([5, 16]), 16))
+
+
+def test_cpu_path_without_the_interpreter_matches(monkeypatch):
+    """S1FAST_DISABLE_TRITON: the op's plain-PyTorch implementation (fp32, per document) forward and backward."""
+    monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    g = torch.Generator().manual_seed(4)
+    q, k, v, dout = (torch.randn(30, h, 16, generator=g) for h in (6, 2, 2, 6))
+    cu = cu_of([1, 12, 17])
+    got = run(lambda *a: packed_attention(*a, 17), q, k, v, cu, dout, torch.float32)
+    ref = run(packed_attention_reference, q, k, v, cu, dout, torch.float64)
+    base = run(packed_attention_reference, q, k, v, cu, dout, torch.float32)
+    for name, o, r, b in zip(("out", "dq", "dk", "dv"), got, ref, base):
+        check_against_reference(f"attention cpu path {name}", o, r, b)
+
+
+def test_bad_shapes_say_what_is_wrong():
+    q, k = torch.randn(8, 3, 16), torch.randn(8, 2, 16)
+    with pytest.raises(ValueError, match="not a multiple"):
+        packed_attention(q, k, k, cu_of([8]), 8)
+    with pytest.raises(ValueError, match=r"q must be \[T, Hq, D\]"):
+        packed_attention(q[None], k, k, cu_of([8]), 8)
+
+
+def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
+    from s1fast_kernels.compile_check import kernel_reports
+    reps = kernel_reports()["attention_op"]
+    assert len(reps) == 10  # fwd, dq, dk/dv at d 128, 64, 80; the delta pre-pass
+    for r in reps:
+        assert r.registers > 0 and r.spill_stores == 0 and r.spill_loads == 0, r.row()
+        assert r.shared_bytes <= 227 * 1024, f"{r.name}: {r.shared_bytes} bytes of shared memory > the H100's 227 KiB"
+        if "delta" not in r.name:
+            assert r.uses_wgmma, f"{r.name}: no wgmma in the PTX"
