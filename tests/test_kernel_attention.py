@@ -143,3 +143,51 @@ def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
         assert r.shared_bytes <= 227 * 1024, f"{r.name}: {r.shared_bytes} bytes of shared memory > the H100's 227 KiB"
         if "delta" not in r.name:
             assert r.uses_wgmma, f"{r.name}: no wgmma in the PTX"
+
+
+TRAIN_DRIVER = r"""
+import json, os, sys
+import s1fast_kernels.attention_op as attention_op
+from s1fast import train
+attention_op.use_triton = lambda *t: True  # only the attention kernels through the interpreter (the rest: PyTorch)
+launches = {"fwd": 0, "bwd": 0}
+for name in launches:
+    def counted(*a, _f=getattr(attention_op, f"_launch_{name}"), _n=name):
+        launches[_n] += 1
+        return _f(*a)
+    setattr(attention_op, f"_launch_{name}", counted)
+for attention, out in json.loads(sys.argv[1]):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(k, None)  # a fresh group of one for each run
+    rc = train.main(["--preset", "tiny", "--max-tokens", "96", "--global-batch", "2", "--max-steps", "3",
+                     "--progress", "false", "--export", "false", "--plot", "false", "--save-every", "0",
+                     "--attention", attention, "--output-dir", out])
+    assert rc == 0, (attention, rc)
+    print(f"{attention}: triton attention launches {launches}")
+"""
+
+
+@needs_kernels
+def test_tiny_preset_trains_with_triton_attention_like_sdpa(tmp_path):
+    """The trainer with --attention triton (the attention kernels under the interpreter; every other kernel on
+    its PyTorch path, as in the sdpa run) gives the losses and gradient norms of --attention sdpa, step by step."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1", TRITON_INTERPRET="1", S1FAST_DISABLE_TRITON="1",
+               TOKENIZERS_PARALLELISM="false")
+    env.pop("S1FAST_ATTENTION", None)
+    runs = [("sdpa", str(tmp_path / "sdpa")), ("triton", str(tmp_path / "triton"))]
+    p = subprocess.run([sys.executable, "-c", TRAIN_DRIVER, json.dumps(runs)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    assert "sdpa: triton attention launches {'fwd': 0, 'bwd': 0}" in p.stdout, p.stdout[-2000:]
+    assert "triton: triton attention launches {'fwd': 6, 'bwd': 6}" in p.stdout, p.stdout[-2000:]  # 2 layers x 3 steps
+    rows = {name: [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))] for name, out in runs}
+    assert len(rows["triton"]) == len(rows["sdpa"]) == 3
+    for a, b in zip(rows["sdpa"], rows["triton"]):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"], (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * a["grad_norm"], (a["step"], a["grad_norm"],
+                                                                                b["grad_norm"])
