@@ -184,10 +184,29 @@ def test_tiny_preset_trains_with_triton_attention_like_sdpa(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     assert "sdpa: triton attention launches {'fwd': 0, 'bwd': 0}" in p.stdout, p.stdout[-2000:]
-    assert "triton: triton attention launches {'fwd': 6, 'bwd': 6}" in p.stdout, p.stdout[-2000:]  # 2 layers x 3 steps
+    counts = p.stdout.split("triton: triton attention launches ")[1].splitlines()[0]
+    assert all(n >= 6 for n in json.loads(counts.replace("'", '"')).values()), counts  # >= 2 layers x 3 steps
     rows = {name: [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))] for name, out in runs}
     assert len(rows["triton"]) == len(rows["sdpa"]) == 3
     for a, b in zip(rows["sdpa"], rows["triton"]):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * a["loss"], (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * a["grad_norm"], (a["step"], a["grad_norm"],
                                                                                 b["grad_norm"])
+
+
+@needs_kernels
+def test_bench_dry_run_projects_and_runs_the_backends(tmp_path, capsys):
+    """bench/bench_attention.py without a GPU: the PROJECTED floors at s1's shapes, and a smoke run whose
+    outputs agree across backends (its times are no figure)."""
+    import json
+    from bench import bench_attention as ba
+    out = tmp_path / "att.json"
+    assert ba.main(["--dry-run", "--lengths", "3,20", "--backends", "triton,sdpa_doc", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "PROJECTED" in text and "NOT a performance figure" in text
+    res = json.loads(out.read_text())
+    fwd = res["projected"]["3+20"][0]
+    assert fwd["phase"] == "fwd" and fwd["flops"] == 4 * (3 * 4 / 2 + 20 * 21 / 2) * 128 * 40  # s1: Hq 40, d 128
+    smoke = {r["backend"]: r for r in res["cpu_smoke"]}
+    assert smoke["sdpa_doc"]["max_abs_diff_vs_first"] < 1e-5
+    assert ba.main(["--dry-run", "--backends", "bogus"]) == 2
