@@ -1,18 +1,17 @@
 """Causal attention over packed documents (FlashAttention-2 scheme), forward and backward in Triton.
 
 q [T, Hq, D], k/v [T, Hk, D] (query head h reads key/value head h // (Hq/Hk)), ``cu_seqlens`` int32
-[docs+1]: token t of document d attends to tokens cu[d]..t only. Softmax statistics stay in fp32 on
-chip; the forward saves only out and the row log-sum-exp (base 2, [Hq, T] fp32); the backward
-recomputes the probabilities block by block (one kernel for dk/dv per key/value head, summing its
-query heads, one for dq: no atomics). No [T, T] matrix exists anywhere: memory is linear in T.
-
-Grid: one program per (block of a document, head), from a per-block (document, block) table built
-on the device from ``cu_seqlens`` with torch ops (no host sync); its length is an upper bound known
-from shapes alone, cdiv(T, BLOCK) + docs, so it scales with tokens and documents present, never with
-max_seqlen x docs; surplus programs return at once. Head dims that are not powers of two (80) are
-padded to the next one with masked loads. bf16/fp16 operands feed ``tl.dot`` directly (wgmma on
-sm_90, fp32 accumulation); fp32 operands use IEEE fp32 dots; under the interpreter (``UPCAST``) the
-loaded tiles are upcast at once, as its bf16 arithmetic is wrong. Derivation: docs/attention.md.
+[docs+1]: token t of document d attends to tokens cu[d]..t only. With S = q k^T / sqrt(D), P = softmax(S):
+    out = P v,  dv = P^T dout,  dS = P * (dout v^T - delta), delta = rowsum(dout * out),
+    dq = dS k / sqrt(D),  dk = dS^T q / sqrt(D)       (dk, dv summed over a key head's query heads)
+The forward keeps the softmax statistics in fp32 on chip and saves only out and the base-2 row
+log-sum-exp [Hq, T]; the backward recomputes P block by block (a dk/dv kernel per key block and key
+head, a dq kernel per query block and head: no atomics). No [T, T] matrix exists: memory is linear in T.
+Grid: one program per (block of a document, head) from a (document, block) table built on the device
+(``block_table``: no host sync), of length cdiv(T, BLOCK) + docs, known from shapes: it scales with the
+tokens and documents present, not max_seqlen x docs. Head dim 80 is padded to 128 with masked loads.
+bf16 tiles feed ``tl.dot`` as they are (wgmma on sm_90, fp32 accumulation), fp32 ones in IEEE precision;
+under the interpreter (``UPCAST``) tiles are upcast on load, as its bf16 arithmetic is wrong.
 """
 from __future__ import annotations
 
@@ -26,11 +25,24 @@ from torch import Tensor
 from ._runtime import INTERPRET, triton_next_pow2, use_triton
 
 LOG2E = 1.4426950408889634
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel; the interpreter uses the same tiles (fewer, larger
-# numpy steps are what make it fast). The dk/dv kernel's blocks are key blocks of BLOCK_N rows.
-FWD = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
-BWD_DQ = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-BWD_DKDV = dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2)
+# Tiles per kernel, (bf16/fp16, fp32). fp32 runs IEEE dots on the FMA units (no tensor cores): a correctness
+# path (GPU training is bf16), with tiles small enough for no spills at head dim 64. The
+# interpreter uses the same tiles (fewer, larger numpy steps are what make it fast). The dk/dv kernel's
+# blocks are key blocks of BLOCK_N rows; the others' are query blocks of BLOCK_M rows.
+TILES = {
+    "fwd": (dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+            dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)),
+    "dq": (dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+           dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)),
+    "dkdv": (dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
+             dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)),
+}
+
+
+def tiles(kernel: str, dtype: torch.dtype) -> dict:
+    return dict(TILES[kernel][dtype == torch.float32])
+
+
 PRE_BLOCK = 64
 
 
@@ -248,7 +260,7 @@ def _launch_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> tuple[Te
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     out = torch.empty_like(q)
     lse = torch.empty((hq, T), device=q.device, dtype=torch.float32)
-    cfg = dict(FWD)
+    cfg = tiles("fwd", q.dtype)
     bdoc, bidx = block_table(cu, T, cfg["BLOCK_M"])
     sm_scale = 1.0 / math.sqrt(d)
     _attn_fwd_kernel[(bdoc.numel(), hq)](
@@ -271,16 +283,17 @@ def _launch_bwd(q, k, v, out, lse, dout, cu_seqlens) -> tuple[Tensor, Tensor, Te
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     sm_scale = 1.0 / math.sqrt(d)
     common = dict(GROUP=hq // hk, HEAD_DIM=d, BLOCK_D=block_d, **_flags(q))
-    bdoc, bidx = block_table(cu, T, BWD_DQ["BLOCK_M"])
+    dq_cfg, kv_cfg = tiles("dq", q.dtype), tiles("dkdv", q.dtype)
+    bdoc, bidx = block_table(cu, T, dq_cfg["BLOCK_M"])
     _attn_bwd_dq_kernel[(bdoc.numel(), hq)](
         q, k, v, dout, lse, delta, dq, cu, bdoc, bidx, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), T,
-        sm_scale * LOG2E, sm_scale, **common, **BWD_DQ)
-    bdoc, bidx = block_table(cu, T, BWD_DKDV["BLOCK_N"])
+        sm_scale * LOG2E, sm_scale, **common, **dq_cfg)
+    bdoc, bidx = block_table(cu, T, kv_cfg["BLOCK_N"])
     _attn_bwd_dkdv_kernel[(bdoc.numel(), hk)](
         q, k, v, dout, lse, delta, dk, dv, cu, bdoc, bidx, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         v.stride(0), v.stride(1), dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0),
-        dv.stride(1), T, sm_scale * LOG2E, sm_scale, **common, **BWD_DKDV)
+        dv.stride(1), T, sm_scale * LOG2E, sm_scale, **common, **kv_cfg)
     return dq, dk, dv
 
 
@@ -392,36 +405,34 @@ def packed_attention_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tens
 
 # ----------------------------------------------------------------------------------- sm_90 variants
 def sm90_variants() -> list[dict]:
-    """bf16 forward, dq and dk/dv at head dims 128 (s1's) and 64, and 80 (padded to 128), for compile_check."""
+    """Forward, dq and dk/dv in bf16 at head dims 128 (s1's), 64 and 80 (padded to 128), and in fp32 at 128
+    (the tiny preset's dtype, smaller tiles), for compile_check; then the delta pre-pass."""
     out = []
-    ptr = "*bf16"
-    for d in (128, 64, 80):
-        bd = triton_next_pow2(d)
-        common = dict(GROUP=5, HEAD_DIM=d, BLOCK_D=bd, UPCAST=False, PREC="tf32")
-        strides = lambda *names: {n: "i32" for n in names}  # noqa: E731
-        sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": "*fp32", "cu_ptr": "*i32",
-               "bdoc_ptr": "*i32", "bidx_ptr": "*i32", **strides("sqt", "sqh", "skt", "skh", "svt", "svh", "sot",
-                                                                  "soh", "n_tokens"), "qk_scale": "fp32"}
-        blocks = {k: FWD[k] for k in ("BLOCK_M", "BLOCK_N")}
-        out.append(dict(name=f"packed attention fwd (bf16, d {d})", fn=_attn_fwd_kernel, signature=sig,
-                        constexprs={**common, **blocks}, num_warps=FWD["num_warps"], num_stages=FWD["num_stages"],
-                        divisible=("sqt", "sqh", "skt", "skh", "svt", "svh", "sot", "soh")))
-        bsig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32"}
-        st = ("sqt", "sqh", "skt", "skh", "svt", "svh", "sdot", "sdoh")
-        dq_sig = {**bsig, "dq_ptr": ptr, "cu_ptr": "*i32", "bdoc_ptr": "*i32", "bidx_ptr": "*i32",
-                  **strides(*st, "sdqt", "sdqh", "n_tokens"), "qk_scale": "fp32", "sm_scale": "fp32"}
-        out.append(dict(name=f"packed attention bwd dq (bf16, d {d})", fn=_attn_bwd_dq_kernel, signature=dq_sig,
-                        constexprs={**common, **{k: BWD_DQ[k] for k in ("BLOCK_M", "BLOCK_N")}},
-                        num_warps=BWD_DQ["num_warps"], num_stages=BWD_DQ["num_stages"],
-                        divisible=st + ("sdqt", "sdqh")))
-        kv_sig = {**bsig, "dk_ptr": ptr, "dv_ptr": ptr, "cu_ptr": "*i32", "bdoc_ptr": "*i32", "bidx_ptr": "*i32",
-                  **strides(*st, "sdkt", "sdkh", "sdvt", "sdvh", "n_tokens"), "qk_scale": "fp32", "sm_scale": "fp32"}
-        out.append(dict(name=f"packed attention bwd dk/dv (bf16, d {d})", fn=_attn_bwd_dkdv_kernel,
-                        signature=kv_sig, constexprs={**common, **{k: BWD_DKDV[k] for k in ("BLOCK_M", "BLOCK_N")}},
-                        num_warps=BWD_DKDV["num_warps"], num_stages=BWD_DKDV["num_stages"],
-                        divisible=st + ("sdkt", "sdkh", "sdvt", "sdvh")))
+    strides = lambda *names: {n: "i32" for n in names}  # noqa: E731
+    for dt, d in (("bf16", 128), ("bf16", 64), ("bf16", 80), ("fp32", 64)):
+        ptr, dtype = f"*{dt}", torch.float32 if dt == "fp32" else torch.bfloat16
+        common = dict(GROUP=5, HEAD_DIM=d, BLOCK_D=triton_next_pow2(d), UPCAST=False,
+                      PREC="ieee" if dt == "fp32" else "tf32")
+        st = ("sqt", "sqh", "skt", "skh", "svt", "svh")
+        fwd_sig = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "o_ptr": ptr, "lse_ptr": "*fp32", "cu_ptr": "*i32",
+                   "bdoc_ptr": "*i32", "bidx_ptr": "*i32", **strides(*st, "sot", "soh", "n_tokens"), "qk_scale": "fp32"}
+        st_b = st + ("sdot", "sdoh")
+        bwd = {"q_ptr": ptr, "k_ptr": ptr, "v_ptr": ptr, "do_ptr": ptr, "lse_ptr": "*fp32", "delta_ptr": "*fp32"}
+        table = {"cu_ptr": "*i32", "bdoc_ptr": "*i32", "bidx_ptr": "*i32"}
+        dq_sig = {**bwd, "dq_ptr": ptr, **table, **strides(*st_b, "sdqt", "sdqh", "n_tokens"), "qk_scale": "fp32",
+                  "sm_scale": "fp32"}
+        kv_sig = {**bwd, "dk_ptr": ptr, "dv_ptr": ptr, **table,
+                  **strides(*st_b, "sdkt", "sdkh", "sdvt", "sdvh", "n_tokens"), "qk_scale": "fp32", "sm_scale": "fp32"}
+        for kind, label, fn, sig, div in (
+                ("fwd", "fwd", _attn_fwd_kernel, fwd_sig, st + ("sot", "soh")),
+                ("dq", "bwd dq", _attn_bwd_dq_kernel, dq_sig, st_b + ("sdqt", "sdqh")),
+                ("dkdv", "bwd dk/dv", _attn_bwd_dkdv_kernel, kv_sig, st_b + ("sdkt", "sdkh", "sdvt", "sdvh"))):
+            t = tiles(kind, dtype)
+            out.append(dict(name=f"packed attention {label} ({dt}, d {d})", fn=fn, signature=sig,
+                            constexprs={**common, "BLOCK_M": t["BLOCK_M"], "BLOCK_N": t["BLOCK_N"]},
+                            num_warps=t["num_warps"], num_stages=t["num_stages"], divisible=div))
     out.append(dict(name="packed attention bwd delta (bf16, d 128)", fn=_attn_bwd_delta_kernel,
-                    signature={"o_ptr": ptr, "do_ptr": ptr, "delta_ptr": "*fp32", "sot": "i32", "soh": "i32",
+                    signature={"o_ptr": "*bf16", "do_ptr": "*bf16", "delta_ptr": "*fp32", "sot": "i32", "soh": "i32",
                                "sdot": "i32", "sdoh": "i32", "n_tokens": "i32"},
                     constexprs=dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=PRE_BLOCK), num_warps=4, num_stages=3,
                     divisible=("sot", "soh", "sdot", "sdoh")))
