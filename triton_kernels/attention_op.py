@@ -258,8 +258,8 @@ def _launch_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> tuple[Te
     T, hq, d = q.shape
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-    out = torch.empty_like(q)
-    lse = torch.empty((hq, T), device=q.device, dtype=torch.float32)
+    out = torch.zeros_like(q)  # tokens past cu_seqlens[-1] (in no document) get 0, not garbage
+    lse = torch.zeros((hq, T), device=q.device, dtype=torch.float32)
     cfg = tiles("fwd", q.dtype)
     bdoc, bidx = block_table(cu, T, cfg["BLOCK_M"])
     sm_scale = 1.0 / math.sqrt(d)
@@ -280,7 +280,7 @@ def _launch_bwd(q, k, v, out, lse, dout, cu_seqlens) -> tuple[Tensor, Tensor, Te
     _attn_bwd_delta_kernel[(triton.cdiv(T, PRE_BLOCK), hq)](
         out, dout, delta, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), T, HEAD_DIM=d,
         BLOCK_D=block_d, BLOCK_M=PRE_BLOCK)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     sm_scale = 1.0 / math.sqrt(d)
     common = dict(GROUP=hq // hk, HEAD_DIM=d, BLOCK_D=block_d, **_flags(q))
     dq_cfg, kv_cfg = tiles("dq", q.dtype), tiles("dkdv", q.dtype)
@@ -388,7 +388,10 @@ _packed_attention.register_autograd(_grad, setup_context=_setup)
 
 
 def packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
-    """Causal attention inside each packed document: q [T, Hq, D], k/v [T, Hk, D] -> [T, Hq, D]."""
+    """Causal attention inside each packed document: q [T, Hq, D], k/v [T, Hk, D] -> [T, Hq, D].
+
+    ``cu_seqlens`` (int32, [docs+1], on q's device) should end at T: tokens past its end belong to no document
+    and get zero output and zero gradient (never checked on the device: that would be a host sync)."""
     return torch.ops.s1fast_kernels.packed_attention(q, k, v, cu_seqlens, int(max_seqlen))[0]
 
 
