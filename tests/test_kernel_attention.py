@@ -125,6 +125,20 @@ def test_op_schema_fake_and_autograd_registration():
     torch.library.opcheck(torch.ops.s1fast_kernels.packed_attention, (q, k, v, cu_of([5, 16]), 16))
 
 
+@needs_kernels
+def test_torch_compile_fullgraph_traces_the_op_forward_and_backward():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(21, h, 16, generator=g).requires_grad_() for h in (4, 2, 2))
+    cu = cu_of([5, 16])
+    f = torch.compile(lambda q, k, v, cu: (packed_attention(q, k, v, cu, 16) ** 2).sum(), backend="aot_eager",
+                      fullgraph=True)
+    got = torch.autograd.grad(f(q, k, v, cu), (q, k, v))
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = torch.autograd.grad((packed_attention_reference(q64, k64, v64, cu) ** 2).sum(), (q64, k64, v64))
+    for name, a, r in zip(("dq", "dk", "dv"), got, ref):
+        check_against_reference(f"compiled attention {name}", a, r)
+
+
 def test_cpu_path_without_the_interpreter_matches(monkeypatch):
     """S1FAST_DISABLE_TRITON: the op's plain-PyTorch implementation (fp32, per document) forward and backward."""
     monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
