@@ -193,6 +193,7 @@ for attention, out in json.loads(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_tiny_preset_trains_with_triton_attention_like_sdpa(tmp_path):
     """The trainer with --attention triton (the attention kernels under the interpreter; every other kernel on
