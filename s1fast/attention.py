@@ -13,6 +13,9 @@ Backends (``BACKENDS``), chosen by ``select_backend`` from the device and what i
 - ``flash``:     ``flash_attn.flash_attn_varlen_func`` (optional package, CUDA).
 - ``varlen``:    ``torch.nn.attention.varlen.varlen_attn`` (torch >= 2.10, CUDA).
 - ``flex``:      FlexAttention with a document mask (CUDA; on CPU it runs forward only).
+- ``triton``:    s1fast's own Triton kernels (``s1fast_kernels.attention_op``): always available on CUDA
+                 (no extra package); on CPU only under ``TRITON_INTERPRET=1``. Placed after the others
+                 until the GPU benchmark (bench/bench_attention.py) has measured it.
 - ``sdpa_mask``: SDPA with one block-diagonal causal mask [T, T] (CPU fallback, forward + backward).
 - ``sdpa_doc``:  SDPA run per document with ``is_causal`` (CPU fallback, forward + backward;
                  memory linear in the document length).
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("flash", "varlen", "flex", "sdpa_mask", "sdpa_doc")
+BACKENDS = ("flash", "varlen", "flex", "triton", "sdpa_mask", "sdpa_doc")
 _override: str | None = None
 
 
@@ -58,7 +61,7 @@ def available_backends(device: torch.device | str) -> list[str]:
         out.append("varlen")
     if _flex() is not None:
         out.append("flex")
-    return out + ["sdpa_doc", "sdpa_mask"]
+    return out + ["triton", "sdpa_doc", "sdpa_mask"]
 
 
 def select_backend(device: torch.device | str) -> str:
@@ -176,6 +179,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: PackedBat
                                       meta.max_seqlen, meta.max_seqlen, causal=True)
     if b == "varlen":
         return _torch_varlen(q, k, v, meta)
+    if b == "triton":
+        from s1fast_kernels.attention_op import packed_attention
+        return packed_attention(q, k, v, meta.cu_seqlens, meta.max_seqlen)
     gqa = q.shape[1] != k.shape[1]
     if b == "flex":
         # Eager flex materialises the [T, T] scores; on CUDA the compiled kernel is the point.

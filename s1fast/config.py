@@ -62,7 +62,7 @@ class TrainConfig:
     memory_headroom: float = field(default=MEMORY_HEADROOM, metadata={
         "help": "fraction of the budget --checkpoint-budget-gb -1 keeps free"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each decoder block"})
-    attention: str = field(default="auto", metadata={"help": "attention backend: auto, flash, varlen, flex, sdpa"})
+    attention: str = field(default="auto", metadata={"help": "attention backend: auto, flash, varlen, flex, triton, sdpa"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cuda or cpu"})
     # checkpoints and logs
     save_every: int = field(default=0, metadata={"help": "save a checkpoint every K steps (0: only at the end)"})
@@ -117,7 +117,7 @@ PRESETS: dict[str, dict] = {
 CHOICES = {"recipe": RECIPE_NAMES, "policy": POLICIES, "packing": PACKING_MODES, "weighting": WEIGHTINGS,
            "dtype": ("bf16", "fp32"), "master_dtype": ("fp32", "bf16"),
            "activation_checkpointing": ("none", "full", "selective"),
-           "attention": ("auto", "flash", "varlen", "flex", "sdpa"), "device": ("auto", "cuda", "cpu")}
+           "attention": ("auto", "flash", "varlen", "flex", "triton", "sdpa"), "device": ("auto", "cuda", "cpu")}
 
 
 class ConfigError(ValueError):

@@ -6,12 +6,14 @@
     a = swiglu(gate, up)                                      # silu(gate) * up
     loss = fused_linear_cross_entropy(h, lm_head.weight, target, token_weight=w, reduction="sum")
     patch_hf(model)                                           # a transformers Qwen2 / Llama model
+    o = packed_attention(q, k, v, cu_seqlens, max_seqlen)     # causal inside packed documents, GQA
     from s1fast_kernels import custom_ops                     # the same as torch.library ops (torch.compile)
 
 Each kernel lives in its own file with its math, its ``@triton.jit`` code, its launcher, its
 autograd function, a functional API, a thin module and a plain-PyTorch reference. CUDA tensors run
 the Triton kernels; CPU tensors run the PyTorch reference unless ``TRITON_INTERPRET=1``.
 """
+from .attention_op import packed_attention, packed_attention_reference
 from .cross_entropy_op import cross_entropy
 from .linear_cross_entropy_op import (FusedLinearCrossEntropy, fused_linear_cross_entropy,
                                       fused_linear_cross_entropy_reference)
@@ -22,4 +24,4 @@ from .swiglu_op import SwiGLU, swiglu, swiglu_reference
 
 __all__ = ["swiglu", "swiglu_reference", "SwiGLU", "rms_norm", "rms_norm_reference", "RMSNorm",
            "rope", "rope_reference", "fused_linear_cross_entropy", "fused_linear_cross_entropy_reference",
-           "cross_entropy", "FusedLinearCrossEntropy", "patch_hf"]
+           "cross_entropy", "FusedLinearCrossEntropy", "patch_hf", "packed_attention", "packed_attention_reference"]
