@@ -99,10 +99,9 @@ def build(args):
         from s1fast.serve.vllm_engine import VLLMBatcher
         engine = VLLMBatcher(backend, vocab_limit=len(tok), max_len=max_total)
     cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
-    defaults = api.Defaults(**{k: getattr(cfg, k) for k in api.Defaults.__dataclass_fields__})
     limits = api.Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens_limit, args.max_concurrency)
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
-    server = Server(engine.start(), tok, model_name=name, max_total_tokens=max_total, defaults=defaults,
+    server = Server(engine.start(), tok, model_name=name, max_total_tokens=max_total, defaults=cfg,
                     limits=limits, api_key=args.api_key)
     return build_app(server, on_shutdown=engine.stop), engine
 
