@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -119,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app, _ = build(args)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=None, access_log=args.log_level == "debug")
+    # uvicorn re-raises the signal it caught once it has drained; with this handler a SIGTERM ends in exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(config).run()   # SIGTERM/SIGINT: stop accepting, drain the requests in flight, exit
     return 0
 
