@@ -69,7 +69,8 @@ def check(args) -> str | None:
         try:
             import vllm  # noqa: F401
         except ImportError:
-            return "--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, or use --backend native"
+            return ("--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, "
+                    "or use --backend native")
         if not torch.cuda.is_available():
             return "--backend vllm needs a CUDA GPU and none is visible; use --backend native on this machine"
     return None
