@@ -13,6 +13,7 @@ from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.generate import GenerationConfig, VLLMBackend, generate, prompt_ids
 from s1fast.serve.vllm_engine import VLLMBatcher
 from test_generate_model import pytorch_path, tok  # noqa: F401 - fixtures
+from test_serve import FailOnce
 
 QUESTIONS = ["What is 1+1?", "hello there", "Let $ABC$ be a triangle inscribed in a circle. Find m+n.", "2+2?",
              "How many r in raspberry?"]
@@ -102,25 +103,8 @@ def test_requests_joining_a_running_batch_get_the_tokens_they_get_alone(tok, tin
     assert waits > 0 and b.busy == 0 and not b.thread.is_alive()
 
 
-class Failing:
-    """The tiny model, failing its first ``decode`` after ``arm()``."""
-
-    def __init__(self, model):
-        self.model, self.armed = model, False
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def decode(self, *a, **kw):
-        if self.armed:
-            self.armed = False
-            raise RuntimeError("injected failure")
-        return self.model.decode(*a, **kw)
-
-
 def test_cancel_frees_the_row_and_a_failing_step_fails_only_its_requests(tok, tiny):
-    model = Failing(tiny)
-    b = ContinuousBatcher(model, vocab_limit=len(tok), slots=1, max_len=CTX).start()
+    b = ContinuousBatcher(tiny, vocab_limit=len(tok), slots=1, max_len=CTX).start()
     try:
         long = BudgetForcer(prompt_ids(tok, "count"), ForcingTokens.from_tokenizer(tok), max_thinking_tokens=200,
                             min_thinking_tokens=200, max_total_tokens=CTX)
@@ -133,10 +117,11 @@ def test_cancel_frees_the_row_and_a_failing_step_fails_only_its_requests(tok, ti
         b.submit(forcer(tok, 0), c2)          # the only row: it must be freed for this one to run
         assert c2.done.wait(60) and c2.updates[-1].error is None
         assert not c1.done.is_set() and len(long.thinking) < 200
-        model.armed = True
+        b.model = FailOnce(tiny)
         c3 = Collect()
         b.submit(forcer(tok, 1), c3)
         assert c3.done.wait(60) and "injected failure" in c3.updates[-1].error
+        b.model = tiny
         c4 = Collect()
         b.submit(forcer(tok, 1), c4)          # the batcher keeps serving
         assert c4.done.wait(60) and c4.updates[-1].result["thinking_tokens"] > 0
