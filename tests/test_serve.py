@@ -183,6 +183,7 @@ def test_completions_models_and_health(served, reference):
     assert h["status"] == "ok" and h["served"] >= 2
 
 
+@pytest.mark.slow
 def test_64_concurrent_clients_each_get_their_own_answer(served, reference):
     base, server = served
     # 9 greedy variants, short (no system prompt, small budgets) to keep 192 requests quick on a CPU.
