@@ -129,9 +129,13 @@ def chatml(messages: list[dict]) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
 
-def generation_prompt(question: str, system: str | None = DEFAULT_SYSTEM) -> str:
-    """The chat prompt up to ``<|im_start|>assistant\n`` (no system turn when ``system`` is empty or None)."""
-    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+def generation_prompt(question: str | list[dict], system: str | None = DEFAULT_SYSTEM) -> str:
+    """The chat prompt up to ``<|im_start|>assistant\n`` for a question or a list of chat turns (no system
+    turn when ``system`` is empty or None; a leading system turn in the list replaces ``system``)."""
+    turns = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)
+    if turns and turns[0]["role"] == "system":
+        system, turns = turns[0]["content"], turns[1:]
+    turns = ([{"role": "system", "content": system}] if system else []) + turns
     return chatml(turns) + "<|im_start|>assistant\n"
 
 
