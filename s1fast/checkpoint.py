@@ -116,7 +116,10 @@ def step_of(path: str) -> int | None:
 
 
 def is_complete(path: str) -> bool:
-    """A folder whose manifest lists exactly the sizes of its files (written last, so a save finished)."""
+    """A folder whose manifest lists exactly the sizes of its files (written last, so a save finished); a
+    checkpoint of an s1fast from before manifests: its ``.metadata`` and ``trainer.pt``."""
+    if step_of(path) is not None and not os.path.exists(os.path.join(path, MANIFEST)):
+        return all(os.path.exists(os.path.join(path, n)) for n in (".metadata", "trainer.pt"))
     try:
         manifest = json.load(open(os.path.join(path, MANIFEST)))
         return all(os.path.getsize(os.path.join(path, n)) == s for n, s in manifest.items()) \
@@ -137,15 +140,21 @@ def step_folders(root: str) -> list[tuple[int, str, bool]]:
 
 
 def latest(root: str) -> str | None:
-    """The newest complete checkpoint under ``root``."""
+    """The checkpoint ``latest`` names (the last one saved) when it is complete, else the newest complete one."""
+    try:
+        cand = os.path.join(root, open(os.path.join(root, "latest")).read().strip())
+        if step_of(cand) is not None and is_complete(cand):
+            return cand
+    except OSError:
+        pass
     done = [p for _, p, ok in step_folders(root) if ok]
     return done[-1] if done else None
 
 
 def broken(root: str) -> list[str]:
-    """Step folders newer than the newest complete checkpoint that are not complete (damaged)."""
+    """Step folders newer than the checkpoint a resume would load that are not complete (damaged)."""
     folders = step_folders(root)
-    newest = max((s for s, _, ok in folders if ok), default=-1)
+    newest = step_of(latest(root) or "") or -1
     return [p for s, p, ok in folders if not ok and s > newest]
 
 

@@ -226,9 +226,11 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                                                    signature, rank)
 
         def save(step):
-            return checkpoint.save(ckpt_root, step, model, optimizer,
+            path = checkpoint.save(ckpt_root, step, model, optimizer,
                                    {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
                                     "plan_signature": signature, "run_id": run_id}, cfg.keep_checkpoints)
+            metrics.message(f"[s1fast] saved {path}")
+            return path
 
         # -- steps: log each, save every --save-every, stop cleanly on SIGINT / SIGTERM ------------------
         metrics = Metrics(cfg.output_dir, total, enabled=rank == 0, progress=cfg.progress,
@@ -242,7 +244,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
         try:
             with StopOnSignal() as stop:
                 for step in range(start, total):
-                    row, stopping = stepper.step(plan.steps[step], step, stop.signum is not None)
+                    row, stopping = stepper.step(plan.steps[step], step, stop)
                     if not all(math.isfinite(row[k]) for k in ("loss", "grad_norm")):
                         raise TrainingDiverged(
                             f"loss {row['loss']} / grad norm {row['grad_norm']} at step {step + 1}: training "
@@ -396,8 +398,8 @@ class Stepper:
         self.peak = peak_flops(device)
         self.eff_len = float((ds.lengths.astype("float64") ** 2).sum() / ds.lengths.sum())  # sum L^2 / sum L
 
-    def step(self, plan_step, step: int, stop_here: bool) -> tuple[dict, bool]:
-        """(metrics row, whether any rank was asked to stop)."""
+    def step(self, plan_step, step: int, stop: "StopOnSignal") -> tuple[dict, bool]:
+        """(metrics row, whether any rank was asked to stop by the end of this step's compute)."""
         from . import model as modeling
         from .packing import collate
         cfg, t0 = self.cfg, time.perf_counter()
@@ -434,7 +436,7 @@ class Stepper:
         if ckpt_used is not None:
             slots[2 * self.rank: 2 * self.rank + 2] = ckpt_used
         loss_sum, tokens, stops, *slots = distributed.all_reduce_sum(
-            [local_loss.item(), local_tokens, float(stop_here), *slots], self.device)
+            [local_loss.item(), local_tokens, float(stop.signum is not None), *slots], self.device)
         dt = time.perf_counter() - t0
         tok_s = tokens / dt
         row = {"step": step + 1, "epoch": plan_step.epoch, "loss": loss_sum, "lr": lr,
