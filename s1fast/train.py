@@ -246,11 +246,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                 for step in range(start, total):
                     row, stopping = stepper.step(plan.steps[step], step, stop)
                     if not all(math.isfinite(row[k]) for k in ("loss", "grad_norm")):
-                        raise TrainingDiverged(
-                            f"loss {row['loss']} / grad norm {row['grad_norm']} at step {step + 1}: training "
-                            f"stopped. Last good checkpoint: {last_ckpt or 'none (no checkpoint was saved yet)'}. "
-                            "Run again with the same --output-dir and a lower --lr (it resumes from that "
-                            "checkpoint with the new rate), or check the data.")
+                        raise TrainingDiverged(f"loss {row['loss']} / grad norm {row['grad_norm']} at step "
+                                               f"{step + 1}: training stopped. {divergence_advice(ckpt_root, step)}")
                     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                         metrics.log(row)
                     if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
@@ -275,6 +272,22 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     finally:
         if rank == 0:
             checkpoint.release_lock(lock)
+
+
+def divergence_advice(ckpt_root: str, step: int) -> str:
+    """Which checkpoint to resume from after a non-finite loss at step ``step + 1``. A checkpoint saved right
+    before it already carries the update that diverged, so the one before that is named."""
+    done = [(s, p) for s, p, ok in checkpoint.step_folders(ckpt_root) if ok and s <= step]
+    if not done:
+        return "No checkpoint was saved yet: run again with a lower --lr (or check the data)."
+    if done[-1][0] == step and len(done) > 1:
+        s, p = done[-2]
+        why = f" (step {step}'s checkpoint already carries the update that diverged)"
+    else:
+        s, p = done[-1]
+        why = ""
+    return (f"Last good checkpoint: {p}{why}. Run again with a lower --lr and --resume {p}: the new rate "
+            f"applies from step {s + 1} (or check the data).")
 
 
 def claim_output_dir(cfg: TrainConfig) -> str:
