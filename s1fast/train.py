@@ -121,7 +121,10 @@ def rank0_first(fn, rank: int, others=None):
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(err, src=0)
     if err[0] is not None:
-        raise ConfigError(err[0]) if rank == 0 else SystemExit(2)
+        if rank == 0:
+            raise ConfigError(err[0])
+        time.sleep(1.0)  # let rank 0 exit first, so a launcher reports its error as the root cause
+        raise SystemExit(2)
     if rank == 0:
         return result
     return (others or fn)()

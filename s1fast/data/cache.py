@@ -164,7 +164,8 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     rows = list(read_rows(data))
     if not rows:
         raise DataError("holds no rows: pass --data with a file of examples", path=data)
-    load_tokenizer(tokenizer_dir)  # fails here, with its folder named, rather than inside a worker
+    global _TOK
+    _TOK = load_tokenizer(tokenizer_dir)  # fails here, with its folder named, rather than inside a worker
     workers = workers or max(1, min(os.cpu_count() or 1, 8, len(rows) // 8 or 1))
     chunk = max(1, min(256, len(rows) // (workers * 4) or 1))
     jobs = [(rows[i:i + chunk], recipe, data) for i in range(0, len(rows), chunk)]
@@ -174,7 +175,6 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
         bar = tqdm(total=len(rows), desc=f"tokenising {os.path.basename(data)}", unit="row")
     encoded = []
     if workers == 1:
-        _init_worker(tokenizer_dir)
         results = map(_encode_chunk, jobs)
         pool = None
     else:
