@@ -20,13 +20,15 @@ import os
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 def init(device: str = "auto") -> tuple[torch.device, int, int]:
     """Start (or join) the process group; returns (device, rank, world_size)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
     store = None
     if "RANK" not in os.environ:  # plain `python -m s1fast.train`: a group of one, on an in-process store (a
         # TCP port picked as "free" can be picked by a second run started at the same moment: both then hang)
