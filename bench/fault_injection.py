@@ -124,7 +124,8 @@ def campaign(work: str, kills: int, seed: int, ref: str | None = None, max_delay
             continue
         done += 1
         loaded.append(newest_loads(out))
-        log(f"kill {done}/{kills}: newest complete checkpoint {loaded[-1]} loads")
+        log(f"kill {done}/{kills}: " + (f"newest complete checkpoint {loaded[-1]} loads" if loaded[-1] else
+                                         "killed during the run's first save: no checkpoint yet, none half-written"))
     train(args, out)
     ok = same_run(ref, out)
     log(f"finished after {kills} kills: {'bitwise equal to' if ok else 'DIFFERENT from'} the uninterrupted run")
@@ -137,12 +138,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/fault_injection", help="folder for the runs (emptied first)")
     ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--reference", help="an uninterrupted run of the same arguments to compare with (default: run one)")
     a = ap.parse_args(argv)
     subprocess.run(["rm", "-rf", a.work], check=True)
     os.makedirs(a.work)
     from bench.env import environment
     t0 = time.time()
-    res = campaign(a.work, a.kills, a.seed)
+    res = campaign(a.work, a.kills, a.seed, ref=a.reference, log=lambda m: print(m, flush=True))
     res.update(seconds=round(time.time() - t0, 1), environment=environment(" ".join(["python -m bench.fault_injection",
                                                                                       *(argv or sys.argv[1:])])))
     if a.json:
