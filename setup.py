@@ -28,7 +28,8 @@ if with_cuda:
 else:
     ext = CppExtension("s1fast._C", cpp, extra_compile_args={"cxx": cxx})
 
-core = ["torch>=2.10", "triton", "transformers>=4.45", "safetensors", "numpy", "tqdm", "math-verify[antlr4_13_2]>=0.7"]
+core = ["torch>=2.10", "triton", "transformers>=4.45", "safetensors", "numpy", "tqdm", "math-verify[antlr4_13_2]>=0.7",
+        "matplotlib"]  # the loss curve (on by default) and eval's scaling plot; without it they are skipped with a notice
 extras = {
     "test": ["pytest", "hypothesis", "pytest-benchmark", "matplotlib", "pyarrow"],
     "bench": ["pytest-benchmark", "liger-kernel", "trl", "binpacking", "matplotlib"],

@@ -1,18 +1,23 @@
-"""Sharded, atomic, resumable checkpoints, and the final Hugging Face export.
+"""Sharded, atomic, resumable checkpoints, the run folder's lock, and the final Hugging Face export.
 
 A checkpoint ``checkpoints/step_00000040/`` holds the sharded model and optimizer
-(``torch.distributed.checkpoint``), ``trainer.pt`` (step, scheduler, plan position, config) and one
-``rng_rank{r}.pt`` per rank. It is written into ``step_00000040.tmp/`` and renamed only once every
-rank has finished, and ``checkpoints/latest`` is then replaced atomically: a crash while saving leaves
-a ``.tmp`` folder that is never loaded, and the previous checkpoint stays the latest. Older complete
-checkpoints beyond ``keep`` are removed only after the new one is in place.
+(``torch.distributed.checkpoint``), ``trainer.pt`` (step, scheduler, run id, config), one ``rng_rank{r}.pt``
+per rank and ``manifest.json`` (every file's size, written last). It is written into ``step_00000040.tmp/``
+and renamed only once every rank has finished; ``checkpoints/latest`` is then replaced atomically. A
+folder is complete only when its manifest matches its files, so a crash or a full disk mid-save leaves
+nothing that is ever loaded, and retention counts and deletes only complete checkpoints, never the newest.
+One run owns an output folder at a time (``run.lock``: pid and host; a dead owner's lock is taken over).
+Guarantees and their limits: docs in README (Checkpoints).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+import socket
+import time
 
 import numpy as np
 import torch
@@ -24,6 +29,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from .distributed import barrier as _barrier
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+MANIFEST = "manifest.json"
+LOCK = "run.lock"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names it and the intact one to use."""
 
 
 def _rank() -> int:
@@ -32,30 +43,116 @@ def _rank() -> int:
 
 def _write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# -- the run lock ----------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(output_dir: str) -> str:
+    """Own ``output_dir`` (rank 0 only): ``run.lock`` holds this process's pid and host.
+
+    A lock left by a dead process on this host is taken over (with a notice); a live owner, or one on
+    another host (whose liveness cannot be checked), is refused with what to do.
+    """
+    path = os.path.join(output_dir, LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.load(open(path))
+            except (OSError, ValueError):
+                owner = {}
+            if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                print(f"[s1fast] notice: {path} was left by process {owner['pid']}, which is gone; taking it over",
+                      flush=True)
+                os.remove(path)
+                continue
+            who = f"process {owner.get('pid', '?')} on host {owner.get('host', '?')} (since {owner.get('since', '?')})"
+            raise CheckpointError(f"{output_dir} is in use by another run: {who}. Wait for it, use another "
+                                  f"--output-dir, or, if that run is dead, delete {path}")
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return path
+    raise CheckpointError(f"could not take the lock {path}; delete it if no run uses {output_dir}")
+
+
+def release_lock(path: str | None) -> None:
+    """Remove the lock if this process still owns it."""
+    if not path:
+        return
+    try:
+        if json.load(open(path)).get("pid") == os.getpid():
+            os.remove(path)
+    except (OSError, ValueError):
+        pass
+
+
+# -- what is on disk -------------------------------------------------------------------------------
+def step_of(path: str) -> int | None:
+    m = _STEP_DIR.match(os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else None
 
 
 def is_complete(path: str) -> bool:
-    return os.path.isdir(path) and not path.endswith(".tmp") and os.path.exists(os.path.join(path, ".metadata")) \
-        and os.path.exists(os.path.join(path, "trainer.pt"))
+    """A folder whose manifest lists exactly the sizes of its files (written last, so a save finished); a
+    checkpoint of an s1fast from before manifests: its ``.metadata`` and ``trainer.pt``."""
+    if step_of(path) is not None and not os.path.exists(os.path.join(path, MANIFEST)):
+        return all(os.path.exists(os.path.join(path, n)) for n in (".metadata", "trainer.pt"))
+    try:
+        manifest = json.load(open(os.path.join(path, MANIFEST)))
+        return all(os.path.getsize(os.path.join(path, n)) == s for n, s in manifest.items()) \
+            and "trainer.pt" in manifest and ".metadata" in manifest
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def step_folders(root: str) -> list[tuple[int, str, bool]]:
+    """(step, path, complete) of every ``step_*`` folder under ``root``, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for d in os.listdir(root):
+        if (s := step_of(d)) is not None:
+            out.append((s, os.path.join(root, d), is_complete(os.path.join(root, d))))
+    return sorted(out)
 
 
 def latest(root: str) -> str | None:
-    """The newest complete checkpoint under ``root`` (the ``latest`` pointer, else a scan)."""
-    ptr = os.path.join(root, "latest")
-    if os.path.exists(ptr):
-        cand = os.path.join(root, open(ptr).read().strip())
-        if is_complete(cand):
+    """The checkpoint ``latest`` names (the last one saved) when it is complete, else the newest complete one."""
+    try:
+        cand = os.path.join(root, open(os.path.join(root, "latest")).read().strip())
+        if step_of(cand) is not None and is_complete(cand):
             return cand
-    if not os.path.isdir(root):
-        return None
-    steps = sorted((int(m.group(1)), d) for d in os.listdir(root) if (m := _STEP_DIR.match(d))
-                   and is_complete(os.path.join(root, d)))
-    return os.path.join(root, steps[-1][1]) if steps else None
+    except OSError:
+        pass
+    done = [p for _, p, ok in step_folders(root) if ok]
+    return done[-1] if done else None
+
+
+def broken(root: str) -> list[str]:
+    """Step folders newer than the checkpoint a resume would load that are not complete (damaged)."""
+    folders = step_folders(root)
+    newest = step_of(latest(root) or "") or -1
+    return [p for s, p, ok in folders if not ok and s > newest]
 
 
 def _rng_state() -> dict:
@@ -73,48 +170,115 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(st["cuda"])
 
 
+def _agree(ok: bool) -> bool:
+    """True on every rank when ``ok`` is true on every rank (one tiny collective)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    flag = [ok]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, flag)
+    return all(g[0] for g in gathered)
+
+
+def retain(root: str, keep: int, newest: str) -> None:
+    """Keep the ``keep`` newest complete checkpoints (``newest`` always); remove older ones and damaged
+    folders older than ``newest``."""
+    done = [(s, p) for s, p, ok in step_folders(root) if ok]
+    keep_paths = {p for _, p in done[-keep:]} if keep > 0 else {p for _, p in done}
+    keep_paths.add(newest)
+    limit = step_of(newest)
+    for s, p, ok in step_folders(root):
+        if p not in keep_paths and s <= limit:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def save(root: str, step: int, model, optimizer, trainer_state: dict, keep: int = 2) -> str:
-    """Save a complete checkpoint for ``step`` (collective: every rank calls it)."""
+    """Save a complete checkpoint for ``step`` (collective: every rank calls it).
+
+    A failure on any rank (a full disk) removes the partial folder and raises CheckpointError naming the
+    intact checkpoint; the previous checkpoints are untouched until the new one is complete.
+    """
     name = f"step_{step:08d}"
     final, tmp = os.path.join(root, name), os.path.join(root, name + ".tmp")
-    if _rank() == 0:
-        os.makedirs(root, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
-    torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
-    if _rank() == 0:
-        torch.save(dict(trainer_state, step=step,
-                        world_size=dist.get_world_size() if dist.is_initialized() else 1),
-                   os.path.join(tmp, "trainer.pt"))
-    _barrier()
-    if _rank() == 0:
-        if os.path.exists(final):  # the same step saved again (e.g. after a resume): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_atomic(os.path.join(root, "latest"), name)
-        done = sorted(d for d in os.listdir(root) if _STEP_DIR.match(d))
-        for old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-    _barrier()
+    intact = latest(root)
+    err = None
+    try:
+        if _rank() == 0:
+            os.makedirs(root, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+    except OSError as e:
+        err = e
+    if _agree(err is None):
+        try:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+            torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
+            if _rank() == 0:
+                torch.save(dict(trainer_state, step=step,
+                                world_size=dist.get_world_size() if dist.is_initialized() else 1),
+                           os.path.join(tmp, "trainer.pt"))
+        except (OSError, RuntimeError) as e:
+            err = e
+    ok = _agree(err is None)
+    if ok and _rank() == 0:
+        try:
+            _finish(root, name, final, tmp, keep)
+        except OSError as e:
+            err, ok = e, False
+    ok = _agree(ok)
+    if not ok:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        why = f" ({type(err).__name__}: {err})" if err is not None else " (on another rank)"
+        raise CheckpointError(f"saving the checkpoint of step {step} failed{why}; the partial folder {tmp} was "
+                              f"removed. The intact checkpoint is {intact or 'none (none was saved yet)'}: free the "
+                              f"space or fix the folder, then run again with the same --output-dir to resume")
     return final
 
 
+def _finish(root: str, name: str, final: str, tmp: str, keep: int) -> None:
+    """Rank 0, once every rank has written: manifest, rename into place, ``latest``, retention."""
+    sizes = {n: os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp)}
+    _write_atomic(os.path.join(tmp, MANIFEST), json.dumps(sizes, sort_keys=True))
+    if os.path.exists(final):  # a damaged folder of the same step: move it aside first, drop it after
+        aside = f"{final}.old-{os.getpid()}"
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _write_atomic(os.path.join(root, "latest"), name)
+    retain(root, keep, final)
+
+
 def load(path: str, model, optimizer) -> dict:
-    """Load a checkpoint saved by ``save`` into ``model`` and ``optimizer``; returns the trainer state."""
+    """Load a checkpoint saved by ``save`` into ``model`` and ``optimizer``; returns the trainer state.
+
+    A damaged checkpoint raises CheckpointError naming it and the newest intact older one.
+    """
+    root = os.path.dirname(os.path.normpath(path))
+
+    def older_intact():
+        s = step_of(path)
+        done = [p for t, p, ok in step_folders(root) if ok and (s is None or t < s)]
+        return (f"resume from {done[-1]} with --resume {done[-1]}" if done else
+                "no older intact checkpoint is there: pass --resume never --replace true to start again")
     if not is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete s1fast checkpoint (no .metadata or trainer.pt); "
-                                f"pass --resume never, or another checkpoint folder")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)
-    rng = os.path.join(path, f"rng_rank{_rank()}.pt")
-    if os.path.exists(rng):
-        _set_rng_state(torch.load(rng, weights_only=False))
+        raise CheckpointError(f"{path} is not a complete s1fast checkpoint (its manifest.json is missing or does "
+                              f"not match its files); {older_intact()}")
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        trainer = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)
+        rng = os.path.join(path, f"rng_rank{_rank()}.pt")
+        if os.path.exists(rng):
+            _set_rng_state(torch.load(rng, weights_only=False))
+    except Exception as e:  # noqa: BLE001 -- any failure to read it means the checkpoint is damaged
+        raise CheckpointError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:200]}); "
+                              f"{older_intact()}") from e
     return trainer
 
 

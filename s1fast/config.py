@@ -67,7 +67,11 @@ class TrainConfig:
     # checkpoints and logs
     save_every: int = field(default=0, metadata={"help": "save a checkpoint every K steps (0: only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
-    resume: str = field(default="auto", metadata={"help": "auto (latest in output_dir if any), never, or a checkpoint folder"})
+    resume: str = field(default="auto", metadata={"help": "auto (latest complete checkpoint in output_dir if any), "
+                                                  "never (a new run; refused where another run's checkpoints are), "
+                                                  "or a checkpoint folder"})
+    replace: bool = field(default=False, metadata={"help": "delete the run already in output_dir (checkpoints/, "
+                                                   "final/, metrics) and start a new one"})
     export: bool = field(default=True, metadata={"help": "write final/ in Hugging Face format at the end"})
     log_every: int = field(default=1, metadata={"help": "metrics every K steps"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to TensorBoard (if installed)"})
@@ -167,9 +171,21 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if not cfg.model:
         raise ConfigError("no model: pass --model with a Hugging Face model folder (e.g. a local copy of "
                           "Qwen2.5-32B-Instruct) or a named config such as tiny-qwen2 (or use --preset tiny)")
-    for name in ("max_tokens", "epochs", "global_batch"):
+    for name in ("lr", "warmup_ratio", "beta1", "beta2", "eps", "weight_decay", "grad_clip", "checkpoint_budget_gb"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
+    for name in ("max_tokens", "epochs", "global_batch", "lr", "log_every"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("micro_tokens", "save_every", "keep_checkpoints", "weight_decay", "grad_clip", "eps",
+                 "checkpoint_layers"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
+    if cfg.micro_tokens and cfg.micro_tokens < cfg.max_tokens:
+        raise ConfigError(f"--micro-tokens {cfg.micro_tokens} is below --max-tokens {cfg.max_tokens}: the longest "
+                          f"example would not fit a micro-step; raise --micro-tokens or lower --max-tokens")
     if cfg.packing == "none" and cfg.global_batch % world_size:
         raise ConfigError(f"--packing none runs one example per rank per micro-step, so --global-batch "
                           f"({cfg.global_batch}) must be a multiple of the world size ({world_size})")

@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .config import ConfigError
 
 
 def init(device: str = "auto") -> tuple[torch.device, int, int]:
@@ -33,10 +28,12 @@ def init(device: str = "auto") -> tuple[torch.device, int, int]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-    if "RANK" not in os.environ:  # plain `python -m s1fast.train`: a group of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    store = None
+    if "RANK" not in os.environ:  # plain `python -m s1fast.train`: a group of one, on an in-process store (a
+        # TCP port picked as "free" can be picked by a second run started at the same moment: both then hang)
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        store = dist.HashStore()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
@@ -45,7 +42,7 @@ def init(device: str = "auto") -> tuple[torch.device, int, int]:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world,
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world, store=store,
                                 timeout=datetime.timedelta(minutes=30), device_id=dev if device == "cuda" else None)
     return dev, rank, world
 
@@ -99,3 +96,7 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1

@@ -72,9 +72,11 @@ class ForcingTokens:
         return self.decode(ids[-1:]).endswith("\n")
 
 
-def auto_max_thinking(prompt_len: int, max_total_tokens: int, tokens: ForcingTokens) -> int:
-    """s1's ``max_tokens_thinking="auto"``: what the context leaves after the forcing text and 100 answer tokens."""
-    return max_total_tokens - prompt_len - len(tokens.think_start) - len(tokens.cap_end) - AUTO_ANSWER_ROOM
+def auto_max_thinking(prompt_len: int, max_total_tokens: int, tokens: ForcingTokens,
+                      answer_room: int = AUTO_ANSWER_ROOM) -> int:
+    """s1's ``max_tokens_thinking="auto"``: what the context leaves after the forcing text and the answer's
+    room (``max_answer_tokens`` where one is given, else 100 tokens)."""
+    return max_total_tokens - prompt_len - len(tokens.think_start) - len(tokens.cap_end) - answer_room
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,10 @@ class BudgetForcer:
             raise ValueError(f"num_wait ({num_wait}) and min_thinking_tokens ({min_thinking_tokens}) must be >= 0")
         self.tokens = tokens
         self.prompt_len = len(prompt_ids)
-        bound = auto_max_thinking(self.prompt_len, max_total_tokens, tokens)
+        # with an answer budget, the bound keeps exactly its room, plus the newline forced before the cap
+        # when thinking stops mid-line
+        bound = auto_max_thinking(self.prompt_len, max_total_tokens, tokens,
+                                  AUTO_ANSWER_ROOM if max_answer_tokens is None else max_answer_tokens + 1)
         if max_thinking_tokens == "auto":
             max_thinking = bound
         elif isinstance(max_thinking_tokens, int) and max_thinking_tokens >= 0:

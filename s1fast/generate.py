@@ -31,6 +31,7 @@ Each prompt gives one JSON line: ``thinking``, ``answer``, ``thinking_tokens``, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -273,8 +274,15 @@ def load(model_dir: str, *, tokenizer_dir: str | None = None, dtype: str = "auto
 # ---- the CLI --------------------------------------------------------------------------------------------
 def read_jsonl(path: str):
     """(line number, parsed value) for each non-blank line; a bad line names the file and line."""
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                 "re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -283,13 +291,14 @@ def read_jsonl(path: str):
                 raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
 
 
-def read_prompts(path: str, field: str = "question") -> list[str]:
+def read_prompts(path: str, field: str = "question") -> list[tuple[str, str]]:
+    """(where, question) for each line of a prompts file; ``where`` is ``FILE:LINE``."""
     out = []
     for n, row in read_jsonl(path):
         if isinstance(row, str):
-            out.append(row)
+            out.append((f"{path}:{n}", row))
         elif isinstance(row, dict) and isinstance(row.get(field), str):
-            out.append(row[field])
+            out.append((f"{path}:{n}", row[field]))
         else:
             raise ValueError(f"{path}:{n}: expected a string or an object with a string field {field!r}; "
                              "pass --field to name another")
@@ -344,6 +353,73 @@ def config_from_args(args, **over) -> GenerationConfig:
     return GenerationConfig(**kw)
 
 
+class UsageError(ValueError):
+    """A CLI input that cannot work; main prints it as one ``error:`` line and exits 2."""
+
+
+def check_args(args) -> None:
+    """Every argument that can be checked before a model is loaded."""
+    for name in ("num_wait", "min_thinking_tokens", "max_answer_tokens", "seed"):
+        v = getattr(args, name, None)
+        if v is not None and v < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+    for name in ("batch_size", "max_total_tokens"):
+        v = getattr(args, name, None)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if not (args.temperature >= 0 and 0 < args.top_p <= 1):
+        raise UsageError(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
+    if args.backend == "native" and not os.path.isfile(os.path.join(args.model, "config.json")):
+        what = "does not exist" if not os.path.exists(args.model) else "has no config.json"
+        raise UsageError(f"--model {args.model} {what}: pass an exported Hugging Face model folder (e.g. a "
+                         f"training run's final/)")
+    if args.tokenizer and not os.path.isdir(args.tokenizer):
+        raise UsageError(f"--tokenizer {args.tokenizer} is not a folder")
+
+
+def open_out(path: str | None):
+    """The --out file opened for appending (checked before any compute), and the (index, question) pairs it
+    already holds: a rerun of the same command continues where an interrupted one stopped."""
+    if not path:
+        return sys.stdout, set()
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path} is a folder: pass a file name (JSON lines)")
+    done = set()
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                    done.add((r["index"], r["question"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash is written again
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fh = open(path, "a", encoding="utf-8")
+        if fh.tell() > 0:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    fh.write("\n")  # end a line cut short by a crash before appending
+        return fh, done
+    except OSError as e:
+        raise UsageError(f"--out {path} cannot be written ({e.strerror}): pass a writable file") from None
+
+
+def too_long(tok, questions, cfg: GenerationConfig, max_total: int) -> list[str]:
+    """Why each prompt cannot fit the context (by FILE:LINE or --prompt N), for those that do not."""
+    from s1fast.forcing import AUTO_ANSWER_ROOM, auto_max_thinking
+    tokens = ForcingTokens.from_tokenizer(tok, extension=cfg.extension)
+    room = AUTO_ANSWER_ROOM if cfg.max_answer_tokens is None else cfg.max_answer_tokens + 1
+    bad = []
+    for where, q in questions:
+        n = len(prompt_ids(tok, q))
+        if auto_max_thinking(n, max_total, tokens, room) < 0:
+            bad.append(f"{where}: the prompt has {n} tokens and leaves no room to think and answer within "
+                       f"--max-total-tokens {max_total}")
+    return bad
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m s1fast.generate", description=__doc__.split("\n\n")[0])
     add_generation_args(p)
@@ -352,23 +428,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--field", default="question")
     p.add_argument("--max-thinking-tokens", type=budget_arg, default="auto")
     p.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
-    p.add_argument("--out", help="write JSON lines here (default: stdout)")
+    p.add_argument("--out", help="append JSON lines here as they are produced (default: stdout); a rerun skips "
+                                 "the prompts already there")
+    p.add_argument("--skip-long", action="store_true",
+                   help="skip prompts too long for the context (each is reported) instead of stopping")
     args = p.parse_args(argv)
-    questions = list(args.prompt) + (read_prompts(args.prompts, args.field) if args.prompts else [])
-    if not questions:
-        p.error("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
-    model, tok, backend = open_backend(args)
-    cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
-    rows = generate(model, tok, questions, cfg, backend=backend)
-    fh = open(args.out, "w") if args.out else sys.stdout
     try:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        check_args(args)
+        questions = [(f"--prompt {i + 1}", q) for i, q in enumerate(args.prompt)]
+        questions += read_prompts(args.prompts, args.field) if args.prompts else []
+        if not questions:
+            raise UsageError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+        fh, done = open_out(args.out)
+    except (UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        model, tok, backend = open_backend(args)
+        cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
+        max_total = cfg.max_total_tokens or _model_max_positions(model) or 32768
+        bad = too_long(tok, questions, cfg, max_total)
+        if bad and not args.skip_long:
+            print(f"error: {len(bad)} prompt(s) too long, nothing generated: {'; '.join(bad[:5])}"
+                  f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or pass --skip-long", file=sys.stderr)
+            return 2
+        for line in bad:
+            print(f"skipped {line}", file=sys.stderr)
+        skip = {b.split(": the prompt", 1)[0] for b in bad}
+        todo = [(i, q) for i, (where, q) in enumerate(questions) if where not in skip and (i, q) not in done]
+        if done and args.out:
+            print(f"{len(questions) - len(skip) - len(todo)} prompt(s) already in {args.out}: skipped", file=sys.stderr)
+        for start in range(0, len(todo), cfg.batch_size):  # one batch at a time, written as soon as it is done
+            chunk = todo[start:start + cfg.batch_size]
+            rows = _generate_at(model, tok, chunk, cfg, backend)
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            fh.flush()
     finally:
         if args.out:
             fh.close()
     print(f"config: {json.dumps(asdict(cfg))}", file=sys.stderr)
     return 0
+
+
+def _generate_at(model, tok, chunk: list[tuple[int, str]], cfg: GenerationConfig, backend) -> list[dict]:
+    """Generate for (index, question) pairs that need not be contiguous, each with the seed and index it has
+    in the whole run (seed + index), so an output does not depend on which prompts ran with it."""
+    out, k = [], 0
+    while k < len(chunk):  # runs of consecutive indices go through generate() together
+        j = k + 1
+        while j < len(chunk) and chunk[j][0] == chunk[j - 1][0] + 1:
+            j += 1
+        first = chunk[k][0]
+        rows = generate(model, tok, [q for _, q in chunk[k:j]], dataclasses.replace(cfg, seed=cfg.seed + first),
+                        backend=backend)
+        for n, r in enumerate(rows):
+            r["index"] = first + n
+        out += rows
+        k = j
+    return out
 
 
 if __name__ == "__main__":

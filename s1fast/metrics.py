@@ -2,12 +2,20 @@
 
 Only rank 0 writes. ``metrics.jsonl`` is appended line by line and flushed, so a crash loses nothing
 already logged; after a resume, steps that are run again are appended again and the plot keeps the
-last entry of each step.
+last entry of each step. Every line is strict JSON (a non-finite number is written as ``null``). The
+plot is optional: without matplotlib, or on a full disk, it is skipped with a one-line notice and no
+partial file is left.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+
+
+def finite_or_none(row: dict) -> dict:
+    """``row`` with NaN and infinities as None, so ``json.dumps`` writes valid JSON (``null``)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 class Metrics:
@@ -34,7 +42,7 @@ class Metrics:
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json.dumps(finite_or_none(row), allow_nan=False) + "\n")
         if self.bar is not None:
             self.bar.update(row["step"] - self.bar.n)
             post = dict(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
@@ -68,21 +76,30 @@ def read_metrics(path: str) -> list[dict]:
     by_step = {}
     with open(path) as f:
         for line in f:
-            if line.strip():
-                row = json.loads(line)
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            if isinstance(row, dict) and "step" in row:
                 by_step[row["step"]] = row
     return [by_step[k] for k in sorted(by_step)]
 
 
 def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
     """``loss_curve.png`` beside the metrics: loss per step, learning rate on a second axis."""
-    rows = read_metrics(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if r.get("loss") is not None]
     if not rows:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[s1fast] notice: loss_curve.png skipped: matplotlib is not installed (pip install matplotlib); "
+              "metrics.jsonl has every step", flush=True)
+        return None
     out = out or os.path.join(os.path.dirname(metrics_path), "loss_curve.png")
+    tmp = f"{out}.tmp-{os.getpid()}.png"
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", lw=1.6, label="train loss")
@@ -96,6 +113,15 @@ def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
     ax.set_title(f"s1fast: {rows[-1].get('run', '')} loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, out)
+    except OSError as e:
+        print(f"[s1fast] notice: loss_curve.png skipped: {e.strerror or e}; metrics.jsonl has every step",
+              flush=True)
+        return None
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return out

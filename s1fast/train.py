@@ -12,15 +12,20 @@ ranks and we want their sum.
 """
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
+import uuid
 
 import torch
 
 from . import attention, checkpoint, distributed, hardware, memory
+from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
@@ -28,6 +33,10 @@ from .metrics import Metrics
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+# failures a user fixes (full disk, permissions): one error line, not a traceback
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)
 
 
 def loss_head(targets: torch.Tensor, weights: torch.Tensor):
@@ -65,9 +74,18 @@ def resolve_model(cfg: TrainConfig):
     """(model config, weights folder or None, tokenizer folder) for --model / --tokenizer."""
     from .model import CONFIGS, ModelConfig
     if os.path.isdir(cfg.model):
-        if not os.path.exists(os.path.join(cfg.model, "config.json")):
+        path = os.path.join(cfg.model, "config.json")
+        if not os.path.exists(path):
             raise ConfigError(f"--model {cfg.model} has no config.json: pass a Hugging Face model folder")
-        mcfg, weights = ModelConfig.from_hf(os.path.join(cfg.model, "config.json")), cfg.model
+        try:
+            mcfg, weights = ModelConfig.from_hf(path), cfg.model
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): repair or re-download "
+                              f"it") from None
+        except KeyError as e:
+            raise ConfigError(f"{path} lacks the field {e}: repair or re-download it") from None
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
     elif cfg.model in CONFIGS:
         mcfg, weights = CONFIGS[cfg.model], None
     else:
@@ -77,13 +95,18 @@ def resolve_model(cfg: TrainConfig):
                             else DEFAULT_TOKENIZER)
     if not os.path.isdir(tok):
         raise ConfigError(f"--tokenizer {tok} is not a folder")
+    if not any(os.path.exists(os.path.join(tok, n)) for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ConfigError(f"tokenizer folder {tok} has no tokenizer.json, tokenizer.model or vocab.json: pass "
+                          f"--tokenizer with a Hugging Face tokenizer folder")
     return mcfg, weights, tok
 
 
-def rank0_first(fn, rank: int):
-    """Run ``fn`` on rank 0 first; other ranks wait, then run it too (e.g. open the cache rank 0 built).
+def rank0_first(fn, rank: int, others=None):
+    """Run ``fn`` on rank 0 first; other ranks wait, then run ``others`` (default: ``fn`` too, e.g. open the
+    cache rank 0 built).
 
-    An error on rank 0 is sent to every rank, so no rank hangs at a barrier while rank 0 has failed.
+    An expected error on rank 0 is sent to every rank, so no rank hangs at a barrier while rank 0 has
+    failed, and only rank 0 reports it (the real error, not another rank's lost connection).
     """
     import torch.distributed as dist
     err = [None]
@@ -91,13 +114,20 @@ def rank0_first(fn, rank: int):
     if rank == 0:
         try:
             result = fn()
-        except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        except (ConfigError, DataError, CheckpointError) as e:
+            err = [str(e)]
+        except OSError as e:
             err = [f"{type(e).__name__}: {e}"]
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(err, src=0)
     if err[0] is not None:
-        raise ConfigError(err[0]) if rank == 0 else SystemExit(2)
-    return result if rank == 0 else fn()
+        if rank == 0:
+            raise ConfigError(err[0])
+        time.sleep(1.0)  # let rank 0 exit first, so a launcher reports its error as the root cause
+        raise SystemExit(2)
+    if rank == 0:
+        return result
+    return (others or fn)()
 
 
 def kernel_path(device: torch.device) -> str:
@@ -145,27 +175,192 @@ def adaptive_checkpointing(cfg: TrainConfig, mcfg, device: torch.device, world: 
     return layers_for
 
 
-def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
-    from . import model as modeling
-    from .packing import CostModel, collate, make_plan
+# a resume must keep these (they decide which examples make up each step): a change is refused
+TRAJECTORY = ("data", "global_batch", "epochs", "seed", "packing", "weighting", "micro_tokens")
+# a resume may change these (the optimizer's hyperparameters): applied from the resumed step, with a notice
+HYPERPARAMETERS = ("lr", "warmup_ratio", "beta1", "beta2", "eps", "weight_decay", "grad_clip")
+RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "loss_curve.png", "tensorboard")
 
-    # -- model config and data (all checks before any compute) ---------------------------------------
+
+def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
+    from .packing import CostModel, make_plan
+
+    # -- everything that can be checked before compute -------------------------------------------------
     if cfg.cpu_offload and device.type != "cuda":
         raise ConfigError("--cpu-offload moves GPU parameters and optimizer states to CPU memory; this run is on "
                           "the CPU already: drop --cpu-offload")
     mcfg, weights, tok_dir = resolve_model(cfg)
-    cache_dir = os.path.join(cfg.output_dir, "tokens")
-    ds = rank0_first(lambda: prepare(cfg.data or None, cfg.recipe, tok_dir, cfg.max_tokens, cache_dir, cfg.policy,
-                                     progress=cfg.progress and rank == 0,
-                                     log=print if rank == 0 else (lambda *_: None)), rank)
-    plan = make_plan(ds.lengths, ds.supervised, world_size=world, max_tokens=cfg.micro_budget,
-                     global_batch=cfg.global_batch, epochs=cfg.epochs, seed=cfg.seed, mode=cfg.packing,
-                     cost=CostModel.from_hf_config(mcfg.to_hf()), weighting=cfg.weighting)
-    total = len(plan.steps) if cfg.max_steps < 0 else min(cfg.max_steps, len(plan.steps))
-    warmup = cfg.warmup_steps(len(plan.steps))
+    lock = rank0_first(lambda: claim_output_dir(cfg), rank, others=lambda: None)
+    try:
+        ds = rank0_first(lambda: prepare(cfg.data or None, cfg.recipe, tok_dir, cfg.max_tokens,
+                                         os.path.join(cfg.output_dir, "tokens"), cfg.policy,
+                                         progress=cfg.progress and rank == 0,
+                                         log=print if rank == 0 else (lambda *_: None)), rank)
+        plan = make_plan(ds.lengths, ds.supervised, world_size=world, max_tokens=cfg.micro_budget,
+                         global_batch=cfg.global_batch, epochs=cfg.epochs, seed=cfg.seed, mode=cfg.packing,
+                         cost=CostModel.from_hf_config(mcfg.to_hf()), weighting=cfg.weighting)
+        total = len(plan.steps) if cfg.max_steps < 0 else min(cfg.max_steps, len(plan.steps))
+        schedule = lr_lambda(len(plan.steps), cfg.warmup_steps(len(plan.steps)))
 
-    # -- model: build, checkpointing, compile, shard, load ---------------------------------------------
-    compute_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+        # -- model, optimizer, resume ------------------------------------------------------------------
+        model, layers_for = build_model(cfg, mcfg, weights, device, world, rank)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      eps=cfg.eps, fused=device.type == "cuda" and not cfg.cpu_offload)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        signature = {"data": ds.meta["key"], "global_batch": cfg.global_batch, "epochs": cfg.epochs,
+                     "seed": cfg.seed, "packing": cfg.packing, "weighting": cfg.weighting,
+                     "micro_tokens": cfg.micro_budget}
+        ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+        start, last_ckpt, run_id = start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule,
+                                                   signature, rank)
+
+        def save(step):
+            path = checkpoint.save(ckpt_root, step, model, optimizer,
+                                   {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
+                                    "plan_signature": signature, "run_id": run_id}, cfg.keep_checkpoints)
+            metrics.message(f"[s1fast] saved {path}")
+            return path
+
+        # -- steps: log each, save every --save-every, stop cleanly on SIGINT / SIGTERM ------------------
+        metrics = Metrics(cfg.output_dir, total, enabled=rank == 0, progress=cfg.progress,
+                          tensorboard=cfg.tensorboard, start_step=start)
+        metrics.message(f"[s1fast] {cfg.preset or 'custom'} (run {run_id}): {len(ds)} examples, {len(plan.steps)} "
+                        f"steps ({total} to run), {world} rank(s), packing {cfg.packing} (straggler factor "
+                        f"{plan.straggler_factor:.3f}), weighting {cfg.weighting}, warmup "
+                        f"{cfg.warmup_steps(len(plan.steps))} steps, kernels: {kernel_path(device)}")
+        stepper = Stepper(cfg, model, optimizer, scheduler, ds, mcfg, layers_for, device, rank, world)
+        saved = start if last_ckpt else None
+        try:
+            with StopOnSignal() as stop:
+                for step in range(start, total):
+                    row, stopping = stepper.step(plan.steps[step], step, stop)
+                    if not all(math.isfinite(row[k]) for k in ("loss", "grad_norm")):
+                        raise TrainingDiverged(f"loss {row['loss']} / grad norm {row['grad_norm']} at step "
+                                               f"{step + 1}: training stopped. {divergence_advice(ckpt_root, step)}")
+                    if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                        metrics.log(row)
+                    if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+                        last_ckpt, saved = save(step + 1), step + 1
+                    if stopping:
+                        if saved != step + 1:  # a periodic save of this step is already complete
+                            last_ckpt, saved = save(step + 1), step + 1
+                        metrics.message(f"[s1fast] signal {stop.signum or signal.SIGTERM}: saved {last_ckpt} at "
+                                        f"step {step + 1}; run again with the same --output-dir to resume")
+                        return {"stopped": step + 1, "checkpoint": last_ckpt,
+                                "signal": int(stop.signum or signal.SIGTERM)}
+            if saved != total:
+                last_ckpt = save(total)
+            final = export(cfg, model, mcfg, tok_dir, rank) if cfg.export else None
+            if final:
+                metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
+            return {"steps": total, "checkpoint": last_ckpt, "final": final}
+        finally:
+            plot = metrics.close(plot=cfg.plot)
+            if plot:
+                print(f"[s1fast] loss curve: {plot}")
+    finally:
+        if rank == 0:
+            checkpoint.release_lock(lock)
+
+
+def divergence_advice(ckpt_root: str, step: int) -> str:
+    """Which checkpoint to resume from after a non-finite loss at step ``step + 1``. A checkpoint saved right
+    before it already carries the update that diverged, so the one before that is named."""
+    done = [(s, p) for s, p, ok in checkpoint.step_folders(ckpt_root) if ok and s <= step]
+    if not done:
+        return "No checkpoint was saved yet: run again with a lower --lr (or check the data)."
+    if done[-1][0] == step and len(done) > 1:
+        s, p = done[-2]
+        why = f" (step {step}'s checkpoint already carries the update that diverged)"
+    else:
+        s, p = done[-1]
+        why = ""
+    return (f"Last good checkpoint: {p}{why}. Run again with a lower --lr and --resume {p}: the new rate "
+            f"applies from step {s + 1} (or check the data).")
+
+
+def claim_output_dir(cfg: TrainConfig) -> str:
+    """Rank 0, before any compute: the output folder is a writable folder, this run holds its lock, and a
+    fresh start (``--resume never``) in a folder holding another run is refused unless ``--replace``."""
+    out = cfg.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--output-dir {out} is a file: pass a folder (it will hold checkpoints/, final/ and "
+                          f"metrics.jsonl)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--output-dir {out} is not writable ({e.strerror}): pass a folder you can write to") \
+            from None
+    lock = checkpoint.acquire_lock(out)
+    root = os.path.join(out, "checkpoints")
+    folders = checkpoint.step_folders(root)
+    if cfg.resume == "never" and not cfg.replace and (folders or os.path.exists(os.path.join(out, "final"))):
+        checkpoint.release_lock(lock)
+        newest = f"checkpoints up to step {folders[-1][0]}" if folders else "final/"
+        raise ConfigError(f"--output-dir {out} holds another run ({newest}) and --resume never starts a new one: "
+                          f"pass --replace true to delete that run first, --resume auto to continue it, or "
+                          f"another --output-dir")
+    for path in checkpoint.broken(root) if not cfg.replace else []:
+        print(f"[s1fast] notice: {path} is incomplete or damaged (its manifest does not match its files); it is "
+              f"not loaded, and is removed once a newer checkpoint is saved", flush=True)
+    return lock
+
+
+def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signature, rank):
+    """(first step, checkpoint resumed from or None, run id): a fresh start (after ``--replace`` has removed
+    the folder's old run) or a resume that keeps the trajectory and applies changed hyperparameters."""
+    if cfg.replace and rank == 0:
+        for name in RUN_FILES:
+            path = os.path.join(cfg.output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+        print(f"[s1fast] --replace: removed the previous run's {', '.join(RUN_FILES)} from {cfg.output_dir}",
+              flush=True)
+    distributed.barrier()
+    path = None
+    if cfg.resume == "auto" and not cfg.replace:
+        path = checkpoint.latest(ckpt_root)
+    elif cfg.resume not in ("auto", "never"):
+        path = cfg.resume
+    if path is None:
+        return 0, None, uuid.uuid4().hex[:12]
+    state = checkpoint.load(path, model, optimizer)
+    saved_sig = state.get("plan_signature", signature)
+    diff = [f"{k}: checkpoint {saved_sig.get(k)!r}, now {signature[k]!r}" for k in TRAJECTORY
+            if saved_sig.get(k) != signature[k]]
+    if diff:
+        raise ConfigError(f"{path} belongs to another trajectory ({'; '.join(diff)}): resuming it with these "
+                          f"settings would mix two runs. Use its settings, pass --replace true to start a new run "
+                          f"in {cfg.output_dir}, or use another --output-dir")
+    scheduler.load_state_dict(state["scheduler"])
+    apply_hyperparameters(cfg, state.get("config", {}), optimizer, scheduler, schedule, rank)
+    if rank == 0:
+        print(f"[s1fast] resumed from {path} at step {state['step']}", flush=True)
+    return state["step"], path, state.get("run_id") or uuid.uuid4().hex[:12]
+
+
+def apply_hyperparameters(cfg, saved: dict, optimizer, scheduler, schedule, rank: int) -> None:
+    """The optimizer state restores the checkpoint's hyperparameters; set this run's instead (identical
+    values when nothing changed, so an unchanged resume stays bitwise exact) and say what changed."""
+    for g in optimizer.param_groups:
+        g["betas"], g["eps"], g["initial_lr"] = (cfg.beta1, cfg.beta2), cfg.eps, cfg.lr
+        g["lr"] = cfg.lr * schedule(scheduler.last_epoch)
+    optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # the matrices' group (param_groups)
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in HYPERPARAMETERS
+               if k in saved and saved[k] != getattr(cfg, k)]
+    if changed and rank == 0:
+        print(f"[s1fast] notice: changed on resume, applied from step {scheduler.last_epoch + 1}: "
+              f"{', '.join(changed)}", flush=True)
+
+
+def build_model(cfg, mcfg, weights, device, world, rank):
+    """The model sharded with FSDP2 (activation checkpointing and compile applied) and the adaptive
+    checkpointing function (or None)."""
+    from . import model as modeling
     master_dtype = torch.bfloat16 if cfg.master_dtype == "bf16" else torch.float32
     if weights is None:  # a named config: the same seeded random init on every rank, then sharded
         torch.manual_seed(cfg.seed)
@@ -183,142 +378,122 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
     if cfg.compile:
         modeling.compile_blocks(model)
     mesh = distributed.make_mesh(device, world, cfg.shard_size)
-    distributed.shard_model(model, mesh, param_dtype=compute_dtype, cpu_offload=cfg.cpu_offload)
+    distributed.shard_model(model, mesh, param_dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
+                            cpu_offload=cfg.cpu_offload)
     if weights is None:
         if not cfg.cpu_offload:
             model.to(device)
     else:
         model.to_empty(device="cpu" if cfg.cpu_offload else device)
         modeling.load_weights(model, weights)
-    layers_for = adaptive_checkpointing(cfg, mcfg, device, world, rank)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  eps=cfg.eps, fused=device.type == "cuda" and not cfg.cpu_offload)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(len(plan.steps), warmup))
+    return model, adaptive_checkpointing(cfg, mcfg, device, world, rank)
 
-    # -- resume ---------------------------------------------------------------------------------------
-    ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
-    start, last_ckpt = 0, None
-    # what must match for a resume to continue the same trajectory (the world size may change: the step
-    # composition of a plan does not depend on it, and the checkpoint is resharded on load)
-    signature = {"data": ds.meta["key"], "global_batch": cfg.global_batch, "epochs": cfg.epochs, "seed": cfg.seed,
-                 "packing": cfg.packing, "weighting": cfg.weighting, "micro_tokens": cfg.micro_budget}
-    if cfg.resume != "never":
-        path = checkpoint.latest(ckpt_root) if cfg.resume == "auto" else cfg.resume
-        if path is not None:
-            state = checkpoint.load(path, model, optimizer)
-            if state.get("plan_signature", signature) != signature:
-                raise ConfigError(f"{path} was saved by a run with another data/plan ({state['plan_signature']}); "
-                                  f"this run has {signature}. Pass --resume never or a new --output-dir.")
-            scheduler.load_state_dict(state["scheduler"])
-            start, last_ckpt = state["step"], path
-            if rank == 0:
-                print(f"[s1fast] resumed from {path} at step {start}")
 
-    # -- stop cleanly on Ctrl-C / SIGTERM: finish the step, save, exit ---------------------------------
-    stop = {"signal": None}
+class Stepper:
+    """One optimizer step over a plan step's micro-batches, and its metrics row."""
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def __init__(self, cfg, model, optimizer, scheduler, ds, mcfg, layers_for, device, rank, world):
+        self.cfg, self.model, self.optimizer, self.scheduler, self.ds = cfg, model, optimizer, scheduler, ds
+        self.mcfg, self.layers_for, self.device, self.rank, self.world = mcfg, layers_for, device, rank, world
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.scale = distributed.grad_scale()
+        self.peak = peak_flops(device)
+        self.eff_len = float((ds.lengths.astype("float64") ** 2).sum() / ds.lengths.sum())  # sum L^2 / sum L
 
-    metrics = Metrics(cfg.output_dir, total, enabled=rank == 0, progress=cfg.progress,
-                      tensorboard=cfg.tensorboard, start_step=start)
-    if rank == 0:
-        metrics.message(f"[s1fast] {cfg.preset or 'custom'}: {len(ds)} examples, {len(plan.steps)} steps "
-                        f"({total} to run), {world} rank(s), packing {cfg.packing} (straggler factor "
-                        f"{plan.straggler_factor:.3f}), weighting {cfg.weighting}, warmup {warmup} steps, "
-                        f"kernels: {kernel_path(device)}")
-    peak = peak_flops(device)
-    eff_len = float((ds.lengths.astype("float64") ** 2).sum() / ds.lengths.sum())  # attention: sum L^2 / sum L
-    params = [p for p in model.parameters() if p.requires_grad]
-    scale = distributed.grad_scale()
+    def step(self, plan_step, step: int, stop: "StopOnSignal") -> tuple[dict, bool]:
+        """(metrics row, whether any rank was asked to stop by the end of this step's compute)."""
+        from . import model as modeling
+        from .packing import collate
+        cfg, t0 = self.cfg, time.perf_counter()
+        mine = plan_step.micro_batches[self.rank]
+        n_micro = max(len(m) for m in plan_step.micro_batches)
+        local_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        local_tokens, ckpt_used = 0, None
+        for k in range(n_micro):
+            ids = mine[k] if k < len(mine) else []
+            # a rank with no work in this micro-step still joins FSDP's collectives, on one dummy token
+            # that carries no loss
+            batch = collate([self.ds[i] for i in ids], [plan_step.example_weight[i] for i in ids],
+                            device=self.device, pad_to_nonempty=True)
+            local_tokens += int(batch.input_ids.numel()) if ids else 0
+            if self.layers_for is not None:  # checkpoint only the blocks this micro-batch's tokens need
+                n_ckpt = self.layers_for(int(batch.input_ids.numel()))
+                modeling.apply_activation_checkpointing(self.model, mode=cfg.activation_checkpointing, layers=n_ckpt)
+                ckpt_used = (n_ckpt, n_ckpt) if ckpt_used is None else (min(ckpt_used[0], n_ckpt),
+                                                                         max(ckpt_used[1], n_ckpt))
+            loss = self.model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen,
+                              head=loss_head(batch.targets, batch.loss_weight))
+            (loss * self.scale).backward()
+            local_loss += loss.detach().double()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (HF's schedule: 0 at the first step)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # one sum gathers the loss, the tokens, the stop flags and, with adaptive checkpointing, each
+        # rank's (fewest, most) checkpointed blocks in its own two slots
+        slots = [0.0] * (2 * self.world if ckpt_used is not None else 0)
+        if ckpt_used is not None:
+            slots[2 * self.rank: 2 * self.rank + 2] = ckpt_used
+        loss_sum, tokens, stops, *slots = distributed.all_reduce_sum(
+            [local_loss.item(), local_tokens, float(stop.signum is not None), *slots], self.device)
+        dt = time.perf_counter() - t0
+        tok_s = tokens / dt
+        row = {"step": step + 1, "epoch": plan_step.epoch, "loss": loss_sum, "lr": lr,
+               "grad_norm": float(grad_norm), "tokens": int(tokens),
+               "supervised_tokens": int(plan_step.supervised_tokens), "examples": plan_step.num_examples,
+               "tokens_per_s": tok_s, "step_time": dt,
+               "mfu": (tok_s / self.world) * modeling.flops_per_token(self.mcfg, self.eff_len) / self.peak
+               if self.peak else None,
+               "peak_memory_gb": (torch.cuda.max_memory_allocated(self.device) / 2**30
+                                  if self.device.type == "cuda" else _rss_gb()), "run": cfg.preset or "custom"}
+        if slots:  # the fewest and the most blocks any rank checkpointed in a micro-step of this step
+            row["checkpointed_layers_min"], row["checkpointed_layers"] = int(min(slots[0::2])), int(max(slots[1::2]))
+        return row, stops > 0
 
-    def save(step):
-        return checkpoint.save(ckpt_root, step, model, optimizer,
-                               {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
-                                "plan_signature": signature}, cfg.keep_checkpoints)
 
-    step = start
-    try:
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            plan_step = plan.steps[step]
-            mine = plan_step.micro_batches[rank]
-            n_micro = max(len(m) for m in plan_step.micro_batches)
-            local_loss = torch.zeros((), dtype=torch.float64, device=device)
-            local_tokens = 0
-            ckpt_used = None
-            for k in range(n_micro):
-                ids = mine[k] if k < len(mine) else []
-                # a rank with no work in this micro-step still joins FSDP's collectives, on one dummy token
-                # that carries no loss
-                batch = collate([ds[i] for i in ids], [plan_step.example_weight[i] for i in ids], device=device,
-                                pad_to_nonempty=True)
-                local_tokens += int(batch.input_ids.numel()) if ids else 0
-                if layers_for is not None:  # checkpoint only the blocks this micro-batch's tokens need
-                    n_ckpt = layers_for(int(batch.input_ids.numel()))
-                    modeling.apply_activation_checkpointing(model, mode=cfg.activation_checkpointing, layers=n_ckpt)
-                    ckpt_used = (n_ckpt, n_ckpt) if ckpt_used is None else (min(ckpt_used[0], n_ckpt),
-                                                                             max(ckpt_used[1], n_ckpt))
-                loss = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen,
-                             head=loss_head(batch.targets, batch.loss_weight))
-                (loss * scale).backward()
-                local_loss += loss.detach().double()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses (HF's schedule: 0 at the first step)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            # with adaptive checkpointing each rank also writes its (fewest, most) checkpointed blocks into its
-            # own two slots, so the one sum gathers every rank's counts
-            slots = [0.0] * (2 * world if ckpt_used is not None else 0)
-            if ckpt_used is not None:
-                slots[2 * rank: 2 * rank + 2] = ckpt_used
-            loss_sum, tokens, *slots = distributed.all_reduce_sum([local_loss.item(), local_tokens, *slots], device)
-            dt = time.perf_counter() - t0
-            if not math.isfinite(loss_sum) or not math.isfinite(float(grad_norm)):
-                raise TrainingDiverged(
-                    f"loss {loss_sum} / grad norm {float(grad_norm)} at step {step + 1}: training stopped. "
-                    f"Last good checkpoint: {last_ckpt or 'none (no checkpoint was saved yet)'}. "
-                    "Lower --lr, check the data, or resume from that checkpoint.")
-            tok_s = tokens / dt
-            row = {"step": step + 1, "epoch": plan_step.epoch, "loss": loss_sum, "lr": lr,
-                   "grad_norm": float(grad_norm), "tokens": int(tokens),
-                   "supervised_tokens": int(plan_step.supervised_tokens), "examples": plan_step.num_examples,
-                   "tokens_per_s": tok_s, "step_time": dt,
-                   "mfu": (tok_s / world) * modeling.flops_per_token(mcfg, eff_len) / peak if peak else None,
-                   "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
-                                      else _rss_gb()), "run": cfg.preset or "custom"}
-            if slots:  # the fewest and the most blocks any rank checkpointed in a micro-step of this step
-                row["checkpointed_layers_min"], row["checkpointed_layers"] = int(min(slots[0::2])), int(max(slots[1::2]))
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                metrics.log(row)
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-                last_ckpt = save(step + 1)
-            if stop["signal"] is not None:
-                last_ckpt = save(step + 1)
-                metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at step {step + 1}; "
-                                f"run again with the same --output-dir to resume")
-                return {"stopped": step + 1, "checkpoint": last_ckpt}
-        step = total
-        if total > start or last_ckpt is None:
-            last_ckpt = save(total)
-        final = os.path.join(cfg.output_dir, "final")
-        if cfg.export:
-            sd = checkpoint.full_state_dict(model)
-            if rank == 0:
-                modeling.save_state_dict_hf(sd, mcfg, final, tok_dir)
-                metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
-            distributed.barrier()
-        return {"steps": total, "checkpoint": last_ckpt, "final": final if cfg.export else None}
-    finally:
-        plot = metrics.close(plot=cfg.plot)
-        if plot and rank == 0:
-            print(f"[s1fast] loss curve: {plot}")
-        for s, h in old_handlers.items():
+class StopOnSignal:
+    """Record SIGINT / SIGTERM instead of dying, so the loop can finish its step, save and exit."""
+
+    def __enter__(self):
+        self.signum = None
+        self.old = {s: signal.signal(s, self._on) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _on(self, signum, _frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
             signal.signal(s, h)
+
+
+def export(cfg, model, mcfg, tok_dir, rank) -> str:
+    """``final/`` in Hugging Face format, written beside it and swapped in whole (collective)."""
+    from . import model as modeling
+    final = os.path.join(cfg.output_dir, "final")
+    sd = checkpoint.full_state_dict(model)
+    err = None
+    if rank == 0:
+        tmp = f"{final}.tmp-{os.getpid()}"
+        try:
+            modeling.save_state_dict_hf(sd, mcfg, tmp, tok_dir)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            err = f"exporting {final} failed ({type(e).__name__}: {e}); the partial folder was removed"
+    flag = [err]
+    if distributed.world() > 1:
+        import torch.distributed as dist
+        dist.broadcast_object_list(flag, src=0)
+    if flag[0]:
+        raise checkpoint.CheckpointError(flag[0] + "; the last checkpoint is intact: free the space and run again "
+                                         "with the same --output-dir to export it")
+    return final
 
 
 def _rss_gb() -> float:
@@ -329,14 +504,22 @@ def _rss_gb() -> float:
 
 def main(argv=None) -> int:
     cfg = parse_config(argv)
-    device, rank, world = distributed.init(cfg.device)
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        validate(cfg, world)
-        train(cfg, device, rank, world)
-        return 0
-    except (ConfigError, DataError, TrainingDiverged, FileNotFoundError) as e:
+        validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        device, rank, world = distributed.init(cfg.device)
+        result = train(cfg, device, rank, world)
+        return 128 + result["signal"] if "signal" in result else 0  # a stopped run did not finish: non-zero
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            raise
+        if rank == 0:
+            print(f"error: {e.strerror} ({e.filename or 'a file'}): free the space or fix the permissions, then run "
+                  f"again with the same --output-dir to resume from its last checkpoint", file=sys.stderr)
         return 2
     finally:
         distributed.shutdown()

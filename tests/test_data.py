@@ -95,7 +95,17 @@ def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
     ({"question": "q", "deepseek_thinking_trajectory": "", "deepseek_attempt": "a"}, "s1.1", "empty reasoning"),
     ({"question": "q"}, "sky-t1", "needs 'conversations'"),
     ({"conversations": [{"from": "alien", "value": "x"}]}, "sky-t1", "unknown speaker"),
-    ({"conversations": [{"from": "user", "value": "x"}]}, "sky-t1", "no non-empty assistant turn"),
+    ({"conversations": [{"from": "user", "value": "x"}]}, "sky-t1", "user turn with no answer"),
+    ({"conversations": [{"from": "user", "value": "x"}, {"from": "gpt", "value": " "}]}, "sky-t1",
+     "no non-empty assistant turn"),
+    # turn order (issue 14): assistant first, two user turns in a row, a late system turn
+    ({"conversations": [{"from": "gpt", "value": "a"}, {"from": "user", "value": "q"}]}, "sky-t1",
+     "turn 1 is assistant where user was expected"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"},
+                   {"role": "assistant", "content": "a"}]}, "chat", "turn 2 is user where assistant"),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                   {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}, "chat",
+     "turn 3 is a system turn after the conversation began"),
     ({"question": "q"}, "s2", "unknown recipe"),
 ])
 def test_malformed_rows_name_file_row_field(row, recipe, match):
@@ -114,12 +124,12 @@ def test_readers_json_jsonl_parquet_and_errors(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     for name in ("a.json", "a.jsonl", "a.parquet"):
         got = list(data.read_rows(str(tmp_path / name)))
-        assert [i for i, _ in got] == [0, 1, 2] and [r["question"] for _, r in got] == [r["question"] for r in rows]
+        assert [i for i, _ in got] == [1, 2, 3] and [r["question"] for _, r in got] == [r["question"] for r in rows]
     (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n{not json\n")
-    with pytest.raises(DataError, match=r"bad.jsonl, row 1: not valid JSON"):
+    with pytest.raises(DataError, match=r"bad.jsonl, row 2: not valid JSON"):
         list(data.read_rows(str(tmp_path / "bad.jsonl")))
     (tmp_path / "list.jsonl").write_text("[1, 2]\n")
-    with pytest.raises(DataError, match="row 0: expected a JSON object"):
+    with pytest.raises(DataError, match="row 1: expected a JSON object"):
         list(data.read_rows(str(tmp_path / "list.jsonl")))
     with pytest.raises(DataError, match="no such file"):
         list(data.read_rows(str(tmp_path / "missing.jsonl")))
@@ -163,19 +173,19 @@ def test_prepare_cache_policies_and_atomic_rebuild(tmp_path):
     _write_jsonl(src, rows)
     out = str(tmp_path / "cache")
     logs = []
-    with pytest.raises(DataError, match=r"1 example\(s\) longer than --max-tokens 2000: row 2 \(\d+ tokens\)"):
+    with pytest.raises(DataError, match=r"1 example\(s\) longer than --max-tokens 2000: row 3 \(\d+ tokens\)"):
         data.prepare(str(src), "s1", max_tokens=2000, out=out, progress=False, log=logs.append, workers=1)
     assert not os.path.exists(out)
 
     ds = data.prepare(str(src), "s1", max_tokens=2000, out=out, policy="drop", progress=False, log=logs.append,
                       workers=2)
-    assert len(ds) == 5 and list(ds.rows) == [0, 1, 3, 4, 5]
+    assert len(ds) == 5 and list(ds.rows) == [1, 2, 4, 5, 6]
     assert any("dropped 1 example(s)" in line for line in logs)
     assert ds.meta["summary"]["rows_dropped"] == 1 and ds.meta["summary"]["rows_over_budget"] == 1
     tok = data.load_tokenizer()
     for i, r in enumerate(ds.rows):
         ids, labels = ds[i]
-        enc = data.encode(rows[r], tok, "s1")
+        enc = data.encode(rows[r - 1], tok, "s1")
         assert ids.tolist() == enc.input_ids and labels.tolist() == enc.labels
         assert ds.lengths[i] == len(enc.input_ids) and ds.supervised[i] == enc.supervised
 

@@ -174,13 +174,17 @@ def test_zero_budget_caps_at_once(tok):
 def test_answer_budget_and_auto_thinking_budget(tok):
     p = prompt_ids(tok, "question 0")
     total = len(p) + 120
-    model, [r] = run(tok, [[A] * 20 + [X] * 50], max_total_tokens=total, max_answer_tokens=3)
-    auto = total - len(p) - 2 - 6 - AUTO_ANSWER_ROOM
-    assert auto == 12 and r["max_thinking_tokens"] == auto and r["thinking_tokens"] == auto and r["capped"]
+    model, [r] = run(tok, [[A] * 200], max_total_tokens=total, max_answer_tokens=3)
+    # --max-answer-tokens is what the context bound keeps for the answer (issue 14, item 8), not the default room
+    auto = total - len(p) - 2 - 6 - 1 - 3  # the newline forced before the cap, and the answer budget
+    assert auto == 108 and r["max_thinking_tokens"] == auto and r["thinking_tokens"] == auto and r["capped"]
     assert (r["answer_tokens"], r["finished"]) == (3, False)
+    assert len(model.seen[0]) <= total  # the request fits the context, and is served
+    # without one, 100 tokens are kept for the answer (s1's "auto")
+    _, [r0] = run(tok, [[A] * 200], max_total_tokens=total)
+    assert r0["max_thinking_tokens"] == total - len(p) - 2 - 6 - AUTO_ANSWER_ROOM == 12
     # An explicit budget is lowered to what the context allows.
-    _, [r2] = run(tok, [[A] * 20 + [X] * 50], max_total_tokens=total, max_thinking_tokens=10_000,
-                  max_answer_tokens=3)
+    _, [r2] = run(tok, [[A] * 200], max_total_tokens=total, max_thinking_tokens=10_000, max_answer_tokens=3)
     assert r2["max_thinking_tokens"] == auto
     with pytest.raises(ValueError, match="leaves no room"):
         BudgetForcer(p, ForcingTokens(), max_total_tokens=len(p) + 50)

@@ -107,30 +107,23 @@ def test_hybrid_sharding_2x2_equals_single_process(single, tmp_path):
     assert "4 rank(s)" in p.stdout + p.stderr
 
 
-def test_sigkill_then_resume_reproduces_the_uninterrupted_run(single, tmp_path):
-    ref, _ = single
-    out = str(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "s1fast.train", *BASE, "--output-dir", out]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = os.path.join(out, "checkpoints", "latest")
-    t0 = time.time()
-    while not (os.path.exists(latest) and open(latest).read().strip() == "step_00000002"):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.time() - t0 < 300
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not os.path.exists(os.path.join(out, "final")), "killed before the end"
-    p = run(BASE + ["--output-dir", out])
-    assert "resumed from" in p.stdout and "at step 2" in p.stdout
-    a, b = losses(ref), losses(out)
-    assert len(b) == 4 and all(abs(x - y) <= 1e-6 * abs(x) for x, y in zip(a, b)), (a, b)
-    assert_same_weights(weights(ref), weights(out), atol=0)
+def test_sigkill_during_saves_3_times_then_resume_reproduces_the_uninterrupted_run(single, tmp_path):
+    """bench/fault_injection.py's campaign, 3 kills (the 20-kill figure is in bench/RESULTS.md): a run with
+    --save-every 1 SIGKILLed at random moments of its saves; after each kill the newest complete checkpoint
+    loads (the dead run's lock is taken over by the next), and the finished run equals the uninterrupted one
+    bitwise: losses and exported weights."""
+    from bench.fault_injection import campaign
+    res = campaign(str(tmp_path), kills=3, seed=0, ref=single[0], log=lambda *_: None)
+    assert res["bitwise_equal"], res
+    assert len(res["loaded"]) == 3 and any(res["loaded"]), res
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_each_step_once_exits_nonzero_and_the_folder_is_locked_meanwhile(tmp_path):
+    """SIGTERM while periodic saves run (--save-every 1): the step is finished and saved once (issue 14, bug 1:
+    it was saved a second time, deleting the only complete checkpoint in between), and the exit status is
+    128 + 15: the run did not finish. While it runs, a second run on the folder is refused (bug 5)."""
     out = str(tmp_path / "term")
-    args = [*BASE, "--max-steps", "40", "--save-every", "0", "--output-dir", out]
+    args = [*BASE, "--max-steps", "40", "--save-every", "1", "--output-dir", out]
     proc = subprocess.Popen([sys.executable, "-m", "s1fast.train", *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = os.path.join(out, "metrics.jsonl")
@@ -138,12 +131,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
         assert proc.poll() is None and time.time() - t0 < 300
         time.sleep(0.05)
+    second = run([*BASE, "--output-dir", out], check=False, timeout=300)
+    assert second.returncode == 2 and f"is in use by another run: process {proc.pid} on host" in second.stderr, \
+        second.stderr[-2000:]
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, text
+    assert proc.returncode == 128 + signal.SIGTERM, text
     assert "signal 15: saved" in text
+    saves = [line.split()[-1] for line in text.splitlines() if line.startswith("[s1fast] saved ")]
+    assert len(saves) == len(set(saves)), f"a step was saved twice: {saves}"
     step = int(open(os.path.join(out, "checkpoints", "latest")).read().strip().split("_")[1])
     assert 1 <= step < 40 and losses(out)[-1] and len(losses(out)) == step
+    assert not os.path.exists(os.path.join(out, "run.lock"))
 
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):

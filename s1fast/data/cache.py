@@ -6,9 +6,11 @@ Layout of a cache folder::
     labels.npy   int32 [total_tokens]   the same positions' labels (-100 = no loss)
     offsets.npy  int64 [rows + 1]       example i is tokens[offsets[i]:offsets[i+1]]
     rows.npy     int64 [rows]           the source file's row number of each kept example
-    summary.json                        the key (hash of data, tokenizer, recipe, budget, policy) + statistics
+    summary.json                        the key (hash of data, tokenizer, recipe, budget, policy), each
+                                        array file's sha256, and statistics
 
-A run with the same key is served from the cache; any change rebuilds it. A rebuild is written to a
+A run with the same key is served from the cache once its files match their hashes; any change, or a
+damaged file, rebuilds it. A rebuild is written to a
 temporary folder and swapped in only when complete, so an interrupted run never leaves a broken cache
 and never destroys the previous one.
 """
@@ -27,7 +29,7 @@ import numpy as np
 from .format import IGNORE, encode
 from .readers import DataError, read_rows
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 1-based row numbers, file hashes, unsupervised / special / duplicate counts
 POLICIES = ("error", "drop", "truncate")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 DEFAULT_TOKENIZER = os.path.join(ASSETS, "tokenizer", "qwen2.5")
@@ -38,10 +40,37 @@ def load_tokenizer(path: str | None = None):
     """The tokenizer in ``path`` (default: the bundled Qwen2.5 tokenizer), loaded offline."""
     from transformers import AutoTokenizer
     path = path or DEFAULT_TOKENIZER
+    check_tokenizer_dir(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"tokenizer folder {path} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); pass "
+                        f"--tokenizer with a Hugging Face tokenizer folder") from None
+
+
+def check_tokenizer_dir(path: str) -> None:
+    """A folder holding a tokenizer's vocabulary file, or a DataError saying what to pass."""
     if not os.path.isdir(path):
         raise DataError(f"tokenizer folder {path} does not exist; pass --tokenizer with a Hugging Face "
                         "tokenizer folder (tokenizer.json + tokenizer_config.json)")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not any(os.path.exists(os.path.join(path, n)) for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise DataError(f"tokenizer folder {path} has no tokenizer.json, tokenizer.model or vocab.json; pass "
+                        f"--tokenizer with a Hugging Face tokenizer folder")
+
+
+ARRAYS = ("tokens.npy", "labels.npy", "offsets.npy", "rows.npy")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    _file_hash(h, path)
+    return h.hexdigest()
+
+
+def damaged_files(folder: str, hashes: dict) -> list[str]:
+    """The cache's array files that are missing or do not match the hashes stored at build time."""
+    return [n for n in ARRAYS if not os.path.exists(os.path.join(folder, n))
+            or file_sha256(os.path.join(folder, n)) != hashes.get(n)]
 
 
 def _file_hash(h, path: str) -> None:
@@ -76,7 +105,7 @@ def _encode_chunk(args):
     out = []
     for row_id, row in rows:
         enc = encode(row, _TOK, recipe, None, path=path, row_id=row_id)
-        out.append((row_id, enc.input_ids, enc.labels))
+        out.append((row_id, enc.input_ids, enc.labels, enc.special_in_text))
     return out
 
 
@@ -87,6 +116,9 @@ class Summary:
     rows_dropped: int
     rows_truncated: int
     rows_over_budget: int
+    rows_unsupervised: int  # truncation removed every trained token: dropped
+    rows_special_text: int  # special-token strings inside the data's text (they become real special tokens)
+    rows_duplicate: int  # identical to an earlier row (kept, counted)
     tokens: int
     supervised_tokens: int
     length_p50: int
@@ -106,11 +138,13 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     tokenizer_dir = tokenizer_dir or DEFAULT_TOKENIZER
     if policy not in POLICIES:
         raise DataError(f"unknown over-length policy '{policy}'; choose one of {', '.join(POLICIES)}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise DataError(f"--max-tokens must be a positive number of tokens, got {max_tokens}")
     if not os.path.exists(data):
         raise DataError("no such file; pass --data with a .json, .jsonl or .parquet file", path=data)
-    if not os.path.isdir(tokenizer_dir):
-        raise DataError(f"tokenizer folder {tokenizer_dir} does not exist; pass --tokenizer with a Hugging Face "
-                        "tokenizer folder (tokenizer.json + tokenizer_config.json)")
+    check_tokenizer_dir(tokenizer_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"cache folder {out} is a file: pass --out with a folder")
     key = cache_key(data, tokenizer_dir, recipe, max_tokens, policy)
     meta_path = os.path.join(out, "summary.json")
     if os.path.exists(meta_path):
@@ -119,11 +153,19 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
         except (OSError, json.JSONDecodeError):
             meta = {}
         if meta.get("key") == key:
-            log(f"[s1fast.data] cache hit: {out} (key {key})")
-            log(Summary(**meta["summary"]).lines())
-            return TokenDataset(out)
+            bad = damaged_files(out, meta.get("sha256", {}))
+            if not bad:
+                log(f"[s1fast.data] cache hit: {out} (key {key})")
+                log(Summary(**meta["summary"]).lines())
+                return TokenDataset(out)
+            log(f"[s1fast.data] notice: cache {out} is damaged ({', '.join(bad)} missing or not matching its "
+                f"hash): rebuilding it")
     t0 = time.time()
     rows = list(read_rows(data))
+    if not rows:
+        raise DataError("holds no rows: pass --data with a file of examples", path=data)
+    global _TOK
+    _TOK = load_tokenizer(tokenizer_dir)  # fails here, with its folder named, rather than inside a worker
     workers = workers or max(1, min(os.cpu_count() or 1, 8, len(rows) // 8 or 1))
     chunk = max(1, min(256, len(rows) // (workers * 4) or 1))
     jobs = [(rows[i:i + chunk], recipe, data) for i in range(0, len(rows), chunk)]
@@ -133,7 +175,6 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
         bar = tqdm(total=len(rows), desc=f"tokenising {os.path.basename(data)}", unit="row")
     encoded = []
     if workers == 1:
-        _init_worker(tokenizer_dir)
         results = map(_encode_chunk, jobs)
         pool = None
     else:
@@ -150,27 +191,48 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
         if bar is not None:
             bar.close()
 
-    over = [(r, len(ids)) for r, ids, _ in encoded if max_tokens is not None and len(ids) > max_tokens]
+    over = [(r, len(ids)) for r, ids, _, _ in encoded if max_tokens is not None and len(ids) > max_tokens]
     if over and policy == "error":
         listing = ", ".join(f"row {r} ({n} tokens)" for r, n in over)
         raise DataError(f"{len(over)} example(s) longer than --max-tokens {max_tokens}: {listing}. "
                         "Raise --max-tokens, or pass --policy drop (skip them, counted) or --policy truncate.",
                         path=data)
-    kept, truncated = [], 0
-    for r, ids, labels in encoded:
+    kept, truncated, unsupervised = [], 0, []
+    for r, ids, labels, _ in encoded:
         if max_tokens is not None and len(ids) > max_tokens:
             if policy == "drop":
                 continue
             ids, labels = ids[:max_tokens], labels[:max_tokens]
             truncated += 1
+            if not any(x != IGNORE for x in labels[1:]):  # nothing left to train on
+                unsupervised.append(r)
+                continue
         kept.append((r, ids, labels))
-    if not kept:
-        raise DataError(f"no examples left (read {len(rows)}, all over the budget of {max_tokens} tokens)", path=data)
     if over and policy == "drop":
         log(f"[s1fast.data] dropped {len(over)} example(s) over {max_tokens} tokens: rows "
-            + ", ".join(str(r) for r, _ in over))
+            + _rows(r for r, _ in over))
     if truncated:
         log(f"[s1fast.data] WARNING: truncated {truncated} example(s) to {max_tokens} tokens")
+    if unsupervised:
+        log(f"[s1fast.data] WARNING: dropped {len(unsupervised)} example(s) whose truncation to {max_tokens} tokens "
+            f"left no answer token to train on: rows {_rows(unsupervised)}; raise --max-tokens to keep them")
+    special = [r for r, _, _, n in encoded if n > 0]
+    if special:
+        log(f"[s1fast.data] WARNING: {len(special)} row(s) have special-token strings (e.g. <|im_end|>) inside "
+            f"their text, which tokenise as real special tokens: rows {_rows(special)}")
+    first_seen, dups = {}, []
+    for r, ids, _, _ in encoded:
+        h = hashlib.sha1(np.asarray(ids, dtype=np.int32).tobytes()).digest()
+        if h in first_seen:
+            dups.append(f"{r} (= row {first_seen[h]})")
+        else:
+            first_seen[h] = r
+    if dups:
+        log(f"[s1fast.data] notice: {len(dups)} duplicate row(s), kept: rows {_rows(dups)}")
+    if not kept:
+        why = (f"every example is over the budget of {max_tokens} tokens or has no answer token left after "
+               f"truncation" if over else "no example is left")
+        raise DataError(f"no examples left (read {len(rows)} rows; {why}): raise --max-tokens", path=data)
 
     lengths = np.array([len(ids) for _, ids, _ in kept], dtype=np.int64)
     offsets = np.zeros(len(kept) + 1, dtype=np.int64)
@@ -180,7 +242,8 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     row_ids = np.array([r for r, _, _ in kept], dtype=np.int64)
     summary = Summary(
         rows_read=len(rows), rows_kept=len(kept), rows_dropped=len(over) if policy == "drop" else 0,
-        rows_truncated=truncated, rows_over_budget=len(over), tokens=int(offsets[-1]),
+        rows_truncated=truncated, rows_over_budget=len(over), rows_unsupervised=len(unsupervised),
+        rows_special_text=len(special), rows_duplicate=len(dups), tokens=int(offsets[-1]),
         supervised_tokens=int((labels != IGNORE).sum() - (labels[offsets[:-1]] != IGNORE).sum()),
         length_p50=int(np.percentile(lengths, 50)), length_p90=int(np.percentile(lengths, 90)),
         length_p99=int(np.percentile(lengths, 99)), length_max=int(lengths.max()))
@@ -192,8 +255,9 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     np.save(os.path.join(tmp, "labels.npy"), labels)
     np.save(os.path.join(tmp, "offsets.npy"), offsets)
     np.save(os.path.join(tmp, "rows.npy"), row_ids)
+    hashes = {n: file_sha256(os.path.join(tmp, n)) for n in ARRAYS}
     with open(os.path.join(tmp, "summary.json"), "w") as f:
-        json.dump({"key": key, "data": os.path.abspath(data), "recipe": recipe, "max_tokens": max_tokens,
+        json.dump({"key": key, "sha256": hashes, "data": os.path.abspath(data), "recipe": recipe, "max_tokens": max_tokens,
                    "policy": policy, "tokenizer": os.path.abspath(tokenizer_dir), "summary": summary.__dict__,
                    "seconds": round(time.time() - t0, 2)}, f, indent=1)
     old = f"{out.rstrip(os.sep)}.old-{os.getpid()}"
@@ -205,6 +269,11 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     log(f"[s1fast.data] wrote {out} in {time.time() - t0:.1f}s (key {key})")
     log(summary.lines())
     return TokenDataset(out)
+
+
+def _rows(rows, limit: int = 20) -> str:
+    rows = [str(r) for r in rows]
+    return ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
 class TokenDataset:

@@ -28,6 +28,7 @@ IM_START, IM_END, ASSISTANT, NEWLINE = 151644, 151645, 77091, 198
 IGNORE = -100
 DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 RECIPES = ("s1", "s1.1", "sky-t1", "chat")
+S1_BODY = "<|im_start|>think\n{trace}\n<|im_start|>answer\n{answer}"
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system"}
 
@@ -37,6 +38,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    special_in_text: int = 0  # special-token strings found inside the data's own text
 
     @property
     def supervised(self) -> int:
@@ -81,7 +83,7 @@ def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int 
             raise DataError("empty reasoning trace", field=trace_field, **where)
         if not question.strip():
             raise DataError("empty question", field="question", **where)
-        body = f"<|im_start|>think\n{trace}\n<|im_start|>answer\n{_answer(attempt)}"
+        body = S1_BODY.format(trace=trace, answer=_answer(attempt))
         return [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": question},
                 {"role": "assistant", "content": body}]
     # sky-t1 / chat
@@ -116,12 +118,31 @@ def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int 
     else:
         raise DataError(f"recipe '{recipe}' needs 'conversations' (ShareGPT) or 'messages' (chat); "
                         f"row has {', '.join(sorted(row))}", **where)
+    field = "conversations" if "conversations" in row else "messages"
+    check_turn_order(msgs, field, where)
     if msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": system if system else DEFAULT_SYSTEM})
     if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
-        raise DataError("no non-empty assistant turn to train on", field="conversations" if "conversations" in row
-                        else "messages", **where)
+        raise DataError("no non-empty assistant turn to train on", field=field, **where)
     return msgs
+
+
+def check_turn_order(msgs: list[dict], field: str, where: dict) -> None:
+    """A conversation is an optional system turn, then user and assistant turns alternating, user first and
+    assistant last; anything else (assistant first, two user turns in a row, a late system turn) is refused."""
+    body = msgs[1:] if msgs and msgs[0]["role"] == "system" else msgs
+    for j, m in enumerate(body):
+        turn = j + (len(msgs) - len(body)) + 1
+        if m["role"] == "system":
+            raise DataError(f"turn {turn} is a system turn after the conversation began; a system turn may only "
+                            f"come first", field=field, **where)
+        want = "user" if j % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise DataError(f"turn {turn} is {m['role']} where {want} was expected: turns must alternate user, "
+                            f"assistant, user, ... starting with user", field=field, **where)
+    if body and body[-1]["role"] != "assistant":
+        raise DataError(f"the last turn ({len(msgs)}) is a user turn with no answer to train on; end with an "
+                        f"assistant turn", field=field, **where)
 
 
 def chatml(messages: list[dict]) -> str:
@@ -146,7 +167,10 @@ def render(example: dict, recipe: str, tokenizer=None, *, path: str | None = Non
     With a tokenizer that has a chat template, the template renders it (the tests check it equals the
     built-in ChatML renderer byte for byte on real rows); without one, the built-in renderer does.
     """
-    msgs = to_messages(example, recipe, path=path, row_id=row_id)
+    return _render(to_messages(example, recipe, path=path, row_id=row_id), tokenizer)
+
+
+def _render(msgs: list[dict], tokenizer) -> str:
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(msgs, tokenize=False)
     return chatml(msgs)
@@ -186,8 +210,13 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
     raises a DataError naming the row, ``"truncate"`` keeps the first ``max_tokens`` tokens (marked
     ``truncated``), ``"drop"`` is handled by the caller (``encode`` returns the full example).
     """
-    text = render(example, recipe, tokenizer, path=path, row_id=row_id)
+    msgs = to_messages(example, recipe, path=path, row_id=row_id)
+    text = _render(msgs, tokenizer)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    specials = special_strings(tokenizer)
+    found = sum(m["content"].count(s) for m in msgs for s in specials)
+    if recipe in ("s1", "s1.1"):  # the s1 body's own think / answer markers are the template's, not the data's
+        found -= sum(S1_BODY.count(s) for s in specials)
     labels = label_mask(ids)
     truncated = False
     if max_tokens is not None and len(ids) > max_tokens:
@@ -196,4 +225,17 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
                             f"--policy drop / truncate", path=path, row=row_id)
         if policy == "truncate":
             ids, labels, truncated = ids[:max_tokens], labels[:max_tokens], True
-    return Encoded(ids, labels, truncated)
+    return Encoded(ids, labels, truncated, found)
+
+
+_SPECIALS: dict[int, tuple[str, ...]] = {}
+
+
+def special_strings(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's special tokens as text: in data text they would tokenise as real special tokens."""
+    key = id(tokenizer)
+    if key not in _SPECIALS:
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        _SPECIALS[key] = tuple(sorted({t.content for t in added.values() if getattr(t, "special", False)}
+                                      | set(getattr(tokenizer, "all_special_tokens", []) or [])))
+    return _SPECIALS[key]

@@ -21,14 +21,28 @@ class DataError(ValueError):
         self.path, self.row, self.field = path, row, field
 
 
+def _decode(raw: bytes, path: str, row: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}): re-save the file as UTF-8",
+                        path=path, row=row) from None
+
+
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """Yield ``(row_number, row)`` from a .json (a list of objects), .jsonl or .parquet file."""
+    """Yield ``(row_number, row)`` from a .json (a list of objects), .jsonl or .parquet file.
+
+    Row numbers start at 1 (a .jsonl row's number is its line number), as in every s1fast message.
+    """
     if not os.path.exists(path):
         raise DataError("no such file; pass --data with a .json, .jsonl or .parquet file", path=path)
+    if os.path.isdir(path):
+        raise DataError("is a folder; pass --data with a .json, .jsonl or .parquet file", path=path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                line = _decode(raw, path, i)
                 if not line.strip():
                     continue
                 try:
@@ -39,17 +53,26 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
                     raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
                 yield i, row
     elif ext == ".json":
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}): re-save the file as UTF-8",
+                            path=path) from None
+        if not text.strip():
+            return
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"train": [...]}
         if not isinstance(data, list):
             raise DataError("a .json data file must hold a list of objects (use .jsonl for one object per line)",
                             path=path)
-        for i, row in enumerate(data):
+        for i, row in enumerate(data, 1):
             if not isinstance(row, dict):
                 raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
             yield i, row
@@ -59,8 +82,12 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
         except ImportError:
             raise DataError("reading parquet needs pyarrow: `pip install pyarrow` (or convert to jsonl)",
                             path=path) from None
-        table = pq.read_table(path)
-        i = 0
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid / OSError for a file it cannot read
+            raise DataError(f"not a readable parquet file ({type(e).__name__}: {str(e)[:160]}); check the file or "
+                            f"convert it to jsonl", path=path) from None
+        i = 1
         for batch in table.to_batches(max_chunksize=1024):
             for row in batch.to_pylist():
                 yield i, row

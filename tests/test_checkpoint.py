@@ -1,0 +1,105 @@
+"""Checkpoints in one process (issue 14): completeness by manifest, retention over complete checkpoints only,
+a failed save that removes its partial folder and names the intact one, a damaged checkpoint named with the
+intact one to use, and the run lock (live owner refused, dead owner's lock taken over)."""
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from s1fast import checkpoint as C
+
+
+def _model():
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    return m, opt
+
+
+def _save(root, step, keep=2):
+    m, opt = _model()
+    return C.save(str(root), step, m, opt, {"run_id": "r"}, keep)
+
+
+def test_newest_broken_checkpoint_is_named_not_loaded_and_retention_keeps_the_intact_one(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    for s in (1, 2, 3):
+        _save(root, s)
+    assert sorted(os.listdir(root)) == ["latest", "step_00000002", "step_00000003"]
+    os.remove(root / "step_00000003" / "trainer.pt")  # bug 2: the newest one broken
+    assert C.latest(str(root)) == str(root / "step_00000002")
+    assert C.broken(str(root)) == [str(root / "step_00000003")]
+    # the same step saved again replaces the broken folder; the intact step 2 is kept (keep=2 counts complete ones)
+    _save(root, 3)
+    assert C.is_complete(str(root / "step_00000003")) and C.is_complete(str(root / "step_00000002"))
+    # retention never deletes the newest complete checkpoint, even when older ones have larger step numbers
+    # (another run's leftovers)
+    _save(root, 10)
+    _save(root, 4, keep=1)
+    assert C.is_complete(str(root / "step_00000004")), os.listdir(root)
+    assert C.latest(str(root)) == str(root / "step_00000004")  # the last one saved, not the largest number
+    assert not (root / "step_00000003").exists() and not (root / "step_00000002").exists()
+
+
+def test_disk_full_during_save_removes_the_partial_folder_and_names_the_intact_checkpoint(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    intact = _save(root, 1)
+    real = torch.save
+
+    def full(obj, f, *a, **k):
+        if str(f).endswith("trainer.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(C.CheckpointError) as e:
+        _save(root, 2)
+    msg = str(e.value)
+    assert "No space left on device" in msg and f"The intact checkpoint is {intact}" in msg
+    assert sorted(os.listdir(root)) == ["latest", "step_00000001"]  # no partial step_00000002.tmp left
+    assert C.latest(str(root)) == intact
+
+
+def test_damaged_checkpoint_is_named_with_the_intact_one_to_use(tmp_path):
+    root = tmp_path / "checkpoints"
+    _save(root, 1)
+    bad = _save(root, 2)
+    tp = os.path.join(bad, "trainer.pt")
+    size = os.path.getsize(tp)
+    with open(tp, "r+b") as f:  # the same size, garbage content: the manifest matches, loading fails
+        f.write(b"\0" * size)
+    m, opt = _model()
+    with pytest.raises(C.CheckpointError, match=r"checkpoint .*step_00000002 is damaged .*resume from "
+                                                r".*step_00000001 with --resume .*step_00000001"):
+        C.load(bad, m, opt)
+    with open(tp, "ab") as f:  # a size that no longer matches the manifest
+        f.write(b"x")
+    with pytest.raises(C.CheckpointError, match="not a complete s1fast checkpoint"):
+        C.load(bad, m, opt)
+    assert C.latest(str(root)) == str(root / "step_00000001")
+
+
+def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path, capsys):
+    lock = C.acquire_lock(str(tmp_path))
+    with pytest.raises(C.CheckpointError, match=f"in use by another run: process {os.getpid()} on host"):
+        C.acquire_lock(str(tmp_path))
+    C.release_lock(lock)
+    assert not os.path.exists(lock)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    with open(tmp_path / C.LOCK, "w") as f:
+        json.dump({"pid": int(dead), "host": socket.gethostname()}, f)
+    lock = C.acquire_lock(str(tmp_path))
+    assert f"left by process {dead}, which is gone" in capsys.readouterr().out
+    assert json.load(open(lock))["pid"] == os.getpid()
+    C.release_lock(lock)
+    with open(tmp_path / C.LOCK, "w") as f:  # another host: its liveness cannot be checked, so it is refused
+        json.dump({"pid": 1, "host": "elsewhere"}, f)
+    with pytest.raises(C.CheckpointError, match="host elsewhere.*if that run is dead, delete"):
+        C.acquire_lock(str(tmp_path))

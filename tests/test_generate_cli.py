@@ -1,0 +1,54 @@
+"""``python -m s1fast.generate``'s command-line layer (issue 14): results appended to --out as they are produced
+(a rerun continues), an over-long prompt named by FILE:LINE and skipped only when asked, and
+--max-answer-tokens counted in the context bound (a request that fits is served)."""
+import json
+
+import pytest
+import torch
+
+from s1fast import model as lean
+from s1fast.generate import BUNDLED_TOKENIZER, main
+
+
+@pytest.fixture(autouse=True)
+def pytorch_path(monkeypatch):
+    monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")  # the kernels have their own tests
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny-qwen2-cli")
+    lean.build_model("tiny-qwen2", device="cpu", dtype=torch.float32).save_pretrained(str(d),
+                                                                                     tokenizer_dir=BUNDLED_TOKENIZER)
+    return str(d)
+
+
+def test_long_prompt_named_by_line_skipped_only_when_asked_and_out_appended_and_resumable(exported, tmp_path,
+                                                                                         capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps("2+2?") + "\n\n" + json.dumps({"question": "word " * 80}) + "\n"
+                       + json.dumps("3+3?") + "\n")
+    out = tmp_path / "out.jsonl"
+    # a prompt of about 30 tokens + forcing 8 + newline 1 + answer 2 + thinking 4 fits in 60: the answer budget, not a
+    # 100-token default, is what the bound keeps (item 8)
+    args = ["--model", exported, "--prompts", str(prompts), "--max-thinking-tokens", "4", "--max-answer-tokens", "2",
+            "--max-total-tokens", "60", "--out", str(out), "--batch-size", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 prompt(s) too long, nothing generated: ") and f"{prompts}:3: the prompt has" in err
+    assert "--skip-long" in err and out.read_text() == ""  # checked before anything was generated
+    assert main(args + ["--skip-long"]) == 0
+    assert f"skipped {prompts}:3" in capsys.readouterr().err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["index"], r["question"]) for r in rows] == [(0, "2+2?"), (2, "3+3?")]
+    assert all(r["answer_tokens"] <= 2 and r["thinking_tokens"] == 4 for r in rows)
+    # a rerun (as after a crash) skips what --out already holds and writes nothing twice
+    lines = out.read_text().splitlines()
+    out.write_text(lines[0] + "\n" + lines[1][:25])  # the second result cut short mid-line
+    assert main(args + ["--skip-long"]) == 0
+    assert "1 prompt(s) already in" in capsys.readouterr().err
+    again = [json.loads(x) for x in out.read_text().splitlines()[::2]]  # the cut line is left, then a whole one
+    assert [r["question"] for r in again] == ["2+2?", "3+3?"]
+    assert main(["--model", exported, "--prompt", "hi", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
