@@ -123,7 +123,7 @@ def rank0_first(fn, rank: int, others=None):
     if err[0] is not None:
         if rank == 0:
             raise ConfigError(err[0])
-        time.sleep(1.0)  # let rank 0 exit first, so a launcher reports its error as the root cause
+        time.sleep(3.0)  # let rank 0 exit first, so a launcher reports its error as the root cause
         raise SystemExit(2)
     if rank == 0:
         return result
