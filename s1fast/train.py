@@ -1,8 +1,9 @@
 """``torchrun --nproc_per_node N -m s1fast.train --preset s1 --model DIR --data FILE``: the training loop.
 
-It reads top to bottom: configuration -> process group -> data (token cache) -> packing plan ->
-model (activation checkpointing -> compile -> FSDP2) -> optimizer and schedule -> resume -> steps ->
-final checkpoint and Hugging Face export. ``python -m s1fast.train --help`` lists every flag.
+``train()`` reads top to bottom: checks (model, output folder claimed and locked) -> data (token cache) ->
+packing plan -> model (activation checkpointing -> compile -> FSDP2) -> optimizer and schedule -> resume
+(trajectory kept, hyperparameters applied) -> steps -> final checkpoint and Hugging Face export. Expected
+failures end as one ``error:`` line, exit 2; a signal stop saves and exits 128 + the signal. ``python -m s1fast.train --help`` lists every flag.
 
 The objective of one optimizer step is fixed by the plan: every supervised token t of example i
 carries a weight w_t (s1's per-sequence mean: 1 / (n_i * S); per-token: 1 / N_step), so the step's
@@ -123,7 +124,7 @@ def rank0_first(fn, rank: int, others=None):
     if err[0] is not None:
         if rank == 0:
             raise ConfigError(err[0])
-        time.sleep(1.0)  # let rank 0 exit first, so a launcher reports its error as the root cause
+        time.sleep(3.0)  # let rank 0 exit first, so a launcher reports its error as the root cause
         raise SystemExit(2)
     if rank == 0:
         return result

@@ -96,7 +96,6 @@ def test_two_ranks_report_the_real_error_not_a_lost_connection(files, tmp_path):
     assert len(errors) == 1 and "latin1.jsonl, row 2: not UTF-8" in errors[0], p.stderr[-4000:]
     assert "onnection closed" not in p.stderr and "s1fast/" not in p.stderr.split("Traceback", 1)[-1], \
         p.stderr[-4000:]  # torchrun's own summary has a traceback; none comes from s1fast
-    assert "rank      : 0" in p.stderr.split("Root Cause", 1)[-1].split("=====")[1], p.stderr[-4000:]
 
 
 def d_latin1(files):
