@@ -2,8 +2,8 @@
 
 ``sum``: add labelled digits modulo 10, one per line of thinking (``docs/toy.md`` says why this shape)::
 
-    question: "Add mod 10: a=3, b=5, c=1"
-    thinking: "a: 0+3=3\\nb: 3+5=8\\nc: 8+1=9"          one line per item: n items, n lines
+    question: "Add mod 10:\\na=3\\nb=5\\nc=1"
+    thinking: "a=3: 0+3=3\\nb=5: 3+5=8\\nc=1: 8+1=9"    one line per item: n items, n lines
     attempt:  "Final Answer: 9"                            the last line's total
 
 Every line has the same number of tokens, so the trace grows linearly with the difficulty (the item
@@ -63,7 +63,7 @@ def solve(digits: list[int]) -> tuple[list[str], int]:
     lines, total = [], 0
     for label, d in zip(LABELS, digits):
         new = (total + d) % 10
-        lines.append(f"{label}: {total}+{d}={new}")
+        lines.append(f"{label}={d}: {total}+{d}={new}")
         total = new
     return lines, total
 
@@ -73,7 +73,7 @@ def make_row(task: str, digits: list[int], *, wait: bool = False, index: int = 0
     t = _task(task)
     if not t.min_items <= len(digits) <= t.max_items or not all(0 <= d <= 9 for d in digits):
         raise DataError(f"toy task '{task}' takes {t.min_items}-{t.max_items} digits 0-9, got {digits}")
-    question = "Add mod 10: " + ", ".join(f"{label}={d}" for label, d in zip(LABELS, digits))
+    question = "Add mod 10:\n" + "\n".join(f"{label}={d}" for label, d in zip(LABELS, digits))
     lines, answer = solve(digits)
     if wait:
         lines.append("Wait, " + lines[-1])
