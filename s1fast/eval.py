@@ -9,6 +9,7 @@ pass@k, majority vote, mean thinking tokens, waits and capped share (docs/eval.m
     python -m s1fast.eval --model DIR --data aime24.jsonl --budgets 1000,2000,4000 --num-wait 0,1,2 --out runs/eval
     python -m s1fast.eval --model runs/tiny/final --data toy:chain:60 --budgets 8,16,32,64 --protocol s1
     python -m s1fast.eval compare runs/evalA runs/evalB        # problems whose verdicts differ
+    python -m s1fast.eval show runs/evalA                      # outputs a "Wait" continued or a cap cut
 
 Written under ``--out``: ``problems.jsonl`` (one line per problem and setting, appended as produced, so
 an interrupted run resumes where it stopped), ``results.json`` (rows, protocol, grader versions,
@@ -297,6 +298,38 @@ def compare_main(argv: Sequence[str]) -> int:
     return 0
 
 
+# ---- show ----------------------------------------------------------------------------------------------------
+def examples(records: Sequence[dict], n: int = 2) -> str:
+    """A few outputs that show budget forcing: a forced "Wait" that continued the thinking, and a cap that
+    forced the answer (each with its setting, verdict and the completion as the model wrote it)."""
+    waited = [r for r in records if any(r["waits"]) and "Wait" in r["samples"][0]]
+    capped = [r for r in records if r["capped"][0]]
+    out = []
+    for title, rs in (("a forced \"Wait\" continued the thinking", waited[-n:]),
+                      ("the thinking budget ran out and the answer was forced", capped[len(capped) // 2:][:n])):
+        for r in rs:
+            verdict = "right" if r["verdicts"][0] else "wrong"
+            out.append(f"--- {title} (problem {r['id']}, budget {r['budget']}, num_wait {r['num_wait']}, "
+                       f"{r['thinking_tokens'][0]} thinking tokens; answer {r['extracted'][0]!r}, gold {r['gold']!r}: "
+                       f"{verdict})\n{r['samples'][0]}")
+    return "\n".join(out) + "\n" if out else "(no output was forced to wait or capped)\n"
+
+
+def show_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m s1fast.eval show",
+                                description="Print outputs where a forced Wait continued the thinking or a cap "
+                                            "forced the answer.")
+    p.add_argument("run", help="problems.jsonl or --out folder of an evaluation")
+    p.add_argument("-n", type=int, default=2, help="examples of each kind")
+    args = p.parse_args(argv)
+    try:
+        print(examples(read_records(args.run), args.n), end="")
+    except (EvalError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ---- the CLI ----------------------------------------------------------------------------------------------
 def _list(parse):
     def f(text: str):
@@ -309,7 +342,8 @@ def _list(parse):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m s1fast.eval", description=__doc__.split("\n\n")[0] +
-                                "\n\nSubcommand: `python -m s1fast.eval compare A B`.")
+                                "\n\nSubcommands: `compare A B` (problems whose verdicts differ), `show DIR` "
+                                "(outputs where a Wait continued the thinking or a cap forced the answer).")
     add_generation_args(p)
     p.add_argument("--data", default=DEFAULT_DATA, help="jsonl of problems, or toy:NAME[:N] (held-out toy problems; "
                                                         "default: the bundled AIME/AMC sample)")
@@ -330,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
+    if argv[:1] == ["show"]:
+        return show_main(argv[1:])
     p = build_parser()
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
