@@ -50,7 +50,7 @@ def read_problems(path: str, question_field: str | None = None, answer_field: st
     if toy.is_spec(path):
         task, n = toy.parse_spec(path)
         if path.count(":") == 1:
-            n = 60
+            n = 50
         rows = toy.make_problems(task, min(n, limit or n), seed=0, split="test")
         return [{"id": r["id"], "question": r["question"], "answer": r["answer"], "source": r["id"],
                  "difficulty": r["difficulty"]} for r in rows]

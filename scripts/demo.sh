@@ -15,7 +15,7 @@ bash scripts/bootstrap.sh
 . .venv/bin/activate
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 torchrun --standalone --nproc_per_node 2 -m s1fast.train --preset tiny --output-dir runs/tiny "$@"
-python -m s1fast.eval --model runs/tiny/final --data toy:chain:60 --protocol s1 \
+python -m s1fast.eval --model runs/tiny/final --data toy:chain:50 --protocol s1 \
   --budgets 8,24,40,56,96 --num-wait 0,1,2 --max-answer-tokens 8 --batch-size 30 --out runs/tiny/eval
 python -m s1fast.eval show runs/tiny/eval -n 1
 echo "[s1fast] demo done: runs/tiny/eval/table.md, runs/tiny/eval/scaling.png, runs/tiny/loss_curve.png, runs/tiny/final/"
