@@ -10,6 +10,7 @@ pass@k, majority vote, mean thinking tokens, waits and capped share (docs/eval.m
     python -m s1fast.eval --model runs/tiny/final --data toy:chain:60 --budgets 8,16,32,64 --protocol s1
     python -m s1fast.eval compare runs/evalA runs/evalB        # problems whose verdicts differ
     python -m s1fast.eval show runs/evalA                      # outputs a "Wait" continued or a cap cut
+    python -m s1fast.eval agreement                            # protocols vs SkyThought's published verdicts
 
 Written under ``--out``: ``problems.jsonl`` (one line per problem and setting, appended as produced, so
 an interrupted run resumes where it stopped), ``results.json`` (rows, protocol, grader versions,
@@ -330,6 +331,38 @@ def show_main(argv: Sequence[str]) -> int:
     return 0
 
 
+# ---- agreement with a published harness ----------------------------------------------------------------------
+AGREEMENT_SAMPLE = os.path.join(os.path.dirname(__file__), "assets", "data", "grader_agreement.jsonl")
+
+
+def agreement(rows: Sequence[dict], name: str) -> list[dict]:
+    """The rows (``text``, ``gt``, ``harness_correct``) where protocol ``name`` disagrees with the harness."""
+    grader = grading.protocol(name)
+    return [r for r in rows if grader.grade(r["text"], r["gt"])["correct"] != r["harness_correct"]]
+
+
+def agreement_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m s1fast.eval agreement",
+                                description="Each protocol's agreement with a harness's published verdicts.")
+    p.add_argument("sample", nargs="?", default=AGREEMENT_SAMPLE,
+                   help="jsonl with text, gt, harness_correct (default: 200 real outputs graded by SkyThought)")
+    args = p.parse_args(argv)
+    try:
+        rows = [r for _, r in read_jsonl(args.sample)]
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("| protocol | agree | disagree (id: harness verdict, extracted here) |\n|---|---:|---|")
+    for name in grading.PROTOCOLS:
+        dis = agreement(rows, name)
+        ids = "; ".join(f"{r.get('id')}: {r['harness_correct']}, "
+                        f"{str(grading.protocol(name).extract(r['text']))[:30]!r}" for r in dis[:12])
+        more = f" (+{len(dis) - 12} more)" if len(dis) > 12 else ""
+        print(f"| {name} | {len(rows) - len(dis)} / {len(rows)} ({100 * (len(rows) - len(dis)) / len(rows):.1f}%) | "
+              f"{ids}{more} |")
+    return 0
+
+
 # ---- the CLI ----------------------------------------------------------------------------------------------
 def _list(parse):
     def f(text: str):
@@ -343,7 +376,8 @@ def _list(parse):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m s1fast.eval", description=__doc__.split("\n\n")[0] +
                                 "\n\nSubcommands: `compare A B` (problems whose verdicts differ), `show DIR` "
-                                "(outputs where a Wait continued the thinking or a cap forced the answer).")
+                                "(outputs where a Wait continued the thinking or a cap forced the answer), `agreement` "
+                                "(each protocol against a harness's published verdicts).")
     add_generation_args(p)
     p.add_argument("--data", default=DEFAULT_DATA, help="jsonl of problems, or toy:NAME[:N] (held-out toy problems; "
                                                         "default: the bundled AIME/AMC sample)")
@@ -366,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare_main(argv[1:])
     if argv[:1] == ["show"]:
         return show_main(argv[1:])
+    if argv[:1] == ["agreement"]:
+        return agreement_main(argv[1:])
     p = build_parser()
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from s1fast import grading
+from s1fast.eval import agreement, agreement_main
 from s1fast.grading import PROTOCOLS, protocol
 
 SAMPLE = os.path.join(os.path.dirname(grading.__file__), "assets", "data", "grader_agreement.jsonl")
@@ -62,7 +63,9 @@ def test_unknown_protocol_and_versions():
 def _disagreements(name):
     rows = [json.loads(x) for x in open(SAMPLE)]
     assert len(rows) == 200
-    return rows, [r for r in rows if PROTOCOLS[name].grade(r["text"], r["gt"])["correct"] != r["harness_correct"]]
+    dis = agreement(rows, name)
+    assert dis == [r for r in rows if PROTOCOLS[name].grade(r["text"], r["gt"])["correct"] != r["harness_correct"]]
+    return rows, dis
 
 
 def test_agreement_with_skythought_verdicts():
@@ -82,3 +85,9 @@ def test_agreement_with_skythought_verdicts():
     for r in dis:
         pred = grading.s1_extract(r["text"])
         assert not (pred.isdigit() and r["gt"].isdigit()), r["id"]
+
+
+def test_agreement_cli(capsys):
+    assert agreement_main([]) == 0
+    out = capsys.readouterr().out
+    assert "| skythought | 199 / 200 (99.5%) |" in out and "| math-verify | 195 / 200 (97.5%) |" in out
