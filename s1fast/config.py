@@ -100,7 +100,7 @@ PRESETS: dict[str, dict] = {
     # dominates as it does for s1) on the toy reasoning task `chain` (s1fast.data.toy; docs/toy.md), 3200
     # problems once, 8 a step (400 steps), lr 1e-2 (a 2-layer, 64-wide model needs the high rate to learn the
     # chain within the steps a 2-core CPU affords; 3e-3 had not learned it after 200 steps); fp32 on CPU.
-    "tiny": dict(model="tiny-qwen2", data="toy:chain:3200", recipe="s1", max_tokens=256, policy="error", epochs=1,
+    "tiny": dict(model="tiny-qwen2", data="toy:chain:3200", recipe="s1", max_tokens=512, policy="truncate", epochs=1,
                  global_batch=8, lr=1e-2, warmup_ratio=0.05, beta1=0.9, beta2=0.95, weight_decay=1e-4,
                  grad_clip=1.0, dtype="fp32", master_dtype="fp32", weighting="sequence", packing="balanced",
                  device="auto", save_every=100, output_dir="runs/tiny"),
