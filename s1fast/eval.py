@@ -410,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvalError(f"--samples must be at least 1, got {args.samples}")
         if args.samples > 1 and args.temperature == 0:
             log("[s1fast.eval] warning: --samples > 1 with --temperature 0 repeats the same greedy output")
+        if not os.path.isdir(args.model):
+            raise EvalError(f"--model {args.model}: no such folder; pass an exported model folder (e.g. "
+                            f"runs/tiny/final, written by s1fast.train)")
         check_writable(args.out)
         problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
         paths = output_paths(args.out)

@@ -148,9 +148,15 @@ def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch
     ro = tmp_path / "ro"
     ro.mkdir()
     os.chmod(ro, 0o500)
+    assert ev.main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "no such folder" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")
     if not os.access(ro, os.W_OK):   # root can write anywhere
-        assert ev.main(["--model", "nowhere", "--out", str(ro / "x")]) == 2
+        assert ev.main(["--model", str(tmp_path), "--out", str(ro / "x")]) == 2
         assert "not writable" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert ev.main(["--model", str(tmp_path), "--out", str(blocker / "x")]) == 2
+    assert "not writable" in capsys.readouterr().err
     calls = []
 
     def fake_open(args):
@@ -158,7 +164,7 @@ def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch
         return RuleModel(tok), tok, "native"
     monkeypatch.setattr(ev, "open_backend", fake_open)
     out = tmp_path / "a"
-    argv = ["--model", "m", "--limit", "3", "--budgets", "4,100", "--num-wait", "0", "--max-answer-tokens", "8",
+    argv = ["--model", str(tmp_path), "--limit", "3", "--budgets", "4,100", "--num-wait", "0", "--max-answer-tokens", "8",
             "--max-total-tokens", "4096", "--protocol", "s1", "--out", str(out)]
     assert ev.main(argv) == 0
     lines = open(out / "problems.jsonl").read().splitlines()
