@@ -98,8 +98,9 @@ PRESETS: dict[str, dict] = {
                    activation_checkpointing="full", output_dir="runs/sky-t1"),
     # The embedded default: tiny Qwen2-architecture model (the real 151936-row vocabulary, so the loss head
     # dominates as it does for s1) on the toy reasoning task `chain` (s1fast.data.toy; docs/toy.md), 3200
-    # problems once, 8 a step (400 steps), lr 1e-2 (a 2-layer, 64-wide model needs the high rate to learn the
-    # chain within the steps a 2-core CPU affords; 3e-3 had not learned it after 200 steps); fp32 on CPU.
+    # problems once, 8 a step (400 steps), lr 1e-2: in a compact-vocabulary proxy of this model, lr 3e-3 had
+    # not learned the task after 200 steps of 16 (8% held-out) and lr 1e-2 reached 60% after 400 steps of 8.
+    # With the full vocabulary it learns more slowly (bench/RESULTS.md has the measured run); fp32 on CPU.
     "tiny": dict(model="tiny-qwen2", data="toy:chain:3200", recipe="s1", max_tokens=512, policy="truncate", epochs=1,
                  global_batch=8, lr=1e-2, warmup_ratio=0.05, beta1=0.9, beta2=0.95, weight_decay=1e-4,
                  grad_clip=1.0, dtype="fp32", master_dtype="fp32", weighting="sequence", packing="balanced",
