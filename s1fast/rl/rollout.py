@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import ConfigError
 from ..forcing import BudgetForcer, ForcingTokens
 from ..generate import DEFAULT_SYSTEM, prompt_ids, run_native
 
@@ -111,15 +112,15 @@ class VLLMRollout(Rollout):
     """The same on a colocated vLLM engine (GPU only); weights refreshed in place from the trainer."""
 
     def __init__(self, tokenizer, cfg, device, model_dir: str):
-        super().__init__(tokenizer, cfg, device)
         if device.type != "cuda":
-            raise RuntimeError("--generator vllm runs on a GPU node; this run is on the CPU: use --generator native")
+            raise ConfigError("--generator vllm runs on a GPU node; this run is on the CPU: use --generator native")
         try:
             from vllm import LLM
         except ImportError as e:
-            raise RuntimeError("--generator vllm needs vllm installed on this GPU node (`pip install vllm`); "
-                               "or use --generator native") from e
+            raise ConfigError("--generator vllm needs vllm installed on this GPU node (`pip install vllm`); "
+                              "or use --generator native") from e
         from ..generate import VLLMBackend
+        super().__init__(tokenizer, cfg, device)
         self.llm = LLM(model_dir, dtype="bfloat16" if cfg.dtype == "bf16" else "float32",
                        gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=cfg.seed)
         self.backend = VLLMBackend(self.llm)
