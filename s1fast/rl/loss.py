@@ -1,5 +1,5 @@
 """The GRPO objective: group-relative advantages, the clipped policy-gradient loss, the k3 KL penalty, and
-the per-token weights of each normalisation (derivations and references: docs/rl.md).
+the per-token weights of each normalisation (derivation and references: docs/rl.md).
 
     adv = group_advantages(rewards [B*G], G, scale="std")          # per completion
     w   = token_weights(lengths, norm="token", max_len=C)           # per completion, for each of its tokens
