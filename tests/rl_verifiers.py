@@ -8,11 +8,11 @@ def text_hash(completion, row):
 
 
 def fails(question):
-    return zlib.crc32(question.encode()) % 4 == 3
+    return zlib.crc32(question.encode()) % 3 == 0
 
 
 def fails_on_some(completion, row):
-    """Raises on about a quarter of the prompts (a bug in a user's verifier)."""
+    """Raises on about a third of the prompts (a bug in a user's verifier)."""
     if fails(row["question"]):
         raise KeyError("no reference for this one")
     return 0.0

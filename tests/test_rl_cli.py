@@ -86,8 +86,15 @@ def test_one_rank_run_logs_every_metric_and_reports_the_raising_verifier(single)
     assert any(x["clip_fraction"] > 0 for x in r), "the second update of a batch moves the ratio past the clip"
     assert any(x["kl"] > 0 for x in r)
     # the raising verifier: reported with its prompt, counted, its groups dropped from the update
+    from s1fast.rl.config import parse_config
+    from s1fast.rl.loop import iteration_prompts, load_rows
+    prompts, _ = load_rows(parse_config(BASE))
+    drawn = [(it + 1, prompts[i]["question"]) for it in range(2) for i in iteration_prompts(len(prompts), 2, 0, it)]
+    failing = {d for d in drawn if fails(d[1])}
+    assert 0 < len(failing) < len(drawn), "test set-up: the draw must hold prompts the verifier fails on and others"
     errs = [json.loads(line) for line in open(os.path.join(out, "verifier_errors.jsonl"))]
-    assert errs and all(fails(e["question"]) and "KeyError" in e["error"] for e in errs)
+    assert {(e["iteration"], e["question"]) for e in errs} == failing
+    assert all("KeyError" in e["error"] for e in errs) and len(errs) == 2 * len(failing)  # each of G samples
     assert sum(x["verifier_errors"] for x in r) == len(errs)
     assert sum(x["dropped_groups"] for x in r) == len({(e["iteration"], e["question"]) for e in errs})
     assert "verifier error" in p.stdout + p.stderr and errs[0]["question"] in p.stdout + p.stderr

@@ -65,3 +65,25 @@ def test_prompt_draw_and_sample_seeds_are_functions_of_the_iteration_only():
     assert a == iteration_prompts(100, 8, seed=3, it=5) and len(set(a)) == 8
     assert a != iteration_prompts(100, 8, seed=3, it=6)
     assert len({sample_seed(0, it, p, j) for it in range(3) for p in range(4) for j in range(4)}) == 48
+
+
+def test_presets_validate_and_the_toy_preset_fits_every_toy_prompt(capsys):
+    from transformers import AutoTokenizer
+
+    from s1fast.generate import BUNDLED_TOKENIZER
+    from s1fast.rl.config import PRESETS, parse_config, validate
+    from s1fast.rl.loop import check_prompts, load_rows
+    from s1fast.rl.rollout import Rollout
+    for name in PRESETS:
+        validate(parse_config(["--preset", name, "--model", "x"]), world=2)
+    cfg = parse_config(["--preset", "toy", "--data", "toy:sum:400", "--eval-problems", "50"])
+    rows, held = load_rows(cfg)
+    assert len(rows) == 400 and len(held) == 50
+    assert not {r["question"] for r in rows} & {r["question"] for r in held}, "held-out problems never trained on"
+    ro = Rollout(AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER), cfg, torch.device("cpu"))
+    check_prompts(rows + held, ro, cfg, "toy")
+    with pytest.raises(ConfigError, match="multiple of the world size"):
+        validate(parse_config(["--preset", "toy", "--prompts-per-iter", "3"]), world=2)
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--help"])
+    assert e.value.code == 0 and "--rewards" in capsys.readouterr().out
