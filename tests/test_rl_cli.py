@@ -97,7 +97,7 @@ def test_one_rank_run_logs_every_metric_and_reports_the_raising_verifier(single)
     assert all("KeyError" in e["error"] for e in errs) and len(errs) == 2 * len(failing)  # each of G samples
     assert sum(x["verifier_errors"] for x in r) == len(errs)
     assert sum(x["dropped_groups"] for x in r) == len({(e["iteration"], e["question"]) for e in errs})
-    assert "verifier error" in p.stdout + p.stderr and errs[0]["question"] in p.stdout + p.stderr
+    assert "verifier error" in p.stdout + p.stderr and repr(errs[0]["question"]) in p.stdout + p.stderr
     assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
 
 

@@ -158,28 +158,27 @@ def update(model, ref, optimizer, batches, cfg, params):
             old = [forward_logp(model, b, cfg.temperature)[0] for b, _ in batches]
         if ref is not None:
             ref_lp = [forward_logp(ref, b, cfg.temperature)[0] for b, _ in batches]
-    loss_sum = clipped = tokens = kl_sum = ent_sum = gnorm_sum = 0.0
+    dev = batches[0][0].input_ids.device
+    # loss, clipped tokens, tokens, KL sum, entropy sum, grad norm: device sums, read once (no per-micro sync)
+    acc = torch.zeros(6, dtype=torch.float64, device=dev)
     for _ in range(cfg.updates_per_batch):
-        step_loss = torch.zeros((), dtype=torch.float64)
         for k, (b, adv) in enumerate(batches):
             logp, ent = forward_logp(model, b, cfg.temperature, entropy=True)
             loss, st = grpo_token_loss(logp, old[k] if old is not None else logp.detach(), adv, b.loss_weight,
                                        ref_logp=ref_lp[k] if ref_lp is not None else None, clip=cfg.clip,
                                        kl_coef=cfg.kl_coef)
             (loss * scale).backward()
-            step_loss += loss.detach().double().cpu()
-            clipped += float(st["clipped"])
-            tokens += float(st["tokens"])
-            kl_sum += float(st["kl"]) if st["kl"] is not None else 0.0
-            ent_sum += float(torch.where(b.loss_weight != 0, ent.detach(), 0.0).sum())
+            acc[:5] += torch.stack([loss.detach(), st["clipped"], st["tokens"],
+                                    st["kl"] if st["kl"] is not None else torch.zeros((), device=dev),
+                                    torch.where(b.loss_weight != 0, ent.detach(), 0.0).sum()]).double()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+        acc[5] += (gn.full_tensor() if hasattr(gn, "full_tensor") else gn).double()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum += float(step_loss)
-        gnorm_sum += float(gn)
-    loss_sum, clipped, tokens, kl_sum, ent_sum = distributed.all_reduce_sum(
-        [loss_sum, clipped, tokens, kl_sum, ent_sum], batches[0][0].input_ids.device)
+    loss_sum, clipped, tokens, kl_sum, ent_sum, gnorm_sum = acc.tolist()
+    # the grad norm is already global; the other sums are over this rank's tokens
+    loss_sum, clipped, tokens, kl_sum, ent_sum = distributed.all_reduce_sum([loss_sum, clipped, tokens, kl_sum,
+                                                                             ent_sum], dev)
     u = cfg.updates_per_batch
     return {"loss": loss_sum / u, "clip_fraction": clipped / max(tokens, 1), "kl": kl_sum / max(tokens, 1)
             if ref is not None else None, "entropy": ent_sum / max(tokens, 1), "grad_norm": gnorm_sum / u}
