@@ -19,7 +19,7 @@ class RLConfig:
     model: str = field(default="", metadata={"help": "Hugging Face model folder to start from (an s1fast SFT export, "
                                              "or any Qwen2/Llama checkpoint)"})
     tokenizer: str = field(default="", metadata={"help": "tokenizer folder; empty = the model folder's, else bundled"})
-    data: str = field(default="toy:sum:2000", metadata={"help": "prompts: toy:NAME[:N] (the toy task's training split) "
+    data: str = field(default="toy:chain:2000", metadata={"help": "prompts: toy:NAME[:N] (the toy task's training split) "
                                                         "or a .jsonl with question and answer fields"})
     rewards: str = field(default="toy=1.0", metadata={
         "help": "verifiers and weights, comma-separated NAME=W: toy (the toy task's exact checker), math (s1fast."
@@ -91,7 +91,7 @@ PRESETS: dict[str, dict] = {
     # The embedded default: the toy task from the tiny preset's SFT export (python -m s1fast.train --preset tiny),
     # on 2 CPU cores. 288 tokens: the longest toy prompt (66) + the forcing text + its longest trace (100 tokens)
     # fit beside the 100 tokens of answer room that the "auto" thinking budget keeps.
-    "toy": dict(model="runs/tiny/final", data="toy:sum:2000", rewards="toy=1.0", iterations=30, prompts_per_iter=8,
+    "toy": dict(model="runs/tiny/final", data="toy:chain:2000", rewards="toy=1.0", iterations=30, prompts_per_iter=8,
                 group_size=8, updates_per_batch=1, adv_scale="std", norm="token", lr=1e-4, temperature=1.0,
                 max_total_tokens=288, max_answer_tokens=8, dtype="fp32", eval_problems=100, save_every=10,
                 output_dir="runs/rl-toy"),
