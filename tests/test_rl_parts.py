@@ -76,9 +76,9 @@ def test_presets_validate_and_the_toy_preset_fits_every_toy_prompt(capsys):
     from s1fast.rl.rollout import Rollout
     for name in PRESETS:
         validate(parse_config(["--preset", name, "--model", "x"]), world=2)
-    cfg = parse_config(["--preset", "toy", "--data", "toy:sum:400", "--eval-problems", "50"])
+    cfg = parse_config(["--preset", "toy"])  # its own prompts and held-out problems, as a user runs it
     rows, held = load_rows(cfg)
-    assert len(rows) == 400 and len(held) == 50
+    assert len(rows) == 2000 and len(held) == cfg.eval_problems > 0
     assert not {r["question"] for r in rows} & {r["question"] for r in held}, "held-out problems never trained on"
     ro = Rollout(AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER), cfg, torch.device("cpu"))
     check_prompts(rows + held, ro, cfg, "toy")

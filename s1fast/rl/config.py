@@ -93,7 +93,7 @@ PRESETS: dict[str, dict] = {
     # fit beside the 100 tokens of answer room that the "auto" thinking budget keeps.
     "toy": dict(model="runs/tiny/final", data="toy:chain:2000", rewards="toy=1.0", iterations=30, prompts_per_iter=8,
                 group_size=8, updates_per_batch=1, adv_scale="std", norm="token", lr=1e-4, temperature=1.0,
-                max_total_tokens=288, max_answer_tokens=8, dtype="fp32", eval_problems=100, save_every=10,
+                max_total_tokens=288, max_answer_tokens=8, dtype="fp32", eval_problems=50, save_every=10,
                 output_dir="runs/rl-toy"),
     # DeepSeekMath / R1-style GRPO constants for a GPU node (pass --model and --data).
     "grpo": dict(rewards="math=1.0,format=0.1", iterations=500, prompts_per_iter=64, group_size=16,
