@@ -121,8 +121,14 @@ class VLLMRollout(Rollout):
                               "or use --generator native") from e
         from ..generate import VLLMBackend
         super().__init__(tokenizer, cfg, device)
+        import torch.distributed as dist
+        extra = {}
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            # colocated under torchrun: one engine per rank in this process (vLLM's "external_launcher" backend,
+            # as TRL's colocate mode runs it), each on its rank's GPU
+            extra = dict(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
         self.llm = LLM(model_dir, dtype="bfloat16" if cfg.dtype == "bf16" else "float32",
-                       gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=cfg.seed)
+                       gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=cfg.seed, **extra)
         self.backend = VLLMBackend(self.llm)
 
     def _engine_model(self):
