@@ -43,6 +43,8 @@ class RLConfig:
     kl_coef: float = field(default=0.0, metadata={"help": "k3 KL penalty to the frozen start model (0: no reference)"})
     # sampling
     generator: str = field(default="native", metadata={"help": "native (s1fast's engine) or vllm (GPU, colocated)"})
+    vllm_gpu_memory: float = field(default=0.3, metadata={"help": "--generator vllm: share of the GPU's memory the "
+                                                          "colocated engine may take (the rest trains)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (the policy is softmax(z / T))"})
     max_total_tokens: int = field(default=256, metadata={"help": "prompt + completion budget in tokens"})
     max_thinking_tokens: str = field(default="auto", metadata={"help": "thinking budget (int or auto)"})

@@ -128,7 +128,7 @@ class VLLMRollout(Rollout):
             # as TRL's colocate mode runs it), each on its rank's GPU
             extra = dict(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
         self.llm = LLM(model_dir, dtype="bfloat16" if cfg.dtype == "bf16" else "float32",
-                       gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=cfg.seed, **extra)
+                       gpu_memory_utilization=cfg.vllm_gpu_memory, enable_prefix_caching=True, seed=cfg.seed, **extra)
         self.backend = VLLMBackend(self.llm)
 
     def _engine_model(self):
