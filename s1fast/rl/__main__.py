@@ -1,0 +1,30 @@
+"""``torchrun --nproc_per_node N -m s1fast.rl [--preset NAME] [--key value ...]`` (``--help`` lists every flag)."""
+from __future__ import annotations
+
+import sys
+
+from .. import distributed
+from ..config import ConfigError
+from ..data import DataError
+from ..train import TrainingDiverged
+from .config import parse_config, validate
+from .loop import VerifierError, run
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(argv)
+    device, rank, world = distributed.init(cfg.device)
+    try:
+        validate(cfg, world)
+        run(cfg, device, rank, world)
+        return 0
+    except (ConfigError, DataError, TrainingDiverged, VerifierError, FileNotFoundError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

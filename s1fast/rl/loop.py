@@ -1,0 +1,409 @@
+"""The GRPO iteration, top to bottom: configuration -> prompts (all checked before compute) -> policy (FSDP2,
+from a Hugging Face folder) and frozen reference -> resume -> iterations -> final checkpoint and export.
+
+One iteration: the iteration's prompts (a seeded draw, the same whatever the world size) are dealt to ranks;
+the FSDP2 shards are gathered into a generation copy and each rank samples G completions per prompt
+(``rollout``), then frees it; verifiers score them (``rewards``); every rank receives every completion
+(all-gather of token lists), computes the group advantages and the per-token weights of the normalisation
+over the whole batch (``loss``), and the balanced planner packs the completions into micro-batches across
+ranks; ``updates_per_batch`` optimizer steps follow, each summing sum_t w_t l_t over every micro-batch
+(log-probs by ``s1fast_kernels.logprob_op`` inside the model's forward, where FSDP2 has the lm_head gathered).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+from .. import checkpoint, distributed
+from ..config import ConfigError
+from ..metrics import Metrics
+from ..train import TrainingDiverged, param_groups
+from .config import RLConfig
+from .loss import group_advantages, grpo_token_loss, token_weights
+from .rewards import BUILTIN, CORRECTNESS, parse_rewards, score
+
+TIMING = ("gen_time", "train_time", "step_time", "tokens_per_s", "eval_time")  # the only run-to-run differences
+
+
+class VerifierError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def resolve(cfg: RLConfig) -> tuple[object, str]:
+    from ..data import DEFAULT_TOKENIZER
+    from ..model import ModelConfig
+    if not os.path.isdir(cfg.model) or not os.path.exists(os.path.join(cfg.model, "config.json")):
+        hint = " (train it first: python -m s1fast.train --preset tiny)" if cfg.model == "runs/tiny/final" else ""
+        raise ConfigError(f"--model {cfg.model} is not a Hugging Face model folder with a config.json{hint}")
+    tok = cfg.tokenizer or (cfg.model if os.path.exists(os.path.join(cfg.model, "tokenizer_config.json"))
+                            else DEFAULT_TOKENIZER)
+    if not os.path.isdir(tok):
+        raise ConfigError(f"--tokenizer {tok} is not a folder")
+    return ModelConfig.from_hf(os.path.join(cfg.model, "config.json")), tok
+
+
+def load_rows(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
+    """(training prompts, held-out evaluation problems): rows with question and answer."""
+    from ..data import toy
+    if toy.is_spec(cfg.data):
+        task, n = toy.parse_spec(cfg.data)
+        held = toy.make_problems(task, cfg.eval_problems, seed=cfg.seed, split="test") if cfg.eval_problems else []
+        return toy.make_problems(task, n, seed=cfg.seed + 1, split="train"), held
+    if not os.path.exists(cfg.data):
+        raise ConfigError(f"--data {cfg.data}: no such file; give a .jsonl with question/answer fields or toy:NAME")
+    from ..eval import read_problems
+    try:
+        rows = read_problems(cfg.data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.eval_problems:
+        raise ConfigError("--eval-problems draws from the toy task's held-out split; with a --data file evaluate "
+                          "the exported model with python -m s1fast.eval")
+    return rows, []
+
+
+def check_prompts(rows: list[dict], rollout, cfg: RLConfig, what: str) -> None:
+    """Refuse, before any compute, a prompt that leaves no room to think within --max-total-tokens."""
+    from ..forcing import auto_max_thinking
+    for i, row in enumerate(rows):
+        n = len(rollout.prompt(row["question"]))
+        room = auto_max_thinking(n, cfg.max_total_tokens, rollout.tokens)
+        if room < 1:
+            raise ConfigError(f"{what} row {i} ({row['question'][:60]!r}...): its prompt takes {n} tokens, which with "
+                              f"the forcing text and 100 tokens of answer room leaves no thinking budget within "
+                              f"--max-total-tokens {cfg.max_total_tokens}; raise it or remove the row")
+
+
+def build_policy(mcfg, folder, device, world, compute_dtype, master_dtype, trainable: bool):
+    from ..model import build_model, load_weights
+    model = build_model(mcfg, device="meta", dtype=master_dtype)
+    distributed.shard_model(model, distributed.make_mesh(device, world), param_dtype=compute_dtype)
+    model.to_empty(device=device)
+    load_weights(model, folder)
+    if not trainable:
+        model.requires_grad_(False)
+    return model
+
+
+def gathered_state(model) -> dict:
+    """Every rank gets the full (unsharded) weights, for its generation copy; collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False,
+                                                                broadcast_from_rank0=False))
+
+
+def all_gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def iteration_prompts(n_rows: int, k: int, seed: int, it: int) -> list[int]:
+    """The prompts of iteration ``it``: a seeded draw without replacement (with it when k > n_rows)."""
+    rng = random.Random(f"s1fast-rl/{seed}/{it}")
+    return rng.sample(range(n_rows), k) if k <= n_rows else [rng.randrange(n_rows) for _ in range(k)]
+
+
+# ------------------------------------------------------------------------------------------ one update
+def packed_batches(completions, weights, adv, rank, world, cfg, mcfg, it, device):
+    """This rank's packed micro-batches (balanced planner over all ranks) with per-token advantages."""
+    from ..packing import CostModel, collate, make_plan
+    lengths = [len(c["ids"]) for c in completions]
+    plan = make_plan(lengths, [c["sampled_tokens"] for c in completions], world_size=world,
+                     max_tokens=cfg.micro_tokens, global_batch=len(completions), epochs=1, seed=cfg.seed + it,
+                     mode="balanced", cost=CostModel.from_hf_config(mcfg.to_hf()))
+    step = plan.steps[0]
+    mine, n_micro = step.micro_batches[rank], max(len(m) for m in step.micro_batches)
+    out = []
+    for k in range(n_micro):
+        ids = mine[k] if k < len(mine) else []
+        ex = [(torch.tensor(completions[i]["ids"]), torch.tensor(completions[i]["labels"])) for i in ids]
+        b = collate(ex, [float(weights[i]) for i in ids], device=device, pad_to_nonempty=True)
+        doc_adv = torch.tensor([float(adv[i]) for i in ids] or [0.0], dtype=torch.float32, device=device)
+        doc = torch.repeat_interleave(torch.arange(b.num_docs, device=device),
+                                      torch.diff(b.cu_seqlens.to(device).long()))
+        out.append((b, doc_adv[doc]))
+    return out
+
+
+def logprob_head(targets, temperature, entropy):
+    from s1fast_kernels.logprob_op import token_logprobs
+
+    def head(hidden, weight):
+        return token_logprobs(hidden, weight, targets, temperature=temperature, entropy=entropy)
+    return head
+
+
+def forward_logp(model, b, temperature, entropy=False):
+    return model(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen, head=logprob_head(b.targets, temperature,
+                                                                                            entropy))
+
+
+def update(model, ref, optimizer, batches, cfg, params):
+    """``updates_per_batch`` optimizer steps on this batch; returns summed statistics over ranks."""
+    scale = distributed.grad_scale()
+    old = ref_lp = None
+    with torch.no_grad():
+        if cfg.updates_per_batch > 1:
+            old = [forward_logp(model, b, cfg.temperature)[0] for b, _ in batches]
+        if ref is not None:
+            ref_lp = [forward_logp(ref, b, cfg.temperature)[0] for b, _ in batches]
+    dev = batches[0][0].input_ids.device
+    # loss, clipped tokens, tokens, KL sum, entropy sum, grad norm: device sums, read once (no per-micro sync)
+    acc = torch.zeros(6, dtype=torch.float64, device=dev)
+    for _ in range(cfg.updates_per_batch):
+        for k, (b, adv) in enumerate(batches):
+            logp, ent = forward_logp(model, b, cfg.temperature, entropy=True)
+            loss, st = grpo_token_loss(logp, old[k] if old is not None else logp.detach(), adv, b.loss_weight,
+                                       ref_logp=ref_lp[k] if ref_lp is not None else None, clip=cfg.clip,
+                                       kl_coef=cfg.kl_coef)
+            (loss * scale).backward()
+            acc[:5] += torch.stack([loss.detach(), st["clipped"], st["tokens"],
+                                    st["kl"] if st["kl"] is not None else torch.zeros((), device=dev),
+                                    torch.where(b.loss_weight != 0, ent.detach(), 0.0).sum()]).double()
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        acc[5] += (gn.full_tensor() if hasattr(gn, "full_tensor") else gn).double()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    loss_sum, clipped, tokens, kl_sum, ent_sum, gnorm_sum = acc.tolist()
+    # the grad norm is already global; the other sums are over this rank's tokens
+    loss_sum, clipped, tokens, kl_sum, ent_sum = distributed.all_reduce_sum([loss_sum, clipped, tokens, kl_sum,
+                                                                             ent_sum], dev)
+    u = cfg.updates_per_batch
+    return {"loss": loss_sum / u, "clip_fraction": clipped / max(tokens, 1), "kl": kl_sum / max(tokens, 1)
+            if ref is not None else None, "entropy": ent_sum / max(tokens, 1), "grad_norm": gnorm_sum / u}
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def reward_metrics(groups: list[list[dict]], verifiers, dropped: int) -> dict:
+    flat = [c for g in groups for c in g]
+    r = torch.tensor([c["reward"] for c in flat], dtype=torch.float64)
+    row = {"reward_mean": float(r.mean()), "reward_std": float(r.std()) if len(flat) > 1 else 0.0}
+    for name, _, _ in verifiers:
+        row[f"reward/{name}"] = sum(c["scores"][name] for c in flat) / len(flat)
+    correct = [n for n, _, _ in verifiers if n in CORRECTNESS]
+    if correct:
+        row["accuracy"] = sum(c["scores"][correct[0]] == 1.0 for c in flat) / len(flat)
+    row["completion_tokens"] = sum(c["completion_tokens"] for c in flat) / len(flat)
+    row["sampled_tokens"] = sum(c["sampled_tokens"] for c in flat) / len(flat)
+    row["capped"] = sum(c["capped"] for c in flat) / len(flat)
+    equal = sum(len({c["reward"] for c in g}) == 1 for g in groups)
+    row["all_equal_groups"] = equal / len(groups)
+    row["all_zero_reward"] = bool((r == 0).all())
+    row["no_signal"] = equal + dropped >= len(groups)
+    row["verifier_errors"] = sum(len(c["errors"]) for c in flat)
+    row["dropped_groups"] = dropped
+    return row
+
+
+def evaluate(rollout, rows, rank, world, verifiers) -> float:
+    """Held-out accuracy, greedy, the rows dealt to ranks; graded by the first correctness verifier."""
+    name = next((n for n, _, _ in verifiers if n in CORRECTNESS), "toy")
+    fn = dict((n, f) for n, _, f in verifiers).get(name) or BUILTIN[name]
+    mine = rows[rank::world]
+    got = sum(float(fn(c, r)) == 1.0 for c, r in zip(rollout.greedy(mine), mine))
+    dev = rollout.device
+    total, n = distributed.all_reduce_sum([float(got), float(len(mine))], dev)
+    return total / max(n, 1)
+
+
+def plot_rewards(metrics_path: str) -> str | None:
+    from ..metrics import read_metrics
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = os.path.join(os.path.dirname(metrics_path), "reward_curve.png")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    it = [r["step"] for r in rows]
+    ax.plot(it, [r["reward_mean"] for r in rows], label="reward (mean)", lw=1.6)
+    if "accuracy" in rows[0]:
+        ax.plot(it, [r["accuracy"] for r in rows], label="sampled accuracy", lw=1)
+    ev = [(r["step"], r["eval_accuracy"]) for r in rows if r.get("eval_accuracy") is not None]
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="held-out accuracy (greedy)")
+    ax.set_xlabel("RL iteration")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"s1fast RL: {rows[-1].get('run', '')}")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def run(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from ..model import save_state_dict_hf
+    from .rollout import Rollout, VLLMRollout
+
+    verifiers = parse_rewards(cfg.rewards)
+    mcfg, tok_dir = resolve(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    rows, held = load_rows(cfg)
+    if cfg.generator == "vllm":
+        rollout = VLLMRollout(tokenizer, cfg, device, cfg.model)
+    else:
+        rollout = Rollout(tokenizer, cfg, device)
+    check_prompts(rows, rollout, cfg, cfg.data)
+    check_prompts(held, rollout, cfg, "held-out")
+    compute_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    master_dtype = torch.bfloat16 if cfg.master_dtype == "bf16" else torch.float32
+    model = build_policy(mcfg, cfg.model, device, world, compute_dtype, master_dtype, True)
+    ref = build_policy(mcfg, cfg.model, device, world, compute_dtype, master_dtype, False) if cfg.kl_coef else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  eps=1e-8)
+    warm = cfg.warmup_iters
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0)
+
+    ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+    signature = {k: getattr(cfg, k) for k in ("model", "data", "rewards", "seed", "prompts_per_iter", "group_size",
+                                              "updates_per_batch", "norm", "adv_scale", "temperature", "kl_coef")}
+    start, last_ckpt = 0, None
+    if cfg.resume != "never":
+        path = checkpoint.latest(ckpt_root) if cfg.resume == "auto" else cfg.resume
+        if path is not None:
+            state = checkpoint.load(path, model, optimizer)
+            if state.get("rl_signature") != signature:
+                raise ConfigError(f"{path} was saved by another RL run ({state.get('rl_signature')}); this run has "
+                                  f"{signature}. Pass --resume never or a new --output-dir.")
+            scheduler.load_state_dict(state["scheduler"])
+            start, last_ckpt = state["step"], path
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    metrics = Metrics(cfg.output_dir, cfg.iterations, enabled=rank == 0, progress=cfg.progress, start_step=start)
+    errors_path = os.path.join(cfg.output_dir, "verifier_errors.jsonl")
+    if rank == 0:
+        if start:
+            metrics.message(f"[s1fast] resumed from {last_ckpt} at iteration {start}")
+        metrics.message(f"[s1fast rl] {cfg.preset or 'custom'}: {len(rows)} prompts, {cfg.iterations} iterations of "
+                        f"{cfg.prompts_per_iter} prompts x {cfg.group_size} samples, {world} rank(s), rewards "
+                        f"{cfg.rewards}, norm {cfg.norm}, generator {cfg.generator}")
+
+    def save(it):
+        return checkpoint.save(ckpt_root, it, model, optimizer, {"scheduler": scheduler.state_dict(),
+                                                                  "config": cfg.to_dict(), "rl_signature": signature},
+                               cfg.keep_checkpoints)
+
+    def with_generator(fn):
+        sd = gathered_state(model)
+        rollout.refresh(model, sd, compute_dtype)
+        del sd
+        try:
+            return fn()
+        finally:
+            rollout.free()
+
+    total = cfg.iterations
+    try:
+        for it in range(start, total):
+            t0 = time.perf_counter()
+            idx = iteration_prompts(len(rows), cfg.prompts_per_iter, cfg.seed, it)
+            mine = idx[rank::world]
+            eval_acc = None
+
+            def generate():
+                acc = None
+                if held and ((it == 0) or (cfg.eval_every and it % cfg.eval_every == 0)):
+                    acc = evaluate(rollout, held, rank, world, verifiers)
+                return acc, rollout.sample([rows[i] for i in mine], mine, it)
+            eval_acc, groups = with_generator(generate)
+            t_gen = time.perf_counter() - t0
+            for p, g in zip(mine, groups):
+                for c in g:
+                    c["reward"], c["scores"], c["errors"] = score(c, rows[p], verifiers)
+            # every rank gets every group, in the iteration's prompt order
+            by_prompt = {}
+            for part in all_gather(list(zip(range(rank, len(idx), world), groups)), world):
+                by_prompt.update(dict(part))
+            groups = [by_prompt[j] for j in range(len(idx))]
+            errs = [e for j, g in enumerate(groups) for c in g for e in c["errors"]]
+            if errs:
+                if rank == 0:
+                    with open(errors_path, "a") as f:
+                        for e in errs:
+                            f.write(json.dumps(dict(e, iteration=it + 1)) + "\n")
+                    e = errs[0]
+                    metrics.message(f"[s1fast rl] warning: iteration {it + 1}: {len(errs)} verifier error(s), e.g. "
+                                    f"{e['verifier']} on {e['question']!r}: {e['error']} (all in {errors_path})")
+                if cfg.on_verifier_error == "fail":
+                    raise VerifierError(f"verifier {errs[0]['verifier']} raised on prompt {errs[0]['question']!r}: "
+                                        f"{errs[0]['error']} (see {errors_path}; --on-verifier-error drop skips such groups)")
+            bad = torch.tensor([any(c["errors"] for c in g) for g in groups])
+            flat = [c for g in groups for c in g]
+            rewards = torch.tensor([c["reward"] for c in flat], dtype=torch.float64)
+            adv = group_advantages(rewards, cfg.group_size, cfg.adv_scale)
+            adv = torch.where(bad.repeat_interleave(cfg.group_size), 0.0, adv)
+            w = token_weights(torch.tensor([c["sampled_tokens"] for c in flat]), cfg.norm, max_len=cfg.max_total_tokens)
+            t1 = time.perf_counter()
+            batches = packed_batches(flat, w, adv, rank, world, cfg, mcfg, it, device)
+            model.train()
+            upd = update(model, ref, optimizer, batches, cfg, params)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            t_train = time.perf_counter() - t1
+            if not math.isfinite(upd["loss"]) or not math.isfinite(upd["grad_norm"]):
+                raise TrainingDiverged(f"loss {upd['loss']} / grad norm {upd['grad_norm']} at iteration {it + 1}: "
+                                       f"stopped. Last good checkpoint: {last_ckpt or 'none'}. Lower --lr or check "
+                                       "the rewards.")
+            dt = time.perf_counter() - t0
+            row = {"step": it + 1, **reward_metrics(groups, verifiers, int(bad.sum())), **upd, "lr": lr,
+                   "gen_time": t_gen, "train_time": t_train, "step_time": dt,
+                   "tokens_per_s": sum(len(c["ids"]) for c in flat) / dt, "run": cfg.preset or "custom"}
+            if eval_acc is not None:
+                row["eval_accuracy"] = eval_acc
+            if row["no_signal"] and rank == 0:
+                why = "every reward is 0" if row["all_zero_reward"] else "every group's rewards are all equal"
+                metrics.message(f"[s1fast rl] iteration {it + 1}: {why}: no learning signal (only the KL term, if any)")
+            metrics.log(row)
+            if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
+                last_ckpt = save(it + 1)
+            if stop["signal"] is not None:
+                last_ckpt = save(it + 1)
+                metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at iteration {it + 1}; run "
+                                "again with the same --output-dir to resume")
+                return {"stopped": it + 1, "checkpoint": last_ckpt}
+        if total > start or last_ckpt is None:
+            last_ckpt = save(total)
+        result = {"iterations": total, "checkpoint": last_ckpt}
+        if held:
+            acc = with_generator(lambda: evaluate(rollout, held, rank, world, verifiers))
+            result["eval_accuracy"] = acc
+            if rank == 0:
+                with open(os.path.join(cfg.output_dir, "eval_final.json"), "w") as f:
+                    json.dump({"iterations": total, "eval_accuracy": acc, "eval_problems": len(held)}, f)
+                metrics.message(f"[s1fast rl] held-out accuracy after {total} iterations: {acc:.3f}")
+        if cfg.export:
+            sd = checkpoint.full_state_dict(model)
+            final = os.path.join(cfg.output_dir, "final")
+            if rank == 0:
+                save_state_dict_hf(sd, mcfg, final, tok_dir)
+                metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
+            distributed.barrier()
+            result["final"] = final
+        return result
+    finally:
+        metrics.close(plot=cfg.plot)
+        if cfg.plot and rank == 0 and os.path.exists(metrics.path):
+            plot_rewards(metrics.path)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)

@@ -1,0 +1,89 @@
+"""The RL command's parts in-process: verifier parsing and scoring (errors reported, never silent), which
+tokens count as the policy's samples under budget forcing, the vLLM generator refused on a CPU, and the
+seeded prompt draw."""
+import pytest
+import torch
+
+from s1fast.config import ConfigError
+from s1fast.forcing import ForcingTokens
+from s1fast.rl.config import RLConfig
+from s1fast.rl.loop import iteration_prompts
+from s1fast.rl.rewards import parse_rewards, score
+from s1fast.rl.rollout import RecordingForcer, VLLMRollout, sample_seed
+
+
+def test_parse_rewards_builtin_user_and_errors():
+    v = parse_rewards("toy=1.0, format=0.1,s1fast.rl.loss:token_weights")
+    assert [(n, w) for n, w, _ in v] == [("toy", 1.0), ("format", 0.1), ("s1fast.rl.loss:token_weights", 1.0)]
+    with pytest.raises(ConfigError, match="unknown verifier 'nope'"):
+        parse_rewards("nope=1")
+    with pytest.raises(ConfigError, match="cannot load"):
+        parse_rewards("no_such_module_x:fn=1")
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_rewards("toy=abc")
+
+
+def test_score_reports_a_raising_or_nonfinite_verifier_with_its_prompt():
+    def boom(c, row):
+        raise ZeroDivisionError("bad")
+    verifiers = [("toy", 1.0, parse_rewards("toy")[0][2]), ("boom", 2.0, boom),
+                 ("nan", 1.0, lambda c, r: float("nan"))]
+    row = {"question": "Add mod 10: a=3, b=5", "answer": "8", "task": "sum"}
+    comp = {"answer_text": "Final Answer: 8", "answer": " 8", "finished": True, "capped": False}
+    total, scores, errors = score(comp, row, verifiers)
+    assert total == 1.0 and scores == {"toy": 1.0, "boom": 0.0, "nan": 0.0}
+    assert [e["verifier"] for e in errors] == ["boom", "nan"]
+    assert all(e["question"] == row["question"] for e in errors)
+    assert "ZeroDivisionError: bad" in errors[0]["error"]
+
+
+def test_only_sampled_tokens_are_the_policys():
+    tok = ForcingTokens()  # Qwen2.5's ids; no tokenizer needed
+    f = RecordingForcer([1, 2, 3], tok, max_thinking_tokens=20, num_wait=1, max_total_tokens=400)
+    start = len(f.ids)
+    f.push(10)
+    f.push(151645)          # tries to stop thinking: dropped, "Wait" forced instead (not the policy's)
+    wait_at = len(f.ids) - len(tok.extension)
+    f.push(11)
+    f.push(151644)          # stops thinking: it stays as the first id of the forced "<|im_start|>answer"
+    stop_at = len(f.ids) - len(tok.think_end)
+    f.push(12)
+    f.push(151645)          # ends the answer: kept, sampled
+    assert f.done
+    assert f.sampled == {start, wait_at + 1, stop_at, len(f.ids) - 2, len(f.ids) - 1}
+    assert f.ids[wait_at:wait_at + len(tok.extension)] == list(tok.extension)
+    assert all(i not in f.sampled for i in range(wait_at, wait_at + len(tok.extension)))
+
+
+def test_vllm_generator_is_refused_on_cpu():
+    with pytest.raises(ConfigError, match="GPU node"):
+        VLLMRollout(None, RLConfig(), torch.device("cpu"), "unused")
+
+
+def test_prompt_draw_and_sample_seeds_are_functions_of_the_iteration_only():
+    a = iteration_prompts(100, 8, seed=3, it=5)
+    assert a == iteration_prompts(100, 8, seed=3, it=5) and len(set(a)) == 8
+    assert a != iteration_prompts(100, 8, seed=3, it=6)
+    assert len({sample_seed(0, it, p, j) for it in range(3) for p in range(4) for j in range(4)}) == 48
+
+
+def test_presets_validate_and_the_toy_preset_fits_every_toy_prompt(capsys):
+    from transformers import AutoTokenizer
+
+    from s1fast.generate import BUNDLED_TOKENIZER
+    from s1fast.rl.config import PRESETS, parse_config, validate
+    from s1fast.rl.loop import check_prompts, load_rows
+    from s1fast.rl.rollout import Rollout
+    for name in PRESETS:
+        validate(parse_config(["--preset", name, "--model", "x"]), world=2)
+    cfg = parse_config(["--preset", "toy"])  # its own prompts and held-out problems, as a user runs it
+    rows, held = load_rows(cfg)
+    assert len(rows) == 2000 and len(held) == cfg.eval_problems > 0
+    assert not {r["question"] for r in rows} & {r["question"] for r in held}, "held-out problems never trained on"
+    ro = Rollout(AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER), cfg, torch.device("cpu"))
+    check_prompts(rows + held, ro, cfg, "toy")
+    with pytest.raises(ConfigError, match="multiple of the world size"):
+        validate(parse_config(["--preset", "toy", "--prompts-per-iter", "3"]), world=2)
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--help"])
+    assert e.value.code == 0 and "--rewards" in capsys.readouterr().out
