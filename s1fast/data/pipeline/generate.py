@@ -171,7 +171,6 @@ def _bar(total, enabled):
 
 # ---- the CLI ----------------------------------------------------------------------------------------------
 def add_args(p: argparse.ArgumentParser) -> None:
-    from s1fast.generate import budget_arg
     p.add_argument("--data", required=True, help="questions: .json/.jsonl/.parquet (s1K, s1K-1.1, ShareGPT, "
                                                  "or rows with question/problem)")
     p.add_argument("--out", required=True, help="output .jsonl (appended; a rerun resumes)")
@@ -198,7 +197,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--system", default=None, help="system prompt (default: none; the endpoint's template decides)")
     e = p.add_argument_group("native / vllm teacher (budget forcing)")
     e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
-    e.add_argument("--max-thinking-tokens", type=budget_arg, default="auto")
+    e.add_argument("--max-thinking-tokens", default="auto", help="an integer or auto")
     e.add_argument("--min-thinking-tokens", type=int, default=0)
     e.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
     e.add_argument("--extension", default="Wait")
@@ -217,8 +216,12 @@ def make_teacher(args):
         return OpenAITeacher(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
                              system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
                              top_p=args.top_p, timeout=args.timeout, retries=args.retries, backoff=args.backoff)
-    from s1fast.generate import config_from_args, open_backend
+    from s1fast.generate import budget_arg, config_from_args, open_backend
     args.backend = args.teacher
+    try:
+        args.max_thinking_tokens = budget_arg(str(args.max_thinking_tokens))
+    except argparse.ArgumentTypeError as e:
+        raise DataError(f"--max-thinking-tokens: {e}") from None
     model, tok, backend = open_backend(args)
     cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
     return EngineTeacher(model, tok, cfg, backend, name=f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}")

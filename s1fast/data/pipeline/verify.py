@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from s1fast import grading
-
 from . import rows as R
 
 KEEP = ("correct", "first-k", "all")
@@ -20,6 +18,7 @@ KEEP = ("correct", "first-k", "all")
 
 def grade_row(row: dict, answer_field: str | None = None) -> dict:
     """``row`` plus ``pred``, ``correct``, ``grader`` and ``gold``; ``verdict`` says why when not graded."""
+    from s1fast import grading
     gold = R.reference(row, answer_field)
     text = (row.get("generation") or {}).get("forced_end", "") + R.attempt(row)
     out = dict(row)
