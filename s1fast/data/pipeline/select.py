@@ -196,5 +196,5 @@ def main(args) -> R.Tally:
             if key in out.keys:
                 tally.note("already_done")
                 continue
-            out.write({**row, "key": key, "domain": row.get("domain") or dom(row)})
+            out.write({**row, "key": key, "domain": dom(row)})   # the domain the draw used
     return tally
