@@ -236,14 +236,20 @@ def test_a_named_classifier_gives_the_domains(tmp_path, monkeypatch):
 
 
 # ---- stats -----------------------------------------------------------------------------------------------
-def test_stats_on_the_bundled_sample(tmp_path):
+def test_stats_on_real_traces(tmp_path):
+    rows = [r for _, r in R.read(os.path.join(ASSETS, "sample_s1k.jsonl"))][:12]
+    data = write(tmp_path / "d.jsonl", rows + [{"conversations": [{"from": "human", "value": "2+2?"},
+                                                                  {"from": "gpt", "value": "4"}]}])
     out = tmp_path / "st"
-    assert run("stats", "--data", os.path.join(ASSETS, "sample_s1k.jsonl"), "--out", out, "--recipe", "s1") == 0
+    assert run("stats", "--data", data, "--out", out, "--recipe", "s1") == 0
     st = json.load(open(out / "stats.json"))
-    assert st["rows"] == 59 and st["questions"] == 59
-    assert st["lengths"]["sequence"]["n"] == 59 and st["lengths"]["trace"]["max"] > 1000
-    assert st["lengths"]["sequence"]["min"] > st["lengths"]["trace"]["min"]
-    assert sum(v["rows"] for v in st["by_source"].values()) == 59 and len(st["by_source"]) >= 2
+    assert st["rows"] == 13 and st["questions"] == len({r["question"] for r in rows}) + 1
+    assert st["rows_not_renderable"] == 1          # the ShareGPT row has no s1 rendering
+    from s1fast.data import load_tokenizer, render
+    tok = load_tokenizer()
+    assert st["lengths"]["sequence"]["max"] == max(len(tok(render(r, "s1"))["input_ids"]) for r in rows)
+    assert st["lengths"]["trace"]["n"] == 13 and st["lengths"]["sequence"]["n"] == 12
+    assert sum(v["rows"] for v in st["by_source"].values()) == 13 and len(st["by_source"]) >= 2
     assert (out / "lengths.png").stat().st_size > 10000 and "| trace |" in (out / "stats.md").read_text()
 
 
