@@ -1,0 +1,163 @@
+"""Toy reasoning tasks a tiny transformer learns on a CPU in minutes, in the exact s1 / s1.1 format.
+
+``sum``: add labelled digits modulo 10, one per line of thinking (``docs/toy.md`` says why this shape)::
+
+    question: "Add mod 10: a=3, b=5, c=1"
+    thinking: "a: 0+3=3\\nb: 3+5=8\\nc: 8+1=9"          one line per item: n items, n lines
+    attempt:  "Final Answer: 9"                            the last line's total
+
+Every line has the same number of tokens, so the trace grows linearly with the difficulty (the item
+count) and a thinking budget cut short leaves a partial total: the answer is then right 1 time in 10.
+A quarter of the training traces re-check their last line after a ``Wait``, as s1's traces do, so a
+forced "Wait" continues the thinking in a form the model has seen. Problems are split by a hash of the
+question: a held-out question can never appear in training, whatever the seeds.
+
+    >>> rows = make_problems("sum", 1000, seed=0, split="train")
+    >>> check("sum", "9", rows[0]["answer"]); render(rows[0])       # the exact s1 training string
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+
+from .format import render as _render
+from .readers import DataError
+
+SPLITS = ("train", "test")
+HELD_OUT_PERCENT = 20   # share of all questions (by hash) reserved for evaluation
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    min_items: int
+    max_items: int
+    wait_rate: float   # share of training traces that re-check their last line after "Wait"
+    doc: str
+
+
+TASKS: dict[str, Task] = {
+    "sum": Task("sum", 2, 8, 0.25, "running sum mod 10 of 2-8 labelled digits, one line of thinking per digit"),
+    "sum-long": Task("sum-long", 2, 12, 0.25, "the same with 2-12 digits (longer traces)"),
+}
+LABELS = "abcdefghijkl"
+
+
+def _task(name: str) -> Task:
+    if name not in TASKS:
+        raise DataError(f"unknown toy task '{name}'; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def split_of(question: str) -> str:
+    """'test' for the held-out share of all possible questions (by a hash of the text), else 'train'."""
+    h = int.from_bytes(hashlib.sha256(question.encode()).digest()[:4], "big")
+    return "test" if h % 100 < HELD_OUT_PERCENT else "train"
+
+
+def solve(digits: list[int]) -> tuple[list[str], int]:
+    """The thinking lines and the answer of one problem."""
+    lines, total = [], 0
+    for label, d in zip(LABELS, digits):
+        new = (total + d) % 10
+        lines.append(f"{label}: {total}+{d}={new}")
+        total = new
+    return lines, total
+
+
+def make_row(task: str, digits: list[int], *, wait: bool = False, index: int = 0, split: str = "train") -> dict:
+    """One problem as a data row: s1 and s1.1 fields, the reference answer, the difficulty."""
+    t = _task(task)
+    if not t.min_items <= len(digits) <= t.max_items or not all(0 <= d <= 9 for d in digits):
+        raise DataError(f"toy task '{task}' takes {t.min_items}-{t.max_items} digits 0-9, got {digits}")
+    question = "Add mod 10: " + ", ".join(f"{label}={d}" for label, d in zip(LABELS, digits))
+    lines, answer = solve(digits)
+    if wait:
+        lines.append("Wait, " + lines[-1])
+    thinking = "\n".join(lines)
+    attempt = f"Final Answer: {answer}"
+    return {"id": f"{task}-{split}-{index}", "task": task, "question": question, "thinking": thinking,
+            "answer": str(answer), "solution": attempt, "difficulty": len(digits),
+            "thinking_trajectories": [thinking], "attempt": attempt,             # s1 (s1K) fields
+            "deepseek_thinking_trajectory": thinking, "deepseek_attempt": attempt}  # s1.1 fields
+
+
+def make_problems(task: str, n: int, seed: int = 0, split: str = "train") -> list[dict]:
+    """``n`` problems of ``split``, seeded; item counts uniform over the task's range.
+
+    Held-out (``test``) problems are distinct questions; training ones may repeat (short lists have few
+    distinct questions). No training question is ever a test question (``split_of``)."""
+    t = _task(task)
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose train or test")
+    rng = random.Random(f"{task}/{split}/{seed}")
+    rows, seen = [], set()
+    tries = 0
+    while len(rows) < n:
+        tries += 1
+        if tries > 1000 * (n + 10):
+            raise DataError(f"could not draw {n} distinct {split} problems of toy task '{task}': ask for fewer")
+        digits = [rng.randrange(10) for _ in range(rng.randint(t.min_items, t.max_items))]
+        wait = split == "train" and rng.random() < t.wait_rate
+        row = make_row(task, digits, wait=wait, index=len(rows), split=split)
+        if split_of(row["question"]) != split or (split == "test" and row["question"] in seen):
+            continue
+        seen.add(row["question"])
+        rows.append(row)
+    return rows
+
+
+def render(row: dict, recipe: str = "s1") -> str:
+    """The exact training string of a toy row (``s1fast.data.format``'s renderer, no tokenizer needed)."""
+    return _render(row, recipe)
+
+
+def check(task: str, predicted: str | None, reference: str) -> bool:
+    """Whether a predicted answer (text such as "9", " 9 ", "Final Answer: 9") equals the reference."""
+    _task(task)
+    if predicted is None:
+        return False
+    text = str(predicted).strip()
+    if "Answer:" in text:
+        text = text.rsplit("Answer:", 1)[1].strip()
+    return text.rstrip(".") == str(reference).strip()
+
+
+# ---- the --data toy:NAME[:N] source ---------------------------------------------------------------------
+DEFAULT_N = 4000
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """'toy:sum' -> ('sum', 4000); 'toy:sum:2000' -> ('sum', 2000)."""
+    parts = spec.split(":")
+    if parts[0] != "toy" or len(parts) not in (2, 3):
+        raise DataError(f"--data {spec}: a toy source is toy:NAME or toy:NAME:N (tasks: {', '.join(TASKS)})")
+    _task(parts[1])
+    try:
+        n = int(parts[2]) if len(parts) == 3 else DEFAULT_N
+    except ValueError:
+        raise DataError(f"--data {spec}: N must be a whole number of training problems") from None
+    if n <= 0:
+        raise DataError(f"--data {spec}: N must be positive")
+    return parts[1], n
+
+
+def is_spec(data: str | None) -> bool:
+    return bool(data) and data.startswith("toy:")
+
+
+def materialize(spec: str, folder: str, seed: int = 0, split: str = "train") -> str:
+    """Write the problems of ``spec`` as jsonl in ``folder`` (once) and return the path."""
+    task, n = parse_spec(spec)
+    path = os.path.join(folder, f"toy-{task}-{split}-{n}-seed{seed}.jsonl")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = path + f".tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in make_problems(task, n, seed, split):
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    return path

@@ -1,0 +1,81 @@
+"""The toy reasoning tasks: s1 format byte for byte, answers that verify, held-out never in training."""
+import json
+import re
+
+import pytest
+
+from s1fast.data import DataError, encode, load_tokenizer, to_messages, toy
+from s1fast.data.format import IGNORE
+
+
+def test_render_is_byte_exact_s1_format():
+    row = toy.make_row("sum", [3, 5, 1])
+    expected = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                "<|im_start|>user\nAdd mod 10: a=3, b=5, c=1<|im_end|>\n<|im_start|>assistant\n"
+                "<|im_start|>think\na: 0+3=3\nb: 3+5=8\nc: 8+1=9\n<|im_start|>answer\nFinal Answer: 9<|im_end|>\n")
+    assert toy.render(row, "s1") == expected
+    assert toy.render(row, "s1.1") == expected
+    waited = toy.make_row("sum", [3, 5, 1], wait=True)
+    assert "c: 8+1=9\nWait, c: 8+1=9\n<|im_start|>answer\n" in toy.render(waited)
+
+
+def test_tokenizer_template_and_mask_match():
+    tok = load_tokenizer()
+    row = toy.make_problems("sum", 1, seed=3)[0]
+    assert tok.apply_chat_template(to_messages(row, "s1"),
+                                   tokenize=False) == toy.render(row)
+    enc = encode(row, tok, "s1")
+    trained = tok.decode([t for t in enc.labels if t != IGNORE])
+    assert trained == f"<|im_start|>think\n{row['thinking']}\n<|im_start|>answer\nFinal Answer: {row['answer']}" \
+                      "<|im_end|>\n"
+
+
+@pytest.mark.parametrize("task", list(toy.TASKS))
+def test_answers_verify_and_traces_grow_with_difficulty(task):
+    t = toy.TASKS[task]
+    for row in toy.make_problems(task, 300, seed=1):
+        digits = [int(x) for x in re.findall(r"=(\d)", row["question"])]
+        assert row["answer"] == str(sum(digits) % 10)            # independent of the trace
+        lines = [ln for ln in row["thinking"].split("\n") if not ln.startswith("Wait")]
+        assert len(lines) == row["difficulty"] == len(digits)
+        assert t.min_items <= len(digits) <= t.max_items
+        total = 0
+        for line, d in zip(lines, digits):                      # every step is right
+            a, b, c = map(int, re.fullmatch(r"[a-l]: (\d)\+(\d)=(\d)", line).groups())
+            assert (a, b, c) == (total, d, (total + d) % 10)
+            total = c
+        assert toy.check(task, row["solution"], row["answer"]) and toy.check(task, row["answer"], row["answer"])
+        assert not toy.check(task, str((int(row["answer"]) + 1) % 10), row["answer"])
+        assert not toy.check(task, None, row["answer"])
+
+
+def test_held_out_never_in_training_and_seeded():
+    train = toy.make_problems("sum", 3000, seed=0, split="train")
+    test = toy.make_problems("sum", 300, seed=0, split="test")
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    assert len({r["question"] for r in test}) == 300
+    assert all(toy.split_of(r["question"]) == "train" for r in train)
+    assert toy.make_problems("sum", 50, seed=0) == train[:50]
+    assert toy.make_problems("sum", 50, seed=1) != train[:50]
+    waits = sum(r["thinking"].count("Wait") for r in train) / len(train)
+    assert 0.2 < waits < 0.3 and not any("Wait" in r["thinking"] for r in test)
+
+
+def test_spec_and_errors(tmp_path):
+    assert toy.parse_spec("toy:sum") == ("sum", toy.DEFAULT_N)
+    assert toy.parse_spec("toy:sum:12") == ("sum", 12)
+    for bad in ("toy:nope", "toy:sum:x", "toy:sum:0", "toy"):
+        with pytest.raises(DataError, match="toy"):
+            toy.parse_spec(bad)
+    with pytest.raises(DataError, match="digits"):
+        toy.make_row("sum", [1])
+    path = toy.materialize("toy:sum:7", str(tmp_path))
+    rows = [json.loads(x) for x in open(path)]
+    assert rows == toy.make_problems("sum", 7)
+
+
+def test_prepare_reads_a_toy_source(tmp_path):
+    from s1fast.data import prepare
+    ds = prepare("toy:sum:16", "s1", max_tokens=256, out=str(tmp_path / "tokens"), progress=False, workers=1,
+                 log=lambda *_: None)
+    assert len(ds.lengths) == 16
