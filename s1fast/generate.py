@@ -66,9 +66,17 @@ def prompt_ids(tokenizer, question: str, system: str | None = DEFAULT_SYSTEM) ->
 
     Written out as s1 does (the Qwen2.5 template with its default system prompt), so a tokenizer whose
     template differs cannot silently change the protocol."""
-    sys_part = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-    text = f"{sys_part}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    return tokenizer.encode(text, add_special_tokens=False)
+    return chat_prompt_ids(tokenizer, [{"role": "user", "content": question}], system)
+
+
+def chat_prompt_ids(tokenizer, messages: Sequence[dict], system: str | None = DEFAULT_SYSTEM) -> list[int]:
+    """``prompt_ids`` for a conversation: ``messages`` are ``{"role": "system"|"user"|"assistant",
+    "content": str}``; a leading system message replaces ``system``."""
+    if messages and messages[0]["role"] == "system":
+        system, messages = messages[0]["content"], messages[1:]
+    text = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    text += "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return tokenizer.encode(text + "<|im_start|>assistant\n", add_special_tokens=False)
 
 
 # ---- sampling -------------------------------------------------------------------------------------------
@@ -175,16 +183,21 @@ class VLLMBackend:
         active = [i for i, f in enumerate(forcers) if not f.done]
         while active:
             segs = [forcers[i].segment() for i in active]
-            params = [self.sampling_params(
-                max_tokens=s.max_new, min_tokens=s.min_new, stop_token_ids=sorted(s.stops), ignore_eos=True,
-                temperature=temperature, top_p=top_p, seed=seeds[i] + 1_000_003 * rounds,
-                skip_special_tokens=False, allowed_token_ids=allowed) for i, s in zip(active, segs)]
+            params = [self.params_for(s, seeds[i], rounds, temperature=temperature, top_p=top_p, allowed=allowed)
+                      for i, s in zip(active, segs)]
             outs = self.llm.generate([{"prompt_token_ids": s.context} for s in segs], sampling_params=params,
                                      use_tqdm=False)
             for i, s, out in zip(active, segs, outs):
                 self._absorb(forcers[i], s, out.outputs[0])
             rounds += 1
             active = [i for i in active if not forcers[i].done]
+
+    def params_for(self, s, seed: int, round_index: int, *, temperature: float, top_p: float, allowed):
+        """The sampling parameters of one segment (round ``round_index`` of a prompt seeded ``seed``)."""
+        return self.sampling_params(
+            max_tokens=s.max_new, min_tokens=s.min_new, stop_token_ids=sorted(s.stops), ignore_eos=True,
+            temperature=temperature, top_p=top_p, seed=seed + 1_000_003 * round_index,
+            skip_special_tokens=False, allowed_token_ids=allowed)
 
     @staticmethod
     def _absorb(f: BudgetForcer, seg, o) -> None:

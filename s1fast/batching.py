@@ -1,0 +1,215 @@
+"""Continuous batching of budget-forced requests on s1fast's KV-cache engine (the server's scheduler).
+
+A :class:`ContinuousBatcher` owns one KV cache of ``slots`` rows and one worker thread. Requests (one
+:class:`~s1fast.forcing.BudgetForcer` each) wait in a queue and take a free row between decode steps;
+a row is freed as soon as its forcer is done or its request is cancelled (a client gone). Each step:
+
+- a row with a long backlog (a new prompt) is prefilled alone, one chunk per step, on a one-row view of
+  the cache, so a joining prompt never pads the running batch to its length (logits are [rows, t, V]);
+- every other busy row feeds what it has not fed yet (one sampled token, or the few ids the protocol
+  forced after it) in one batched ``model.decode`` call over the lowest rows in use;
+- rows whose sequence is fully cached pick their next token with ``generate.pick_tokens`` (each request
+  has its own seeded generator), and the forcer takes it.
+
+A request's tokens are therefore those of ``s1fast.generate`` for the same prompt, settings and seed.
+After every step each changed request gets an :class:`Update` (its new thinking and answer ids) through
+its callback, on the worker thread; callbacks must be quick and thread-safe.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from s1fast.forcing import BudgetForcer
+from s1fast.generate import pick_tokens
+
+BATCH_FEED = 8   # a row with more pending ids than this is prefilled alone
+
+
+@dataclass(frozen=True)
+class Update:
+    """New ids since the last update; ``result`` (``BudgetForcer.result()``) once done; ``error`` on failure."""
+    thinking: tuple[int, ...] = ()
+    answer: tuple[int, ...] = ()
+    done: bool = False
+    result: dict | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Ticket:
+    forcer: BudgetForcer
+    on_update: Callable[[Update], None]
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    cancelled: bool = False
+    row: int = -1
+    fed: int = 0
+    sent: tuple[int, int] = (0, 0)
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+
+class ContinuousBatcher:
+    """Serve many forcers at once on ``model`` (s1fast's model interface: new_kv_cache, decode)."""
+
+    def __init__(self, model, *, vocab_limit: int, slots: int = 16, max_len: int = 4096,
+                 prefill_chunk: int = 256):
+        if slots < 1 or max_len < 1 or prefill_chunk < 1:
+            raise ValueError(f"slots ({slots}), max_len ({max_len}) and prefill_chunk ({prefill_chunk}) must be >= 1")
+        self.model, self.vocab_limit, self.slots, self.max_len = model, vocab_limit, slots, max_len
+        self.prefill_chunk = prefill_chunk
+        try:
+            self.device = next(model.parameters()).device
+        except (AttributeError, StopIteration):
+            self.device = torch.device("cpu")
+        self.cache = model.new_kv_cache(slots, max_len, device=self.device)
+        self.rows: list[Ticket | None] = [None] * slots
+        self.waiting: deque[Ticket] = deque()
+        self.cv = threading.Condition()
+        self.stopping = False
+        self.steps = 0
+        self.thread = threading.Thread(target=self._loop, name="s1fast-batcher", daemon=True)
+
+    # ---- the caller's side ------------------------------------------------------------------------
+    def start(self) -> "ContinuousBatcher":
+        self.thread.start()
+        return self
+
+    def submit(self, forcer: BudgetForcer, on_update: Callable[[Update], None], *, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int = 0) -> Ticket:
+        if forcer.max_len > self.max_len:
+            raise ValueError(f"the request needs up to {forcer.max_len} positions; this server's rows hold "
+                             f"{self.max_len} (--max-total-tokens)")
+        t = Ticket(forcer, on_update, temperature, top_p, seed)
+        if temperature > 0:
+            t.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        with self.cv:
+            if self.stopping:
+                raise RuntimeError("the batcher is shutting down")
+            self.waiting.append(t)
+            self.cv.notify()
+        return t
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Drop a request (its row is freed before the next step); no further updates are sent."""
+        with self.cv:
+            ticket.cancelled = True
+            self.cv.notify()
+
+    @property
+    def busy(self) -> int:
+        """Requests admitted or waiting."""
+        return sum(r is not None for r in self.rows) + len(self.waiting)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what was submitted, then end the worker thread."""
+        with self.cv:
+            self.stopping = True
+            self.cv.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    # ---- the worker -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                self._free_cancelled()
+                self._admit()
+                while not any(self.rows) and not self.waiting:
+                    if self.stopping:
+                        return
+                    self.cv.wait()
+                    self._free_cancelled()
+                    self._admit()
+            try:
+                self._step()
+            except Exception as e:  # noqa: BLE001 - the failure goes to the requests, the server keeps running
+                self._fail_all(f"{type(e).__name__}: {e}")
+
+    def _free_cancelled(self) -> None:
+        self.waiting = deque(t for t in self.waiting if not t.cancelled)
+        for r, t in enumerate(self.rows):
+            if t is not None and t.cancelled:
+                self.rows[r] = None
+
+    def _admit(self) -> None:
+        for r in range(self.slots):
+            if not self.waiting:
+                return
+            if self.rows[r] is None:
+                t = self.waiting.popleft()
+                t.row, t.fed = r, 0
+                self.cache.seqlens[r] = 0
+                self.rows[r] = t
+
+    def _view(self, lo: int, hi: int):
+        c = self.cache
+        return type(c)(c.k[:, lo:hi], c.v[:, lo:hi], c.seqlens[lo:hi])
+
+    def _step(self) -> None:
+        busy = [t for t in self.rows if t is not None]
+        solo = next((t for t in busy if len(t.forcer.ids) - t.fed > BATCH_FEED), None)
+        ready: list[tuple[Ticket, torch.Tensor]] = []
+        if solo is not None:
+            chunk = solo.forcer.ids[solo.fed:solo.fed + self.prefill_chunk]
+            logits = self.model.decode(torch.tensor([chunk], device=self.device), self._view(solo.row, solo.row + 1),
+                                       lengths=torch.tensor([len(chunk)], device=self.device))
+            solo.fed += len(chunk)
+            if solo.fed == len(solo.forcer.ids):
+                ready.append((solo, logits[0, len(chunk) - 1]))
+        batch = [t for t in busy if t is not solo and 0 < len(t.forcer.ids) - t.fed <= BATCH_FEED]
+        if batch:
+            hi = max(t.row for t in batch) + 1
+            lengths = [0] * hi
+            width = max(len(t.forcer.ids) - t.fed for t in batch)
+            x = torch.zeros(hi, width, dtype=torch.long)
+            for t in batch:
+                pend = t.forcer.ids[t.fed:]
+                x[t.row, :len(pend)] = torch.tensor(pend, dtype=torch.long)
+                lengths[t.row] = len(pend)
+            logits = self.model.decode(x.to(self.device), self._view(0, hi),
+                                       lengths=torch.tensor(lengths, device=self.device))
+            for t in batch:
+                t.fed += lengths[t.row]
+                ready.append((t, logits[t.row, lengths[t.row] - 1]))
+        self.steps += 1
+        # Group by sampling settings: pick_tokens takes one temperature/top_p per call.
+        groups: dict[tuple[float, float], list[tuple[Ticket, torch.Tensor]]] = {}
+        for t, lg in ready:
+            groups.setdefault((t.temperature, t.top_p), []).append((t, lg))
+        for (temp, top_p), items in groups.items():
+            toks = pick_tokens(torch.stack([lg for _, lg in items]), temperature=temp, top_p=top_p,
+                               vocab_limit=self.vocab_limit,
+                               banned=[t.forcer.stops if t.forcer.suppress_stop else None for t, _ in items],
+                               generators=[t.generator for t, _ in items])
+            for (t, _), tok in zip(items, toks):
+                t.forcer.push(tok)
+        with self.cv:
+            for t, _ in ready:
+                if t.cancelled:
+                    continue
+                self._report(t)
+                if t.forcer.done:
+                    self.rows[t.row] = None
+
+    def _report(self, t: Ticket) -> None:
+        f = t.forcer
+        nt, na = len(f.thinking), len(f.answer)
+        upd = Update(tuple(f.thinking[t.sent[0]:]), tuple(f.answer[t.sent[1]:]), f.done,
+                     f.result() if f.done else None)
+        t.sent = (nt, na)
+        if upd.thinking or upd.answer or upd.done:
+            t.on_update(upd)
+
+    def _fail_all(self, message: str) -> None:
+        with self.cv:
+            victims = [t for t in self.rows if t is not None]
+            self.rows = [None] * self.slots
+        for t in victims:
+            if not t.cancelled:
+                t.on_update(Update(done=True, error=message))

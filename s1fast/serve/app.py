@@ -1,0 +1,230 @@
+"""The FastAPI app: routes, the API key, limits, streaming, and the bridge to the engine's worker thread.
+
+``build_app(engine, tokenizer, ...)`` serves ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
+and ``POST /v1/completions``. Each request's forcer goes to the engine (``ContinuousBatcher`` or
+``VLLMBatcher``); the engine's updates cross to the event loop with ``call_soon_threadsafe``. A streamed
+request sends ``reasoning_content`` deltas while thinking and ``content`` deltas while answering. If the
+client goes away (mid-stream, or while waiting for a whole response) the request is cancelled and its
+row is freed. Every failure is answered in OpenAI's error shape (``api.APIError``).
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from s1fast.batching import Update
+from s1fast.forcing import BudgetForcer, ForcingTokens
+from s1fast.serve import api
+
+DISCONNECT_POLL_S = 0.5
+
+
+class TextStream:
+    """Incremental detokenizer: the text of the ids so far, handed out as deltas (a delta never ends in
+    half a UTF-8 character; the rest comes with the next token or at the end)."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.sent = tokenizer, [], 0
+
+    def text(self) -> str:
+        return self.tok.decode(self.ids, skip_special_tokens=False)
+
+    def push(self, ids, final: bool = False) -> str:
+        self.ids.extend(ids)
+        if not ids and not final:
+            return ""
+        text = self.text()
+        if not final and text.endswith("\ufffd"):
+            return ""
+        delta, self.sent = text[self.sent:], len(text)
+        return delta
+
+
+class Server:
+    """Shared state of one app: the engine, the tokenizer, the forcing tokens per extension string."""
+
+    def __init__(self, engine, tokenizer, *, model_name: str, max_total_tokens: int, defaults: api.Defaults,
+                 limits: api.Limits, api_key: str | None = None):
+        self.engine, self.tok, self.model_name = engine, tokenizer, model_name
+        self.max_total, self.defaults, self.limits, self.api_key = max_total_tokens, defaults, limits, api_key
+        self.in_flight = 0
+        self.served = 0
+        self.created = int(time.time())
+        self._tokens: dict[str, ForcingTokens] = {}
+
+    def forcing_tokens(self, extension: str) -> ForcingTokens:
+        if extension not in self._tokens:
+            if len(self._tokens) > 256:
+                self._tokens.clear()
+            self._tokens[extension] = ForcingTokens.from_tokenizer(self.tok, extension=extension)
+        return self._tokens[extension]
+
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = hmac.compare_digest(token.strip().encode(), self.api_key.encode()) and scheme.lower() == "bearer"
+        if not ok:
+            raise api.APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the "
+                               "key given to --api-key", code="invalid_api_key")
+
+    async def read_body(self, request: Request) -> dict:
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise api.APIError(413, f"the request body has {declared} bytes; this server takes at most {limit} "
+                               "(--max-body-bytes)", code="request_too_large")
+        raw = bytearray()
+        async for part in request.stream():
+            raw += part
+            if len(raw) > limit:
+                raise api.APIError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)",
+                                   code="request_too_large")
+        return api.parse_json(bytes(raw))
+
+    def forcer(self, job: api.Job) -> BudgetForcer:
+        kw = dict(job.forcing)
+        tokens = self.forcing_tokens(kw.pop("extension"))
+        try:
+            return BudgetForcer(job.prompt_ids, tokens, max_total_tokens=self.max_total, **kw)
+        except ValueError as e:
+            raise api.APIError(400, f"{e} (prompt: {len(job.prompt_ids)} tokens, context: {self.max_total})",
+                               code="context_length_exceeded",
+                               param="messages" if job.kind == "chat" else "prompt") from None
+
+
+def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        # uvicorn has drained the requests in flight when this runs (SIGTERM: stop accepting, finish, exit).
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = FastAPI(title="s1fast", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+
+    @app.exception_handler(api.APIError)
+    async def _api_error(request: Request, exc: api.APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(api.APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                         code=code).body(), status_code=exc.status_code)
+
+    @app.get("/health")
+    async def health(request: Request):
+        server.check_key(request)
+        return {"status": "ok", "model": server.model_name, "in_flight": server.in_flight, "served": server.served}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        server.check_key(request)
+        return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": server.created,
+                                            "owned_by": "s1fast", "max_model_len": server.max_total}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return await _complete(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _complete(request, "completion")
+
+    async def _complete(request: Request, kind: str):
+        server.check_key(request)
+        body = await server.read_body(request)
+        job = api.parse_job(body, kind, server.tok, server.defaults, server.limits, server.model_name)
+        forcer = server.forcer(job)
+        if server.in_flight >= server.limits.max_concurrency:
+            raise api.APIError(429, f"the server is at its limit of {server.limits.max_concurrency} requests in "
+                               "flight (--max-concurrency); retry later", code="too_many_requests",
+                               type="rate_limit_error")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Update] = asyncio.Queue()
+        try:
+            ticket = server.engine.submit(forcer, lambda u: loop.call_soon_threadsafe(queue.put_nowait, u),
+                                          temperature=job.temperature, top_p=job.top_p, seed=job.seed)
+        except ValueError as e:
+            raise api.APIError(400, str(e), code="context_length_exceeded") from None
+        except RuntimeError as e:
+            raise api.APIError(503, f"{e}; retry on another server", code="shutting_down",
+                               type="server_error") from None
+        server.in_flight += 1
+        rid = api.new_id(kind)
+        if job.stream:
+            return StreamingResponse(_stream(job, rid, ticket, queue), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            thinking, answer = TextStream(server.tok), TextStream(server.tok)
+            while True:
+                try:
+                    upd = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        server.engine.cancel(ticket)
+                        return JSONResponse({}, status_code=499)
+                    continue
+                if upd.error:
+                    raise api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
+                                       type="server_error")
+                thinking.ids.extend(upd.thinking)
+                answer.ids.extend(upd.answer)
+                if upd.done:
+                    server.served += 1
+                    return api.response(kind, rid, server.model_name, thinking.text(), answer.text(), upd.result,
+                                        server.tok.decode(upd.result["forced_end_ids"], skip_special_tokens=False))
+        except asyncio.CancelledError:
+            server.engine.cancel(ticket)
+            raise
+        finally:
+            server.in_flight -= 1
+
+    async def _stream(job: api.Job, rid: str, ticket, queue: asyncio.Queue):
+        def event(obj: dict) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        done = False
+        try:
+            thinking, answer = TextStream(server.tok), TextStream(server.tok)
+            yield event(api.chunk(job.kind, rid, server.model_name, first=True))
+            while True:
+                upd = await queue.get()
+                if upd.error:
+                    done = True
+                    yield event(api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
+                                             type="server_error").body())
+                    break
+                t, a = thinking.push(upd.thinking, upd.done), answer.push(upd.answer, upd.done)
+                if t or a:
+                    yield event(api.chunk(job.kind, rid, server.model_name, thinking=t, answer=a))
+                if upd.done:
+                    done = True
+                    server.served += 1
+                    last = api.chunk(job.kind, rid, server.model_name, finish=api.finish_reason(upd.result))
+                    last["budget_forcing"] = api.forcing_report(upd.result, server.tok.decode(
+                        upd.result["forced_end_ids"], skip_special_tokens=False))
+                    yield event(last)
+                    if job.include_usage:
+                        tail = api.chunk(job.kind, rid, server.model_name)
+                        tail["choices"], tail["usage"] = [], api.usage(upd.result)
+                        yield event(tail)
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            # A client that went away mid-stream ends up here too (the generator is closed or cancelled).
+            if not done:
+                server.engine.cancel(ticket)
+            server.in_flight -= 1
+
+    return app
