@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
@@ -194,6 +195,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles each time)")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     g.add_argument("--max-tokens", type=int, default=None, help="completion token limit sent to the endpoint")
+    g.add_argument("--extra-body", default=None,
+                   help="JSON object merged into each request body, e.g. s1fast's server's budget forcing: "
+                        "'{\"max_thinking_tokens\": 2000, \"num_wait\": 1}'")
     g.add_argument("--system", default=None, help="system prompt (default: none; the endpoint's template decides)")
     e = p.add_argument_group("native / vllm teacher (budget forcing)")
     e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
@@ -213,9 +217,17 @@ def make_teacher(args):
     if args.teacher == "openai":
         if not args.base_url:
             raise DataError("--teacher openai needs --base-url (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1")
+        try:
+            extra = json.loads(args.extra_body) if args.extra_body else None
+        except json.JSONDecodeError as e:
+            raise DataError(f"--extra-body is not JSON ({e.msg}); pass an object such as '{{\"num_wait\": 1}}'") \
+                from None
+        if extra is not None and not isinstance(extra, dict):
+            raise DataError("--extra-body must be a JSON object")
         return OpenAITeacher(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
                              system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
-                             top_p=args.top_p, timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+                             top_p=args.top_p, timeout=args.timeout, retries=args.retries, backoff=args.backoff,
+                             extra_body=extra)
     from s1fast.generate import budget_arg, config_from_args, open_backend
     args.backend = args.teacher
     try:
