@@ -63,6 +63,7 @@ def server(tmp_path_factory):
     p.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_generate_verify_decontaminate_select_train(server, tmp_path):
     probs = make_problems("sum", 20, seed=0, split="train")
     data = tmp_path / "toy.jsonl"
