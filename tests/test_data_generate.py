@@ -138,3 +138,16 @@ def test_native_engine_teacher_batches_and_is_seeded_per_request(tmp_path, tiny_
     b = {r["key"]: r for r in lines(tmp_path / "b.jsonl")}
     assert {k: r["thinking_trajectories"] for k, r in a.items()} == {k: r["thinking_trajectories"] for k, r in b.items()}
     assert len({r["thinking_trajectories"][0] for r in a.values()}) > 1      # sampled, not all the same
+
+
+def test_vllm_teacher_without_vllm_stops_with_a_clear_error(tmp_path, capsys):
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here, so the missing-vllm error cannot be shown")
+    except ImportError:
+        pass
+    data = questions(tmp_path / "q.jsonl", ["1+1?"])
+    assert data_main(["generate", "--teacher", "vllm", "--model", str(tmp_path), "--data", data,
+                      "--out", str(tmp_path / "g.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: generate:" in err and "pip install vllm" in err

@@ -122,15 +122,13 @@ def _jsonl(path: str, data: bytes):
 class Output:
     """An append-only JSON-lines file: ``keys`` holds what an earlier run already wrote (field ``key_field``)."""
 
-    def __init__(self, path: str, key_field: str | None = "key", fresh: bool = False):
+    def __init__(self, path: str, key_field: str | None = "key"):
         if not path.endswith(".jsonl"):
             raise DataError("outputs are JSON lines (appendable, so a stopped run resumes): name a .jsonl file",
                             path=path)
         self.path, self.key_field, self.keys = path, key_field, set()
         self.rows = 0
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if fresh and os.path.exists(path):
-            os.remove(path)
         if os.path.exists(path):
             self._repair()
             for _, row in read_rows(path):
