@@ -11,12 +11,12 @@ from s1fast.data.format import IGNORE
 def test_render_is_byte_exact_s1_format():
     row = toy.make_row("sum", [3, 5, 1])
     expected = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-                "<|im_start|>user\nAdd mod 10: a=3, b=5, c=1<|im_end|>\n<|im_start|>assistant\n"
-                "<|im_start|>think\na: 0+3=3\nb: 3+5=8\nc: 8+1=9\n<|im_start|>answer\nFinal Answer: 9<|im_end|>\n")
+                "<|im_start|>user\nAdd mod 10:\na=3\nb=5\nc=1<|im_end|>\n<|im_start|>assistant\n"
+                "<|im_start|>think\na=3: 0+3=3\nb=5: 3+5=8\nc=1: 8+1=9\n<|im_start|>answer\nFinal Answer: 9<|im_end|>\n")
     assert toy.render(row, "s1") == expected
     assert toy.render(row, "s1.1") == expected
     waited = toy.make_row("sum", [3, 5, 1], wait=True)
-    assert "c: 8+1=9\nWait, c: 8+1=9\n<|im_start|>answer\n" in toy.render(waited)
+    assert "c=1: 8+1=9\nWait, c=1: 8+1=9\n<|im_start|>answer\n" in toy.render(waited)
 
 
 def test_tokenizer_template_and_mask_match():
@@ -41,8 +41,8 @@ def test_answers_verify_and_traces_grow_with_difficulty(task):
         assert t.min_items <= len(digits) <= t.max_items
         total = 0
         for line, d in zip(lines, digits):                      # every step is right
-            a, b, c = map(int, re.fullmatch(r"[a-l]: (\d)\+(\d)=(\d)", line).groups())
-            assert (a, b, c) == (total, d, (total + d) % 10)
+            e, a, b, c = map(int, re.fullmatch(r"[a-l]=(\d): (\d)\+(\d)=(\d)", line).groups())
+            assert (e, a, b, c) == (d, total, d, (total + d) % 10)
             total = c
         assert toy.check(task, row["solution"], row["answer"]) and toy.check(task, row["answer"], row["answer"])
         assert not toy.check(task, str((int(row["answer"]) + 1) % 10), row["answer"])

@@ -2,8 +2,8 @@
 
 ``sum``: add labelled digits modulo 10, one per line of thinking (``docs/toy.md`` says why this shape)::
 
-    question: "Add mod 10: a=3, b=5, c=1"
-    thinking: "a: 0+3=3\\nb: 3+5=8\\nc: 8+1=9"          one line per item: n items, n lines
+    question: "Add mod 10:\\na=3\\nb=5\\nc=1"
+    thinking: "a=3: 0+3=3\\nb=5: 3+5=8\\nc=1: 8+1=9"    one line per item: n items, n lines
     attempt:  "Final Answer: 9"                            the last line's total
 
 Every line has the same number of tokens, so the trace grows linearly with the difficulty (the item
@@ -33,17 +33,20 @@ HELD_OUT_PERCENT = 20   # share of all questions (by hash) reserved for evaluati
 @dataclass(frozen=True)
 class Task:
     name: str
-    min_items: int
-    max_items: int
+    min_steps: int
+    max_steps: int
     wait_rate: float   # share of training traces that re-check their last line after "Wait"
     doc: str
 
 
 TASKS: dict[str, Task] = {
+    "chain": Task("chain", 1, 9, 0.25, "add a step (1, 3, 7 or 9) to a start digit n times mod 10, one line per "
+                  "addition: every line reads only the line before it"),
     "sum": Task("sum", 2, 8, 0.25, "running sum mod 10 of 2-8 labelled digits, one line of thinking per digit"),
-    "sum-long": Task("sum-long", 2, 12, 0.25, "the same with 2-12 digits (longer traces)"),
 }
 LABELS = "abcdefghijkl"
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CHAIN_STEPS = (1, 3, 7, 9)   # coprime to 10: the chain never returns to a value early, so a cut trace is wrong
 
 
 def _task(name: str) -> Task:
@@ -58,29 +61,51 @@ def split_of(question: str) -> str:
     return "test" if h % 100 < HELD_OUT_PERCENT else "train"
 
 
-def solve(digits: list[int]) -> tuple[list[str], int]:
-    """The thinking lines and the answer of one problem."""
-    lines, total = [], 0
-    for label, d in zip(LABELS, digits):
-        new = (total + d) % 10
-        lines.append(f"{label}: {total}+{d}={new}")
-        total = new
-    return lines, total
-
-
-def make_row(task: str, digits: list[int], *, wait: bool = False, index: int = 0, split: str = "train") -> dict:
-    """One problem as a data row: s1 and s1.1 fields, the reference answer, the difficulty."""
+def solve(task: str, spec) -> tuple[str, list[str], int]:
+    """(question, thinking lines, answer) of one problem: ``spec`` is the digits (sum) or (start, step, n) (chain)."""
     t = _task(task)
-    if not t.min_items <= len(digits) <= t.max_items or not all(0 <= d <= 9 for d in digits):
-        raise DataError(f"toy task '{task}' takes {t.min_items}-{t.max_items} digits 0-9, got {digits}")
-    question = "Add mod 10: " + ", ".join(f"{label}={d}" for label, d in zip(LABELS, digits))
-    lines, answer = solve(digits)
+    lines = []
+    if task == "sum":
+        digits = list(spec)
+        if not t.min_steps <= len(digits) <= t.max_steps or not all(0 <= d <= 9 for d in digits):
+            raise DataError(f"toy task 'sum' takes {t.min_steps}-{t.max_steps} digits 0-9, got {digits}")
+        question = "Add mod 10:\n" + "\n".join(f"{label}={d}" for label, d in zip(LABELS, digits))
+        total = 0
+        for label, d in zip(LABELS, digits):
+            new = (total + d) % 10
+            lines.append(f"{label}={d}: {total}+{d}={new}")
+            total = new
+        return question, lines, total
+    start, step, n = spec
+    if not (0 <= start <= 9 and step in CHAIN_STEPS and t.min_steps <= n <= t.max_steps):
+        raise DataError(f"toy task 'chain' takes a start digit, a step in {CHAIN_STEPS} and {t.min_steps}-"
+                        f"{t.max_steps} steps, got {spec}")
+    question = f"Start at {start} and add {step}, {WORDS[n]} time{'s' if n > 1 else ''} (mod 10)."
+    x = start
+    for k in range(1, n + 1):
+        lines.append(f"{k}: {x}+{step}={(x + step) % 10}")
+        x = (x + step) % 10
+    return question, lines, x
+
+
+def _draw(task: str, rng: random.Random):
+    t = _task(task)
+    n = rng.randint(t.min_steps, t.max_steps)
+    if task == "sum":
+        return [rng.randrange(10) for _ in range(n)]
+    return (rng.randrange(10), rng.choice(CHAIN_STEPS), n)
+
+
+def make_row(task: str, spec, *, wait: bool = False, index: int = 0, split: str = "train") -> dict:
+    """One problem as a data row: s1 and s1.1 fields, the reference answer, the difficulty (thinking lines)."""
+    question, lines, answer = solve(task, spec)
+    difficulty = len(lines)
     if wait:
         lines.append("Wait, " + lines[-1])
     thinking = "\n".join(lines)
     attempt = f"Final Answer: {answer}"
     return {"id": f"{task}-{split}-{index}", "task": task, "question": question, "thinking": thinking,
-            "answer": str(answer), "solution": attempt, "difficulty": len(digits),
+            "answer": str(answer), "solution": attempt, "difficulty": difficulty,
             "thinking_trajectories": [thinking], "attempt": attempt,             # s1 (s1K) fields
             "deepseek_thinking_trajectory": thinking, "deepseek_attempt": attempt}  # s1.1 fields
 
@@ -100,9 +125,9 @@ def make_problems(task: str, n: int, seed: int = 0, split: str = "train") -> lis
         tries += 1
         if tries > 1000 * (n + 10):
             raise DataError(f"could not draw {n} distinct {split} problems of toy task '{task}': ask for fewer")
-        digits = [rng.randrange(10) for _ in range(rng.randint(t.min_items, t.max_items))]
+        spec = _draw(task, rng)
         wait = split == "train" and rng.random() < t.wait_rate
-        row = make_row(task, digits, wait=wait, index=len(rows), split=split)
+        row = make_row(task, spec, wait=wait, index=len(rows), split=split)
         if split_of(row["question"]) != split or (split == "test" and row["question"] in seen):
             continue
         seen.add(row["question"])
