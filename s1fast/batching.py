@@ -7,7 +7,8 @@ a row is freed as soon as its forcer is done or its request is cancelled (a clie
 - a row with a long backlog (a new prompt) is prefilled alone, one chunk per step, on a one-row view of
   the cache, so a joining prompt never pads the running batch to its length (logits are [rows, t, V]);
 - every other busy row feeds what it has not fed yet (one sampled token, or the few ids the protocol
-  forced after it) in one batched ``model.decode`` call over the lowest rows in use;
+  forced after it) in one batched ``model.decode`` call over the lowest rows in use (``last_only``: the
+  logits of each row's last fed position, all a pick needs);
 - rows whose sequence is fully cached pick their next token with ``generate.pick_tokens`` (each request
   has its own seeded generator), and the forcer takes it.
 
@@ -54,29 +55,17 @@ class Ticket:
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
-class ContinuousBatcher:
-    """Serve many forcers at once on ``model`` (s1fast's model interface: new_kv_cache, decode)."""
+class Scheduler:
+    """A queue of tickets and one worker thread running ``_loop``; subclasses schedule the work."""
 
-    def __init__(self, model, *, vocab_limit: int, slots: int = 16, max_len: int = 4096,
-                 prefill_chunk: int = 256):
-        if slots < 1 or max_len < 1 or prefill_chunk < 1:
-            raise ValueError(f"slots ({slots}), max_len ({max_len}) and prefill_chunk ({prefill_chunk}) must be >= 1")
-        self.model, self.vocab_limit, self.slots, self.max_len = model, vocab_limit, slots, max_len
-        self.prefill_chunk = prefill_chunk
-        try:
-            self.device = next(model.parameters()).device
-        except (AttributeError, StopIteration):
-            self.device = torch.device("cpu")
-        self.cache = model.new_kv_cache(slots, max_len, device=self.device)
-        self.rows: list[Ticket | None] = [None] * slots
+    def __init__(self, *, max_len: int, device=None, name: str = "s1fast-scheduler"):
+        self.max_len, self.device = max_len, device or torch.device("cpu")
         self.waiting: deque[Ticket] = deque()
         self.cv = threading.Condition()
         self.stopping = False
-        self.steps = 0
-        self.thread = threading.Thread(target=self._loop, name="s1fast-batcher", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    # ---- the caller's side ------------------------------------------------------------------------
-    def start(self) -> "ContinuousBatcher":
+    def start(self):
         self.thread.start()
         return self
 
@@ -90,7 +79,7 @@ class ContinuousBatcher:
             t.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         with self.cv:
             if self.stopping:
-                raise RuntimeError("the batcher is shutting down")
+                raise RuntimeError("the server is shutting down")
             self.waiting.append(t)
             self.cv.notify()
         return t
@@ -101,11 +90,6 @@ class ContinuousBatcher:
             ticket.cancelled = True
             self.cv.notify()
 
-    @property
-    def busy(self) -> int:
-        """Requests admitted or waiting."""
-        return sum(r is not None for r in self.rows) + len(self.waiting)
-
     def stop(self, timeout: float | None = None) -> None:
         """Finish what was submitted, then end the worker thread."""
         with self.cv:
@@ -113,6 +97,44 @@ class ContinuousBatcher:
             self.cv.notify()
         if self.thread.is_alive():
             self.thread.join(timeout)
+
+    @staticmethod
+    def report(t: Ticket) -> None:
+        """Send ``t`` its new ids (and its result once done), unless it was cancelled."""
+        f = t.forcer
+        if t.cancelled:
+            return
+        upd = Update(tuple(f.thinking[t.sent[0]:]), tuple(f.answer[t.sent[1]:]), f.done,
+                     f.result() if f.done else None)
+        t.sent = (len(f.thinking), len(f.answer))
+        if upd.thinking or upd.answer or upd.done:
+            t.on_update(upd)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class ContinuousBatcher(Scheduler):
+    """Serve many forcers at once on ``model`` (s1fast's model interface: new_kv_cache, decode)."""
+
+    def __init__(self, model, *, vocab_limit: int, slots: int = 16, max_len: int = 4096,
+                 prefill_chunk: int = 256):
+        if slots < 1 or max_len < 1 or prefill_chunk < 1:
+            raise ValueError(f"slots ({slots}), max_len ({max_len}) and prefill_chunk ({prefill_chunk}) must be >= 1")
+        try:
+            device = next(model.parameters()).device
+        except (AttributeError, StopIteration):
+            device = torch.device("cpu")
+        super().__init__(max_len=max_len, device=device, name="s1fast-batcher")
+        self.model, self.vocab_limit, self.slots, self.prefill_chunk = model, vocab_limit, slots, prefill_chunk
+        self.cache = model.new_kv_cache(slots, max_len, device=self.device)
+        self.rows: list[Ticket | None] = [None] * slots
+        self.steps = 0
+
+    @property
+    def busy(self) -> int:
+        """Requests admitted or waiting."""
+        return sum(r is not None for r in self.rows) + len(self.waiting)
 
     # ---- the worker -------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -158,10 +180,10 @@ class ContinuousBatcher:
         if solo is not None:
             chunk = solo.forcer.ids[solo.fed:solo.fed + self.prefill_chunk]
             logits = self.model.decode(torch.tensor([chunk], device=self.device), self._view(solo.row, solo.row + 1),
-                                       lengths=torch.tensor([len(chunk)], device=self.device))
+                                       lengths=torch.tensor([len(chunk)], device=self.device), last_only=True)
             solo.fed += len(chunk)
             if solo.fed == len(solo.forcer.ids):
-                ready.append((solo, logits[0, len(chunk) - 1]))
+                ready.append((solo, logits[0]))
         batch = [t for t in busy if t is not solo and 0 < len(t.forcer.ids) - t.fed <= BATCH_FEED]
         if batch:
             hi = max(t.row for t in batch) + 1
@@ -173,10 +195,10 @@ class ContinuousBatcher:
                 x[t.row, :len(pend)] = torch.tensor(pend, dtype=torch.long)
                 lengths[t.row] = len(pend)
             logits = self.model.decode(x.to(self.device), self._view(0, hi),
-                                       lengths=torch.tensor(lengths, device=self.device))
+                                       lengths=torch.tensor(lengths, device=self.device), last_only=True)
             for t in batch:
                 t.fed += lengths[t.row]
-                ready.append((t, logits[t.row, lengths[t.row] - 1]))
+                ready.append((t, logits[t.row]))
         self.steps += 1
         # Group by sampling settings: pick_tokens takes one temperature/top_p per call.
         groups: dict[tuple[float, float], list[tuple[Ticket, torch.Tensor]]] = {}
@@ -191,20 +213,9 @@ class ContinuousBatcher:
                 t.forcer.push(tok)
         with self.cv:
             for t, _ in ready:
-                if t.cancelled:
-                    continue
-                self._report(t)
-                if t.forcer.done:
+                self.report(t)
+                if t.forcer.done and not t.cancelled:
                     self.rows[t.row] = None
-
-    def _report(self, t: Ticket) -> None:
-        f = t.forcer
-        nt, na = len(f.thinking), len(f.answer)
-        upd = Update(tuple(f.thinking[t.sent[0]:]), tuple(f.answer[t.sent[1]:]), f.done,
-                     f.result() if f.done else None)
-        t.sent = (nt, na)
-        if upd.thinking or upd.answer or upd.done:
-            t.on_update(upd)
 
     def _fail_all(self, message: str) -> None:
         with self.cv:

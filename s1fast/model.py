@@ -354,9 +354,11 @@ class Transformer(nn.Module):
         return KVCache.empty(self.cfg, batch_size, max_len, dtype or p.dtype, device or p.device)
 
     @torch.no_grad()
-    def decode(self, input_ids: torch.Tensor, cache: "KVCache", lengths=None) -> torch.Tensor:
+    def decode(self, input_ids: torch.Tensor, cache: "KVCache", lengths=None,
+               last_only: bool = False) -> torch.Tensor:
         """Append ``input_ids`` [B, t] (right-padded; ``lengths`` [B] valid tokens per row, default
-        t) to the cache and return their logits [B, t, V] in fp32 (padded entries: garbage).
+        t) to the cache and return their logits [B, t, V] in fp32 (padded entries: garbage); with
+        ``last_only``, only each row's last valid position: [B, V] (rows of length 0: garbage).
 
         Row b's tokens take positions ``cache.seqlens[b] + i``; query i sees cached keys
         ``0 .. seqlens[b] + i``; padded entries are neither attended nor written; afterwards
@@ -382,6 +384,8 @@ class Transformer(nn.Module):
             step.layer = li
             h = layer(h, pos, cos, sin, step)
         cache.seqlens.copy_(seq + lengths)
+        if last_only:
+            h = h[torch.arange(B, device=dev), (lengths - 1).clamp(min=0)]
         return self.lm_head(self.norm(h)).float()
 
     # ---- checkpoints

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -99,10 +100,9 @@ def build(args):
         from s1fast.serve.vllm_engine import VLLMBatcher
         engine = VLLMBatcher(backend, vocab_limit=len(tok), max_len=max_total)
     cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
-    defaults = api.Defaults(**{k: getattr(cfg, k) for k in api.Defaults.__dataclass_fields__})
     limits = api.Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens_limit, args.max_concurrency)
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
-    server = Server(engine.start(), tok, model_name=name, max_total_tokens=max_total, defaults=defaults,
+    server = Server(engine.start(), tok, model_name=name, max_total_tokens=max_total, defaults=cfg,
                     limits=limits, api_key=args.api_key)
     return build_app(server, on_shutdown=engine.stop), engine
 
@@ -120,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app, _ = build(args)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=None, access_log=args.log_level == "debug")
+    # uvicorn re-raises the signal it caught once it has drained; with this handler a SIGTERM ends in exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(config).run()   # SIGTERM/SIGINT: stop accepting, drain the requests in flight, exit
     return 0
 

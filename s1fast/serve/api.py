@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from s1fast.generate import chat_prompt_ids
+from s1fast.generate import GenerationConfig, chat_prompt_ids
 
 
 class APIError(Exception):
@@ -33,19 +33,6 @@ COMMON_FIELDS = ("model", "stream", "stream_options", "max_tokens", "max_complet
 CHAT_FIELDS = COMMON_FIELDS + ("messages",)
 COMPLETION_FIELDS = COMMON_FIELDS + ("prompt",)
 MAX_EXTENSION_CHARS = 200
-
-
-@dataclass
-class Defaults:
-    """What a request that leaves a field out gets (from the command line)."""
-    max_thinking_tokens: int | str = "auto"
-    min_thinking_tokens: int = 0
-    num_wait: int = 0
-    extension: str = "Wait"
-    max_answer_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 @dataclass
@@ -134,7 +121,8 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def parse_job(body: dict, kind: str, tokenizer, defaults: Defaults, limits: Limits, model_name: str) -> Job:
+def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limits: Limits,
+              model_name: str) -> Job:
     """Check ``body`` (a chat or completion request) and turn it into a :class:`Job`."""
     allowed = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
     unknown = sorted(set(body) - set(allowed))

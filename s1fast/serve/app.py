@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s1fast.batching import Update
 from s1fast.forcing import BudgetForcer, ForcingTokens
+from s1fast.generate import GenerationConfig
 from s1fast.serve import api
 
 DISCONNECT_POLL_S = 0.5
@@ -50,12 +51,13 @@ class TextStream:
 class Server:
     """Shared state of one app: the engine, the tokenizer, the forcing tokens per extension string."""
 
-    def __init__(self, engine, tokenizer, *, model_name: str, max_total_tokens: int, defaults: api.Defaults,
+    def __init__(self, engine, tokenizer, *, model_name: str, max_total_tokens: int, defaults: GenerationConfig,
                  limits: api.Limits, api_key: str | None = None):
         self.engine, self.tok, self.model_name = engine, tokenizer, model_name
         self.max_total, self.defaults, self.limits, self.api_key = max_total_tokens, defaults, limits, api_key
-        self.in_flight = 0
-        self.served = 0
+        self.in_flight = 0      # requests between submit and their last byte
+        self.served = 0         # requests answered in full
+        self.cancelled = 0      # requests whose client went away before the end
         self.created = int(time.time())
         self._tokens: dict[str, ForcingTokens] = {}
 
@@ -101,6 +103,22 @@ class Server:
                                param="messages" if job.kind == "chat" else "prompt") from None
 
 
+class _EventStream(StreamingResponse):
+    """Server-sent events whose ``close(done=False)`` runs even if the body never started (a client gone
+    before the first byte), so its request is cancelled and its row freed either way."""
+
+    def __init__(self, events, close):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.close = close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.close(False)
+
+
 def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
@@ -125,7 +143,8 @@ def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
     @app.get("/health")
     async def health(request: Request):
         server.check_key(request)
-        return {"status": "ok", "model": server.model_name, "in_flight": server.in_flight, "served": server.served}
+        return {"status": "ok", "model": server.model_name, "in_flight": server.in_flight,
+                "engine_busy": server.engine.busy, "served": server.served, "cancelled": server.cancelled}
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -163,17 +182,33 @@ def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
         server.in_flight += 1
         rid = api.new_id(kind)
         if job.stream:
-            return StreamingResponse(_stream(job, rid, ticket, queue), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            closed = []
+
+            def close(done: bool) -> None:   # exactly once, from whichever side ends first
+                if closed:
+                    return
+                closed.append(done)
+                if not done:
+                    server.engine.cancel(ticket)
+                    server.cancelled += 1
+                server.in_flight -= 1
+
+            return _EventStream(_stream(job, rid, queue, close), close)
         try:
             thinking, answer = TextStream(server.tok), TextStream(server.tok)
+            check_at = loop.time() + DISCONNECT_POLL_S
             while True:
-                try:
-                    upd = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+                try:   # updates come every step: look for a gone client on a clock, not on a quiet queue
+                    upd = await asyncio.wait_for(queue.get(), max(0.0, check_at - loop.time()))
                 except asyncio.TimeoutError:
+                    upd = None
+                if loop.time() >= check_at:
                     if await request.is_disconnected():
                         server.engine.cancel(ticket)
+                        server.cancelled += 1
                         return JSONResponse({}, status_code=499)
+                    check_at = loop.time() + DISCONNECT_POLL_S
+                if upd is None:
                     continue
                 if upd.error:
                     raise api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
@@ -186,11 +221,12 @@ def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
                                         server.tok.decode(upd.result["forced_end_ids"], skip_special_tokens=False))
         except asyncio.CancelledError:
             server.engine.cancel(ticket)
+            server.cancelled += 1
             raise
         finally:
             server.in_flight -= 1
 
-    async def _stream(job: api.Job, rid: str, ticket, queue: asyncio.Queue):
+    async def _stream(job: api.Job, rid: str, queue: asyncio.Queue, close):
         def event(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -223,8 +259,6 @@ def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
             yield "data: [DONE]\n\n"
         finally:
             # A client that went away mid-stream ends up here too (the generator is closed or cancelled).
-            if not done:
-                server.engine.cancel(ticket)
-            server.in_flight -= 1
+            close(done)
 
     return app

@@ -1,0 +1,336 @@
+"""The OpenAI-compatible server, end to end with the official ``openai`` client on a loopback port.
+
+The model is an exported random tiny Qwen2 whose two stop ids (<|im_start|>, <|im_end|>) have their
+(tied) embedding rows scaled up, so that greedy decoding ends its thinking now and then and the
+protocol's moves (Wait extensions, min_thinking_tokens, the cap) all happen. Every answer is checked
+against ``s1fast.generate`` run alone on the same folder with the same settings and seed.
+"""
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+
+from s1fast import model as lean
+from s1fast.generate import BUNDLED_TOKENIZER, DEFAULT_SYSTEM, GenerationConfig, generate, load, prompt_ids
+
+KEY = "test-key-17"
+CONTEXT = 512
+QUESTIONS = ["What is 1+1?", "hello there how are you", "Let $ABC$ be a triangle inscribed in a circle. Find m+n.",
+             "2+2?"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def export_tiny(path: str) -> str:
+    """A random tiny Qwen2 whose stop ids win greedy picks now and then (see the module docstring)."""
+    torch.manual_seed(0)
+    m = lean.build_model("tiny-qwen2", device="cpu", dtype=torch.float32).eval()
+    with torch.no_grad():
+        m.embed_tokens.weight[[151644, 151645]] *= 20
+    m.save_pretrained(path, tokenizer_dir=BUNDLED_TOKENIZER)
+    return path
+
+
+def wait_healthy(base: str, timeout: float, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no server at {base} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_tiny(str(tmp_path_factory.mktemp("tiny-served")))
+
+
+@pytest.fixture(scope="module")
+def served(exported):
+    """An in-process server (uvicorn in a thread) with an API key and a default of one Wait."""
+    import uvicorn
+
+    from s1fast.serve.__main__ import build, parser
+    old = os.environ.get("S1FAST_DISABLE_TRITON")
+    os.environ["S1FAST_DISABLE_TRITON"] = "1"     # the kernels have their own tests
+    port = free_port()
+    args = parser().parse_args(["--model", exported, "--port", str(port), "--max-total-tokens", str(CONTEXT),
+                                "--batch-size", "16", "--api-key", KEY, "--num-wait", "1",
+                                "--max-thinking-tokens", "24", "--max-answer-tokens", "8",
+                                "--max-body-bytes", "20000", "--max-prompt-tokens", "1000",
+                                "--max-tokens-limit", "500", "--max-concurrency", "256"])
+    app, engine = build(args)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(base, 60)
+    yield base, app.state.server
+    srv.should_exit = True
+    thread.join(30)
+    engine.stop(30)
+    if old is None:
+        os.environ.pop("S1FAST_DISABLE_TRITON")
+    else:
+        os.environ["S1FAST_DISABLE_TRITON"] = old
+
+
+@pytest.fixture(scope="module")
+def reference(exported):
+    """``s1fast.generate`` alone on the same folder: one question, one settings dict -> its record."""
+    model, tok = load(exported, dtype="fp32", device="cpu")
+    memo = {}
+
+    def ref(question: str, system=DEFAULT_SYSTEM, **cfg) -> dict:
+        key = (question, system, json.dumps(cfg, sort_keys=True))
+        if key not in memo:
+            memo[key] = generate(model, tok, [question], GenerationConfig(max_total_tokens=CONTEXT, batch_size=1,
+                                                                          **cfg), system=system)[0]
+        return memo[key]
+    ref.tok = tok
+    return ref
+
+
+def client(base: str, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+# Request fields -> the GenerationConfig of the same run (server defaults: num_wait 1, 24 thinking, 8 answer).
+CASES = [
+    ({"num_wait": 2}, dict(num_wait=2, max_thinking_tokens=24, max_answer_tokens=8)),
+    ({"num_wait": 0, "min_thinking_tokens": 9, "extension": "Hmm", "max_tokens": 5},
+     dict(min_thinking_tokens=9, extension="Hmm", max_thinking_tokens=24, max_answer_tokens=5)),
+    ({}, dict(num_wait=1, max_thinking_tokens=24, max_answer_tokens=8)),                      # CLI defaults
+    ({"max_thinking_tokens": 6, "temperature": 1.0, "top_p": 0.9, "seed": 7, "max_answer_tokens": 4},
+     dict(num_wait=1, max_thinking_tokens=6, temperature=1.0, top_p=0.9, seed=7, max_answer_tokens=4)),
+]
+
+LOAD_CASES = [
+    ({"num_wait": 2, "max_thinking_tokens": 8, "max_tokens": 3}, dict(num_wait=2, max_thinking_tokens=8,
+                                                                       max_answer_tokens=3)),
+    ({"num_wait": 0, "min_thinking_tokens": 4, "max_thinking_tokens": 6, "max_tokens": 2},
+     dict(min_thinking_tokens=4, max_thinking_tokens=6, max_answer_tokens=2)),
+    ({"max_thinking_tokens": 5}, dict(num_wait=1, max_thinking_tokens=5, max_answer_tokens=8)),
+]
+
+
+def test_chat_honours_forcing_exactly_streamed_or_not(served, reference):
+    base, _ = served
+    c = client(base)
+    moves = set()
+    for i, (fields, cfg) in enumerate(CASES):
+        q = QUESTIONS[i % len(QUESTIONS)]
+        r = reference(q, **cfg)
+        moves |= {("wait", r["waits"] > 0), ("capped", r["capped"])}
+        resp = c.chat.completions.create(model=os.path.basename(served[1].model_name),
+                                         messages=[{"role": "user", "content": q}], extra_body=fields)
+        msg = resp.choices[0].message
+        assert msg.reasoning_content == r["thinking"] and msg.content == r["answer"], (fields, r)
+        u = resp.usage
+        assert (u.prompt_tokens, u.thinking_tokens, u.answer_tokens) == (r["prompt_tokens"], r["thinking_tokens"],
+                                                                        r["answer_tokens"])
+        assert u.completion_tokens == r["thinking_tokens"] + r["answer_tokens"]
+        assert u.completion_tokens_details.reasoning_tokens == r["thinking_tokens"]
+        assert resp.choices[0].finish_reason == ("stop" if r["finished"] else "length")
+        assert resp.budget_forcing["waits"] == r["waits"] and resp.budget_forcing["capped"] == r["capped"]
+
+        thinking, answer, usage, finish = "", "", None, None
+        for ev in c.chat.completions.create(messages=[{"role": "user", "content": q}], model=served[1].model_name,
+                                            stream=True, stream_options={"include_usage": True}, extra_body=fields):
+            if ev.usage is not None:
+                usage = ev.usage
+            for ch in ev.choices:
+                thinking += getattr(ch.delta, "reasoning_content", None) or ""
+                answer += ch.delta.content or ""
+                finish = ch.finish_reason or finish
+        assert (thinking, answer) == (r["thinking"], r["answer"])
+        assert (usage.thinking_tokens, usage.answer_tokens) == (r["thinking_tokens"], r["answer_tokens"])
+        assert finish == ("stop" if r["finished"] else "length")
+    assert moves == {("wait", True), ("wait", False), ("capped", True), ("capped", False)}, moves
+
+
+def test_completions_models_and_health(served, reference):
+    base, server = served
+    c = client(base)
+    q, cfg = QUESTIONS[2], dict(num_wait=1, max_thinking_tokens=24, max_answer_tokens=8)
+    r = reference(q, **cfg)
+    text = reference.tok.decode(prompt_ids(reference.tok, q), skip_special_tokens=False)
+    resp = c.completions.create(model=server.model_name, prompt=text)
+    assert resp.choices[0].text == r["answer"] and resp.choices[0].reasoning_content == r["thinking"]
+    assert resp.usage.thinking_tokens == r["thinking_tokens"]
+    streamed = [ch for ev in c.completions.create(model=server.model_name, prompt=text, stream=True)
+                for ch in ev.choices]
+    assert "".join(ch.text for ch in streamed) == r["answer"]
+    assert "".join(getattr(ch, "reasoning_content", None) or "" for ch in streamed) == r["thinking"]
+    assert [m.id for m in c.models.list()] == [server.model_name]
+    h = httpx.get(f"{base}/health", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert h["status"] == "ok" and h["served"] >= 2
+
+
+def test_64_concurrent_clients_each_get_their_own_answer(served, reference):
+    base, server = served
+    # 9 greedy variants, short (no system prompt, small budgets) to keep 192 requests quick on a CPU.
+    variants = [(q, fields, cfg) for q in QUESTIONS[:3] for fields, cfg in LOAD_CASES]
+    expected = {i: reference(q, system="", **cfg) for i, (q, _, cfg) in enumerate(variants)}
+    ac = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=300)
+
+    async def one(cid: int, k: int):
+        v = (cid * 3 + k) % len(variants)
+        q, fields, _ = variants[v]
+        stream = (cid + k) % 2 == 0
+        msgs = [{"role": "system", "content": ""}, {"role": "user", "content": q}]
+        resp = await ac.chat.completions.create(model=server.model_name, messages=msgs, stream=stream,
+                                                extra_body=fields)
+        if not stream:
+            return cid, k, v, resp.id, resp.choices[0].message.reasoning_content, resp.choices[0].message.content
+        ids, thinking, answer = set(), "", ""
+        async for ev in resp:
+            ids.add(ev.id)
+            for ch in ev.choices:
+                thinking += getattr(ch.delta, "reasoning_content", None) or ""
+                answer += ch.delta.content or ""
+        assert len(ids) == 1
+        return cid, k, v, ids.pop(), thinking, answer
+
+    async def client_loop(cid: int):
+        return [await one(cid, k) for k in range(3)]
+
+    async def main():
+        try:
+            return await asyncio.gather(*(client_loop(c) for c in range(64)))
+        finally:
+            await ac.close()
+
+    steps0 = server.engine.steps
+    results = [x for per in asyncio.run(main()) for x in per]
+    assert sorted((cid, k) for cid, k, *_ in results) == [(c, k) for c in range(64) for k in range(3)]
+    assert len({rid for *_, rid, _, _ in results}) == 192                 # no response twice
+    for cid, k, v, _, thinking, answer in results:
+        assert (thinking, answer) == (expected[v]["thinking"], expected[v]["answer"]), (cid, k, v)
+    # Requests were batched: far fewer decode steps than serving them one by one would take.
+    alone = sum(expected[v]["thinking_tokens"] + expected[v]["answer_tokens"] for _, _, v, *_ in results)
+    assert server.engine.steps - steps0 < alone / 4
+    assert server.in_flight == 0 and server.engine.busy == 0
+
+
+def raw(base: str, body, key: str | None = KEY, path: str = "/v1/chat/completions", **kw) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    kw.setdefault("timeout", 60)
+    return httpx.post(base + path, content=body, headers={**headers, **kw.pop("headers", {})}, **kw)
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served, reference):
+    base, server = served
+    msgs = [{"role": "user", "content": "2+2?"}]
+    long_prompt = [{"role": "user", "content": "hello " * 480}]
+    cases = [
+        (lambda: raw(base, '{"messages": [', ), 400, "invalid_json"),
+        (lambda: raw(base, "[1, 2]"), 400, "invalid_json"),
+        (lambda: raw(base, {"messages": msgs, "frobnicate": 1}), 400, "unknown_parameter"),
+        (lambda: raw(base, {"messages": msgs, "max_thinking_tokens": -1}), 400, "invalid_value"),
+        (lambda: raw(base, {"messages": msgs, "num_wait": -2}), 400, "invalid_value"),
+        (lambda: raw(base, {"messages": msgs, "min_thinking_tokens": "3"}), 400, "invalid_type"),
+        (lambda: raw(base, {"messages": msgs, "max_tokens": 501}), 400, "invalid_value"),
+        (lambda: raw(base, {"messages": msgs, "extension": ""}), 400, "invalid_value"),
+        (lambda: raw(base, {"messages": msgs, "n": 2}), 400, "invalid_value"),
+        (lambda: raw(base, {"messages": [{"role": "tool", "content": "x"}]}), 400, "invalid_value"),
+        (lambda: raw(base, {"messages": long_prompt}), 400, "context_length_exceeded"),         # over the context
+        (lambda: raw(base, {"messages": [{"role": "user", "content": "hello " * 1100}]}), 400,
+         "context_length_exceeded"),                                                              # --max-prompt-tokens
+        (lambda: raw(base, {"messages": msgs, "model": "gpt-17"}), 404, "model_not_found"),
+        (lambda: raw(base, {"messages": msgs}, key="wrong-key"), 401, "invalid_api_key"),
+        (lambda: raw(base, {"messages": msgs}, key=None), 401, "invalid_api_key"),
+        (lambda: raw(base, json.dumps({"messages": msgs, "user": "x" * 30000})), 413, "request_too_large"),
+        (lambda: raw(base, (b"x" * 1000 for _ in range(30))), 413, "request_too_large"),         # chunked, no length
+        (lambda: raw(base, {}, path="/v1/nothing"), 404, "not_found"),
+    ]
+    for send, status, code in cases:
+        r = send()
+        assert r.status_code == status, (code, r.text)
+        err = r.json()["error"]
+        assert err["code"] == code and err["message"] and "type" in err and "param" in err, r.text
+    with pytest.raises(openai.AuthenticationError):
+        client(base, key="nope").chat.completions.create(model=server.model_name, messages=msgs)
+    with pytest.raises(openai.BadRequestError, match="frobnicate"):
+        client(base).chat.completions.create(model=server.model_name, messages=msgs, extra_body={"frobnicate": 1})
+    limit = server.limits.max_concurrency
+    server.limits.max_concurrency = 0
+    try:
+        r = raw(base, {"messages": msgs})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_requests"
+    finally:
+        server.limits.max_concurrency = limit
+    r = reference("2+2?", num_wait=1, max_thinking_tokens=24, max_answer_tokens=8)
+    ok = client(base).chat.completions.create(model=server.model_name, messages=msgs)
+    assert ok.choices[0].message.content == r["answer"]
+    assert server.in_flight == 0
+
+
+def wait_for(cond, timeout: float = 30, state=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"condition not reached in {timeout} s: {state() if state else ''}"
+        time.sleep(0.05)
+
+
+class Slow:
+    """The engine's model, 20 ms slower per step: a long request stays in flight for seconds."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def decode(self, *a, **kw):
+        time.sleep(0.02)
+        return self.model.decode(*a, **kw)
+
+
+@pytest.fixture
+def slow_engine(served):
+    engine = served[1].engine
+    engine.model = Slow(engine.model)
+    yield
+    engine.model = engine.model.model
+
+
+def test_a_client_gone_mid_request_frees_its_row(served, slow_engine):
+    base, server = served
+    # 374 thinking tokens (the context's bound), 20 ms each: about 8 s unless it is cancelled.
+    body = {"messages": [{"role": "user", "content": "count"}], "max_thinking_tokens": 400, "min_thinking_tokens": 400,
+            "max_tokens": 64, "stream": True}
+    served_before, cancelled = server.served, server.cancelled
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any("reasoning_content" in x for x in got)
+    wait_for(lambda: server.cancelled == cancelled + 1 and server.engine.busy == 0 and server.in_flight == 0)
+    body["stream"] = False
+    with pytest.raises(httpx.ReadTimeout):
+        raw(base, body, timeout=1.0)
+    wait_for(lambda: server.cancelled == cancelled + 2 and server.engine.busy == 0 and server.in_flight == 0,
+             state=lambda: (server.cancelled - cancelled, server.engine.busy, server.in_flight, server.served))
+    assert server.served == served_before
+    ok = client(base).chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": "hi"}])
+    assert ok.usage.thinking_tokens <= 24
