@@ -126,6 +126,16 @@ def test_verify_rejection_sampling(tmp_path, keep, k, expect):
     assert len(lines(tmp_path / "v.jsonl")) == len(expect)
 
 
+def test_verify_with_a_named_protocol(tmp_path, capsys):
+    """s1's harness compares non-integers as strings: 0.75 is not \\frac34 there, while s1fast's grader says equal."""
+    data = write(tmp_path / "g.jsonl", [r for r in gen_rows() if r["question"] == "What is 1/2+1/4?"])
+    for proto, expect in (("s1fast", 2), ("s1", 0)):
+        assert run("verify", "--data", data, "--out", tmp_path / f"{proto}.jsonl", "--protocol", proto) == 0
+        assert len(lines(tmp_path / f"{proto}.jsonl")) == expect
+    assert run("verify", "--data", data, "--out", tmp_path / "x.jsonl", "--protocol", "nope") == 2
+    assert "unknown protocol 'nope'" in capsys.readouterr().err
+
+
 # ---- select ----------------------------------------------------------------------------------------------
 def pool(n_per_domain=(40, 25, 12, 6), seed=0):
     """Synthetic candidates: domain, a hard flag, a distinct trace length."""

@@ -1,9 +1,9 @@
 """``verify``: grade each sample's answer against its question's reference; rejection sampling.
 
 The answer graded is the sample's attempt (with the forced end of thinking before it, as ``s1fast.eval``
-grades); the reference is ``--answer-field``, else ``answer`` / ``gt`` / ``solution`` (a worked solution's last
-``\\boxed{}``). Every graded row is written to ``--graded`` (if named) with ``correct`` and ``pred``;
-``--out`` keeps what rejection sampling keeps: ``--keep correct`` (all correct samples), ``--keep first-k``
+grades), by s1fast's grader or a named evaluation protocol (``--protocol``); the reference is
+``--answer-field``, else ``answer`` / ``gt`` / ``solution`` (a worked solution's last ``\\boxed{}``).
+Every graded row is written to ``--graded`` (if named) with ``correct`` and ``pred``; ``--out`` keeps what rejection sampling keeps: ``--keep correct`` (all correct samples), ``--keep first-k``
 (the first ``--k`` correct samples per question, by sample index) or ``--keep all`` (grade only).
 """
 from __future__ import annotations
@@ -16,9 +16,13 @@ from . import rows as R
 KEEP = ("correct", "first-k", "all")
 
 
-def grade_row(row: dict, answer_field: str | None = None) -> dict:
-    """``row`` plus ``pred``, ``correct``, ``grader`` and ``gold``; ``verdict`` says why when not graded."""
+def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fast") -> dict:
+    """``row`` plus ``pred``, ``correct``, ``grader`` and ``gold``; ``verdict`` says why when not graded.
+
+    ``protocol``: ``s1fast`` (``grading.grade``: s1's extraction, math-verify equivalence when installed) or a
+    named harness of ``grading.PROTOCOLS`` (s1, skythought, math-verify)."""
     from s1fast import grading
+    grade = grading.grade if protocol == "s1fast" else grading.protocol(protocol).grade
     gold = R.reference(row, answer_field)
     text = (row.get("generation") or {}).get("forced_end", "") + R.attempt(row)
     out = dict(row)
@@ -27,9 +31,10 @@ def grade_row(row: dict, answer_field: str | None = None) -> dict:
     elif not text.strip():
         out.update(pred=None, correct=False, verdict="no_answer", gold=gold)
     else:
-        g = grading.grade(text, gold)
+        g = grade(text, gold)
         verdict = "correct" if g["correct"] else ("no_answer" if g["pred"] is None else "wrong")
-        out.update(pred=g["pred"], correct=g["correct"], grader=g["grader"], verdict=verdict, gold=gold)
+        out.update(pred=g["pred"], correct=g["correct"], grader=g.get("grader") or g.get("protocol"),
+                   verdict=verdict, gold=gold)
     return out
 
 
@@ -39,6 +44,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="kept rows, .jsonl (appended; a rerun resumes)")
     p.add_argument("--graded", help="also write every graded row here (.jsonl)")
     p.add_argument("--answer-field", help="reference answer field (default: answer / gt / solution)")
+    p.add_argument("--protocol", default="s1fast",
+                   help="how answers are extracted and compared: s1fast (its grader) or a named harness of "
+                        "s1fast.grading.PROTOCOLS (s1, skythought, math-verify)")
     p.add_argument("--keep", choices=KEEP, default="correct", help="rejection sampling rule")
     p.add_argument("--k", type=int, default=1, help="with --keep first-k: correct samples kept per question")
 
@@ -64,7 +72,7 @@ def main(args) -> R.Tally:
             if row["key"] in out.keys:
                 tally.note("already_done")
                 continue
-            g = grade_row(row, args.answer_field)
+            g = grade_row(row, args.answer_field, args.protocol)
             if graded is not None and row["key"] not in graded.keys:
                 graded.write(g)
             qid = R.qid(R.question(row))
