@@ -3,8 +3,9 @@
 The answer graded is the sample's attempt (with the forced end of thinking before it, as ``s1fast.eval``
 grades), by s1fast's grader or a named evaluation protocol (``--protocol``); the reference is
 ``--answer-field``, else ``answer`` / ``gt`` / ``solution`` (a worked solution's last ``\\boxed{}``).
-Every graded row is written to ``--graded`` (if named) with ``correct`` and ``pred``; ``--out`` keeps what rejection sampling keeps: ``--keep correct`` (all correct samples), ``--keep first-k``
-(the first ``--k`` correct samples per question, by sample index) or ``--keep all`` (grade only).
+Every graded row is written to ``--graded`` (if named) with ``correct`` and ``pred``; ``--out`` keeps what
+rejection sampling keeps: ``--keep correct`` (all correct samples), ``--keep first-k`` (the first ``--k``
+correct samples per question, by sample index) or ``--keep all`` (grade only).
 """
 from __future__ import annotations
 
