@@ -107,7 +107,8 @@ def gen_rows():
 
 @pytest.mark.parametrize("keep,k,expect", [("correct", 1, [(0, 0), (0, 2), (1, 0), (1, 1)]),
                                            ("first-k", 1, [(0, 0), (1, 0)]),
-                                           ("all", 1, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)])])
+                                           ("all", 1, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0),
+                                                       (2, 1)])])
 def test_verify_rejection_sampling(tmp_path, keep, k, expect):
     rows = gen_rows()
     data = write(tmp_path / "g.jsonl", list(reversed(rows)))
@@ -228,16 +229,19 @@ def test_simple_alternatives_and_the_cli(tmp_path):
     data = write(tmp_path / "p.jsonl", rows)
     out = tmp_path / "sel.jsonl"
     for _ in range(2):   # the second run (same seed) finds everything already there
-        assert run("select", "--data", data, "--out", out, "--size", 10, "--grade-field", "qwen_grade", "--length", "chars",
+        assert run("select", "--data", data, "--out", out, "--size", 10, "--grade-field", "qwen_grade",
+                   "--length", "chars",
                    "--seed", 5, "--summary", tmp_path / "s.json") == 0
     sel = lines(out)
     assert len(sel) == 10 and len({r["key"] for r in sel}) == 10
     assert json.load(open(tmp_path / "s.json"))["other"]["already_done"] == 10
-    assert run("select", "--data", data, "--out", tmp_path / "x.jsonl", "--method", "difficulty", "--length", "chars") == 2
+    assert run("select", "--data", data, "--out", tmp_path / "x.jsonl", "--method", "difficulty",
+               "--length", "chars") == 2
 
 
 def test_a_named_classifier_gives_the_domains(tmp_path, monkeypatch):
-    (tmp_path / "myclass.py").write_text("def by_number(row):\n    return 'even' if '0' in row['question'] else 'odd'\n")
+    (tmp_path / "myclass.py").write_text("def by_number(row):\n"
+                                         "    return 'even' if '0' in row['question'] else 'odd'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     data = write(tmp_path / "p.jsonl", pool())
     assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--size", 6, "--length", "chars",

@@ -46,7 +46,8 @@ class EvalIndex:
             q = R.question(row)
             if not q:
                 continue
-            item = {"benchmark_file": os.path.basename(path), "item": row.get("source", f"{os.path.basename(path)}:{i}"),
+            name = os.path.basename(path)
+            item = {"benchmark_file": name, "item": row.get("source", f"{name}:{i}"),
                     "benchmark_question": q}
             self.items.append(item)
             self.grams.append(ngrams(words(q), self.n))

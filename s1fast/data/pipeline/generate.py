@@ -105,7 +105,8 @@ def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R
         else:
             out.write(to_row(req, res, teacher.name))
             tally.keep("generated")
-            tokens += res.get("completion_tokens") or (res.get("thinking_tokens") or 0) + (res.get("answer_tokens") or 0)
+            tokens += res.get("completion_tokens") or ((res.get("thinking_tokens") or 0)
+                                                       + (res.get("answer_tokens") or 0))
         bar.update(1)
 
     try:
@@ -236,7 +237,8 @@ def make_teacher(args):
         raise DataError(f"--max-thinking-tokens: {e}") from None
     model, tok, backend = open_backend(args)
     cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
-    return EngineTeacher(model, tok, cfg, backend, name=f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}")
+    name = f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
+    return EngineTeacher(model, tok, cfg, backend, name=name)
 
 
 def main(args) -> R.Tally:
