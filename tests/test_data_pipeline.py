@@ -267,6 +267,16 @@ def test_stats_on_real_traces(tmp_path):
     assert (out / "lengths.png").stat().st_size > 10000 and "| trace |" in (out / "stats.md").read_text()
 
 
+def test_parquet_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [{"problem": f"Parquet question number {i} about integers.", "solution": str(i)} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows + rows[:1]), tmp_path / "d.parquet")
+    assert run("decontaminate", "--data", tmp_path / "d.parquet", "--out", tmp_path / "c.jsonl",
+               "--near-threshold", "2") == 0
+    assert [r["problem"] for r in lines(tmp_path / "c.jsonl")] == [r["problem"] for r in rows]
+
+
 def test_outputs_must_be_jsonl_and_bad_input_fails_clearly(tmp_path, capsys):
     assert run("select", "--data", S1K, "--out", tmp_path / "x.parquet") == 2
     assert "error: select:" in capsys.readouterr().err

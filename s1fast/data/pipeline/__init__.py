@@ -3,7 +3,8 @@
 One step per module (``generate``, ``teacher_openai``, ``verify``, ``decontaminate``, ``select``, ``stats``);
 ``rows`` holds what they share: reading the fields of any schema s1fast reads (s1K, s1K-1.1, ShareGPT,
 and the pipeline's own rows), the append-only output that lets an interrupted run resume, and the summary
-of counts by reason each step prints at its end. How the steps fit together: ``docs`` in README.18.md.
+of counts by reason each step prints at its end. How the steps fit together: the README's "Make your own
+s1K" section.
 """
 
 STEPS = {
