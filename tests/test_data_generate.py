@@ -80,6 +80,19 @@ def test_client_errors_fail_at_once_and_auth_errors_stop_the_run(tmp_path, capsy
     assert len(failed) == 6 and all(f["attempts"] == 1 and "NotFoundError" in f["error"] for f in failed)
 
 
+def test_an_endpoint_never_reached_stops_the_run(tmp_path, capsys):
+    import socket
+    with socket.socket() as sock:        # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = questions(tmp_path / "q.jsonl", [f"q{i}" for i in range(20)])
+    rc, _ = gen(tmp_path, f"http://127.0.0.1:{port}/v1", data, "--retries", "1", "--concurrency", "2")
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the endpoint" in err and "failed_connection" in err
+    failed = lines(tmp_path / "gen.failed.jsonl")
+    assert 1 <= len(failed) <= 2 and all(f["kind"] == "connection" and f["attempts"] == 2 for f in failed)
+
+
 def test_killed_mid_run_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
     qs = [f"problem {i}: what is {i} + {i}?" for i in range(20)]
     data = questions(tmp_path / "q.jsonl", qs)

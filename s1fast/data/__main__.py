@@ -47,10 +47,10 @@ def main(argv=None) -> int:
 
 
 def _run_step(args) -> int:
-    from .pipeline.teacher_openai import AuthError
+    from .pipeline.teacher_openai import StopRun
     try:
         tally = args.step.main(args)
-    except (DataError, AuthError, ValueError, ImportError, OSError) as e:
+    except (DataError, StopRun, ValueError, ImportError, OSError) as e:
         if getattr(e, "tally", None) is not None:
             print(e.tally.report(), file=sys.stderr)
         print(f"error: {args.cmd}: {e}".replace("\n", " "), file=sys.stderr)

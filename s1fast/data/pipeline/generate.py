@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ..readers import DataError
 from . import rows as R
-from .teacher_openai import AuthError, Failure, OpenAITeacher
+from .teacher_openai import Failure, OpenAITeacher, StopRun
 
 TRACE_FIELDS = ("thinking_trajectories", "attempt", "deepseek_thinking_trajectory", "deepseek_attempt",
                 "conversations", "messages")
@@ -102,11 +102,14 @@ def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R
                           "question": req["question"], "kind": res.kind, "error": res.error,
                           "attempts": res.attempts, "teacher": teacher.name, "time": time.time()})
             tally.drop(f"failed_{res.kind}")
-        else:
-            out.write(to_row(req, res, teacher.name))
-            tally.keep("generated")
-            tokens += res.get("completion_tokens") or ((res.get("thinking_tokens") or 0)
-                                                       + (res.get("answer_tokens") or 0))
+            bar.update(1)
+            if res.kind == "connection" and not tally.kept["generated"]:
+                raise StopRun(f"cannot reach the endpoint of {teacher.name} ({res.error}); check --base-url and "
+                              "that the server is up; the failure is recorded and a rerun resumes")
+            return
+        out.write(to_row(req, res, teacher.name))
+        tally.keep("generated")
+        tokens += res.get("completion_tokens") or ((res.get("thinking_tokens") or 0) + (res.get("answer_tokens") or 0))
         bar.update(1)
 
     try:
@@ -137,21 +140,21 @@ def _run_concurrent(teacher, requests, record, concurrency):
             live[pool.submit(teacher.complete, req["question"], req["seed"])] = req
             if len(live) >= concurrency:
                 break
-        auth = None
+        stop = None
         while live:
             done, _ = wait(live, return_when=FIRST_COMPLETED)
             for f in done:
                 req = live.pop(f)
                 try:
                     record(req, f.result())
-                except AuthError as e:
-                    auth = auth or e
-                if auth is None:
+                except StopRun as e:
+                    stop = stop or e
+                if stop is None:
                     nxt = next(it, None)
                     if nxt is not None:
                         live[pool.submit(teacher.complete, nxt["question"], nxt["seed"])] = nxt
-        if auth is not None:
-            raise auth
+        if stop is not None:
+            raise stop
 
 
 def _bar(total, enabled):
@@ -259,7 +262,7 @@ def main(args) -> R.Tally:
             teacher = make_teacher(args)
             try:
                 run(teacher, todo, out, failed, tally, concurrency=args.concurrency, progress=not args.no_progress)
-            except AuthError as e:
+            except StopRun as e:
                 e.tally = tally   # the CLI prints what was done before the stop
                 raise
     return tally

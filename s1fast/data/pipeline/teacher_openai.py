@@ -5,7 +5,9 @@ Each request is one (question, sample). What happens on failure (the summary cou
 - 429, 500-599, a timeout, a dropped connection, or a body that is not the JSON the API promises
   (``malformed``): retried up to ``retries`` times, waiting ``backoff * 2**attempt`` seconds (capped at 60,
   with jitter); then recorded as failed with its last error;
-- 401 / 403: the whole run stops (:class:`AuthError`); what was written stays, a rerun resumes;
+- 401 / 403: the whole run stops (:class:`AuthError`); what was written stays, a rerun resumes; so does a
+  connection failure (after its retries) before any request of the run has succeeded: a wrong URL or a server
+  that is down would otherwise cost every request its retries;
 - any other 4xx, or a response with no choice / no text: recorded as failed at once (retrying cannot help).
 
 The thinking text is the message's ``reasoning_content`` / ``reasoning`` field when the endpoint returns one,
@@ -23,8 +25,12 @@ from dataclasses import dataclass
 TRANSIENT = ("rate_limit", "server_error", "timeout", "connection", "malformed")
 
 
-class AuthError(RuntimeError):
-    """The endpoint refused the credentials: nothing else will succeed, so the run stops."""
+class StopRun(RuntimeError):
+    """Nothing more can succeed (refused credentials, an endpoint never reached): the run stops."""
+
+
+class AuthError(StopRun):
+    """The endpoint refused the credentials."""
 
 
 @dataclass
