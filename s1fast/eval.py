@@ -1,28 +1,30 @@
-"""Evaluate a reasoning model under budget forcing: accuracy against mean thinking tokens (s1's scaling curve).
+"""Evaluate a reasoning model under budget forcing, with a named grading protocol and honest statistics.
 
-For every thinking budget and every ``num_wait`` the whole data set is generated with
-``s1fast.generate`` (greedy by default, as in the paper), each output's final answer is extracted and
-graded for mathematical equivalence by ``s1fast.grading`` (which grader was used is recorded), and one
-row is reported: accuracy, mean thinking tokens, mean waits used, share of outputs that hit the cap.
+For every ``num_wait`` and thinking budget, each problem is answered ``--samples`` times (seeded: sample
+``s`` of problem ``i`` uses seed ``seed + i * samples + s``; greedy is ``--samples 1 --temperature 0``),
+every completion is graded by ``--protocol`` (``s1``, ``skythought`` or ``math-verify``: s1fast.grading),
+and one row is reported: pass@1 (mean over samples) with its standard error over problems, unbiased
+pass@k, majority vote, mean thinking tokens, waits and capped share (docs/eval.md).
 
-Usage::
+    python -m s1fast.eval --model DIR --data aime24.jsonl --budgets 1000,2000,4000 --num-wait 0,1,2 --out runs/eval
+    python -m s1fast.eval --model runs/tiny/final --data toy:chain:60 --budgets 8,16,32,64 --protocol s1
+    python -m s1fast.eval compare runs/evalA runs/evalB        # problems whose verdicts differ
+    python -m s1fast.eval show runs/evalA                      # outputs a "Wait" continued or a cap cut
+    python -m s1fast.eval agreement                            # protocols vs SkyThought's published verdicts
 
-    python -m s1fast.eval --model DIR --budgets 1000,2000,4000,8000 --num-wait 0,1,2
-    python -m s1fast.eval --model DIR --data aime24.jsonl --budgets auto --out runs/eval
-
-``--data`` is jsonl with a question and a reference answer per line (fields ``question`` / ``answer``,
-or ``problem``, ``gt``; see ``--question-field`` / ``--answer-field``); the default is the bundled sample
-of 70 real AIME 2024 and AMC 2023 problems. Written under ``--out``: ``results.json`` (every row, the
-configuration and the grader), ``table.md``, ``scaling.png`` (accuracy against mean thinking tokens, one
-line per ``num_wait``) and ``generations.jsonl`` (each output with its extracted answer and verdict).
+Written under ``--out``: ``problems.jsonl`` (one line per problem and setting, appended as produced, so
+an interrupted run resumes where it stopped), ``results.json`` (rows, protocol, grader versions,
+decoding settings, seeds), ``table.md`` and ``scaling.png`` (accuracy against mean thinking tokens).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 from typing import Sequence
 
@@ -31,18 +33,34 @@ from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, 
                              open_backend, read_jsonl)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
+DEFAULT_PROTOCOL = "math-verify" if grading.BACKEND == "math-verify" else "s1"
 QUESTION_FIELDS = ("question", "problem", "Question", "prompt")
 ANSWER_FIELDS = ("answer", "gt", "Answer", "solution")
 
 
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked; the message says what to change."""
+
+
+# ---- problems ----------------------------------------------------------------------------------------------
 def read_problems(path: str, question_field: str | None = None, answer_field: str | None = None,
                   limit: int | None = None) -> list[dict]:
-    """[{"question", "answer", "source"}] from a jsonl file; errors name the file, line and field."""
+    """[{"id", "question", "answer", "source"}] from a jsonl file or a toy source ``toy:NAME[:N]`` (held-out
+    problems); errors name the file, line and field."""
+    from s1fast.data import toy
+    if toy.is_spec(path):
+        task, n = toy.parse_spec(path)
+        if path.count(":") == 1:
+            n = 50
+        rows = toy.make_problems(task, min(n, limit or n), seed=0, split="test")
+        return [{"id": r["id"], "question": r["question"], "answer": r["answer"], "source": r["id"],
+                 "difficulty": r["difficulty"]} for r in rows]
     rows = []
     for n, row in read_jsonl(path):
         q = _field(row, question_field, QUESTION_FIELDS, path, n, "question")
         a = _field(row, answer_field, ANSWER_FIELDS, path, n, "answer")
-        rows.append({"question": str(q), "answer": str(a), "source": row.get("source", f"{path}:{n}")})
+        source = row.get("source", f"{path}:{n}")
+        rows.append({"id": str(row.get("id", source)), "question": str(q), "answer": str(a), "source": source})
         if limit and len(rows) >= limit:
             break
     if not rows:
@@ -59,49 +77,130 @@ def _field(row, name, candidates, path, n, what):
                      f"pass --{what}-field to name it")
 
 
-def answer_text(result: dict) -> str:
-    """What is graded: the answer phase, after the forced end of thinking (so "Final Answer: X" counts)."""
-    return result["forced_end"] + result["answer"]
+# ---- statistics ----------------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are right: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error, sqrt(sample variance / n) (0 for a single value)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, 0.0
+    var = sum((v - m) ** 2 for v in values) / (n - 1)
+    return m, math.sqrt(var / n)
+
+
+def majority(preds: Sequence[str | None]) -> str | None:
+    """The most frequent extracted answer (ties: the first one sampled); None when none was extracted."""
+    seen = [p for p in preds if p is not None]
+    if not seen:
+        return None
+    counts = Counter(seen)
+    top = max(counts.values())
+    return next(p for p in seen if counts[p] == top)
+
+
+def summarize(records: Sequence[dict], samples: int) -> dict:
+    """One table row from the per-problem records of one (num_wait, budget) setting."""
+    per_problem = [sum(r["verdicts"]) / len(r["verdicts"]) for r in records]
+    p1, se = mean_and_se(per_problem)
+    flat = lambda key: [x for r in records for x in r[key]]  # noqa: E731
+    think, waits, capped = flat("thinking_tokens"), flat("waits"), flat("capped")
+    row = {"budget": records[0]["budget"], "num_wait": records[0]["num_wait"], "n": len(records),
+           "samples": samples, "correct": sum(sum(r["verdicts"]) for r in records), "accuracy": p1,
+           "pass@1": p1, "pass@1_se": se,
+           "majority": sum(r["majority_correct"] for r in records) / len(records),
+           "mean_thinking_tokens": sum(think) / len(think), "mean_waits": sum(waits) / len(waits),
+           "capped_frac": sum(capped) / len(capped)}
+    k = 2
+    while k <= samples:
+        row[f"pass@{k}"] = sum(pass_at_k(len(r["verdicts"]), sum(r["verdicts"]), k) for r in records) / len(records)
+        k *= 2
+    return row
+
+
+# ---- generation and grading ----------------------------------------------------------------------------------
+def graded_text(result: dict) -> str:
+    """What a harness sees of one output: the completion after the prompt, without the final stop token."""
+    text = result["completion"]
+    return text[:-len("<|im_end|>")] if text.endswith("<|im_end|>") else text
+
+
+def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
+    """Runs of consecutive indices, at most ``size`` long (so each run's seeds are one contiguous range)."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][-1] == i - 1 and len(out[-1]) < size:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def evaluate(model, tokenizer, problems: Sequence[dict], budgets: Sequence[int | str], num_waits: Sequence[int],
-             config: GenerationConfig | None = None, backend="native", log=None) -> dict:
-    """Generate and grade ``problems`` at every (num_wait, budget); returns {"rows", "generations", ...}."""
+             config: GenerationConfig | None = None, backend="native", *, protocol: str = DEFAULT_PROTOCOL,
+             samples: int = 1, sink=None, done: dict | None = None, log=None) -> dict:
+    """Generate and grade every problem ``samples`` times at every (num_wait, budget).
+
+    ``sink(record)`` receives each per-problem record as it is produced; ``done`` maps (num_wait, budget, id)
+    to records already produced by an interrupted run, which are reused, not generated again."""
     base = config or GenerationConfig()
-    questions = [p["question"] for p in problems]
-    rows, gens = [], []
+    grader = grading.protocol(protocol)
+    done = done or {}
+    rows, records = [], []
     for nw in num_waits:
         for budget in budgets:
             t0 = time.perf_counter()
             cfg = replace(base, max_thinking_tokens=budget, num_wait=nw)
-            outs = generate(model, tokenizer, questions, cfg, backend=backend)
-            correct = 0
-            for p, o in zip(problems, outs):
-                g = grading.grade(answer_text(o), p["answer"])
-                correct += g["correct"]
-                gens.append({"budget": budget, "num_wait": nw, "source": p["source"], "gold": p["answer"],
-                             "pred": g["pred"], "correct": g["correct"], **{k: o[k] for k in (
-                                 "thinking_tokens", "waits", "capped", "answer_tokens", "thinking", "answer",
-                                 "forced_end")}})
-            n = len(outs)
-            row = {"budget": budget, "num_wait": nw, "n": n, "correct": correct, "accuracy": correct / n,
-                   "mean_thinking_tokens": sum(o["thinking_tokens"] for o in outs) / n,
-                   "mean_waits": sum(o["waits"] for o in outs) / n,
-                   "capped_frac": sum(o["capped"] for o in outs) / n,
-                   "seconds": round(time.perf_counter() - t0, 3)}
+            setting = [done.get((nw, budget, p["id"])) for p in problems]
+            todo = [i for i, r in enumerate(setting) if r is None]
+            for chunk in _chunks(todo, max(1, cfg.batch_size // samples)):
+                # problem i, sample s -> seed + i * samples + s (generate seeds its i-th prompt with seed + i)
+                questions = [problems[i]["question"] for i in chunk for _ in range(samples)]
+                outs = generate(model, tokenizer, questions, replace(cfg, seed=cfg.seed + chunk[0] * samples),
+                                backend=backend)
+                for j, i in enumerate(chunk):
+                    p, mine = problems[i], outs[j * samples:(j + 1) * samples]
+                    graded = [grader.grade(graded_text(o), p["answer"]) for o in mine]
+                    preds = [g["pred"] for g in graded]
+                    maj = majority(preds)
+                    rec = {"id": p["id"], "budget": budget, "num_wait": nw, "gold": p["answer"],
+                           "samples": [graded_text(o) for o in mine], "extracted": preds,
+                           "verdicts": [g["correct"] for g in graded], "majority": maj,
+                           "majority_correct": bool(grader.equal(maj, p["answer"])) if maj is not None else False,
+                           "thinking_tokens": [o["thinking_tokens"] for o in mine],
+                           "waits": [o["waits"] for o in mine], "capped": [o["capped"] for o in mine],
+                           "seeds": [cfg.seed + i * samples + s for s in range(samples)]}
+                    setting[i] = rec
+                    if sink:
+                        sink(rec)
+            records.extend(setting)
+            row = summarize(setting, samples)
+            row["seconds"] = round(time.perf_counter() - t0, 3)
             rows.append(row)
             if log:
-                log(f"num_wait={nw} budget={budget}: accuracy {row['accuracy']:.3f} "
-                    f"({correct}/{n}), mean thinking tokens {row['mean_thinking_tokens']:.1f}")
-    return {"grader": grading.BACKEND, "config": asdict(base), "rows": rows, "generations": gens}
+                log(f"num_wait={nw} budget={budget}: pass@1 {row['pass@1']:.3f} +- {row['pass@1_se']:.3f} "
+                    f"({row['correct']}/{row['n'] * samples}), mean thinking tokens {row['mean_thinking_tokens']:.1f}")
+    return {"protocol": protocol, "protocol_source": grader.source, "grader_versions": grading.versions(),
+            "decoding": asdict(base), "samples": samples, "rows": rows, "records": records}
 
 
+# ---- outputs -----------------------------------------------------------------------------------------------
 def table(rows: Sequence[dict]) -> str:
-    lines = ["| num_wait | budget | accuracy | correct / n | mean thinking tokens | mean waits | capped |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| num_wait | budget | accuracy (pass@1) | +- s.e. | correct / samples | majority | "
+             "mean thinking tokens | mean waits | capped |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['num_wait']} | {r['budget']} | {100 * r['accuracy']:.1f}% | {r['correct']} / {r['n']} | "
-                     f"{r['mean_thinking_tokens']:.1f} | {r['mean_waits']:.2f} | {100 * r['capped_frac']:.0f}% |")
+        lines.append(f"| {r['num_wait']} | {r['budget']} | {100 * r['accuracy']:.1f}% | "
+                     f"{100 * r.get('pass@1_se', 0.0):.1f} | {r['correct']} / {r['n'] * r.get('samples', 1)} | "
+                     f"{100 * r.get('majority', r['accuracy']):.1f}% | {r['mean_thinking_tokens']:.1f} | "
+                     f"{r['mean_waits']:.2f} | {100 * r['capped_frac']:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,10 +212,11 @@ def plot(rows: Sequence[dict], path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for nw in sorted({r["num_wait"] for r in rows}):
-        pts = sorted(((r["mean_thinking_tokens"], 100 * r["accuracy"], r["budget"]) for r in rows
-                      if r["num_wait"] == nw), key=lambda p: p[0])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"num_wait={nw}")
-        for x, y, b in pts:
+        pts = sorted(((r["mean_thinking_tokens"], 100 * r["accuracy"], r["budget"], 100 * r.get("pass@1_se", 0))
+                      for r in rows if r["num_wait"] == nw), key=lambda p: p[0])
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts], marker="o", capsize=2,
+                    label=f"num_wait={nw}")
+        for x, y, b, _ in pts:
             ax.annotate(str(b), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
     ax.set_xlabel("mean thinking tokens")
     ax.set_ylabel("accuracy (%)")
@@ -129,22 +229,141 @@ def plot(rows: Sequence[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def output_paths(out_dir: str) -> dict:
+    return {k: os.path.join(out_dir, f) for k, f in (("results", "results.json"), ("table", "table.md"),
+                                                      ("plot", "scaling.png"), ("problems", "problems.jsonl"),
+                                                      ("run", "run.json"))}
+
+
+def check_writable(out_dir: str) -> None:
+    """Fail before any compute when ``--out`` cannot be written."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise EvalError(f"--out {out_dir} is not writable ({e.strerror}): pass a folder you can write") from None
+
+
+def read_records(path: str) -> list[dict]:
+    """The per-problem records of a problems.jsonl (or of the one in a results folder)."""
+    if os.path.isdir(path):
+        path = output_paths(path)["problems"]
+    if not os.path.exists(path):
+        raise EvalError(f"{path}: no such file (give a problems.jsonl or the --out folder of an evaluation)")
+    return [r for _, r in read_jsonl(path)]
+
+
 def write_outputs(result: dict, out_dir: str, title: str) -> dict:
+    """results.json, table.md and scaling.png (problems.jsonl is written as records are produced)."""
+    paths = output_paths(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f) for k, f in (("results", "results.json"), ("table", "table.md"),
-                                                        ("plot", "scaling.png"), ("generations", "generations.jsonl"))}
-    with open(paths["generations"], "w") as fh:
-        for g in result["generations"]:
-            fh.write(json.dumps(g, ensure_ascii=False) + "\n")
-    summary = {k: v for k, v in result.items() if k != "generations"}
+    summary = {k: v for k, v in result.items() if k != "records"}
     with open(paths["results"], "w") as fh:
         json.dump(summary, fh, indent=2)
     with open(paths["table"], "w") as fh:
-        fh.write(f"{title}\n\ngrader: {result['grader']}\n\n" + table(result["rows"]))
+        fh.write(f"{title}\n\nprotocol: {result['protocol']} ({result['protocol_source']}); samples per problem: "
+                 f"{result['samples']}; graders: {json.dumps(result['grader_versions'])}\n\n" + table(result["rows"]))
     plot(result["rows"], paths["plot"], title)
     return paths
 
 
+# ---- compare ----------------------------------------------------------------------------------------------
+def compare(a: Sequence[dict], b: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """Pairs of records (same problem and setting) whose verdicts differ, in A's order."""
+    key = lambda r: (r["id"], str(r["budget"]), r["num_wait"])  # noqa: E731
+    index = {key(r): r for r in b}
+    return [(r, index[key(r)]) for r in a if key(r) in index and r["verdicts"] != index[key(r)]["verdicts"]]
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m s1fast.eval compare",
+                                description="Print the problems whose verdicts differ between two evaluations.")
+    p.add_argument("a", help="problems.jsonl or --out folder of evaluation A")
+    p.add_argument("b", help="problems.jsonl or --out folder of evaluation B")
+    args = p.parse_args(argv)
+    try:
+        ra, rb = read_records(args.a), read_records(args.b)
+    except (EvalError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    diffs = compare(ra, rb)
+    for x, y in diffs:
+        print(f"{x['id']}  budget={x['budget']} num_wait={x['num_wait']} gold={x['gold']!r}\n"
+              f"  A: {x['extracted']} -> {x['verdicts']}\n  B: {y['extracted']} -> {y['verdicts']}")
+    common = len({(r['id'], str(r['budget']), r['num_wait']) for r in ra}
+                 & {(r['id'], str(r['budget']), r['num_wait']) for r in rb})
+    print(f"{len(diffs)} of {common} problem-settings in both differ")
+    return 0
+
+
+# ---- show ----------------------------------------------------------------------------------------------------
+def examples(records: Sequence[dict], n: int = 2) -> str:
+    """A few outputs that show budget forcing: a forced "Wait" that continued the thinking, and a cap that
+    forced the answer (each with its setting, verdict and the completion as the model wrote it)."""
+    waited = [r for r in records if any(r["waits"]) and "Wait" in r["samples"][0]]
+    capped = [r for r in records if r["capped"][0]]
+    out = []
+    for title, rs in (("a forced \"Wait\" continued the thinking", waited[-n:]),
+                      ("the thinking budget ran out and the answer was forced", capped[len(capped) // 2:][:n])):
+        for r in rs:
+            verdict = "right" if r["verdicts"][0] else "wrong"
+            out.append(f"--- {title} (problem {r['id']}, budget {r['budget']}, num_wait {r['num_wait']}, "
+                       f"{r['thinking_tokens'][0]} thinking tokens; answer {r['extracted'][0]!r}, gold {r['gold']!r}: "
+                       f"{verdict})\n{r['samples'][0]}")
+    return "\n".join(out) + "\n" if out else "(no output was forced to wait or capped)\n"
+
+
+def show_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m s1fast.eval show",
+                                description="Print outputs where a forced Wait continued the thinking or a cap "
+                                            "forced the answer.")
+    p.add_argument("run", help="problems.jsonl or --out folder of an evaluation")
+    p.add_argument("-n", type=int, default=2, help="examples of each kind")
+    args = p.parse_args(argv)
+    try:
+        print(examples(read_records(args.run), args.n), end="")
+    except (EvalError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---- agreement with a published harness ----------------------------------------------------------------------
+AGREEMENT_SAMPLE = os.path.join(os.path.dirname(__file__), "assets", "data", "grader_agreement.jsonl")
+
+
+def agreement(rows: Sequence[dict], name: str) -> list[dict]:
+    """The rows (``text``, ``gt``, ``harness_correct``) where protocol ``name`` disagrees with the harness."""
+    grader = grading.protocol(name)
+    return [r for r in rows if grader.grade(r["text"], r["gt"])["correct"] != r["harness_correct"]]
+
+
+def agreement_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m s1fast.eval agreement",
+                                description="Each protocol's agreement with a harness's published verdicts.")
+    p.add_argument("sample", nargs="?", default=AGREEMENT_SAMPLE,
+                   help="jsonl with text, gt, harness_correct (default: 200 real outputs graded by SkyThought)")
+    args = p.parse_args(argv)
+    try:
+        rows = [r for _, r in read_jsonl(args.sample)]
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("| protocol | agree | disagree (id: harness verdict, extracted here) |\n|---|---:|---|")
+    for name in grading.PROTOCOLS:
+        dis = agreement(rows, name)
+        ids = "; ".join(f"{r.get('id')}: {r['harness_correct']}, "
+                        f"{str(grading.protocol(name).extract(r['text']))[:30]!r}" for r in dis[:12])
+        more = f" (+{len(dis) - 12} more)" if len(dis) > 12 else ""
+        print(f"| {name} | {len(rows) - len(dis)} / {len(rows)} ({100 * (len(rows) - len(dis)) / len(rows):.1f}%) | "
+              f"{ids}{more} |")
+    return 0
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------------
 def _list(parse):
     def f(text: str):
         try:
@@ -154,26 +373,75 @@ def _list(parse):
     return f
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s1fast.eval", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m s1fast.eval", description=__doc__.split("\n\n")[0] +
+                                "\n\nSubcommands: `compare A B` (problems whose verdicts differ), `show DIR` "
+                                "(outputs where a Wait continued the thinking or a cap forced the answer), `agreement` "
+                                "(each protocol against a harness's published verdicts).")
     add_generation_args(p)
-    p.add_argument("--data", default=DEFAULT_DATA, help="jsonl of problems (default: the bundled sample)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="jsonl of problems, or toy:NAME[:N] (held-out toy problems; "
+                                                        "default: the bundled AIME/AMC sample)")
     p.add_argument("--question-field")
     p.add_argument("--answer-field")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--budgets", type=_list(budget_arg), default=[1000, 2000, 4000, 8000],
                    help="comma-separated thinking budgets (ints or auto)")
     p.add_argument("--num-wait", type=_list(int), default=[0], help="comma-separated num_wait values")
-    p.add_argument("--out", default="eval_out", help="output folder")
+    p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@1 is their mean)")
+    p.add_argument("--protocol", choices=list(grading.PROTOCOLS), default=DEFAULT_PROTOCOL,
+                   help=f"answer extraction and equivalence to reproduce [default: {DEFAULT_PROTOCOL}]")
+    p.add_argument("--out", default="eval_out", help="output folder (an interrupted run there is resumed)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
+    if argv[:1] == ["show"]:
+        return show_main(argv[1:])
+    if argv[:1] == ["agreement"]:
+        return agreement_main(argv[1:])
+    p = build_parser()
     args = p.parse_args(argv)
-    problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
-    model, tok, backend = open_backend(args)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"{len(problems)} problems from {args.data}; grader: {grading.BACKEND}")
-    result = evaluate(model, tok, problems, args.budgets, args.num_wait, config_from_args(args), backend, log)
+    try:
+        if args.samples < 1:
+            raise EvalError(f"--samples must be at least 1, got {args.samples}")
+        if args.samples > 1 and args.temperature == 0:
+            log("[s1fast.eval] warning: --samples > 1 with --temperature 0 repeats the same greedy output")
+        check_writable(args.out)
+        problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
+        paths = output_paths(args.out)
+        cfg = config_from_args(args)
+        run = {"model": args.model, "data": args.data, "protocol": args.protocol, "samples": args.samples,
+               "decoding": asdict(cfg), "n_problems": len(problems)}
+        done = {}
+        if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
+            before = json.load(open(paths["run"]))
+            if before != run:
+                raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}); pass a new "
+                                f"--out or delete that folder")
+            done = {(r["num_wait"], r["budget"], r["id"]): r for r in read_records(paths["problems"])}
+            log(f"[s1fast.eval] resuming: {len(done)} problem-settings already in {paths['problems']}")
+        else:
+            with open(paths["run"], "w") as fh:
+                json.dump(run, fh, indent=2)
+            open(paths["problems"], "w").close()
+    except (EvalError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model, tok, backend = open_backend(args)
+    log(f"{len(problems)} problems from {args.data}; protocol {args.protocol}; {args.samples} sample(s) each")
+    with open(paths["problems"], "a") as fh:
+        def sink(rec):
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+        result = evaluate(model, tok, problems, args.budgets, args.num_wait, cfg, backend, protocol=args.protocol,
+                          samples=args.samples, sink=sink, done=done, log=log)
     result.update(model=args.model, data=args.data, n_problems=len(problems))
     title = f"{os.path.basename(os.path.normpath(args.model))} on {os.path.basename(args.data)} (n={len(problems)})"
-    paths = write_outputs(result, args.out, title)
+    write_outputs(result, args.out, title)
     print(table(result["rows"]), end="")
     log("wrote " + ", ".join(paths.values()))
     return 0

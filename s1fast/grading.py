@@ -424,7 +424,7 @@ def answer_section(text: str) -> str:
         return text.split(ANSWER_MARK + "\n")[-1].split("<|im_end|>")[0]
     if "<|im_start|>" in text:
         tail = text.split("<|im_start|>")[-1]
-        return "\n".join(tail.split("\n")[1:]) if "\n" in tail else ""
+        return "\n".join(tail.split("\n")[1:]) if "\n" in tail else tail
     return text
 
 

@@ -5,7 +5,9 @@ forced "Wait" its first choice is to stop again, so the sampler's mask makes it 
 In the answer phase it writes " \\boxed{204}" and <|im_end|>. Thinking tokens are therefore known
 exactly for every budget and num_wait, and only problems whose answer is 204 are right.
 """
+import itertools
 import json
+import math
 import os
 from types import SimpleNamespace
 
@@ -13,8 +15,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from s1fast import grading
-from s1fast.eval import DEFAULT_DATA, evaluate, read_problems, table, write_outputs
+from s1fast.eval import (DEFAULT_DATA, _chunks, evaluate, majority, mean_and_se, pass_at_k, read_problems, table,
+                         write_outputs)
 from s1fast.generate import BUNDLED_TOKENIZER, GenerationConfig
 
 V = 151936
@@ -64,13 +66,14 @@ def test_read_problems_bundled_sample_and_errors(tmp_path):
     bad.write_text('{"problem": "1+1?", "gt": "2"}\n{"question": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: no answer field"):
         read_problems(str(bad))
-    assert read_problems(str(bad), limit=1) == [{"question": "1+1?", "answer": "2", "source": f"{bad}:1"}]
+    assert read_problems(str(bad), limit=1) == [{"id": f"{bad}:1", "question": "1+1?", "answer": "2",
+                                                 "source": f"{bad}:1"}]
 
 
 def test_evaluate_counts_accuracy_and_thinking_tokens(tok, tmp_path):
     problems = read_problems(DEFAULT_DATA, limit=3)          # answers 204, 113, 371
     cfg = GenerationConfig(max_answer_tokens=8, batch_size=2, max_total_tokens=4096)
-    res = evaluate(RuleModel(tok), tok, problems, budgets=[4, 100], num_waits=[0, 2], config=cfg)
+    res = evaluate(RuleModel(tok), tok, problems, budgets=[4, 100], num_waits=[0, 2], config=cfg, protocol="s1")
     rows = {(r["num_wait"], r["budget"]): r for r in res["rows"]}
     # budget 4: capped at 4 "A"s, answer forced with "Final Answer:"; budget 100: K "A"s (+ "Wait", "A" per wait)
     assert rows[(0, 4)]["mean_thinking_tokens"] == 4 and rows[(0, 4)]["capped_frac"] == 1
@@ -79,23 +82,100 @@ def test_evaluate_counts_accuracy_and_thinking_tokens(tok, tmp_path):
     assert rows[(2, 4)]["mean_waits"] == 0
     for r in res["rows"]:
         assert (r["correct"], r["n"]) == (1, 3) and r["accuracy"] == pytest.approx(1 / 3)
-    assert res["grader"] == grading.BACKEND
-    g = [x for x in res["generations"] if x["budget"] == 4 and x["num_wait"] == 0]
-    assert [x["pred"] for x in g] == ["204"] * 3 and [x["correct"] for x in g] == [True, False, False]
-    assert g[0]["forced_end"] == "\n<|im_start|>answer\nFinal Answer:"
+        assert r["pass@1_se"] == pytest.approx(math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2 / 3))
+    assert res["protocol"] == "s1" and res["grader_versions"]["math-verify"]
+    g = [x for x in res["records"] if x["budget"] == 4 and x["num_wait"] == 0]
+    assert [x["extracted"] for x in g] == [["204"]] * 3 and [x["verdicts"] for x in g] == [[True], [False], [False]]
+    assert g[0]["samples"][0].endswith("\n<|im_start|>answer\nFinal Answer: \\boxed{204}")
 
     paths = write_outputs(res, str(tmp_path / "out"), "rule model")
     summary = json.load(open(paths["results"]))
-    assert summary["rows"] == res["rows"] and "generations" not in summary
-    assert len(open(paths["generations"]).read().splitlines()) == 12
+    assert summary["rows"] == res["rows"] and "records" not in summary and summary["protocol"] == "s1"
     with open(paths["plot"], "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(paths["plot"]) > 5000
     md = open(paths["table"]).read()
-    assert "| 2 | 100 | 33.3% | 1 / 3 | 10.0 | 2.00 | 0% |" in md and f"grader: {grading.BACKEND}" in md
+    assert "| 2 | 100 | 33.3% | 33.3 | 1 / 3 | 33.3% | 10.0 | 2.00 | 0% |" in md and "protocol: s1" in md
+
+
+def test_samples_seeds_and_majority(tok):
+    problems = read_problems(DEFAULT_DATA, limit=3)
+    cfg = GenerationConfig(max_answer_tokens=8, batch_size=4, max_total_tokens=4096, seed=10)
+    res = evaluate(RuleModel(tok), tok, problems, budgets=[100], num_waits=[0], config=cfg, samples=3,
+                   protocol="math-verify")
+    assert [r["seeds"] for r in res["records"]] == [[10, 11, 12], [13, 14, 15], [16, 17, 18]]
+    row = res["rows"][0]
+    assert row["samples"] == 3 and row["correct"] == 3 and row["pass@2"] == pytest.approx(1 / 3)
+    assert row["majority"] == pytest.approx(1 / 3)
 
 
 def test_table_format():
     t = table([{"num_wait": 0, "budget": "auto", "accuracy": 0.5, "correct": 1, "n": 2, "mean_thinking_tokens": 12.25,
                 "mean_waits": 0, "capped_frac": 0.5}])
-    assert t.splitlines()[-1] == "| 0 | auto | 50.0% | 1 / 2 | 12.2 | 0.00 | 50% |"
+    assert t.splitlines()[-1] == "| 0 | auto | 50.0% | 0.0 | 1 / 2 | 50.0% | 12.2 | 0.00 | 50% |"
+
+
+def test_pass_at_k_matches_brute_force():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations([1] * c + [0] * (n - c), k))
+                assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+def test_standard_error_and_majority_direct():
+    vals = [1.0, 0.0, 0.5, 0.25]
+    m = sum(vals) / 4
+    se = math.sqrt(sum((v - m) ** 2 for v in vals) / 3) / 2
+    assert mean_and_se(vals) == pytest.approx((m, se))
+    assert mean_and_se([0.5]) == (0.5, 0.0)
+    assert majority(["3", None, "5", "5", "3"]) == "3" and majority(["1", "2", "2"]) == "2"
+    assert majority([None, None]) is None
+    assert _chunks([0, 1, 2, 5, 6, 9], 2) == [[0, 1], [2], [5, 6], [9]]
+
+
+def test_toy_problems_are_held_out():
+    from s1fast.data import toy
+    probs = read_problems("toy:chain:20")
+    train = {r["question"] for r in toy.make_problems("chain", 2000, seed=0)}
+    assert len(probs) == 20 and not train & {p["question"] for p in probs}
+
+
+def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch, capsys):
+    import s1fast.eval as ev
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    if not os.access(ro, os.W_OK):   # root can write anywhere
+        assert ev.main(["--model", "nowhere", "--out", str(ro / "x")]) == 2
+        assert "not writable" in capsys.readouterr().err
+    calls = []
+
+    def fake_open(args):
+        calls.append(1)
+        return RuleModel(tok), tok, "native"
+    monkeypatch.setattr(ev, "open_backend", fake_open)
+    out = tmp_path / "a"
+    argv = ["--model", "m", "--limit", "3", "--budgets", "4,100", "--num-wait", "0", "--max-answer-tokens", "8",
+            "--max-total-tokens", "4096", "--protocol", "s1", "--out", str(out)]
+    assert ev.main(argv) == 0
+    lines = open(out / "problems.jsonl").read().splitlines()
+    assert len(lines) == 6
+    # an interrupted run: drop the last two records; the rerun produces only those
+    open(out / "problems.jsonl", "w").write("\n".join(lines[:4]) + "\n")
+    produced = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: real(*a, **{**k, "sink": lambda r: (produced.append(r),
+                                                                                         k["sink"](r))}))
+    assert ev.main(argv) == 0
+    assert len(produced) == 2 and len(open(out / "problems.jsonl").read().splitlines()) == 6
+    assert ev.main(argv[:-1] + [str(out)] + ["--samples", "2"]) == 2      # other settings: refused
+    assert "other settings" in capsys.readouterr().err
+    b = tmp_path / "b"
+    assert ev.main(argv[:-3] + ["math-verify", "--out", str(b)]) == 0
+    capsys.readouterr()
+    assert ev.main(["compare", str(out), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert "0 of 6 problem-settings in both differ" in text

@@ -30,28 +30,61 @@ def test_tokenizer_template_and_mask_match():
                       "<|im_end|>\n"
 
 
-@pytest.mark.parametrize("task", list(toy.TASKS))
-def test_answers_verify_and_traces_grow_with_difficulty(task):
-    t = toy.TASKS[task]
-    for row in toy.make_problems(task, 300, seed=1):
+def _check_trace(task, row):
+    """Recompute every thinking line and the answer from the question alone."""
+    lines = [ln for ln in row["thinking"].split("\n") if not ln.startswith("Wait")]
+    if task == "sum":
         digits = [int(x) for x in re.findall(r"=(\d)", row["question"])]
-        assert row["answer"] == str(sum(digits) % 10)            # independent of the trace
-        lines = [ln for ln in row["thinking"].split("\n") if not ln.startswith("Wait")]
-        assert len(lines) == row["difficulty"] == len(digits)
-        assert t.min_items <= len(digits) <= t.max_items
+        assert row["answer"] == str(sum(digits) % 10)
         total = 0
-        for line, d in zip(lines, digits):                      # every step is right
+        for line, d in zip(lines, digits):
             e, a, b, c = map(int, re.fullmatch(r"[a-l]=(\d): (\d)\+(\d)=(\d)", line).groups())
             assert (e, a, b, c) == (d, total, d, (total + d) % 10)
             total = c
+        return len(digits)
+    m = re.fullmatch(r"Start at (\d) and add (\d), (\w+) times? \(mod 10\)\.", row["question"])
+    start, step, n = int(m.group(1)), int(m.group(2)), toy.WORDS.index(m.group(3))
+    assert row["answer"] == str((start + n * step) % 10)
+    x = start
+    for k, line in enumerate(lines, 1):
+        assert line == f"{k}: {x}+{step}={(x + step) % 10}"
+        x = (x + step) % 10
+    return n
+
+
+@pytest.mark.parametrize("task", list(toy.TASKS))
+def test_answers_verify_and_traces_grow_with_difficulty(task):
+    t = toy.TASKS[task]
+    tok = load_tokenizer()
+    think_len = {}
+    for row in toy.make_problems(task, 300, seed=1):
+        n = _check_trace(task, row)
+        lines = [ln for ln in row["thinking"].split("\n") if not ln.startswith("Wait")]
+        assert len(lines) == row["difficulty"] == n and t.min_steps <= n <= t.max_steps
+        if "Wait" not in row["thinking"]:
+            think_len.setdefault(n, set()).add(len(tok.encode(row["thinking"])))
         assert toy.check(task, row["solution"], row["answer"]) and toy.check(task, row["answer"], row["answer"])
         assert not toy.check(task, str((int(row["answer"]) + 1) % 10), row["answer"])
         assert not toy.check(task, None, row["answer"])
+    # every line has the same token count: the trace grows linearly with the difficulty
+    per_line = {(length + 1) / n for n, lens in think_len.items() for length in lens}   # n lines, n - 1 newlines
+    assert len(think_len) >= 5 and len(per_line) == 1
+
+
+def test_cut_trace_gives_a_wrong_answer():
+    """chain steps are coprime to 10: stopping after k < n lines leaves a value that is not the answer."""
+    for start in range(10):
+        for step in toy.CHAIN_STEPS:
+            for n in range(1, 10):
+                _, lines, answer = toy.solve("chain", (start, step, n))
+                assert all(line.split("=")[-1] != str(answer) for line in lines[:-1])
 
 
 def test_held_out_never_in_training_and_seeded():
     train = toy.make_problems("sum", 3000, seed=0, split="train")
     test = toy.make_problems("sum", 300, seed=0, split="test")
+    chain_test = {r["question"] for r in toy.make_problems("chain", 50, seed=0, split="test")}
+    assert not chain_test & {r["question"] for r in toy.make_problems("chain", 3000, seed=0, split="train")}
     assert not {r["question"] for r in train} & {r["question"] for r in test}
     assert len({r["question"] for r in test}) == 300
     assert all(toy.split_of(r["question"]) == "train" for r in train)
@@ -69,6 +102,10 @@ def test_spec_and_errors(tmp_path):
             toy.parse_spec(bad)
     with pytest.raises(DataError, match="digits"):
         toy.make_row("sum", [1])
+    with pytest.raises(DataError, match="step"):
+        toy.make_row("chain", (1, 5, 3))
+    with pytest.raises(DataError, match="distinct"):
+        toy.make_problems("chain", 500, split="test")
     path = toy.materialize("toy:sum:7", str(tmp_path))
     rows = [json.loads(x) for x in open(path)]
     assert rows == toy.make_problems("sum", 7)

@@ -1,19 +1,19 @@
 """Toy reasoning tasks a tiny transformer learns on a CPU in minutes, in the exact s1 / s1.1 format.
 
-``sum``: add labelled digits modulo 10, one per line of thinking (``docs/toy.md`` says why this shape)::
+``chain`` (the demo's task; ``docs/toy.md`` says why this shape)::
 
-    question: "Add mod 10:\\na=3\\nb=5\\nc=1"
-    thinking: "a=3: 0+3=3\\nb=5: 3+5=8\\nc=1: 8+1=9"    one line per item: n items, n lines
-    attempt:  "Final Answer: 9"                            the last line's total
+    question: "Start at 4 and add 7, three times (mod 10)."
+    thinking: "1: 4+7=1\\n2: 1+7=8\\n3: 8+7=5"      one line per addition: n additions, n lines
+    attempt:  "Final Answer: 5"                    the last line's value
 
-Every line has the same number of tokens, so the trace grows linearly with the difficulty (the item
-count) and a thinking budget cut short leaves a partial total: the answer is then right 1 time in 10.
-A quarter of the training traces re-check their last line after a ``Wait``, as s1's traces do, so a
-forced "Wait" continues the thinking in a form the model has seen. Problems are split by a hash of the
-question: a held-out question can never appear in training, whatever the seeds.
+Every line has the same number of tokens and reads only the line before it, so the trace grows linearly with
+the difficulty, and a budget that cuts it leaves a value that is never the answer (the step is coprime to
+10). A quarter of the training traces re-check their last line after a ``Wait``, so a forced "Wait"
+continues the thinking in a form the model has seen. ``sum`` (a running sum of labelled digits) is harder to
+learn. Held-out problems are chosen by a hash of the question: never in training, whatever the seeds.
 
-    >>> rows = make_problems("sum", 1000, seed=0, split="train")
-    >>> check("sum", "9", rows[0]["answer"]); render(rows[0])       # the exact s1 training string
+    >>> rows = make_problems("chain", 3200, seed=0, split="train")
+    >>> render(rows[0]); check("chain", "Final Answer: 5", rows[0]["answer"])
 """
 from __future__ import annotations
 
