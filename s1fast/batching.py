@@ -4,11 +4,12 @@ A :class:`ContinuousBatcher` owns one KV cache of ``slots`` rows and one worker 
 :class:`~s1fast.forcing.BudgetForcer` each) wait in a queue and take a free row between decode steps;
 a row is freed as soon as its forcer is done or its request is cancelled (a client gone). Each step:
 
-- a row with a long backlog (a new prompt) is prefilled alone, one chunk per step, on a one-row view of
-  the cache, so a joining prompt never pads the running batch to its length (logits are [rows, t, V]);
+- rows with a long backlog (new prompts) are prefilled together, one chunk each, at most
+  ``prefill_chunk`` tokens in all, in one ``model.decode`` call on a view of the rows they span, so
+  joining prompts never pad the running batch to their length;
 - every other busy row feeds what it has not fed yet (one sampled token, or the few ids the protocol
-  forced after it) in one batched ``model.decode`` call over the lowest rows in use (``last_only``: the
-  logits of each row's last fed position, all a pick needs);
+  forced after it) in a second batched call; both ask for ``last_only`` logits ([rows, V], all a pick
+  needs: no [rows, t, V] tensor);
 - rows whose sequence is fully cached pick their next token with ``generate.pick_tokens`` (each request
   has its own seeded generator), and the forcer takes it.
 
@@ -169,36 +170,41 @@ class ContinuousBatcher(Scheduler):
                 self.cache.seqlens[r] = 0
                 self.rows[r] = t
 
+    def _feed(self, items: list[tuple[Ticket, list[int]]]) -> list[tuple[Ticket, torch.Tensor]]:
+        """One ``decode`` call feeding each ticket its ids, on the cache rows lo..hi that they span;
+        returns (ticket, logits of its last position) for the tickets whose sequence is now all cached."""
+        lo, hi = min(t.row for t, _ in items), max(t.row for t, _ in items) + 1
+        x = torch.zeros(hi - lo, max(len(ids) for _, ids in items), dtype=torch.long)
+        lengths = [0] * (hi - lo)
+        for t, ids in items:
+            x[t.row - lo, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            lengths[t.row - lo] = len(ids)
+        logits = self.model.decode(x.to(self.device), self._view(lo, hi),
+                                   lengths=torch.tensor(lengths, device=self.device), last_only=True)
+        ready = []
+        for t, ids in items:
+            t.fed += len(ids)
+            if t.fed == len(t.forcer.ids):
+                ready.append((t, logits[t.row - lo]))
+        return ready
+
     def _view(self, lo: int, hi: int):
         c = self.cache
         return type(c)(c.k[:, lo:hi], c.v[:, lo:hi], c.seqlens[lo:hi])
 
     def _step(self) -> None:
         busy = [t for t in self.rows if t is not None]
-        solo = next((t for t in busy if len(t.forcer.ids) - t.fed > BATCH_FEED), None)
-        ready: list[tuple[Ticket, torch.Tensor]] = []
-        if solo is not None:
-            chunk = solo.forcer.ids[solo.fed:solo.fed + self.prefill_chunk]
-            logits = self.model.decode(torch.tensor([chunk], device=self.device), self._view(solo.row, solo.row + 1),
-                                       lengths=torch.tensor([len(chunk)], device=self.device), last_only=True)
-            solo.fed += len(chunk)
-            if solo.fed == len(solo.forcer.ids):
-                ready.append((solo, logits[0]))
-        batch = [t for t in busy if t is not solo and 0 < len(t.forcer.ids) - t.fed <= BATCH_FEED]
-        if batch:
-            hi = max(t.row for t in batch) + 1
-            lengths = [0] * hi
-            width = max(len(t.forcer.ids) - t.fed for t in batch)
-            x = torch.zeros(hi, width, dtype=torch.long)
-            for t in batch:
-                pend = t.forcer.ids[t.fed:]
-                x[t.row, :len(pend)] = torch.tensor(pend, dtype=torch.long)
-                lengths[t.row] = len(pend)
-            logits = self.model.decode(x.to(self.device), self._view(0, hi),
-                                       lengths=torch.tensor(lengths, device=self.device), last_only=True)
-            for t in batch:
-                t.fed += lengths[t.row]
-                ready.append((t, logits[t.row]))
+        # Prefill: rows with a long backlog, one chunk each, within a budget of prefill_chunk tokens a step.
+        prefill, used = [], 0
+        for t in busy:
+            n = min(len(t.forcer.ids) - t.fed, self.prefill_chunk)
+            if n > BATCH_FEED and (not prefill or used + n <= self.prefill_chunk):
+                prefill.append((t, t.forcer.ids[t.fed:t.fed + n]))
+                used += n
+        chosen = {id(t) for t, _ in prefill}
+        decode = [(t, t.forcer.ids[t.fed:]) for t in busy
+                  if id(t) not in chosen and 0 < len(t.forcer.ids) - t.fed <= BATCH_FEED]
+        ready = (self._feed(prefill) if prefill else []) + (self._feed(decode) if decode else [])
         self.steps += 1
         # Group by sampling settings: pick_tokens takes one temperature/top_p per call.
         groups: dict[tuple[float, float], list[tuple[Ticket, torch.Tensor]]] = {}

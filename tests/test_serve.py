@@ -183,6 +183,7 @@ def test_completions_models_and_health(served, reference):
     assert h["status"] == "ok" and h["served"] >= 2
 
 
+@pytest.mark.slow
 def test_64_concurrent_clients_each_get_their_own_answer(served, reference):
     base, server = served
     # 9 greedy variants, short (no system prompt, small budgets) to keep 192 requests quick on a CPU.
@@ -237,6 +238,22 @@ def raw(base: str, body, key: str | None = KEY, path: str = "/v1/chat/completion
     return httpx.post(base + path, content=body, headers={**headers, **kw.pop("headers", {})}, **kw)
 
 
+class FailOnce:
+    """The engine's model, raising on its first decode (an engine failure)."""
+
+    def __init__(self, model):
+        self.model, self.failed = model, False
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def decode(self, *a, **kw):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("injected failure")
+        return self.model.decode(*a, **kw)
+
+
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served, reference):
     base, server = served
     msgs = [{"role": "user", "content": "2+2?"}]
@@ -278,6 +295,13 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served, ref
         assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_requests"
     finally:
         server.limits.max_concurrency = limit
+    engine = server.engine
+    engine.model = FailOnce(engine.model)
+    try:
+        r = raw(base, {"messages": msgs})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "engine_error", r.text
+    finally:
+        engine.model = engine.model.model
     r = reference("2+2?", num_wait=1, max_thinking_tokens=24, max_answer_tokens=8)
     ok = client(base).chat.completions.create(model=server.model_name, messages=msgs)
     assert ok.choices[0].message.content == r["answer"]

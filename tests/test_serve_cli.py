@@ -30,6 +30,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, says):
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
 
 
+@pytest.mark.slow
 def test_sigterm_drains_the_request_in_flight_then_exits(tmp_path):
     model = export_tiny(str(tmp_path / "tiny"))
     port = free_port()

@@ -23,24 +23,35 @@ LOOPBACK = "127.0.0.1"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m s1fast.serve", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_generation_args(p)   # --model, --backend, sampling, forcing defaults; --batch-size: rows of the running batch
-    p.add_argument("--max-thinking-tokens", type=budget_arg, default="auto", help="default thinking budget")
-    p.add_argument("--num-wait", type=int, default=0, help="default number of 'Wait' extensions")
+    p = argparse.ArgumentParser(prog="python -m s1fast.serve",
+                                description="Serve an exported model over an OpenAI-compatible HTTP API with s1's "
+                                "budget forcing as request fields; the forcing and sampling flags are the defaults "
+                                "of requests that leave a field out.")
+    add_generation_args(p)   # --model, --backend, sampling and forcing defaults, shared with s1fast.generate
+    own = {"--batch-size": "rows of the running batch: requests decoded together (default 8)",
+           "--backend": "native: s1fast's KV-cache engine; vllm: vLLM's engine (GPU node with vllm installed)",
+           "--min-thinking-tokens": "default minimum thinking tokens (0)", "--max-answer-tokens":
+           "default answer budget (what the context leaves)", "--temperature": "default temperature (0: greedy)",
+           "--top-p": "default top-p (1)", "--seed": "default seed (0)"}
+    for flag, text in own.items():   # the shared flags, described as this command uses them
+        if flag in p._option_string_actions:
+            p._option_string_actions[flag].help = text
+    p.add_argument("--max-thinking-tokens", type=budget_arg, default="auto",
+                   help="default thinking budget: tokens or 'auto' (default auto)")
+    p.add_argument("--num-wait", type=int, default=0, help="default number of 'Wait' extensions (0)")
     p.add_argument("--host", default=LOOPBACK, help="address to bind (loopback by default; anything else is "
                    "reachable from the network: set --api-key)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--served-model-name", help="the model id clients send (default: the model folder's name)")
     p.add_argument("--api-key", default=os.environ.get("S1FAST_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request (default: $S1FAST_API_KEY, else none)")
-    p.add_argument("--prefill-chunk", type=int, default=256, help="prompt tokens fed per step for a joining request")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    p.add_argument("--max-prompt-tokens", type=int, default=16384, help="longer prompts get 400")
+    p.add_argument("--prefill-chunk", type=int, default=256, help="prompt tokens prefilled per step (default 256)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB)")
+    p.add_argument("--max-prompt-tokens", type=int, default=16384, help="longer prompts get 400 (default 16384)")
     p.add_argument("--max-tokens-limit", type=int, default=16384,
-                   help="the largest max_tokens / max_answer_tokens / num_wait a request may ask for")
+                   help="the largest max_tokens, min_thinking_tokens or num_wait a request may ask for (default 16384)")
     p.add_argument("--max-concurrency", type=int, default=128,
-                   help="requests in flight (running + queued); more get 429")
+                   help="requests in flight (running + queued); more get 429 (default 128)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -69,7 +80,8 @@ def check(args) -> str | None:
         try:
             import vllm  # noqa: F401
         except ImportError:
-            return "--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, or use --backend native"
+            return ("--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, "
+                    "or use --backend native")
         if not torch.cuda.is_available():
             return "--backend vllm needs a CUDA GPU and none is visible; use --backend native on this machine"
     return None

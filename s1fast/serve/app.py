@@ -94,7 +94,10 @@ class Server:
 
     def forcer(self, job: api.Job) -> BudgetForcer:
         kw = dict(job.forcing)
-        tokens = self.forcing_tokens(kw.pop("extension"))
+        try:
+            tokens = self.forcing_tokens(kw.pop("extension"))
+        except ValueError as e:
+            raise api.APIError(400, f"'extension': {e}", code="invalid_value", param="extension") from None
         try:
             return BudgetForcer(job.prompt_ids, tokens, max_total_tokens=self.max_total, **kw)
         except ValueError as e:
@@ -171,9 +174,15 @@ def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
                                type="rate_limit_error")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Update] = asyncio.Queue()
+        def deliver(u: Update) -> None:     # on the engine's thread
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, u)
+            except RuntimeError:            # the loop is closed: nobody is waiting any more
+                pass
+
         try:
-            ticket = server.engine.submit(forcer, lambda u: loop.call_soon_threadsafe(queue.put_nowait, u),
-                                          temperature=job.temperature, top_p=job.top_p, seed=job.seed)
+            ticket = server.engine.submit(forcer, deliver, temperature=job.temperature, top_p=job.top_p,
+                                          seed=job.seed)
         except ValueError as e:
             raise api.APIError(400, str(e), code="context_length_exceeded") from None
         except RuntimeError as e:
