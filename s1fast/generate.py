@@ -211,8 +211,11 @@ class VLLMBackend:
 
 # ---- the API --------------------------------------------------------------------------------------------
 def generate(model, tokenizer, questions: Sequence[str], config: GenerationConfig | None = None, *,
-             backend: str | VLLMBackend = "native", system: str | None = DEFAULT_SYSTEM) -> list[dict]:
-    """Budget-forced generation for each question; one result dict per question, in order."""
+             backend: str | VLLMBackend = "native", system: str | None = DEFAULT_SYSTEM,
+             seeds: Sequence[int] | None = None) -> list[dict]:
+    """Budget-forced generation for each question; one result dict per question, in order.
+
+    ``seeds``: one sampling seed per question (default ``config.seed`` + the question's index)."""
     cfg = config or GenerationConfig()
     tokens = ForcingTokens.from_tokenizer(tokenizer, extension=cfg.extension)
     max_total = cfg.max_total_tokens or _model_max_positions(model) or 32768
@@ -225,11 +228,12 @@ def generate(model, tokenizer, questions: Sequence[str], config: GenerationConfi
                                 min_thinking_tokens=cfg.min_thinking_tokens, num_wait=cfg.num_wait,
                                 max_answer_tokens=cfg.max_answer_tokens, max_total_tokens=max_total)
                    for q in batch]
-        seeds = [cfg.seed + start + i for i in range(len(batch))]
+        bseeds = (list(seeds[start:start + len(batch)]) if seeds is not None
+                  else [cfg.seed + start + i for i in range(len(batch))])
         if isinstance(backend, VLLMBackend):
-            backend.run(forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=seeds, vocab_limit=vocab_limit)
+            backend.run(forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=bseeds, vocab_limit=vocab_limit)
         elif backend == "native":
-            run_native(model, forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=seeds,
+            run_native(model, forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=bseeds,
                        vocab_limit=vocab_limit, prefill_chunk=cfg.prefill_chunk)
         else:
             raise ValueError(f"unknown backend {backend!r}: use 'native' or a VLLMBackend")

@@ -1,11 +1,15 @@
-"""``python -m s1fast.data prepare ...``: build (or reuse) the token cache of a data file."""
+"""``python -m s1fast.data prepare ...``: build (or reuse) the token cache of a data file; the pipeline steps
+``generate | verify | decontaminate | select | stats`` (``s1fast.data.pipeline``)."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
 
 from .cache import DEFAULT_DATA, DEFAULT_TOKENIZER, POLICIES, prepare
 from .format import RECIPES
+from .pipeline import STEPS
 from .readers import DataError
 
 
@@ -33,7 +37,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/tokens", help="cache folder")
     p.add_argument("--workers", type=positive_int, default=None, help="tokeniser processes (default: cores, at most 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, help_ in STEPS.items():
+        mod = importlib.import_module(f".pipeline.{name}", __package__)
+        sp = sub.add_parser(name, help=help_, description=mod.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_args(sp)
+        sp.add_argument("--summary", help="also write the summary (counts by reason) here as JSON")
+        sp.set_defaults(step=mod)
     args = ap.parse_args(argv)
+    if args.cmd in STEPS:
+        return _run_step(args)
     try:
         prepare(args.data, args.recipe, args.tokenizer, args.max_tokens, args.out, args.policy, args.workers,
                 progress=not args.no_progress)
@@ -44,6 +57,22 @@ def main(argv=None) -> int:
         print(f"error: cannot write the cache {args.out} ({e.strerror or e}): pass --out with a writable folder "
               f"that has space", file=sys.stderr)
         return 2
+    return 0
+
+
+def _run_step(args) -> int:
+    from .pipeline.teacher_openai import StopRun
+    try:
+        tally = args.step.main(args)
+    except (DataError, StopRun, ValueError, ImportError, OSError) as e:
+        if getattr(e, "tally", None) is not None:
+            print(e.tally.report(), file=sys.stderr)
+        print(f"error: {args.cmd}: {e}".replace("\n", " "), file=sys.stderr)
+        return 2
+    print(tally.report(), file=sys.stderr)
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump(tally.as_dict(), f, indent=2)
     return 0
 
 

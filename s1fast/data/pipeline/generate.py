@@ -1,0 +1,268 @@
+"""``generate``: N samples per question from a teacher, written as s1K rows, resumable.
+
+Teachers: ``native`` (s1fast's engine on a Hugging Face folder, budget forcing included; questions run
+``--batch-size`` at a time in one batched KV-cached decode), ``vllm`` (the same protocol on a vLLM engine),
+``openai`` (any OpenAI-compatible chat endpoint, ``--concurrency`` requests in flight; failure handling in
+``teacher_openai``). Each (question, sample) has a key (hash of the question, sample index) and its own seed;
+a rerun skips the keys already in ``--out`` and retries those that failed. Failed requests go to
+``<out>.failed.jsonl`` with their error, never silently dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+from ..readers import DataError
+from . import rows as R
+from .teacher_openai import Failure, OpenAITeacher, StopRun
+
+TRACE_FIELDS = ("thinking_trajectories", "attempt", "deepseek_thinking_trajectory", "deepseek_attempt",
+                "conversations", "messages")
+SPECIAL_TAIL = ("<|im_end|>", "<|endoftext|>")
+
+
+def request_seed(base: int, key: str) -> int:
+    """A request's sampling seed: fixed by its key, so a resumed run draws what the first would have."""
+    return (base + int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)) % (2 ** 31)
+
+
+def _strip_tail(text: str) -> str:
+    text = text.strip()
+    changed = True
+    while changed:
+        changed = False
+        for t in SPECIAL_TAIL:
+            if text.endswith(t):
+                text, changed = text[: -len(t)].rstrip(), True
+    return text
+
+
+class EngineTeacher:
+    """s1fast's engine (``backend="native"``) or a vLLM engine: batches of questions, one decode loop."""
+
+    def __init__(self, model, tokenizer, config, backend="native", name="native"):
+        self.model, self.tokenizer, self.config, self.backend, self.name = model, tokenizer, config, backend, name
+        self.batch_size = config.batch_size
+
+    def complete_batch(self, questions: list[str], seeds: list[int]) -> list[dict]:
+        from s1fast.generate import generate
+        outs = generate(self.model, self.tokenizer, questions, self.config, backend=self.backend, seeds=seeds)
+        return [{"thinking": _strip_tail(o["thinking"]), "answer": _strip_tail(o["answer"]),
+                 "forced_end": o["forced_end"], "thinking_tokens": o["thinking_tokens"], "waits": o["waits"],
+                 "capped": o["capped"], "answer_tokens": o["answer_tokens"]} for o in outs]
+
+
+def pending_requests(data: str, samples: int, done: set, seed: int, question_field: str | None = None,
+                     limit: int | None = None):
+    """(requests still to make, number of questions, number already done, malformed rows) from the input."""
+    todo, n_q, n_done, bad = [], 0, 0, []
+    for i, row in R.read(data):
+        q = row.get(question_field) if question_field else R.question(row)
+        if not isinstance(q, str) or not q.strip():
+            bad.append(i)
+            continue
+        n_q += 1
+        if limit and n_q > limit:
+            break
+        base = {k: v for k, v in row.items() if k not in TRACE_FIELDS}
+        qid = R.qid(q)
+        for s in range(samples):
+            key = f"{qid}:{s}"
+            if key in done:
+                n_done += 1
+            else:
+                todo.append({"key": key, "qid": qid, "sample": s, "row": i, "question": q, "base": base,
+                             "seed": request_seed(seed, key)})
+    return todo, min(n_q, limit or n_q), n_done, bad
+
+
+def to_row(req: dict, result: dict, teacher: str) -> dict:
+    out = dict(req["base"])
+    out.update(question=req["question"], thinking_trajectories=[result["thinking"]], attempt=result["answer"],
+               key=req["key"], qid=req["qid"], sample=req["sample"], teacher=teacher, seed=req["seed"],
+               generation={k: v for k, v in result.items() if k not in ("thinking", "answer")})
+    return out
+
+
+def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R.Tally, *, concurrency: int = 8,
+        progress: bool = True) -> None:
+    """Make every request; write each success to ``out`` and each failure to ``failed`` as it arrives."""
+    bar = _bar(len(requests), progress)
+    tokens, t0 = 0, time.perf_counter()
+
+    def record(req, res):
+        nonlocal tokens
+        if isinstance(res, Failure):
+            failed.write({"key": req["key"], "qid": req["qid"], "sample": req["sample"], "row": req["row"],
+                          "question": req["question"], "kind": res.kind, "error": res.error,
+                          "attempts": res.attempts, "teacher": teacher.name, "time": time.time()})
+            tally.drop(f"failed_{res.kind}")
+            bar.update(1)
+            if res.kind == "connection" and not tally.kept["generated"]:
+                raise StopRun(f"cannot reach the endpoint of {teacher.name} ({res.error}); check --base-url and "
+                              "that the server is up; the failure is recorded and a rerun resumes")
+            return
+        out.write(to_row(req, res, teacher.name))
+        tally.keep("generated")
+        tokens += res.get("completion_tokens") or ((res.get("thinking_tokens") or 0) + (res.get("answer_tokens") or 0))
+        bar.update(1)
+
+    try:
+        if hasattr(teacher, "complete_batch"):
+            for s in range(0, len(requests), teacher.batch_size):
+                chunk = requests[s:s + teacher.batch_size]
+                for req, res in zip(chunk, teacher.complete_batch([r["question"] for r in chunk],
+                                                                   [r["seed"] for r in chunk])):
+                    record(req, res)
+        else:
+            _run_concurrent(teacher, requests, record, concurrency)
+    finally:
+        bar.close()
+        dt = time.perf_counter() - t0
+        if tokens:
+            tally.note("generated_tokens", tokens)
+            tally.note("tokens_per_s", int(tokens / max(dt, 1e-9)))
+        for kind, n in sorted(getattr(teacher, "retried", {}).items()):
+            tally.note(f"retried_{kind}", n)
+
+
+def _run_concurrent(teacher, requests, record, concurrency):
+    """At most ``concurrency`` requests in flight; results written by this thread only, as they finish."""
+    it = iter(requests)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        live = {}
+        for req in it:
+            live[pool.submit(teacher.complete, req["question"], req["seed"])] = req
+            if len(live) >= concurrency:
+                break
+        stop = None
+        while live:
+            done, _ = wait(live, return_when=FIRST_COMPLETED)
+            for f in done:
+                req = live.pop(f)
+                try:
+                    record(req, f.result())
+                except StopRun as e:
+                    stop = stop or e
+                if stop is None:
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        live[pool.submit(teacher.complete, nxt["question"], nxt["seed"])] = nxt
+        if stop is not None:
+            raise stop
+
+
+def _bar(total, enabled):
+    if enabled:
+        try:
+            from tqdm import tqdm
+            return tqdm(total=total, desc="generate", unit="sample", dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            pass
+
+    class _Null:
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+    return _Null()
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------------
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="questions: .json/.jsonl/.parquet (s1K, s1K-1.1, ShareGPT, "
+                                                 "or rows with question/problem)")
+    p.add_argument("--out", required=True, help="output .jsonl (appended; a rerun resumes)")
+    p.add_argument("--teacher", choices=["native", "vllm", "openai"], default="native")
+    p.add_argument("--model", required=True, help="native / vllm: a Hugging Face model folder; "
+                                                  "openai: the model name the endpoint serves")
+    p.add_argument("--samples", type=int, default=1, help="samples per question")
+    p.add_argument("--question-field", help="field holding the question (default: question / problem / "
+                                            "the first user turn)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--seed", type=int, default=0, help="base seed; each sample's seed comes from it and its key")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+    g = p.add_argument_group("openai teacher")
+    g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
+                   help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
+    g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
+    g.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    g.add_argument("--retries", type=int, default=4, help="retries of a transient failure (429, 5xx, timeout, "
+                                                          "connection, malformed body)")
+    g.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles each time)")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    g.add_argument("--max-tokens", type=int, default=None, help="completion token limit sent to the endpoint")
+    g.add_argument("--extra-body", default=None,
+                   help="JSON object merged into each request body, e.g. s1fast's server's budget forcing: "
+                        "'{\"max_thinking_tokens\": 2000, \"num_wait\": 1}'")
+    g.add_argument("--system", default=None, help="system prompt (default: none; the endpoint's template decides)")
+    e = p.add_argument_group("native / vllm teacher (budget forcing)")
+    e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
+    e.add_argument("--max-thinking-tokens", default="auto", help="an integer or auto")
+    e.add_argument("--min-thinking-tokens", type=int, default=0)
+    e.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
+    e.add_argument("--extension", default="Wait")
+    e.add_argument("--max-answer-tokens", type=int, default=None)
+    e.add_argument("--max-total-tokens", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=8, help="questions decoded together")
+    e.add_argument("--dtype", default="auto")
+    e.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def make_teacher(args):
+    if args.teacher == "openai":
+        if not args.base_url:
+            raise DataError("--teacher openai needs --base-url (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1")
+        try:
+            extra = json.loads(args.extra_body) if args.extra_body else None
+        except json.JSONDecodeError as e:
+            raise DataError(f"--extra-body is not JSON ({e.msg}); pass an object such as '{{\"num_wait\": 1}}'") \
+                from None
+        if extra is not None and not isinstance(extra, dict):
+            raise DataError("--extra-body must be a JSON object")
+        return OpenAITeacher(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
+                             system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+                             top_p=args.top_p, timeout=args.timeout, retries=args.retries, backoff=args.backoff,
+                             extra_body=extra)
+    from s1fast.generate import budget_arg, config_from_args, open_backend
+    args.backend = args.teacher
+    try:
+        args.max_thinking_tokens = budget_arg(str(args.max_thinking_tokens))
+    except argparse.ArgumentTypeError as e:
+        raise DataError(f"--max-thinking-tokens: {e}") from None
+    model, tok, backend = open_backend(args)
+    cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
+    name = f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
+    return EngineTeacher(model, tok, cfg, backend, name=name)
+
+
+def main(args) -> R.Tally:
+    tally = R.Tally("generate")
+    with R.Output(args.out) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
+        todo, n_q, n_done, bad = pending_requests(args.data, args.samples, out.keys, args.seed, args.question_field,
+                                                  args.limit)
+        for _ in bad:
+            tally.drop("no_question")
+        tally.note("questions", n_q)
+        if n_done:
+            tally.note("already_done", n_done)
+        print(f"generate: {n_q} questions x {args.samples} samples; {n_done} already in {args.out}, "
+              f"{len(todo)} to make", file=sys.stderr)
+        if args.samples > 1 and args.temperature == 0:
+            print("warning: --temperature 0 with --samples > 1 gives identical greedy samples", file=sys.stderr)
+        if todo:
+            teacher = make_teacher(args)
+            try:
+                run(teacher, todo, out, failed, tally, concurrency=args.concurrency, progress=not args.no_progress)
+            except StopRun as e:
+                e.tally = tally   # the CLI prints what was done before the stop
+                raise
+    return tally

@@ -1,0 +1,191 @@
+"""What the pipeline steps share: fields of any schema, resumable JSONL output, counts by reason.
+
+Schemas read: s1K (``question``, ``solution``, ``thinking_trajectories``, ``attempt``), s1K-1.1
+(``deepseek_thinking_trajectory``, ``deepseek_attempt``), ShareGPT (``conversations``: human / gpt turns),
+chat (``messages``), evaluation rows (``problem`` / ``answer``), and what ``generate`` writes (s1K fields plus
+``key``, ``sample``, ``teacher``). Output is JSON lines, one ``write`` per row, flushed: a killed run leaves
+at most one partial last line, which :class:`Output` cuts off before appending again.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+from collections import Counter
+from typing import Iterable, Iterator
+
+from ..readers import DataError, read_rows
+
+QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
+REFERENCE_FIELDS = ("answer", "gt", "solution", "Answer")
+DOMAIN_FIELDS = ("domain", "subject", "cot_type", "source_type", "source")
+
+
+def first(row: dict, names: Iterable[str]):
+    for k in names:
+        v = row.get(k)
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _turns(row: dict) -> list[tuple[str, str]]:
+    if isinstance(row.get("conversations"), list):
+        return [(str(t.get("from")), str(t.get("value", ""))) for t in row["conversations"] if isinstance(t, dict)]
+    if isinstance(row.get("messages"), list):
+        return [(str(t.get("role")), str(t.get("content", ""))) for t in row["messages"] if isinstance(t, dict)]
+    return []
+
+
+def question(row: dict) -> str | None:
+    q = first(row, QUESTION_FIELDS)
+    if q is None:
+        q = next((v for r, v in _turns(row) if r in ("human", "user")), None)
+    return q if isinstance(q, str) else None
+
+
+def reference(row: dict, field: str | None = None) -> str | None:
+    """The reference answer: ``field`` if named, else answer / gt / solution (a solution's last \\boxed{})."""
+    from s1fast.grading import last_boxed
+    v = row.get(field) if field else first(row, REFERENCE_FIELDS)
+    if v is None:
+        return None
+    v = str(v)
+    return last_boxed(v) or v
+
+
+def trace(row: dict) -> str:
+    """The reasoning text (s1K, s1K-1.1, or the assistant turn of ShareGPT / chat rows); "" when none."""
+    t = row.get("thinking_trajectories")
+    if isinstance(t, list):
+        return "\n".join(str(x) for x in t).strip()
+    if isinstance(t, str):
+        return t.strip()
+    if isinstance(row.get("deepseek_thinking_trajectory"), str):
+        return row["deepseek_thinking_trajectory"].strip()
+    return next((v for r, v in reversed(_turns(row)) if r in ("gpt", "assistant")), "").strip()
+
+
+def attempt(row: dict) -> str:
+    """The final answer text; for ShareGPT / chat rows, the whole assistant turn (its \\boxed{} is graded)."""
+    for k in ("attempt", "deepseek_attempt"):
+        if isinstance(row.get(k), str):
+            return row[k]
+    return next((v for r, v in reversed(_turns(row)) if r in ("gpt", "assistant")), "")
+
+def domain_getter(field: str | None, fn: str | None):
+    """row -> domain: the classifier ``fn`` (module:function) if named, else ``field``, else the first domain field."""
+    if fn:
+        mod, _, name = fn.partition(":")
+        if not name:
+            raise ValueError(f"--domain-fn {fn!r}: write module:function, e.g. mypkg.domains:classify")
+        f = getattr(importlib.import_module(mod), name)
+        return lambda row: str(f(row))
+
+    def get(row):
+        v = row.get(field) if field else first(row, DOMAIN_FIELDS)
+        return str(v) if v not in (None, "") else "unknown"
+    return get
+
+
+def qid(q: str) -> str:
+    """A question's identity: a hash of its text, so that resuming does not depend on row order."""
+    return hashlib.sha1(q.encode("utf-8")).hexdigest()[:16]
+
+
+def read(path: str) -> Iterator[tuple[int, dict]]:
+    """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped."""
+    if path.endswith(".jsonl") and os.path.exists(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            print(f"warning: {path}: ignoring a partial last line ({len(data) - cut} bytes; a run was killed while "
+                  "writing it)", file=sys.stderr)
+            yield from _jsonl(path, data[:cut])
+            return
+    yield from read_rows(path)
+
+
+def _jsonl(path: str, data: bytes):
+    for i, line in enumerate(data.decode("utf-8").split("\n")):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"not valid JSON ({e.msg})", path=path, row=i) from None
+            yield i, row
+
+
+class Output:
+    """An append-only JSON-lines file: ``keys`` holds what an earlier run already wrote (field ``key_field``)."""
+
+    def __init__(self, path: str, key_field: str | None = "key"):
+        if not path.endswith(".jsonl"):
+            raise DataError("outputs are JSON lines (appendable, so a stopped run resumes): name a .jsonl file",
+                            path=path)
+        self.path, self.key_field, self.keys = path, key_field, set()
+        self.rows = 0
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path):
+            self._repair()
+            for _, row in read_rows(path):
+                self.rows += 1
+                if key_field and row.get(key_field) is not None:
+                    self.keys.add(row[key_field])
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def _repair(self) -> None:
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                print(f"warning: {self.path}: dropping a partial last line ({len(data) - cut} bytes) left by a "
+                      "killed run; that row is redone", file=sys.stderr)
+                f.truncate(cut)
+
+    def write(self, row: dict) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        self.rows += 1
+        if self.key_field and row.get(self.key_field) is not None:
+            self.keys.add(row[self.key_field])
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Tally:
+    """Counts by reason; ``report()`` is the summary each step prints at its end."""
+
+    def __init__(self, step: str):
+        self.step, self.kept, self.dropped, self.other = step, Counter(), Counter(), Counter()
+
+    def keep(self, reason: str, n: int = 1) -> None:
+        self.kept[reason] += n
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def note(self, what: str, n: int = 1) -> None:
+        self.other[what] += n
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "kept": dict(self.kept), "dropped": dict(self.dropped), "other": dict(self.other),
+                "total_kept": sum(self.kept.values()), "total_dropped": sum(self.dropped.values())}
+
+    def report(self) -> str:
+        d = self.as_dict()
+        parts = [f"{self.step}: kept {d['total_kept']}, dropped {d['total_dropped']}"]
+        for name, c in (("kept", self.kept), ("dropped", self.dropped), ("", self.other)):
+            if c:
+                parts.append(f"  {name + ': ' if name else ''}" + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+        return "\n".join(parts)

@@ -1,0 +1,200 @@
+"""``select``: choose ``--size`` questions, by s1's recipe or a simple alternative; seeded.
+
+``--method s1`` (anchors.md, "Distillation data"), three filters in order:
+
+1. quality: drop rows with no question, malformed questions (shorter than ``--min-question-chars``, or
+   pointing at an image the text does not carry) and failed generations (empty trace or answer);
+2. difficulty: keep questions every named reference model got wrong, from its graded attempts
+   (``--reference-graded FILE``: ``verify --graded`` output of that model, one file per model) or from grade
+   fields in the rows (``--grade-field``, e.g. s1K-1.1's ``gemini_grade``); a question with no attempt from a
+   model is not known to be hard and is dropped;
+3. diversity: until ``--size`` are chosen, pick a domain uniformly among those with questions left, then a
+   question inside it with probability proportional to 2^-rank, rank 1 being the longest trace.
+
+Alternatives: ``length`` (the longest traces), ``difficulty`` (the hard ones, uniformly at random), ``random``.
+A question with several samples is represented by its longest one. Domains: ``--domain-field`` or a
+classifier ``--domain-fn module:function`` (row -> domain name).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from collections import defaultdict
+
+from . import rows as R
+
+METHODS = ("s1", "length", "difficulty", "random")
+_IMAGE = re.compile(r"!\[|<img|\.(?:png|jpe?g|gif|svg)\b|\b(?:shown|see|in) (?:the |this )?(?:figure|image|picture|"
+                    r"diagram) (?:below|above)", re.I)
+_WRONG = {False, 0, "no", "false", "incorrect", "wrong", "0"}
+
+
+def is_wrong(v) -> bool | None:
+    """A grade value as 'wrong' (True), 'right' (False) or unknown (None): bools, 0/1, Yes/No, correct/..."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = v.strip().lower()
+        if v in ("yes", "true", "correct", "right", "1"):
+            return False
+    elif v is True or v == 1:
+        return False
+    return True if v in _WRONG else None
+
+
+def quality(row: dict, min_chars: int = 10) -> str | None:
+    """Why ``row`` fails the quality filter, or None."""
+    q = R.question(row)
+    if not q or not q.strip():
+        return "no_question"
+    if len(q.strip()) < min_chars:
+        return "malformed_question_short"
+    if _IMAGE.search(q):
+        return "malformed_question_image"
+    if "error" in row and row["error"]:
+        return "failed_generation"
+    if not R.trace(row) or not R.attempt(row).strip():
+        return "failed_generation"
+    return None
+
+
+def load_reference_grades(paths: list[str]) -> list[dict]:
+    """Per reference file: question id -> whether every attempt in it was wrong."""
+    out = []
+    for p in paths:
+        wrong = {}
+        for _, row in R.read(p):
+            q = R.question(row)
+            if q is None:
+                continue
+            k = R.qid(q)
+            w = is_wrong(row.get("correct"))
+            wrong[k] = wrong.get(k, True) and bool(w)
+        out.append(wrong)
+    return out
+
+
+def hard(row: dict, refs: list[dict], grade_fields: list[str]) -> str | None:
+    """None when every reference model got ``row``'s question wrong, else why not ("easy" / "no_attempt")."""
+    k = R.qid(R.question(row))
+    for ref in refs:
+        if k not in ref:
+            return "difficulty_no_attempt"
+        if not ref[k]:
+            return "easy"
+    for f in grade_fields:
+        w = is_wrong(row.get(f))
+        if w is None:
+            return "difficulty_no_attempt"
+        if not w:
+            return "easy"
+    return None
+
+
+def length_fn(kind: str, tokenizer_dir: str | None = None):
+    if kind == "chars":
+        return lambda row: len(R.trace(row))
+    from ..cache import load_tokenizer
+    tok = load_tokenizer(tokenizer_dir)
+    return lambda row: len(tok(R.trace(row), add_special_tokens=False)["input_ids"])
+
+
+def s1_diversity(pool: dict[str, list], size: int, rng: random.Random) -> list:
+    """s1's draw: a domain uniformly among those left, then rank r (1 = longest) with weight 2^-r.
+
+    ``pool``: domain -> items sorted longest first (consumed)."""
+    pool = {d: list(v) for d, v in pool.items() if v}
+    chosen = []
+    while len(chosen) < size and pool:
+        d = rng.choice(sorted(pool))
+        items = pool[d]
+        weights = [2.0 ** -(r + 1) for r in range(len(items))]
+        i = rng.choices(range(len(items)), weights=weights)[0]
+        chosen.append(items.pop(i))
+        if not items:
+            del pool[d]
+    return chosen
+
+
+def select(rows: list[dict], method: str, size: int, seed: int, *, domain, length, refs=(), grade_fields=(),
+           min_chars: int = 10, tally: R.Tally | None = None) -> list[dict]:
+    tally = tally or R.Tally("select")
+    # one candidate per question: its longest sample
+    best: dict[str, tuple[int, dict]] = {}
+    for row in rows:
+        why = quality(row, min_chars) if method == "s1" else (None if R.question(row) else "no_question")
+        if why:
+            tally.drop(why)
+            continue
+        k, n = R.qid(R.question(row)), length(row)
+        if k in best:
+            tally.note("extra_samples_of_a_question")
+            if n <= best[k][0]:
+                continue
+        best[k] = (n, row)
+    cands = sorted(best.values(), key=lambda x: (-x[0], R.qid(R.question(x[1]))))
+    if method in ("s1", "difficulty") and (refs or grade_fields):
+        kept = []
+        for n, row in cands:
+            why = hard(row, list(refs), list(grade_fields))
+            if why:
+                tally.drop(why)
+            else:
+                kept.append((n, row))
+        cands = kept
+    elif method == "difficulty":
+        raise ValueError("--method difficulty needs --reference-graded FILE or --grade-field FIELD")
+    elif method == "s1":
+        tally.note("difficulty_filter_skipped_no_reference_models")
+    rng = random.Random(seed)
+    if method == "s1":
+        pool = defaultdict(list)
+        for n, row in cands:
+            pool[domain(row)].append(row)
+        chosen = s1_diversity(pool, size, rng)
+    elif method == "length":
+        chosen = [row for _, row in cands[:size]]
+    else:  # random, difficulty: uniform
+        chosen = [row for _, row in rng.sample(cands, min(size, len(cands)))]
+    tally.drop("not_chosen", len(cands) - len(chosen))
+    tally.keep("chosen", len(chosen))
+    if len(chosen) < size:
+        tally.note(f"short_of_target_{size}", size - len(chosen))
+    return chosen
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="candidate rows (.json/.jsonl/.parquet, any schema s1fast reads)")
+    p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same seed adds what is missing)")
+    p.add_argument("--size", type=int, default=1000, help="target number of questions")
+    p.add_argument("--method", choices=METHODS, default="s1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--domain-field", help="field naming each row's domain (default: domain / subject / cot_type / "
+                                          "source_type / source)")
+    p.add_argument("--domain-fn", help="classifier module:function taking a row, returning its domain")
+    p.add_argument("--reference-graded", action="append", default=[],
+                   help="graded attempts of one reference model (verify --graded output); repeat per model")
+    p.add_argument("--grade-field", action="append", default=[], help="a field grading a reference model's attempt "
+                                                                       "(repeatable), e.g. gemini_grade")
+    p.add_argument("--length", choices=["tokens", "chars"], default="tokens", help="trace length measure")
+    p.add_argument("--tokenizer", help="tokenizer for --length tokens (default: the bundled Qwen2.5)")
+    p.add_argument("--min-question-chars", type=int, default=10)
+
+
+def main(args) -> R.Tally:
+    tally = R.Tally("select")
+    rows = [row for _, row in R.read(args.data)]
+    chosen = select(rows, args.method, args.size, args.seed, domain=R.domain_getter(args.domain_field, args.domain_fn),
+                    length=length_fn(args.length, args.tokenizer),
+                    refs=load_reference_grades(args.reference_graded), grade_fields=args.grade_field,
+                    min_chars=args.min_question_chars, tally=tally)
+    dom = R.domain_getter(args.domain_field, args.domain_fn)
+    with R.Output(args.out) as out:
+        for row in chosen:
+            key = row.get("key") or R.qid(R.question(row))
+            if key in out.keys:
+                tally.note("already_done")
+                continue
+            out.write({**row, "key": key, "domain": dom(row)})   # the domain the draw used
+    return tally

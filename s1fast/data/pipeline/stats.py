@@ -1,0 +1,126 @@
+"""``stats``: what a data set holds: counts, token lengths, per-domain and per-source tables, a PNG.
+
+Lengths are in tokens of the real tokenizer (the bundled Qwen2.5 unless ``--tokenizer``): question, trace
+and answer separately, and the whole training sequence under ``--recipe`` when the rows render in it. Writes
+``stats.json``, ``stats.md`` and ``lengths.png`` under ``--out``; the markdown is also printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from collections import Counter, defaultdict
+
+from . import rows as R
+from ..format import RECIPES, render
+from ..readers import DataError
+
+
+def _summary(xs: list[int]) -> dict:
+    if not xs:
+        return {"n": 0}
+    s = sorted(xs)
+    pick = lambda p: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731
+    return {"n": len(s), "mean": round(statistics.fmean(s), 1), "min": s[0], "p50": pick(0.5), "p90": pick(0.9),
+            "max": s[-1], "sum": sum(s)}
+
+
+def compute(rows: list[dict], tokenizer, recipe: str | None, domain) -> dict:
+    n_tok = lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) if t else 0  # noqa: E731
+    lengths = defaultdict(list)
+    by_domain, by_source = defaultdict(lambda: Counter()), defaultdict(lambda: Counter())
+    qids, no_q, unrenderable = set(), 0, 0
+    for row in rows:
+        q = R.question(row)
+        if q is None:
+            no_q += 1
+            continue
+        qids.add(R.qid(q))
+        t, a = R.trace(row), R.attempt(row)
+        lq, lt, la = n_tok(q), n_tok(t), n_tok(a)
+        lengths["question"].append(lq)
+        lengths["trace"].append(lt)
+        lengths["answer"].append(la)
+        if recipe:
+            try:
+                lengths["sequence"].append(n_tok(render(row, recipe)))
+            except DataError:
+                unrenderable += 1
+        for table, name in ((by_domain, domain(row)), (by_source, str(row.get("source_type") or row.get("source")
+                                                                         or "unknown").split(":")[0])):
+            table[name]["rows"] += 1
+            table[name]["trace_tokens"] += lt
+            if row.get("correct") is True:
+                table[name]["correct"] += 1
+    return {"rows": len(rows), "questions": len(qids), "rows_without_question": no_q,
+            "rows_not_renderable": unrenderable if recipe else None, "recipe": recipe,
+            "lengths": {k: _summary(v) for k, v in lengths.items()}, "_raw": dict(lengths),
+            "by_domain": {k: dict(v) for k, v in sorted(by_domain.items())},
+            "by_source": {k: dict(v) for k, v in sorted(by_source.items())}}
+
+
+def markdown(st: dict, title: str) -> str:
+    out = [f"## {title}", "", f"{st['rows']} rows, {st['questions']} distinct questions"
+           + (f", {st['rows_without_question']} rows without a question" if st["rows_without_question"] else "")
+           + (f", {st['rows_not_renderable']} rows not renderable as {st['recipe']}" if st["rows_not_renderable"]
+              else ""), "", "| tokens | n | mean | min | p50 | p90 | max |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, s in st["lengths"].items():
+        if s["n"]:
+            out.append(f"| {k} | {s['n']} | {s['mean']} | {s['min']} | {s['p50']} | {s['p90']} | {s['max']} |")
+    for name in ("by_domain", "by_source"):
+        out += ["", f"| {name[3:]} | rows | mean trace tokens | correct |", "|---|---:|---:|---:|"]
+        for k, c in st[name].items():
+            out.append(f"| {k} | {c['rows']} | {c['trace_tokens'] / max(1, c['rows']):.0f} | {c.get('correct', 0)} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(st: dict, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    raw = {k: v for k, v in st["_raw"].items() if v}
+    fig, axes = plt.subplots(1, len(raw) + 1, figsize=(4 * (len(raw) + 1), 3.4), dpi=110)
+    for ax, (k, v) in zip(axes, raw.items()):
+        ax.hist(v, bins=min(50, max(5, len(set(v)))), color="tab:blue", alpha=0.8)
+        ax.set_title(f"{k} tokens (n={len(v)})", fontsize=9)
+        ax.set_xlabel("tokens")
+    ax = axes[-1]
+    doms = st["by_domain"]
+    names = list(doms)[:30]
+    ax.barh(names, [doms[n]["rows"] for n in names], color="tab:green")
+    ax.set_title("rows per domain", fontsize=9)
+    ax.tick_params(axis="y", labelsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a .json/.jsonl/.parquet data set (any schema s1fast reads)")
+    p.add_argument("--out", required=True, help="folder for stats.json, stats.md, lengths.png")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the bundled Qwen2.5)")
+    p.add_argument("--recipe", choices=RECIPES, help="also count whole training sequences in this format")
+    p.add_argument("--domain-field", help="field naming each row's domain (default: domain / subject / cot_type / "
+                                          "source_type / source)")
+    p.add_argument("--domain-fn", help="classifier module:function taking a row, returning its domain")
+
+
+def main(args) -> R.Tally:
+    from ..cache import load_tokenizer
+    rows = [row for _, row in R.read(args.data)]
+    st = compute(rows, load_tokenizer(args.tokenizer), args.recipe, R.domain_getter(args.domain_field, args.domain_fn))
+    os.makedirs(args.out, exist_ok=True)
+    title = f"{os.path.basename(args.data)}"
+    md = markdown(st, title)
+    plot(st, os.path.join(args.out, "lengths.png"), title)
+    with open(os.path.join(args.out, "stats.json"), "w") as f:
+        json.dump({k: v for k, v in st.items() if k != "_raw"}, f, indent=2)
+    with open(os.path.join(args.out, "stats.md"), "w") as f:
+        f.write(md)
+    print(md, end="")
+    tally = R.Tally("stats")
+    tally.keep("rows", st["rows"])
+    tally.note("questions", st["questions"])
+    return tally

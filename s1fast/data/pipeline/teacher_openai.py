@@ -1,0 +1,123 @@
+"""A teacher behind any OpenAI-compatible chat endpoint, through the official ``openai`` client.
+
+Each request is one (question, sample). What happens on failure (the summary counts each kind):
+
+- 429, 500-599, a timeout, a dropped connection, or a body that is not the JSON the API promises
+  (``malformed``): retried up to ``retries`` times, waiting ``backoff * 2**attempt`` seconds (capped at 60,
+  with jitter); then recorded as failed with its last error;
+- 401 / 403: the whole run stops (:class:`AuthError`); what was written stays, a rerun resumes; so does a
+  connection failure (after its retries) before any request of the run has succeeded: a wrong URL or a server
+  that is down would otherwise cost every request its retries;
+- any other 4xx, or a response with no choice / no text: recorded as failed at once (retrying cannot help).
+
+The thinking text is the message's ``reasoning_content`` / ``reasoning`` field when the endpoint returns one,
+else a ``<think>...</think>`` block or s1's ``think`` / ``answer`` sections in the content, else empty.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+TRANSIENT = ("rate_limit", "server_error", "timeout", "connection", "malformed")
+
+
+class StopRun(RuntimeError):
+    """Nothing more can succeed (refused credentials, an endpoint never reached): the run stops."""
+
+
+class AuthError(StopRun):
+    """The endpoint refused the credentials."""
+
+
+@dataclass
+class Failure:
+    kind: str        # rate_limit, server_error, timeout, connection, malformed, client_error, empty
+    error: str
+    attempts: int
+
+
+def split_reasoning(message) -> tuple[str, str, str]:
+    """(thinking, answer, where the thinking came from) of a chat completion message."""
+    content = getattr(message, "content", None) or ""
+    extra = getattr(message, "model_extra", None) or {}
+    for name in ("reasoning_content", "reasoning"):
+        v = getattr(message, name, None) or extra.get(name)
+        if isinstance(v, str) and v.strip():
+            return v.strip(), content.strip(), name
+    m = re.search(r"<think>(.*?)</think>(.*)", content, re.S)
+    if m:
+        return m.group(1).strip(), m.group(2).strip(), "think_tags"
+    m = re.search(r"(?:<\|im_start\|>)?think\n(.*?)(?:<\|im_start\|>)answer\n?(.*)", content, re.S)
+    if m:
+        return m.group(1).strip(), m.group(2).strip(), "s1_sections"
+    return "", content.strip(), "none"
+
+
+class OpenAITeacher:
+    """``complete(question, seed)`` -> a result dict, or a :class:`Failure`; raises :class:`AuthError`."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, system: str | None = None,
+                 max_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 timeout: float = 600.0, retries: int = 4, backoff: float = 1.0, extra_body: dict | None = None):
+        import openai
+        self.openai = openai
+        # The client's own retries are off: this class retries, so that each kind is counted and capped.
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0)
+        self.model, self.system, self.max_tokens = model, system, max_tokens
+        self.temperature, self.top_p, self.extra_body = temperature, top_p, extra_body
+        self.retries, self.backoff = retries, backoff
+        self.name = f"openai:{model}@{base_url}"
+        self.retried = {}
+        self._lock = threading.Lock()
+
+    def _classify(self, e: Exception) -> tuple[str, bool]:
+        o = self.openai
+        if isinstance(e, (o.AuthenticationError, o.PermissionDeniedError)):
+            raise AuthError(f"the endpoint refused the credentials ({type(e).__name__}: {e}); set OPENAI_API_KEY "
+                            "or --api-key; the samples written so far are kept and a rerun resumes") from e
+        if isinstance(e, o.RateLimitError):
+            return "rate_limit", True
+        if isinstance(e, o.APITimeoutError):
+            return "timeout", True
+        if isinstance(e, o.APIConnectionError):
+            return "connection", True
+        if isinstance(e, o.APIStatusError):
+            return ("server_error", True) if e.status_code >= 500 else ("client_error", False)
+        if isinstance(e, (o.APIResponseValidationError, json.JSONDecodeError, ValueError, TypeError,
+                          AttributeError)):
+            return "malformed", True
+        raise e
+
+    def complete(self, question: str, seed: int):
+        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + \
+               [{"role": "user", "content": question}]
+        kw = dict(model=self.model, messages=msgs, temperature=self.temperature, top_p=self.top_p, seed=seed)
+        if self.max_tokens:
+            kw["max_tokens"] = self.max_tokens
+        if self.extra_body:
+            kw["extra_body"] = self.extra_body
+        for attempt in range(self.retries + 1):
+            try:
+                r = self.client.chat.completions.create(**kw)
+                if not getattr(r, "choices", None):
+                    return Failure("empty", "the response has no choices", attempt + 1)
+                thinking, answer, where = split_reasoning(r.choices[0].message)
+                if not (thinking or answer):
+                    return Failure("empty", "the response has no text", attempt + 1)
+                usage = getattr(r, "usage", None)
+                return {"thinking": thinking, "answer": answer, "reasoning_from": where,
+                        "finish_reason": r.choices[0].finish_reason,
+                        "completion_tokens": getattr(usage, "completion_tokens", None)}
+            except Exception as e:  # noqa: BLE001 - classified: unknown errors are re-raised
+                kind, transient = self._classify(e)
+                err = f"{type(e).__name__}: {str(e)[:300]}"
+                if not transient or attempt == self.retries:
+                    return Failure(kind, err, attempt + 1)
+                with self._lock:
+                    self.retried[kind] = self.retried.get(kind, 0) + 1
+                time.sleep(min(60.0, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable")

@@ -1,0 +1,98 @@
+"""``verify``: grade each sample's answer against its question's reference; rejection sampling.
+
+The answer graded is the sample's attempt (with the forced end of thinking before it, as ``s1fast.eval``
+grades), by s1fast's grader or a named evaluation protocol (``--protocol``); the reference is
+``--answer-field``, else ``answer`` / ``gt`` / ``solution`` (a worked solution's last ``\\boxed{}``).
+Every graded row is written to ``--graded`` (if named) with ``correct`` and ``pred``; ``--out`` keeps what
+rejection sampling keeps: ``--keep correct`` (all correct samples), ``--keep first-k`` (the first ``--k``
+correct samples per question, by sample index) or ``--keep all`` (grade only).
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+from . import rows as R
+
+KEEP = ("correct", "first-k", "all")
+
+
+def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fast") -> dict:
+    """``row`` plus ``pred``, ``correct``, ``grader`` and ``gold``; ``verdict`` says why when not graded.
+
+    ``protocol``: ``s1fast`` (``grading.grade``: s1's extraction, math-verify equivalence when installed) or a
+    named harness of ``grading.PROTOCOLS`` (s1, skythought, math-verify)."""
+    from s1fast import grading
+    grade = grading.grade if protocol == "s1fast" else grading.protocol(protocol).grade
+    gold = R.reference(row, answer_field)
+    text = (row.get("generation") or {}).get("forced_end", "") + R.attempt(row)
+    out = dict(row)
+    if gold is None:
+        out.update(pred=None, correct=None, verdict="no_reference", gold=None)
+    elif not text.strip():
+        out.update(pred=None, correct=False, verdict="no_answer", gold=gold)
+    else:
+        g = grade(text, gold)
+        verdict = "correct" if g["correct"] else ("no_answer" if g["pred"] is None else "wrong")
+        out.update(pred=g["pred"], correct=g["correct"], grader=g.get("grader") or g.get("protocol"),
+                   verdict=verdict, gold=gold)
+    return out
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="generated samples (what `generate` writes, or any s1K / "
+                                                 "s1K-1.1 / ShareGPT file with a reference answer)")
+    p.add_argument("--out", required=True, help="kept rows, .jsonl (appended; a rerun resumes)")
+    p.add_argument("--graded", help="also write every graded row here (.jsonl)")
+    p.add_argument("--answer-field", help="reference answer field (default: answer / gt / solution)")
+    p.add_argument("--protocol", default="s1fast",
+                   help="how answers are extracted and compared: s1fast (its grader) or a named harness of "
+                        "s1fast.grading.PROTOCOLS (s1, skythought, math-verify)")
+    p.add_argument("--keep", choices=KEEP, default="correct", help="rejection sampling rule")
+    p.add_argument("--k", type=int, default=1, help="with --keep first-k: correct samples kept per question")
+
+
+def main(args) -> R.Tally:
+    tally = R.Tally("verify")
+    rows = []
+    for i, row in R.read(args.data):
+        q = R.question(row)
+        if q is None:
+            tally.drop("no_question")
+            continue
+        row.setdefault("key", f"{R.qid(q)}:{row.get('sample', i)}")
+        rows.append(row)
+    with R.Output(args.out) as out:
+        graded = R.Output(args.graded) if args.graded else None
+        kept_per_q = defaultdict(int)
+        for row in sorted(rows, key=lambda r: (R.qid(R.question(r)), r.get("sample", 0))):
+            qid = R.qid(R.question(row))
+            if row["key"] in out.keys:       # kept by an earlier run
+                kept_per_q[qid] += 1
+        for row in sorted(rows, key=lambda r: (R.qid(R.question(r)), r.get("sample", 0))):
+            if row["key"] in out.keys:
+                tally.note("already_done")
+                continue
+            g = grade_row(row, args.answer_field, args.protocol)
+            if graded is not None and row["key"] not in graded.keys:
+                graded.write(g)
+            qid = R.qid(R.question(row))
+            if args.keep == "all":
+                keep, why = True, g["verdict"]
+            elif g["verdict"] != "correct":
+                keep, why = False, g["verdict"]
+            elif args.keep == "first-k" and kept_per_q[qid] >= args.k:
+                keep, why = False, "over_k"
+            else:
+                keep, why = True, "correct"
+            if keep:
+                kept_per_q[qid] += 1
+                out.write(g)
+                tally.keep(why)
+            else:
+                tally.drop(why)
+        if graded is not None:
+            graded.close()
+        tally.note("questions", len({R.qid(R.question(r)) for r in rows}))
+        tally.note("questions_with_a_kept_sample", sum(1 for v in kept_per_q.values() if v))
+    return tally

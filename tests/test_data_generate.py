@@ -1,0 +1,167 @@
+"""`python -m s1fast.data generate`: the OpenAI-compatible path's failure handling (a scripted endpoint on
+loopback), resuming after a kill, and s1fast's own engine as the teacher (tiny random model)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fake_openai import FakeEndpoint
+from s1fast.data.__main__ import main as data_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.path.join(ROOT, "tests"), OMP_NUM_THREADS="1")
+
+
+def questions(path, qs):
+    path.write_text("".join(json.dumps({"question": q, "answer": "42", "domain": f"d{i % 3}"}) + "\n"
+                            for i, q in enumerate(qs)))
+    return str(path)
+
+
+def lines(path):
+    return [json.loads(x) for x in open(path)] if os.path.exists(path) else []
+
+
+def gen(tmp_path, url, data, *extra):
+    summary = tmp_path / "summary.json"
+    rc = data_main(["generate", "--teacher", "openai", "--model", "teacher", "--base-url", url, "--data", data,
+                    "--out", str(tmp_path / "gen.jsonl"), "--no-progress", "--backoff", "0.01",
+                    "--summary", str(summary), *extra])
+    return rc, (json.load(open(summary)) if summary.exists() else None)
+
+
+def test_faults_are_retried_recorded_and_counted(tmp_path):
+    qs = ["q ok", "q 429 then ok", "q 500 then ok", "q malformed then ok", "q timeout then ok", "q always 500"]
+    scripts = {"q 429 then ok": ["429"], "q 500 then ok": ["500", "500"], "q malformed then ok": ["malformed"],
+               "q timeout then ok": ["timeout"], "q always 500": ["500"] * 10}
+    data = questions(tmp_path / "q.jsonl", qs)
+    with FakeEndpoint(scripts, hang=3.0) as ep:
+        rc, s = gen(tmp_path, ep.url, data, "--retries", "2", "--timeout", "1", "--concurrency", "3")
+    assert rc == 0
+    out = lines(tmp_path / "gen.jsonl")
+    assert sorted(r["question"] for r in out) == sorted(qs[:5])     # all but the one that never succeeds
+    for r in out:
+        assert r["thinking_trajectories"] == [f"Let me think about: {r['question']}"]
+        assert r["attempt"] == "The answer is \\boxed{42}." and r["generation"]["reasoning_from"] == "reasoning_content"
+        assert r["answer"] == "42" and r["domain"].startswith("d")   # the input row's fields carried
+    failed = lines(tmp_path / "gen.failed.jsonl")
+    assert [(f["question"], f["kind"], f["attempts"]) for f in failed] == [("q always 500", "server_error", 3)]
+    assert "InternalServerError" in failed[0]["error"]
+    assert s["kept"] == {"generated": 5} and s["dropped"] == {"failed_server_error": 1}
+    assert s["other"]["retried_rate_limit"] == 1 and s["other"]["retried_malformed"] == 1
+    assert s["other"]["retried_timeout"] == 1 and s["other"]["retried_server_error"] == 4   # 2 + 2
+    assert ep.seen["q always 500"] == 3 and ep.seen["q 500 then ok"] == 3
+
+    # a rerun retries only the failed request (which now succeeds), and repeats nothing
+    with FakeEndpoint() as ep2:
+        rc, s = gen(tmp_path, ep2.url, data)
+    assert rc == 0 and dict(ep2.seen) == {"q always 500": 1}
+    assert s["kept"] == {"generated": 1} and s["other"]["already_done"] == 5
+    assert sorted(r["question"] for r in lines(tmp_path / "gen.jsonl")) == sorted(qs)
+
+
+def test_client_errors_fail_at_once_and_auth_errors_stop_the_run(tmp_path, capsys):
+    data = questions(tmp_path / "q.jsonl", [f"q{i}" for i in range(6)])
+    with FakeEndpoint({"q0": ["401"]}, delay=0.05) as ep:
+        rc, _ = gen(tmp_path, ep.url, data, "--concurrency", "1")
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: generate: the endpoint refused the credentials" in err and "OPENAI_API_KEY" in err
+    assert ep.seen["q0"] == 1 and sum(ep.seen.values()) <= 2    # stopped, not retried, nothing more sent
+    assert not any(r["question"] == "q0" for r in lines(tmp_path / "gen.jsonl"))
+    # an unknown path gives 404: a client error, recorded without retries
+    (tmp_path / "b").mkdir()
+    with FakeEndpoint() as ep:
+        rc, s = gen(tmp_path / "b", ep.url.replace("/v1", "/nope"), data, "--retries", "3")
+    assert rc == 0 and s["dropped"] == {"failed_client_error": 6} and not lines(tmp_path / "b" / "gen.jsonl")
+    failed = lines(tmp_path / "b" / "gen.failed.jsonl")
+    assert len(failed) == 6 and all(f["attempts"] == 1 and "NotFoundError" in f["error"] for f in failed)
+
+
+def test_an_endpoint_never_reached_stops_the_run(tmp_path, capsys):
+    import socket
+    with socket.socket() as sock:        # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = questions(tmp_path / "q.jsonl", [f"q{i}" for i in range(20)])
+    rc, _ = gen(tmp_path, f"http://127.0.0.1:{port}/v1", data, "--retries", "1", "--concurrency", "2")
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the endpoint" in err and "failed_connection" in err
+    failed = lines(tmp_path / "gen.failed.jsonl")
+    assert 1 <= len(failed) <= 2 and all(f["kind"] == "connection" and f["attempts"] == 2 for f in failed)
+
+
+def test_killed_mid_run_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
+    qs = [f"problem {i}: what is {i} + {i}?" for i in range(20)]
+    data = questions(tmp_path / "q.jsonl", qs)
+    out = tmp_path / "gen.jsonl"
+    with FakeEndpoint(delay=0.05) as ep:
+        cmd = [sys.executable, "-m", "s1fast.data", "generate", "--teacher", "openai", "--model", "t",
+               "--base-url", ep.url, "--data", data, "--out", str(out), "--samples", "2", "--concurrency", "2",
+               "--no-progress"]
+        p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t0 = time.time()
+        while len(lines(out)) < 8 and time.time() - t0 < 60 and p.poll() is None:
+            time.sleep(0.02)
+        p.kill()
+        p.wait()
+        first = lines(out)
+        assert 8 <= len(first) < 40, "the run should be killed mid-way"
+        with open(out, "a") as f:          # as if killed in the middle of writing a line
+            f.write('{"question": "half a li')
+        served = sum(ep.seen.values())
+        p2 = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert p2.returncode == 0, p2.stderr[-2000:]
+        assert "partial last line" in p2.stderr
+    rows = lines(out)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == 40 and len(set(keys)) == 40                       # nothing lost, nothing twice
+    assert {(r["question"], r["sample"]) for r in rows} == {(q, s) for q in qs for s in (0, 1)}
+    assert rows[:len(first)] == first                                      # what was written stays as it was
+    # requests made again: only those in flight at the kill (at most --concurrency)
+    assert sum(ep.seen.values()) - served <= 40 - len(first) + 2
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    import torch
+
+    from s1fast import model as lean
+    from s1fast.generate import BUNDLED_TOKENIZER
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny")
+    lean.build_model("tiny-qwen2", device="cpu", dtype=torch.float32).save_pretrained(str(d),
+                                                                                      tokenizer_dir=BUNDLED_TOKENIZER)
+    return str(d)
+
+
+def test_native_engine_teacher_batches_and_is_seeded_per_request(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    data = questions(tmp_path / "q.jsonl", ["1+1?", "2+3?", "7*6?"])
+    args = ["generate", "--teacher", "native", "--model", tiny_dir, "--data", data, "--samples", "2",
+            "--max-thinking-tokens", "6", "--max-answer-tokens", "3", "--temperature", "1.0", "--no-progress"]
+    assert data_main(args + ["--out", str(tmp_path / "a.jsonl"), "--batch-size", "6"]) == 0
+    a = {r["key"]: r for r in lines(tmp_path / "a.jsonl")}
+    assert len(a) == 6 and all(r["generation"]["thinking_tokens"] == 6 for r in a.values())
+    assert all(r["teacher"].startswith("native:") for r in a.values())
+    # one at a time, in another order of completion: the same samples (each request's seed comes from its key)
+    assert data_main(args + ["--out", str(tmp_path / "b.jsonl"), "--batch-size", "1"]) == 0
+    b = {r["key"]: r for r in lines(tmp_path / "b.jsonl")}
+    traces = lambda rows: {k: r["thinking_trajectories"] for k, r in rows.items()}  # noqa: E731
+    assert traces(a) == traces(b)
+    assert len({r["thinking_trajectories"][0] for r in a.values()}) > 1      # sampled, not all the same
+
+
+def test_vllm_teacher_without_vllm_stops_with_a_clear_error(tmp_path, capsys):
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here, so the missing-vllm error cannot be shown")
+    except ImportError:
+        pass
+    data = questions(tmp_path / "q.jsonl", ["1+1?"])
+    assert data_main(["generate", "--teacher", "vllm", "--model", str(tmp_path), "--data", data,
+                      "--out", str(tmp_path / "g.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: generate:" in err and "pip install vllm" in err

@@ -1,0 +1,286 @@
+"""The pipeline's filters: decontaminate (real s1K questions, planted overlaps), verify (rejection sampling),
+select (s1's rule on a synthetic pool whose answer is known; seeds), stats, and resuming the outputs."""
+import json
+import os
+import random
+from collections import Counter
+
+import pytest
+
+from s1fast.data.__main__ import main as data_main
+from s1fast.data.pipeline import rows as R
+from s1fast.data.pipeline.decontaminate import BUILTIN_EVAL, DuplicateIndex, EvalIndex, decontaminate
+from s1fast.data.pipeline.select import s1_diversity, select
+
+ASSETS = os.path.join(os.path.dirname(BUILTIN_EVAL))
+S1K = os.path.join(ASSETS, "s1k.json")
+
+
+def lines(path):
+    return [json.loads(x) for x in open(path)]
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def run(*args):
+    return data_main([str(a) for a in args])
+
+
+# ---- decontaminate ---------------------------------------------------------------------------------------
+def test_planted_overlaps_are_caught_and_reported_with_the_benchmark_item(tmp_path):
+    bench = [r for _, r in R.read(BUILTIN_EVAL)]
+    aime = bench[3]["question"]
+    shouting = "  ".join(aime.upper().split(" "))                  # changed whitespace and case
+    base = "A farmer has 17 sheep and buys 5 more sheep every week for 12 weeks; how many sheep does he own?"
+    near = base.replace("buys", "purchases")                      # a near duplicate of an earlier question
+    unrelated = "Compute the number of lattice points on the circle x^2 + y^2 = 625."
+    data = write(tmp_path / "d.jsonl", [{"question": q, "solution": "1"} for q in (base, shouting, near, unrelated,
+                                                                                  base)])
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c.jsonl", "--summary", tmp_path / "s.json") == 0
+    kept = [r["question"] for r in lines(tmp_path / "c.jsonl")]
+    assert kept == [base, unrelated]
+    rep = {r["question"]: r for r in lines(tmp_path / "c.removed.jsonl")}
+    assert rep[shouting]["reason"] == "eval_overlap" and rep[shouting]["item"] == bench[3]["source"]
+    assert rep[shouting]["benchmark_question"] == aime
+    assert rep[shouting]["shared_ngrams"] == rep[shouting]["benchmark_ngrams"]   # every 8-gram survives
+    assert rep[near]["reason"] == "duplicate_near" and rep[near]["matched_question"] == base
+    assert 0.7 <= rep[near]["similarity"] < 1
+    s = json.load(open(tmp_path / "s.json"))
+    assert s["dropped"] == {"eval_overlap": 1, "duplicate_near": 1, "duplicate_exact": 1} and s["kept"] == {"clean": 2}
+    # user evaluation files are added to the built-in set; --no-builtin-eval leaves only them
+    extra = write(tmp_path / "mine.jsonl", [{"problem": unrelated, "answer": "12"}])
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c2.jsonl", "--eval", extra,
+               "--no-builtin-eval", "--near-threshold", "2") == 0
+    assert [r["question"] for r in lines(tmp_path / "c2.jsonl")] == [base, shouting, near]
+
+
+def test_an_eight_gram_and_nothing_shorter_is_s1s_rule():
+    idx = EvalIndex(8)
+    idx.items.append({"item": "b:0", "benchmark_question": "x"})
+    bq = "one two three four five six seven eight nine ten"
+    idx.grams.append(set())
+    from s1fast.data.pipeline.decontaminate import ngrams, words
+    idx.grams[0] = ngrams(words(bq), 8)
+    for g in idx.grams[0]:
+        idx.index[g].append(0)
+    assert idx.match("ONE two\tthree four five six seven EIGHT and more") is not None
+    assert idx.match("one two three four five six seven nine") is None           # 7 in a row is not enough
+    assert idx.match("one two three four five six seven eight", min_overlap=0.5) is None   # 1 of 3 8-grams
+
+
+def test_samples_of_one_question_are_not_duplicates_of_each_other():
+    rows = [(i, {"question": "same question text here", "sample": s}) for i, s in enumerate((0, 1, 2))]
+    assert [m for _, m in decontaminate(rows, None, DuplicateIndex())] == [None] * 3
+
+
+def test_real_s1k_against_the_shipped_eval_sets(tmp_path):
+    """Every hit on the real s1K is a shared boilerplate phrase, not a copied problem (RESULTS.18.md)."""
+    assert run("decontaminate", "--data", S1K, "--out", tmp_path / "c.jsonl", "--summary", tmp_path / "s.json") == 0
+    s = json.load(open(tmp_path / "s.json"))
+    rep = [r for r in lines(tmp_path / "c.removed.jsonl") if r["reason"] == "eval_overlap"]
+    assert s["kept"]["clean"] + s["total_dropped"] == 1000 and len(rep) == s["dropped"]["eval_overlap"] > 0
+    assert all(r["item"].split(":")[0] in ("aime24", "amc23", "math500") for r in rep)
+    assert max(r["shared_ngrams"] / r["benchmark_ngrams"] for r in rep) < 0.5
+    top = Counter(r["ngram"] for r in rep).most_common(1)[0][0]
+    assert "relatively prime positive integers" in top
+    assert s["dropped"]["duplicate_exact"] >= 1 and s["dropped"]["duplicate_near"] >= 1
+    # requiring half of a benchmark item's 8-grams leaves no evaluation hit
+    assert run("decontaminate", "--data", S1K, "--out", tmp_path / "d.jsonl", "--min-overlap", "0.5",
+               "--summary", tmp_path / "s2.json") == 0
+    assert "eval_overlap" not in json.load(open(tmp_path / "s2.json"))["dropped"]
+
+
+# ---- verify ----------------------------------------------------------------------------------------------
+def gen_rows():
+    out = []
+    for q, gold, answers in (("What is 6*7?", "42", ["\\boxed{42}", "\\boxed{41}", "Answer: 42"]),
+                             ("What is 1/2+1/4?", "\\frac34", ["\\boxed{0.75}", "\\boxed{3/4}", "no idea"]),
+                             ("Name the capital of France, please.", "Paris", ["\\boxed{Lyon}", "\\boxed{Rome}"])):
+        for s, a in enumerate(answers):
+            out.append({"question": q, "answer": gold, "thinking_trajectories": ["hmm"], "attempt": a, "sample": s,
+                        "key": f"{R.qid(q)}:{s}"})
+    return out
+
+
+@pytest.mark.parametrize("keep,k,expect", [("correct", 1, [(0, 0), (0, 2), (1, 0), (1, 1)]),
+                                           ("first-k", 1, [(0, 0), (1, 0)]),
+                                           ("all", 1, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0),
+                                                       (2, 1)])])
+def test_verify_rejection_sampling(tmp_path, keep, k, expect):
+    rows = gen_rows()
+    data = write(tmp_path / "g.jsonl", list(reversed(rows)))
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--keep", keep, "--k", k,
+               "--graded", tmp_path / "all.jsonl", "--summary", tmp_path / "s.json") == 0
+    qs = ["What is 6*7?", "What is 1/2+1/4?", "Name the capital of France, please."]
+    got = sorted((qs.index(r["question"]), r["sample"]) for r in lines(tmp_path / "v.jsonl"))
+    assert got == expect
+    graded = {(qs.index(r["question"]), r["sample"]): r["verdict"] for r in lines(tmp_path / "all.jsonl")}
+    assert graded[(0, 1)] == "wrong" and graded[(1, 2)] == "no_answer" and graded[(1, 0)] == "correct"
+    s = json.load(open(tmp_path / "s.json"))
+    if keep == "first-k":
+        assert s["dropped"] == {"over_k": 2, "wrong": 3, "no_answer": 1}
+    # rerunning adds nothing
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--keep", keep, "--k", k) == 0
+    assert len(lines(tmp_path / "v.jsonl")) == len(expect)
+
+
+def test_verify_with_a_named_protocol(tmp_path, capsys):
+    """s1's harness compares non-integers as strings: 0.75 is not \\frac34 there, while s1fast's grader says equal."""
+    data = write(tmp_path / "g.jsonl", [r for r in gen_rows() if r["question"] == "What is 1/2+1/4?"])
+    for proto, expect in (("s1fast", 2), ("s1", 0)):
+        assert run("verify", "--data", data, "--out", tmp_path / f"{proto}.jsonl", "--protocol", proto) == 0
+        assert len(lines(tmp_path / f"{proto}.jsonl")) == expect
+    assert run("verify", "--data", data, "--out", tmp_path / "x.jsonl", "--protocol", "nope") == 2
+    assert "unknown protocol 'nope'" in capsys.readouterr().err
+
+
+# ---- select ----------------------------------------------------------------------------------------------
+def pool(n_per_domain=(40, 25, 12, 6), seed=0):
+    """Synthetic candidates: domain, a hard flag, a distinct trace length."""
+    rng = random.Random(seed)
+    rows = []
+    for d, n in enumerate(n_per_domain):
+        for i in range(n):
+            rows.append({"question": f"Domain {d} problem number {i}: compute something.", "domain": f"D{d}",
+                         "thinking_trajectories": ["x" * rng.randrange(10, 5000)], "attempt": "\\boxed{1}",
+                         "hard": i % 3 != 0, "qwen_grade": "No" if i % 3 else "Yes"})
+    rows.append({"question": "short", "domain": "D0", "thinking_trajectories": ["y"], "attempt": "1"})
+    rows.append({"question": "See the figure below for the triangle and find x.", "domain": "D0",
+                 "thinking_trajectories": ["y" * 9999], "attempt": "1"})
+    rows.append({"question": "A question whose generation failed entirely.", "domain": "D1",
+                 "thinking_trajectories": [""], "attempt": ""})
+    return rows
+
+
+def chars(row):
+    return len(R.trace(row))
+
+
+def test_s1_selection_follows_the_rule(tmp_path):
+    rows = pool()
+    tally = R.Tally("select")
+    chosen = select(rows, "s1", 24, seed=1, domain=lambda r: r["domain"], length=chars, grade_fields=["qwen_grade"],
+                    tally=tally)
+    d = tally.as_dict()["dropped"]
+    assert d["malformed_question_short"] == 1 and d["malformed_question_image"] == 1 and d["failed_generation"] == 1
+    assert d["easy"] == sum(1 for r in rows if r.get("hard") is False)
+    assert all(r["hard"] for r in chosen) and len(chosen) == 24
+    assert select(rows, "s1", 24, seed=1, domain=lambda r: r["domain"], length=chars, grade_fields=["qwen_grade"]) \
+        == chosen
+    assert select(rows, "s1", 24, seed=2, domain=lambda r: r["domain"], length=chars, grade_fields=["qwen_grade"]) \
+        != chosen
+    # asking for every hard question takes them all, whatever the seed
+    n_hard = sum(1 for r in rows if r.get("hard") is True)
+    assert len(select(rows, "s1", 1000, seed=3, domain=lambda r: r["domain"], length=chars,
+                      grade_fields=["qwen_grade"])) == n_hard
+
+
+def test_s1_selection_matches_the_rules_distribution_over_seeds():
+    """Four domains of 30 hard questions, 20 chosen: each domain gets 5 on average (uniform domains), and
+    inside a domain the longest trace is chosen far more often than a short one (2^-rank)."""
+    rows = pool((30, 30, 30, 30))
+    for r in rows:
+        r["qwen_grade"] = "No"
+    per, longest, shortest = Counter(), 0, 0
+    by_dom = {}
+    for r in rows:
+        if r["question"].startswith("Domain"):
+            by_dom.setdefault(r["domain"], []).append(r)
+    top = {d: max(v, key=chars)["question"] for d, v in by_dom.items()}
+    low = {d: min(v, key=chars)["question"] for d, v in by_dom.items()}
+    seeds = 150
+    for seed in range(seeds):
+        chosen = select(rows, "s1", 20, seed, domain=lambda r: r["domain"], length=chars, grade_fields=["qwen_grade"])
+        per.update(r["domain"] for r in chosen)
+        longest += sum(r["question"] == top[r["domain"]] for r in chosen)
+        shortest += sum(r["question"] == low[r["domain"]] for r in chosen)
+    for d in ("D0", "D1", "D2", "D3"):
+        assert abs(per[d] / seeds - 5) < 0.45, per     # multinomial sd of the mean: ~0.16
+    # with ~5 draws per domain the longest trace is almost always taken (P > 0.95); the shortest almost never
+    assert longest / (4 * seeds) > 0.9 and shortest / (4 * seeds) < 0.05
+
+
+def test_inside_a_domain_rank_r_is_drawn_with_probability_2_to_the_minus_r():
+    items = list(range(12))                       # already longest first
+    counts = Counter(s1_diversity({"a": items}, 1, random.Random(s))[0] for s in range(4000))
+    norm = sum(2.0 ** -(r + 1) for r in range(12))
+    for r in range(4):
+        p = 2.0 ** -(r + 1) / norm
+        assert abs(counts[r] / 4000 - p) < 4 * (p * (1 - p) / 4000) ** 0.5, (r, counts[r])
+    # domains uniformly: two domains of very different sizes get picked equally often on the first draw
+    first = Counter(s1_diversity({"big": list(range(50)), "small": ["s"]}, 1, random.Random(s))[0] == "s"
+                    for s in range(2000))
+    assert abs(first[True] / 2000 - 0.5) < 0.05
+
+
+def test_simple_alternatives_and_the_cli(tmp_path):
+    rows = pool()
+    by_len = select(rows, "length", 5, 0, domain=lambda r: "x", length=chars)
+    lens = sorted((chars(r) for r in rows if r["question"] != "short"), reverse=True)
+    assert [chars(r) for r in by_len] == lens[:5]
+    rnd = select(rows, "random", 10, 3, domain=lambda r: "x", length=chars)
+    assert len({r["question"] for r in rnd}) == 10 and rnd == select(rows, "random", 10, 3, domain=lambda r: "x",
+                                                                     length=chars)
+    hard = select(rows, "difficulty", 200, 0, domain=lambda r: "x", length=chars, grade_fields=["qwen_grade"])
+    assert len(hard) == sum(1 for r in rows if r.get("hard") is True)
+    data = write(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "sel.jsonl"
+    for _ in range(2):   # the second run (same seed) finds everything already there
+        assert run("select", "--data", data, "--out", out, "--size", 10, "--grade-field", "qwen_grade",
+                   "--length", "chars",
+                   "--seed", 5, "--summary", tmp_path / "s.json") == 0
+    sel = lines(out)
+    assert len(sel) == 10 and len({r["key"] for r in sel}) == 10
+    assert json.load(open(tmp_path / "s.json"))["other"]["already_done"] == 10
+    assert run("select", "--data", data, "--out", tmp_path / "x.jsonl", "--method", "difficulty",
+               "--length", "chars") == 2
+
+
+def test_a_named_classifier_gives_the_domains(tmp_path, monkeypatch):
+    (tmp_path / "myclass.py").write_text("def by_number(row):\n"
+                                         "    return 'even' if '0' in row['question'] else 'odd'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = write(tmp_path / "p.jsonl", pool())
+    assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--size", 6, "--length", "chars",
+               "--domain-fn", "myclass:by_number") == 0
+    assert {r["domain"] for r in lines(tmp_path / "s.jsonl")} == {"even", "odd"}
+
+
+# ---- stats -----------------------------------------------------------------------------------------------
+def test_stats_on_real_traces(tmp_path):
+    rows = [r for _, r in R.read(os.path.join(ASSETS, "sample_s1k.jsonl"))][:12]
+    data = write(tmp_path / "d.jsonl", rows + [{"conversations": [{"from": "human", "value": "2+2?"},
+                                                                  {"from": "gpt", "value": "4"}]}])
+    out = tmp_path / "st"
+    assert run("stats", "--data", data, "--out", out, "--recipe", "s1") == 0
+    st = json.load(open(out / "stats.json"))
+    assert st["rows"] == 13 and st["questions"] == len({r["question"] for r in rows}) + 1
+    assert st["rows_not_renderable"] == 1          # the ShareGPT row has no s1 rendering
+    from s1fast.data import load_tokenizer, render
+    tok = load_tokenizer()
+    assert st["lengths"]["sequence"]["max"] == max(len(tok(render(r, "s1"))["input_ids"]) for r in rows)
+    assert st["lengths"]["trace"]["n"] == 13 and st["lengths"]["sequence"]["n"] == 12
+    assert sum(v["rows"] for v in st["by_source"].values()) == 13 and len(st["by_source"]) >= 2
+    assert (out / "lengths.png").stat().st_size > 10000 and "| trace |" in (out / "stats.md").read_text()
+
+
+def test_parquet_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [{"problem": f"Parquet question number {i} about integers.", "solution": str(i)} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows + rows[:1]), tmp_path / "d.parquet")
+    assert run("decontaminate", "--data", tmp_path / "d.parquet", "--out", tmp_path / "c.jsonl",
+               "--near-threshold", "2") == 0
+    assert [r["problem"] for r in lines(tmp_path / "c.jsonl")] == [r["problem"] for r in rows]
+
+
+def test_outputs_must_be_jsonl_and_bad_input_fails_clearly(tmp_path, capsys):
+    assert run("select", "--data", S1K, "--out", tmp_path / "x.parquet") == 2
+    assert "error: select:" in capsys.readouterr().err
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"question": "ok"}\nnot json\n')
+    assert run("decontaminate", "--data", bad, "--out", tmp_path / "o.jsonl") == 2
+    assert "row 1" in capsys.readouterr().err
