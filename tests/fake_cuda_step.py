@@ -1,0 +1,135 @@
+"""One rank's training step on fake "cuda" tensors, with PyTorch's memory tracker: run as a subprocess by
+tests/test_fake_cuda.py (an abort in a CPU build of torch is then a failure, not a crash of the test run).
+
+    python tests/fake_cuda_step.py --backend varlen --tokens 32768 [--layers 2] [--checkpoint full] --out R.json
+
+Nothing is computed: parameters, batch and every intermediate are FakeTensors on device "cuda", so the step
+goes through the GPU branches of s1fast's model and attention, fused AdamW, and the kernels' registered fake
+implementations (the ``torch.ops.s1fast_kernels`` ops that torch.compile uses on the GPU stand in for the
+eager Triton launchers, which need real memory). The model has the Qwen2.5-32B shape with ``--layers`` blocks.
+The JSON has, per block, what the tracker saw (bytes) beside the memory model's terms (bench/gpu_memory.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def use_registered_ops():
+    """Route s1fast_kernels' functional API to its registered custom ops (they have fake implementations)."""
+    import s1fast_kernels as tk
+    from s1fast_kernels import custom_ops, rms_norm_op
+    tk.rope, tk.swiglu = custom_ops.rope, custom_ops.swiglu
+    rms_norm_op.rms_norm = custom_ops.rms_norm
+    tk.fused_linear_cross_entropy = custom_ops.fused_linear_cross_entropy
+
+
+class LossHead(torch.nn.Module):
+    """The trainer's fused loss as a module, so the tracker attributes its memory (a phase of its own)."""
+
+    def __init__(self, targets, weights):
+        super().__init__()
+        from s1fast.train import loss_head
+        self.fn = loss_head(targets, weights)
+
+    def forward(self, hidden, weight):
+        return self.fn(hidden, weight)
+
+
+def run(backend: str, tokens: int, layers: int, checkpoint: str, n_docs: int = 4) -> dict:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker, _ModState
+
+    from s1fast import model as modeling
+    from s1fast.attention import use_backend
+    from s1fast.train import param_groups
+    use_registered_ops()
+    cfg = modeling.CONFIGS["Qwen2.5-32B-Instruct"].with_(num_layers=layers)
+    dev = torch.device("cuda", 0)
+    lengths = [tokens // n_docs] * (n_docs - 1)
+    lengths.append(tokens - sum(lengths))
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    pos = torch.cat([torch.arange(n) for n in lengths])
+    model = modeling.build_model(cfg, device="meta", dtype=torch.bfloat16)
+    modeling.apply_activation_checkpointing(model, mode=checkpoint)
+    out = {"backend": backend, "tokens": tokens, "layers": layers, "checkpoint": checkpoint}
+    with FakeTensorMode(allow_non_fake_inputs=True) as fm, use_backend(backend):
+        model.to_empty(device=dev)
+        model.tie_weights()
+        ids = torch.zeros(tokens, dtype=torch.long, device=dev)
+        targets = torch.zeros(tokens, dtype=torch.long, device=dev)
+        weights = torch.full((tokens,), 1.0 / tokens, device=dev)
+        cu_d, pos_d = fm.from_tensor(cu).to(dev), fm.from_tensor(pos).to(dev)
+        opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-5, fused=True)
+        head = LossHead(targets, weights)
+        marks = {}
+
+        def mark(name):
+            snap = mt.get_tracker_snapshot("current")
+            marks[name] = {k: v for k, v in snap.get(dev, {}).items()}
+
+        hooks = [model.layers[i].register_forward_pre_hook(lambda m, a, i=i: mark(f"pre_fw_{i}"))
+                 for i in range(layers)]
+        hooks.append(head.register_forward_pre_hook(lambda m, a: mark("pre_loss")))
+        mt = MemTracker()
+        mt.track_external(model, opt)
+        with mt:
+            loss = model(ids, pos_d, cu_d, max(lengths), head=lambda h, w: head(h, w))
+            mark("after_forward")
+            loss.backward()
+            mark("after_backward")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for h in hooks:
+            h.remove()
+        assert loss.device == dev and loss.dtype == torch.float32 and loss.dim() == 0, (loss.device, loss.dtype)
+        bad = [n for n, p in model.named_parameters() if p.device != dev]
+        assert not bad, f"parameters left the device: {bad[:3]}"
+        stats = mt.memory_tracking
+
+        def snap(mod, state):
+            s = stats[mod].snapshots.get(state)
+            return s[-1][dev] if s else None
+
+        blocks = []
+        for i in range(layers):
+            pre_bw, peak_bw = snap(model.layers[i], _ModState.PRE_BW), snap(model.layers[i], _ModState.PEAK_BW)
+            nxt = marks[f"pre_fw_{i + 1}"] if i + 1 < layers else marks["pre_loss"]
+            blocks.append({
+                # what block i leaves alive for the backward, its output (the next block's input) included
+                "saved_activations": nxt["Activation"] - marks[f"pre_fw_{i}"]["Activation"],
+                # the block's backward: peak above its start, less the parameter gradients it creates
+                "backward_transient": peak_bw["Total"] - pre_bw["Total"],
+                "backward_gradients": peak_bw.get("Gradient", 0) - pre_bw.get("Gradient", 0),
+            })
+        lp_pre, lp_peak = snap(head, _ModState.PRE_FW), snap(head, _ModState.PEAK_FW)
+        out.update(blocks=blocks, loss_transient=lp_peak["Total"] - lp_pre["Total"],
+                   peak_total=mt.get_tracker_snapshot("peak")[dev]["Total"],
+                   optimizer_states=marks["after_backward"].get("Optstate", 0))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--checkpoint", default="none", choices=["none", "full"])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    res = run(a.backend, a.tokens, a.layers, a.checkpoint)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
