@@ -1,14 +1,25 @@
 """The memory model that ``--checkpoint-budget-gb`` trusts, as the GPU checks read it: the one place they import it.
 
 The model lives in ``s1fast.project`` today (``memory_gb``, ``model_shape``, ``Assumptions``); when it moves,
-only the import below changes. ``predicted_gib`` gives its components in GiB (what
-``torch.cuda.max_memory_allocated`` and the memory tracker count in) for one rank.
+only the import below changes. ``predicted_gib``: its per-rank components in GiB (what
+``torch.cuda.max_memory_allocated`` counts in). ``block_terms``: its per-block terms in bytes, as PyTorch's
+memory tracker sees them on one rank without FSDP (tests/test_fake_cuda.py compares the two).
+
+    python -m bench.gpu_memory --python VENV/bin/python   # the tracker-vs-model table (a CUDA build of torch)
 """
 from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 
 from s1fast.project import GB, Assumptions, memory_gb, model_shape  # the memory model's home (repoint at merge)
 
 GIB = 2 ** 30
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def predicted_gib(model, tokens: int, *, shard: int = 1, ckpt_layers: int | None = None,
@@ -20,4 +31,57 @@ def predicted_gib(model, tokens: int, *, shard: int = 1, ckpt_layers: int | None
     return {k: v * GB / GIB for k, v in parts.items()}
 
 
-__all__ = ["GIB", "Assumptions", "model_shape", "predicted_gib"]
+def block_terms(model, tokens: int) -> dict:
+    """Bytes per block the model charges at ``tokens`` tokens, read off ``memory_gb`` by differences:
+    saved activations without and with checkpointing, the block-backward transient (activations only: the
+    FSDP gather and gradient terms are the part at 0 tokens), and the loss phase less the gathered lm_head and
+    the fused loss's chunk buffers (``chunk_buffers``: inside the kernel, where a tracker cannot see them)."""
+    from s1fast_kernels.cross_entropy_op import _default_chunk
+    s, A = model_shape(model), Assumptions()
+
+    def m(t, k):
+        return {key: v * GB for key, v in memory_gb(s, A, stack="s1fast", tokens=t, shard=1, ckpt_layers=k).items()}
+    none, full = m(tokens, 0), m(tokens, s.layers)
+    chunk_buffers = 6.0 * min(_default_chunk(tokens, s.vocab, on_gpu=True), tokens) * s.vocab
+    return {"saved_none": none["saved_activations"] / s.layers, "saved_full": full["saved_activations"] / s.layers,
+            "backward_none": none["layer_phase"] - m(0, 0)["layer_phase"],
+            "backward_full": full["layer_phase"] - m(0, s.layers)["layer_phase"],
+            "loss": none["loss_phase"] - 2.0 * s.vocab * s.h - chunk_buffers, "chunk_buffers": chunk_buffers}
+
+
+def tracked_vs_model(run: dict, model="Qwen2.5-32B-Instruct") -> list[tuple[str, float, float]]:
+    """(term, tracker bytes, model bytes) for one run of tests/fake_cuda_step.py (its first block: the last one's
+    output is the loss's input, which the loss keeps)."""
+    t, ck, b = run["tokens"], run["checkpoint"], run["blocks"][0]
+    terms = block_terms(model, t)
+    return [(f"saved activations per block ({ck})", b["saved_activations"], terms[f"saved_{ck}"]),
+            (f"block backward transient ({ck})", b["backward_transient"] - b["backward_gradients"],
+             terms[f"backward_{ck}"]),
+            ("loss phase (outside the kernel)", run["loss_transient"], terms["loss"])]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Tracker vs memory model per block at the Qwen2.5-32B shape (markdown)")
+    ap.add_argument("--python", default=sys.executable, help="an interpreter with a CUDA build of torch")
+    ap.add_argument("--backend", default="varlen")
+    ap.add_argument("--tokens", default="4096,16384,32768")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "r.json")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("TRITON_INTERPRET", None)
+        subprocess.run([a.python, os.path.join(ROOT, "tests", "fake_cuda_step.py"), "--backend", a.backend,
+                        "--tokens", a.tokens, "--checkpoint", "none,full", "--out", out], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        runs = json.load(open(out))
+    print("| tokens | term | tracker (GiB) | model (GiB) | tracker / model |\n|---:|---|---:|---:|---:|")
+    for r in runs:
+        for name, got, want in tracked_vs_model(r):
+            if r["checkpoint"] == "full" and name.startswith("loss"):
+                continue  # the same loss as the run without checkpointing
+            print(f"| {r['tokens']} | {name} | {got / GIB:.3f} | {want / GIB:.3f} | {got / want:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,11 +34,15 @@ if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$VENV/.stamp"
   echo "[gpu-versions] built in $(( SECONDS - t0 ))s"
 fi
-# s1fast's native extension for this Python and torch, next to the CPU build's (a different file name)
-S1FAST_NO_CUDA=1 "$VENV/bin/python" setup.py -q build_ext --inplace > /dev/null
+# s1fast from this checkout, as the node installs it (the native extension for this Python and torch sits next to
+# the CPU build's: another file name); again whenever the checkout moved (CI clones into a new folder)
+here="$("$VENV/bin/python" -c 'import s1fast._C, s1fast, os; print(os.path.dirname(os.path.dirname(s1fast.__file__)))' 2>/dev/null || true)"
+if [ "$here" != "$PWD" ]; then
+  S1FAST_NO_CUDA=1 "$VENV/bin/python" -m pip install -q --no-index --no-build-isolation --no-deps -e . > /dev/null
+fi
 "$VENV/bin/python" -c 'import torch, triton, transformers; print(f"[gpu-versions] torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}")'
 set +e
-PYTHONPATH="$PWD" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_kernel_*.py tests/test_model.py \
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_kernel_*.py tests/test_model.py \
   tests/test_model_attention.py tests/test_model_decode.py tests/test_fake_cuda.py "$@"
 rc=$?
 [ "$rc" -eq 5 ] && { echo "no tests were collected" >&2; exit 1; }

@@ -1,13 +1,13 @@
 """One rank's training step on fake "cuda" tensors, with PyTorch's memory tracker: run as a subprocess by
 tests/test_fake_cuda.py (an abort in a CPU build of torch is then a failure, not a crash of the test run).
 
-    python tests/fake_cuda_step.py --backend varlen --tokens 32768 [--layers 2] [--checkpoint full] --out R.json
+    python tests/fake_cuda_step.py --backend varlen --tokens 4096,32768 [--layers 2] [--checkpoint none,full] --out R.json
 
 Nothing is computed: parameters, batch and every intermediate are FakeTensors on device "cuda", so the step
 goes through the GPU branches of s1fast's model and attention, fused AdamW, and the kernels' registered fake
 implementations (the ``torch.ops.s1fast_kernels`` ops that torch.compile uses on the GPU stand in for the
 eager Triton launchers, which need real memory). The model has the Qwen2.5-32B shape with ``--layers`` blocks.
-The JSON has, per block, what the tracker saw (bytes) beside the memory model's terms (bench/gpu_memory.py).
+The JSON has, per run (tokens x checkpointing), what the tracker saw per block and in the loss (bytes).
 """
 from __future__ import annotations
 
@@ -119,14 +119,17 @@ def run(backend: str, tokens: int, layers: int, checkpoint: str, n_docs: int = 4
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", required=True)
-    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--tokens", default="32768", help="comma-separated token counts")
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--checkpoint", default="none", choices=["none", "full"])
+    ap.add_argument("--checkpoint", default="none", help="comma-separated: none, full")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    res = run(a.backend, a.tokens, a.layers, a.checkpoint)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
+    res = []
+    for tokens in (int(t) for t in a.tokens.split(",")):
+        for ck in a.checkpoint.split(","):
+            res.append(run(a.backend, tokens, a.layers, ck))
+            with open(a.out, "w") as f:  # written after every run: a later failure keeps the earlier ones
+                json.dump(res, f, indent=1)
     print(json.dumps(res))
     return 0
 
