@@ -5,7 +5,7 @@ only the import below changes. ``predicted_gib``: its per-rank components in GiB
 ``torch.cuda.max_memory_allocated`` counts in). ``block_terms``: its per-block terms in bytes, as PyTorch's
 memory tracker sees them on one rank without FSDP (tests/test_fake_cuda.py compares the two).
 
-    python -m bench.gpu_memory --python VENV/bin/python   # the tracker-vs-model table (a CUDA build of torch)
+    python -m bench.gpu_memory          # the tracker-vs-model table (fake "cpu" tensors, the GPU kernels' ops)
 """
 from __future__ import annotations
 
@@ -54,24 +54,27 @@ def tracked_vs_model(run: dict, model="Qwen2.5-32B-Instruct") -> list[tuple[str,
     output is the loss's input, which the loss keeps)."""
     t, ck, b = run["tokens"], run["checkpoint"], run["blocks"][0]
     terms = block_terms(model, t)
-    return [(f"saved activations per block ({ck})", b["saved_activations"], terms[f"saved_{ck}"]),
-            (f"block backward transient ({ck})", b["backward_transient"] - b["backward_gradients"],
-             terms[f"backward_{ck}"]),
-            ("loss phase (outside the kernel)", run["loss_transient"], terms["loss"])]
+    rows = [(f"saved activations per block ({ck})", b["saved_activations"], terms[f"saved_{ck}"])]
+    if "backward_transient" in b:  # absent when the backward could not run (fake "cuda" without a driver)
+        rows.append((f"block backward transient ({ck})", b["backward_transient"] - b["backward_gradients"],
+                     terms[f"backward_{ck}"]))
+    return rows + [("loss phase (outside the kernel)", run["loss_transient"], terms["loss"])]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Tracker vs memory model per block at the Qwen2.5-32B shape (markdown)")
-    ap.add_argument("--python", default=sys.executable, help="an interpreter with a CUDA build of torch")
+    ap.add_argument("--python", default=sys.executable, help="the interpreter (--device cuda: a CUDA build of torch)")
     ap.add_argument("--backend", default="varlen")
     ap.add_argument("--tokens", default="4096,16384,32768")
+    ap.add_argument("--device", default="cpu", help="the fake tensors' device (cpu: the backward runs too)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
         env = dict(os.environ, PYTHONPATH=ROOT)
         env.pop("TRITON_INTERPRET", None)
         subprocess.run([a.python, os.path.join(ROOT, "tests", "fake_cuda_step.py"), "--backend", a.backend,
-                        "--tokens", a.tokens, "--checkpoint", "none,full", "--out", out], env=env, check=True,
+                        "--tokens", a.tokens, "--checkpoint", "none,full", "--device", a.device, "--out", out],
+                       env=env, check=True,
                        stdout=subprocess.DEVNULL)
         runs = json.load(open(out))
     print("| tokens | term | tracker (GiB) | model (GiB) | tracker / model |\n|---:|---|---:|---:|---:|")
