@@ -5,7 +5,8 @@
   the fused AdamW step through the GPU branches; any device, dtype or shape error fails. This needs a CUDA build
   of torch (the CPU build aborts the process in autograd on fake CUDA tensors: no CUDA device guard), which
   scripts/test_gpu_versions.sh provides; elsewhere it is skipped, saying so. Without a driver the CUDA build's
-  autograd engine stops at the device's primary context, so the backward is checked on fake "cpu" tensors.
+  autograd engine stops at the device's primary context, so the backward is checked on fake "cpu" tensors, and
+  compiled FlexAttention (which traces its backward in the forward) runs its forward without autograd.
 - On fake "cpu" tensors, the whole step (backward included) through the same registered kernel ops and the
   varlen backend, measured by PyTorch's memory tracker against the memory model that --checkpoint-budget-gb
   trusts (bench/gpu_memory.py): within 10% per term at 4096, 16384 and 32768 tokens, with and without
@@ -64,6 +65,10 @@ def test_training_step_on_fake_cuda(tmp_path, backend):
         pytest.skip("flash-attn is not installed here (its meta kernel comes with the package)")
     [run] = step(tmp_path, backend, "cuda")
     assert run["device"] == "cuda" and run["tokens"] == 32768
+    # without a driver, only the autograd engine's request for the primary context may stop a part
+    assert run["forward"] == "ran" or "hasPrimaryContext" in run["forward"], run["forward"]
     assert run["backward"] == "ran" or "hasPrimaryContext" in run["backward"], run["backward"]
+    if run["forward"] != "ran":
+        return  # a forward without autograd saves nothing to compare
     bad = off_by_more_than_tolerance([run])
     assert not bad, "the memory model is off by more than 10% on fake cuda:\n" + "\n".join(bad)
