@@ -28,13 +28,19 @@ STEP = os.path.join(ROOT, "tests", "fake_cuda_step.py")
 TOLERANCE = 0.10  # the issue's: tracker and model agree within 10% per term
 
 
-def step(tmp_path, backend, device, tokens="32768", checkpoint="none"):
+DRIVERLESS = ("hasPrimaryContext", "Found no NVIDIA driver")  # what a CUDA build without a GPU stops at
+
+
+def step(tmp_path, backend, device, tokens="32768", checkpoint="none", driverless_ok=False):
     out = tmp_path / f"{backend}_{device}.json"
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("TRITON_INTERPRET", None)
     p = subprocess.run([sys.executable, STEP, "--backend", backend, "--device", device, "--tokens", tokens,
                         "--checkpoint", checkpoint, "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
+    if p.returncode != 0 and driverless_ok and any(m in p.stderr for m in DRIVERLESS):
+        pytest.skip(f"{backend} on fake cuda needs a driver here (torch.compile of the backend): "
+                    f"{[m for m in DRIVERLESS if m in p.stderr]}; bench/run_gpu.sh checks it on the GPU")
     assert p.returncode == 0, (f"fake-{device} step with {backend} failed ({p.returncode}; negative: killed by "
                                f"that signal):\n{p.stderr[-4000:]}")
     return json.loads(out.read_text())
@@ -63,12 +69,12 @@ def test_memory_model_agrees_with_the_tracker(tmp_path):
 def test_training_step_on_fake_cuda(tmp_path, backend):
     if backend == "flash" and importlib.util.find_spec("flash_attn") is None:
         pytest.skip("flash-attn is not installed here (its meta kernel comes with the package)")
-    [run] = step(tmp_path, backend, "cuda")
+    [run] = step(tmp_path, backend, "cuda", driverless_ok=backend == "flex")
     assert run["device"] == "cuda" and run["tokens"] == 32768
     # without a driver, only the autograd engine's request for the primary context may stop a part
     assert run["forward"] == "ran" or "hasPrimaryContext" in run["forward"], run["forward"]
     assert run["backward"] == "ran" or "hasPrimaryContext" in run["backward"], run["backward"]
-    if run["forward"] != "ran":
-        return  # a forward without autograd saves nothing to compare
+    if run["forward"] != "ran" or "blocks" not in run:
+        return  # a forward without autograd saves nothing to compare; flex is not tracked (no MemTracker rule)
     bad = off_by_more_than_tolerance([run])
     assert not bad, "the memory model is off by more than 10% on fake cuda:\n" + "\n".join(bad)
