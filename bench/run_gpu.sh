@@ -60,7 +60,10 @@ stage_install() {
   if [ "$DRY" = 1 ]; then
     echo "dry run: s1fast is used from this checkout as built"
   else
-    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-index --no-build-isolation --no-deps -e . || return 1
+    # an editable install; failing that (no pip build support), the extension built in place
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-index --no-build-isolation --no-deps -e . \
+      || MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace || return 1
+    [ -e s1fast_kernels ] || "$PY" -c "import s1fast_kernels" 2>/dev/null || ln -s triton_kernels s1fast_kernels
   fi
   "$PY" - "$OUT/environment.json" "$CMDLINE" <<'PY' || return 1
 import json, sys, torch
