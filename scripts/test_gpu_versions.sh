@@ -2,14 +2,14 @@
 # The kernel, model and custom-op tests against the GPU node's versions (torch 2.11 CUDA build, triton 3.6,
 # transformers 5.17, Python 3.12) on this CPU box, in a second environment cached under
 # ~/.cache/s1fast-gpu-versions (built once, about 2.6 GB of wheels; rebuilt when the pins below change).
-# numpy < 2.5: triton 3.6's interpreter converts 1-element arrays to ints, which numpy 2.5 refuses.
+# numpy < 2.4: triton 3.6's interpreter converts 1-element arrays to ints, which numpy 2.4 refuses (2.3 warns).
 # The same environment runs the fake-"cuda" training step (tests/test_fake_cuda.py), which needs a CUDA
 # build of torch: the CPU build aborts in autograd on fake CUDA tensors.
 #   bash scripts/test_gpu_versions.sh [pytest args]      (S1FAST_GPU_VERSIONS_CACHE=DIR moves the cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${S1FAST_GPU_VERSIONS_CACHE:-$HOME/.cache/s1fast-gpu-versions}"
-PINS=(torch==2.11.0 triton==3.6.0 transformers==5.17.0 safetensors "numpy<2.5" tqdm ninja pytest hypothesis
+PINS=(torch==2.11.0 triton==3.6.0 transformers==5.17.0 safetensors "numpy<2.4" tqdm ninja pytest hypothesis
       setuptools wheel)
 VENV="$CACHE/venv"
 find_python312() {
