@@ -1,44 +1,165 @@
 #!/usr/bin/env bash
-# Every GPU benchmark, in one command, on a GPU node (an H100 or H200 for the figures in bench/RESULTS.md):
-#  1. the kernels at s1's shapes against PyTorch, torch.compile, F.linear_cross_entropy and Liger-Kernel;
-#  2. the packing planner (CPU-bound, recorded beside the GPU numbers for the same machine);
-#  3. a training throughput run of s1fast on a real model shape (random init: no weights needed),
-#     recording tokens/s, MFU and peak memory from metrics.jsonl: every block checkpointed, then the
-#     projection's configuration (torch.compile, adaptive checkpointing within the GPU's memory), which also
-#     checks the memory model the adaptive checkpointing relies on against a real peak;
-#  4. the kernel tests on the GPU: the compiled Triton kernels against the float64 references (tests/kernel_testing.py,
-#     on_kernel_device), recorded, not fatal to the benchmarks.
-# Results land in bench/gpu_results/ with hardware, versions, commit and command (bench/env.py).
-set -euo pipefail
+# One-shot verification on an air-gapped GPU node:  bash bench/run_gpu.sh [--dry-run] [--wheels DIR] OUT_DIR
+#
+# Stages, most important first, each under its own time cap and the whole under 9 minutes by this script's
+# clock. Each stage writes its result file into OUT_DIR as soon as it ends and one line to OUT_DIR/summary.txt;
+# a failing stage records its error (OUT_DIR/log.txt has every stage's output) and the next one runs.
+#   install      wheels from --wheels DIR (bench/gpu-wheels.txt, pip --no-index), s1fast from this checkout
+#                (CUDA extension built with the node's nvcc)                         -> environment.json
+#   kernel_tests the float64 kernel tests, collate, native ops and attention tests   -> kernel_tests.txt
+#   correctness  attention backends vs SDPA (fwd+bwd), CUDA collate, tiny training per backend vs CPU fp32,
+#                --compile, budget-forced generation (bench/gpu_correctness.py)     -> correctness.json
+#   kernels      kernel benchmarks at s1's shapes (bench/bench_kernels.py)          -> kernels.json
+#   throughput   one-GPU training at the Qwen2.5-7B shape, 32768-token packs, --checkpoint-budget-gb -1:
+#                tokens/s, MFU, peak vs the memory model (bench/gpu_throughput.py)  -> throughput.json
+# --dry-run runs the same stages at toy sizes with the CPU stand-ins (CI runs it; nothing is installed).
+# To add a stage: write stage_NAME below and add "NAME CAP_SECONDS" to STAGES.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: these benchmarks need one (bench/RESULTS.md has the projected figures)')"
-out=bench/gpu_results
-mkdir -p "$out"
-python -c "import json; from bench.env import environment; print(json.dumps(environment('bash bench/run_gpu.sh'), indent=1))" > "$out/environment.json"
-python -m pytest -q bench/bench_kernels.py --benchmark-columns=median,min,max --benchmark-json="$out/kernels.json"
-python -m pytest -q bench/bench_packing.py --benchmark-columns=min,mean,rounds --benchmark-json="$out/packing.json"
-MODEL="${S1FAST_BENCH_MODEL:-Qwen2.5-1.5B-Instruct}"
-NGPU="$(python -c 'import torch; print(torch.cuda.device_count())')"
-summary() {
-  python - "$1" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])][2:]  # the first two steps warm up (compile, allocator)
-print(f"{sys.argv[1]}: steps {len(rows)}: tokens/s median {statistics.median(r['tokens_per_s'] for r in rows):.0f}, "
-      f"MFU median {100 * statistics.median(r['mfu'] for r in rows):.1f}%, "
-      f"peak memory {max(r['peak_memory_gb'] for r in rows):.1f} GiB, step time median "
-      f"{statistics.median(r['step_time'] for r in rows):.2f} s, checkpointed blocks "
-      f"{sorted({r.get('checkpointed_layers', 'all') for r in rows}, key=str)}")
+
+usage() { echo "usage: bash bench/run_gpu.sh [--dry-run] [--wheels DIR] OUT_DIR   (see the header of this file)"; }
+DRY=0 WHEELS="" OUT=""
+CMDLINE="bash bench/run_gpu.sh $*"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --wheels) [ $# -ge 2 ] || { echo "error: --wheels needs a folder" >&2; exit 2; }; WHEELS="$2"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "error: unknown option $1; $(usage)" >&2; exit 2 ;;
+    *) [ -z "$OUT" ] || { echo "error: one OUT_DIR only (got $OUT and $1)" >&2; exit 2; }; OUT="$1" ;;
+  esac
+  shift
+done
+[ -n "$OUT" ] || { echo "error: OUT_DIR is missing; $(usage)" >&2; exit 2; }
+[ -z "$WHEELS" ] || [ -d "$WHEELS" ] || { echo "error: --wheels $WHEELS is not a folder" >&2; exit 2; }
+mkdir -p "$OUT" || { echo "error: cannot create $OUT" >&2; exit 2; }
+OUT="$(cd "$OUT" && pwd)"
+PY="${PYTHON:-python}"
+export DRY WHEELS OUT PY CMDLINE
+TOTAL_S="${S1FAST_GPU_TOTAL_S:-530}"   # the whole script; 9 minutes less a margin
+SCALE=1; [ "$DRY" = 1 ] && SCALE="${S1FAST_DRY_CAP_SCALE:-4}"  # a shared CPU box is slow: dry-run caps x4
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+[ "$DRY" = 1 ] || unset TRITON_INTERPRET
+: > "$OUT/summary.txt"; : > "$OUT/log.txt"
+
+# ---------------------------------------------------------------------------------------------- the stages
+# name and time cap in seconds, in order of importance
+STAGES=("install 120" "kernel_tests 75" "correctness 140" "kernels 100" "throughput 200")
+
+stage_install() {
+  if [ -n "$WHEELS" ]; then
+    if [ "$DRY" = 1 ]; then  # resolve against the folder only, install nothing
+      "$PY" -m pip install --dry-run --ignore-installed --no-index --no-deps --find-links "$WHEELS" \
+        -r bench/gpu-wheels.txt || return 1
+    else
+      "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" -r bench/gpu-wheels.txt || return 1
+    fi
+  else
+    echo "no --wheels folder: assuming bench/gpu-wheels.txt is installed already"
+  fi
+  if [ "$DRY" = 1 ]; then
+    echo "dry run: s1fast is used from this checkout as built"
+  else
+    # an editable install; failing that (no pip build support), the extension built in place
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-index --no-build-isolation --no-deps -e . \
+      || MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace || return 1
+    [ -e s1fast_kernels ] || "$PY" -c "import s1fast_kernels" 2>/dev/null || ln -s triton_kernels s1fast_kernels
+  fi
+  "$PY" - "$OUT/environment.json" "$CMDLINE" <<'PY' || return 1
+import json, sys, torch
+from bench.env import environment
+import s1fast._native as native, s1fast_kernels  # noqa: F401
+env = environment(sys.argv[2])
+env["cuda"] = {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda,
+               "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+               "memory_gib": [torch.cuda.get_device_properties(i).total_memory / 2**30
+                              for i in range(torch.cuda.device_count())]}
+env["native_extension"] = native.available()
+env["native_cuda_collate"] = bool(native.available() and hasattr(torch.ops.s1fast, "pack_collate"))
+json.dump(env, open(sys.argv[1], "w"), indent=1)
+print(f"installed: torch {torch.__version__} (CUDA {torch.version.cuda}), devices {env['cuda']['devices']}, "
+      f"native extension {'ok' if env['native_extension'] else 'MISSING'}")
+if not native.available():
+    sys.exit("s1fast._C did not build/import")
 PY
 }
-common=(--model "$MODEL" --recipe s1 --max-tokens 8192 --policy truncate --global-batch 16 --epochs 1 --max-steps 12
-        --dtype bf16 --activation-checkpointing full --export false --save-every 0 --progress false)
-torchrun --standalone --nproc_per_node "$NGPU" -m s1fast.train "${common[@]}" --output-dir "$out/train_$MODEL"
-summary "$out/train_$MODEL/metrics.jsonl" | tee "$out/train_summary.txt"
-torchrun --standalone --nproc_per_node "$NGPU" -m s1fast.train "${common[@]}" --compile --checkpoint-budget-gb -1 \
-  --output-dir "$out/train_${MODEL}_adaptive"
-summary "$out/train_${MODEL}_adaptive/metrics.jsonl" | tee -a "$out/train_summary.txt"
-set +e
-python -m pytest -q tests/test_kernel_*.py > "$out/kernel_tests_gpu.txt" 2>&1
-echo "kernel tests on the GPU: exit $? (bench/gpu_results/kernel_tests_gpu.txt)" | tee -a "$out/train_summary.txt"
-set -e
-echo "[s1fast] GPU benchmark results in $out/"
+
+stage_kernel_tests() {
+  local files=(tests/test_kernel_*.py tests/test_packing_collate.py tests/test_native.py tests/test_model_attention.py)
+  local sel=()
+  [ "$DRY" = 1 ] && files=(tests/test_packing_collate.py) && sel=(-k "empty or errors")  # the plumbing only
+  "$PY" -m pytest -q -rfEs -p no:cacheprovider "${files[@]}" "${sel[@]}" > "$OUT/kernel_tests.txt" 2>&1
+  local rc=$?
+  tail -3 "$OUT/kernel_tests.txt"
+  return $rc
+}
+
+stage_correctness() {
+  local small=(); [ "$DRY" = 1 ] && small=(--small)
+  "$PY" -m bench.gpu_correctness --out "$OUT/correctness.json" "${small[@]}"
+}
+
+stage_kernels() {
+  # one pytest run per kernel, merged into kernels.json after each: a run cut short keeps what it finished
+  local k rc=0 tmp="$OUT/.kernels_part.json" kernels=(fused_linear_cross_entropy rope rms_norm swiglu)
+  [ "$DRY" = 1 ] && kernels=(swiglu)  # all skipped on a CPU: one run shows the plumbing
+  for k in "${kernels[@]}"; do
+    if [ "$DRY" = 1 ]; then
+      S1FAST_BENCH_TOKENS=64 "$PY" -m pytest -q -p no:cacheprovider bench/bench_kernels.py -k "$k" \
+        --benchmark-json="$tmp" || [ $? = 5 ] || rc=1   # exit 5: all skipped (no GPU)
+    else
+      "$PY" -m pytest -q -p no:cacheprovider bench/bench_kernels.py -k "$k" \
+        --benchmark-columns=median,min,max --benchmark-json="$tmp" || rc=1
+    fi
+    "$PY" - "$tmp" "$OUT/kernels.json" "$k" <<'PY'
+import json, os, sys
+part, out, name = sys.argv[1:]
+merged = json.load(open(out)) if os.path.exists(out) else {"benchmarks": [], "kernels_run": []}
+if os.path.exists(part):
+    p = json.load(open(part))
+    merged["benchmarks"] += p.get("benchmarks", [])
+    merged.setdefault("machine_info", p.get("machine_info"))
+    os.remove(part)
+merged["kernels_run"].append(name)
+json.dump(merged, open(out, "w"), indent=1)
+print(f"kernels.json: {len(merged['benchmarks'])} benchmarks after {name}")
+PY
+  done
+  return $rc
+}
+
+stage_throughput() {
+  local small=(); [ "$DRY" = 1 ] && small=(--small)
+  "$PY" -m bench.gpu_throughput --out "$OUT/throughput.json" --timeout "$(( ${CAP:-200} - 10 ))" "${small[@]}"
+}
+
+# ---------------------------------------------------------------------------------------------- the runner
+START=$SECONDS
+echo "[run_gpu] $(date -u +%FT%TZ) dry_run=$DRY wheels=${WHEELS:-none} out=$OUT python=$("$PY" -V 2>&1)" | tee -a "$OUT/log.txt"
+for entry in "${STAGES[@]}"; do
+  read -r name cap <<< "$entry"
+  cap=$(( cap * SCALE )); left=$(( TOTAL_S * SCALE - (SECONDS - START) ))
+  if [ "$left" -lt 15 ]; then
+    echo "$name: SKIPPED (the script's $(( TOTAL_S * SCALE ))s are spent)" >> "$OUT/summary.txt"; continue
+  fi
+  CAP=$(( cap < left ? cap : left ))
+  t0=$SECONDS
+  echo "=== stage $name (cap ${CAP}s) ===" >> "$OUT/log.txt"
+  # each stage in its own shell under timeout; its output goes to log.txt, its last line to the summary
+  export CAP
+  timeout --kill-after=10 "$CAP" bash -c "$(declare -f "stage_$name"); stage_$name" >> "$OUT/log.txt" 2>&1
+  rc=$?
+  dt=$(( SECONDS - t0 ))
+  last="$(grep -v '^\s*$' "$OUT/log.txt" | tail -1 | cut -c1-300)"
+  if [ "$rc" = 0 ]; then status=ok; elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then status="TIMEOUT after ${CAP}s"; \
+    else status="FAILED (exit $rc)"; fi
+  echo "$name: $status in ${dt}s | $last" | tee -a "$OUT/summary.txt"
+done
+# keep every file under 16 MiB (the log is the only one that can grow without bound)
+if [ "$(stat -c %s "$OUT/log.txt")" -gt 15000000 ]; then
+  tail -c 15000000 "$OUT/log.txt" > "$OUT/log.tmp" && mv "$OUT/log.tmp" "$OUT/log.txt"
+fi
+rm -f "$OUT/.kernels_part.json"
+echo "total: $(( SECONDS - START ))s of $(( TOTAL_S * SCALE ))s; results in $OUT" | tee -a "$OUT/summary.txt"
+grep -q -E "FAILED|TIMEOUT|SKIPPED" "$OUT/summary.txt" && exit 1
+exit 0

@@ -88,7 +88,7 @@ def memory_gb(s: Shape, A, *, stack: str, tokens: int, shard: int, ckpt_layers: 
     k = s.layers if ckpt_layers is None else ckpt_layers
     h, f, kv, V, L = s.h, s.ffn, s.kv, s.vocab, tokens
     ref = stack == "reference"
-    act_layer = (2 * 6 * h + 3 * 2 * h + 2 * 2 * h + 4 * 2 * f) if ref else (2 * 2 * h + 2 * h + 2 * 2 * kv
+    act_layer = (2 * 6 * h + 3 * 2 * h + 2 * 2 * h + 4 * 2 * f) if ref else (4 * 2 * h + 2 * h + 2 * 2 * kv
                                                                            + 2 * h + 3 * 2 * f)
     work_layer = (3 * 2 * f) if ref else (2 * 2 * f)
     grad_bytes = 2 if ref else 4
