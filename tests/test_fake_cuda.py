@@ -21,7 +21,9 @@ import sys
 import pytest
 import torch
 
-from bench.gpu_memory import GIB, tracked_vs_model
+from bench_scripts import load
+
+GIB, tracked_vs_model = load("gpu_memory").GIB, load("gpu_memory").tracked_vs_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP = os.path.join(ROOT, "tests", "fake_cuda_step.py")

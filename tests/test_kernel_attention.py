@@ -226,7 +226,8 @@ def test_bench_dry_run_projects_and_runs_the_backends(tmp_path, capsys):
     """bench/bench_attention.py without a GPU: the PROJECTED floors at s1's shapes, and a smoke run whose
     outputs agree across backends (its times are no figure)."""
     import json
-    from bench import bench_attention as ba
+    from bench_scripts import load
+    ba = load("bench_attention")
     out = tmp_path / "att.json"
     assert ba.main(["--dry-run", "--lengths", "3,20", "--backends", "triton,sdpa_doc", "--json", str(out)]) == 0
     text = capsys.readouterr().out

@@ -112,8 +112,8 @@ def test_sigkill_during_saves_3_times_then_resume_reproduces_the_uninterrupted_r
     --save-every 1 SIGKILLed at random moments of its saves; after each kill the newest complete checkpoint
     loads (the dead run's lock is taken over by the next), and the finished run equals the uninterrupted one
     bitwise: losses and exported weights."""
-    from bench.fault_injection import campaign
-    res = campaign(str(tmp_path), kills=3, seed=0, ref=single[0], log=lambda *_: None)
+    from bench_scripts import load
+    res = load("fault_injection").campaign(str(tmp_path), kills=3, seed=0, ref=single[0], log=lambda *_: None)
     assert res["bitwise_equal"], res
     assert len(res["loaded"]) == 3 and any(res["loaded"]), res
 

@@ -30,3 +30,14 @@ def row_block(n_cols: int, cap: int = 65536) -> int:
 
 def triton_next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _full(t):
+    """A sharded DTensor (FSDP2 parameter) -> the full local tensor: an all-gather forward, and in backward
+    a reduce-scatter that SUMS the ranks' gradients (grad placement Partial). ``full_tensor()`` would
+    instead hand each rank only the slice of its own gradient, silently dropping the other ranks' data."""
+    if t is None or not hasattr(t, "placements"):
+        return t
+    from torch.distributed.tensor import Partial, Replicate
+    n = t.device_mesh.ndim
+    return t.redistribute(t.device_mesh, [Replicate()] * n).to_local(grad_placements=[Partial()] * n)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import INTERPRET, use_triton
+from ._runtime import INTERPRET, _full, use_triton
 from .cross_entropy_op import (_check_args, _dlogits, _dlogits_torch, _effective_weights, _grad_tile_triton,
                                _row_loss, _rows_torch, _scale_, _tanh)
 from .matmul_tiles import _logits_tile, _matmul_kernel, _mm, mm_config
@@ -249,17 +249,6 @@ def _logits_grad_triton(h, wb, bb, g, target, w, lse, cfg, col0: int, vocab: int
                               cfg["ignore_index"], float(cfg["label_smoothing"]), float(cfg["z_loss"]),
                               float(softcap or 1.0), HAS_BIAS=bb is not None, HAS_SOFTCAP=softcap is not None,
                               LOWP=lowp, UPCAST=INTERPRET, num_warps=warps, num_stages=stages, **blocks)
-
-
-def _full(t):
-    """A sharded DTensor (FSDP2 parameter) -> the full local tensor: an all-gather forward, and in backward
-    a reduce-scatter that SUMS the ranks' gradients (grad placement Partial). ``full_tensor()`` would
-    instead hand each rank only the slice of its own gradient, silently dropping the other ranks' data."""
-    if t is None or not hasattr(t, "placements"):
-        return t
-    from torch.distributed.tensor import Partial, Replicate
-    n = t.device_mesh.ndim
-    return t.redistribute(t.device_mesh, [Replicate()] * n).to_local(grad_placements=[Partial()] * n)
 
 
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
