@@ -1,21 +1,16 @@
 #!/usr/bin/env bash
-# What s1 is about, end to end on a CPU box (installs what it needs into ./.venv first):
-#  1. train a tiny Qwen2-architecture model (`--preset tiny`) on the toy reasoning task `chain` (s1fast.data.toy:
-#     "Start at 4 and add 7, six times (mod 10)." with one line of thinking per addition), with the real Qwen2.5
-#     tokenizer, the s1 text format and loss mask, balanced packing and 2 FSDP2 ranks;
-#  2. evaluate the exported model on held-out problems (never in training) at several thinking budgets and with
-#     0, 1 and 2 forced "Wait"s (s1's budget forcing): table.md, scaling.png (accuracy against mean thinking
-#     tokens, like the s1 paper's figure), problems.jsonl;
-#  3. print generations where a forced "Wait" continued the thinking and where a cap forced the answer.
-# Outputs in runs/tiny/ (eval in runs/tiny/eval/). Extra arguments go to the trainer (e.g. --max-steps 50).
+# The embedded default, end to end on a CPU box (installs what it needs into ./.venv first):
+#  1. train the tiny Qwen2-architecture model on the bundled real reasoning traces with 2 FSDP2 ranks
+#     (`--preset tiny`: the real tokenizer, the s1 text format and loss mask, balanced packing);
+#  2. answer one question from the exported model with s1's budget forcing (one "Wait", 48 thinking tokens).
+# Outputs in runs/tiny/: metrics.jsonl, loss_curve.png, checkpoints/, final/ (Hugging Face format),
+# generations.jsonl. Extra arguments go to the trainer (e.g. --max-steps 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 torchrun --standalone --nproc_per_node 2 -m s1fast.train --preset tiny --output-dir runs/tiny "$@"
-python -m s1fast.eval --model runs/tiny/final --data toy:chain:50 --protocol s1 \
-  --budgets 8,24,40,56,96 --num-wait 0,1,2 --max-answer-tokens 8 --batch-size 30 --out runs/tiny/eval
-python -m s1fast.eval show runs/tiny/eval -n 1
-echo "[s1fast] demo done: runs/tiny/eval/table.md, runs/tiny/eval/scaling.png, runs/tiny/loss_curve.png, runs/tiny/final/"
+python -m s1fast.generate --model runs/tiny/final --num-wait 1 --max-thinking-tokens 48 --max-answer-tokens 16 \
+  --prompt "What is the sum of the first 10 positive integers?" --out runs/tiny/generations.jsonl
+echo "[s1fast] demo done: runs/tiny/loss_curve.png, runs/tiny/final/, runs/tiny/generations.jsonl"

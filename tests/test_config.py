@@ -31,7 +31,7 @@ def test_flags_override_presets_and_help_lists_them(capsys):
     assert "[default: 32768]" in out
     with pytest.raises(SystemExit):
         parse_config(["--packing", "sideways"])
-    assert set(PRESETS) == {"s1", "s1.1", "sky-t1", "tiny"}
+    assert set(PRESETS) == {"s1", "s1.1", "sky-t1", "tiny", "tiny-toy"}
 
 
 @pytest.mark.parametrize("kw,world,match", [

@@ -90,10 +90,10 @@ class RLConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The embedded default: the toy task from the tiny preset's SFT export (python -m s1fast.train --preset tiny),
+    # The embedded default: the toy task from the tiny preset's SFT export (python -m s1fast.train --preset tiny-toy),
     # on 2 CPU cores. 288 tokens: the longest toy prompt (66) + the forcing text + its longest trace (100 tokens)
     # fit beside the 100 tokens of answer room that the "auto" thinking budget keeps.
-    "toy": dict(model="runs/tiny/final", data="toy:chain:2000", rewards="toy=1.0", iterations=30, prompts_per_iter=8,
+    "toy": dict(model="runs/tiny-toy/final", data="toy:chain:2000", rewards="toy=1.0", iterations=30, prompts_per_iter=8,
                 group_size=8, updates_per_batch=1, adv_scale="std", norm="token", lr=1e-4, temperature=1.0,
                 max_total_tokens=288, max_answer_tokens=8, dtype="fp32", eval_problems=50, save_every=10,
                 output_dir="runs/rl-toy"),
@@ -140,7 +140,7 @@ def parse_config(argv=None) -> RLConfig:
 def validate(cfg: RLConfig, world: int) -> None:
     """Fail before any compute on a configuration that cannot work."""
     if not cfg.model:
-        raise ConfigError("no model: pass --model with a Hugging Face folder (e.g. runs/tiny/final from "
+        raise ConfigError("no model: pass --model with a Hugging Face folder (e.g. runs/tiny-toy/final from "
                           "`python -m s1fast.train --preset tiny`), or use --preset toy")
     for name in ("iterations", "prompts_per_iter", "group_size", "updates_per_batch", "max_total_tokens", "gen_batch"):
         if getattr(cfg, name) <= 0:

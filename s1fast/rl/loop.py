@@ -41,7 +41,7 @@ def resolve(cfg: RLConfig) -> tuple[object, str]:
     from ..data import DEFAULT_TOKENIZER
     from ..model import ModelConfig
     if not os.path.isdir(cfg.model) or not os.path.exists(os.path.join(cfg.model, "config.json")):
-        hint = " (train it first: python -m s1fast.train --preset tiny)" if cfg.model == "runs/tiny/final" else ""
+        hint = " (train it first: python -m s1fast.train --preset tiny-toy)" if cfg.model == "runs/tiny-toy/final" else ""
         raise ConfigError(f"--model {cfg.model} is not a Hugging Face model folder with a config.json{hint}")
     tok = cfg.tokenizer or (cfg.model if os.path.exists(os.path.join(cfg.model, "tokenizer_config.json"))
                             else DEFAULT_TOKENIZER)
