@@ -14,7 +14,7 @@ The backward recomputes the logits twice, like the fused loss's low-memory mode:
 (a [C, V] gradient tile in the weight's dtype, then dh = dz W), dW by vocabulary blocks (a gradient
 tile, dW_block = dz^T h accumulated in fp32 over token tiles); both within ``BUFFER_BYTES``. No host sync.
 CPU (PyTorch): the same math in fp32 (fp64 for fp64 inputs) by token chunks. An FSDP2 DTensor weight is
-gathered in forward and its gradient reduce-scattered (``cross_entropy_op._full``). Memory at s1's
+gathered in forward and its gradient reduce-scattered (``linear_cross_entropy_op._full``). Memory at s1's
 shapes: bench/RESULTS.md (``python -m bench.logprob_memory``).
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import triton.language as tl
 
 from ._runtime import INTERPRET, use_triton
 # the matmul helpers of the fused loss, imported in this one place
-from .cross_entropy_op import _full, _logits_tile, _mm, _mm_loop, mm_config
+from .linear_cross_entropy_op import _full
+from .matmul_tiles import _logits_tile, _mm, _mm_loop, mm_config
 
 # Scratch budget of the GPU backward's gradient tiles (bytes): 256 MiB, under 0.5% of the full-logits
 # path at N=32768, V=152064; enough rows per tile that the recompute GEMMs stay compute-bound.
