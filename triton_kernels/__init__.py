@@ -15,6 +15,7 @@ the Triton kernels; CPU tensors run the PyTorch reference unless ``TRITON_INTERP
 """
 from .attention_op import packed_attention, packed_attention_reference
 from .cross_entropy_op import cross_entropy
+from .logprob_op import token_logprobs
 from .linear_cross_entropy_op import (FusedLinearCrossEntropy, fused_linear_cross_entropy,
                                       fused_linear_cross_entropy_reference)
 from .hf import patch_hf
@@ -24,4 +25,5 @@ from .swiglu_op import SwiGLU, swiglu, swiglu_reference
 
 __all__ = ["swiglu", "swiglu_reference", "SwiGLU", "rms_norm", "rms_norm_reference", "RMSNorm",
            "rope", "rope_reference", "fused_linear_cross_entropy", "fused_linear_cross_entropy_reference",
-           "cross_entropy", "FusedLinearCrossEntropy", "patch_hf", "packed_attention", "packed_attention_reference"]
+           "cross_entropy", "FusedLinearCrossEntropy", "patch_hf", "packed_attention", "packed_attention_reference",
+           "token_logprobs"]

@@ -150,7 +150,8 @@ def compile_variants(module_names: list[str]) -> list[CompileReport]:
 
 KERNEL_MODULES = tuple(f"s1fast_kernels.{m}" for m in ("rms_norm_op", "rope_op", "swiglu_op", "cross_entropy_op",
                                                                 "linear_cross_entropy_op", "targets",
-                                                                "attention_op"))
+                                                                "attention_op",
+                                                                "logprob_op"))
 
 
 @functools.lru_cache(maxsize=None)
