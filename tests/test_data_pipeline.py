@@ -77,7 +77,7 @@ def test_samples_of_one_question_are_not_duplicates_of_each_other():
 
 
 def test_real_s1k_against_the_shipped_eval_sets(tmp_path):
-    """Every hit on the real s1K is a shared boilerplate phrase, not a copied problem (RESULTS.18.md)."""
+    """Every hit on the real s1K is a shared boilerplate phrase, not a copied problem (bench/RESULTS.md)."""
     assert run("decontaminate", "--data", S1K, "--out", tmp_path / "c.jsonl", "--summary", tmp_path / "s.json") == 0
     s = json.load(open(tmp_path / "s.json"))
     rep = [r for r in lines(tmp_path / "c.removed.jsonl") if r["reason"] == "eval_overlap"]

@@ -4,5 +4,5 @@
 ``/v1/completions``, ``/v1/models`` and ``/health`` on FastAPI + uvicorn, loopback by default. Files:
 ``api`` (the wire format: request checks, the error shape, responses), ``app`` (routes, key, limits,
 streaming), ``vllm_engine`` (the vLLM scheduler); the native scheduler is ``s1fast.batching``.
-Usage, request fields and the error table: README.17.md (spliced into README.md).
+Usage, request fields and the error table: README.md ("Serving").
 """

@@ -3,7 +3,7 @@
 A request is a JSON object; every field is checked here (type, range, known name) so that the app
 only sees a validated :class:`Job`. Budget forcing comes as extra body fields (the official client
 passes them with ``extra_body``); fields left out take the server's defaults (its command line).
-The error table (status, ``type``, ``code``) is in README.17.md.
+The error table (status, ``type``, ``code``) is in README.md ("Serving").
 """
 from __future__ import annotations
 
