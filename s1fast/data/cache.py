@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import toy
 from .format import IGNORE, encode
 from .readers import DataError, read_rows
+from .toy import is_spec as is_toy_spec, materialize as materialize_toy
 
 FORMAT_VERSION = 2  # 2: 1-based row numbers, file hashes, unsupervised / special / duplicate counts
 POLICIES = ("error", "drop", "truncate")
@@ -136,8 +136,8 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
             workers: int | None = None, progress: bool = True, log=print) -> "TokenDataset":
     """Tokenise ``data`` for ``recipe`` into the cache folder ``out`` (or reuse it) and open it."""
     data = data or DEFAULT_DATA
-    if toy.is_spec(data):   # --data toy:NAME[:N]: generated problems, written next to the cache once
-        data = toy.materialize(data, os.path.join(os.path.dirname(os.path.abspath(out)), "toy-data"))
+    if is_toy_spec(data):   # --data toy:NAME[:N]: generated problems, written next to the cache once
+        data = materialize_toy(data, os.path.join(os.path.dirname(os.path.abspath(out)), "toy-data"))
     tokenizer_dir = tokenizer_dir or DEFAULT_TOKENIZER
     if policy not in POLICIES:
         raise DataError(f"unknown over-length policy '{policy}'; choose one of {', '.join(POLICIES)}")
