@@ -2,7 +2,7 @@
 
 For every ``num_wait`` and thinking budget, each problem is answered ``--samples`` times (seeded: sample
 ``s`` of problem ``i`` uses seed ``seed + i * samples + s``; greedy is ``--samples 1 --temperature 0``),
-every completion is graded by ``--protocol`` (``s1``, ``skythought`` or ``math-verify``: s1fast.grading),
+every completion is graded by ``--protocol`` (``s1``, ``skythought`` or ``math-verify``: s1fast.protocols),
 and one row is reported: pass@1 (mean over samples) with its standard error over problems, unbiased
 pass@k, majority vote, mean thinking tokens, waits and capped share (docs/eval.md).
 
@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import asdict, replace
 from typing import Sequence
 
-from s1fast import grading
+from s1fast import grading, protocols
 from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, config_from_args, generate,
                              open_backend, read_jsonl)
 
@@ -152,7 +152,7 @@ def evaluate(model, tokenizer, problems: Sequence[dict], budgets: Sequence[int |
     ``sink(record)`` receives each per-problem record as it is produced; ``done`` maps (num_wait, budget, id)
     to records already produced by an interrupted run, which are reused, not generated again."""
     base = config or GenerationConfig()
-    grader = grading.protocol(protocol)
+    grader = protocols.protocol(protocol)
     done = done or {}
     rows, records = [], []
     for nw in num_waits:
@@ -337,7 +337,7 @@ AGREEMENT_SAMPLE = os.path.join(os.path.dirname(__file__), "assets", "data", "gr
 
 def agreement(rows: Sequence[dict], name: str) -> list[dict]:
     """The rows (``text``, ``gt``, ``harness_correct``) where protocol ``name`` disagrees with the harness."""
-    grader = grading.protocol(name)
+    grader = protocols.protocol(name)
     return [r for r in rows if grader.grade(r["text"], r["gt"])["correct"] != r["harness_correct"]]
 
 
@@ -353,10 +353,10 @@ def agreement_main(argv: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("| protocol | agree | disagree (id: harness verdict, extracted here) |\n|---|---:|---|")
-    for name in grading.PROTOCOLS:
+    for name in protocols.PROTOCOLS:
         dis = agreement(rows, name)
         ids = "; ".join(f"{r.get('id')}: {r['harness_correct']}, "
-                        f"{str(grading.protocol(name).extract(r['text']))[:30]!r}" for r in dis[:12])
+                        f"{str(protocols.protocol(name).extract(r['text']))[:30]!r}" for r in dis[:12])
         more = f" (+{len(dis) - 12} more)" if len(dis) > 12 else ""
         print(f"| {name} | {len(rows) - len(dis)} / {len(rows)} ({100 * (len(rows) - len(dis)) / len(rows):.1f}%) | "
               f"{ids}{more} |")
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated thinking budgets (ints or auto)")
     p.add_argument("--num-wait", type=_list(int), default=[0], help="comma-separated num_wait values")
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@1 is their mean)")
-    p.add_argument("--protocol", choices=list(grading.PROTOCOLS), default=DEFAULT_PROTOCOL,
+    p.add_argument("--protocol", choices=list(protocols.PROTOCOLS), default=DEFAULT_PROTOCOL,
                    help=f"answer extraction and equivalence to reproduce [default: {DEFAULT_PROTOCOL}]")
     p.add_argument("--out", default="eval_out", help="output folder (an interrupted run there is resumed)")
     return p

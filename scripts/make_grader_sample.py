@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from s1fast import grading
+from s1fast import protocols
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "s1fast", "assets", "data",
                    "grader_agreement.jsonl")
@@ -24,7 +24,7 @@ def _decisions(text: str, gt: str) -> list:
     # s1's harness keeps the whole text as the "answer" when it finds no boxed answer and no "Answer:", so for
     # s1 only the verdict must survive the cut; the other protocols must extract the same answer too
     return [(g["correct"], g["pred"] if n != "s1" else None)
-            for n, g in ((n, p.grade(text, gt)) for n, p in grading.PROTOCOLS.items())]
+            for n, g in ((n, p.grade(text, gt)) for n, p in protocols.PROTOCOLS.items())]
 
 
 def tail(text: str, gt: str) -> str:

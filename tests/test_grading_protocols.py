@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from s1fast import grading
+from s1fast import grading, protocols
 from s1fast.eval import agreement, agreement_main
-from s1fast.grading import PROTOCOLS, protocol
+from s1fast.protocols import PROTOCOLS, protocol
 
 SAMPLE = os.path.join(os.path.dirname(grading.__file__), "assets", "data", "grader_agreement.jsonl")
 S1_OUT = "<|im_start|>think\nlet me add: 20+3\n<|im_start|>answer\n"
@@ -83,7 +83,7 @@ def test_agreement_with_skythought_verdicts():
     # s1's harness sends every answer that is not an integer on both sides to a GPT-4o-mini judge, which is
     # not reproduced (exact strings instead): every disagreement left is such a case
     for r in dis:
-        pred = grading.s1_extract(r["text"])
+        pred = protocols.s1_extract(r["text"])
         assert not (pred.isdigit() and r["gt"].isdigit()), r["id"]
 
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import toy
 from .format import IGNORE, encode
 from .readers import DataError, read_rows
+from .toy import is_spec as is_toy_spec, materialize as materialize_toy
 
 FORMAT_VERSION = 2  # 2: 1-based row numbers, file hashes, unsupervised / special / duplicate counts
 POLICIES = ("error", "drop", "truncate")
@@ -135,9 +135,39 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
             max_tokens: int | None = None, out: str = "runs/tokens", policy: str = "error",
             workers: int | None = None, progress: bool = True, log=print) -> "TokenDataset":
     """Tokenise ``data`` for ``recipe`` into the cache folder ``out`` (or reuse it) and open it."""
+    data, tokenizer_dir = _check_inputs(data, tokenizer_dir, max_tokens, out, policy)
+    key = cache_key(data, tokenizer_dir, recipe, max_tokens, policy)
+    if _cache_hit(out, key, log):
+        return TokenDataset(out)
+    t0 = time.time()
+    rows = _read(data)
+    encoded = _tokenize(rows, recipe, data, tokenizer_dir, workers, progress)
+    kept, over, truncated, unsupervised = _apply_budget(encoded, max_tokens, policy, data, log)
+    special, dups = _flag_rows(encoded, log)
+    if not kept:
+        why = (f"every example is over the budget of {max_tokens} tokens or has no answer token left after "
+               f"truncation" if over else "no example is left")
+        raise DataError(f"no examples left (read {len(rows)} rows; {why}): raise --max-tokens", path=data)
+    arrays = _to_arrays(kept)
+    summary = _summarize(
+        arrays, rows_read=len(rows), rows_kept=len(kept), rows_dropped=len(over) if policy == "drop" else 0,
+        rows_truncated=truncated, rows_over_budget=len(over), rows_unsupervised=len(unsupervised),
+        rows_special_text=len(special), rows_duplicate=len(dups))
+    _write(out, arrays, key, t0, {"data": os.path.abspath(data), "recipe": recipe, "max_tokens": max_tokens,
+                                  "policy": policy, "tokenizer": os.path.abspath(tokenizer_dir),
+                                  "summary": summary.__dict__})
+    log(f"[s1fast.data] wrote {out} in {time.time() - t0:.1f}s (key {key})")
+    log(summary.lines())
+    return TokenDataset(out)
+
+
+# -- prepare()'s steps: check, reuse, read, tokenise, apply the budget, count, write ---------------
+def _check_inputs(data: str | None, tokenizer_dir: str | None, max_tokens: int | None, out: str,
+                  policy: str) -> tuple[str, str]:
+    """The data file and tokenizer folder to use (defaults filled in), or a DataError saying what to pass."""
     data = data or DEFAULT_DATA
-    if toy.is_spec(data):   # --data toy:NAME[:N]: generated problems, written next to the cache once
-        data = toy.materialize(data, os.path.join(os.path.dirname(os.path.abspath(out)), "toy-data"))
+    if is_toy_spec(data):   # --data toy:NAME[:N]: generated problems, written next to the cache once
+        data = materialize_toy(data, os.path.join(os.path.dirname(os.path.abspath(out)), "toy-data"))
     tokenizer_dir = tokenizer_dir or DEFAULT_TOKENIZER
     if policy not in POLICIES:
         raise DataError(f"unknown over-length policy '{policy}'; choose one of {', '.join(POLICIES)}")
@@ -148,25 +178,40 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     check_tokenizer_dir(tokenizer_dir)
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"cache folder {out} is a file: pass --out with a folder")
-    key = cache_key(data, tokenizer_dir, recipe, max_tokens, policy)
+    return data, tokenizer_dir
+
+
+def _cache_hit(out: str, key: str, log) -> bool:
+    """Whether ``out`` holds an undamaged cache built with ``key`` (said in the log either way)."""
     meta_path = os.path.join(out, "summary.json")
-    if os.path.exists(meta_path):
-        try:
-            meta = json.load(open(meta_path))
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-        if meta.get("key") == key:
-            bad = damaged_files(out, meta.get("sha256", {}))
-            if not bad:
-                log(f"[s1fast.data] cache hit: {out} (key {key})")
-                log(Summary(**meta["summary"]).lines())
-                return TokenDataset(out)
-            log(f"[s1fast.data] notice: cache {out} is damaged ({', '.join(bad)} missing or not matching its "
-                f"hash): rebuilding it")
-    t0 = time.time()
+    if not os.path.exists(meta_path):
+        return False
+    try:
+        meta = json.load(open(meta_path))
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    if meta.get("key") != key:
+        return False
+    bad = damaged_files(out, meta.get("sha256", {}))
+    if not bad:
+        log(f"[s1fast.data] cache hit: {out} (key {key})")
+        log(Summary(**meta["summary"]).lines())
+        return True
+    log(f"[s1fast.data] notice: cache {out} is damaged ({', '.join(bad)} missing or not matching its "
+        f"hash): rebuilding it")
+    return False
+
+
+def _read(data: str) -> list:
     rows = list(read_rows(data))
     if not rows:
         raise DataError("holds no rows: pass --data with a file of examples", path=data)
+    return rows
+
+
+def _tokenize(rows: list, recipe: str, data: str, tokenizer_dir: str, workers: int | None,
+              progress: bool) -> list:
+    """(row_id, input_ids, labels, special_in_text) of every row, in order, by ``workers`` processes."""
     global _TOK
     _TOK = load_tokenizer(tokenizer_dir)  # fails here, with its folder named, rather than inside a worker
     workers = workers or max(1, min(os.cpu_count() or 1, 8, len(rows) // 8 or 1))
@@ -193,7 +238,11 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
             pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
+    return encoded
 
+
+def _apply_budget(encoded: list, max_tokens: int | None, policy: str, data: str, log):
+    """The over-length policy: (kept (row, ids, labels), over (row, length), truncated count, unsupervised rows)."""
     over = [(r, len(ids)) for r, ids, _, _ in encoded if max_tokens is not None and len(ids) > max_tokens]
     if over and policy == "error":
         listing = ", ".join(f"row {r} ({n} tokens)" for r, n in over)
@@ -219,6 +268,11 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     if unsupervised:
         log(f"[s1fast.data] WARNING: dropped {len(unsupervised)} example(s) whose truncation to {max_tokens} tokens "
             f"left no answer token to train on: rows {_rows(unsupervised)}; raise --max-tokens to keep them")
+    return kept, over, truncated, unsupervised
+
+
+def _flag_rows(encoded: list, log) -> tuple[list, list]:
+    """Rows with special-token strings in their text, and duplicate rows (both kept): logged and returned."""
     special = [r for r, _, _, n in encoded if n > 0]
     if special:
         log(f"[s1fast.data] WARNING: {len(special)} row(s) have special-token strings (e.g. <|im_end|>) inside "
@@ -232,46 +286,47 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
             first_seen[h] = r
     if dups:
         log(f"[s1fast.data] notice: {len(dups)} duplicate row(s), kept: rows {_rows(dups)}")
-    if not kept:
-        why = (f"every example is over the budget of {max_tokens} tokens or has no answer token left after "
-               f"truncation" if over else "no example is left")
-        raise DataError(f"no examples left (read {len(rows)} rows; {why}): raise --max-tokens", path=data)
+    return special, dups
 
+
+def _to_arrays(kept: list) -> dict[str, np.ndarray]:
+    """The cache's arrays (named by their files, in ``ARRAYS`` order) for the kept (row, ids, labels)."""
     lengths = np.array([len(ids) for _, ids, _ in kept], dtype=np.int64)
     offsets = np.zeros(len(kept) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.fromiter((t for _, ids, _ in kept for t in ids), dtype=np.int32, count=int(offsets[-1]))
     labels = np.fromiter((t for _, _, lab in kept for t in lab), dtype=np.int32, count=int(offsets[-1]))
     row_ids = np.array([r for r, _, _ in kept], dtype=np.int64)
-    summary = Summary(
-        rows_read=len(rows), rows_kept=len(kept), rows_dropped=len(over) if policy == "drop" else 0,
-        rows_truncated=truncated, rows_over_budget=len(over), rows_unsupervised=len(unsupervised),
-        rows_special_text=len(special), rows_duplicate=len(dups), tokens=int(offsets[-1]),
+    return {"tokens.npy": tokens, "labels.npy": labels, "offsets.npy": offsets, "rows.npy": row_ids}
+
+
+def _summarize(arrays: dict, **counts) -> Summary:
+    """``counts`` (the rows_* fields) plus the token statistics of the cache's arrays."""
+    offsets, labels = arrays["offsets.npy"], arrays["labels.npy"]
+    lengths = np.diff(offsets)
+    return Summary(
+        **counts, tokens=int(offsets[-1]),
         supervised_tokens=int((labels != IGNORE).sum() - (labels[offsets[:-1]] != IGNORE).sum()),
         length_p50=int(np.percentile(lengths, 50)), length_p90=int(np.percentile(lengths, 90)),
         length_p99=int(np.percentile(lengths, 99)), length_max=int(lengths.max()))
 
+
+def _write(out: str, arrays: dict, key: str, t0: float, info: dict) -> None:
+    """Write the arrays and summary.json to a temporary folder, then swap it in for ``out``."""
     tmp = f"{out.rstrip(os.sep)}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    np.save(os.path.join(tmp, "tokens.npy"), tokens)
-    np.save(os.path.join(tmp, "labels.npy"), labels)
-    np.save(os.path.join(tmp, "offsets.npy"), offsets)
-    np.save(os.path.join(tmp, "rows.npy"), row_ids)
+    for name in ARRAYS:
+        np.save(os.path.join(tmp, name), arrays[name])
     hashes = {n: file_sha256(os.path.join(tmp, n)) for n in ARRAYS}
     with open(os.path.join(tmp, "summary.json"), "w") as f:
-        json.dump({"key": key, "sha256": hashes, "data": os.path.abspath(data), "recipe": recipe, "max_tokens": max_tokens,
-                   "policy": policy, "tokenizer": os.path.abspath(tokenizer_dir), "summary": summary.__dict__,
-                   "seconds": round(time.time() - t0, 2)}, f, indent=1)
+        json.dump({"key": key, "sha256": hashes, **info, "seconds": round(time.time() - t0, 2)}, f, indent=1)
     old = f"{out.rstrip(os.sep)}.old-{os.getpid()}"
     if os.path.exists(out):
         os.replace(out, old)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-    log(f"[s1fast.data] wrote {out} in {time.time() - t0:.1f}s (key {key})")
-    log(summary.lines())
-    return TokenDataset(out)
 
 
 def _rows(rows, limit: int = 20) -> str:

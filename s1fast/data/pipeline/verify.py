@@ -21,9 +21,9 @@ def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fas
     """``row`` plus ``pred``, ``correct``, ``grader`` and ``gold``; ``verdict`` says why when not graded.
 
     ``protocol``: ``s1fast`` (``grading.grade``: s1's extraction, math-verify equivalence when installed) or a
-    named harness of ``grading.PROTOCOLS`` (s1, skythought, math-verify)."""
-    from s1fast import grading
-    grade = grading.grade if protocol == "s1fast" else grading.protocol(protocol).grade
+    named harness of ``protocols.PROTOCOLS`` (s1, skythought, math-verify)."""
+    from s1fast import grading, protocols
+    grade = grading.grade if protocol == "s1fast" else protocols.protocol(protocol).grade
     gold = R.reference(row, answer_field)
     text = (row.get("generation") or {}).get("forced_end", "") + R.attempt(row)
     out = dict(row)
@@ -47,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-field", help="reference answer field (default: answer / gt / solution)")
     p.add_argument("--protocol", default="s1fast",
                    help="how answers are extracted and compared: s1fast (its grader) or a named harness of "
-                        "s1fast.grading.PROTOCOLS (s1, skythought, math-verify)")
+                        "s1fast.protocols.PROTOCOLS (s1, skythought, math-verify)")
     p.add_argument("--keep", choices=KEEP, default="correct", help="rejection sampling rule")
     p.add_argument("--k", type=int, default=1, help="with --keep first-k: correct samples kept per question")
 
