@@ -283,4 +283,4 @@ def test_outputs_must_be_jsonl_and_bad_input_fails_clearly(tmp_path, capsys):
     bad = tmp_path / "b.jsonl"
     bad.write_text('{"question": "ok"}\nnot json\n')
     assert run("decontaminate", "--data", bad, "--out", tmp_path / "o.jsonl") == 2
-    assert "row 1" in capsys.readouterr().err
+    assert "row 2" in capsys.readouterr().err  # 1-based: the second line is the bad one
