@@ -24,7 +24,8 @@ import torch.distributed as dist
 from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
-from ..train import TrainingDiverged, param_groups
+from ..optim import param_groups
+from ..train import TrainingDiverged
 from .config import RLConfig
 from .loss import group_advantages, grpo_token_loss, token_weights
 from .rewards import BUILTIN, CORRECTNESS, parse_rewards, score
