@@ -30,6 +30,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
+from .optim import apply_hyperparameters, lr_lambda, param_groups
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,25 +51,6 @@ def loss_head(targets: torch.Tensor, weights: torch.Tensor):
     def head(hidden, weight):
         return fused_linear_cross_entropy(hidden, weight, targets, token_weight=weights, reduction="sum")
     return head
-
-
-def lr_lambda(total: int, warmup: int):
-    """Linear warmup from 0, then cosine decay to 0 (the schedule of HF's cosine-with-warmup)."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    return f
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; biases and norm weights (the 1-D parameters) get none, as in HF Trainer."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def resolve_model(cfg: TrainConfig):
@@ -178,8 +160,6 @@ def adaptive_checkpointing(cfg: TrainConfig, mcfg, device: torch.device, world: 
 
 # a resume must keep these (they decide which examples make up each step): a change is refused
 TRAJECTORY = ("data", "global_batch", "epochs", "seed", "packing", "weighting", "micro_tokens")
-# a resume may change these (the optimizer's hyperparameters): applied from the resumed step, with a notice
-HYPERPARAMETERS = ("lr", "warmup_ratio", "beta1", "beta2", "eps", "weight_decay", "grad_clip")
 RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "loss_curve.png", "tensorboard")
 
 
@@ -340,22 +320,6 @@ def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signa
     if rank == 0:
         print(f"[s1fast] resumed from {path} at step {state['step']}", flush=True)
     return state["step"], path, state.get("run_id") or uuid.uuid4().hex[:12]
-
-
-def apply_hyperparameters(cfg, saved: dict, optimizer, scheduler, schedule, rank: int) -> None:
-    """The optimizer state restores the checkpoint's hyperparameters; set this run's instead (identical
-    values when nothing changed, so an unchanged resume stays bitwise exact) and say what changed."""
-    for g in optimizer.param_groups:
-        g["betas"], g["eps"], g["initial_lr"] = (cfg.beta1, cfg.beta2), cfg.eps, cfg.lr
-        g["lr"] = cfg.lr * schedule(scheduler.last_epoch)
-    optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # the matrices' group (param_groups)
-    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in HYPERPARAMETERS
-               if k in saved and saved[k] != getattr(cfg, k)]
-    if changed and rank == 0:
-        print(f"[s1fast] notice: changed on resume, applied from step {scheduler.last_epoch + 1}: "
-              f"{', '.join(changed)}", flush=True)
 
 
 def build_model(cfg, mcfg, weights, device, world, rank):

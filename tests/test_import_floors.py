@@ -7,7 +7,6 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG_FUNCTIONS = {  # path:function -> the stated reason
-    "s1fast/train.py:train": "issue #14 rewrites train() to read top to bottom in about 80 lines",
 }
 
 

@@ -112,7 +112,7 @@ def test_interrupted_checkpoint_leaves_previous_one_loadable(tmp_path, monkeypat
     state = checkpoint.load(checkpoint.latest(root), model, opt)
     assert state["note"] == "first" and state["step"] == 1
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
-    with pytest.raises(FileNotFoundError, match="not a complete s1fast checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="not a complete s1fast checkpoint"):
         checkpoint.load(os.path.join(root, "step_00000002.tmp"), model, opt)
     monkeypatch.setattr(checkpoint.dcp, "save", real_save)
     assert checkpoint.save(root, 2, model, opt, {"scheduler": {}}) == os.path.join(root, "step_00000002")

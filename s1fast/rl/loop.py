@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,8 @@ import torch.distributed as dist
 from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
-from ..train import TrainingDiverged, param_groups
+from ..optim import param_groups
+from ..train import TrainingDiverged
 from .config import RLConfig
 from .loss import group_advantages, grpo_token_loss, token_weights
 from .rewards import BUILTIN, CORRECTNESS, parse_rewards, score
@@ -246,164 +248,211 @@ def plot_rewards(metrics_path: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------ the loop
 def run(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
-    from transformers import AutoTokenizer
-
-    from ..model import save_state_dict_hf
-    from .rollout import Rollout, VLLMRollout
-
-    verifiers = parse_rewards(cfg.rewards)
-    mcfg, tok_dir = resolve(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    rows, held = load_rows(cfg)
-    if cfg.generator == "vllm":
-        rollout = VLLMRollout(tokenizer, cfg, device, cfg.model)
-    else:
-        rollout = Rollout(tokenizer, cfg, device)
-    check_prompts(rows, rollout, cfg, cfg.data)
-    check_prompts(held, rollout, cfg, "held-out")
-    compute_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    master_dtype = torch.bfloat16 if cfg.master_dtype == "bf16" else torch.float32
-    model = build_policy(mcfg, cfg.model, device, world, compute_dtype, master_dtype, True)
-    ref = build_policy(mcfg, cfg.model, device, world, compute_dtype, master_dtype, False) if cfg.kl_coef else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  eps=1e-8)
-    warm = cfg.warmup_iters
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0)
-
-    ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
-    signature = {k: getattr(cfg, k) for k in ("model", "data", "rewards", "seed", "prompts_per_iter", "group_size",
-                                              "updates_per_batch", "norm", "adv_scale", "temperature", "kl_coef")}
-    start, last_ckpt = 0, None
-    if cfg.resume != "never":
-        path = checkpoint.latest(ckpt_root) if cfg.resume == "auto" else cfg.resume
-        if path is not None:
-            state = checkpoint.load(path, model, optimizer)
-            if state.get("rl_signature") != signature:
-                raise ConfigError(f"{path} was saved by another RL run ({state.get('rl_signature')}); this run has "
-                                  f"{signature}. Pass --resume never or a new --output-dir.")
-            scheduler.load_state_dict(state["scheduler"])
-            start, last_ckpt = state["step"], path
-
+    s = set_up(cfg, device, rank, world)
+    start, last_ckpt = resume(s)
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    metrics = Metrics(cfg.output_dir, cfg.iterations, enabled=rank == 0, progress=cfg.progress, start_step=start)
-    errors_path = os.path.join(cfg.output_dir, "verifier_errors.jsonl")
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    s.metrics = Metrics(cfg.output_dir, cfg.iterations, enabled=rank == 0, progress=cfg.progress, start_step=start)
+    s.errors_path = os.path.join(cfg.output_dir, "verifier_errors.jsonl")
     if rank == 0:
         if start:
-            metrics.message(f"[s1fast] resumed from {last_ckpt} at iteration {start}")
-        metrics.message(f"[s1fast rl] {cfg.preset or 'custom'}: {len(rows)} prompts, {cfg.iterations} iterations of "
-                        f"{cfg.prompts_per_iter} prompts x {cfg.group_size} samples, {world} rank(s), rewards "
-                        f"{cfg.rewards}, norm {cfg.norm}, generator {cfg.generator}")
-
-    def save(it):
-        return checkpoint.save(ckpt_root, it, model, optimizer, {"scheduler": scheduler.state_dict(),
-                                                                  "config": cfg.to_dict(), "rl_signature": signature},
-                               cfg.keep_checkpoints)
-
-    def with_generator(fn):
-        sd = gathered_state(model)
-        rollout.refresh(model, sd, compute_dtype)
-        del sd
-        try:
-            return fn()
-        finally:
-            rollout.free()
-
+            s.metrics.message(f"[s1fast] resumed from {last_ckpt} at iteration {start}")
+        s.metrics.message(f"[s1fast rl] {cfg.preset or 'custom'}: {len(s.rows)} prompts, {cfg.iterations} "
+                          f"iterations of {cfg.prompts_per_iter} prompts x {cfg.group_size} samples, {world} "
+                          f"rank(s), rewards {cfg.rewards}, norm {cfg.norm}, generator {cfg.generator}")
     total = cfg.iterations
     try:
         for it in range(start, total):
             t0 = time.perf_counter()
-            idx = iteration_prompts(len(rows), cfg.prompts_per_iter, cfg.seed, it)
-            mine = idx[rank::world]
-            eval_acc = None
-
-            def generate():
-                acc = None
-                if held and ((it == 0) or (cfg.eval_every and it % cfg.eval_every == 0)):
-                    acc = evaluate(rollout, held, rank, world, verifiers)
-                return acc, rollout.sample([rows[i] for i in mine], mine, it)
-            eval_acc, groups = with_generator(generate)
+            idx = iteration_prompts(len(s.rows), cfg.prompts_per_iter, cfg.seed, it)
+            eval_acc, groups = rollout_step(s, it, idx[rank::world])
             t_gen = time.perf_counter() - t0
-            for p, g in zip(mine, groups):
-                for c in g:
-                    c["reward"], c["scores"], c["errors"] = score(c, rows[p], verifiers)
-            # every rank gets every group, in the iteration's prompt order
-            by_prompt = {}
-            for part in all_gather(list(zip(range(rank, len(idx), world), groups)), world):
-                by_prompt.update(dict(part))
-            groups = [by_prompt[j] for j in range(len(idx))]
-            errs = [e for j, g in enumerate(groups) for c in g for e in c["errors"]]
-            if errs:
-                if rank == 0:
-                    with open(errors_path, "a") as f:
-                        for e in errs:
-                            f.write(json.dumps(dict(e, iteration=it + 1)) + "\n")
-                    e = errs[0]
-                    metrics.message(f"[s1fast rl] warning: iteration {it + 1}: {len(errs)} verifier error(s), e.g. "
-                                    f"{e['verifier']} on {e['question']!r}: {e['error']} (all in {errors_path})")
-                if cfg.on_verifier_error == "fail":
-                    raise VerifierError(f"verifier {errs[0]['verifier']} raised on prompt {errs[0]['question']!r}: "
-                                        f"{errs[0]['error']} (see {errors_path}; --on-verifier-error drop skips such groups)")
-            bad = torch.tensor([any(c["errors"] for c in g) for g in groups])
-            flat = [c for g in groups for c in g]
-            rewards = torch.tensor([c["reward"] for c in flat], dtype=torch.float64)
-            adv = group_advantages(rewards, cfg.group_size, cfg.adv_scale)
-            adv = torch.where(bad.repeat_interleave(cfg.group_size), 0.0, adv)
-            w = token_weights(torch.tensor([c["sampled_tokens"] for c in flat]), cfg.norm, max_len=cfg.max_total_tokens)
-            t1 = time.perf_counter()
-            batches = packed_batches(flat, w, adv, rank, world, cfg, mcfg, it, device)
-            model.train()
-            upd = update(model, ref, optimizer, batches, cfg, params)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            t_train = time.perf_counter() - t1
-            if not math.isfinite(upd["loss"]) or not math.isfinite(upd["grad_norm"]):
-                raise TrainingDiverged(f"loss {upd['loss']} / grad norm {upd['grad_norm']} at iteration {it + 1}: "
-                                       f"stopped. Last good checkpoint: {last_ckpt or 'none'}. Lower --lr or check "
-                                       "the rewards.")
-            dt = time.perf_counter() - t0
-            row = {"step": it + 1, **reward_metrics(groups, verifiers, int(bad.sum())), **upd, "lr": lr,
-                   "gen_time": t_gen, "train_time": t_train, "step_time": dt,
-                   "tokens_per_s": sum(len(c["ids"]) for c in flat) / dt, "run": cfg.preset or "custom"}
-            if eval_acc is not None:
-                row["eval_accuracy"] = eval_acc
-            if row["no_signal"] and rank == 0:
-                why = "every reward is 0" if row["all_zero_reward"] else "every group's rewards are all equal"
-                metrics.message(f"[s1fast rl] iteration {it + 1}: {why}: no learning signal (only the KL term, if any)")
-            metrics.log(row)
+            groups = reward_step(s, it, idx, groups)
+            upd, lr, bad, flat, t_train = update_step(s, it, groups, last_ckpt)
+            log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train)
             if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
-                last_ckpt = save(it + 1)
+                last_ckpt = save(s, it + 1)
             if stop["signal"] is not None:
-                last_ckpt = save(it + 1)
-                metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at iteration {it + 1}; run "
-                                "again with the same --output-dir to resume")
+                last_ckpt = save(s, it + 1)
+                s.metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at iteration {it + 1}; run "
+                                  "again with the same --output-dir to resume")
                 return {"stopped": it + 1, "checkpoint": last_ckpt}
-        if total > start or last_ckpt is None:
-            last_ckpt = save(total)
-        result = {"iterations": total, "checkpoint": last_ckpt}
-        if held:
-            acc = with_generator(lambda: evaluate(rollout, held, rank, world, verifiers))
-            result["eval_accuracy"] = acc
-            if rank == 0:
-                with open(os.path.join(cfg.output_dir, "eval_final.json"), "w") as f:
-                    json.dump({"iterations": total, "eval_accuracy": acc, "eval_problems": len(held)}, f)
-                metrics.message(f"[s1fast rl] held-out accuracy after {total} iterations: {acc:.3f}")
-        if cfg.export:
-            sd = checkpoint.full_state_dict(model)
-            final = os.path.join(cfg.output_dir, "final")
-            if rank == 0:
-                save_state_dict_hf(sd, mcfg, final, tok_dir)
-                metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
-            distributed.barrier()
-            result["final"] = final
-        return result
+        return finish(s, start, total, last_ckpt)
     finally:
-        metrics.close(plot=cfg.plot)
-        if cfg.plot and rank == 0 and os.path.exists(metrics.path):
-            plot_rewards(metrics.path)
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        s.metrics.close(plot=cfg.plot)
+        if cfg.plot and rank == 0 and os.path.exists(s.metrics.path):
+            plot_rewards(s.metrics.path)
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+
+
+def set_up(cfg: RLConfig, device: torch.device, rank: int, world: int) -> SimpleNamespace:
+    """Everything checked before compute (rewards, model folder, prompts), then the generator, the policy,
+    the frozen reference, the optimizer and the warmup schedule."""
+    from transformers import AutoTokenizer
+
+    from .rollout import Rollout, VLLMRollout
+    s = SimpleNamespace(cfg=cfg, device=device, rank=rank, world=world)
+    s.verifiers = parse_rewards(cfg.rewards)
+    s.mcfg, s.tok_dir = resolve(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(s.tok_dir)
+    s.rows, s.held = load_rows(cfg)
+    if cfg.generator == "vllm":
+        s.rollout = VLLMRollout(tokenizer, cfg, device, cfg.model)
+    else:
+        s.rollout = Rollout(tokenizer, cfg, device)
+    check_prompts(s.rows, s.rollout, cfg, cfg.data)
+    check_prompts(s.held, s.rollout, cfg, "held-out")
+    s.compute_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    master_dtype = torch.bfloat16 if cfg.master_dtype == "bf16" else torch.float32
+    s.model = build_policy(s.mcfg, cfg.model, device, world, s.compute_dtype, master_dtype, True)
+    s.ref = (build_policy(s.mcfg, cfg.model, device, world, s.compute_dtype, master_dtype, False) if cfg.kl_coef
+             else None)
+    s.params = [p for p in s.model.parameters() if p.requires_grad]
+    s.optimizer = torch.optim.AdamW(param_groups(s.model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    eps=1e-8)
+    warm = cfg.warmup_iters
+    s.scheduler = torch.optim.lr_scheduler.LambdaLR(s.optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0)
+    s.ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+    s.signature = {k: getattr(cfg, k) for k in ("model", "data", "rewards", "seed", "prompts_per_iter", "group_size",
+                                                "updates_per_batch", "norm", "adv_scale", "temperature", "kl_coef")}
+    return s
+
+
+def resume(s) -> tuple[int, str | None]:
+    """(first iteration, checkpoint resumed from or None); a checkpoint of another RL run is refused."""
+    cfg = s.cfg
+    if cfg.resume == "never":
+        return 0, None
+    path = checkpoint.latest(s.ckpt_root) if cfg.resume == "auto" else cfg.resume
+    if path is None:
+        return 0, None
+    state = checkpoint.load(path, s.model, s.optimizer)
+    if state.get("rl_signature") != s.signature:
+        raise ConfigError(f"{path} was saved by another RL run ({state.get('rl_signature')}); this run has "
+                          f"{s.signature}. Pass --resume never or a new --output-dir.")
+    s.scheduler.load_state_dict(state["scheduler"])
+    return state["step"], path
+
+
+def save(s, it: int) -> str:
+    return checkpoint.save(s.ckpt_root, it, s.model, s.optimizer, {"scheduler": s.scheduler.state_dict(),
+                                                                   "config": s.cfg.to_dict(),
+                                                                   "rl_signature": s.signature},
+                           s.cfg.keep_checkpoints)
+
+
+def with_generator(s, fn):
+    """``fn()`` with the generation copy holding the policy's current weights, freed afterwards."""
+    sd = gathered_state(s.model)
+    s.rollout.refresh(s.model, sd, s.compute_dtype)
+    del sd
+    try:
+        return fn()
+    finally:
+        s.rollout.free()
+
+
+def rollout_step(s, it: int, mine: list[int]):
+    """(held-out accuracy or None, this rank's groups of completions for its prompts ``mine``)."""
+    cfg = s.cfg
+
+    def generate():
+        acc = None
+        if s.held and ((it == 0) or (cfg.eval_every and it % cfg.eval_every == 0)):
+            acc = evaluate(s.rollout, s.held, s.rank, s.world, s.verifiers)
+        return acc, s.rollout.sample([s.rows[i] for i in mine], mine, it)
+    return with_generator(s, generate)
+
+
+def reward_step(s, it: int, idx: list[int], groups: list) -> list:
+    """Score this rank's groups, gather every rank's (in the iteration's prompt order), and report (or, with
+    --on-verifier-error fail, raise) verifier errors."""
+    cfg, rank, world = s.cfg, s.rank, s.world
+    for p, g in zip(idx[rank::world], groups):
+        for c in g:
+            c["reward"], c["scores"], c["errors"] = score(c, s.rows[p], s.verifiers)
+    # every rank gets every group, in the iteration's prompt order
+    by_prompt = {}
+    for part in all_gather(list(zip(range(rank, len(idx), world), groups)), world):
+        by_prompt.update(dict(part))
+    groups = [by_prompt[j] for j in range(len(idx))]
+    errs = [e for j, g in enumerate(groups) for c in g for e in c["errors"]]
+    if errs:
+        if rank == 0:
+            with open(s.errors_path, "a") as f:
+                for e in errs:
+                    f.write(json.dumps(dict(e, iteration=it + 1)) + "\n")
+            e = errs[0]
+            s.metrics.message(f"[s1fast rl] warning: iteration {it + 1}: {len(errs)} verifier error(s), e.g. "
+                              f"{e['verifier']} on {e['question']!r}: {e['error']} (all in {s.errors_path})")
+        if cfg.on_verifier_error == "fail":
+            raise VerifierError(f"verifier {errs[0]['verifier']} raised on prompt {errs[0]['question']!r}: "
+                                f"{errs[0]['error']} (see {s.errors_path}; --on-verifier-error drop skips such groups)")
+    return groups
+
+
+def update_step(s, it: int, groups: list, last_ckpt):
+    """Advantages and token weights over the whole batch, packed micro-batches, the optimizer steps:
+    (statistics, learning rate used, groups dropped, completions, seconds)."""
+    cfg = s.cfg
+    bad = torch.tensor([any(c["errors"] for c in g) for g in groups])
+    flat = [c for g in groups for c in g]
+    rewards = torch.tensor([c["reward"] for c in flat], dtype=torch.float64)
+    adv = group_advantages(rewards, cfg.group_size, cfg.adv_scale)
+    adv = torch.where(bad.repeat_interleave(cfg.group_size), 0.0, adv)
+    w = token_weights(torch.tensor([c["sampled_tokens"] for c in flat]), cfg.norm, max_len=cfg.max_total_tokens)
+    t1 = time.perf_counter()
+    batches = packed_batches(flat, w, adv, s.rank, s.world, cfg, s.mcfg, it, s.device)
+    s.model.train()
+    upd = update(s.model, s.ref, s.optimizer, batches, cfg, s.params)
+    lr = s.scheduler.get_last_lr()[0]
+    s.scheduler.step()
+    t_train = time.perf_counter() - t1
+    if not math.isfinite(upd["loss"]) or not math.isfinite(upd["grad_norm"]):
+        raise TrainingDiverged(f"loss {upd['loss']} / grad norm {upd['grad_norm']} at iteration {it + 1}: "
+                               f"stopped. Last good checkpoint: {last_ckpt or 'none'}. Lower --lr or check "
+                               "the rewards.")
+    return upd, lr, bad, flat, t_train
+
+
+def log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train) -> None:
+    """The iteration's metrics row, and a notice when it carried no learning signal."""
+    dt = time.perf_counter() - t0
+    row = {"step": it + 1, **reward_metrics(groups, s.verifiers, int(bad.sum())), **upd, "lr": lr,
+           "gen_time": t_gen, "train_time": t_train, "step_time": dt,
+           "tokens_per_s": sum(len(c["ids"]) for c in flat) / dt, "run": s.cfg.preset or "custom"}
+    if eval_acc is not None:
+        row["eval_accuracy"] = eval_acc
+    if row["no_signal"] and s.rank == 0:
+        why = "every reward is 0" if row["all_zero_reward"] else "every group's rewards are all equal"
+        s.metrics.message(f"[s1fast rl] iteration {it + 1}: {why}: no learning signal (only the KL term, if any)")
+    s.metrics.log(row)
+
+
+def finish(s, start: int, total: int, last_ckpt) -> dict:
+    """The final checkpoint, the held-out accuracy, and the Hugging Face export."""
+    from ..model import save_state_dict_hf
+    cfg, rank = s.cfg, s.rank
+    if total > start or last_ckpt is None:
+        last_ckpt = save(s, total)
+    result = {"iterations": total, "checkpoint": last_ckpt}
+    if s.held:
+        acc = with_generator(s, lambda: evaluate(s.rollout, s.held, rank, s.world, s.verifiers))
+        result["eval_accuracy"] = acc
+        if rank == 0:
+            with open(os.path.join(cfg.output_dir, "eval_final.json"), "w") as f:
+                json.dump({"iterations": total, "eval_accuracy": acc, "eval_problems": len(s.held)}, f)
+            s.metrics.message(f"[s1fast rl] held-out accuracy after {total} iterations: {acc:.3f}")
+    if cfg.export:
+        sd = checkpoint.full_state_dict(s.model)
+        final = os.path.join(cfg.output_dir, "final")
+        if rank == 0:
+            save_state_dict_hf(sd, s.mcfg, final, s.tok_dir)
+            s.metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
+        distributed.barrier()
+        result["final"] = final
+    return result

@@ -157,117 +157,135 @@ def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return await _complete(request, "chat")
+        return await _complete(server, request, "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await _complete(request, "completion")
-
-    async def _complete(request: Request, kind: str):
-        server.check_key(request)
-        body = await server.read_body(request)
-        job = api.parse_job(body, kind, server.tok, server.defaults, server.limits, server.model_name)
-        forcer = server.forcer(job)
-        if server.in_flight >= server.limits.max_concurrency:
-            raise api.APIError(429, f"the server is at its limit of {server.limits.max_concurrency} requests in "
-                               "flight (--max-concurrency); retry later", code="too_many_requests",
-                               type="rate_limit_error")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Update] = asyncio.Queue()
-        def deliver(u: Update) -> None:     # on the engine's thread
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, u)
-            except RuntimeError:            # the loop is closed: nobody is waiting any more
-                pass
-
-        try:
-            ticket = server.engine.submit(forcer, deliver, temperature=job.temperature, top_p=job.top_p,
-                                          seed=job.seed)
-        except ValueError as e:
-            raise api.APIError(400, str(e), code="context_length_exceeded") from None
-        except RuntimeError as e:
-            raise api.APIError(503, f"{e}; retry on another server", code="shutting_down",
-                               type="server_error") from None
-        server.in_flight += 1
-        rid = api.new_id(kind)
-        if job.stream:
-            closed = []
-
-            def close(done: bool) -> None:   # exactly once, from whichever side ends first
-                if closed:
-                    return
-                closed.append(done)
-                if not done:
-                    server.engine.cancel(ticket)
-                    server.cancelled += 1
-                server.in_flight -= 1
-
-            return _EventStream(_stream(job, rid, queue, close), close)
-        try:
-            thinking, answer = TextStream(server.tok), TextStream(server.tok)
-            check_at = loop.time() + DISCONNECT_POLL_S
-            while True:
-                try:   # updates come every step: look for a gone client on a clock, not on a quiet queue
-                    upd = await asyncio.wait_for(queue.get(), max(0.0, check_at - loop.time()))
-                except asyncio.TimeoutError:
-                    upd = None
-                if loop.time() >= check_at:
-                    if await request.is_disconnected():
-                        server.engine.cancel(ticket)
-                        server.cancelled += 1
-                        return JSONResponse({}, status_code=499)
-                    check_at = loop.time() + DISCONNECT_POLL_S
-                if upd is None:
-                    continue
-                if upd.error:
-                    raise api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
-                                       type="server_error")
-                thinking.ids.extend(upd.thinking)
-                answer.ids.extend(upd.answer)
-                if upd.done:
-                    server.served += 1
-                    return api.response(kind, rid, server.model_name, thinking.text(), answer.text(), upd.result,
-                                        server.tok.decode(upd.result["forced_end_ids"], skip_special_tokens=False))
-        except asyncio.CancelledError:
-            server.engine.cancel(ticket)
-            server.cancelled += 1
-            raise
-        finally:
-            server.in_flight -= 1
-
-    async def _stream(job: api.Job, rid: str, queue: asyncio.Queue, close):
-        def event(obj: dict) -> str:
-            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-        done = False
-        try:
-            thinking, answer = TextStream(server.tok), TextStream(server.tok)
-            yield event(api.chunk(job.kind, rid, server.model_name, first=True))
-            while True:
-                upd = await queue.get()
-                if upd.error:
-                    done = True
-                    yield event(api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
-                                             type="server_error").body())
-                    break
-                t, a = thinking.push(upd.thinking, upd.done), answer.push(upd.answer, upd.done)
-                if t or a:
-                    yield event(api.chunk(job.kind, rid, server.model_name, thinking=t, answer=a))
-                if upd.done:
-                    done = True
-                    server.served += 1
-                    last = api.chunk(job.kind, rid, server.model_name, finish=api.finish_reason(upd.result))
-                    last["budget_forcing"] = api.forcing_report(upd.result, server.tok.decode(
-                        upd.result["forced_end_ids"], skip_special_tokens=False))
-                    yield event(last)
-                    if job.include_usage:
-                        tail = api.chunk(job.kind, rid, server.model_name)
-                        tail["choices"], tail["usage"] = [], api.usage(upd.result)
-                        yield event(tail)
-                    break
-            yield "data: [DONE]\n\n"
-        finally:
-            # A client that went away mid-stream ends up here too (the generator is closed or cancelled).
-            close(done)
+        return await _complete(server, request, "completion")
 
     return app
+
+
+async def _complete(server: Server, request: Request, kind: str):
+    """One completion request: checked, submitted to the engine, answered whole or as a stream."""
+    server.check_key(request)
+    body = await server.read_body(request)
+    job = api.parse_job(body, kind, server.tok, server.defaults, server.limits, server.model_name)
+    forcer = server.forcer(job)
+    if server.in_flight >= server.limits.max_concurrency:
+        raise api.APIError(429, f"the server is at its limit of {server.limits.max_concurrency} requests in "
+                           "flight (--max-concurrency); retry later", code="too_many_requests",
+                           type="rate_limit_error")
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Update] = asyncio.Queue()
+    ticket = _submit(server, job, forcer, loop, queue)
+    server.in_flight += 1
+    rid = api.new_id(kind)
+    if job.stream:
+        close = _closer(server, ticket)
+        return _EventStream(_stream(server, job, rid, queue, close), close)
+    return await _whole(server, request, kind, rid, ticket, queue, loop)
+
+
+def _submit(server: Server, job: api.Job, forcer: BudgetForcer, loop, queue: asyncio.Queue):
+    """The engine's ticket for ``forcer``; its updates are put on ``queue`` from the engine's thread."""
+    def deliver(u: Update) -> None:     # on the engine's thread
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, u)
+        except RuntimeError:            # the loop is closed: nobody is waiting any more
+            pass
+
+    try:
+        return server.engine.submit(forcer, deliver, temperature=job.temperature, top_p=job.top_p, seed=job.seed)
+    except ValueError as e:
+        raise api.APIError(400, str(e), code="context_length_exceeded") from None
+    except RuntimeError as e:
+        raise api.APIError(503, f"{e}; retry on another server", code="shutting_down",
+                           type="server_error") from None
+
+
+def _closer(server: Server, ticket):
+    """A stream's end: ``close(done)`` runs exactly once, from whichever side ends first."""
+    closed = []
+
+    def close(done: bool) -> None:
+        if closed:
+            return
+        closed.append(done)
+        if not done:
+            server.engine.cancel(ticket)
+            server.cancelled += 1
+        server.in_flight -= 1
+    return close
+
+
+async def _whole(server: Server, request: Request, kind: str, rid: str, ticket, queue: asyncio.Queue, loop):
+    """The whole response once the engine is done; a client gone meanwhile cancels the request (499)."""
+    try:
+        thinking, answer = TextStream(server.tok), TextStream(server.tok)
+        check_at = loop.time() + DISCONNECT_POLL_S
+        while True:
+            try:   # updates come every step: look for a gone client on a clock, not on a quiet queue
+                upd = await asyncio.wait_for(queue.get(), max(0.0, check_at - loop.time()))
+            except asyncio.TimeoutError:
+                upd = None
+            if loop.time() >= check_at:
+                if await request.is_disconnected():
+                    server.engine.cancel(ticket)
+                    server.cancelled += 1
+                    return JSONResponse({}, status_code=499)
+                check_at = loop.time() + DISCONNECT_POLL_S
+            if upd is None:
+                continue
+            if upd.error:
+                raise api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
+                                   type="server_error")
+            thinking.ids.extend(upd.thinking)
+            answer.ids.extend(upd.answer)
+            if upd.done:
+                server.served += 1
+                return api.response(kind, rid, server.model_name, thinking.text(), answer.text(), upd.result,
+                                    server.tok.decode(upd.result["forced_end_ids"], skip_special_tokens=False))
+    except asyncio.CancelledError:
+        server.engine.cancel(ticket)
+        server.cancelled += 1
+        raise
+    finally:
+        server.in_flight -= 1
+
+
+async def _stream(server: Server, job: api.Job, rid: str, queue: asyncio.Queue, close):
+    """Server-sent events: reasoning and answer deltas, the last chunk with the forcing report, [DONE]."""
+    def event(obj: dict) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    done = False
+    try:
+        thinking, answer = TextStream(server.tok), TextStream(server.tok)
+        yield event(api.chunk(job.kind, rid, server.model_name, first=True))
+        while True:
+            upd = await queue.get()
+            if upd.error:
+                done = True
+                yield event(api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
+                                         type="server_error").body())
+                break
+            t, a = thinking.push(upd.thinking, upd.done), answer.push(upd.answer, upd.done)
+            if t or a:
+                yield event(api.chunk(job.kind, rid, server.model_name, thinking=t, answer=a))
+            if upd.done:
+                done = True
+                server.served += 1
+                last = api.chunk(job.kind, rid, server.model_name, finish=api.finish_reason(upd.result))
+                last["budget_forcing"] = api.forcing_report(upd.result, server.tok.decode(
+                    upd.result["forced_end_ids"], skip_special_tokens=False))
+                yield event(last)
+                if job.include_usage:
+                    tail = api.chunk(job.kind, rid, server.model_name)
+                    tail["choices"], tail["usage"] = [], api.usage(upd.result)
+                    yield event(tail)
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        # A client that went away mid-stream ends up here too (the generator is closed or cancelled).
+        close(done)
