@@ -36,7 +36,7 @@ def block_terms(model, tokens: int) -> dict:
     saved activations without and with checkpointing, the block-backward transient (activations only: the
     FSDP gather and gradient terms are the part at 0 tokens), and the loss phase less the gathered lm_head and
     the fused loss's chunk buffers (``chunk_buffers``: inside the kernel, where a tracker cannot see them)."""
-    from s1fast_kernels.cross_entropy_op import _default_chunk
+    from s1fast_kernels.linear_cross_entropy_op import _default_chunk
     s, A = model_shape(model), Assumptions()
 
     def m(t, k):

@@ -11,8 +11,8 @@ import types
 
 import torch
 
-KERNELS = {"cross_entropy_op": ["_matmul_kernel", "_logits_stats_kernel", "_ce_rows_kernel", "_logits_grad_kernel",
-                                "_ce_grad_tile_kernel"],
+KERNELS = {"matmul_tiles": ["_matmul_kernel"], "linear_cross_entropy_op": ["_logits_stats_kernel", "_logits_grad_kernel"],
+           "cross_entropy_op": ["_ce_rows_kernel", "_ce_grad_tile_kernel"],  # targets.py: a 1-D grid of cdiv(n, 1024)
            "rms_norm_op": ["_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel"],
            "rope_op": ["_rope_kernel"], "swiglu_op": ["_swiglu_fwd_kernel", "_swiglu_bwd_kernel"]}
 H100_SMS = 132
@@ -41,7 +41,8 @@ def main(shapes: list[dict]) -> list[dict]:
             setattr(mods[m], n, Recorder(n))
     torch.cuda.get_device_properties = lambda *_: types.SimpleNamespace(multi_processor_count=H100_SMS)
     torch.Tensor.is_cuda = property(lambda self: True)  # this process only: the GPU branches, on meta tensors
-    ce, rms, rope, sw = (mods[m] for m in ("cross_entropy_op", "rms_norm_op", "rope_op", "swiglu_op"))
+    ce, lce, rms, rope, sw = (mods[m] for m in ("cross_entropy_op", "linear_cross_entropy_op", "rms_norm_op",
+                                                 "rope_op", "swiglu_op"))
     dev, bf = "meta", torch.bfloat16
     if True:
         for s in shapes:
@@ -65,13 +66,13 @@ def main(shapes: list[dict]) -> list[dict]:
             weight = torch.empty(v, h, dtype=bf, device=dev)
             tgt = torch.empty(n, dtype=torch.long, device=dev)
             for low in (False, True):
-                args = ce.prepare_linear_ce(hid, weight, tgt, None, ignore_index=-100, label_smoothing=0.0,
+                args = lce.prepare_linear_ce(hid, weight, tgt, None, ignore_index=-100, label_smoothing=0.0,
                                             z_loss=0.0, softcap=None, reduction="sum", token_weight=None,
                                             normalizer=None, chunk_size=None, low_memory=low)
                 hh, ww, bb, tt, we, cfg, want, chunk = args
-                _, lse, *_ = ce._linear_ce_chunks(hh, ww, bb, tt, we, cfg, True, chunk, (True, not low, False))
+                _, lse, *_ = lce._linear_ce_chunks(hh, ww, bb, tt, we, cfg, True, chunk, (True, not low, False))
                 if low:
-                    ce._linear_ce_dweight(hh, ww, bb, tt, we, lse, cfg, chunk)
+                    lce._linear_ce_dweight(hh, ww, bb, tt, we, lse, cfg, chunk)
             logits = torch.empty(n, v, dtype=bf, device=dev)  # the plain cross-entropy on given logits
             ce._ce_rows(logits, tgt, torch.empty(n, dtype=torch.float32, device=dev),
                         dict(ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="sum",
