@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     record(check_collate(a.device))
     base = ["--preset", "tiny", "--max-tokens", "128" if a.small else "512", "--global-batch", "2" if a.small else "8",
             "--max-steps", "2" if a.small else "6", "--lr", "2e-3"]
-    train_backends = ["sdpa"] if not cuda else [b for b in backends if b in ("flash", "varlen", "flex")]
+    train_backends = ["sdpa"] if not cuda else [b for b in backends if b in ("flash", "varlen", "flex", "triton")]
     record(check_training(a.device, train_backends, base, a.train_timeout,
                           compile_backend=None if a.small else (train_backends or ["sdpa"])[0]))
     record(check_generation(a.device, max_thinking=8 if a.small else 64))

@@ -44,7 +44,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
 
 # ---------------------------------------------------------------------------------------------- the stages
 # name and time cap in seconds, in order of importance
-STAGES=("install 120" "kernel_tests 75" "correctness 140" "kernels 100" "throughput 200")
+STAGES=("install 120" "kernel_tests 75" "correctness 140" "kernels 100" "attention 60" "throughput 200")
 
 stage_install() {
   if [ -n "$WHEELS" ]; then
@@ -126,6 +126,12 @@ print(f"kernels.json: {len(merged['benchmarks'])} benchmarks after {name}")
 PY
   done
   return $rc
+}
+
+stage_attention() {
+  # the packed-attention backends (triton, varlen, flash where installed, flex, sdpa_doc) at s1's shapes
+  local dry=(); [ "$DRY" = 1 ] && dry=(--dry-run --lengths 3,20 --backends triton,sdpa_doc)
+  "$PY" -m bench.bench_attention --json "$OUT/attention.json" "${dry[@]}"
 }
 
 stage_throughput() {

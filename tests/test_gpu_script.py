@@ -15,7 +15,7 @@ SCRIPT = os.path.join(ROOT, "bench", "run_gpu.sh")
 NODE_HAS = {"torch", "triton", "transformers", "safetensors", "numpy", "pytest", "pytest-benchmark", "hypothesis",
             "matplotlib", "tqdm", "ninja", "pyarrow", "sympy"}
 STAGE_FILES = {"install": "environment.json", "kernel_tests": "kernel_tests.txt", "correctness": "correctness.json",
-               "kernels": "kernels.json", "throughput": "throughput.json"}
+               "kernels": "kernels.json", "attention": "attention.json", "throughput": "throughput.json"}
 
 
 def _env(**kw):
