@@ -144,14 +144,14 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got '{s}'")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node N -m s1fast.train",
-        description="Train a reasoning model by distillation (s1 / s1.1 / Sky-T1 recipes) with FSDP2.\n"
-                    f"Presets: {', '.join(PRESETS)}. Any flag overrides the preset's value.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="", choices=[""] + list(PRESETS), help="starting values (docs/recipe.md)")
-    for f in fields(TrainConfig):
+def dataclass_parser(cls, *, prog: str, description: str, presets: dict, choices: dict,
+                     preset_help: str = "starting values") -> argparse.ArgumentParser:
+    """A command line with one ``--flag`` per field of the config dataclass ``cls`` (underscores become dashes)
+    and ``--preset NAME``; a flag not given is absent, so the preset's value (or the field's default) stays."""
+    ap = argparse.ArgumentParser(prog=prog, description=f"{description}\nPresets: {', '.join(presets)}. Any flag "
+                                 "overrides the preset's value.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="", choices=[""] + list(presets), help=preset_help)
+    for f in fields(cls):
         if f.name == "preset":
             continue
         kw = dict(help=f"{f.metadata.get('help', '')} [default: {f.default!r}]", default=argparse.SUPPRESS)
@@ -159,10 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
             kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         else:
             kw["type"] = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-        if f.name in CHOICES:
-            kw["choices"] = CHOICES[f.name]
+        if f.name in choices:
+            kw["choices"] = choices[f.name]
         ap.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
     return ap
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return dataclass_parser(TrainConfig, prog="torchrun --nproc_per_node N -m s1fast.train",
+                            description="Train a reasoning model by distillation (s1 / s1.1 / Sky-T1 recipes) with FSDP2.",
+                            presets=PRESETS, choices=CHOICES, preset_help="starting values (docs/recipe.md)")
 
 
 def parse_config(argv=None) -> TrainConfig:

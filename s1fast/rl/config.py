@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from ..config import ConfigError, _bool
+from ..config import ConfigError, dataclass_parser
 
 
 @dataclass
@@ -109,24 +109,9 @@ CHOICES = {"adv_scale": ("std", "none"), "norm": ("token", "sequence", "constant
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node N -m s1fast.rl",
-        description="Improve a reasoning model by reinforcement learning with verifiable rewards (GRPO).\n"
-                    f"Presets: {', '.join(PRESETS)}. Any flag overrides the preset's value.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="", choices=[""] + list(PRESETS), help="starting values")
-    for f in fields(RLConfig):
-        if f.name == "preset":
-            continue
-        kw = dict(help=f"{f.metadata.get('help', '')} [default: {f.default!r}]", default=argparse.SUPPRESS)
-        if f.type in ("bool", bool):
-            kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
-        else:
-            kw["type"] = {"int": int, "float": float}.get(str(f.type), str)
-        if f.name in CHOICES:
-            kw["choices"] = CHOICES[f.name]
-        ap.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
-    return ap
+    return dataclass_parser(RLConfig, prog="torchrun --nproc_per_node N -m s1fast.rl",
+                            description="Improve a reasoning model by reinforcement learning with verifiable rewards "
+                                        "(GRPO).", presets=PRESETS, choices=CHOICES)
 
 
 def parse_config(argv=None) -> RLConfig:
