@@ -117,6 +117,20 @@ def _flce_inputs():
     return h, w, t
 
 
+def _with_gemm(gemm: str):
+    """s1fast's fused loss with its chunk GEMMs through ``gemm`` (linear_cross_entropy_op.GEMM)."""
+    import s1fast_kernels
+    import s1fast_kernels.linear_cross_entropy_op as ce
+
+    def run(h, w, t):
+        old, ce.GEMM = ce.GEMM, gemm
+        try:
+            return s1fast_kernels.fused_linear_cross_entropy(h, w, t)
+        finally:
+            ce.GEMM = old
+    return run
+
+
 def _flce_impls():
     import s1fast_kernels
     from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference
@@ -128,6 +142,7 @@ def _flce_impls():
         s1fast_kernels.fused_linear_cross_entropy, plain,
         lambda lf: lambda h, w, t: lf.liger_fused_linear_cross_entropy(h, w, t, ignore_index=-100),
         **{"s1fast low_memory": lambda h, w, t: s1fast_kernels.fused_linear_cross_entropy(h, w, t, low_memory=True),
+           "s1fast cublas": _with_gemm("cublas"),
            "s1fast reference (unfused)": fused_linear_cross_entropy_reference})
     if hasattr(torch.nn.functional, "linear_cross_entropy"):
         impls["F.linear_cross_entropy"] = lambda h, w, t: torch.nn.functional.linear_cross_entropy(
@@ -136,7 +151,7 @@ def _flce_impls():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("impl", ["s1fast", "s1fast low_memory", "pytorch", "torch.compile", "F.linear_cross_entropy",
+@pytest.mark.parametrize("impl", ["s1fast", "s1fast low_memory", "s1fast cublas", "pytorch", "torch.compile", "F.linear_cross_entropy",
                                   "liger"])
 def test_fused_linear_cross_entropy(benchmark, impl, mode):
     _bench(benchmark, _flce_impls(), impl, _flce_inputs, mode)

@@ -13,17 +13,21 @@
 #   throughput   one-GPU training at the Qwen2.5-7B shape, 32768-token packs, --checkpoint-budget-gb -1:
 #                tokens/s, MFU, peak vs the memory model (bench/gpu_throughput.py)  -> throughput.json
 # --dry-run runs the same stages at toy sizes with the CPU stand-ins (CI runs it; nothing is installed).
+# --stages a,b:CAP,... runs those stages only, in that order, each under its own cap or CAP seconds. --no-build installs the
+# wheels but not s1fast's CUDA extension (saves ~80 s; the native collate/packer tests are then left out).
 # To add a stage: write stage_NAME below and add "NAME CAP_SECONDS" to STAGES.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: bash bench/run_gpu.sh [--dry-run] [--wheels DIR] OUT_DIR   (see the header of this file)"; }
-DRY=0 WHEELS="" OUT=""
+usage() { echo "usage: bash bench/run_gpu.sh [--dry-run] [--wheels DIR] [--stages a,b] [--no-build] OUT_DIR   (see the header of this file)"; }
+DRY=0 WHEELS="" OUT="" ONLY="" NO_BUILD=0
 CMDLINE="bash bench/run_gpu.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --wheels) [ $# -ge 2 ] || { echo "error: --wheels needs a folder" >&2; exit 2; }; WHEELS="$2"; shift ;;
+    --stages) [ $# -ge 2 ] || { echo "error: --stages needs a comma-separated list" >&2; exit 2; }; ONLY="$2"; shift ;;
+    --no-build) NO_BUILD=1 ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "error: unknown option $1; $(usage)" >&2; exit 2 ;;
     *) [ -z "$OUT" ] || { echo "error: one OUT_DIR only (got $OUT and $1)" >&2; exit 2; }; OUT="$1" ;;
@@ -35,7 +39,7 @@ done
 mkdir -p "$OUT" || { echo "error: cannot create $OUT" >&2; exit 2; }
 OUT="$(cd "$OUT" && pwd)"
 PY="${PYTHON:-python}"
-export DRY WHEELS OUT PY CMDLINE
+export DRY WHEELS OUT PY CMDLINE NO_BUILD
 TOTAL_S="${S1FAST_GPU_TOTAL_S:-530}"   # the whole script; 9 minutes less a margin
 SCALE=1; [ "$DRY" = 1 ] && SCALE="${S1FAST_DRY_CAP_SCALE:-4}"  # a shared CPU box is slow: dry-run caps x4
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -45,6 +49,18 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
 # ---------------------------------------------------------------------------------------------- the stages
 # name and time cap in seconds, in order of importance
 STAGES=("install 120" "kernel_tests 75" "correctness 140" "kernels 100" "attention 60" "throughput 200")
+if [ -n "$ONLY" ]; then
+  picked=()
+  for item in ${ONLY//,/ }; do  # NAME or NAME:CAP_SECONDS
+    name="${item%%:*}" hit=""
+    for e in "${STAGES[@]}"; do [ "${e%% *}" = "$name" ] && hit="$e"; done
+    [ -n "$hit" ] || { echo "error: --stages: no stage named '$name' (stages: ${STAGES[*]%% *})" >&2; exit 2; }
+    [ "$item" = "$name" ] || hit="$name ${item#*:}"
+    [[ "${hit#* }" =~ ^[0-9]+$ ]] || { echo "error: --stages: '$item' is not NAME or NAME:SECONDS" >&2; exit 2; }
+    picked+=("$hit")
+  done
+  STAGES=("${picked[@]}")
+fi
 
 stage_install() {
   if [ -n "$WHEELS" ]; then
@@ -59,6 +75,9 @@ stage_install() {
   fi
   if [ "$DRY" = 1 ]; then
     echo "dry run: s1fast is used from this checkout as built"
+  elif [ "$NO_BUILD" = 1 ]; then
+    echo "--no-build: s1fast is used from this checkout without its native extension"
+    [ -e s1fast_kernels ] || ln -s triton_kernels s1fast_kernels
   else
     # an editable install; failing that (no pip build support), the extension built in place
     MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-index --no-build-isolation --no-deps -e . \
@@ -66,7 +85,7 @@ stage_install() {
     [ -e s1fast_kernels ] || "$PY" -c "import s1fast_kernels" 2>/dev/null || ln -s triton_kernels s1fast_kernels
   fi
   "$PY" - "$OUT/environment.json" "$CMDLINE" <<'PY' || return 1
-import json, sys, torch
+import json, os, sys, torch
 from bench.env import environment
 import s1fast._native as native, s1fast_kernels  # noqa: F401
 env = environment(sys.argv[2])
@@ -79,16 +98,21 @@ env["native_cuda_collate"] = bool(native.available() and hasattr(torch.ops.s1fas
 json.dump(env, open(sys.argv[1], "w"), indent=1)
 print(f"installed: torch {torch.__version__} (CUDA {torch.version.cuda}), devices {env['cuda']['devices']}, "
       f"native extension {'ok' if env['native_extension'] else 'MISSING'}")
-if not native.available():
+if not native.available() and os.environ.get("NO_BUILD") != "1":
     sys.exit("s1fast._C did not build/import")
 PY
 }
 
 stage_kernel_tests() {
   local files=(tests/test_kernel_*.py tests/test_packing_collate.py tests/test_native.py tests/test_model_attention.py)
-  local sel=()
+  local sel=() par=()
+  [ "$NO_BUILD" = 1 ] && files=(tests/test_kernel_*.py tests/test_model_attention.py)
   [ "$DRY" = 1 ] && files=(tests/test_packing_collate.py) && sel=(-k "empty or errors")  # the plumbing only
-  "$PY" -m pytest -q -rfEs -p no:cacheprovider "${files[@]}" "${sel[@]}" > "$OUT/kernel_tests.txt" 2>&1
+  # in parallel where pytest-xdist is installed (each test compiles its kernels: the CPUs are the bottleneck);
+  # -v names each test as it ends, so a stage cut short still shows what passed and what failed
+  [ "$DRY" = 1 ] || ! "$PY" -c "import xdist" 2>/dev/null || par=(-n "$(( $(nproc) < 12 ? $(nproc) : 12 ))")
+  "$PY" -m pytest -v -rfEs --tb=short -p no:cacheprovider "${par[@]}" "${files[@]}" "${sel[@]}" \
+    > "$OUT/kernel_tests.txt" 2>&1
   local rc=$?
   tail -3 "$OUT/kernel_tests.txt"
   return $rc
@@ -102,6 +126,7 @@ stage_correctness() {
 stage_kernels() {
   # one pytest run per kernel, merged into kernels.json after each: a run cut short keeps what it finished
   local k rc=0 tmp="$OUT/.kernels_part.json" kernels=(fused_linear_cross_entropy rope rms_norm swiglu)
+  [ -z "${S1FAST_GPU_KERNELS:-}" ] || IFS=';' read -r -a kernels <<< "$S1FAST_GPU_KERNELS"  # -k expressions
   [ "$DRY" = 1 ] && kernels=(swiglu)  # all skipped on a CPU: one run shows the plumbing
   for k in "${kernels[@]}"; do
     if [ "$DRY" = 1 ]; then

@@ -84,6 +84,23 @@ def test_fused_linear_ce_triton_matches_float64(dtype, opt, low_memory, monkeypa
     _compare(f"flce[triton] {opt} {extra}", hid, w, b, t, tw, kw, chunk_size=32, **extra)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("opt", ["mean", "sum+weights+bias+smoothing+zloss+softcap"])
+def test_fused_linear_ce_cublas_gemms_match_float64(dtype, opt, monkeypatch):
+    """The GEMM = "cublas" chunk loop (torch.mm/addmm with fp32 outputs, then the row kernel): on a CPU the
+    cuBLAS calls are stood in by fp32 matmuls, so the loop's slicing, bias and accumulation are what is tested
+    here; on a GPU (no stand-in) the real cuBLAS calls run."""
+    monkeypatch.setattr(ce, "GEMM", "cublas")
+    if not torch.cuda.is_available():
+        def mm_f32(a, b, out, accumulate=False):
+            r = a.float() @ b.float()
+            out.add_(r) if accumulate else out.copy_(r)
+        monkeypatch.setattr(ce, "_use_cublas", lambda h: True)
+        monkeypatch.setattr(ce, "_mm_f32", mm_f32)
+    hid, w, b, t, tw, kw = _inputs(93, 40, 611, dtype, OPTIONS[opt])
+    _compare(f"flce[cublas] {opt}", hid, w, b, t, tw, kw, chunk_size=32)
+
+
 @pytest.mark.parametrize("low_memory", [False, True], ids=["fast", "low_memory"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("opt", ["mean", "sum+weights+bias+smoothing+zloss+softcap", "none+weights"])

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ._runtime import INTERPRET, _full, use_triton
 from .cross_entropy_op import (_check_args, _dlogits, _dlogits_torch, _effective_weights, _grad_tile_triton,
-                               _row_loss, _rows_torch, _scale_, _tanh)
+                               _row_loss, _rows_torch, _rows_triton, _scale_, _tanh)
 from .matmul_tiles import _logits_tile, _matmul_kernel, _mm, mm_config
 from .targets import check_targets
 
@@ -144,7 +144,11 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         hc = h[s:e]
-        if triton_path:
+        if triton_path and _use_cublas(h):
+            _chunk_cublas(hc, weight, bias, z_buf[: e - s], g_buf[: e - s], target[s:e], w[s:e], loss[s:e],
+                          lse[s:e], cfg, want_grad, dh[s:e] if need_dh else None, dw if need_dw else None)
+            g = g_buf[: e - s]
+        elif triton_path:
             z, g = z_buf[: e - s], g_buf[: e - s]
             _logits_rows_triton(hc, weight, bias, z, g, target[s:e], w[s:e], loss[s:e], lse[s:e], stats, cfg,
                                 want_grad)
@@ -164,6 +168,36 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
         if db is not None:
             db += g.sum(0, dtype=torch.float32)
     return loss, lse, dh, dw, db
+
+
+# Which GEMMs the chunk loop uses on a GPU: "triton" (the logits GEMM with the row statistics in its epilogue,
+# dh and dW through ``matmul_tiles``) or "cublas" (torch.mm/addmm with fp32 outputs, then the row kernel of
+# cross_entropy_op). The GPU benchmark times both (bench/bench_kernels.py); the default follows its result.
+GEMM = "triton"
+
+
+def _use_cublas(h: torch.Tensor) -> bool:
+    return GEMM == "cublas" and h.is_cuda
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> None:
+    """out (+)= a @ b in fp32 from bf16/fp16 operands through cuBLAS (aten mm/addmm with ``out_dtype``)."""
+    if accumulate:
+        torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+    else:
+        torch.mm(a, b, out_dtype=torch.float32, out=out)
+
+
+def _chunk_cublas(hc, weight, bias, z, g, target, w, loss, lse, cfg, want_grad, dh, dw):
+    """One chunk with cuBLAS GEMMs: z = hc W^T (fp32), the row kernel's loss, lse and dz, then dh and dW."""
+    _mm_f32(hc, weight.t(), z)
+    if bias is not None:
+        z += bias
+    _rows_triton(z, g, target, w, loss, lse, cfg, want_grad)
+    if dh is not None:
+        torch.mm(g, weight, out=dh)
+    if dw is not None:
+        _mm_f32(g.t(), hc, dw, accumulate=True)
 
 
 # The low-memory backward's row tile: at most this many tokens per dW tile (tests lower it to reach the
