@@ -200,6 +200,14 @@ def main(argv=None) -> int:
     from s1fast import attention as attn
     usable = attn.available_backends(device) + (["triton"] if not gpu else [])
     rows = []
+
+    def save():  # after every backend, so a run cut short keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"environment": env, "shape": dict(hq=shape[0], hk=shape[1], head_dim=shape[2],
+                                                             dtype=str(dtype)),
+                           "projected": {_label(s): projected_rows(s) for s in (args.lengths or SCENARIOS)},
+                           "measured" if gpu else "cpu_smoke": rows}, f, indent=1)
     for lengths in scenarios:
         first = None
         for b in args.backends.split(","):
@@ -216,13 +224,9 @@ def main(argv=None) -> int:
             out = r.pop("_out")
             first = out if first is None else first
             rows.append(dict(documents=label, backend=b, **r))
+            save()
     print(measured_table(rows, device))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "shape": dict(hq=shape[0], hk=shape[1], head_dim=shape[2],
-                                                         dtype=str(dtype)),
-                       "projected": {_label(s): projected_rows(s) for s in (args.lengths or SCENARIOS)},
-                       "measured" if gpu else "cpu_smoke": rows}, f, indent=1)
+    save()
     return 0
 
 

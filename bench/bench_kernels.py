@@ -4,6 +4,7 @@ and Liger-Kernel (where installed).
 
     pytest bench/bench_kernels.py --benchmark-columns=median,min,max --benchmark-json=bench/kernels.json
     S1FAST_BENCH_TOKENS=8192 pytest bench/bench_kernels.py      # smaller token count
+    S1FAST_BENCH_ROUNDS=5 pytest bench/bench_kernels.py         # fewer timed rounds (run_gpu.sh's choice)
 
 Shapes (Qwen2.5-32B, 32768-token packs): fused linear CE N=32768, H=5120, V=152064; RoPE 40/8 heads,
 head_dim 128; RMSNorm [N, 5120]; SwiGLU [N, 27648]; all bf16. Each benchmark records the peak CUDA
@@ -29,6 +30,7 @@ _QWEN32 = CONFIGS["Qwen2.5-32B-Instruct"]
 HIDDEN, VOCAB, INTER = _QWEN32.hidden_size, _QWEN32.vocab_size, _QWEN32.intermediate_size
 HQ, HK, HEAD_DIM = _QWEN32.num_heads, _QWEN32.num_kv_heads, _QWEN32.head_dim
 MODES = ["forward", "backward", "full"]
+ROUNDS = int(os.environ.get("S1FAST_BENCH_ROUNDS", 10))  # timed rounds per benchmark, after one warm-up
 
 
 def _env(benchmark, command="pytest bench/bench_kernels.py"):
@@ -76,7 +78,7 @@ def _run(benchmark, make_inputs, fn, mode):
                 with torch.no_grad():
                     fn(*inputs)
                 torch.cuda.synchronize()
-            benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+            benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
         elif mode == "full":
             def step():
                 scalar(fn(*inputs)).backward()
@@ -84,7 +86,7 @@ def _run(benchmark, make_inputs, fn, mode):
                     if isinstance(t, torch.Tensor):
                         t.grad = None
                 torch.cuda.synchronize()
-            benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+            benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
         else:
             def setup():
                 for t in inputs:
@@ -97,7 +99,7 @@ def _run(benchmark, make_inputs, fn, mode):
             def step(loss):
                 loss.backward()
                 torch.cuda.synchronize()
-            benchmark.pedantic(step, setup=setup, rounds=10, warmup_rounds=2)
+            benchmark.pedantic(step, setup=setup, rounds=ROUNDS, warmup_rounds=1)
     except torch.OutOfMemoryError as e:
         benchmark.extra_info["result"] = f"out of memory: {str(e)[:200]}"
         pytest.xfail(f"{fn} ran out of GPU memory at these shapes (recorded)")
@@ -142,7 +144,7 @@ def _flce_impls():
         s1fast_kernels.fused_linear_cross_entropy, plain,
         lambda lf: lambda h, w, t: lf.liger_fused_linear_cross_entropy(h, w, t, ignore_index=-100),
         **{"s1fast low_memory": lambda h, w, t: s1fast_kernels.fused_linear_cross_entropy(h, w, t, low_memory=True),
-           "s1fast cublas": _with_gemm("cublas"),
+           "s1fast triton-gemm": _with_gemm("triton"),
            "s1fast reference (unfused)": fused_linear_cross_entropy_reference})
     if hasattr(torch.nn.functional, "linear_cross_entropy"):
         impls["F.linear_cross_entropy"] = lambda h, w, t: torch.nn.functional.linear_cross_entropy(
@@ -151,7 +153,7 @@ def _flce_impls():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("impl", ["s1fast", "s1fast low_memory", "s1fast cublas", "pytorch", "torch.compile", "F.linear_cross_entropy",
+@pytest.mark.parametrize("impl", ["s1fast", "s1fast low_memory", "s1fast triton-gemm", "pytorch", "torch.compile", "F.linear_cross_entropy",
                                   "liger"])
 def test_fused_linear_cross_entropy(benchmark, impl, mode):
     _bench(benchmark, _flce_impls(), impl, _flce_inputs, mode)

@@ -185,7 +185,7 @@ for name in launches:
 for attention, out in json.loads(sys.argv[1]):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(k, None)  # a fresh group of one for each run
-    rc = train.main(["--preset", "tiny", "--max-tokens", "96", "--global-batch", "2", "--max-steps", "3",
+    rc = train.main(["--preset", "tiny", "--device", "cpu", "--dtype", "fp32", "--max-tokens", "96", "--global-batch", "2", "--max-steps", "3",
                      "--progress", "false", "--export", "false", "--plot", "false", "--save-every", "0",
                      "--attention", attention, "--output-dir", out])
     assert rc == 0, (attention, rc)

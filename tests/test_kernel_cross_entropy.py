@@ -79,6 +79,7 @@ def _low_memory_tiles(monkeypatch, dtype, low_memory, rows):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("opt", list(OPTIONS))
 def test_fused_linear_ce_triton_matches_float64(dtype, opt, low_memory, monkeypatch):
+    monkeypatch.setattr(ce, "GEMM", "triton")  # the Triton GEMM tiles (on a GPU the default is cuBLAS)
     hid, w, b, t, tw, kw = _inputs(93, 40, 611, dtype, OPTIONS[opt])
     extra = _low_memory_tiles(monkeypatch, dtype, low_memory, 40)
     _compare(f"flce[triton] {opt} {extra}", hid, w, b, t, tw, kw, chunk_size=32, **extra)

@@ -10,7 +10,7 @@ import triton.language as tl
 from s1fast_kernels import cross_entropy, fused_linear_cross_entropy
 from s1fast_kernels.cross_entropy_op import _tanh
 from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
-from kernel_testing import have_cuobjdump
+from kernel_testing import KERNEL_DEVICE, have_cuobjdump
 
 V, H, N = 10, 8, 7
 
@@ -39,6 +39,39 @@ def test_target_outside_vocab_raises_a_clear_error(path, bad, monkeypatch):
     assert torch.isfinite(fused_linear_cross_entropy(h, w, t)) and torch.isfinite(cross_entropy(h @ w.t(), t))
 
 
+GPU_ASSERT_DRIVER = """
+import sys, torch
+from s1fast_kernels.targets import CHECK_BLOCK, _check_targets_kernel
+t = torch.tensor([0, int(sys.argv[1]), 1], device="cuda")
+_check_targets_kernel[(1,)](t, 3, %d, -100, BLOCK=CHECK_BLOCK)
+torch.cuda.synchronize()
+print("no assert")
+""" % V
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a real device assert needs a CUDA GPU (the "
+                    "interpreter's version of this check is the test below)")
+def test_target_check_kernel_asserts_on_a_gpu():
+    """On a GPU the check's device assert stops the process (a fresh one: the CUDA context is lost) and names
+    the rule; a valid target passes."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    env.pop("TRITON_INTERPRET", None)
+    for bad, fails in ((12, True), (-5, True), (3, False)):
+        p = subprocess.run([sys.executable, "-c", GPU_ASSERT_DRIVER, str(bad)], env=env, capture_output=True,
+                           text=True, timeout=120)
+        out = p.stdout + p.stderr
+        if fails:
+            assert p.returncode != 0 and "outside [0, vocab)" in out, (bad, p.returncode, out[-2000:])
+        else:
+            assert p.returncode == 0 and "no assert" in out, (bad, out[-2000:])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's debug option: this machine has a GPU, "
+                    "where test_target_check_kernel_asserts_on_a_gpu runs the real assert")
 def test_target_check_kernel_asserts_on_the_device(monkeypatch):
     """The GPU path's check is a device assert; the interpreter honours it once its options enable debug."""
     from triton.runtime import interpreter
@@ -103,9 +136,10 @@ def _tanh_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
 def test_softcap_tanh_matches_float64_over_its_range():
     """The kernel's tanh over |x| in [1e-6, 20] and 0: within 2 fp32 ulps of float64 (relative)."""
     mag = torch.logspace(-6, 1.3, 200, dtype=torch.float64)
-    x = torch.cat([mag, -mag, torch.zeros(1, dtype=torch.float64)]).float()
+    x = torch.cat([mag, -mag, torch.zeros(1, dtype=torch.float64)]).float().to(KERNEL_DEVICE)
     y = torch.empty_like(x)
     _tanh_kernel[(1,)](x, y, x.numel(), BLOCK=512)
+    x, y = x.cpu(), y.cpu()
     ref = torch.tanh(x.double())
     rel = ((y.double() - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
     assert rel <= 2 * 2.0 ** -23, rel

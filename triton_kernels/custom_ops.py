@@ -108,8 +108,8 @@ def _rope_launch(q, k, cos, sin, pos, backward):
 
 @torch.library.custom_op(f"{NS}::rope", mutates_args=())
 def _rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    rope_op._check(q, k, cos, sin, position_ids, kernel=use_triton(q))
     if use_triton(q):
-        rope_op._check(q, k, cos, sin, position_ids)
         return _rope_launch(q, k, cos, sin, position_ids, backward=False)
     return rope_op.rope_reference(q, k, cos, sin, position_ids)
 

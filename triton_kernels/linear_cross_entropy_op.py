@@ -170,10 +170,11 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     return loss, lse, dh, dw, db
 
 
-# Which GEMMs the chunk loop uses on a GPU: "triton" (the logits GEMM with the row statistics in its epilogue,
-# dh and dW through ``matmul_tiles``) or "cublas" (torch.mm/addmm with fp32 outputs, then the row kernel of
-# cross_entropy_op). The GPU benchmark times both (bench/bench_kernels.py); the default follows its result.
-GEMM = "triton"
+# Which GEMMs the chunk loop uses on a GPU: "cublas" (torch.mm/addmm with fp32 outputs, then the row kernel of
+# cross_entropy_op) or "triton" (the logits GEMM with the row statistics in its epilogue, dh and dW through
+# matmul_tiles). cuBLAS is the default: it was measured faster on an H200 at s1's shape (bench/RESULTS.md);
+# both are tested against float64 on the GPU.
+GEMM = "cublas"
 
 
 def _use_cublas(h: torch.Tensor) -> bool:

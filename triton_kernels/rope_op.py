@@ -186,7 +186,8 @@ class RoPEFunction(torch.autograd.Function):
         return dqo, dko, None, None, None, None
 
 
-def _check(q, k, cos, sin, position_ids) -> None:
+def _check(q, k, cos, sin, position_ids, kernel: bool) -> None:
+    """Shapes on every path (so an error reads the same on a GPU box and off it); strides for the kernel."""
     lead = q.shape[:-2]
     if q.dim() not in (3, 4) or k.dim() != q.dim() or k.shape[:-2] != lead or k.shape[-1] != q.shape[-1]:
         raise ValueError(f"rope: q {tuple(q.shape)} and k {tuple(k.shape)} must both be [T, H, D] or "
@@ -199,15 +200,16 @@ def _check(q, k, cos, sin, position_ids) -> None:
         raise ValueError(f"rope: cos {tuple(cos.shape)} / sin {tuple(sin.shape)} must be equal "
                          f"[max_positions, rotary_dim] tables with an even rotary_dim <= head_dim "
                          f"{q.shape[-1]}")
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride(-1) != 1:
+    if kernel and any(t.stride(-1) != 1 for t in (q, k, cos, sin)):
         raise ValueError("rope: the head_dim of q, k, cos and sin must be contiguous (stride 1)")
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
          position_ids: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``q`` and ``k`` by the angles of ``position_ids`` (layouts in the module docstring)."""
-    if use_triton(q) and position_ids.numel() > 0:
-        _check(q, k, cos, sin, position_ids)
+    kernel = use_triton(q) and position_ids.numel() > 0
+    _check(q, k, cos, sin, position_ids, kernel)
+    if kernel:
         pos = position_ids.reshape(-1)
         return RoPEFunction.apply(q, k, cos, sin, pos if pos.is_contiguous() else pos.contiguous(), inplace)
     qo, ko = rope_reference(q, k, cos, sin, position_ids)
