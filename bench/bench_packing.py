@@ -105,7 +105,7 @@ def plan_from_packs(packs: list, lengths: np.ndarray, accum: int = 1, seed: int 
                 order.extend(chunk[j] if j < len(chunk) else [])
                 offsets.append(len(order))
     a = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-    plan = Plan(world_size=W, max_tokens=T, global_batch=G, epochs=1, seed=seed, mode="packs",
+    plan = Plan(world_size=W, micro_tokens=T, global_batch=G, epochs=1, seed=seed, mode="packs",
                 weighting="token", group_window=1, tolerance=0.0, accum=accum, cost=DEFAULT_COST, lengths=lengths,
                 supervised=lengths - 1, order=a(order), micro_offsets=a(offsets), step_micro=a(step_micro),
                 step_epoch=a([0] * len(step_micro)), backend="baseline")
@@ -114,7 +114,7 @@ def plan_from_packs(packs: list, lengths: np.ndarray, accum: int = 1, seed: int 
 
 
 def s1fast_plan(lengths, backend="native", mode="balanced", **kw):
-    return make_plan(lengths, lengths - 1, world_size=W, max_tokens=T, global_batch=G, epochs=1, mode=mode,
+    return make_plan(lengths, lengths - 1, world_size=W, micro_tokens=T, global_batch=G, epochs=1, mode=mode,
                      backend=backend, **kw)
 
 
@@ -218,7 +218,7 @@ def window_tradeoff():
     print("|---|---|---|---|---|---|")
     for name in ("s1k", "s1k-1.1"):
         L = np.loadtxt(os.path.join(DATA, f"{name}_lengths_derived.txt")).astype(np.int64)
-        kw = dict(world_size=W, max_tokens=T, global_batch=G, epochs=5)
+        kw = dict(world_size=W, micro_tokens=T, global_batch=G, epochs=5)
         p = make_plan(L, L - 1, mode="none", **kw)
         print(f"| {name} | none | - | {p.straggler_factor:.4f} | {p.sync_straggler_factor:.4f} | "
               f"{partner_repeat(p):.3f} |")

@@ -121,7 +121,7 @@ def prepare_inputs(work: str, args) -> dict:
     torch.manual_seed(args.seed)
     modeling.build_model(mcfg, device="cpu", dtype=torch.float32).save_pretrained(model_dir, DEFAULT_TOKENIZER)
     cost = CostModel.from_hf_config(mcfg.to_hf())
-    kw = dict(world_size=args.ranks, max_tokens=args.max_tokens, global_batch=args.global_batch, epochs=epochs,
+    kw = dict(world_size=args.ranks, micro_tokens=args.max_tokens, global_batch=args.global_batch, epochs=epochs,
               seed=args.seed, cost=cost, weighting="token")
     plans = {m: make_plan(ds.lengths, ds.supervised, mode=m, **kw) for m in ("none", "balanced")}
     assert len(plans["none"].steps) == args.steps, (len(plans["none"].steps), args.steps)

@@ -7,9 +7,9 @@
 (``torch.ops.s1fast.plan``) and in Python (``_plan_reference``, the specification) with identical output.
 Modes, weights and collate in full: docs/packing.md. Usage::
 
-    plan = make_plan(ds.lengths, ds.supervised, world_size=16, max_tokens=32768, global_batch=16, epochs=5,
+    plan = make_plan(ds.lengths, ds.supervised, world_size=16, micro_tokens=32768, global_batch=16, epochs=5,
                      cost=CostModel.from_model_config(cfg))
-    python -m s1fast.packing --lengths FILE --world-size 16 --max-tokens 32768 --global-batch 16 --epochs 5
+    python -m s1fast.packing --lengths FILE --world-size 16 --micro-tokens 32768 --global-batch 16 --epochs 5
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class Plan:
     """
 
     world_size: int
-    max_tokens: int
+    micro_tokens: int
     global_batch: int
     epochs: int
     seed: int
@@ -174,10 +174,10 @@ class Plan:
         micro_steps = int(self.step_micro.sum())
         self.stats = dict(
             examples=int(len(self.lengths)), epochs=self.epochs, mode=self.mode, world_size=W,
-            max_tokens=self.max_tokens, global_batch=self.global_batch, group_window=self.group_window,
+            micro_tokens=self.micro_tokens, global_batch=self.global_batch, group_window=self.group_window,
             tolerance=self.tolerance, accum=self.accum, seed=self.seed, weighting=self.weighting, backend=self.backend,
             steps=K, micro_steps_per_rank=micro_steps,
-            fill_efficiency=float(mt.sum() / (W * micro_steps * self.max_tokens)) if micro_steps else 0.0,
+            fill_efficiency=float(mt.sum() / (W * micro_steps * self.micro_tokens)) if micro_steps else 0.0,
             straggler_factor=float(rank_cost.max(axis=1).sum() / balanced) if balanced > 0 else 1.0,
             sync_straggler_factor=float(sync / balanced) if balanced > 0 else 1.0,
             max_micro_tokens=int(mt.max()) if len(mt) else 0,
@@ -219,7 +219,7 @@ class Plan:
         return steps
 
     def to_json(self) -> str:
-        d = {k: getattr(self, k) for k in ("world_size", "max_tokens", "global_batch", "epochs", "seed", "mode",
+        d = {k: getattr(self, k) for k in ("world_size", "micro_tokens", "global_batch", "epochs", "seed", "mode",
                                            "weighting", "group_window", "tolerance", "accum", "plan_seconds",
                                            "backend")}
         d["cost"] = dict(a=self.cost.a, b=self.cost.b)
@@ -239,14 +239,14 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------------------------- planning
-def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_batch: int, epochs: int,
+def make_plan(lengths, supervised, *, world_size: int, micro_tokens: int, global_batch: int, epochs: int,
               seed: int = 0, mode: str = "balanced", cost: CostModel | None = None, weighting: str = "sequence",
               backend: str = "native", group_window: int = DEFAULT_GROUP_WINDOW,
               tolerance: float = DEFAULT_TOLERANCE, accum: int | None = None) -> Plan:
     """Plan every optimizer step of ``epochs`` epochs (see the module docstring for modes and weights).
 
     lengths[i]: tokens of example i; supervised[i]: its targets (``(labels[1:] != -100).sum()``).
-    max_tokens: token budget of one rank's micro-batch (an example longer than it is an error naming it).
+    micro_tokens: token budget of one rank's micro-batch (an example longer than it is an error naming it).
     global_batch: examples per optimizer step (none/balanced). cost: CostModel (default Qwen2.5-32B's).
     group_window: steps per grouping window (balanced/tokens); tolerance: balanced mode's cost-level width
     (``grouping_keys``); accum: tokens mode's micro-batches per rank per step (default global_batch // world_size).
@@ -255,12 +255,12 @@ def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_b
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     supervised = np.asarray(supervised, dtype=np.int64).reshape(-1)
     cost = cost or DEFAULT_COST
-    _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs, mode, weighting, backend,
+    _validate(lengths, supervised, world_size, micro_tokens, global_batch, epochs, mode, weighting, backend,
               group_window, accum, tolerance)
     accum = int(accum) if accum is not None else max(1, global_batch // world_size)
     costs = cost.cost(lengths)
     keys = grouping_keys(costs, tolerance)
-    args = (world_size, max_tokens, global_batch, epochs, int(seed), _MODE_ID[mode], group_window, accum)
+    args = (world_size, micro_tokens, global_batch, epochs, int(seed), _MODE_ID[mode], group_window, accum)
     t0 = time.perf_counter()
     if backend == "native":
         from . import _native
@@ -274,7 +274,7 @@ def make_plan(lengths, supervised, *, world_size: int, max_tokens: int, global_b
         order, micro_offsets, step_micro, step_epoch = _plan_reference(lengths.tolist(), costs.tolist(), keys.tolist(),
                                                                             *args)
     seconds = time.perf_counter() - t0
-    plan = Plan(world_size=world_size, max_tokens=max_tokens, global_batch=global_batch, epochs=epochs,
+    plan = Plan(world_size=world_size, micro_tokens=micro_tokens, global_batch=global_batch, epochs=epochs,
                 seed=int(seed), mode=mode, weighting=weighting, group_window=group_window, tolerance=float(tolerance),
                 accum=accum, cost=cost,
                 lengths=lengths, supervised=supervised, order=order, micro_offsets=micro_offsets,
@@ -293,7 +293,7 @@ def grouping_keys(costs: np.ndarray, tolerance: float) -> np.ndarray:
     return np.floor(np.log(np.maximum(costs, 1e-300)) / np.log1p(tolerance))
 
 
-def _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs, mode, weighting, backend,
+def _validate(lengths, supervised, world_size, micro_tokens, global_batch, epochs, mode, weighting, backend,
               group_window, accum, tolerance=0.0):
     if mode not in MODES:
         raise ValueError(f"make_plan: mode={mode!r}; choose one of {MODES}")
@@ -301,7 +301,7 @@ def _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs,
         raise ValueError(f"make_plan: weighting={weighting!r}; choose one of {WEIGHTINGS}")
     if backend not in ("native", "python"):
         raise ValueError(f"make_plan: backend={backend!r}; choose 'native' or 'python'")
-    for name, v in (("world_size", world_size), ("max_tokens", max_tokens), ("global_batch", global_batch),
+    for name, v in (("world_size", world_size), ("micro_tokens", micro_tokens), ("global_batch", global_batch),
                     ("epochs", epochs), ("group_window", group_window)):
         if int(v) < 1:
             raise ValueError(f"make_plan: {name}={v} must be >= 1")
@@ -324,11 +324,11 @@ def _validate(lengths, supervised, world_size, max_tokens, global_batch, epochs,
         i = bad[0]
         raise ValueError(f"make_plan: example {i} has {supervised[i]} supervised tokens for length {lengths[i]}; "
                          "expected 0 <= supervised <= length")
-    over = np.flatnonzero(lengths > max_tokens)
+    over = np.flatnonzero(lengths > micro_tokens)
     if len(over):
         i = over[0]
-        raise ValueError(f"make_plan: example {i} has {lengths[i]} tokens, more than max_tokens={max_tokens} "
-                         f"({len(over)} examples in all are too long); raise max_tokens or drop/truncate them in "
+        raise ValueError(f"make_plan: example {i} has {lengths[i]} tokens, more than micro_tokens={micro_tokens} "
+                         f"({len(over)} examples in all are too long); raise micro_tokens or drop/truncate them in "
                          "the data pipeline")
 
 
@@ -342,7 +342,7 @@ def _register_fakes():
         return i64, i64.clone(), i64.clone(), input_ids.new_empty((T,), dtype=torch.float32)
 
     @torch.library.register_fake("s1fast::plan")
-    def _(lengths, costs, keys, world_size, max_tokens, global_batch, epochs, seed, mode, group_window, accum):
+    def _(lengths, costs, keys, world_size, micro_tokens, global_batch, epochs, seed, mode, group_window, accum):
         ctx = torch.library.get_ctx()
         n = lengths.shape[0] * epochs
         mk = lambda s: lengths.new_empty((s,), dtype=torch.int64)  # noqa: E731
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", required=True, help="file: one 'length [supervised]' per line (supervised "
                    "defaults to length-1)")
     p.add_argument("--world-size", type=int, required=True)
-    p.add_argument("--max-tokens", type=int, required=True, help="token budget per rank per micro-step")
+    p.add_argument("--micro-tokens", type=int, required=True, help="token budget per rank per micro-step")
     p.add_argument("--global-batch", type=int, required=True, help="examples per optimizer step")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--mode", choices=MODES, default="balanced")
@@ -396,7 +396,7 @@ def main(argv=None) -> int:
         with open(a.hf_config) as f:
             cost = CostModel.from_hf_config(json.load(f))
     try:
-        plan = make_plan(lengths, sup, world_size=a.world_size, max_tokens=a.max_tokens, global_batch=a.global_batch,
+        plan = make_plan(lengths, sup, world_size=a.world_size, micro_tokens=a.micro_tokens, global_batch=a.global_batch,
                          epochs=a.epochs, seed=a.seed, mode=a.mode, cost=cost, weighting=a.weighting,
                          backend=a.backend, group_window=a.group_window, tolerance=a.tolerance, accum=a.accum)
     except ValueError as e:

@@ -177,7 +177,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                                          os.path.join(cfg.output_dir, "tokens"), cfg.policy,
                                          progress=cfg.progress and rank == 0,
                                          log=print if rank == 0 else (lambda *_: None)), rank)
-        plan = make_plan(ds.lengths, ds.supervised, world_size=world, max_tokens=cfg.micro_budget,
+        plan = make_plan(ds.lengths, ds.supervised, world_size=world, micro_tokens=cfg.micro_budget,
                          global_batch=cfg.global_batch, epochs=cfg.epochs, seed=cfg.seed, mode=cfg.packing,
                          cost=CostModel.from_hf_config(mcfg.to_hf()), weighting=cfg.weighting)
         total = len(plan.steps) if cfg.max_steps < 0 else min(cfg.max_steps, len(plan.steps))

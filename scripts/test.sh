@@ -6,7 +6,7 @@ bash scripts/bootstrap.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 set +e
-python -m pytest -q -p no:cacheprovider tests "$@"
+python -m pytest -q -p no:cacheprovider --durations=30 tests "$@"
 rc=$?
 set -e
 [ "$rc" -eq 5 ] && { echo "no tests were collected" >&2; exit 1; }

@@ -29,7 +29,7 @@ def problems(draw, modes=packing.MODES):
     n = draw(st.integers(1, 90))
     lengths = draw(st.lists(st.integers(1, T), min_size=n, max_size=n))
     sup = [draw(st.integers(0, L - 1)) for L in lengths]
-    kw = dict(world_size=W, max_tokens=T, global_batch=G, epochs=draw(st.integers(1, 2)),
+    kw = dict(world_size=W, micro_tokens=T, global_batch=G, epochs=draw(st.integers(1, 2)),
               seed=draw(st.integers(-2**63, 2**63 - 1)), mode=mode, group_window=draw(st.integers(1, 5)),
               weighting=draw(st.sampled_from(packing.WEIGHTINGS)), tolerance=draw(st.sampled_from([0.0, 0.05, 0.5])))
     if mode == "tokens":
@@ -62,7 +62,7 @@ def _check_invariants(plan, lengths, sup):
         assert s.supervised_tokens == int(sup[ids].sum())
         for r in s.micro_batches:
             for mb in r:
-                assert int(lengths[mb].sum()) <= plan.max_tokens
+                assert int(lengths[mb].sum()) <= plan.micro_tokens
         # the weights of all supervised tokens of a step sum to 1 (or 0 when nothing is supervised)
         total = sum(s.example_weight[i] * sup[i] for i in ids)
         assert total == pytest.approx(1.0 if s.supervised_tokens else 0.0, rel=1e-12, abs=1e-12)
@@ -80,7 +80,7 @@ def _check_invariants(plan, lengths, sup):
     assert plan.sync_straggler_factor == pytest.approx(sync / balanced, rel=1e-9)
     micro_steps = sum(s.micro_steps for s in steps)
     assert plan.micro_steps_per_rank == micro_steps
-    assert plan.fill_efficiency == pytest.approx(lengths.sum() * plan.epochs / (W * micro_steps * plan.max_tokens))
+    assert plan.fill_efficiency == pytest.approx(lengths.sum() * plan.epochs / (W * micro_steps * plan.micro_tokens))
     if plan.mode in ("none", "balanced"):
         G = plan.global_batch
         per_epoch = -(-n // G)
@@ -108,8 +108,8 @@ def test_deterministic_by_seed(p):
 
 def test_seed_changes_the_plan():
     L = np.arange(1, 200)
-    a = make_plan(L, L - 1, world_size=4, max_tokens=400, global_batch=8, epochs=1, seed=1, group_window=2)
-    b = make_plan(L, L - 1, world_size=4, max_tokens=400, global_batch=8, epochs=1, seed=2, group_window=2)
+    a = make_plan(L, L - 1, world_size=4, micro_tokens=400, global_batch=8, epochs=1, seed=1, group_window=2)
+    b = make_plan(L, L - 1, world_size=4, micro_tokens=400, global_batch=8, epochs=1, seed=2, group_window=2)
     assert not np.array_equal(a.order, b.order)
 
 
@@ -137,14 +137,14 @@ def test_none_mode_is_s1_reference(p):
 
 def test_errors_name_the_problem():
     L = np.array([10, 50, 20])
-    with pytest.raises(ValueError, match=r"example 1 has 50 tokens, more than max_tokens=40"):
-        make_plan(L, L - 1, world_size=1, max_tokens=40, global_batch=1, epochs=1)
+    with pytest.raises(ValueError, match=r"example 1 has 50 tokens, more than micro_tokens=40"):
+        make_plan(L, L - 1, world_size=1, micro_tokens=40, global_batch=1, epochs=1)
     with pytest.raises(ValueError, match="multiple of world_size"):
-        make_plan(L, L - 1, world_size=2, max_tokens=64, global_batch=3, epochs=1, mode="none")
+        make_plan(L, L - 1, world_size=2, micro_tokens=64, global_batch=3, epochs=1, mode="none")
     with pytest.raises(ValueError, match="mode='fast'"):
-        make_plan(L, L - 1, world_size=1, max_tokens=64, global_batch=1, epochs=1, mode="fast")
+        make_plan(L, L - 1, world_size=1, micro_tokens=64, global_batch=1, epochs=1, mode="fast")
     with pytest.raises(ValueError, match="example 2 has 30 supervised tokens for length 20"):
-        make_plan(L, [1, 1, 30], world_size=1, max_tokens=64, global_batch=1, epochs=1)
+        make_plan(L, [1, 1, 30], world_size=1, micro_tokens=64, global_batch=1, epochs=1)
     # the C++ op checks on its own too (called directly, bypassing make_plan's validation)
     from s1fast import _native
     import torch
@@ -154,7 +154,7 @@ def test_errors_name_the_problem():
 
 def test_json_roundtrip_and_steps():
     L = np.array([5, 9, 3, 7, 2, 8, 6, 4, 1, 10])
-    plan = make_plan(L, L - 1, world_size=2, max_tokens=16, global_batch=4, epochs=2, weighting="token")
+    plan = make_plan(L, L - 1, world_size=2, micro_tokens=16, global_batch=4, epochs=2, weighting="token")
     back = Plan.from_json(plan.to_json())
     for k in ARRAYS + ("lengths", "supervised"):
         assert np.array_equal(getattr(back, k), getattr(plan, k))
@@ -185,7 +185,7 @@ def test_published_distribution_straggler(name, none_range):
     """Lengths DERIVED from the published s1K / s1K-1.1 histograms (assets/data/SOURCES.md): 16 ranks, budget
     32768, global batch 16, 5 epochs. s1's one-per-GPU wastes 30-48%; balanced must stay within 5%."""
     L = np.loadtxt(os.path.join(DATA, f"{name}_lengths_derived.txt")).astype(np.int64)
-    kw = dict(world_size=16, max_tokens=32768, global_batch=16, epochs=5)
+    kw = dict(world_size=16, micro_tokens=32768, global_batch=16, epochs=5)
     none = make_plan(L, L - 1, mode="none", **kw)
     bal = make_plan(L, L - 1, mode="balanced", **kw)
     assert none_range[0] <= none.straggler_factor <= none_range[1]

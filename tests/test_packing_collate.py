@@ -99,7 +99,7 @@ def test_weights_give_the_exact_objective(weighting):
     lengths = np.array([len(x) for x, _ in data])
     sup = np.array([int((y[1:] != -100).sum()) for _, y in data])
     token_loss = {i: rng.random(len(data[i][0])) for i in range(n)}  # a stand-in per-token NLL by position
-    plan = make_plan(lengths, sup, world_size=3, max_tokens=40, global_batch=6, epochs=1, weighting=weighting,
+    plan = make_plan(lengths, sup, world_size=3, micro_tokens=40, global_batch=6, epochs=1, weighting=weighting,
                      group_window=2)
     for step in plan.steps:
         total = 0.0
@@ -163,7 +163,7 @@ def test_cli(tmp_path, capsys):
     f = tmp_path / "lengths.txt"
     f.write_text("# length supervised\n5 3\n9\n3,2\n7\n2\n8\n")
     out = tmp_path / "plan.json"
-    rc = packing.main(["--lengths", str(f), "--world-size", "2", "--max-tokens", "16", "--global-batch", "2",
+    rc = packing.main(["--lengths", str(f), "--world-size", "2", "--micro-tokens", "16", "--global-batch", "2",
                        "--epochs", "3", "--mode", "balanced", "--plan-out", str(out)])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
@@ -172,7 +172,7 @@ def test_cli(tmp_path, capsys):
     assert summary["steps"] == 9
     plan = packing.Plan.from_json(out.read_text())
     assert plan.supervised.tolist() == [3, 8, 2, 6, 1, 7]
-    rc = packing.main(["--lengths", str(f), "--world-size", "2", "--max-tokens", "8", "--global-batch", "2"])
+    rc = packing.main(["--lengths", str(f), "--world-size", "2", "--micro-tokens", "8", "--global-batch", "2"])
     assert rc == 2 and "example 1 has 9 tokens" in capsys.readouterr().err
 
 

@@ -47,7 +47,7 @@ def test_calibration_reproduces_26_minutes_and_its_mfu(s1):
 
 def test_plan_stats_from_the_packing_planner():
     s = P.model_shape("Qwen2.5-32B-Instruct")
-    kw = dict(world_size=4, max_tokens=10_000, global_batch=8, epochs=2, seed=0)
+    kw = dict(world_size=4, micro_tokens=10_000, global_batch=8, epochs=2, seed=0)
 
     def stats(lens, mode):
         st = P.projection_plan(lens, s, mode=mode, **kw).stats

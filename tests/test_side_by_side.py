@@ -95,7 +95,7 @@ def test_example_order_deals_the_none_plan_to_the_same_ranks():
     rng = np.random.default_rng(0)
     lengths = rng.integers(50, 900, size=24)
     W, G = 2, 8
-    plan = make_plan(lengths, lengths // 2, world_size=W, max_tokens=1024, global_batch=G, epochs=2, seed=3,
+    plan = make_plan(lengths, lengths // 2, world_size=W, micro_tokens=1024, global_batch=G, epochs=2, seed=3,
                      mode="none")
     for per_device in (1, G // W):
         order = trl_order(plan, per_device)

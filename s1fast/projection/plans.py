@@ -10,7 +10,7 @@ from s1fast.memory import Shape
 from .assumptions import Assumptions
 
 
-def projection_plan(lengths, s: Shape, *, world_size: int, max_tokens: int, global_batch: int, epochs: int,
+def projection_plan(lengths, s: Shape, *, world_size: int, micro_tokens: int, global_batch: int, epochs: int,
                     seed: int, mode: str, group_window: int | None = None):
     """The packing plan a stack runs on these lengths (``s1fast.packing.make_plan`` with the model's cost).
     Its ``stats["sync_straggler_factor"]`` is the straggler factor: FSDP synchronises every micro-step, so a
@@ -19,7 +19,7 @@ def projection_plan(lengths, s: Shape, *, world_size: int, max_tokens: int, glob
     from s1fast.packing import CostModel, make_plan
     window = {} if group_window is None else dict(group_window=group_window)
     # the lengths files carry no supervised counts; they do not change the plan (only its loss weights)
-    return make_plan(lengths, [x - 1 for x in lengths], world_size=world_size, max_tokens=max_tokens,
+    return make_plan(lengths, [x - 1 for x in lengths], world_size=world_size, micro_tokens=micro_tokens,
                      global_batch=global_batch, epochs=epochs, seed=seed, mode=mode, cost=CostModel(s.a, s.b),
                      backend="native" if _native.available() else "python", **window)
 

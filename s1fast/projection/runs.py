@@ -113,7 +113,7 @@ def _setup(stack: str, lengths, preset: Preset, block: int, world: int, gpu: GPU
         # the longest sequence, which must stay whole: beyond that the run does not fit, and says so.
         limit = checkpoint_limit_gb(gpu.memory_gb, A)
         pack_cap = max(max(lens), max_fit_tokens(s, A, stack=stack, shard=world, limit_gb=limit))
-    plan = projection_plan(lens, s, world_size=world, max_tokens=pack_cap, global_batch=preset.global_batch,
+    plan = projection_plan(lens, s, world_size=world, micro_tokens=pack_cap, global_batch=preset.global_batch,
                       epochs=preset.epochs, seed=A.seed, mode="none" if stack == "reference" else "balanced",
                       group_window=None if stack == "reference" else A.group_window)
     ps = plan.stats

@@ -122,7 +122,7 @@ def packed_batches(completions, weights, adv, rank, world, cfg, mcfg, it, device
     from ..packing import CostModel, collate, make_plan
     lengths = [len(c["ids"]) for c in completions]
     plan = make_plan(lengths, [c["sampled_tokens"] for c in completions], world_size=world,
-                     max_tokens=cfg.micro_tokens, global_batch=len(completions), epochs=1, seed=cfg.seed + it,
+                     micro_tokens=cfg.micro_tokens, global_batch=len(completions), epochs=1, seed=cfg.seed + it,
                      mode="balanced", cost=CostModel.from_hf_config(mcfg.to_hf()))
     step = plan.steps[0]
     mine, n_micro = step.micro_batches[rank], max(len(m) for m in step.micro_batches)
