@@ -124,17 +124,9 @@ def test_killed_mid_run_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
     assert sum(ep.seen.values()) - served <= 40 - len(first) + 2
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    import torch
-
-    from s1fast import model as lean
-    from s1fast.generate import BUNDLED_TOKENIZER
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny")
-    lean.build_model("tiny-qwen2", device="cpu", dtype=torch.float32).save_pretrained(str(d),
-                                                                                      tokenizer_dir=BUNDLED_TOKENIZER)
-    return str(d)
+@pytest.fixture
+def tiny_dir(tiny_export):
+    return tiny_export
 
 
 def test_native_engine_teacher_batches_and_is_seeded_per_request(tmp_path, tiny_dir, monkeypatch):

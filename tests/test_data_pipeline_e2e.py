@@ -14,12 +14,9 @@ import time
 import urllib.request
 
 import pytest
-import torch
 
-from s1fast import model as lean
 from s1fast.data.__main__ import main as data_main
 from s1fast.data.toy import make_problems
-from s1fast.generate import BUNDLED_TOKENIZER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", S1FAST_DISABLE_TRITON="1")
@@ -37,14 +34,11 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    lean.build_model("tiny-qwen2", device="cpu", dtype=torch.float32).save_pretrained(str(d),
-                                                                                      tokenizer_dir=BUNDLED_TOKENIZER)
+def server(tmp_path_factory, tiny_export):
+    d = tmp_path_factory.mktemp("server")
     port = free_port()
     log = open(d / "server.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "s1fast.serve", "--model", str(d), "--port", str(port),
+    p = subprocess.Popen([sys.executable, "-m", "s1fast.serve", "--model", tiny_export, "--port", str(port),
                           "--served-model-name", "tiny", "--batch-size", "8", "--log-level", "warning"],
                          cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -4,10 +4,8 @@
 import json
 
 import pytest
-import torch
 
-from s1fast import model as lean
-from s1fast.generate import BUNDLED_TOKENIZER, main
+from s1fast.generate import main
 
 
 @pytest.fixture(autouse=True)
@@ -15,13 +13,9 @@ def pytorch_path(monkeypatch):
     monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")  # the kernels have their own tests
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny-qwen2-cli")
-    lean.build_model("tiny-qwen2", device="cpu", dtype=torch.float32).save_pretrained(str(d),
-                                                                                     tokenizer_dir=BUNDLED_TOKENIZER)
-    return str(d)
+@pytest.fixture
+def exported(tiny_export):
+    return tiny_export
 
 
 def test_long_prompt_named_by_line_skipped_only_when_asked_and_out_appended_and_resumable(exported, tmp_path,
