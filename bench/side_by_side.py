@@ -2,44 +2,13 @@
 
     python -m bench.side_by_side --steps 10 --ranks 2 --global-batch 8 --max-tokens 1024
 
-Every stack trains the SAME tiny Qwen2-architecture model (s1fast's random init, saved once with
-``s1fast.model`` and loaded by each stack from that folder), on the SAME token sequences and loss masks
-(the bundled s1K sample rendered and tokenised once by ``s1fast.data.prepare``; TRL receives them
-pre-tokenised as ``input_ids`` + ``completion_mask``), for the same optimizer steps with the same global batch,
-optimizer (AdamW, betas, eps, weight decay on matrices only, clip 1.0) and schedule (linear warmup
-ceil(ratio x steps), cosine to 0), each with ``--ranks`` processes under torchrun (gloo, CPU, one thread each):
-
-``trl``               s1's stack: ``SFTTrainer``, completion-only loss, one sequence per device, no packing,
-                      gradient accumulation G / ranks (recipe.md); DDP on CPU (``use_cpu=True``, gloo).
-``trl_padding_free``  TRL's own padding-free option: ``padding_free=True``, G / ranks sequences per device
-                      flattened into one row with restarting ``position_ids``, no accumulation.
-``s1fast_none``       ``s1fast.train --packing none``: s1fast with s1's one-sequence-per-rank plan.
-``s1fast``            ``s1fast.train --packing balanced`` (the default plan).
-
-Step composition. s1's stack draws each step's sequences in random order; here TRL's sampler is made
-sequential over the order of ``s1fast.packing.make_plan(mode="none")`` (one epoch after another), so TRL,
-``trl_padding_free`` and ``s1fast_none`` see exactly the same sequences in every step, on the same ranks.
-The balanced plan changes which sequences share a step (grouping windows; every step still holds G of them,
-every epoch sees each once), so its curve agrees in trend only.
-
-Objective. TRL 1.16 / transformers 5.x normalise by ``num_items_in_batch``: the supervised tokens of the whole
-optimizer step, counted over all accumulation micro-batches and (``average_tokens_across_devices``, default
-True) all ranks, the loss multiplied by the world size because DDP averages. That is the per-token objective
-sum_t l_t / N_step, not s1's per-sequence mean (which the 2025 stack got from one sequence per GPU and no
-accumulation). So every s1fast run here uses ``--weighting token`` and the curves of ``trl``,
-``trl_padding_free`` and ``s1fast_none`` must agree step by step (the JSON records the largest relative gap).
-
-Measured per stack: step wall time (median and mean excluding step 1, and the sum), tokens/s (the steps'
-real tokens, no padding, over the summed step times), peak RSS of every rank (``bench.peak_rss``: ru_maxrss
-of each rank's own process, the same for all stacks), the process wall time, and the loss per step. s1fast's
-step time is its own ``step_time`` (collate to optimizer step and loss all-reduce); TRL's is the interval
-between consecutive ``on_step_end`` callbacks (data fetch, forward/backward, optimizer, HF's logging).
-The load average at start and end is recorded: other jobs on a 2-core box distort timings.
-
-Outputs: ``bench/out/side_by_side.json``, ``bench/out/side_by_side_loss.png`` (ignored by git; the cited runs
-are copied to ``bench/results/``) and a markdown table on stdout (and in the
-JSON) for bench/RESULTS.md. The straggler factors of the ``none`` and ``balanced`` plans for the same steps come
-from ``s1fast.packing.make_plan`` with the model's cost model.
+Every stack trains the same tiny Qwen2-architecture model on the same token sequences and loss masks, for
+the same steps, global batch, optimizer and schedule, each with ``--ranks`` processes under torchrun (gloo):
+``trl`` (s1's stack: SFTTrainer, one sequence per device), ``trl_padding_free``, ``s1fast_none`` (s1fast with
+s1's one-sequence-per-rank plan) and ``s1fast`` (the balanced plan). It records step times, tokens/s, peak RSS
+of every rank and the loss per step into ``bench/out/`` (ignored by git) and prints a table for
+bench/RESULTS.md. The step composition, the objective each stack optimises and what is timed:
+docs/side_by_side.md.
 """
 from __future__ import annotations
 

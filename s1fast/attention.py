@@ -1,36 +1,14 @@
 """Causal attention over packed documents, behind one small switch.
 
-A packed batch is ``T`` tokens holding ``D`` documents back to back; ``cu_seqlens`` (int32, [D+1])
-gives the boundaries and ``max_seqlen`` the longest document. Token ``i`` of document ``d`` attends
-to tokens ``0..i`` of document ``d`` only:
-
-    out[t] = softmax(q[t] . k[s] / sqrt(head_dim), s in doc(t), s <= t) @ v[s]
-
-with grouped-query heads (query head ``h`` reads key/value head ``h // (Hq / Hk)``).
-
-Backends (``BACKENDS``), chosen by ``select_backend`` from the device and what is installed:
-
-- ``flash``:     ``flash_attn.flash_attn_varlen_func`` (optional package, CUDA).
-- ``varlen``:    ``torch.nn.attention.varlen.varlen_attn`` (torch >= 2.10, CUDA).
-- ``flex``:      FlexAttention with a document mask (CUDA; on CPU it runs forward only).
-- ``triton``:    s1fast's own Triton kernels (``s1fast_kernels.attention_op``): always available on CUDA
-                 (no extra package); on CPU only under ``TRITON_INTERPRET=1``. Placed after the others
-                 until the GPU benchmark (bench/bench_attention.py) has measured it.
-- ``sdpa_mask``: SDPA with one block-diagonal causal mask [T, T] (CPU fallback, forward + backward).
-- ``sdpa_doc``:  SDPA run per document with ``is_causal`` (CPU fallback, forward + backward;
-                 memory linear in the document length).
-
-Everything that depends only on the boundaries (the mask, the block mask, the Python list of
-document lengths) is built once per batch by ``prepare`` and handed to every layer; nothing here
-infers boundaries from ``position_ids`` (that would cost a device sync in every layer).
-
-Usage::
+A packed batch is ``T`` tokens holding documents back to back (``cu_seqlens`` int32 [D+1], ``max_seqlen``);
+token ``i`` of a document attends to tokens ``0..i`` of that document only, with grouped-query heads.
+Backends (``BACKENDS``: flash, varlen, flex, triton, sdpa_mask, sdpa_doc) are chosen by ``select_backend``
+from the device and what is installed; ``prepare`` builds what depends on the boundaries once per batch.
 
     meta = prepare(cu_seqlens, max_seqlen, n_tokens=T, device=q.device)   # once per batch
     out = attention(q, k, v, meta)            # q [T, Hq, D], k/v [T, Hk, D] -> [T, Hq, D]
 
-    with use_backend("sdpa_doc"):             # tests flip the choice
-        ...
+Each backend, the order of choice and why: docs/attention.md.
 """
 from __future__ import annotations
 

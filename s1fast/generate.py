@@ -1,24 +1,9 @@
 """Generation with s1's budget forcing: batched, KV-cached, greedy or seeded sampling.
 
-The protocol itself lives in ``s1fast.forcing`` (one state machine per prompt); this file feeds it
-tokens from a model. Two backends drive the same forcers:
-
-- ``native``: s1fast's own model. Each step feeds every row what it has not fed yet (the sampled token,
-  plus whatever the protocol forced after it) through ``model.decode`` with per-row ``lengths``, so
-  rows in different phases advance together in one batched call; prompts are prefilled in chunks of
-  ``prefill_chunk`` tokens to bound the [B, t, V] logits.
-- ``vllm`` (optional, when vLLM is installed): re-prompting as s1's evaluation code does; each round asks
-  the engine for one :class:`~s1fast.forcing.Segment` per prompt (``max_tokens``, ``min_tokens``,
-  ``stop_token_ids``) and pushes the tokens back into the forcer.
-
-Sampling: ``temperature == 0`` is greedy; otherwise softmax(logits / T), nucleus (top-p) filtering,
-one seeded ``torch.Generator`` per prompt (seed + prompt index), so a prompt's output does not depend on
-the batch it ran in. Ids >= ``len(tokenizer)`` (151665 for Qwen2.5: embedding rows with no token) are
-masked before every pick, greedy included; so are the stop ids while the protocol suppresses them.
-
-Model interface (``s1fast.model``): ``cache = model.new_kv_cache(batch_size, max_len, device=...)``;
-``model.decode(input_ids [B, t] int64, cache, lengths [B]) -> logits [B, t, V]``, writing row b's
-``lengths[b]`` tokens at its own next positions and leaving rows with length 0 untouched.
+The protocol lives in ``s1fast.forcing`` (one state machine per prompt); this file feeds it tokens from a
+model, through s1fast's own model (``native``) or vLLM (``vllm``, optional). Sampling is seeded per prompt,
+so a prompt's output does not depend on its batch. Backends, sampling and the model interface:
+docs/forcing.md, "The generation engine".
 
 Usage::
 
