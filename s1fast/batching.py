@@ -1,21 +1,12 @@
 """Continuous batching of budget-forced requests on s1fast's KV-cache engine (the server's scheduler).
 
 A :class:`ContinuousBatcher` owns one KV cache of ``slots`` rows and one worker thread. Requests (one
-:class:`~s1fast.forcing.BudgetForcer` each) wait in a queue and take a free row between decode steps;
-a row is freed as soon as its forcer is done or its request is cancelled (a client gone). Each step:
-
-- rows with a long backlog (new prompts) are prefilled together, one chunk each, at most
-  ``prefill_chunk`` tokens in all, in one ``model.decode`` call on a view of the rows they span, so
-  joining prompts never pad the running batch to their length;
-- every other busy row feeds what it has not fed yet (one sampled token, or the few ids the protocol
-  forced after it) in a second batched call; both ask for ``last_only`` logits ([rows, V], all a pick
-  needs: no [rows, t, V] tensor);
-- rows whose sequence is fully cached pick their next token with ``generate.pick_tokens`` (each request
-  has its own seeded generator), and the forcer takes it.
-
-A request's tokens are therefore those of ``s1fast.generate`` for the same prompt, settings and seed.
-After every step each changed request gets an :class:`Update` (its new thinking and answer ids) through
-its callback, on the worker thread; callbacks must be quick and thread-safe.
+:class:`~s1fast.forcing.BudgetForcer` each) wait in a queue and take a free row between decode steps; a row
+is freed as soon as its forcer is done or its request is cancelled. Each step prefills joining prompts by
+chunks, feeds every other busy row in one batched call, and picks tokens with ``generate.pick_tokens``, so a
+request's tokens are those of ``s1fast.generate`` for the same prompt, settings and seed. After every step
+each changed request gets an :class:`Update` through its callback, on the worker thread (callbacks must be
+quick and thread-safe). The step in detail: docs/forcing.md, "Continuous batching".
 """
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Evaluate a reasoning model under budget forcing, with a named grading protocol and honest statistics.
 
-For every ``num_wait`` and thinking budget, each problem is answered ``--samples`` times (seeded: sample
-``s`` of problem ``i`` uses seed ``seed + i * samples + s``; greedy is ``--samples 1 --temperature 0``),
-every completion is graded by ``--protocol`` (``s1``, ``skythought`` or ``math-verify``: s1fast.protocols),
-and one row is reported: pass@1 (mean over samples) with its standard error over problems, unbiased
-pass@k, majority vote, mean thinking tokens, waits and capped share (docs/eval.md).
+For every ``num_wait`` and thinking budget, each problem is answered ``--samples`` times (seeded per sample;
+greedy is ``--samples 1 --temperature 0``), graded by ``--protocol`` (``s1``, ``skythought``, ``math-verify``),
+and reported as pass@1 with its standard error, unbiased pass@k, majority vote and thinking tokens (docs/eval.md).
 
     python -m s1fast.eval --model DIR --data aime24.jsonl --budgets 1000,2000,4000 --num-wait 0,1,2 --out runs/eval
     python -m s1fast.eval --model runs/tiny/final --data toy:chain:60 --budgets 8,16,32,64 --protocol s1
@@ -12,9 +10,8 @@ pass@k, majority vote, mean thinking tokens, waits and capped share (docs/eval.m
     python -m s1fast.eval show runs/evalA                      # outputs a "Wait" continued or a cap cut
     python -m s1fast.eval agreement                            # protocols vs SkyThought's published verdicts
 
-Written under ``--out``: ``problems.jsonl`` (one line per problem and setting, appended as produced, so
-an interrupted run resumes where it stopped), ``results.json`` (rows, protocol, grader versions,
-decoding settings, seeds), ``table.md`` and ``scaling.png`` (accuracy against mean thinking tokens).
+Written under ``--out`` (docs/eval.md): ``problems.jsonl`` (appended as produced: a rerun resumes),
+``results.json``, ``table.md`` and ``scaling.png``.
 """
 from __future__ import annotations
 

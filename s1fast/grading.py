@@ -1,22 +1,11 @@
 """Final-answer extraction and mathematical-equivalence grading for reasoning-model evaluation.
 
-Extraction (``extract_answer``), as in s1's evaluation: the last ``\\boxed{...}`` (or ``\\fbox``),
-braces matched to any depth; else the last ``(?i)Answer\\s*:\\s*(.*)`` line, with "the final answer is",
-``$...$`` and markdown bold peeled off.
-
-Equivalence (``is_equiv(pred, gold)``), one backend chosen at import and reported in ``BACKEND``:
-
-- ``"math-verify"`` when the ``math_verify`` package is importable (Hugging Face's grader, the standard);
-- ``"sympy"`` otherwise, when sympy is: a careful LaTeX normaliser, then structure (intervals keep their
-  bracket types, tuples keep order, bare comma lists and sets compare as multisets, matrices entry by
-  entry), then each scalar as an exact sympy expression: decimals become rationals, so ``0.5 == \\frac12``
-  but ``0.333 != \\frac13``; ``simplify(a - b) == 0`` decides, with a 1e-12 relative numeric check as a
-  last resort. Text reaches sympy only after a whitelist check (sympy's parser evaluates Python);
-- ``"string"`` when neither is installed: the normaliser and the structural comparison alone.
-
-Multiple-choice golds (a letter A-E, bare or in parentheses) are compared as letters first, whatever
-the backend. ``grade(text, gold)`` does both steps and says which backend decided. The named harnesses
-(s1, skythought, math-verify) are in ``s1fast.protocols``.
+``extract_answer``, as in s1's evaluation: the last ``\\boxed{...}`` (braces matched to any depth), else the
+last ``Answer:`` line. ``is_equiv(pred, gold)`` uses one backend chosen at import and reported in ``BACKEND``:
+``"math-verify"`` (Hugging Face's grader, the standard) when installed, else ``"sympy"`` (a LaTeX normaliser,
+structural comparison and exact sympy equivalence), else ``"string"``. Multiple-choice golds compare as
+letters first. ``grade(text, gold)`` does both steps and says which backend decided. The named harnesses
+(s1, skythought, math-verify) are in ``s1fast.protocols``; each backend's rules: docs/eval.md, "Grading".
 """
 from __future__ import annotations
 

@@ -9,10 +9,9 @@ Layout of a cache folder::
     summary.json                        the key (hash of data, tokenizer, recipe, budget, policy), each
                                         array file's sha256, and statistics
 
-A run with the same key is served from the cache once its files match their hashes; any change, or a
-damaged file, rebuilds it. A rebuild is written to a
-temporary folder and swapped in only when complete, so an interrupted run never leaves a broken cache
-and never destroys the previous one.
+A run with the same key is served from the cache once its files match their hashes; any change, or a damaged
+file, rebuilds it, in a temporary folder swapped in only when complete (an interrupted run never leaves a
+broken cache and never destroys the previous one).
 """
 from __future__ import annotations
 

@@ -1,22 +1,11 @@
 """The exact training text of the s1, s1.1 and Sky-T1 recipes, and its token ids and loss mask.
 
-s1 / s1.1 (docs/recipe.md): the Qwen2.5 chat template with its default system prompt, the question as the
-user turn, and the assistant turn ``<|im_start|>think\\n{trace}\\n<|im_start|>answer\\n{answer}``::
-
-    <|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n
-    <|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n<|im_start|>think\\n{trace}\\n
-    <|im_start|>answer\\n{answer}<|im_end|>\\n
-
-- trace: s1K ``"\\n".join(thinking_trajectories).strip()``; s1K-1.1 ``deepseek_thinking_trajectory.strip()``.
-- answer: the attempt stripped, prefixed with ``"Answer: "`` unless it already contains ``"Answer:"``.
-
-Sky-T1 / chat: the same ChatML template over the row's turns, with the row's system prompt (or the
-default one). ShareGPT rows (``system``, ``conversations`` of ``from``/``value``) and chat rows
-(``messages`` of ``role``/``content``) are both accepted.
-
-Loss mask: only assistant turns are trained, from the token after ``<|im_start|>assistant\\n`` up to
-and including that turn's ``<|im_end|>`` and the ``\\n`` after it. The rendered string is tokenised
-once and the boundaries are found by token id.
+s1 / s1.1: the Qwen2.5 chat template with its default system prompt, the question as the user turn, and the
+assistant turn ``<|im_start|>think\\n{trace}\\n<|im_start|>answer\\n{answer}``. Sky-T1 / chat: the same ChatML
+template over the row's turns (ShareGPT or ``messages`` rows). Only assistant turns are trained: from the
+token after ``<|im_start|>assistant\\n`` up to and including that turn's ``<|im_end|>`` and the ``\\n`` after
+it, found by token id after one tokenisation. The full template, the trace and answer fields of each
+dataset, and the mask: docs/recipe.md, "The training text".
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Toy reasoning tasks a tiny transformer learns on a CPU in minutes, in the exact s1 / s1.1 format.
+"""Toy reasoning tasks for a tiny transformer on a CPU, in the exact s1 / s1.1 format.
 
 ``chain`` (the demo's task; ``docs/toy.md`` says why this shape)::
 
@@ -6,11 +6,9 @@
     thinking: "1: 4+7=1\\n2: 1+7=8\\n3: 8+7=5"      one line per addition: n additions, n lines
     attempt:  "Final Answer: 5"                    the last line's value
 
-Every line has the same number of tokens and reads only the line before it, so the trace grows linearly with
-the difficulty, and a budget that cuts it leaves a value that is never the answer (the step is coprime to
-10). A quarter of the training traces re-check their last line after a ``Wait``, so a forced "Wait"
-continues the thinking in a form the model has seen. ``sum`` (a running sum of labelled digits) is harder to
-learn. Held-out problems are chosen by a hash of the question: never in training, whatever the seeds.
+The trace grows linearly with the difficulty, a budget that cuts it leaves a value that is never the answer,
+and a quarter of the training traces re-check their last line after a ``Wait`` (docs/toy.md says why).
+Held-out problems are chosen by a hash of the question: never in training, whatever the seeds.
 
     >>> rows = make_problems("chain", 3200, seed=0, split="train")
     >>> render(rows[0]); check("chain", "Final Answer: 5", rows[0]["answer"])

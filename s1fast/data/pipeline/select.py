@@ -1,19 +1,14 @@
 """``select``: choose ``--size`` questions, by s1's recipe or a simple alternative; seeded.
 
-``--method s1`` (anchors.md, "Distillation data"), three filters in order:
-
-1. quality: drop rows with no question, malformed questions (shorter than ``--min-question-chars``, or
-   pointing at an image the text does not carry) and failed generations (empty trace or answer);
-2. difficulty: keep questions every named reference model got wrong, from its graded attempts
-   (``--reference-graded FILE``: ``verify --graded`` output of that model, one file per model) or from grade
-   fields in the rows (``--grade-field``, e.g. s1K-1.1's ``gemini_grade``); a question with no attempt from a
-   model is not known to be hard and is dropped;
-3. diversity: until ``--size`` are chosen, pick a domain uniformly among those with questions left, then a
-   question inside it with probability proportional to 2^-rank, rank 1 being the longest trace.
-
-Alternatives: ``length`` (the longest traces), ``difficulty`` (the hard ones, uniformly at random), ``random``.
-A question with several samples is represented by its longest one. Domains: ``--domain-field`` or a
-classifier ``--domain-fn module:function`` (row -> domain name).
+``--method s1`` (the s1 paper's selection, Muennighoff et al. 2025, section 2), three filters in order:
+1. quality: no malformed questions (shorter than ``--min-question-chars``, or pointing at an image the text
+   lacks) and no failed generations (empty trace or answer);
+2. difficulty: keep questions every named reference model got wrong (``--reference-graded FILE`` per model,
+   or ``--grade-field`` such as s1K-1.1's ``gemini_grade``); a question a model did not attempt is dropped;
+3. diversity: pick a domain uniformly among those with questions left, then a question in it with
+   probability proportional to 2^-rank (rank 1: the longest trace), until ``--size`` are chosen.
+Alternatives: ``length``, ``difficulty`` (uniform among the hard ones), ``random``. A question with several
+samples is represented by its longest one. Domains: ``--domain-field`` or ``--domain-fn module:function``.
 """
 from __future__ import annotations
 
