@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import linear_cross_entropy_op as ce
-from .cross_entropy_op import _scale_
+from .linear_cross_entropy_op import _linear_ce_chunks, _linear_ce_dweight
+from .cross_entropy_op import scale_unit_grads
 
 NS = "s1fast_kernels"
 
@@ -28,7 +28,7 @@ def _flce(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, w
     ``want_grad``, each an empty tensor when not made (not wanted, not needed, or dW in low-memory mode)."""
     cfg = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                reduction=reduction)
-    rows, lse, dh, dw, db = ce._linear_ce_chunks(hidden, weight, bias, target, w_eff, cfg, want_grad, chunk,
+    rows, lse, dh, dw, db = _linear_ce_chunks(hidden, weight, bias, target, w_eff, cfg, want_grad, chunk,
                                                  (need_dh, need_dw and not low_memory, need_db))
     loss = rows if reduction == "none" else rows.sum()
 
@@ -57,7 +57,7 @@ def _flce_dweight(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: T
     """The low-memory backward's weight gradient (in the weight's dtype), for effective weights w_eff that
     already include the incoming gradient."""
     cfg = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-    return ce._linear_ce_dweight(hidden, weight, bias, target, w_eff, lse, cfg, chunk)
+    return _linear_ce_dweight(hidden, weight, bias, target, w_eff, lse, cfg, chunk)
 
 
 @_flce_dweight.register_fake
@@ -70,32 +70,15 @@ def _setup(ctx, inputs, output):
     ctx.rest = rest  # ignore_index .. low_memory, need_dh, need_dw, need_db
     ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
     ctx.low = rest[7] and rest[9]  # low_memory and the weight needs a gradient: dW made in backward
-    ctx.used = False
+    # the lse and the unit-gradient outputs take no gradient: autograd must not materialise zeros for them
+    # (a [V, H] fp32 buffer for dW)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
     inputs_lse = (hidden, weight, bias, target, w_eff, output[1])
     if rest[4] == "none":  # the per-token incoming gradient is only known in backward: recompute then
         ctx.save_for_backward(*inputs_lse)
     else:
         ctx.save_for_backward(*output[2:], *(inputs_lse if ctx.low else ()))
-
-
-def _functionalized(t: Tensor) -> bool:
-    """True while AOTAutograd (torch.compile, opcheck) traces the backward under functionalization."""
-    from torch._subclasses.functional_tensor import FunctionalTensor
-    return isinstance(t, FunctionalTensor) or \
-        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FUNCTIONAL) is not None
-
-
-def _scaled(ctx, dh, dw, db, g):
-    """The forward's unit-gradient dh, dW, db times the incoming gradient g. Eager: in place (no second [N, H]
-    or [V, H] buffer), so once per forward. Traced: out of place, as functionalization (and AOTAutograd's
-    partitioner) admits no mutation of a saved tensor; Inductor then fuses the product with the cast."""
-    if _functionalized(dh):
-        return (dh.float() * g).to(dh.dtype), dw * g, db * g
-    if ctx.used:  # the gradients were scaled in place by the first backward
-        raise RuntimeError("fused_linear_cross_entropy: backward ran twice over one forward "
-                           "(retain_graph); run the forward again instead")
-    ctx.used = True
-    return _scale_(dh, g), dw.mul_(g), db.mul_(g)
 
 
 def _grad(ctx, g, _glse, _gdh, _gdw, _gdb):
@@ -109,7 +92,7 @@ def _grad(ctx, g, _glse, _gdh, _gdw, _gdb):
             low_memory, *needs)
     else:
         dh, dw, db, *saved = ctx.saved_tensors
-        dh, dw, db = _scaled(ctx, dh, dw, db, g)
+        dh, dw, db = scale_unit_grads(ctx, "fused_linear_cross_entropy", g, dh, dw, db)
         if ctx.low:
             hidden, weight, bias, target, w_eff, lse = saved
             w_eff = (w_eff * g).contiguous()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import logprob_op as lp
+from .logprob_op import logprob_backward, logprob_forward
 
 NS = "s1fast_kernels"
 
@@ -25,7 +25,7 @@ def _token_logprobs(hidden: Tensor, weight: Tensor, target: Tensor, ignore_index
                     need_dw: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """(logp, entropy or zeros, lse); ``need_*`` say which gradients the backward makes (a frozen weight
     skips its GEMMs)."""
-    logp, ent, lse = lp.logprob_forward(hidden, weight, target, _cfg(ignore_index, temperature, entropy), chunk)
+    logp, ent, lse = logprob_forward(hidden, weight, target, _cfg(ignore_index, temperature, entropy), chunk)
     return logp, (ent if ent is not None else torch.zeros_like(logp)), lse
 
 
@@ -42,7 +42,7 @@ def _token_logprobs_backward(hidden: Tensor, weight: Tensor, target: Tensor, lse
                              need_dw: bool = True) -> tuple[Tensor, Tensor]:
     """(dh, dW), each an empty tensor when not needed."""
     cfg = _cfg(ignore_index, temperature, entropy)
-    dh, dw = lp.logprob_backward(hidden, weight, target, lse, ent if entropy else None, glp,
+    dh, dw = logprob_backward(hidden, weight, target, lse, ent if entropy else None, glp,
                                  gent if entropy else None, cfg, need_dh, need_dw, chunk)
     return (dh if dh is not None else hidden.new_empty(0)), (dw if dw is not None else weight.new_empty(0))
 
