@@ -43,7 +43,7 @@ def _token_logprobs_backward(hidden: Tensor, weight: Tensor, target: Tensor, lse
     """(dh, dW), each an empty tensor when not needed."""
     cfg = _cfg(ignore_index, temperature, entropy)
     dh, dw = logprob_backward(hidden, weight, target, lse, ent if entropy else None, glp,
-                                 gent if entropy else None, cfg, need_dh, need_dw, chunk)
+                              gent if entropy else None, cfg, need_dh, need_dw, chunk)
     return (dh if dh is not None else hidden.new_empty(0)), (dw if dw is not None else weight.new_empty(0))
 
 
