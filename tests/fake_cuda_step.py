@@ -5,8 +5,9 @@ tests/test_fake_cuda.py (an abort in a CPU build of torch is then a failure, not
 
 Nothing is computed: parameters, batch and every intermediate are FakeTensors on device "cuda", so the step
 goes through the GPU branches of s1fast's model and attention, fused AdamW, and the kernels' registered fake
-implementations (the ``torch.ops.s1fast_kernels`` ops that torch.compile uses on the GPU stand in for the
-eager Triton launchers, which need real memory). The model has the Qwen2.5-32B shape with ``--layers`` blocks.
+implementations (the model calls its kernels as ``torch.ops.s1fast_kernels`` ops, whose fake implementations
+stand in for the Triton launchers, which need real memory). The model has the Qwen2.5-32B shape with
+``--layers`` blocks.
 The JSON has, per run (tokens x checkpointing), what the tracker saw per block and in the loss (bytes).
 """
 from __future__ import annotations
@@ -20,15 +21,6 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def use_registered_ops():
-    """Route s1fast_kernels' functional API to its registered custom ops (they have fake implementations)."""
-    import s1fast_kernels as tk
-    from s1fast_kernels import custom_ops, rms_norm_op
-    tk.rope, tk.swiglu = custom_ops.rope, custom_ops.swiglu
-    rms_norm_op.rms_norm = custom_ops.rms_norm
-    tk.fused_linear_cross_entropy = custom_ops.fused_linear_cross_entropy
 
 
 class NoTracker:
@@ -69,7 +61,6 @@ def run(backend: str, tokens: int, layers: int, checkpoint: str, n_docs: int = 4
     from s1fast import model as modeling
     from s1fast.attention import use_backend
     from s1fast.train import param_groups
-    use_registered_ops()
     cfg = modeling.CONFIGS["Qwen2.5-32B-Instruct"].with_(num_layers=layers)
     dev = torch.device(device, 0) if device == "cuda" else torch.device(device)
     lengths = [tokens // n_docs] * (n_docs - 1)

@@ -15,12 +15,15 @@ against the same float64 references and tolerance rule (``bash bench/run_gpu.sh`
 
 ``sm90_report``: compile a kernel for the H100 and return its register / spill / shared memory use
 (see ``s1fast_kernels.compile_check``); kernels are expected to compile without spills.
+
+``RegisteredOpCalls``: a dispatch mode counting the ``torch.ops.s1fast_kernels`` ops a computation calls.
 """
 from __future__ import annotations
 
 import shutil
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from s1fast_kernels.compile_check import CompileReport, compile_sm90
 
@@ -77,3 +80,18 @@ def sm90_report(fn, signature: dict, constexprs: dict | None = None, **kw) -> Co
 def have_cuobjdump() -> bool:
     from s1fast_kernels.compile_check import _tool
     return shutil.which(_tool("cuobjdump")) is not None or __import__("os").path.exists(_tool("cuobjdump"))
+
+
+class RegisteredOpCalls(TorchDispatchMode):
+    """Counts the ``torch.ops.s1fast_kernels`` ops dispatched inside it (forward and backward ops alike):
+    ``with RegisteredOpCalls() as calls: ...``, then ``calls.counts`` maps an op's name to its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "s1fast_kernels":
+            name = func.__name__.split(".")[0]
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import s1fast_kernels.logprob_op as lp
-from kernel_testing import check_against_reference, on_kernel_device
+from kernel_testing import RegisteredOpCalls, check_against_reference, on_kernel_device
 from s1fast_kernels.logprob_op import token_logprobs, token_logprobs_reference
 
 N, H, V = 37, 45, 301  # odd everywhere; the vocabulary takes three 128-column tiles, the last partial
@@ -74,17 +74,19 @@ def test_frozen_weight_skips_dweight_and_gradient_of_logp_alone():
     check_against_reference("dhidden, frozen weight", hh.grad, h64.grad, margin=1e-5)
 
 
-def test_custom_op_opcheck_and_matches_eager():
-    from s1fast_kernels.logprob_custom_op import token_logprobs as op_logprobs
+def test_custom_op_opcheck_and_the_functional_api_goes_through_it():
     h, w, t, a, b = _inputs(torch.float32)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
     for entropy in (True, False):
         torch.library.opcheck(torch.ops.s1fast_kernels.token_logprobs,
                               (h.clone().requires_grad_(), w.clone().requires_grad_(), t, -100, 0.7, entropy),
-                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    out = _run(op_logprobs, h, w, t, a, b, True, 0.7)
-    ref = _run(token_logprobs, h, w, t, a, b, True, 0.7)
-    for o, r in zip(out, ref):
-        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6)
+                              test_utils=utils)
+    # chunked, the weight frozen (its gradient is not made)
+    torch.library.opcheck(torch.ops.s1fast_kernels.token_logprobs,
+                          (h.clone().requires_grad_(), w, t, -100, 0.7, True, 16, True, False), test_utils=utils)
+    with RegisteredOpCalls() as calls:
+        _run(token_logprobs, h, w, t, a, b, True, 0.7)
+    assert calls.counts == {"token_logprobs": 1, "token_logprobs_backward": 1}, calls.counts
 
 
 def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):

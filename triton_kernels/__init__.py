@@ -7,17 +7,20 @@
     loss = fused_linear_cross_entropy(h, lm_head.weight, target, token_weight=w, reduction="sum")
     patch_hf(model)                                           # a transformers Qwen2 / Llama model
     o = packed_attention(q, k, v, cu_seqlens, max_seqlen)     # causal inside packed documents, GQA
-    from s1fast_kernels import custom_ops                     # the same as torch.library ops (torch.compile)
 
-Each kernel lives in its own file with its math, its ``@triton.jit`` code, its launcher, its
-autograd function, a functional API, a thin module and a plain-PyTorch reference. CUDA tensors run
-the Triton kernels; CPU tensors run the PyTorch reference unless ``TRITON_INTERPRET=1``.
+Each kernel lives in its own file with its math, its ``@triton.jit`` code, its launcher, its registered
+``torch.library`` op (fake implementation and autograd formula: the one autograd path, which eager calls,
+``torch.compile(fullgraph=True)`` and fake tensors all take), a functional API, a thin module and a
+plain-PyTorch reference; the fused loss's and the log-probabilities' ops have files of their own
+(``*_custom_op.py``), imported here. CUDA tensors run the Triton kernels; CPU tensors run PyTorch unless
+``TRITON_INTERPRET=1``.
 """
 from .attention_op import packed_attention, packed_attention_reference
 from .cross_entropy_op import cross_entropy
 from .logprob_op import token_logprobs
 from .linear_cross_entropy_op import (FusedLinearCrossEntropy, fused_linear_cross_entropy,
                                       fused_linear_cross_entropy_reference)
+from . import linear_cross_entropy_custom_op, logprob_custom_op  # noqa: F401  (register their ops)
 from .hf import patch_hf
 from .rms_norm_op import RMSNorm, rms_norm, rms_norm_reference
 from .rope_op import rope, rope_reference

@@ -5,13 +5,16 @@ forward), with label smoothing, z-loss, softcap, token weights and the reduction
                          softcap=None, reduction="mean", token_weight=None, normalizer=None, return_lse=False)
 
 The row math (``_dlogits``, ``_rows_torch``) and the argument checks are shared with the fused linear
-cross-entropy (``linear_cross_entropy_op``). Formulas, reductions and semantics: docs/kernels.md.
+cross-entropy (``linear_cross_entropy_op``), and so is ``scale_unit_grads``, the backward of both losses.
+``cross_entropy`` goes through its registered op ``torch.ops.s1fast_kernels.cross_entropy`` (fake
+implementation, autograd formula). Formulas, reductions and semantics: docs/kernels.md.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ._runtime import INTERPRET, use_triton
 from .targets import check_targets
@@ -237,30 +240,25 @@ def _scale_(x: torch.Tensor, g: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     return x
 
 
-class CrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, target, w, cfg, want_grad):
-        eager = want_grad and cfg["reduction"] != "none"
-        loss, lse, grad = _ce_rows(logits, target, w, cfg, eager)
-        ctx.cfg = cfg
-        if eager:
-            ctx.grads = grad
-        else:
-            ctx.save_for_backward(logits, target, w)
-        ctx.mark_non_differentiable(lse)
-        return (loss if cfg["reduction"] == "none" else loss.sum()), lse
+def _functionalized(t: torch.Tensor) -> bool:
+    """True while AOTAutograd (torch.compile, opcheck) traces a backward under functionalization."""
+    from torch._subclasses.functional_tensor import FunctionalTensor
+    return isinstance(t, FunctionalTensor) or \
+        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FUNCTIONAL) is not None
 
-    @staticmethod
-    def backward(ctx, g, _glse):
-        if ctx.cfg["reduction"] == "none":
-            logits, target, w = ctx.saved_tensors
-            _, _, grad = _ce_rows(logits, target, (w * g.float()).contiguous(), ctx.cfg, True)
-        else:
-            if ctx.grads is None:
-                raise RuntimeError("cross_entropy: backward ran twice over one forward (retain_graph)")
-            grad, ctx.grads = ctx.grads, None
-            _scale_(grad, g)
-        return grad, None, None, None, None
+
+def scale_unit_grads(ctx, name: str, g: torch.Tensor, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients a forward made for a unit incoming gradient, times the incoming gradient g (the registered
+    losses' backward). Eager: in place (no second buffer the size of dlogits, dh or dW), so once per forward.
+    Traced: out of place, as functionalization (and AOTAutograd's partitioner) admits no mutation of a saved
+    tensor; Inductor then fuses the product with the cast."""
+    if _functionalized(grads[0]):
+        return tuple((x.float() * g).to(x.dtype) for x in grads)
+    if getattr(ctx, "scaled", False):
+        raise RuntimeError(f"{name}: backward ran twice over one forward (retain_graph); run the forward again "
+                           f"instead")
+    ctx.scaled = True
+    return tuple(_scale_(x, g) for x in grads)
 
 
 def _ce_rows(logits, target, w, cfg, write_grad):
@@ -274,6 +272,46 @@ def _ce_rows(logits, target, w, cfg, write_grad):
         return loss, lse, (grad if write_grad else None)
     loss, lse, grad = _rows_torch(logits.float(), target, w, cfg, write_grad)
     return loss, lse, (grad.to(logits.dtype) if grad is not None else None)
+
+
+# ------------------------------------------------------------------ the op (torch.library, fake, autograd)
+@torch.library.custom_op("s1fast_kernels::cross_entropy", mutates_args=())
+def _ce_op(logits: Tensor, target: Tensor, w_eff: Tensor, ignore_index: int, label_smoothing: float, z_loss: float,
+           softcap: float | None, reduction: str, want_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, lse, dlogits for a unit incoming gradient when ``want_grad``, else an empty tensor)."""
+    cfg = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+               reduction=reduction)
+    loss, lse, grad = _ce_rows(logits, target, w_eff, cfg, want_grad)
+    return (loss if reduction == "none" else loss.sum()), lse, (grad if grad is not None else logits.new_empty(0))
+
+
+@_ce_op.register_fake
+def _(logits, target, w_eff, ignore_index, label_smoothing, z_loss, softcap, reduction, want_grad):
+    n = logits.shape[0]
+    loss = logits.new_empty((n,) if reduction == "none" else (), dtype=torch.float32)
+    grad = torch.empty_like(logits) if want_grad else logits.new_empty(0)
+    return loss, logits.new_empty((n,), dtype=torch.float32), grad
+
+
+def _setup(ctx, inputs, output):
+    logits, target, w_eff, *rest = inputs
+    ctx.rest = rest
+    ctx.mark_non_differentiable(*output[1:])  # no zeros materialised for the lse and the [N, V] gradient
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*((logits, target, w_eff) if rest[4] == "none" else output[2:]))
+
+
+def _grad(ctx, g, _glse, _ggrad):
+    if ctx.rest[4] == "none":  # the per-token incoming gradient is only known now: recompute
+        logits, target, w_eff = ctx.saved_tensors
+        grad = torch.ops.s1fast_kernels.cross_entropy(logits, target, (w_eff * g.float()).contiguous(),
+                                                      *ctx.rest[:-1], True)[2]
+    else:
+        grad, = scale_unit_grads(ctx, "cross_entropy", g.float(), *ctx.saved_tensors)
+    return grad, None, None, None, None, None, None, None, None
+
+
+_ce_op.register_autograd(_grad, setup_context=_setup)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
@@ -295,7 +333,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: i
                softcap=None if softcap is None else float(softcap), reduction=reduction)
     w = _effective_weights(target, cfg, token_weight, normalizer, reduction)
     want_grad = torch.is_grad_enabled() and logits.requires_grad
-    loss, lse = CrossEntropyFunction.apply(logits, target.contiguous(), w, cfg, want_grad)
+    loss, lse, _ = torch.ops.s1fast_kernels.cross_entropy(
+        logits, target.contiguous(), w, cfg["ignore_index"], cfg["label_smoothing"], cfg["z_loss"], cfg["softcap"],
+        reduction, want_grad and reduction != "none")
     return (loss, lse) if return_lse else loss
 
 

@@ -8,6 +8,7 @@
 Tokens run in chunks of C rows: the logits GEMM writes each row's statistics in its epilogue, the gradients
 are made during the forward, and the backward only scales them; ``low_memory=True`` instead recomputes the
 logits by vocabulary blocks in the backward (no fp32 [V, H] accumulator). A sharded FSDP2 weight is gathered.
+The autograd formula is the registered op's (``linear_cross_entropy_custom_op``).
 Algorithm, both modes and the FSDP2 contract: docs/kernels.md; costs: bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import triton.language as tl
 
 from ._runtime import INTERPRET, _full, use_triton
 from .cross_entropy_op import (_check_args, _dlogits, _dlogits_torch, _effective_weights, _grad_tile_triton,
-                               _row_loss, _rows_torch, _rows_triton, _scale_, _tanh)
+                               _row_loss, _rows_torch, _rows_triton, _tanh)
 from .matmul_tiles import _logits_tile, _matmul_kernel, _mm, mm_config
 from .targets import check_targets
 
@@ -286,55 +287,9 @@ def _logits_grad_triton(h, wb, bb, g, target, w, lse, cfg, col0: int, vocab: int
                               LOWP=lowp, UPCAST=INTERPRET, num_warps=warps, num_stages=stages, **blocks)
 
 
-class FusedLinearCrossEntropyFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, bias, target, w, cfg, want_grad, chunk):
-        eager = want_grad and cfg["reduction"] != "none"
-        ctx.needs = ctx.needs_input_grad[:3]
-        ctx.low = cfg["low_memory"] and ctx.needs[1]  # dW by the low-memory backward, not in the chunk loop
-        needs = (ctx.needs[0], ctx.needs[1] and not ctx.low, ctx.needs[2])
-        loss_rows, lse, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, cfg, eager, chunk, needs)
-        ctx.cfg, ctx.chunk, ctx.dtypes = cfg, chunk, (weight.dtype, bias.dtype if bias is not None else None)
-        ctx.grads = (dh, dw, db) if eager else None
-        if not eager or ctx.low:
-            ctx.save_for_backward(h, weight, bias, target, w, lse)
-        out = loss_rows if cfg["reduction"] == "none" else loss_rows.sum()
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, g, _glse):
-        wdt, bdt = ctx.dtypes
-        g = g.float()
-        if ctx.cfg["reduction"] == "none":
-            h, weight, bias, target, w, lse = ctx.saved_tensors
-            w = (w * g).contiguous()
-            needs = (ctx.needs[0], ctx.needs[1] and not ctx.low, ctx.needs[2])
-            _, _, dh, dw, db = _linear_ce_chunks(h, weight, bias, target, w, ctx.cfg, True, ctx.chunk, needs)
-        else:
-            if ctx.grads is None:
-                raise RuntimeError("fused_linear_cross_entropy: backward ran twice over one forward "
-                                   "(retain_graph); run the forward again instead")
-            dh, dw, db = ctx.grads
-            ctx.grads = None  # scaled in place below: a second backward must not reuse them
-            if dh is not None:
-                _scale_(dh, g)
-            if dw is not None:
-                dw.mul_(g)
-            if db is not None:
-                db.mul_(g)
-            if ctx.low:
-                h, weight, bias, target, w, lse = ctx.saved_tensors
-                w = (w * g).contiguous()
-        if ctx.low:
-            dw = _linear_ce_dweight(h, weight, bias, target, w, lse, ctx.cfg, ctx.chunk)
-        return (dh, dw.to(wdt) if dw is not None else None, db.to(bdt) if db is not None else None,
-                None, None, None, None, None)
-
-
 def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoothing, z_loss, softcap, reduction,
                       token_weight, normalizer, chunk_size, low_memory=False):
-    """Check and normalise the arguments (shared with the custom op in ``custom_ops``).
+    """Check and normalise the arguments of ``fused_linear_cross_entropy``.
 
     Returns (hidden [N, H], weight, bias, target [N], w_eff [N] fp32, cfg, want_grad, chunk).
     """
@@ -378,7 +333,12 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, reduction=reduction,
                              token_weight=token_weight, normalizer=normalizer, chunk_size=chunk_size,
                              low_memory=low_memory)
-    loss, lse = FusedLinearCrossEntropyFunction.apply(*args)
+    h, w, b, t, w_eff, cfg, want_grad, chunk = args
+    needs = [want_grad and x is not None and x.requires_grad for x in (h, w, b)]  # a frozen input: no GEMM
+    # the registered op of linear_cross_entropy_custom_op (imported by the package): its autograd formula
+    loss, lse, *_ = torch.ops.s1fast_kernels.fused_linear_cross_entropy(
+        h, w, b, t, w_eff, cfg["ignore_index"], cfg["label_smoothing"], cfg["z_loss"], cfg["softcap"],
+        cfg["reduction"], want_grad and cfg["reduction"] != "none", chunk, cfg["low_memory"], *needs)
     return (loss, lse) if return_lse else loss
 
 

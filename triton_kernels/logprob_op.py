@@ -255,26 +255,6 @@ def logprob_backward(h, weight, target, lse, ent, glp, gent, cfg, need_dh=True, 
     return _bwd_torch(h, weight, target, lse, ent, glp, gent, cfg, need_dh, need_dw, chunk)
 
 
-class TokenLogprobsFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, target, cfg, chunk):
-        logp, ent, lse = logprob_forward(h, weight, target, cfg, chunk)
-        ctx.save_for_backward(h, weight, target, lse, ent)
-        ctx.cfg, ctx.chunk = cfg, chunk
-        ctx.mark_non_differentiable(lse)
-        return logp, (ent if ent is not None else torch.zeros_like(logp)), lse
-
-    @staticmethod
-    def backward(ctx, glp, gent, _glse):
-        h, weight, target, lse, ent = ctx.saved_tensors
-        if glp is None:
-            glp = torch.zeros_like(lse)
-        gent = gent if ctx.cfg["entropy"] else None
-        dh, dw = logprob_backward(h, weight, target, lse, ent, glp, gent, ctx.cfg, ctx.needs_input_grad[0],
-                                  ctx.needs_input_grad[1], ctx.chunk)
-        return dh, dw, None, None, None
-
-
 def prepare(hidden, weight, target, *, temperature, entropy, ignore_index):
     """Check and normalise the arguments: (h [N, H], weight [V, H], target [N], cfg)."""
     weight = _full(weight)
@@ -304,7 +284,10 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Ten
     """
     h, w, t, cfg = prepare(hidden, weight, target, temperature=temperature, entropy=entropy,
                            ignore_index=ignore_index)
-    logp, ent, _ = TokenLogprobsFunction.apply(h, w, t, cfg, chunk_size)
+    # the registered op of logprob_custom_op (imported by the package): its autograd formula
+    logp, ent, _ = torch.ops.s1fast_kernels.token_logprobs(h, w, t, cfg["ignore_index"], cfg["temperature"],
+                                                           cfg["entropy"], chunk_size, h.requires_grad,
+                                                           w.requires_grad)
     return logp, (ent if entropy else None)
 
 

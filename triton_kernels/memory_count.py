@@ -1,7 +1,8 @@
 """Peak memory of a function's forward + backward, counted on meta tensors (same ops and sizes as a real
 run, no compute): the tool the memory tests and ``bench/kernel_memory.py`` use.
 
-``PeakLiveBytes`` adds up the storages created inside it while they are alive and keeps the maximum.
+``PeakLiveBytes`` adds up the storages created inside it while they are alive and keeps the maximum; the
+kernels' registered ops are run through their Python implementations, so their buffers count too.
 ``gpu_plan_extra`` runs the fused loss's GPU code path on meta tensors (``use_triton`` answers yes and the
 kernel launchers do nothing), so every buffer that path allocates on an H100 is counted at its real size.
 How the counts were checked against a real run: docs/kernels.md.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch._library.custom_ops import _maybe_get_opdef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -56,7 +58,12 @@ class PeakLiveBytes(TorchDispatchMode):
         self.refs[id(x)] = weakref.ref(x, lambda _, key=key, tid=id(x): self._drop(key, tid))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        opdef = _maybe_get_opdef(func) if func.namespace == "s1fast_kernels" else None
+        if opdef is not None:  # a registered kernel op: run its implementation inside the mode, so what it
+            with self:         # allocates is counted (dispatched whole, meta tensors would take its fake)
+                out = opdef._init_fn(*args, **(kwargs or {}))
+        else:
+            out = func(*args, **(kwargs or {}))
         for x in tree_flatten(out)[0]:
             if isinstance(x, torch.Tensor):
                 self._track(x)

@@ -3,13 +3,15 @@
 The forward saves only ``rstd`` [rows]; the backward recomputes ``x * rstd`` and reduces the weight
 gradient through fp32 per-program partials (no atomics: deterministic). ``xh`` is rounded to the input
 dtype before the weight, as Qwen2RMSNorm does, so bf16 outputs match transformers; the output dtype is
-``promote(x.dtype, weight.dtype)``. Math and design: docs/kernels.md.
+``promote(x.dtype, weight.dtype)``. The functional API goes through the registered op
+``torch.ops.s1fast_kernels.rms_norm`` (fake implementation, autograd formula). Math and design: docs/kernels.md.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ._runtime import INTERPRET, row_block, use_triton
 
@@ -108,23 +110,29 @@ def _launch_bwd(x2, w, dy2, rstd):
     return dx, dw_part.sum(0).to(w.dtype)
 
 
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """rstd's dtype: fp32 (the kernel's), fp64 on the PyTorch path for fp64 inputs (reference precision)."""
+    return torch.float64 if x.dtype == torch.float64 and not use_triton(x) else torch.float32
+
+
 def forward_rows(x2: torch.Tensor, w: torch.Tensor, eps: float):
-    """(y, rstd) for rows x2 [M, D]: the Triton kernel, or the same math in PyTorch (custom op paths)."""
-    if use_triton(x2):
+    """(y, rstd) for rows x2 [M, D]: the Triton kernel, or the same math in PyTorch."""
+    if use_triton(x2) and x2.numel() > 0:
         return _launch_fwd(x2, w, eps)
-    xf = x2.float()
+    xf = x2.to(_stat_dtype(x2))
     rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
     return w * (xf * rstd[:, None]).to(x2.dtype), rstd
 
 
 def backward_rows(x2, w, dy2, rstd):
     """(dx, dw) for rows: the Triton kernel, or the module docstring's formulas in PyTorch."""
-    if use_triton(x2):
+    if use_triton(x2) and x2.numel() > 0:
         return _launch_bwd(x2, w, dy2, rstd)
-    xh = x2.float() * rstd[:, None]
-    g = dy2.float() * w.float()
+    acc = rstd.dtype
+    xh = x2.to(acc) * rstd[:, None]
+    g = dy2.to(acc) * w.to(acc)
     dx = rstd[:, None] * (g - xh * (g * xh).mean(-1, keepdim=True))
-    dw = (dy2.float() * xh.to(x2.dtype).float()).sum(0)
+    dw = (dy2.to(acc) * xh.to(x2.dtype).to(acc)).sum(0)
     return dx.to(x2.dtype), dw.to(w.dtype)
 
 
@@ -148,30 +156,52 @@ def sm90_variants(hidden: int = 5120) -> list[dict]:
     return out
 
 
-class RMSNormFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        x2 = _as_rows(x)
-        y, rstd = _launch_fwd(x2, weight, eps)
-        ctx.save_for_backward(x2, weight, rstd)
-        ctx.x_shape = x.shape
-        return y.view(*x.shape[:-1], y.shape[-1])
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, rstd = ctx.saved_tensors
-        dx, dw = _launch_bwd(x2, weight, _as_rows(dy), rstd)
-        return dx.view(ctx.x_shape), dw, None
+# ------------------------------------------------------------------ the op (torch.library, fake, autograd)
+@torch.library.custom_op("s1fast_kernels::rms_norm", mutates_args=())
+def _rms_norm_op(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(y, rstd [rows])."""
+    y, rstd = forward_rows(_as_rows(x), weight, eps)
+    return y.view(*x.shape[:-1], y.shape[-1]), rstd
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm over the last dimension of ``x`` with a [D] ``weight`` (fused forward and backward on GPU)."""
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    y = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype))
+    return y, x.new_empty(x.numel() // x.shape[-1], dtype=_stat_dtype(x))
+
+
+@torch.library.custom_op("s1fast_kernels::rms_norm_backward", mutates_args=())
+def _rms_norm_backward(x: Tensor, weight: Tensor, dy: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    dx, dw = backward_rows(_as_rows(x), weight, _as_rows(dy), rstd)
+    return dx.view(x.shape), dw
+
+
+@_rms_norm_backward.register_fake
+def _(x, weight, dy, rstd):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _grad(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = torch.ops.s1fast_kernels.rms_norm_backward(x, weight, dy, rstd)
+    return dx, dw, None
+
+
+_rms_norm_op.register_autograd(_grad, setup_context=_setup)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """RMSNorm over the last dimension of ``x`` with a [D] ``weight``, through the registered op (fused
+    forward and backward kernels on GPU and under the interpreter, the same math in PyTorch otherwise)."""
     if weight.dim() != 1 or x.shape[-1] != weight.shape[0]:
         raise ValueError(f"rms_norm: x {tuple(x.shape)} needs a weight of shape [{x.shape[-1]}], got "
                          f"{tuple(weight.shape)}")
-    if use_triton(x) and x.numel() > 0:
-        return RMSNormFunction.apply(x, weight, float(eps))
-    return rms_norm_reference(x, weight, eps)
+    return torch.ops.s1fast_kernels.rms_norm(x, weight, float(eps))[0]
 
 
 class RMSNorm(torch.nn.Module):

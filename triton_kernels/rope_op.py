@@ -4,13 +4,15 @@ Layouts: varlen ``q`` [T, Hq, D], ``k`` [T, Hk, D] with ``position_ids`` [T] (re
 document), or batched [B, S, H, D] with ``position_ids`` [B, S]. ``cos``/``sin`` are [max_positions,
 rotary_dim] tables in transformers' layout, so any scaling the caller computed is honoured; partial rotary
 passes the other channels through. Any strides are read in place; ``inplace=True`` writes into q/k.
-Backward is the same rotation by -theta (no saved activations). Math and design: docs/kernels.md.
+Backward is the same rotation by -theta (no saved activations). The functional API goes through the
+registered op ``torch.ops.s1fast_kernels.rope`` (fake implementation, autograd formula). Math: docs/kernels.md.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ._runtime import INTERPRET, triton_next_pow2, use_triton
 
@@ -159,33 +161,6 @@ def unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _out_like(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    return x if inplace else torch.empty_like(x)  # empty_like keeps a dense tensor's strides
-
-
-class RoPEFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, cos, sin, pos, inplace):
-        qo, ko = _out_like(q, inplace), _out_like(k, inplace)
-        _launch(q, k, qo, ko, cos, sin, pos, backward=False, copy_rest=not inplace)
-        ctx.save_for_backward(cos, sin, pos)
-        ctx.q_meta, ctx.k_meta = (q.shape, q.dtype), (k.shape, k.dtype)
-        if inplace:
-            ctx.mark_dirty(q, k)
-        return qo, ko
-
-    @staticmethod
-    def backward(ctx, dq, dk):
-        cos, sin, pos = ctx.saved_tensors
-        # an unused output gets no gradient from autograd: treat it as zeros
-        dq = dq if dq is not None else torch.zeros(ctx.q_meta[0], dtype=ctx.q_meta[1], device=cos.device)
-        dk = dk if dk is not None else torch.zeros(ctx.k_meta[0], dtype=ctx.k_meta[1], device=cos.device)
-        dq, dk = unit_last(dq), unit_last(dk)
-        dqo, dko = torch.empty_like(dq), torch.empty_like(dk)
-        _launch(dq, dk, dqo, dko, cos, sin, pos, backward=True, copy_rest=True)
-        return dqo, dko, None, None, None, None
-
-
 def _check(q, k, cos, sin, position_ids, kernel: bool) -> None:
     """Shapes on every path (so an error reads the same on a GPU box and off it); strides for the kernel."""
     lead = q.shape[:-2]
@@ -204,15 +179,63 @@ def _check(q, k, cos, sin, position_ids, kernel: bool) -> None:
         raise ValueError("rope: the head_dim of q, k, cos and sin must be contiguous (stride 1)")
 
 
-def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-         position_ids: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate ``q`` and ``k`` by the angles of ``position_ids`` (layouts in the module docstring)."""
-    kernel = use_triton(q) and position_ids.numel() > 0
-    _check(q, k, cos, sin, position_ids, kernel)
-    if kernel:
-        pos = position_ids.reshape(-1)
-        return RoPEFunction.apply(q, k, cos, sin, pos if pos.is_contiguous() else pos.contiguous(), inplace)
-    qo, ko = rope_reference(q, k, cos, sin, position_ids)
+# ------------------------------------------------------------------ the op (torch.library, fake, autograd)
+def _kernel(x: Tensor, position_ids: Tensor) -> bool:
+    return use_triton(x) and position_ids.numel() > 0
+
+
+def _rope_launch(q, k, cos, sin, pos, backward: bool):
+    """Out of place through the kernel; the outputs keep a dense input's strides (``empty_like``)."""
+    q, k = unit_last(q), unit_last(k)
+    qo, ko = torch.empty_like(q), torch.empty_like(k)
+    _launch(q, k, qo, ko, cos, sin, pos.reshape(-1).contiguous(), backward=backward, copy_rest=True)
+    return qo, ko
+
+
+@torch.library.custom_op("s1fast_kernels::rope", mutates_args=())
+def _rope_op(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    if _kernel(q, position_ids):
+        return _rope_launch(q, k, cos, sin, position_ids, backward=False)
+    return rope_reference(q, k, cos, sin, position_ids)
+
+
+@_rope_op.register_fake
+def _(q, k, cos, sin, position_ids):
+    return torch.empty_like(q), torch.empty_like(k)
+
+
+@torch.library.custom_op("s1fast_kernels::rope_backward", mutates_args=())
+def _rope_backward(dq: Tensor, dk: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    if _kernel(dq, position_ids):
+        return _rope_launch(dq, dk, cos, sin, position_ids, backward=True)
+    return rope_reference_backward(dq, dk, cos, sin, position_ids)
+
+
+@_rope_backward.register_fake
+def _(dq, dk, cos, sin, position_ids):
+    return torch.empty_like(dq), torch.empty_like(dk)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[2:])
+
+
+def _grad(ctx, dq, dk):  # an unused output's gradient arrives as zeros (materialized by autograd)
+    cos, sin, pos = ctx.saved_tensors
+    gq, gk = torch.ops.s1fast_kernels.rope_backward(dq, dk, cos, sin, pos)
+    return gq, gk, None, None, None
+
+
+_rope_op.register_autograd(_grad, setup_context=_setup)
+
+
+def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor, *,
+         inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """Rotate ``q`` and ``k`` by the angles of ``position_ids`` (layouts in the module docstring), through the
+    registered op. ``inplace=True`` copies the op's result into q and k (an op with an autograd formula may
+    not mutate its inputs), so it saves no memory; it keeps the callers' contract of getting q and k back."""
+    _check(q, k, cos, sin, position_ids, _kernel(q, position_ids))
+    qo, ko = torch.ops.s1fast_kernels.rope(q, k, cos, sin, position_ids)
     if inplace:
         q.copy_(qo)
         k.copy_(ko)

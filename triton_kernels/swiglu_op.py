@@ -7,13 +7,15 @@ Math (s = sigmoid(g)):
 Backward recomputes ``s`` from the saved inputs instead of saving activations (one read of g, u,
 dy; one write of dg, du): 5 tensors of traffic, the memory-bandwidth floor for this op.
 
-Kernels load in the input dtype and compute in fp32; results are cast on store.
+Kernels load in the input dtype and compute in fp32; results are cast on store. The functional API goes
+through the registered op ``torch.ops.s1fast_kernels.swiglu`` (fake implementation, autograd formula).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ._runtime import use_triton
 
@@ -64,10 +66,11 @@ def _launch_bwd(g, u, dy):
 
 
 def backward_reference(g, u, dy):
-    """(dgate, dup) by the module docstring's formulas in PyTorch (fp32 math)."""
+    """(dgate, dup) by the module docstring's formulas in PyTorch (fp32 math): dy/dg through aten's fused
+    ``silu_backward`` (s * (1 + g * (1 - s))), dy/du = silu(g)."""
     gf, uf, dyf = g.float(), u.float(), dy.float()
-    s = torch.sigmoid(gf)
-    return (dyf * uf * s * (1.0 + gf * (1.0 - s))).to(g.dtype), (dyf * gf * s).to(u.dtype)
+    dg = torch.ops.aten.silu_backward(dyf * uf, gf)
+    return dg.to(g.dtype), (dyf * torch.nn.functional.silu(gf)).to(u.dtype)
 
 
 def sm90_variants() -> list[dict]:
@@ -83,26 +86,47 @@ def sm90_variants() -> list[dict]:
     return out
 
 
-class SwiGLUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gate, up):
-        gate, up = gate.contiguous(), up.contiguous()
-        ctx.save_for_backward(gate, up)
-        return _launch_fwd(gate, up)
-
-    @staticmethod
-    def backward(ctx, dy):
-        gate, up = ctx.saved_tensors
-        return _launch_bwd(gate, up, dy.contiguous())
+# ------------------------------------------------------------------ the op (torch.library, fake, autograd)
+@torch.library.custom_op("s1fast_kernels::swiglu", mutates_args=())
+def _swiglu_op(gate: Tensor, up: Tensor) -> Tensor:
+    if use_triton(gate):
+        return _launch_fwd(gate.contiguous(), up.contiguous())
+    return swiglu_reference(gate, up)
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` with a fused forward and backward on GPU (and under the interpreter)."""
+@_swiglu_op.register_fake
+def _(gate, up):
+    return torch.empty_like(gate)
+
+
+@torch.library.custom_op("s1fast_kernels::swiglu_backward", mutates_args=())
+def _swiglu_backward(gate: Tensor, up: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+    if use_triton(gate):
+        return _launch_bwd(gate.contiguous(), up.contiguous(), dy.contiguous())
+    return backward_reference(gate, up, dy)
+
+
+@_swiglu_backward.register_fake
+def _(gate, up, dy):
+    return torch.empty_like(gate), torch.empty_like(up)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _grad(ctx, dy):
+    return tuple(torch.ops.s1fast_kernels.swiglu_backward(*ctx.saved_tensors, dy))
+
+
+_swiglu_op.register_autograd(_grad, setup_context=_setup)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """``silu(gate) * up`` through the registered op: the fused kernels on GPU (and under the interpreter)."""
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
-    if use_triton(gate):
-        return SwiGLUFunction.apply(gate, up)
-    return swiglu_reference(gate, up)
+    return torch.ops.s1fast_kernels.swiglu(gate, up)
 
 
 class SwiGLU(torch.nn.Module):
