@@ -43,13 +43,9 @@ USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPER
 
 
 def loss_head(targets: torch.Tensor, weights: torch.Tensor):
-    """The fused loss, run by the model inside its forward (where FSDP2 has the lm_head weight gathered).
-
-    Full logits never exist: the fused linear cross-entropy reads hidden states and the weight in chunks.
-    Off a GPU, rows without a target (prompts) are dropped before the head: a row gather costs no device
-    sync there, and the head, which dominates a small model's step, then runs on the trained rows only
-    (exact: those rows' loss and gradient are zero). On a GPU every row goes in (no host sync).
-    """
+    """The fused loss (no full logits), run by the model inside its forward (where FSDP2 has gathered the
+    lm_head weight). Off a GPU the rows without a target are dropped first (exact; a gather costs no device
+    sync there, and the head dominates a small model's step); on a GPU every row goes in (no host sync)."""
     from s1fast_kernels import fused_linear_cross_entropy
 
     def head(hidden, weight):

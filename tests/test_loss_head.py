@@ -37,6 +37,6 @@ def test_cpu_loss_head_skips_untrained_rows_exactly(monkeypatch):
     got = run(loss_head(targets, weights))
     assert rows == [t - 6]                        # only the trained rows reached the head
     assert os.environ["S1FAST_DISABLE_TRITON"] == "1"
-    for a, b in zip(got, ref):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, ref):  # the CPU path computes in fp32: the same math to fp32 rounding
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
     assert torch.count_nonzero(got[1][targets == -100]) == 0
