@@ -8,12 +8,10 @@
     patch_hf(model)                                           # a transformers Qwen2 / Llama model
     o = packed_attention(q, k, v, cu_seqlens, max_seqlen)     # causal inside packed documents, GQA
 
-Each kernel lives in its own file with its math, its ``@triton.jit`` code, its launcher, its registered
-``torch.library`` op (fake implementation and autograd formula: the one autograd path, which eager calls,
-``torch.compile(fullgraph=True)`` and fake tensors all take), a functional API, a thin module and a
-plain-PyTorch reference; the fused loss's and the log-probabilities' ops have files of their own
-(``*_custom_op.py``), imported here. CUDA tensors run the Triton kernels; CPU tensors run PyTorch unless
-``TRITON_INTERPRET=1``.
+Each kernel has its own file: math, ``@triton.jit`` code, launcher, its registered ``torch.library`` op (the
+one autograd path: eager, ``torch.compile(fullgraph=True)`` and fake tensors), functional API and reference;
+the fused loss's and log-probabilities' ops are in ``*_custom_op.py``. CUDA tensors run the Triton kernels;
+CPU tensors run PyTorch unless ``TRITON_INTERPRET=1``.
 """
 from .attention_op import packed_attention, packed_attention_reference
 from .cross_entropy_op import cross_entropy

@@ -4,18 +4,10 @@ without the [N, V] logits: the quantity every policy-gradient trainer (GRPO, PPO
     logp, ent = token_logprobs(hidden [N, H], weight [V, H], target [N], *, temperature=1.0,
                                entropy=False, ignore_index=-100, chunk_size=None)
 
-With z = h W^T / T, lse = logsumexp(z): logp_i = z_it - lse_i, ent_i = lse_i - sum_j p_ij z_ij (fp32 [N]
-each; ``ent`` is None unless ``entropy=True``). Tokens whose target is ``ignore_index`` give 0 and get no
-gradient. The backward takes any per-token incoming gradients (a, b) for (logp, ent):
-    dz_ij = a_i ([j = t_i] - p_ij) - b_i p_ij (z_ij - lse_i + ent_i),    dh = dz W / T,  dW = dz^T h / T.
-GPU (Triton): the forward is one flash-style kernel (a program per 128 rows walks the vocabulary in
-tiles: the logits GEMM, an online max / sum-exp / sum p z, the target's logit), holding O(N) memory.
-The backward recomputes the logits twice, like the fused loss's low-memory mode: dh by token chunks
-(a [C, V] gradient tile in the weight's dtype, then dh = dz W), dW by vocabulary blocks (a gradient
-tile, dW_block = dz^T h accumulated in fp32 over token tiles); both within ``BUFFER_BYTES``. No host sync.
-CPU (PyTorch): the same math in fp32 (fp64 for fp64 inputs) by token chunks. An FSDP2 DTensor weight is
-gathered in forward and its gradient reduce-scattered (``_runtime._full``). Memory at s1's
-shapes: bench/RESULTS.md (``python -m bench.logprob_memory``).
+With z = h W^T / T: logp_i = z_it - lse_i, ent_i = lse_i - sum_j p_ij z_ij (fp32 [N]; ``ent`` only with
+``entropy=True``); ignored targets give 0 and no gradient. GPU: a flash-style forward in O(N) memory and a
+backward that recomputes the logits by token chunks and vocabulary blocks, no host sync; CPU: the same math in
+fp32 (fp64 for fp64 inputs). The backward formula and the tiling: docs/rl.md; memory: bench/RESULTS.md.
 """
 from __future__ import annotations
 
