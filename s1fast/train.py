@@ -24,6 +24,7 @@ import time
 import uuid
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import attention, checkpoint, distributed, hardware, memory
 from .checkpoint import CheckpointError
@@ -50,8 +51,8 @@ def loss_head(targets: torch.Tensor, weights: torch.Tensor):
 
     def head(hidden, weight):
         t, w = targets, weights
-        if hidden.device.type == "cpu":
-            keep = (t != IGNORE).nonzero().squeeze(1)
+        if not torch.compiler.is_compiling() and hidden.device.type == "cpu" and not is_fake(hidden):
+            keep = (t != IGNORE).nonzero().squeeze(1)  # data-dependent shape: real eager tensors only
             hidden, t, w = hidden.index_select(0, keep), t[keep], w[keep]
         return fused_linear_cross_entropy(hidden, weight, t, token_weight=w, reduction="sum")
     return head

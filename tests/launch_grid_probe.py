@@ -65,7 +65,8 @@ def main(shapes: list[dict]) -> list[dict]:
             hid = torch.empty(n, h, dtype=bf, device=dev)
             weight = torch.empty(v, h, dtype=bf, device=dev)
             tgt = torch.empty(n, dtype=torch.long, device=dev)
-            for low in (False, True):
+            for gemm, low in (("cublas", False), ("triton", False), ("triton", True)):  # both GEMM paths
+                lce.GEMM = gemm
                 args = lce.prepare_linear_ce(hid, weight, tgt, None, ignore_index=-100, label_smoothing=0.0,
                                             z_loss=0.0, softcap=None, reduction="sum", token_weight=None,
                                             normalizer=None, chunk_size=None, low_memory=low)
