@@ -125,8 +125,10 @@ def check_training(device, backends, base: list[str], timeout: float, compile_ba
             runs.append((f"training {compile_backend} --compile",
                          ["--device", device, "--dtype", "bf16", "--attention", compile_backend, "--compile"]))
         t0, deadline = time.perf_counter(), time.monotonic() + timeout
-        started = {name: start_training(base + extra, os.path.join(tmp, name.replace(" ", "_"))) + (
-            os.path.join(tmp, name.replace(" ", "_")),) for name, extra in runs}
+        started = {}
+        for name, extra in runs:
+            out_dir = os.path.join(tmp, name.replace(" ", "_"))
+            started[name] = (*start_training(base + extra, out_dir), out_dir)
         losses = {}
         for name, (proc, cmd, out_dir) in started.items():
             try:

@@ -135,17 +135,19 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     dw = torch.zeros((v, hid), dtype=torch.float32, device=dev) if need_dw else None
     db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
     triton_path = use_triton(h)
+    cublas = triton_path and _use_cublas(h)
     if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight
         wf = weight.float()
         bf = bias.float() if bias is not None else None
     else:  # one fp32 logits buffer and one gradient buffer in the GEMM operand dtype, reused by every chunk
         z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
         g_buf = torch.empty((min(n, chunk), v), dtype=weight.dtype, device=dev) if want_grad else z_buf
-        stats = torch.empty(stats_elements(min(n, chunk), v, weight.dtype), dtype=torch.float32, device=dev)
+        if not cublas:  # the Triton logits GEMM's per-tile row statistics
+            stats = torch.empty(stats_elements(min(n, chunk), v, weight.dtype), dtype=torch.float32, device=dev)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         hc = h[s:e]
-        if triton_path and _use_cublas(h):
+        if cublas:
             _chunk_cublas(hc, weight, bias, z_buf[: e - s], g_buf[: e - s], target[s:e], w[s:e], loss[s:e],
                           lse[s:e], cfg, want_grad, dh[s:e] if need_dh else None, dw if need_dw else None)
             g = g_buf[: e - s]
