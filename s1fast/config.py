@@ -116,10 +116,10 @@ PRESETS: dict[str, dict] = {
                  lr=5e-3, warmup_ratio=0.1, beta1=0.9, beta2=0.95, weight_decay=1e-4, grad_clip=1.0,
                  dtype="fp32", master_dtype="fp32", weighting="sequence", packing="balanced", device="auto",
                  save_every=10, output_dir="runs/tiny"),
-    # The toy reasoning task `chain` (s1fast.data.toy; docs/toy.md), 6400 problems once, 8 a step (800 steps),
-    # lr 1e-2, on the tiny model with untied embeddings (tied, it learned the format but not the digits): its
-    # held-out accuracy rises with the thinking budget (bench/RESULTS.md, the demo's toy task).
-    "tiny-toy": dict(model="tiny-qwen2-untied", data="toy:chain:6400", recipe="s1", max_tokens=512, policy="truncate",
+    # The main job (scripts/demo.sh): the toy reasoning task `chain` (s1fast.data.toy; docs/toy.md), 4400
+    # problems once, 8 a step (550 steps), lr 1e-2, on the tiny model with untied embeddings (tied, it learned
+    # the format but not the digits); held-out accuracy against the thinking budget: bench/RESULTS.md.
+    "tiny-toy": dict(model="tiny-qwen2-untied", data="toy:chain:4400", recipe="s1", max_tokens=512, policy="truncate",
                      epochs=1, global_batch=8, lr=1e-2, warmup_ratio=0.05, beta1=0.9, beta2=0.95, weight_decay=1e-4,
                      grad_clip=1.0, dtype="fp32", master_dtype="fp32", weighting="sequence", packing="balanced",
                      device="auto", save_every=100, output_dir="runs/tiny-toy"),

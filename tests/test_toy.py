@@ -19,6 +19,17 @@ def test_render_is_byte_exact_s1_format():
     assert "c=1: 8+1=9\nWait, c=1: 8+1=9\n<|im_start|>answer\n" in toy.render(waited)
 
 
+def test_chain_labels_count_down_to_a_local_stop():
+    """The demo's task: each line's label is the additions left, so the stop (after the line labelled 1)
+    never needs the question; the count is read once, for the first label."""
+    row = toy.make_row("chain", (4, 7, 3))
+    assert row["question"] == "Start at 4 and add 7, three times (mod 10)."
+    assert row["thinking"] == "3: 4+7=1\n2: 1+7=8\n1: 8+7=5" and row["answer"] == "5"
+    assert toy.render(row).endswith("<|im_start|>think\n3: 4+7=1\n2: 1+7=8\n1: 8+7=5\n<|im_start|>answer\n"
+                                    "Final Answer: 5<|im_end|>\n")
+    assert toy.make_row("chain", (4, 7, 3), wait=True)["thinking"].endswith("1: 8+7=5\nWait, 1: 8+7=5")
+
+
 def test_tokenizer_template_and_mask_match():
     tok = load_tokenizer()
     row = toy.make_problems("sum", 1, seed=3)[0]
@@ -46,8 +57,8 @@ def _check_trace(task, row):
     start, step, n = int(m.group(1)), int(m.group(2)), toy.WORDS.index(m.group(3))
     assert row["answer"] == str((start + n * step) % 10)
     x = start
-    for k, line in enumerate(lines, 1):
-        assert line == f"{k}: {x}+{step}={(x + step) % 10}"
+    for k, line in enumerate(lines):
+        assert line == f"{n - k}: {x}+{step}={(x + step) % 10}"
         x = (x + step) % 10
     return n
 

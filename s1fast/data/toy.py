@@ -3,7 +3,7 @@
 ``chain`` (the demo's task; ``docs/toy.md`` says why this shape)::
 
     question: "Start at 4 and add 7, three times (mod 10)."
-    thinking: "1: 4+7=1\\n2: 1+7=8\\n3: 8+7=5"      one line per addition: n additions, n lines
+    thinking: "3: 4+7=1\\n2: 1+7=8\\n1: 8+7=5"      one line per addition, labelled by the additions left
     attempt:  "Final Answer: 5"                    the last line's value
 
 The trace grows linearly with the difficulty, a budget that cuts it leaves a value that is never the answer,
@@ -80,8 +80,8 @@ def solve(task: str, spec) -> tuple[str, list[str], int]:
                         f"{t.max_steps} steps, got {spec}")
     question = f"Start at {start} and add {step}, {WORDS[n]} time{'s' if n > 1 else ''} (mod 10)."
     x = start
-    for k in range(1, n + 1):
-        lines.append(f"{k}: {x}+{step}={(x + step) % 10}")
+    for left in range(n, 0, -1):   # the label counts the additions left: stop after the line labelled 1
+        lines.append(f"{left}: {x}+{step}={(x + step) % 10}")
         x = (x + step) % 10
     return question, lines, x
 
