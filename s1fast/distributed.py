@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .config import ConfigError
+from .cpu_allocator import keep_freed_memory
 
 
 def init(device: str = "auto") -> tuple[torch.device, int, int]:
@@ -41,6 +42,7 @@ def init(device: str = "auto") -> tuple[torch.device, int, int]:
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
+        keep_freed_memory()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world, store=store,
                                 timeout=datetime.timedelta(minutes=30), device_id=dev if device == "cuda" else None)
@@ -93,8 +95,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(together: bool = False) -> None:
+    """Destroy the process group. ``together`` (a run that ended normally on every rank): first wait for
+    every rank, so no rank tears its side down while a peer still works. Never on an error path, where a
+    peer may be blocked in another collective."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

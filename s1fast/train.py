@@ -191,7 +191,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
         # -- model, optimizer, resume ------------------------------------------------------------------
         model, layers_for = build_model(cfg, mcfg, weights, device, world, rank)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                      eps=cfg.eps, fused=device.type == "cuda" and not cfg.cpu_offload)
+                                      eps=cfg.eps, fused=not cfg.cpu_offload)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         signature = {"data": ds.meta["key"], "global_batch": cfg.global_batch, "epochs": cfg.epochs,
                      "seed": cfg.seed, "packing": cfg.packing, "weighting": cfg.weighting,
@@ -474,11 +474,12 @@ def _rss_gb() -> float:
 
 def main(argv=None) -> int:
     cfg = parse_config(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    rank, ended = int(os.environ.get("RANK", "0")), False
     try:
         validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         device, rank, world = distributed.init(cfg.device)
         result = train(cfg, device, rank, world)
+        ended = True
         return 128 + result["signal"] if "signal" in result else 0  # a stopped run did not finish: non-zero
     except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
         if rank == 0:
@@ -492,7 +493,7 @@ def main(argv=None) -> int:
                   f"again with the same --output-dir to resume from its last checkpoint", file=sys.stderr)
         return 2
     finally:
-        distributed.shutdown()
+        distributed.shutdown(together=ended)
 
 
 if __name__ == "__main__":

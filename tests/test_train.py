@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--preset", "tiny", "--max-tokens", "256", "--global-batch", "4", "--max-steps", "4", "--progress", "false",
         "--lr", "2e-3", "--save-every", "2"]
-ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+           PYTHONFAULTHANDLER="1")   # a rank that aborts prints every thread's Python stack
 ENV.pop("TRITON_INTERPRET", None)  # the trainer's CPU path: PyTorch kernels (the interpreter is tested elsewhere)
 
 

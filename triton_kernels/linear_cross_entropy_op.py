@@ -136,9 +136,10 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
     triton_path = use_triton(h)
     cublas = triton_path and _use_cublas(h)
-    if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight
+    if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight, one reused logits buffer
         wf = weight.float()
         bf = bias.float() if bias is not None else None
+        z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
     else:  # one fp32 logits buffer and one gradient buffer in the GEMM operand dtype, reused by every chunk
         z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
         g_buf = torch.empty((min(n, chunk), v), dtype=weight.dtype, device=dev) if want_grad else z_buf
@@ -160,7 +161,7 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
             if need_dw:
                 _mm(g.t(), hc, dw, accumulate=True)
         else:
-            z = hc.float() @ wf.t()
+            z = torch.mm(hc.float(), wf.t(), out=z_buf[: e - s])   # no [C, V] allocation per chunk
             if bf is not None:
                 z += bf
             loss[s:e], lse[s:e], g = _rows_torch(z, target[s:e], w[s:e], cfg, want_grad, inplace=True)

@@ -14,16 +14,18 @@ from .loop import VerifierError, run
 def main(argv=None) -> int:
     cfg = parse_config(argv)
     device, rank, world = distributed.init(cfg.device)
+    ended = False
     try:
         validate(cfg, world)
         run(cfg, device, rank, world)
+        ended = True
         return 0
     except (ConfigError, DataError, TrainingDiverged, VerifierError, FileNotFoundError) as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        distributed.shutdown()
+        distributed.shutdown(together=ended)
 
 
 if __name__ == "__main__":
