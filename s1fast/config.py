@@ -3,8 +3,8 @@
 Every field is a ``--flag`` (underscores become dashes); ``--preset NAME`` picks the starting values
 and any flag given on the command line overrides them. The presets reproduce the published recipes
 (docs/recipe.md): ``s1`` and ``s1.1`` (Qwen2.5-32B-Instruct on s1K / s1K-1.1), ``sky-t1`` (Sky-T1-32B-Preview),
-``tiny`` (the embedded default: a tiny Qwen2-architecture model, the real tokenizer, the bundled real sample;
-it trains on a CPU in about two minutes) and ``tiny-toy`` (its untied twin on the toy reasoning task ``toy:chain``).
+``tiny-toy`` (the embedded default, run by scripts/demo.sh: a tiny Qwen2-architecture model with the real
+tokenizer on the toy reasoning task ``toy:chain``) and ``tiny`` (its tied twin on the bundled real sample).
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ PRESETS: dict[str, dict] = {
                    warmup_ratio=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
                    dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced",
                    activation_checkpointing="full", output_dir="runs/sky-t1"),
-    # The embedded default: tiny Qwen2-architecture model (the real 151936-row vocabulary, so the loss head
+    # Tiny Qwen2-architecture model (the real 151936-row vocabulary, so the loss head
     # dominates as it does for s1), the bundled real traces cut to 512 tokens, 8 examples a step, 3 epochs
     # (24 steps): a 2-core CPU trains it in a few minutes and the loss falls from ln(V) ~ 11.9; fp32 on CPU.
     "tiny": dict(model="tiny-qwen2", recipe="s1", max_tokens=512, policy="truncate", epochs=3, global_batch=8,

@@ -5,7 +5,7 @@ greedy is ``--samples 1 --temperature 0``), graded by ``--protocol`` (``s1``, ``
 and reported as pass@1 with its standard error, unbiased pass@k, majority vote and thinking tokens (docs/eval.md).
 
     python -m s1fast.eval --model DIR --data aime24.jsonl --budgets 1000,2000,4000 --num-wait 0,1,2 --out runs/eval
-    python -m s1fast.eval --model runs/tiny/final --data toy:chain:60 --budgets 8,16,32,64 --protocol s1
+    python -m s1fast.eval --model runs/tiny-toy/final --data toy:chain:59 --budgets 8,24,48,96 --protocol s1
     python -m s1fast.eval compare runs/evalA runs/evalB        # problems whose verdicts differ
     python -m s1fast.eval show runs/evalA                      # outputs a "Wait" continued or a cap cut
     python -m s1fast.eval agreement                            # protocols vs SkyThought's published verdicts
@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("[s1fast.eval] warning: --samples > 1 with --temperature 0 repeats the same greedy output")
         if not os.path.isdir(args.model):
             raise EvalError(f"--model {args.model}: no such folder; pass an exported model folder (e.g. "
-                            f"runs/tiny/final, written by s1fast.train)")
+                            f"runs/tiny-toy/final, written by s1fast.train)")
         check_writable(args.out)
         problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
         paths = output_paths(args.out)

@@ -185,8 +185,8 @@ def test_cpu_offload_on_a_cpu_run_is_refused_clearly(tmp_path):
     assert p.returncode == 2 and "drop --cpu-offload" in p.stderr
 
 
-def test_embedded_default_trains_and_exports(tmp_path):
-    """The README's main job: the tiny preset on the bundled sample, 2 FSDP2 ranks, to the end. The loss falls
+def test_tiny_preset_trains_and_exports(tmp_path):
+    """The tiny preset on the bundled real sample, 2 FSDP2 ranks, to the end. The loss falls
     from ln(V) and the exported folder loads in transformers with s1fast's logits."""
     out = str(tmp_path / "tiny")
     run(["--preset", "tiny", "--output-dir", out, "--progress", "false"], nproc=2, timeout=900)
