@@ -7,6 +7,8 @@ loss's logits chunk, the embedding's gradient at a 151,936-row vocabulary): on t
 about a third of the step (bench/RESULTS.md, the demo's toy task). ``keep_freed_memory`` turns ``mmap`` off
 for the allocator (blocks come from the heap) and raises the trim threshold, so freed blocks are reused.
 The resident size then stays at the step's peak instead of falling between steps, which a trainer holds anyway.
+Reuse is not guaranteed for every buffer: a request must fit a freed block, and torch's aligned allocation asks
+for a little more than the size (tests/test_cpu_allocator.py); the step time is what was measured.
 """
 from __future__ import annotations
 
