@@ -3,29 +3,21 @@ accuracy rises with the thinking budget (s1's test-time scaling). This is script
 full size (550 steps, about 5 minutes on 2 cores: shorter runs had not learned the additions yet, bench/RESULTS.md)
 with a smaller evaluation (2 budgets, 0 and 1 forced "Wait")."""
 import json
-import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-ENV.pop("TRITON_INTERPRET", None)
-
-
-def _run(cmd, timeout):
-    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p
+from test_train import ENV, ROOT, run
 
 
 def test_toy_demo_learns_and_accuracy_rises_with_the_budget(tmp_path):
     out = tmp_path / "toy"
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-          "s1fast.train", "--preset", "tiny-toy", "--output-dir", str(out), "--progress", "false",
-          "--plot", "false", "--save-every", "0"], timeout=1500)
-    _run([sys.executable, "-m", "s1fast.eval", "--model", str(out / "final"), "--data", "toy:chain:59",
-          "--protocol", "s1", "--budgets", "8,96", "--num-wait", "0,1", "--max-answer-tokens", "8",
-          "--batch-size", "59", "--out", str(out / "eval")], timeout=600)
+    run(["--preset", "tiny-toy", "--output-dir", str(out), "--progress", "false", "--plot", "false",
+         "--save-every", "0"], nproc=2, timeout=1500)
+    cmd = [sys.executable, "-m", "s1fast.eval", "--model", str(out / "final"), "--data", "toy:chain:59", "--protocol",
+           "s1", "--budgets", "8,96", "--num-wait", "0,1", "--max-answer-tokens", "8", "--batch-size", "59", "--out",
+           str(out / "eval")]
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
     rows = {(r["num_wait"], r["budget"]): r for r in json.load(open(out / "eval" / "results.json"))["rows"]}
     short, full = rows[(0, 8)]["accuracy"], rows[(0, 96)]["accuracy"]
     assert full >= 0.7, f"held-out accuracy at 96 thinking tokens {full:.1%}: the model did not learn the task"

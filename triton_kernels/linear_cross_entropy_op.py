@@ -136,12 +136,11 @@ def _linear_ce_chunks(h, weight, bias, target, w, cfg, want_grad: bool, chunk: i
     db = torch.zeros(v, dtype=torch.float32, device=dev) if (need_db and bias is not None) else None
     triton_path = use_triton(h)
     cublas = triton_path and _use_cublas(h)
-    if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight, one reused logits buffer
+    z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)   # every chunk's fp32 logits
+    if not triton_path:  # CPU: fp32 math on an fp32 copy of the (input-sized) weight
         wf = weight.float()
         bf = bias.float() if bias is not None else None
-        z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
-    else:  # one fp32 logits buffer and one gradient buffer in the GEMM operand dtype, reused by every chunk
-        z_buf = torch.empty((min(n, chunk), v), dtype=torch.float32, device=dev)
+    else:  # and a gradient buffer in the GEMM operand dtype, reused by every chunk
         g_buf = torch.empty((min(n, chunk), v), dtype=weight.dtype, device=dev) if want_grad else z_buf
         if not cublas:  # the Triton logits GEMM's per-tile row statistics
             stats = torch.empty(stats_elements(min(n, chunk), v, weight.dtype), dtype=torch.float32, device=dev)
