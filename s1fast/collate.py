@@ -106,3 +106,13 @@ def collate_reference(examples: Sequence, weights: Sequence[float], *, pad_to_no
 
 def _has_cuda_kernel(op: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"s1fast::{op}", "CUDA")
+
+
+def rows_with_target(targets: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows with a target, for a loss head to skip the rest, where that is free: eager real
+    tensors off a GPU (a gather costs no device sync there, and the vocabulary-wide head dominates a small
+    model's step). None elsewhere (a GPU, fake tensors, torch.compile): every row goes in, no host sync."""
+    from torch._subclasses.fake_tensor import is_fake
+    if torch.compiler.is_compiling() or hidden.device.type != "cpu" or is_fake(hidden):
+        return None
+    return (targets != IGNORE).nonzero().squeeze(1)

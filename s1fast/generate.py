@@ -115,14 +115,15 @@ def run_native(model, forcers: Sequence[BudgetForcer], *, temperature: float = 0
         x = torch.zeros(n, max(lengths), dtype=torch.long)
         for b, c in enumerate(chunks):
             x[b, :len(c)] = torch.tensor(c, dtype=torch.long)
-        logits = model.decode(x.to(device), cache, lengths=torch.tensor(lengths, device=device))
+        # only each row's last position goes through the vocabulary-wide head: the only logits read
+        logits = model.decode(x.to(device), cache, lengths=torch.tensor(lengths, device=device), last_only=True)
         for b in range(n):
             fed[b] += lengths[b]
         # A row picks its next token once everything the protocol put in its sequence is in the cache.
         ready = [b for b in range(n) if lengths[b] and fed[b] == len(forcers[b].ids)]
         if not ready:
             continue
-        last = logits[torch.tensor(ready, device=device), torch.tensor([lengths[b] - 1 for b in ready], device=device)]
+        last = logits[torch.tensor(ready, device=device)]
         toks = pick_tokens(last, temperature=temperature, top_p=top_p, vocab_limit=vocab_limit,
                            banned=[forcers[b].stops if forcers[b].suppress_stop else None for b in ready],
                            generators=[gens[b] for b in ready])

@@ -24,11 +24,10 @@ import time
 import uuid
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
 from . import attention, checkpoint, distributed, hardware, memory
 from .checkpoint import CheckpointError
-from .collate import IGNORE
+from .collate import rows_with_target
 from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
@@ -45,14 +44,13 @@ USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPER
 
 def loss_head(targets: torch.Tensor, weights: torch.Tensor):
     """The fused loss (no full logits), run by the model inside its forward (where FSDP2 has gathered the
-    lm_head weight). Off a GPU the rows without a target are dropped first (exact; a gather costs no device
-    sync there, and the head dominates a small model's step); on a GPU every row goes in (no host sync)."""
+    lm_head weight). Off a GPU the rows without a target are dropped first (exact: ``rows_with_target``)."""
     from s1fast_kernels import fused_linear_cross_entropy
 
     def head(hidden, weight):
         t, w = targets, weights
-        if not torch.compiler.is_compiling() and hidden.device.type == "cpu" and not is_fake(hidden):
-            keep = (t != IGNORE).nonzero().squeeze(1)  # data-dependent shape: real eager tensors only
+        keep = rows_with_target(t, hidden)
+        if keep is not None:
             hidden, t, w = hidden.index_select(0, keep), t[keep], w[keep]
         return fused_linear_cross_entropy(hidden, weight, t, token_weight=w, reduction="sum")
     return head

@@ -46,7 +46,7 @@ class RuleModel:
         a_count = seen[think:].count(A)
         return [IM_START, A] if a_count >= K else [A]
 
-    def decode(self, input_ids, cache, lengths=None):
+    def decode(self, input_ids, cache, lengths=None, last_only=False):
         n, t = input_ids.shape
         logits = torch.zeros(n, t, V)
         for b in range(n):
@@ -55,7 +55,7 @@ class RuleModel:
                 cache.seen[b] += input_ids[b, :k].tolist()
                 for r, tid in enumerate(self.next_prefs(cache.seen[b])):
                     logits[b, k - 1, tid] = 10.0 - r
-        return logits
+        return logits[torch.arange(n), (torch.as_tensor(lengths) - 1).clamp(min=0)] if last_only else logits
 
 
 def test_read_problems_bundled_sample_and_errors(tmp_path):

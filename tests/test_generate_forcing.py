@@ -44,7 +44,7 @@ class ScriptedModel:
         assert batch_size == len(self.scripts)
         return SimpleNamespace(max_len=max_len)
 
-    def decode(self, input_ids, cache, lengths=None):
+    def decode(self, input_ids, cache, lengths=None, last_only=False):
         n, t = input_ids.shape
         logits = torch.zeros(n, t, V)
         for b in range(n):
@@ -59,7 +59,7 @@ class ScriptedModel:
             for r, tid in enumerate(prefs):
                 logits[b, k - 1, tid] = 10.0 - r
             logits[b, k - 1, NO_TOKEN] = 50.0   # the sampler must never pick an id with no token
-        return logits
+        return logits[torch.arange(n), (torch.as_tensor(lengths) - 1).clamp(min=0)] if last_only else logits
 
 
 def run(tok, scripts, questions=None, **cfg):

@@ -47,12 +47,12 @@ class Recorder:
         self.seen = [[] for _ in range(batch_size)]
         return self.model.new_kv_cache(batch_size, max_len, dtype=dtype, device=device)
 
-    def decode(self, input_ids, cache, lengths=None):
+    def decode(self, input_ids, cache, lengths=None, last_only=False):
         before = cache.seqlens.clone()
-        out = self.model.decode(input_ids, cache, lengths)
+        out = self.model.decode(input_ids, cache, lengths, last_only=last_only)
         for b, k in enumerate(lengths.tolist()):
             if k:
-                self.seen[b].append((int(before[b]) + k - 1, out[b, k - 1].clone()))
+                self.seen[b].append((int(before[b]) + k - 1, (out[b] if last_only else out[b, k - 1]).clone()))
         return out
 
 

@@ -1,11 +1,13 @@
 """GRPO loss (s1fast.rl.loss) through the log-prob kernel on a tiny model in float64 equals a direct
 full-logits implementation, loss and every parameter's gradient, for each normalisation, with and without
-clipping and the KL penalty; a case where ratios are clipped on both sides."""
+clipping and the KL penalty; a case where ratios are clipped on both sides. Both heads: every row through the
+kernel (the GPU path) and only the rows with a target (the trainer's CPU path, ``rl.loop.logprob_head``)."""
 import pytest
 import torch
 
 from s1fast.model import CONFIGS, build_model
 from s1fast.packing import collate
+from s1fast.rl.loop import logprob_head
 from s1fast.rl.loss import group_advantages, grpo_token_loss, token_weights
 from s1fast_kernels.logprob_op import token_logprobs
 
@@ -36,14 +38,15 @@ def _batch(seed=0):
     return model, examples, torch.tensor(lengths), rewards
 
 
-def _kernel_loss(model, examples, lengths, rewards, norm, clip, kl, old_shift, ref_shift):
+def _kernel_loss(model, examples, lengths, rewards, norm, clip, kl, old_shift, ref_shift, rows="all"):
     adv = group_advantages(rewards, G, "std")
     w = token_weights(lengths, norm, max_len=12)
     batch = collate(examples, w.tolist())  # loss_weight: the completion's weight at its sampled targets
     doc = torch.repeat_interleave(torch.arange(len(examples)), torch.diff(batch.cu_seqlens.long()))
     weight = torch.where(batch.targets != -100, w.to(torch.float64)[doc], 0.0)
-    logp, _ = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen,
-                    head=lambda h, wt: token_logprobs(h, wt, batch.targets, temperature=T))
+    head = (logprob_head(batch.targets, T, entropy=True) if rows == "with-target" else
+            lambda h, wt: token_logprobs(h, wt, batch.targets, temperature=T))
+    logp, _ = model(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen, head=head)
     old = logp.detach() + old_shift(logp.shape)
     ref = logp.detach() + ref_shift(logp.shape)
     loss, stats = grpo_token_loss(logp, old, adv[doc], weight, ref_logp=ref if kl else None, clip=clip,
@@ -91,12 +94,13 @@ def _shift(seed, scale):
     return f
 
 
+@pytest.mark.parametrize("rows", ["all", "with-target"])
 @pytest.mark.parametrize("norm", ["token", "sequence", "constant"])
 @pytest.mark.parametrize("clip,kl", [((0.2, 0.28), 0.05), ((0.2, 0.2), 0.0), (None, 0.1)])
-def test_grpo_loss_and_gradients_equal_direct_full_logits_float64(norm, clip, kl):
+def test_grpo_loss_and_gradients_equal_direct_full_logits_float64(norm, clip, kl, rows):
     model, examples, lengths, rewards = _batch()
     old_shift, ref_shift = _shift(1, 0.3), _shift(2, 0.5)
-    loss, stats, batch = _kernel_loss(model, examples, lengths, rewards, norm, clip, kl, old_shift, ref_shift)
+    loss, stats, batch = _kernel_loss(model, examples, lengths, rewards, norm, clip, kl, old_shift, ref_shift, rows)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     ref = _direct_loss(model, examples, rewards, norm, clip, kl, old_shift, ref_shift, batch)
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))

@@ -80,6 +80,11 @@ def test_presets_validate_and_the_toy_preset_fits_every_toy_prompt(capsys):
     rows, held = load_rows(cfg)
     assert len(rows) == 2000 and len(held) == cfg.eval_problems > 0
     assert not {r["question"] for r in rows} & {r["question"] for r in held}, "held-out problems never trained on"
+    # the held-out problems are the same for every seed (seeds compare), and those s1fast.eval grades
+    from s1fast.eval import read_problems
+    other_rows, other_held = load_rows(parse_config(["--preset", "toy", "--seed", "7"]))
+    assert other_held == held and other_rows != rows
+    assert [r["question"] for r in read_problems(f"toy:chain:{len(held)}")] == [r["question"] for r in held]
     ro = Rollout(AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER), cfg, torch.device("cpu"))
     check_prompts(rows + held, ro, cfg, "toy")
     with pytest.raises(ConfigError, match="multiple of the world size"):

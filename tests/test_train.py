@@ -97,6 +97,20 @@ def test_two_rank_fsdp_equals_single_process(single, tmp_path):
     for x, y in zip(a, b):
         assert abs(x - y) <= 1e-5 * abs(x), (a, b)
     assert_same_weights(weights(ref), weights(out))
+    # python -m s1fast.export: the last step's sharded checkpoint is final/ exactly; an earlier one is not
+    ck = os.path.join(out, "checkpoints")
+    for step in ("step_00000004", "step_00000002"):
+        p = subprocess.run([sys.executable, "-m", "s1fast.export", os.path.join(ck, step)], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+    last, early = (load_file(os.path.join(out, f"export_{s}", "model.safetensors")) for s in ("step_00000004",
+                                                                                             "step_00000002"))
+    assert_same_weights(weights(out), last, atol=0.0)
+    assert os.path.exists(os.path.join(out, "export_step_00000002", "tokenizer.json"))
+    assert max((early[k] - last[k]).abs().max().item() for k in last) > 0
+    p = subprocess.run([sys.executable, "-m", "s1fast.export", out], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and "is not a complete s1fast checkpoint" in p.stderr, p.stderr[-2000:]
 
 
 def test_hybrid_sharding_2x2_equals_single_process(single, tmp_path):

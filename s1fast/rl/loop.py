@@ -53,11 +53,12 @@ def resolve(cfg: RLConfig) -> tuple[object, str]:
 
 
 def load_rows(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
-    """(training prompts, held-out evaluation problems): rows with question and answer."""
+    """(training prompts, held-out evaluation problems): rows with question and answer. The held-out problems
+    are the same whatever --seed (so seeds compare), and are those of ``s1fast.eval --data toy:NAME:N``."""
     from ..data import toy
     if toy.is_spec(cfg.data):
         task, n = toy.parse_spec(cfg.data)
-        held = toy.make_problems(task, cfg.eval_problems, seed=cfg.seed, split="test") if cfg.eval_problems else []
+        held = toy.make_problems(task, cfg.eval_problems, seed=0, split="test") if cfg.eval_problems else []
         return toy.make_problems(task, n, seed=cfg.seed + 1, split="train"), held
     if not os.path.exists(cfg.data):
         raise ConfigError(f"--data {cfg.data}: no such file; give a .jsonl with question/answer fields or toy:NAME")
@@ -139,10 +140,20 @@ def packed_batches(completions, weights, adv, rank, world, cfg, mcfg, it, device
 
 
 def logprob_head(targets, temperature, entropy):
+    """Per-token log-probs (and entropy) inside the model's forward; off a GPU only the rows with a target go
+    through the head (``rows_with_target``) and the others read 0, as the kernel writes them."""
     from s1fast_kernels.logprob_op import token_logprobs
 
+    from ..collate import rows_with_target
+
     def head(hidden, weight):
-        return token_logprobs(hidden, weight, targets, temperature=temperature, entropy=entropy)
+        keep = rows_with_target(targets, hidden)
+        if keep is None:
+            return token_logprobs(hidden, weight, targets, temperature=temperature, entropy=entropy)
+        lp, ent = token_logprobs(hidden.index_select(0, keep), weight, targets[keep], temperature=temperature,
+                                 entropy=entropy)
+        spread = lambda x: x.new_zeros(targets.shape[0]).index_copy(0, keep, x)  # noqa: E731
+        return spread(lp), (spread(ent) if ent is not None else None)
     return head
 
 
