@@ -92,3 +92,35 @@ def test_presets_validate_and_the_toy_preset_fits_every_toy_prompt(capsys):
     with pytest.raises(SystemExit) as e:
         parse_config(["--help"])
     assert e.value.code == 0 and "--rewards" in capsys.readouterr().out
+
+
+def test_the_toy_presets_missing_start_says_how_to_make_it(tmp_path, monkeypatch):
+    from s1fast.rl.config import TOY_SFT_COMMAND, parse_config
+    from s1fast.rl.loop import resolve
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        resolve(parse_config(["--preset", "toy"]))
+    assert TOY_SFT_COMMAND in str(e.value) and "--max-steps" in TOY_SFT_COMMAND
+
+
+def test_rl_toy_bench_reads_each_seeds_start_and_end(tmp_path):
+    import json
+    import os
+
+    from bench_scripts import load
+    bench = load("rl_toy")
+    out = tmp_path / "seed0"
+    out.mkdir()
+    rows = [{"step": 1, "reward_mean": 0.2, "eval_accuracy": 0.4}, {"step": 2, "reward_mean": 0.3},
+            {"step": 6, "reward_mean": 0.3, "eval_accuracy": 0.45}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "eval_final.json").write_text(json.dumps({"iterations": 10, "eval_accuracy": 0.5, "eval_problems": 59}))
+    r = bench.seed_row(str(out), 300.0)
+    assert (r["start"], r["end"], r["minutes"], r["problems"]) == (0.4, 0.5, 5.0, 59)
+    table = bench.table({0: r, 1: dict(r, end=0.4, minutes=7.0)})
+    assert "| 0 | 40.0% | 50.0% | +10.0 | 5.00 |" in table and "| 1 | 40.0% | 40.0% | +0.0 | 7.00 |" in table
+    assert table.splitlines()[-1] == "| mean | 40.0% | 45.0% | +5.0 | 6.00 |"
+    assert os.path.getsize(bench.plot(str(tmp_path), [0])) > 0
+    args = bench.sft_args(os.path.join("x", "sft"))
+    assert args.count("--output-dir") == 1 and args[args.index("--output-dir") + 1] == os.path.join("x", "sft")
+    assert "--max-steps" in args

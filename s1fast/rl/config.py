@@ -1,8 +1,8 @@
 """RL configuration: one dataclass, named presets, a command line built from its fields (the trainer's
 conventions: every field is a ``--flag``, ``--preset NAME`` picks the starting values, flags override them).
 
-Presets: ``toy`` (the embedded default: GRPO on the toy task from the ``tiny`` preset's SFT export, 2 CPU
-cores) and ``r1-zero``-like GPU settings (``grpo``: DeepSeekMath's GRPO constants on a Qwen2.5 folder).
+Presets: ``toy`` (the embedded default: GRPO on the toy task from the ``tiny-toy`` SFT run stopped at step
+350, 2 CPU cores) and ``r1-zero``-like GPU settings (``grpo``: DeepSeekMath's GRPO constants on a Qwen2.5 folder).
 """
 from __future__ import annotations
 
@@ -90,19 +90,23 @@ class RLConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The embedded default: the toy task from the tiny preset's SFT export (python -m s1fast.train --preset tiny-toy),
-    # on 2 CPU cores. 288 tokens: the longest toy prompt (66) + the forcing text + its longest trace (100 tokens)
-    # fit beside the 100 tokens of answer room that the "auto" thinking budget keeps.
-    "toy": dict(model="runs/tiny-toy/final", data="toy:chain:2000", rewards="toy=1.0", iterations=30, prompts_per_iter=8,
-                group_size=8, updates_per_batch=1, adv_scale="std", norm="token", lr=1e-4, temperature=1.0,
-                max_total_tokens=288, max_answer_tokens=8, dtype="fp32", eval_problems=50, save_every=10,
-                output_dir="runs/rl-toy"),
+    # The embedded default: the toy task from an SFT start that still has room to improve (the tiny-toy run
+    # stopped at step 350 of 550: TOY_SFT_COMMAND), on 2 CPU cores; every held-out problem (59) graded greedily.
+    # 288 tokens: the longest toy prompt (66) + the forcing text + its longest trace (100 tokens) fit beside the
+    # 100 tokens of answer room that the "auto" thinking budget keeps.
+    "toy": dict(model="runs/tiny-toy-350/final", data="toy:chain:2000", rewards="toy=1.0", iterations=20,
+                prompts_per_iter=8, group_size=8, updates_per_batch=1, adv_scale="std", norm="token", lr=1e-4,
+                temperature=1.0, max_total_tokens=288, max_answer_tokens=8, dtype="fp32", eval_problems=59,
+                eval_every=5, save_every=10, output_dir="runs/rl-toy"),
     # DeepSeekMath / R1-style GRPO constants for a GPU node (pass --model and --data).
     "grpo": dict(rewards="math=1.0,format=0.1", iterations=500, prompts_per_iter=64, group_size=16,
                  updates_per_batch=1, adv_scale="std", norm="token", lr=1e-6, kl_coef=0.04, temperature=1.0,
                  max_total_tokens=8192, max_answer_tokens=1024, micro_tokens=32768, dtype="bf16",
                  save_every=50, output_dir="runs/grpo"),
 }
+# how to make the toy preset's start (the demo's SFT run, stopped early: the schedule of all 550 steps)
+TOY_SFT_COMMAND = ("torchrun --standalone --nproc_per_node 2 -m s1fast.train --preset tiny-toy --max-steps 350 "
+                   "--output-dir runs/tiny-toy-350")
 CHOICES = {"adv_scale": ("std", "none"), "norm": ("token", "sequence", "constant"), "generator": ("native", "vllm"),
            "on_verifier_error": ("drop", "fail"), "dtype": ("bf16", "fp32"), "master_dtype": ("fp32", "bf16"),
            "device": ("auto", "cuda", "cpu")}

@@ -42,8 +42,9 @@ class VerifierError(RuntimeError):
 def resolve(cfg: RLConfig) -> tuple[object, str]:
     from ..data import DEFAULT_TOKENIZER
     from ..model import ModelConfig
+    from .config import PRESETS, TOY_SFT_COMMAND
     if not os.path.isdir(cfg.model) or not os.path.exists(os.path.join(cfg.model, "config.json")):
-        hint = " (train it first: python -m s1fast.train --preset tiny-toy)" if cfg.model == "runs/tiny-toy/final" else ""
+        hint = f" (make it first: {TOY_SFT_COMMAND})" if cfg.model == PRESETS["toy"]["model"] else ""
         raise ConfigError(f"--model {cfg.model} is not a Hugging Face model folder with a config.json{hint}")
     tok = cfg.tokenizer or (cfg.model if os.path.exists(os.path.join(cfg.model, "tokenizer_config.json"))
                             else DEFAULT_TOKENIZER)
