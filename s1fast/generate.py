@@ -65,7 +65,11 @@ def chat_prompt_ids(tokenizer, messages: Sequence[dict], system: str | None = DE
 def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
                 banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None]) -> list[int]:
     """Next token per row of ``logits`` [n, V]: mask ids >= vocab_limit and each row's banned ids, then
-    argmax (temperature 0) or a seeded draw from the top-p nucleus of softmax(logits / temperature)."""
+    argmax (temperature 0) or a seeded draw from the top-p nucleus of softmax(logits / temperature).
+
+    The draw inverts each row's cumulative distribution (float64, so no tail mass is lost to rounding) at one
+    uniform from the row's own generator: one batched pass over the vocabulary for all rows, where a
+    per-row ``torch.multinomial`` costs a vocabulary pass each. A token of probability 0 is never drawn."""
     logits = logits.float().clone()
     if vocab_limit < logits.shape[-1]:
         logits[:, vocab_limit:] = float("-inf")
@@ -81,8 +85,11 @@ def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    picks = [torch.multinomial(probs[i], 1, generator=generators[i]) for i in range(probs.shape[0])]
-    return torch.cat(picks).tolist()
+    cdf = probs.double().cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g, device=g.device, dtype=torch.float64) for g in generators])
+    # the smallest i with cdf_i >= x, for x in (0, total]: then cdf_{i-1} < x <= cdf_i, so p_i > 0
+    x = (1.0 - u.to(cdf.device)) * cdf[:, -1]
+    return torch.searchsorted(cdf, x[:, None]).squeeze(1).clamp(max=cdf.shape[-1] - 1).tolist()
 
 
 def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:

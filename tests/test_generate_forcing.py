@@ -253,6 +253,30 @@ def test_banned_stops_and_top_p_nucleus_and_seeding():
     assert pick_tokens(logits, temperature=0, top_p=1, vocab_limit=10, banned=[{0, 1}], generators=[None]) == [2]
 
 
+def test_draws_follow_the_distribution_and_each_row_its_own_seed():
+    """Frequencies of 6000 seeded draws per row match softmax(logits / T) (5 sd of a binomial), batched rows
+    draw what they draw alone, and a probability-0 token between two others is never drawn."""
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.05, 0.15, 0.0, 0.0, 0.8]])
+    logits = torch.log(probs) * 2.0                          # temperature 2 gives back probs
+    n = 6000
+    gens = [torch.Generator().manual_seed(s) for s in (11, 12)]
+    counts = torch.zeros(2, 5)
+    for _ in range(n):
+        for r, t in enumerate(pick_tokens(logits, temperature=2.0, top_p=1.0, vocab_limit=5, banned=[None, None],
+                                          generators=gens)):
+            counts[r, t] += 1
+    sd = (probs * (1 - probs) / n).sqrt()
+    assert ((counts / n - probs).abs() <= 5 * sd + 1e-12).all(), counts / n
+    assert counts[probs == 0].sum() == 0
+    g_alone = torch.Generator().manual_seed(12)
+    alone = [pick_tokens(logits[1:], temperature=2.0, top_p=1.0, vocab_limit=5, banned=[None],
+                         generators=[g_alone])[0] for _ in range(50)]
+    g_pair = [torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)]
+    paired = [pick_tokens(logits, temperature=2.0, top_p=1.0, vocab_limit=5, banned=[None, None],
+                          generators=g_pair)[1] for _ in range(50)]
+    assert alone == paired
+
+
 # ---- the vLLM backend, driven by a fake engine -------------------------------------------------------
 class FakeParams(dict):
     def __init__(self, **kw):
