@@ -22,6 +22,7 @@ import sys
 import time
 
 from bench.env import environment, markdown_header
+from s1fast.metrics import read_metrics
 from s1fast.rl.config import TOY_SFT_COMMAND
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +51,8 @@ def torchrun(ranks: int, module: str, args: list[str], log: str) -> float:
 
 
 def seed_row(out: str, seconds: float) -> dict:
-    evals = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-    start = next(r["eval_accuracy"] for r in evals if r.get("eval_accuracy") is not None)
+    start = next(r["eval_accuracy"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))
+                 if r.get("eval_accuracy") is not None)
     final = json.load(open(os.path.join(out, "eval_final.json")))
     return {"start": start, "end": final["eval_accuracy"], "problems": final["eval_problems"],
             "iterations": final["iterations"], "minutes": seconds / 60}
@@ -65,7 +66,7 @@ def plot(out: str, seeds: list[int]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     for s in seeds:
         d = os.path.join(out, f"seed{s}")
-        ev = [(r["step"] - 1, r["eval_accuracy"]) for r in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
+        ev = [(r["step"] - 1, r["eval_accuracy"]) for r in read_metrics(os.path.join(d, "metrics.jsonl"))
               if r.get("eval_accuracy") is not None]  # row k's evaluation is of the weights before iteration k
         final = json.load(open(os.path.join(d, "eval_final.json")))
         ev.append((final["iterations"], final["eval_accuracy"]))

@@ -285,3 +285,19 @@ def load(path: str, model, optimizer) -> dict:
 def full_state_dict(model) -> dict:
     """The whole model as plain CPU tensors on rank 0 (an empty dict elsewhere); collective."""
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def write_hf_folder(state_dict: dict, mcfg, out: str, tokenizer_dir: str) -> str:
+    """Write ``out`` as a Hugging Face folder (one process): into ``out.tmp-PID`` first, swapped in whole, so a
+    failure (a full disk) leaves the previous ``out`` as it was and no partial folder (the OSError goes on)."""
+    from .model import save_state_dict_hf
+    tmp = f"{out}.tmp-{os.getpid()}"
+    try:
+        save_state_dict_hf(state_dict, mcfg, tmp, tokenizer_dir)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -33,7 +33,7 @@ def export(path: str, out: str) -> str:
     """Write ``out`` (a Hugging Face folder: config, safetensors, tokenizer) from checkpoint ``path``."""
     import torch.distributed.checkpoint as dcp
 
-    from .model import build_model, save_state_dict_hf
+    from .model import build_model
     from .train import resolve_model
     cfg = run_config(path)
     mcfg, _, tok = resolve_model(SimpleNamespace(model=cfg["model"], tokenizer=cfg.get("tokenizer", "")))
@@ -42,13 +42,7 @@ def export(path: str, out: str) -> str:
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=path, no_dist=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    save_state_dict_hf(state["model"], mcfg, tmp, tok)
-    if os.path.exists(out):
-        import shutil
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return checkpoint.write_hf_folder(state["model"], mcfg, out, tok)
 
 
 def main(argv=None) -> int:
@@ -62,6 +56,10 @@ def main(argv=None) -> int:
         print(f"[s1fast] exported {export(ck, out)} (Hugging Face format)")
     except (CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, no permission: nothing partial is left, an older export is intact
+        print(f"error: writing {out} failed ({e.strerror or e}); free the space or fix the permissions and run "
+              f"again", file=sys.stderr)
         return 2
     return 0
 

@@ -440,19 +440,13 @@ class StopOnSignal:
 
 def export(cfg, model, mcfg, tok_dir, rank) -> str:
     """``final/`` in Hugging Face format, written beside it and swapped in whole (collective)."""
-    from . import model as modeling
     final = os.path.join(cfg.output_dir, "final")
     sd = checkpoint.full_state_dict(model)
     err = None
     if rank == 0:
-        tmp = f"{final}.tmp-{os.getpid()}"
         try:
-            modeling.save_state_dict_hf(sd, mcfg, tmp, tok_dir)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            checkpoint.write_hf_folder(sd, mcfg, final, tok_dir)
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             err = f"exporting {final} failed ({type(e).__name__}: {e}); the partial folder was removed"
     flag = [err]
     if distributed.world() > 1:

@@ -103,3 +103,26 @@ def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path, caps
         json.dump({"pid": 1, "host": "elsewhere"}, f)
     with pytest.raises(C.CheckpointError, match="host elsewhere.*if that run is dead, delete"):
         C.acquire_lock(str(tmp_path))
+
+
+def test_a_failed_hugging_face_export_keeps_the_previous_folder_and_leaves_nothing_partial(tmp_path, monkeypatch):
+    from s1fast import model as M
+    cfg = M.CONFIGS["tiny-qwen2"].with_(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1,
+                                        num_heads=2, num_kv_heads=1, head_dim=8)
+    sd = M.build_model(cfg).state_dict()
+    out = str(tmp_path / "final")
+    assert C.write_hf_folder(sd, cfg, out, None) == out
+    before = sorted(os.listdir(out))
+    assert "model.safetensors" in before and "config.json" in before
+    real = M.save_state_dict_hf
+
+    def full_disk(state_dict, mcfg, folder, tokenizer_dir):
+        real(state_dict, mcfg, folder, tokenizer_dir)              # the files are written, then the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(M, "save_state_dict_hf", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        C.write_hf_folder({k: v + 1 for k, v in sd.items()}, cfg, out, None)
+    assert sorted(os.listdir(tmp_path)) == ["final"] and sorted(os.listdir(out)) == before
+    from safetensors.torch import load_file
+    kept = load_file(os.path.join(out, "model.safetensors"))["model.embed_tokens.weight"]
+    assert torch.equal(kept, sd["embed_tokens.weight"])                # the first export's weights, not the +1

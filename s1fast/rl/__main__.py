@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from .. import distributed
+from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data import DataError
 from ..train import TrainingDiverged
@@ -20,7 +21,7 @@ def main(argv=None) -> int:
         run(cfg, device, rank, world)
         ended = True
         return 0
-    except (ConfigError, DataError, TrainingDiverged, VerifierError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingDiverged, VerifierError, FileNotFoundError) as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from ..config import ConfigError
 from ..metrics import Metrics
 from ..optim import param_groups
 from ..train import TrainingDiverged
+from ..train import export as export_hf  # final/: the trainer's collective export
 from .config import RLConfig
 from .loss import group_advantages, grpo_token_loss, token_weights
 from .rewards import BUILTIN, CORRECTNESS, parse_rewards, score
@@ -447,7 +448,6 @@ def log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train) ->
 
 def finish(s, start: int, total: int, last_ckpt) -> dict:
     """The final checkpoint, the held-out accuracy, and the Hugging Face export."""
-    from ..model import save_state_dict_hf
     cfg, rank = s.cfg, s.rank
     if total > start or last_ckpt is None:
         last_ckpt = save(s, total)
@@ -459,12 +459,7 @@ def finish(s, start: int, total: int, last_ckpt) -> dict:
             with open(os.path.join(cfg.output_dir, "eval_final.json"), "w") as f:
                 json.dump({"iterations": total, "eval_accuracy": acc, "eval_problems": len(s.held)}, f)
             s.metrics.message(f"[s1fast rl] held-out accuracy after {total} iterations: {acc:.3f}")
-    if cfg.export:
-        sd = checkpoint.full_state_dict(s.model)
-        final = os.path.join(cfg.output_dir, "final")
-        if rank == 0:
-            save_state_dict_hf(sd, s.mcfg, final, s.tok_dir)
-            s.metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
-        distributed.barrier()
-        result["final"] = final
+    if cfg.export:  # the trainer's export: collective, and a failure is a CheckpointError on every rank
+        result["final"] = export_hf(cfg, s.model, s.mcfg, s.tok_dir, rank)
+        s.metrics.message(f"[s1fast] exported {result['final']} (Hugging Face format)")
     return result
