@@ -6,8 +6,9 @@ Checks, each recorded as {name, ok, detail} (a failing check is recorded and the
 - collate: ``packing.collate`` on the device against ``collate_reference``;
 - training: the tiny preset trained with each backend on the device (bf16) against the same run in fp32
   on the CPU: per-step losses within bf16 tolerance; then the best backend again with ``--compile``;
-- generation: budget-forced greedy generation on the device respects the thinking budget, and its tokens
-  are compared with the same run on the CPU in fp32 (recorded: a random model has near-ties).
+- generation: budget-forced generation on the device respects the thinking budget (greedy, its tokens
+  compared with the CPU fp32 run, recorded: a random model has near-ties); seeded sampling repeats itself;
+  the server's continuous batcher serves more requests than it has rows.
 
     python -m bench.gpu_correctness --out OUT/correctness.json [--small] [--device cpu]
 
@@ -151,28 +152,97 @@ def check_training(device, backends, base: list[str], timeout: float, compile_ba
     return out
 
 
-def check_generation(device, max_thinking: int) -> dict:
+def check_generation(device, max_thinking: int) -> list[dict]:
+    """Budget forcing on the device: greedy (against the CPU fp32 run, recorded), seeded sampling (the same
+    seeds twice give the same tokens: judged), and the server's continuous batcher (judged: every request
+    finishes within its budget; its tokens against ``generate`` alone on the device, recorded)."""
     from transformers import AutoTokenizer
 
     from s1fast import model as lean
     from s1fast.generate import BUNDLED_TOKENIZER, GenerationConfig, generate
+    qs = ["How many r are in raspberry?", "What is 2 + 2?", "Let $ABC$ be a triangle. Find m+n."]
+    out = []
     try:
         tok = AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
         cfg = GenerationConfig(max_thinking_tokens=max_thinking, num_wait=1, max_answer_tokens=8, batch_size=2)
-        qs = ["How many r are in raspberry?", "What is 2 + 2?"]
-        res = {}
+        res, models = {}, {}
         for dev in dict.fromkeys([device, "cpu"]):
             torch.manual_seed(0)
-            m = lean.build_model("tiny-qwen2", device="cpu").to(dev).eval()
-            res[dev] = generate(m, tok, qs, cfg)
+            models[dev] = lean.build_model("tiny-qwen2", device="cpu").to(dev).eval()
+            res[dev] = generate(models[dev], tok, qs, cfg)
         budget_ok = all(r["thinking_tokens"] <= max_thinking for r in res[device])
         same = sum(a["thinking"] == b["thinking"] for a, b in zip(res[device], res["cpu"]))
-        return dict(name="generation (budget forcing)", ok=budget_ok,
-                    detail=f"thinking tokens {[r['thinking_tokens'] for r in res[device]]} <= budget {max_thinking}; "
-                           f"waits {[r['waits'] for r in res[device]]}; {same}/{len(qs)} thinking texts equal the "
-                           f"cpu fp32 run (recorded, not judged: a random model has near-ties)")
+        out.append(dict(name="generation (budget forcing)", ok=budget_ok,
+                        detail=f"thinking tokens {[r['thinking_tokens'] for r in res[device]]} <= budget "
+                               f"{max_thinking}; waits {[r['waits'] for r in res[device]]}; {same}/{len(qs)} thinking "
+                               f"texts equal the cpu fp32 run (recorded, not judged: a random model has near-ties)"))
     except Exception as e:
-        return dict(name="generation (budget forcing)", ok=False, detail=_error(e))
+        return [dict(name="generation (budget forcing)", ok=False, detail=_error(e))]
+    model = models[device]
+    out.append(_check_sampling(model, tok, qs, cfg, max_thinking))
+    out.append(_check_batcher(model, tok, qs, cfg, res[device], max_thinking))
+    return out
+
+
+def _check_sampling(model, tok, qs, cfg, max_thinking: int) -> dict:
+    import dataclasses
+
+    from s1fast.generate import generate
+    name = "generation (seeded sampling)"
+    try:
+        scfg = dataclasses.replace(cfg, temperature=0.8, top_p=0.95, seed=7)
+        runs = [generate(model, tok, qs, scfg) for _ in range(2)]
+        alone = generate(model, tok, qs, dataclasses.replace(scfg, batch_size=1))
+        repeat = all(a["thinking"] == b["thinking"] and a["answer"] == b["answer"] for a, b in zip(*runs))
+        budget_ok = all(r["thinking_tokens"] <= max_thinking for r in runs[0])
+        same_alone = sum(a["thinking"] == b["thinking"] for a, b in zip(runs[0], alone))
+        return dict(name=name, ok=repeat and budget_ok,
+                    detail=f"the same seeds twice give the same tokens: {repeat}; thinking tokens "
+                           f"{[r['thinking_tokens'] for r in runs[0]]} <= {max_thinking}; {same_alone}/{len(qs)} "
+                           f"equal when run one at a time (recorded: batched matmuls may round differently)")
+    except Exception as e:
+        return dict(name=name, ok=False, detail=_error(e))
+
+
+def _check_batcher(model, tok, qs, cfg, ref: list[dict], max_thinking: int) -> dict:
+    import threading
+
+    from s1fast.batching import ContinuousBatcher
+    from s1fast.forcing import BudgetForcer, ForcingTokens
+    from s1fast.generate import prompt_ids
+    name = "generation (server's continuous batcher)"
+    b = None
+    try:
+        tokens = ForcingTokens.from_tokenizer(tok, extension=cfg.extension)
+        b = ContinuousBatcher(model, vocab_limit=len(tok), slots=2, max_len=512, prefill_chunk=16).start()
+        done = [threading.Event() for _ in qs]
+        results: list = [None] * len(qs)
+
+        def collect(i):
+            def on_update(u):
+                if u.done:
+                    results[i] = u.error or u.result
+                    done[i].set()
+            return on_update
+        for i, q in enumerate(qs):  # more requests than rows: the third waits for a free row
+            f = BudgetForcer(prompt_ids(tok, q), tokens, max_thinking_tokens=cfg.max_thinking_tokens,
+                             num_wait=cfg.num_wait, max_answer_tokens=cfg.max_answer_tokens, max_total_tokens=512)
+            b.submit(f, collect(i), temperature=0.8 if i == 1 else 0.0, top_p=0.95, seed=i)
+        finished = all(e.wait(120) for e in done)
+        errors = [r for r in results if isinstance(r, str)]
+        ok_rows = [r for r in results if isinstance(r, dict)]
+        budget_ok = len(ok_rows) == len(qs) and all(r["thinking_tokens"] <= max_thinking for r in ok_rows)
+        greedy_same = sum(isinstance(results[i], dict) and ref[i]["thinking"]
+                          == tok.decode(results[i]["thinking_ids"], skip_special_tokens=False) for i in (0, 2))
+        return dict(name=name, ok=finished and not errors and budget_ok,
+                    detail=f"finished: {finished}; errors: {errors[:2]}; thinking tokens "
+                           f"{[r['thinking_tokens'] for r in ok_rows]} <= {max_thinking}; {greedy_same}/2 greedy "
+                           f"requests' thinking equal to generate's (recorded)")
+    except Exception as e:
+        return dict(name=name, ok=False, detail=_error(e))
+    finally:
+        if b is not None:
+            b.stop(30)
 
 
 def _error(e: BaseException) -> str:

@@ -38,7 +38,8 @@ def test_dry_run_writes_every_stage_file(tmp_path):
     assert len(files) <= 8 and all((out / f).stat().st_size < 16 * 2**20 for f in files), files
     corr = json.loads((out / "correctness.json").read_text())
     names = {c["name"] for c in corr["checks"]}
-    assert {"collate", "generation (budget forcing)"} <= names and any(n.startswith("training ") for n in names)
+    assert {"collate", "generation (budget forcing)", "generation (seeded sampling)",
+            "generation (server's continuous batcher)"} <= names and any(n.startswith("training ") for n in names)
     assert all(c["ok"] for c in corr["checks"]), corr
     tp = json.loads((out / "throughput.json").read_text())
     run = tp["runs"][-1]
