@@ -37,7 +37,9 @@ if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 # s1fast from this checkout, as the node installs it (the native extension for this Python and torch sits next to
 # the CPU build's: another file name); again whenever the checkout moved (CI clones into a new folder)
-here="$("$VENV/bin/python" -c 'import torch, s1fast._C, s1fast, os; print(os.path.dirname(os.path.dirname(s1fast.__file__)))' 2>/dev/null || true)"
+# (asked from / so that this folder on sys.path cannot hide where the install points: both packages must)
+here="$(cd / && "$VENV/bin/python" -c 'import os, torch, s1fast._C, s1fast, s1fast_kernels as k
+print(*{os.path.dirname(os.path.dirname(m.__file__)) for m in (s1fast, k)})' 2>/dev/null || true)"
 if [ "$here" != "$PWD" ]; then
   S1FAST_NO_CUDA=1 "$VENV/bin/python" -m pip install -q --no-index --no-build-isolation --no-deps -e . > /dev/null
 fi

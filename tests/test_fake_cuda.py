@@ -35,7 +35,9 @@ DRIVERLESS = ("hasPrimaryContext", "Found no NVIDIA driver")  # what a CUDA buil
 
 def step(tmp_path, backend, device, tokens="32768", checkpoint="none", driverless_ok=False):
     out = tmp_path / f"{backend}_{device}.json"
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    # compile in this process: without a driver, flex's compile fails and inductor's worker pool then held the
+    # process at exit for 5 minutes
+    env = dict(os.environ, PYTHONPATH=ROOT, TORCHINDUCTOR_COMPILE_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
     p = subprocess.run([sys.executable, STEP, "--backend", backend, "--device", device, "--tokens", tokens,
                         "--checkpoint", checkpoint, "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
