@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite on a CPU box: installs what it needs (scripts/bootstrap.sh), then runs pytest; then the kernel,
 # model and fake-"cuda" tests again against the GPU node's versions (scripts/test_gpu_versions.sh: a second
-# environment, built once and cached; about 20 minutes and 2.6 GB of downloads the first time on a new box).
+# environment, built once and cached; 2.6 GB of downloads and about 4 minutes the first time on a new box).
 # The second run is skipped when arguments pick tests (bash scripts/test.sh tests/test_x.py -k y) or when
 # S1FAST_SKIP_GPU_VERSIONS=1 (say so when you report a result).
 set -euo pipefail
