@@ -142,3 +142,20 @@ def test_patch_by_model_type_in_a_fresh_process():
     env = dict(os.environ, S1FAST_DISABLE_TRITON="1")  # the wiring is under test; kernels are tested above
     proc = subprocess.run([sys.executable, "-c", _GLOBAL_PATCH_SCRIPT], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+
+
+def test_return_dict_false_gives_the_unpatched_tuple(monkeypatch):
+    """``return_dict=False`` (as older training loops pass it) returns a tuple, with labels too: the patched
+    forward used to read ``.last_hidden_state`` off the inner model's tuple and crash."""
+    monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")  # the wiring is under test; kernels are tested above
+    ref = tiny("qwen2")
+    pat = s1fast_kernels.patch_hf(copy.deepcopy(ref))
+    ids, labels = batch()
+    with torch.no_grad():
+        out_ref = ref.eval()(ids, labels=labels, return_dict=False)
+        out_pat = pat.eval()(ids, labels=labels, return_dict=False)
+        logits_pat = pat(ids, return_dict=False)
+    assert isinstance(out_pat, tuple) and isinstance(logits_pat, tuple)
+    torch.testing.assert_close(out_pat[0], out_ref[0], rtol=1e-5, atol=1e-6)  # the loss
+    torch.testing.assert_close(out_pat[1], out_ref[1], rtol=1e-5, atol=1e-5)  # the logits (eval mode)
+    torch.testing.assert_close(logits_pat[0], out_ref[1], rtol=1e-5, atol=1e-5)

@@ -75,7 +75,9 @@ def _with_rope_on(forward):
 def _make_causal_lm_forward(original_forward, low_memory: bool = False):
     """The causal-LM forward with the fused loss; ``original_forward`` is the class's unbound forward."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.utils.generic import can_return_tuple
 
+    @can_return_tuple  # return_dict=False: a tuple, as the original (whose own wrapper this one replaces)
     @functools.wraps(original_forward)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
                 logits_to_keep=0, **kwargs):
