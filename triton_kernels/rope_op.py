@@ -15,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._runtime import INTERPRET, triton_next_pow2, use_triton
+from .index_checks import check_positions
 
 
 @triton.jit
@@ -194,6 +195,7 @@ def _rope_launch(q, k, cos, sin, pos, backward: bool):
 
 @torch.library.custom_op("s1fast_kernels::rope", mutates_args=())
 def _rope_op(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    check_positions("rope", position_ids, cos.shape[0])  # the backward reuses them: checked once, here
     if _kernel(q, position_ids):
         return _rope_launch(q, k, cos, sin, position_ids, backward=False)
     return rope_reference(q, k, cos, sin, position_ids)
