@@ -186,6 +186,22 @@ def test_no_tokens_give_a_zero_loss_and_zero_gradients(path, low_memory, monkeyp
         assert loss.sum().item() == 0.0 and torch.count_nonzero(w.grad) == 0, (red, w.grad.abs().max())
 
 
+@pytest.mark.parametrize("path", ["triton", "pytorch"])
+def test_a_second_backward_over_one_forward_says_what_to_do(path, monkeypatch):
+    """retain_graph=True then a second backward: the saved gradients were scaled in place by the first, so it is
+    refused; the error used to be autograd's "modified by an inplace operation", which names no argument."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    hid, w, _, t, _, _ = _inputs(9, 8, 21, torch.float32, {})
+    hid.requires_grad_()
+    logits = (hid @ w.t()).detach().requires_grad_()
+    for name, loss in (("fused_linear_cross_entropy", fused_linear_cross_entropy(hid, w, t)),
+                       ("cross_entropy", cross_entropy(logits, t))):
+        (2 * loss).backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match=rf"{name}: backward ran twice over one forward \(retain_graph"):
+            (2 * loss).backward()
+
+
 def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)

@@ -254,11 +254,18 @@ def scale_unit_grads(ctx, name: str, g: torch.Tensor, *grads: torch.Tensor) -> t
     tensor; Inductor then fuses the product with the cast."""
     if _functionalized(grads[0]):
         return tuple((x.float() * g).to(x.dtype) for x in grads)
-    if getattr(ctx, "scaled", False):
-        raise RuntimeError(f"{name}: backward ran twice over one forward (retain_graph); run the forward again "
-                           f"instead")
+    refuse_second_backward(ctx, name)
     ctx.scaled = True
     return tuple(_scale_(x, g) for x in grads)
+
+
+def refuse_second_backward(ctx, name: str) -> None:
+    """The error for a second backward over one forward (``retain_graph``), which ``scale_unit_grads`` cannot
+    serve: called before ``ctx.saved_tensors``, whose version check would otherwise fire first with autograd's
+    "modified by an inplace operation", which does not say what to do."""
+    if getattr(ctx, "scaled", False):
+        raise RuntimeError(f"{name}: backward ran twice over one forward (retain_graph=True); the first backward "
+                           f"scaled the saved gradients in place: run the forward again for each backward")
 
 
 def _ce_rows(logits, target, w, cfg, write_grad):
@@ -307,6 +314,7 @@ def _grad(ctx, g, _glse, _ggrad):
         grad = torch.ops.s1fast_kernels.cross_entropy(logits, target, (w_eff * g.float()).contiguous(),
                                                       *ctx.rest[:-1], True)[2]
     else:
+        refuse_second_backward(ctx, "cross_entropy")
         grad, = scale_unit_grads(ctx, "cross_entropy", g.float(), *ctx.saved_tensors)
     return grad, None, None, None, None, None, None, None, None
 
