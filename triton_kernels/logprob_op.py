@@ -18,6 +18,7 @@ import triton.language as tl
 from ._runtime import INTERPRET, _full, use_triton
 # the matmul helpers of the fused loss, imported in this one place
 from .matmul_tiles import _logits_tile, _mm, _mm_loop, mm_config
+from .targets import check_targets
 
 # Scratch budget of the GPU backward's gradient tiles (bytes): 256 MiB, under 0.5% of the full-logits
 # path at N=32768, V=152064; enough rows per tile that the recompute GEMMs stay compute-bound.
@@ -233,6 +234,8 @@ def _triton_path(h) -> bool:
 
 def logprob_forward(h, weight, target, cfg, chunk=None):
     """(logp [N], entropy [N] or None, lse [N]) in fp32 (fp64 for fp64 inputs)."""
+    # a target outside the vocabulary matched no column: the kernel gave -lse as its log-probability, silently
+    check_targets("token_logprobs", target, weight.shape[0], cfg["ignore_index"])
     if _triton_path(h):
         return _fwd_triton(h, weight, target, cfg)
     return _fwd_torch(h, weight, target, cfg, chunk)
