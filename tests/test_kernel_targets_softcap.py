@@ -43,6 +43,19 @@ def test_target_outside_vocab_raises_a_clear_error(path, bad, monkeypatch):
 
 
 
+@pytest.mark.parametrize("path", ["triton", "pytorch"])
+def test_a_float_target_is_refused_with_its_dtype(path, monkeypatch):
+    """A float target was cast to indices by the kernels and failed inside torch.gather on the PyTorch path."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    h, w, t = _inputs(3)
+    t = t.clamp(min=0).float()
+    for name, call in (("fused_linear_cross_entropy", lambda: fused_linear_cross_entropy(h, w, t)),
+                       ("cross_entropy", lambda: cross_entropy(h @ w.t(), t)),
+                       ("token_logprobs", lambda: token_logprobs(h, w, t))):
+        with pytest.raises(ValueError, match=rf"{name}: target has dtype torch.float32; it must hold integer"):
+            call()
+
 GPU_ASSERT_DRIVER = """
 import sys, torch
 from s1fast_kernels.targets import CHECK_BLOCK, _check_targets_kernel

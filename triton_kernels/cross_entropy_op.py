@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._runtime import INTERPRET, use_triton
-from .targets import check_targets
+from .targets import check_target_dtype, check_targets
 
 
 @triton.jit
@@ -219,6 +219,7 @@ def _check_args(name, n, target, reduction, token_weight, normalizer, label_smoo
     if normalizer is not None and reduction != "mean":
         raise ValueError(f"{name}: normalizer is only meaningful with reduction='mean' (got {reduction!r}); "
                          f"for 'sum' fold it into token_weight")
+    check_target_dtype(name, target)
     if target.dim() != 1 or target.shape[0] != n:
         raise ValueError(f"{name}: target {tuple(target.shape)} must be [N={n}] (flatten batch and sequence)")
     if token_weight is not None and tuple(token_weight.shape) != (n,):

@@ -18,7 +18,7 @@ import triton.language as tl
 from ._runtime import INTERPRET, _full, use_triton
 # the matmul helpers of the fused loss, imported in this one place
 from .matmul_tiles import _logits_tile, _mm, _mm_loop, mm_config
-from .targets import check_targets
+from .targets import check_target_dtype, check_targets
 
 # Scratch budget of the GPU backward's gradient tiles (bytes): 256 MiB, under 0.5% of the full-logits
 # path at N=32768, V=152064; enough rows per tile that the recompute GEMMs stay compute-bound.
@@ -258,6 +258,7 @@ def prepare(hidden, weight, target, *, temperature, entropy, ignore_index):
     if weight.dim() != 2 or weight.shape[1] != h.shape[1]:
         raise ValueError(f"token_logprobs: weight {tuple(weight.shape)} must be [V, H={h.shape[1]}] (the lm_head "
                          f"layout) for hidden {tuple(hidden.shape)}")
+    check_target_dtype("token_logprobs", target)
     if target.shape[0] != h.shape[0]:
         raise ValueError(f"token_logprobs: target has {target.shape[0]} tokens, hidden {h.shape[0]}")
     if not temperature > 0:
