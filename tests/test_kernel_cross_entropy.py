@@ -202,6 +202,19 @@ def test_a_second_backward_over_one_forward_says_what_to_do(path, monkeypatch):
             (2 * loss).backward()
 
 
+def test_batched_token_weight_is_flattened_like_the_target():
+    """hidden [B, T, H] and target [B, T] are flattened; a token_weight [B, T] used to be refused as not [N]."""
+    hid, w, _, t, tw, _ = _inputs(12, 8, 21, torch.float32, dict(weights=True))
+    tw = tw.nan_to_num(0.0)
+    flat = fused_linear_cross_entropy(hid, w, t, token_weight=tw, reduction="sum")
+    batched = fused_linear_cross_entropy(hid.view(3, 4, 8), w, t.view(3, 4), token_weight=tw.view(3, 4),
+                                         reduction="sum")
+    torch.testing.assert_close(batched, flat)
+    logits = hid @ w.t()
+    torch.testing.assert_close(cross_entropy(logits.view(3, 4, 21), t.view(3, 4), token_weight=tw.view(3, 4)),
+                               cross_entropy(logits, t, token_weight=tw))
+
+
 def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)

@@ -213,6 +213,13 @@ def _effective_weights(target, cfg, token_weight, normalizer, reduction):
     return w.contiguous()
 
 
+def flatten_like_target(token_weight, target):
+    """A ``token_weight`` shaped like the target before it is flattened (e.g. [B, T]), flattened alike."""
+    if token_weight is not None and token_weight.shape == target.shape:
+        return token_weight.reshape(-1)
+    return token_weight
+
+
 def _check_args(name, n, target, reduction, token_weight, normalizer, label_smoothing, softcap):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{name}: reduction={reduction!r}; use one of {_REDUCTIONS}")
@@ -335,6 +342,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: i
     logits = logits.reshape(-1, logits.shape[-1])
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
+    token_weight = flatten_like_target(token_weight, target)
     target = target.reshape(-1)
     _check_args("cross_entropy", logits.shape[0], target, reduction, token_weight, normalizer, label_smoothing,
                 softcap)

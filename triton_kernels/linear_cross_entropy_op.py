@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ._runtime import INTERPRET, _full, use_triton
 from .cross_entropy_op import (_check_args, _dlogits, _dlogits_torch, _effective_weights, _grad_tile_triton,
-                               _row_loss, _rows_torch, _rows_triton, _tanh)
+                               _row_loss, _rows_torch, _rows_triton, _tanh, flatten_like_target)
 from .matmul_tiles import _logits_tile, _matmul_kernel, _mm, mm_config
 from .targets import check_targets
 
@@ -297,6 +297,7 @@ def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoot
     """
     weight, bias = _full(weight), _full(bias)
     hidden = hidden.reshape(-1, hidden.shape[-1])
+    token_weight = flatten_like_target(token_weight, target)
     target = target.reshape(-1)
     n, hid = hidden.shape
     _check_args("fused_linear_cross_entropy", n, target, reduction, token_weight, normalizer, label_smoothing,
@@ -326,7 +327,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                                chunk_size: int | None = None, low_memory: bool = False):
     """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target`` without the [N, V] logits.
 
-    hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N].
+    hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N] (or the
+    leading dims of hidden, flattened alike, and so is a ``token_weight`` shaped like it).
     Semantics of every keyword: module docstring. Returns the loss (fp32), or (loss, lse) with return_lse.
     ``low_memory=True``: no [V, H] fp32 weight-gradient accumulator and small chunks, for a third more
     matmul FLOPs (the module docstring's "Two modes").
