@@ -130,6 +130,12 @@ with torch.no_grad():
     model.eval()
     out = model(ids, labels=ids)
 torch.testing.assert_close(out.loss, before_loss, rtol=1e-5, atol=1e-6)
+# a model whose activation is not silu keeps its own MLP (swiglu would silently compute silu)
+cfg.hidden_act = "gelu"
+gelu = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float()
+mlp, x = gelu.model.layers[0].mlp, torch.randn(3, 48)
+with torch.no_grad():
+    torch.testing.assert_close(mlp(x), mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)))
 print("OK")
 """
 
