@@ -215,6 +215,15 @@ def test_batched_token_weight_is_flattened_like_the_target():
                                cross_entropy(logits, t, token_weight=tw))
 
 
+@pytest.mark.parametrize("chunk", [-1, 2.5])
+def test_a_bad_chunk_size_is_named(chunk):
+    """chunk_size=-1 failed deep inside ("negative dimension -1") and 2.5 was truncated silently."""
+    hid, w, _, t, _, _ = _inputs(9, 8, 21, torch.float32, {})
+    for name, call in (("fused_linear_cross_entropy", fused_linear_cross_entropy),
+                       ("token_logprobs", s1fast_kernels.token_logprobs)):
+        with pytest.raises(ValueError, match=rf"{name}: chunk_size={chunk} must be a positive whole number"):
+            call(hid, w, t, chunk_size=chunk)
+
 def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)

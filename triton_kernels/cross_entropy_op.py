@@ -220,6 +220,14 @@ def flatten_like_target(token_weight, target):
     return token_weight
 
 
+def check_chunk_size(name: str, chunk_size) -> None:
+    """``chunk_size``: None (or 0) for the default, else a positive whole number of token rows."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not float(chunk_size).is_integer()
+                                   or chunk_size < 0):
+        raise ValueError(f"{name}: chunk_size={chunk_size!r} must be a positive whole number of token rows "
+                         f"(or None for the default)")
+
+
 def _check_args(name, n, target, reduction, token_weight, normalizer, label_smoothing, softcap):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{name}: reduction={reduction!r}; use one of {_REDUCTIONS}")

@@ -19,7 +19,8 @@ import triton.language as tl
 
 from ._runtime import INTERPRET, _full, use_triton
 from .cross_entropy_op import (_check_args, _dlogits, _dlogits_torch, _effective_weights, _grad_tile_triton,
-                               _row_loss, _rows_torch, _rows_triton, _tanh, flatten_like_target)
+                               _row_loss, _rows_torch, _rows_triton, _tanh, check_chunk_size,
+                               flatten_like_target)
 from .matmul_tiles import _logits_tile, _matmul_kernel, _mm, mm_config
 from .targets import check_targets
 
@@ -302,6 +303,7 @@ def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoot
     n, hid = hidden.shape
     _check_args("fused_linear_cross_entropy", n, target, reduction, token_weight, normalizer, label_smoothing,
                 softcap)
+    check_chunk_size("fused_linear_cross_entropy", chunk_size)
     if weight.dim() != 2 or weight.shape[1] != hid:
         raise ValueError(f"fused_linear_cross_entropy: weight {tuple(weight.shape)} must be [V, H={hid}] "
                          f"(the lm_head layout: vocab rows), for hidden {tuple(hidden.shape)}")

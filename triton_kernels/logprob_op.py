@@ -18,6 +18,7 @@ import triton.language as tl
 from ._runtime import INTERPRET, _full, use_triton
 # the matmul helpers of the fused loss, imported in this one place
 from .matmul_tiles import _logits_tile, _mm, _mm_loop, mm_config
+from .cross_entropy_op import check_chunk_size
 from .targets import check_target_dtype, check_targets
 
 # Scratch budget of the GPU backward's gradient tiles (bytes): 256 MiB, under 0.5% of the full-logits
@@ -278,12 +279,13 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Ten
     hidden [..., H] (flattened to [N, H]), weight [V, H] (may be an FSDP2 DTensor), target [N]. Returns
     (logp [N], entropy [N] or None), fp32 (fp64 for fp64 inputs), differentiable in hidden and weight.
     """
+    check_chunk_size("token_logprobs", chunk_size)
     h, w, t, cfg = prepare(hidden, weight, target, temperature=temperature, entropy=entropy,
                            ignore_index=ignore_index)
     # the registered op of logprob_custom_op (imported by the package): its autograd formula
     logp, ent, _ = torch.ops.s1fast_kernels.token_logprobs(h, w, t, cfg["ignore_index"], cfg["temperature"],
-                                                           cfg["entropy"], chunk_size, h.requires_grad,
-                                                           w.requires_grad)
+                                                           cfg["entropy"], chunk_size and int(chunk_size),
+                                                           h.requires_grad, w.requires_grad)
     return logp, (ent if entropy else None)
 
 
