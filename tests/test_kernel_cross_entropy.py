@@ -224,6 +224,13 @@ def test_a_bad_chunk_size_is_named(chunk):
         with pytest.raises(ValueError, match=rf"{name}: chunk_size={chunk} must be a positive whole number"):
             call(hid, w, t, chunk_size=chunk)
 
+def test_hidden_and_weight_swapped_as_in_liger_are_named():
+    """LigerFusedLinearCrossEntropyLoss takes (weight, hidden, target); the same order here used to fail on the
+    target's length with no hint."""
+    hid, w, _, t, _, _ = _inputs(9, 8, 21, torch.float32, {})
+    with pytest.raises(ValueError, match=r"hidden \(21, 8\) and weight \(9, 8\) look swapped"):
+        s1fast_kernels.FusedLinearCrossEntropy()(w, hid, t)
+
 def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)

@@ -301,6 +301,10 @@ def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoot
     token_weight = flatten_like_target(token_weight, target)
     target = target.reshape(-1)
     n, hid = hidden.shape
+    if target.shape[0] != n and weight.dim() == 2 and weight.shape == (target.shape[0], hid):
+        raise ValueError(f"fused_linear_cross_entropy: hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} "
+                         f"look swapped (target has {target.shape[0]} tokens): pass hidden [N, H] first, then "
+                         f"the lm_head weight [V, H] (Liger's module takes the weight first; this one does not)")
     _check_args("fused_linear_cross_entropy", n, target, reduction, token_weight, normalizer, label_smoothing,
                 softcap)
     check_chunk_size("fused_linear_cross_entropy", chunk_size)
