@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._runtime import INTERPRET, triton_next_pow2, use_triton
+from ._runtime import INTERPRET, like_fake, triton_next_pow2, use_triton
 from .index_checks import check_positions
 
 
@@ -197,8 +197,10 @@ def _rope_launch(q, k, cos, sin, pos, backward: bool):
 def _rope_op(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
     check_positions("rope", position_ids, cos.shape[0])  # the backward reuses them: checked once, here
     if _kernel(q, position_ids):
-        return _rope_launch(q, k, cos, sin, position_ids, backward=False)
-    return rope_reference(q, k, cos, sin, position_ids)
+        qo, ko = _rope_launch(q, k, cos, sin, position_ids, backward=False)
+    else:
+        qo, ko = rope_reference(q, k, cos, sin, position_ids)
+    return like_fake(q, qo), like_fake(k, ko)
 
 
 @_rope_op.register_fake
@@ -209,8 +211,10 @@ def _(q, k, cos, sin, position_ids):
 @torch.library.custom_op("s1fast_kernels::rope_backward", mutates_args=())
 def _rope_backward(dq: Tensor, dk: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
     if _kernel(dq, position_ids):
-        return _rope_launch(dq, dk, cos, sin, position_ids, backward=True)
-    return rope_reference_backward(dq, dk, cos, sin, position_ids)
+        gq, gk = _rope_launch(dq, dk, cos, sin, position_ids, backward=True)
+    else:
+        gq, gk = rope_reference_backward(dq, dk, cos, sin, position_ids)
+    return like_fake(dq, gq), like_fake(dk, gk)
 
 
 @_rope_backward.register_fake
