@@ -103,7 +103,7 @@ def test_rope_positions_outside_the_tables_fail_clearly(path, bad, monkeypatch):
     pos = torch.tensor([0, 1, bad, 2])
     with pytest.raises(ValueError, match=rf"rope: position_ids\[2\] = {bad} is outside \[0, 8\)"):
         s1fast_kernels.rope(torch.zeros(4, 2, 16), torch.zeros(4, 1, 16), cos, sin, pos)
-    with pytest.raises(ValueError, match=r"position_ids\[\[1, 0\]\]"):  # batched: the [b, s] of the entry
+    with pytest.raises(ValueError, match=r"position_ids\[1, 0\] = "):  # batched: the [b, s] of the entry
         s1fast_kernels.rope(torch.zeros(2, 2, 2, 16), torch.zeros(2, 2, 1, 16), cos, sin,
                             torch.tensor([[0, 1], [bad, 2]]))
 

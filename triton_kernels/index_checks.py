@@ -18,8 +18,7 @@ def _fail(name: str, idx: torch.Tensor, bad: torch.Tensor, what: str, rule: str,
         torch._assert_async(~bad.any(), f"{name}: {what} has an entry outside {rule}")
     elif bad.any().numpy():
         flat = bad.reshape(-1).nonzero()[0, 0]
-        where = tuple(int(i) for i in torch.unravel_index(flat, bad.shape))
-        where = where[0] if len(where) == 1 else list(where)
+        where = ", ".join(str(int(i)) for i in torch.unravel_index(flat, bad.shape))
         raise ValueError(f"{name}: {what}[{where}] = {int(idx.reshape(-1)[flat])} is outside {rule} "
                          f"({int(bad.sum())} such entries); {fix}")
 
