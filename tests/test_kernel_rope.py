@@ -108,6 +108,19 @@ def test_rope_positions_outside_the_tables_fail_clearly(path, bad, monkeypatch):
                             torch.tensor([[0, 1], [bad, 2]]))
 
 
+def test_rope_takes_any_strides_on_every_path():
+    """A cos/sin table or q whose head_dim is not unit-stride was refused on the kernel path only ("must be
+    contiguous (stride 1)") while the PyTorch path took it; both now rotate it."""
+    cos, sin = tables(8, 16, torch.float32)
+    cos_t, sin_t = cos.t().contiguous().t(), sin.t().contiguous().t()  # column-major: head_dim stride 8
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(16, 4, 2, generator=g).transpose(0, 2)  # [2, 4, 16] with head_dim stride 8
+    k = torch.randn(2, 1, 16, generator=g)
+    pos = torch.tensor([0, 5])
+    got = on_kernel_device(s1fast_kernels.rope)(q, k, cos_t, sin_t, pos)
+    for o, r in zip(got, rope_reference(q, k, cos, sin, pos)):
+        torch.testing.assert_close(o.cpu(), r, rtol=1e-5, atol=1e-6)
+
 def test_rope_compiles_for_sm90_without_spills():
     from s1fast_kernels.compile_check import kernel_reports
     reps = kernel_reports()["rope_op"]
