@@ -160,6 +160,19 @@ def test_bad_shapes_say_what_is_wrong():
         packed_attention(q[None], k, k, cu_of([8]), 8)
 
 
+@pytest.mark.parametrize("path", ["kernel", "pytorch"])
+@pytest.mark.parametrize("cu,entry", [([0, 4, 13], r"cu_seqlens\[2\] = 13"), ([0, 6, 4, 11], r"cu_seqlens\[2\] = 4"),
+                                      ([-1, 11], r"cu_seqlens\[0\] = -1")])
+def test_cu_seqlens_outside_the_tokens_fail_clearly(path, cu, entry, monkeypatch):
+    """cu_seqlens past T, decreasing or negative used to make the kernels read and write outside q/k/v (heap
+    corruption under the interpreter) and the PyTorch path fail with a shape error; now both name the entry."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    q, k = torch.randn(11, 2, 16), torch.randn(11, 1, 16)
+    with pytest.raises(ValueError, match=rf"packed_attention: {entry} is outside \[0, T=11\]"):
+        packed_attention(q, k, k, torch.tensor(cu, dtype=torch.int32), 11)
+
+
 def test_attention_compiles_for_sm90_with_wgmma_and_no_spills():
     from s1fast_kernels.compile_check import kernel_reports
     reps = kernel_reports()["attention_op"]

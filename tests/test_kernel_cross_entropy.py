@@ -186,6 +186,51 @@ def test_no_tokens_give_a_zero_loss_and_zero_gradients(path, low_memory, monkeyp
         assert loss.sum().item() == 0.0 and torch.count_nonzero(w.grad) == 0, (red, w.grad.abs().max())
 
 
+@pytest.mark.parametrize("path", ["triton", "pytorch"])
+def test_a_second_backward_over_one_forward_says_what_to_do(path, monkeypatch):
+    """retain_graph=True then a second backward: the saved gradients were scaled in place by the first, so it is
+    refused; the error used to be autograd's "modified by an inplace operation", which names no argument."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    hid, w, _, t, _, _ = _inputs(9, 8, 21, torch.float32, {})
+    hid.requires_grad_()
+    logits = (hid @ w.t()).detach().requires_grad_()
+    for name, loss in (("fused_linear_cross_entropy", fused_linear_cross_entropy(hid, w, t)),
+                       ("cross_entropy", cross_entropy(logits, t))):
+        (2 * loss).backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match=rf"{name}: backward ran twice over one forward \(retain_graph"):
+            (2 * loss).backward()
+
+
+def test_batched_token_weight_is_flattened_like_the_target():
+    """hidden [B, T, H] and target [B, T] are flattened; a token_weight [B, T] used to be refused as not [N]."""
+    hid, w, _, t, tw, _ = _inputs(12, 8, 21, torch.float32, dict(weights=True))
+    tw = tw.nan_to_num(0.0)
+    flat = fused_linear_cross_entropy(hid, w, t, token_weight=tw, reduction="sum")
+    batched = fused_linear_cross_entropy(hid.view(3, 4, 8), w, t.view(3, 4), token_weight=tw.view(3, 4),
+                                         reduction="sum")
+    torch.testing.assert_close(batched, flat)
+    logits = hid @ w.t()
+    torch.testing.assert_close(cross_entropy(logits.view(3, 4, 21), t.view(3, 4), token_weight=tw.view(3, 4)),
+                               cross_entropy(logits, t, token_weight=tw))
+
+
+@pytest.mark.parametrize("chunk", [-1, 2.5])
+def test_a_bad_chunk_size_is_named(chunk):
+    """chunk_size=-1 failed deep inside ("negative dimension -1") and 2.5 was truncated silently."""
+    hid, w, _, t, _, _ = _inputs(9, 8, 21, torch.float32, {})
+    for name, call in (("fused_linear_cross_entropy", fused_linear_cross_entropy),
+                       ("token_logprobs", s1fast_kernels.token_logprobs)):
+        with pytest.raises(ValueError, match=rf"{name}: chunk_size={chunk} must be a positive whole number"):
+            call(hid, w, t, chunk_size=chunk)
+
+def test_hidden_and_weight_swapped_as_in_liger_are_named():
+    """LigerFusedLinearCrossEntropyLoss takes (weight, hidden, target); the same order here used to fail on the
+    target's length with no hint."""
+    hid, w, _, t, _, _ = _inputs(9, 8, 21, torch.float32, {})
+    with pytest.raises(ValueError, match=r"hidden \(21, 8\) and weight \(9, 8\) look swapped"):
+        s1fast_kernels.FusedLinearCrossEntropy()(w, hid, t)
+
 def test_return_lse_and_module_form():
     hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
     loss, lse = fused_linear_cross_entropy(hid, w, t, return_lse=True, chunk_size=32)

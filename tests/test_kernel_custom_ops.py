@@ -101,3 +101,26 @@ def test_cross_entropy_op_passes_opcheck_and_compiles_fullgraph(monkeypatch):
         ref = loss(b, lambda z, t, **k: flce_ref(z, torch.eye(53), t, **k))
         ref.backward()
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=reduction)
+
+
+@pytest.mark.parametrize("path", ["kernel", "pytorch"])
+def test_fakes_promise_the_real_layouts_for_strided_inputs(path, monkeypatch):
+    """Transposed / strided inputs (a column-major gate, RoPE on transformers' [B, H, S, D] transposed to
+    [B, S, H, D], partial rotary): each op's real output has the strides its fake promises. They used not to
+    (swiglu, rms_norm's backward, rope's PyTorch path): torch.compile then failed in Inductor's
+    assert_size_stride ("expected ... stride")."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    T = lambda *s: r(*s).transpose(0, 1)  # noqa: E731  (dense, not contiguous)
+    O = torch.ops.s1fast_kernels
+    torch.library.opcheck(O.swiglu, (T(24, 10), T(24, 10)))
+    torch.library.opcheck(O.swiglu_backward, (T(24, 10), T(24, 10), r(10, 24)))
+    torch.library.opcheck(O.rms_norm_backward, (T(24, 10), r(24), r(10, 24), torch.rand(10, generator=g) + 0.5))
+    emb = torch.cat([torch.outer(torch.arange(16.0), 1e-1 ** torch.arange(4.0))] * 2, -1)  # rotary_dim 8
+    pos = torch.arange(7).repeat(2, 1)
+    hf = lambda h, d: r(2, h, 7, d).transpose(1, 2)  # noqa: E731
+    for d in (8, 16):  # full and partial rotary
+        torch.library.opcheck(O.rope, (hf(4, d), hf(2, d), emb.cos(), emb.sin(), pos))
+        torch.library.opcheck(O.rope_backward, (hf(4, d), hf(2, d), emb.cos(), emb.sin(), pos))

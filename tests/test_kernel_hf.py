@@ -130,6 +130,12 @@ with torch.no_grad():
     model.eval()
     out = model(ids, labels=ids)
 torch.testing.assert_close(out.loss, before_loss, rtol=1e-5, atol=1e-6)
+# a model whose activation is not silu keeps its own MLP (swiglu would silently compute silu)
+cfg.hidden_act = "gelu"
+gelu = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float()
+mlp, x = gelu.model.layers[0].mlp, torch.randn(3, 48)
+with torch.no_grad():
+    torch.testing.assert_close(mlp(x), mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)))
 print("OK")
 """
 
@@ -142,3 +148,20 @@ def test_patch_by_model_type_in_a_fresh_process():
     env = dict(os.environ, S1FAST_DISABLE_TRITON="1")  # the wiring is under test; kernels are tested above
     proc = subprocess.run([sys.executable, "-c", _GLOBAL_PATCH_SCRIPT], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+
+
+def test_return_dict_false_gives_the_unpatched_tuple(monkeypatch):
+    """``return_dict=False`` (as older training loops pass it) returns a tuple, with labels too: the patched
+    forward used to read ``.last_hidden_state`` off the inner model's tuple and crash."""
+    monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")  # the wiring is under test; kernels are tested above
+    ref = tiny("qwen2")
+    pat = s1fast_kernels.patch_hf(copy.deepcopy(ref))
+    ids, labels = batch()
+    with torch.no_grad():
+        out_ref = ref.eval()(ids, labels=labels, return_dict=False)
+        out_pat = pat.eval()(ids, labels=labels, return_dict=False)
+        logits_pat = pat(ids, return_dict=False)
+    assert isinstance(out_pat, tuple) and isinstance(logits_pat, tuple)
+    torch.testing.assert_close(out_pat[0], out_ref[0], rtol=1e-5, atol=1e-6)  # the loss
+    torch.testing.assert_close(out_pat[1], out_ref[1], rtol=1e-5, atol=1e-5)  # the logits (eval mode)
+    torch.testing.assert_close(logits_pat[0], out_ref[1], rtol=1e-5, atol=1e-5)

@@ -92,6 +92,35 @@ def test_rope_shape_errors_are_clear():
         s1fast_kernels.rope(torch.zeros(4, 2, 8), torch.zeros(4, 1, 8), cos, sin, torch.arange(4))
 
 
+@pytest.mark.parametrize("path", ["kernel", "pytorch"])
+@pytest.mark.parametrize("bad", [8, -1])
+def test_rope_positions_outside_the_tables_fail_clearly(path, bad, monkeypatch):
+    """A position past the cos/sin tables (or negative) used to read outside them in the kernel (garbage) and
+    wrap around silently on the PyTorch path; now both name the entry."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    cos, sin = tables(8, 16, torch.float32)
+    pos = torch.tensor([0, 1, bad, 2])
+    with pytest.raises(ValueError, match=rf"rope: position_ids\[2\] = {bad} is outside \[0, 8\)"):
+        s1fast_kernels.rope(torch.zeros(4, 2, 16), torch.zeros(4, 1, 16), cos, sin, pos)
+    with pytest.raises(ValueError, match=r"position_ids\[1, 0\] = "):  # batched: the [b, s] of the entry
+        s1fast_kernels.rope(torch.zeros(2, 2, 2, 16), torch.zeros(2, 2, 1, 16), cos, sin,
+                            torch.tensor([[0, 1], [bad, 2]]))
+
+
+def test_rope_takes_any_strides_on_every_path():
+    """A cos/sin table or q whose head_dim is not unit-stride was refused on the kernel path only ("must be
+    contiguous (stride 1)") while the PyTorch path took it; both now rotate it."""
+    cos, sin = tables(8, 16, torch.float32)
+    cos_t, sin_t = cos.t().contiguous().t(), sin.t().contiguous().t()  # column-major: head_dim stride 8
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(16, 4, 2, generator=g).transpose(0, 2)  # [2, 4, 16] with head_dim stride 8
+    k = torch.randn(2, 1, 16, generator=g)
+    pos = torch.tensor([0, 5])
+    got = on_kernel_device(s1fast_kernels.rope)(q, k, cos_t, sin_t, pos)
+    for o, r in zip(got, rope_reference(q, k, cos, sin, pos)):
+        torch.testing.assert_close(o.cpu(), r, rtol=1e-5, atol=1e-6)
+
 def test_rope_compiles_for_sm90_without_spills():
     from s1fast_kernels.compile_check import kernel_reports
     reps = kernel_reports()["rope_op"]

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from s1fast_kernels import cross_entropy, fused_linear_cross_entropy
+from s1fast_kernels import cross_entropy, fused_linear_cross_entropy, token_logprobs
 from s1fast_kernels.cross_entropy_op import _tanh
 from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
 from kernel_testing import KERNEL_DEVICE, have_cuobjdump
@@ -35,9 +35,26 @@ def test_target_outside_vocab_raises_a_clear_error(path, bad, monkeypatch):
         fused_linear_cross_entropy(h, w, t)
     with pytest.raises(ValueError, match=rf"cross_entropy: target\[4\] = {bad} is outside \[0, 10\)"):
         cross_entropy(h @ w.t(), t)
+    # token_logprobs did not check: the kernel returned -lse for a target matching no column, silently
+    with pytest.raises(ValueError, match=rf"token_logprobs: target\[4\] = {bad} is outside \[0, 10\)"):
+        token_logprobs(h, w, t)
     t[4] = 3  # the same call with a valid target (and one ignore_index row) goes through
     assert torch.isfinite(fused_linear_cross_entropy(h, w, t)) and torch.isfinite(cross_entropy(h @ w.t(), t))
 
+
+
+@pytest.mark.parametrize("path", ["triton", "pytorch"])
+def test_a_float_target_is_refused_with_its_dtype(path, monkeypatch):
+    """A float target was cast to indices by the kernels and failed inside torch.gather on the PyTorch path."""
+    if path == "pytorch":
+        monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    h, w, t = _inputs(3)
+    t = t.clamp(min=0).float()
+    for name, call in (("fused_linear_cross_entropy", lambda: fused_linear_cross_entropy(h, w, t)),
+                       ("cross_entropy", lambda: cross_entropy(h @ w.t(), t)),
+                       ("token_logprobs", lambda: token_logprobs(h, w, t))):
+        with pytest.raises(ValueError, match=rf"{name}: target has dtype torch.float32; it must hold integer"):
+            call()
 
 GPU_ASSERT_DRIVER = """
 import sys, torch

@@ -32,6 +32,18 @@ def triton_next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def like_fake(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` in the layout of ``torch.empty_like(ref)``, which is what an op's fake implementation promises:
+    torch.compile lays out the rest of the graph (and checks it) by the fake, so a real output with other strides
+    (a kernel's contiguous result for a transposed input, a PyTorch path's ``cat``) fails there. Copies only
+    when the layouts differ, never for contiguous tensors."""
+    if ref.is_contiguous() and out.is_contiguous():
+        return out
+    if torch.empty_like(ref, device="meta").stride() == out.stride():  # meta: the strides, no memory
+        return out
+    return torch.empty_like(ref, dtype=out.dtype).copy_(out)
+
+
 def _full(t):
     """A sharded DTensor (FSDP2 parameter) -> the full local tensor: an all-gather forward, and in backward
     a reduce-scatter that SUMS the ranks' gradients (grad placement Partial). ``full_tensor()`` would

@@ -23,6 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._runtime import INTERPRET, triton_next_pow2, use_triton
+from .index_checks import check_cu_seqlens
 
 LOG2E = 1.4426950408889634
 # Tiles per kernel, (bf16/fp16, fp32). fp32 runs IEEE dots on the FMA units (no tensor cores): a correctness
@@ -351,6 +352,7 @@ def _packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     """(out [T, Hq, D], base-2 log-sum-exp [Hq, T] fp32). ``max_seqlen`` is accepted for the varlen
     convention; the grid does not need it."""
     _check(q, k, v, cu_seqlens)
+    check_cu_seqlens("packed_attention", cu_seqlens, q.shape[0])  # the backward reuses them: checked once
     if use_triton(q):
         return _launch_fwd(q, k, v, cu_seqlens)
     return forward_reference(q, k, v, cu_seqlens)
@@ -392,7 +394,8 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_se
     """Causal attention inside each packed document: q [T, Hq, D], k/v [T, Hk, D] -> [T, Hq, D].
 
     ``cu_seqlens`` (int32, [docs+1], on q's device) should end at T: tokens past its end belong to no document
-    and get zero output and zero gradient (never checked on the device: that would be a host sync)."""
+    and get zero output and zero gradient. Entries outside [0, T] or decreasing fail (``index_checks``: a
+    ValueError on a CPU, a device assert on CUDA, no host sync)."""
     return torch.ops.s1fast_kernels.packed_attention(q, k, v, cu_seqlens, int(max_seqlen))[0]
 
 

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._runtime import INTERPRET, use_triton
-from .targets import check_targets
+from .targets import check_target_dtype, check_targets
 
 
 @triton.jit
@@ -213,12 +213,28 @@ def _effective_weights(target, cfg, token_weight, normalizer, reduction):
     return w.contiguous()
 
 
+def flatten_like_target(token_weight, target):
+    """A ``token_weight`` shaped like the target before it is flattened (e.g. [B, T]), flattened alike."""
+    if token_weight is not None and token_weight.shape == target.shape:
+        return token_weight.reshape(-1)
+    return token_weight
+
+
+def check_chunk_size(name: str, chunk_size) -> None:
+    """``chunk_size``: None (or 0) for the default, else a positive whole number of token rows."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not float(chunk_size).is_integer()
+                                   or chunk_size < 0):
+        raise ValueError(f"{name}: chunk_size={chunk_size!r} must be a positive whole number of token rows "
+                         f"(or None for the default)")
+
+
 def _check_args(name, n, target, reduction, token_weight, normalizer, label_smoothing, softcap):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{name}: reduction={reduction!r}; use one of {_REDUCTIONS}")
     if normalizer is not None and reduction != "mean":
         raise ValueError(f"{name}: normalizer is only meaningful with reduction='mean' (got {reduction!r}); "
                          f"for 'sum' fold it into token_weight")
+    check_target_dtype(name, target)
     if target.dim() != 1 or target.shape[0] != n:
         raise ValueError(f"{name}: target {tuple(target.shape)} must be [N={n}] (flatten batch and sequence)")
     if token_weight is not None and tuple(token_weight.shape) != (n,):
@@ -254,11 +270,18 @@ def scale_unit_grads(ctx, name: str, g: torch.Tensor, *grads: torch.Tensor) -> t
     tensor; Inductor then fuses the product with the cast."""
     if _functionalized(grads[0]):
         return tuple((x.float() * g).to(x.dtype) for x in grads)
-    if getattr(ctx, "scaled", False):
-        raise RuntimeError(f"{name}: backward ran twice over one forward (retain_graph); run the forward again "
-                           f"instead")
+    refuse_second_backward(ctx, name)
     ctx.scaled = True
     return tuple(_scale_(x, g) for x in grads)
+
+
+def refuse_second_backward(ctx, name: str) -> None:
+    """The error for a second backward over one forward (``retain_graph``), which ``scale_unit_grads`` cannot
+    serve: called before ``ctx.saved_tensors``, whose version check would otherwise fire first with autograd's
+    "modified by an inplace operation", which does not say what to do."""
+    if getattr(ctx, "scaled", False):
+        raise RuntimeError(f"{name}: backward ran twice over one forward (retain_graph=True); the first backward "
+                           f"scaled the saved gradients in place: run the forward again for each backward")
 
 
 def _ce_rows(logits, target, w, cfg, write_grad):
@@ -307,6 +330,7 @@ def _grad(ctx, g, _glse, _ggrad):
         grad = torch.ops.s1fast_kernels.cross_entropy(logits, target, (w_eff * g.float()).contiguous(),
                                                       *ctx.rest[:-1], True)[2]
     else:
+        refuse_second_backward(ctx, "cross_entropy")
         grad, = scale_unit_grads(ctx, "cross_entropy", g.float(), *ctx.saved_tensors)
     return grad, None, None, None, None, None, None, None, None
 
@@ -326,6 +350,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: i
     logits = logits.reshape(-1, logits.shape[-1])
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
+    token_weight = flatten_like_target(token_weight, target)
     target = target.reshape(-1)
     _check_args("cross_entropy", logits.shape[0], target, reduction, token_weight, normalizer, label_smoothing,
                 softcap)

@@ -38,6 +38,21 @@ def _mlp_forward(self, x):
     return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
+SILU = ("silu", "swish")  # the activations swiglu computes
+
+
+def _make_mlp_switch(original):
+    """The class-level MLP forward of ``patch_hf("qwen2")``: swiglu when the model's ``hidden_act`` is silu, the
+    original otherwise (a gelu config built later would otherwise silently get silu)."""
+    @functools.wraps(original)
+    def forward(self, x):
+        if getattr(getattr(self, "config", None), "hidden_act", "silu") in SILU:
+            return _mlp_forward(self, x)
+        return original(self, x)
+    forward._triton_kernels_original = original
+    return forward
+
+
 def _rope_hf_layout(q, k, cos, sin, unsqueeze_dim=1):
     """transformers' apply_rotary_pos_emb(q, k, cos [B,S,D], sin [B,S,D], unsqueeze_dim) through ``rope``."""
     b, s, d = cos.shape  # b is 1 when every sequence of the batch has the same positions
@@ -75,7 +90,9 @@ def _with_rope_on(forward):
 def _make_causal_lm_forward(original_forward, low_memory: bool = False):
     """The causal-LM forward with the fused loss; ``original_forward`` is the class's unbound forward."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.utils.generic import can_return_tuple
 
+    @can_return_tuple  # return_dict=False: a tuple, as the original (whose own wrapper this one replaces)
     @functools.wraps(original_forward)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
                 logits_to_keep=0, **kwargs):
@@ -139,7 +156,8 @@ def patch_hf(model_or_model_type, rope: bool = True, rms_norm: bool = True, swig
                 c.forward = _rms_norm_forward
         if swiglu:
             for c in _classes(mod, "MLP"):
-                c.forward = _mlp_forward  # silu is the activation of every Qwen2 / Llama checkpoint
+                if not hasattr(c.forward, "_triton_kernels_original"):
+                    c.forward = _make_mlp_switch(c.forward)
         if rope:
             _install_rope_switch(mod)
             _GLOBAL_ROPE.add(mod.__name__)
@@ -158,7 +176,7 @@ def patch_hf(model_or_model_type, rope: bool = True, rms_norm: bool = True, swig
         name = type(sub).__name__
         if rms_norm and name.endswith("RMSNorm") and hasattr(sub, "variance_epsilon"):
             sub.forward = types.MethodType(_rms_norm_forward, sub)
-        elif swiglu and name.endswith("MLP") and act in ("silu", "swish") and hasattr(sub, "gate_proj"):
+        elif swiglu and name.endswith("MLP") and act in SILU and hasattr(sub, "gate_proj"):
             sub.forward = types.MethodType(_mlp_forward, sub)
         elif rope and name.endswith("Attention") and not hasattr(sub.forward, "_triton_kernels_rope"):
             _install_rope_switch(mod)

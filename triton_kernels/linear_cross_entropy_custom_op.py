@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .linear_cross_entropy_op import _linear_ce_chunks, _linear_ce_dweight
-from .cross_entropy_op import scale_unit_grads
+from .cross_entropy_op import refuse_second_backward, scale_unit_grads
 
 NS = "s1fast_kernels"
 
@@ -91,6 +91,7 @@ def _grad(ctx, g, _glse, _gdh, _gdw, _gdb):
             hidden, weight, bias, target, w_eff, ignore_index, smoothing, z_loss, softcap, reduction, True, chunk,
             low_memory, *needs)
     else:
+        refuse_second_backward(ctx, "fused_linear_cross_entropy")
         dh, dw, db, *saved = ctx.saved_tensors
         dh, dw, db = scale_unit_grads(ctx, "fused_linear_cross_entropy", g, dh, dw, db)
         if ctx.low:

@@ -19,7 +19,8 @@ import triton.language as tl
 
 from ._runtime import INTERPRET, _full, use_triton
 from .cross_entropy_op import (_check_args, _dlogits, _dlogits_torch, _effective_weights, _grad_tile_triton,
-                               _row_loss, _rows_torch, _rows_triton, _tanh)
+                               _row_loss, _rows_torch, _rows_triton, _tanh, check_chunk_size,
+                               flatten_like_target)
 from .matmul_tiles import _logits_tile, _matmul_kernel, _mm, mm_config
 from .targets import check_targets
 
@@ -297,10 +298,16 @@ def prepare_linear_ce(hidden, weight, target, bias, *, ignore_index, label_smoot
     """
     weight, bias = _full(weight), _full(bias)
     hidden = hidden.reshape(-1, hidden.shape[-1])
+    token_weight = flatten_like_target(token_weight, target)
     target = target.reshape(-1)
     n, hid = hidden.shape
+    if target.shape[0] != n and weight.dim() == 2 and weight.shape == (target.shape[0], hid):
+        raise ValueError(f"fused_linear_cross_entropy: hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} "
+                         f"look swapped (target has {target.shape[0]} tokens): pass hidden [N, H] first, then "
+                         f"the lm_head weight [V, H] (Liger's module takes the weight first; this one does not)")
     _check_args("fused_linear_cross_entropy", n, target, reduction, token_weight, normalizer, label_smoothing,
                 softcap)
+    check_chunk_size("fused_linear_cross_entropy", chunk_size)
     if weight.dim() != 2 or weight.shape[1] != hid:
         raise ValueError(f"fused_linear_cross_entropy: weight {tuple(weight.shape)} must be [V, H={hid}] "
                          f"(the lm_head layout: vocab rows), for hidden {tuple(hidden.shape)}")
@@ -326,7 +333,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                                chunk_size: int | None = None, low_memory: bool = False):
     """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target`` without the [N, V] logits.
 
-    hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N].
+    hidden [N, H] (any leading dims are flattened), weight [V, H] (may be an FSDP2 DTensor), target [N] (or the
+    leading dims of hidden, flattened alike, and so is a ``token_weight`` shaped like it).
     Semantics of every keyword: module docstring. Returns the loss (fp32), or (loss, lse) with return_lse.
     ``low_memory=True``: no [V, H] fp32 weight-gradient accumulator and small chunks, for a third more
     matmul FLOPs (the module docstring's "Two modes").

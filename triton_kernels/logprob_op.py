@@ -18,6 +18,8 @@ import triton.language as tl
 from ._runtime import INTERPRET, _full, use_triton
 # the matmul helpers of the fused loss, imported in this one place
 from .matmul_tiles import _logits_tile, _mm, _mm_loop, mm_config
+from .cross_entropy_op import check_chunk_size
+from .targets import check_target_dtype, check_targets
 
 # Scratch budget of the GPU backward's gradient tiles (bytes): 256 MiB, under 0.5% of the full-logits
 # path at N=32768, V=152064; enough rows per tile that the recompute GEMMs stay compute-bound.
@@ -233,6 +235,8 @@ def _triton_path(h) -> bool:
 
 def logprob_forward(h, weight, target, cfg, chunk=None):
     """(logp [N], entropy [N] or None, lse [N]) in fp32 (fp64 for fp64 inputs)."""
+    # a target outside the vocabulary matched no column: the kernel gave -lse as its log-probability, silently
+    check_targets("token_logprobs", target, weight.shape[0], cfg["ignore_index"])
     if _triton_path(h):
         return _fwd_triton(h, weight, target, cfg)
     return _fwd_torch(h, weight, target, cfg, chunk)
@@ -255,6 +259,7 @@ def prepare(hidden, weight, target, *, temperature, entropy, ignore_index):
     if weight.dim() != 2 or weight.shape[1] != h.shape[1]:
         raise ValueError(f"token_logprobs: weight {tuple(weight.shape)} must be [V, H={h.shape[1]}] (the lm_head "
                          f"layout) for hidden {tuple(hidden.shape)}")
+    check_target_dtype("token_logprobs", target)
     if target.shape[0] != h.shape[0]:
         raise ValueError(f"token_logprobs: target has {target.shape[0]} tokens, hidden {h.shape[0]}")
     if not temperature > 0:
@@ -274,12 +279,13 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Ten
     hidden [..., H] (flattened to [N, H]), weight [V, H] (may be an FSDP2 DTensor), target [N]. Returns
     (logp [N], entropy [N] or None), fp32 (fp64 for fp64 inputs), differentiable in hidden and weight.
     """
+    check_chunk_size("token_logprobs", chunk_size)
     h, w, t, cfg = prepare(hidden, weight, target, temperature=temperature, entropy=entropy,
                            ignore_index=ignore_index)
     # the registered op of logprob_custom_op (imported by the package): its autograd formula
     logp, ent, _ = torch.ops.s1fast_kernels.token_logprobs(h, w, t, cfg["ignore_index"], cfg["temperature"],
-                                                           cfg["entropy"], chunk_size, h.requires_grad,
-                                                           w.requires_grad)
+                                                           cfg["entropy"], chunk_size and int(chunk_size),
+                                                           h.requires_grad, w.requires_grad)
     return logp, (ent if entropy else None)
 
 

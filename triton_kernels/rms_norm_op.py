@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._runtime import INTERPRET, row_block, use_triton
+from ._runtime import INTERPRET, like_fake, row_block, use_triton
 
 
 @triton.jit
@@ -173,7 +173,7 @@ def _(x, weight, eps):
 @torch.library.custom_op("s1fast_kernels::rms_norm_backward", mutates_args=())
 def _rms_norm_backward(x: Tensor, weight: Tensor, dy: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
     dx, dw = backward_rows(_as_rows(x), weight, _as_rows(dy), rstd)
-    return dx.view(x.shape), dw
+    return like_fake(x, dx.view(x.shape)), dw
 
 
 @_rms_norm_backward.register_fake

@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._runtime import INTERPRET, triton_next_pow2, use_triton
+from ._runtime import INTERPRET, like_fake, triton_next_pow2, use_triton
+from .index_checks import check_positions
 
 
 @triton.jit
@@ -161,8 +162,9 @@ def unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _check(q, k, cos, sin, position_ids, kernel: bool) -> None:
-    """Shapes on every path (so an error reads the same on a GPU box and off it); strides for the kernel."""
+def _check(q, k, cos, sin, position_ids) -> None:
+    """Shapes on every path (so an error reads the same on a GPU box and off it); any strides are taken (the
+    kernel's launcher copies a head_dim without unit stride)."""
     lead = q.shape[:-2]
     if q.dim() not in (3, 4) or k.dim() != q.dim() or k.shape[:-2] != lead or k.shape[-1] != q.shape[-1]:
         raise ValueError(f"rope: q {tuple(q.shape)} and k {tuple(k.shape)} must both be [T, H, D] or "
@@ -175,8 +177,6 @@ def _check(q, k, cos, sin, position_ids, kernel: bool) -> None:
         raise ValueError(f"rope: cos {tuple(cos.shape)} / sin {tuple(sin.shape)} must be equal "
                          f"[max_positions, rotary_dim] tables with an even rotary_dim <= head_dim "
                          f"{q.shape[-1]}")
-    if kernel and any(t.stride(-1) != 1 for t in (q, k, cos, sin)):
-        raise ValueError("rope: the head_dim of q, k, cos and sin must be contiguous (stride 1)")
 
 
 # ------------------------------------------------------------------ the op (torch.library, fake, autograd)
@@ -186,7 +186,7 @@ def _kernel(x: Tensor, position_ids: Tensor) -> bool:
 
 def _rope_launch(q, k, cos, sin, pos, backward: bool):
     """Out of place through the kernel; the outputs keep a dense input's strides (``empty_like``)."""
-    q, k = unit_last(q), unit_last(k)
+    q, k, cos, sin = unit_last(q), unit_last(k), unit_last(cos), unit_last(sin)
     qo, ko = torch.empty_like(q), torch.empty_like(k)
     _launch(q, k, qo, ko, cos, sin, pos.reshape(-1).contiguous(), backward=backward, copy_rest=True)
     return qo, ko
@@ -194,9 +194,12 @@ def _rope_launch(q, k, cos, sin, pos, backward: bool):
 
 @torch.library.custom_op("s1fast_kernels::rope", mutates_args=())
 def _rope_op(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+    check_positions("rope", position_ids, cos.shape[0])  # the backward reuses them: checked once, here
     if _kernel(q, position_ids):
-        return _rope_launch(q, k, cos, sin, position_ids, backward=False)
-    return rope_reference(q, k, cos, sin, position_ids)
+        qo, ko = _rope_launch(q, k, cos, sin, position_ids, backward=False)
+    else:
+        qo, ko = rope_reference(q, k, cos, sin, position_ids)
+    return like_fake(q, qo), like_fake(k, ko)
 
 
 @_rope_op.register_fake
@@ -207,8 +210,10 @@ def _(q, k, cos, sin, position_ids):
 @torch.library.custom_op("s1fast_kernels::rope_backward", mutates_args=())
 def _rope_backward(dq: Tensor, dk: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
     if _kernel(dq, position_ids):
-        return _rope_launch(dq, dk, cos, sin, position_ids, backward=True)
-    return rope_reference_backward(dq, dk, cos, sin, position_ids)
+        gq, gk = _rope_launch(dq, dk, cos, sin, position_ids, backward=True)
+    else:
+        gq, gk = rope_reference_backward(dq, dk, cos, sin, position_ids)
+    return like_fake(dq, gq), like_fake(dk, gk)
 
 
 @_rope_backward.register_fake
@@ -234,7 +239,7 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor, *
     """Rotate ``q`` and ``k`` by the angles of ``position_ids`` (layouts in the module docstring), through the
     registered op. ``inplace=True`` copies the op's result into q and k (an op with an autograd formula may
     not mutate its inputs), so it saves no memory; it keeps the callers' contract of getting q and k back."""
-    _check(q, k, cos, sin, position_ids, _kernel(q, position_ids))
+    _check(q, k, cos, sin, position_ids)
     qo, ko = torch.ops.s1fast_kernels.rope(q, k, cos, sin, position_ids)
     if inplace:
         q.copy_(qo)

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._runtime import use_triton
+from ._runtime import like_fake, use_triton
 
 BLOCK = 1024
 
@@ -90,8 +90,8 @@ def sm90_variants() -> list[dict]:
 @torch.library.custom_op("s1fast_kernels::swiglu", mutates_args=())
 def _swiglu_op(gate: Tensor, up: Tensor) -> Tensor:
     if use_triton(gate):
-        return _launch_fwd(gate.contiguous(), up.contiguous())
-    return swiglu_reference(gate, up)
+        return like_fake(gate, _launch_fwd(gate.contiguous(), up.contiguous()))
+    return like_fake(gate, swiglu_reference(gate, up))
 
 
 @_swiglu_op.register_fake
@@ -102,8 +102,10 @@ def _(gate, up):
 @torch.library.custom_op("s1fast_kernels::swiglu_backward", mutates_args=())
 def _swiglu_backward(gate: Tensor, up: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
     if use_triton(gate):
-        return _launch_bwd(gate.contiguous(), up.contiguous(), dy.contiguous())
-    return backward_reference(gate, up, dy)
+        dg, du = _launch_bwd(gate.contiguous(), up.contiguous(), dy.contiguous())
+    else:
+        dg, du = backward_reference(gate, up, dy)
+    return like_fake(gate, dg), like_fake(up, du)
 
 
 @_swiglu_backward.register_fake

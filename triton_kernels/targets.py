@@ -30,6 +30,13 @@ def _message(name: str, target: torch.Tensor, bad: torch.Tensor, vocab: int, ign
             f"{ignore_index} ({int(bad.sum())} such rows); fix the labels or mark them with ignore_index")
 
 
+def check_target_dtype(name: str, target: torch.Tensor) -> None:
+    """Class indices must be integers (a float target would be gathered as indices on one path, cast on another)."""
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"{name}: target has dtype {target.dtype}; it must hold integer class indices "
+                         f"(e.g. target.long())")
+
+
 def check_targets(name: str, target: torch.Tensor, vocab: int, ignore_index: int) -> None:
     """Fail if a target is neither ignore_index nor a class in [0, vocab) (asynchronously on CUDA)."""
     n = target.numel()

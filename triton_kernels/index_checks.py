@@ -1,0 +1,45 @@
+"""Range checks of the index inputs that kernels address memory with: RoPE's ``position_ids`` (rows of the
+cos/sin tables) and packed attention's ``cu_seqlens`` (token offsets).
+
+An index out of range makes a kernel read or write outside its tensors (garbage or an illegal address on a
+GPU, heap corruption under the interpreter) and the PyTorch path wrap a negative position silently, so both
+fail loudly instead. CPU tensors are checked on the host (a ``ValueError`` naming the first bad entry);
+CUDA tensors with ``torch._assert_async`` (no host sync: the error surfaces at the next synchronisation).
+The cross-entropy targets have their own check (``targets.py``).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _fail(name: str, idx: torch.Tensor, bad: torch.Tensor, what: str, rule: str, fix: str) -> None:
+    """Raise (CPU) or assert on the device (CUDA) that no entry of ``idx`` is ``bad``."""
+    if idx.is_cuda:
+        torch._assert_async(~bad.any(), f"{name}: {what} has an entry outside {rule}")
+    elif bad.any().numpy():
+        flat = bad.reshape(-1).nonzero()[0, 0]
+        where = ", ".join(str(int(i)) for i in torch.unravel_index(flat, bad.shape))
+        raise ValueError(f"{name}: {what}[{where}] = {int(idx.reshape(-1)[flat])} is outside {rule} "
+                         f"({int(bad.sum())} such entries); {fix}")
+
+
+def check_positions(name: str, position_ids: torch.Tensor, n_rows: int) -> None:
+    """Every position is a row of the [n_rows, rotary_dim] cos/sin tables."""
+    if position_ids.numel() == 0 or position_ids.device.type == "meta":
+        return
+    bad = (position_ids < 0) | (position_ids >= n_rows)
+    _fail(name, position_ids, bad, "position_ids",
+          f"[0, {n_rows}) (the rows of the cos/sin tables)",
+          "build the tables for at least max(position_ids) + 1 positions")
+
+
+def check_cu_seqlens(name: str, cu_seqlens: torch.Tensor, n_tokens: int) -> None:
+    """Document offsets that never decrease and lie in [0, n_tokens]."""
+    if cu_seqlens.numel() == 0 or cu_seqlens.device.type == "meta":
+        return
+    cu = cu_seqlens.to(torch.int64)
+    bad = (cu < 0) | (cu > n_tokens)
+    bad[1:] |= cu[1:] < cu[:-1]
+    _fail(name, cu_seqlens, bad, "cu_seqlens",
+          f"[0, T={n_tokens}] or below the entry before it",
+          "cu_seqlens holds each document's first token, rising, then the token count T")
