@@ -55,6 +55,19 @@ def test_rms_norm_cpu_path_is_the_reference(monkeypatch):
     assert y.grad_fn is None and torch.equal(y, rms_norm_op.rms_norm_reference(x, w, 1e-5))
 
 
+def test_rows_wider_than_one_program_are_normalised_whole():
+    """A row wider than MAX_COLS takes the PyTorch path: the kernel holds one row per program and would
+    normalise (and write) only its first MAX_COLS columns."""
+    d = rms_norm_op.MAX_COLS + 3
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, d, generator=g, dtype=torch.float64)
+    x[:, -3:] = 50.0  # the columns past the block move every output of the row
+    w, dy = 1 + 0.1 * torch.randn(d, generator=g, dtype=torch.float64), torch.randn(2, d, generator=g, dtype=torch.float64)
+    out = _run(x.float(), w.float(), 1e-6, dy)
+    for name, o, r in zip(("y", "dx", "dw"), out, _ref(x, w, 1e-6, dy)):
+        torch.testing.assert_close(o.double(), r, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_rms_norm_bad_weight_is_clear():
     with pytest.raises(ValueError, match=r"weight of shape \[8\]"):
         s1fast_kernels.rms_norm(torch.zeros(2, 8), torch.zeros(9))

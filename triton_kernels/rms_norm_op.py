@@ -72,7 +72,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6)
 
 def _blocks(n_cols: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps): ~4K elements per program on a GPU, larger tiles under the interpreter."""
-    block_d = row_block(n_cols)
+    block_d = row_block(n_cols, cap=MAX_COLS)
     budget = 16384 if INTERPRET else 4096
     block_m = max(1, min(64, budget // block_d))
     num_warps = 4 if block_d * block_m <= 4096 else 8
@@ -115,9 +115,16 @@ def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 and not use_triton(x) else torch.float32
 
 
+MAX_COLS = 65536  # one program holds a whole row: wider rows take the PyTorch path (the kernel would drop the rest)
+
+
+def _kernel(x2: torch.Tensor) -> bool:
+    return use_triton(x2) and x2.numel() > 0 and x2.shape[-1] <= MAX_COLS
+
+
 def forward_rows(x2: torch.Tensor, w: torch.Tensor, eps: float):
     """(y, rstd) for rows x2 [M, D]: the Triton kernel, or the same math in PyTorch."""
-    if use_triton(x2) and x2.numel() > 0:
+    if _kernel(x2):
         return _launch_fwd(x2, w, eps)
     xf = x2.to(_stat_dtype(x2))
     rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
@@ -126,7 +133,7 @@ def forward_rows(x2: torch.Tensor, w: torch.Tensor, eps: float):
 
 def backward_rows(x2, w, dy2, rstd):
     """(dx, dw) for rows: the Triton kernel, or the module docstring's formulas in PyTorch."""
-    if use_triton(x2) and x2.numel() > 0:
+    if _kernel(x2):
         return _launch_bwd(x2, w, dy2, rstd)
     acc = rstd.dtype
     xh = x2.to(acc) * rstd[:, None]
