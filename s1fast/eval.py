@@ -26,8 +26,8 @@ from dataclasses import asdict, replace
 from typing import Sequence
 
 from s1fast import grading, protocols
-from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, config_from_args, generate,
-                             open_backend, read_jsonl)
+from s1fast.generate import (GenerationConfig, _model_max_positions, add_generation_args, budget_arg, check_args,
+                             config_from_args, end_cut_line, generate, open_backend, read_jsonl, too_long)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
 DEFAULT_PROTOCOL = "math-verify" if grading.BACKEND == "math-verify" else "s1"
@@ -364,9 +364,12 @@ def agreement_main(argv: Sequence[str]) -> int:
 def _list(parse):
     def f(text: str):
         try:
-            return [parse(x.strip()) for x in text.split(",") if x.strip()]
+            out = [parse(x.strip()) for x in text.split(",") if x.strip()]
         except (ValueError, argparse.ArgumentTypeError) as e:
             raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+        if not out:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least one value (comma-separated)")
+        return out
     return f
 
 
@@ -410,28 +413,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.path.isdir(args.model):
             raise EvalError(f"--model {args.model}: no such folder; pass an exported model folder (e.g. "
                             f"runs/tiny-toy/final, written by s1fast.train)")
+        if args.limit is not None and args.limit < 1:
+            raise EvalError(f"--limit must be at least 1, got {args.limit} (leave it out for every problem)")
+        if min(args.num_wait) < 0:
+            raise EvalError(f"--num-wait values must be >= 0, got {min(args.num_wait)}")
+        check_args(argparse.Namespace(**{**vars(args), "num_wait": None}))   # the flags shared with generate
         check_writable(args.out)
         problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
         paths = output_paths(args.out)
         cfg = config_from_args(args)
         run = {"model": args.model, "data": args.data, "protocol": args.protocol, "samples": args.samples,
                "decoding": asdict(cfg), "n_problems": len(problems)}
-        done = {}
+        done, fresh = {}, True
         if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
             before = json.load(open(paths["run"]))
             if before != run:
-                raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}); pass a new "
-                                f"--out or delete that folder")
+                flat = lambda d: {**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}}  # noqa: E731
+                was, now = flat(before), flat(run)
+                diff = "; ".join(f"{k} {was.get(k)!r} there, {now[k]!r} now" for k in now
+                                 if k != "decoding" and was.get(k) != now[k])
+                raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}: {diff}); pass "
+                                f"a new --out or delete that folder")
+            end_cut_line(paths["problems"])   # a record cut short by a crash is produced again
             done = {(r["num_wait"], r["budget"], r["id"]): r for r in read_records(paths["problems"])}
+            fresh = False
             log(f"[s1fast.eval] resuming: {len(done)} problem-settings already in {paths['problems']}")
-        else:
-            with open(paths["run"], "w") as fh:
-                json.dump(run, fh, indent=2)
-            open(paths["problems"], "w").close()
+        elif os.path.exists(paths["problems"]) and os.path.getsize(paths["problems"]):
+            raise EvalError(f"{paths['problems']} holds records but {paths['run']} (the settings they were made "
+                            f"with) is missing, so they cannot be resumed; pass a new --out or move them away")
     except (EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, tok, backend = open_backend(args)
+    bad = too_long(tok, [(p["source"], p["question"]) for p in problems], cfg,
+                   cfg.max_total_tokens or _model_max_positions(model) or 32768)
+    if bad:
+        print(f"error: {len(bad)} problem(s) too long, nothing generated: {'; '.join(bad[:5])}"
+              f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or leave those problems out", file=sys.stderr)
+        return 2
+    if fresh:
+        with open(paths["run"], "w") as fh:
+            json.dump(run, fh, indent=2)
+        open(paths["problems"], "w").close()
     log(f"{len(problems)} problems from {args.data}; protocol {args.protocol}; {args.samples} sample(s) each")
     with open(paths["problems"], "a") as fh:
         def sink(rec):

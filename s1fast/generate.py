@@ -288,6 +288,21 @@ def read_jsonl(path: str):
                 raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
 
 
+def end_cut_line(path: str) -> None:
+    """Before appending to a JSON-lines file: drop a last line a crash cut short (no newline, not JSON), or end
+    a whole last line that lacks its newline, so the file stays one JSON value per line."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+            fh.write(b"\n")
+        except ValueError:
+            fh.truncate(start)
+
+
 def read_prompts(path: str, field: str = "question") -> list[tuple[str, str]]:
     """(where, question) for each line of a prompts file; ``where`` is ``FILE:LINE``."""
     out = []

@@ -145,6 +145,7 @@ def test_toy_problems_are_held_out():
 
 def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch, capsys):
     import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")    # a model folder to the checks; the model itself is faked
     ro = tmp_path / "ro"
     ro.mkdir()
     os.chmod(ro, 0o500)
@@ -185,3 +186,56 @@ def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch
     assert ev.main(["compare", str(out), str(b)]) == 0
     text = capsys.readouterr().out
     assert "0 of 6 problem-settings in both differ" in text
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--num-wait", "0,-1"], "--num-wait values must be >= 0, got -1"),
+    (["--min-thinking-tokens", "-2"], "--min-thinking-tokens must be >= 0"),
+    (["--max-answer-tokens", "-1"], "--max-answer-tokens must be >= 0"),
+    (["--limit", "-1"], "--limit must be at least 1"), (["--limit", "0"], "--limit must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be positive"), (["--max-total-tokens", "0"], "--max-total-tokens must"),
+    (["--temperature", "-1"], "--temperature must be >= 0"), (["--top-p", "0"], "--top-p in (0, 1]")])
+def test_cli_bad_flags_are_error_lines_before_any_output(tmp_path, capsys, flags, says):
+    import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    # these ran on with nonsense or ended in a traceback (ZeroDivisionError, BudgetForcer's ValueError, range())
+    assert ev.main(["--model", str(tmp_path), "--data", "toy:chain:2", "--out", str(out)] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--budgets", "--num-wait"])
+def test_cli_empty_lists_are_usage_errors(tmp_path, capsys, flag):
+    import s1fast.eval as ev
+    with pytest.raises(SystemExit) as e:     # was: max() arg is an empty sequence, after the model had loaded
+        ev.main(["--model", str(tmp_path), flag, ",", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "give at least one value" in capsys.readouterr().err
+
+
+def test_cli_keeps_records_a_rerun_cannot_resume_and_resumes_after_a_cut_line(tok, tmp_path, monkeypatch, capsys):
+    import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(ev, "open_backend", lambda args: (RuleModel(tok), tok, "native"))
+    out = tmp_path / "a"
+    argv = ["--model", str(tmp_path), "--limit", "2", "--budgets", "4", "--max-answer-tokens", "8",
+            "--max-total-tokens", "4096", "--protocol", "s1", "--out", str(out)]
+    # a prompt the context cannot hold: one error line naming the problem, and nothing written to resume from
+    assert ev.main(argv + ["--max-total-tokens", "40"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 problem(s) too long, nothing generated: aime24:0: the prompt has")
+    assert not (out / "run.json").exists()
+    assert ev.main(argv) == 0                          # the same folder then runs (it was not left with other settings)
+    lines = (out / "problems.jsonl").read_text().splitlines()
+    # a crash in the middle of writing the second record: the rerun drops the cut line and produces it again
+    (out / "problems.jsonl").write_text(lines[0] + "\n" + lines[1][:30])
+    assert ev.main(argv) == 0
+    assert (out / "problems.jsonl").read_text().splitlines() == lines
+    # other settings: refused, naming what differs
+    assert ev.main(argv + ["--temperature", "0.5"]) == 2
+    assert "decoding.temperature 0.0 there, 0.5 now" in capsys.readouterr().err
+    # records without the run.json that says how they were made: refused, not emptied
+    (out / "run.json").unlink()
+    assert ev.main(argv) == 2
+    assert "run.json (the settings they were made with) is missing" in capsys.readouterr().err
+    assert (out / "problems.jsonl").read_text().splitlines() == lines
