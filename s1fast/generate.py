@@ -407,13 +407,9 @@ def open_out(path: str | None):
                     continue  # a line cut short by a crash is written again
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fh = open(path, "a", encoding="utf-8")
-        if fh.tell() > 0:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    fh.write("\n")  # end a line cut short by a crash before appending
-        return fh, done
+        if os.path.exists(path):
+            end_cut_line(path)   # a result cut short by a crash is generated again, not left in the file
+        return open(path, "a", encoding="utf-8"), done
     except OSError as e:
         raise UsageError(f"--out {path} cannot be written ({e.strerror}): pass a writable file") from None
 

@@ -42,7 +42,17 @@ def test_long_prompt_named_by_line_skipped_only_when_asked_and_out_appended_and_
     out.write_text(lines[0] + "\n" + lines[1][:25])  # the second result cut short mid-line
     assert main(args + ["--skip-long"]) == 0
     assert "1 prompt(s) already in" in capsys.readouterr().err
-    again = [json.loads(x) for x in out.read_text().splitlines()[::2]]  # the cut line is left, then a whole one
-    assert [r["question"] for r in again] == ["2+2?", "3+3?"]
+    again = [json.loads(x) for x in out.read_text().splitlines()]  # the cut line is dropped: every line is JSON
+    assert [r["question"] for r in again] == ["2+2?", "3+3?"] and out.read_text().splitlines() == lines
     assert main(["--model", exported, "--prompt", "hi", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_end_cut_line_drops_only_a_cut_last_line(tmp_path):
+    from s1fast.generate import end_cut_line
+    f = tmp_path / "x.jsonl"
+    for before, after in [('{"a": 1}\n{"b": 2', '{"a": 1}\n'), ('{"a": 1}\n{"b": 2}', '{"a": 1}\n{"b": 2}\n'),
+                          ('{"a": 1}\n', '{"a": 1}\n'), ('{"a": ', ''), ('', '')]:
+        f.write_text(before)
+        end_cut_line(str(f))
+        assert f.read_text() == after, before
