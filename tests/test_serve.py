@@ -358,3 +358,54 @@ def test_a_client_gone_mid_request_frees_its_row(served, slow_engine):
     assert server.served == served_before
     ok = client(base).chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": "hi"}])
     assert ok.usage.thinking_tokens <= 24
+
+
+def test_stop_strings_end_the_answer_streamed_or_not_and_nulls_mean_left_out(served, reference):
+    base, server = served
+    c = client(base)
+    q, cfg = QUESTIONS[1], dict(num_wait=0, max_thinking_tokens=8, max_answer_tokens=40)
+    full = reference(q, **cfg)["answer"]
+    assert len(full) >= 6, full
+    fields = {"num_wait": 0, "max_thinking_tokens": 8}
+    # lm-evaluation-harness's chat-completions model always sends "stop" (up to 4) and "seed": this was a 400
+    cases = [([full[3:5], "never-there"], full[:full.find(full[3:5])]), (full[-2:], full[:full.find(full[-2:])]),
+             ("never-there", full)]
+    for stop, want in cases:
+        stopped = want != full
+        resp = c.chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": q}],
+                                         max_tokens=40, stop=stop, seed=0, extra_body=fields)
+        assert resp.choices[0].message.content == want, (stop, full)
+        if stopped:
+            assert resp.choices[0].finish_reason == "stop"
+            assert resp.usage.answer_tokens < reference(q, **cfg)["answer_tokens"]
+        answer, finish = "", None
+        for ev in c.chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": q}],
+                                            max_tokens=40, stop=stop, stream=True, extra_body=fields):
+            for ch in ev.choices:
+                answer += ch.delta.content or ""
+                finish = ch.finish_reason or finish
+        assert answer == want and (finish == "stop" or not stopped), (stop, answer, full)
+    wait_for(lambda: server.in_flight == 0 and server.engine.busy == 0)   # the stopped requests freed their rows
+    for bad in ("", ["a"] * 5, 3, [None]):
+        r = raw(base, {"messages": [{"role": "user", "content": q}], "stop": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stop", (bad, r.text)
+    # null is "not given" (OpenAI's nullable fields; several clients send them): this was a 400 for n and stream
+    r = raw(base, {"messages": [{"role": "user", "content": "2+2?"}], "n": None, "stream": None, "stop": None,
+                   "num_wait": None, "model": None, "logprobs": None})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == reference("2+2?", num_wait=1, max_thinking_tokens=24,
+                                                                     max_answer_tokens=8)["answer"]
+
+
+def test_stop_text_never_sends_part_of_a_stop_string():
+    from s1fast.serve.app import StopText
+    text, stops = "the answer is 42. The end", ("42.", "end", "zzz")
+    for step in (1, 2, 3, 5):
+        cut, sent = StopText(stops), []
+        for i in range(0, len(text), step):
+            sent.append(cut.push(text[i:i + step], final=i + step >= len(text)))
+            assert not any(s[:2] in "".join(sent) for s in stops[:1]), sent   # "42" held back until it is decided
+        assert "".join(sent) == cut.text == "the answer is " and cut.hit
+    cut = StopText(("ab",))
+    assert cut.push("xa") == "x" and cut.push("c") == "ac" and cut.push("a", final=True) == "a" and not cut.hit
+    assert StopText().push("abc") == "abc"

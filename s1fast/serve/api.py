@@ -29,10 +29,11 @@ class APIError(Exception):
 
 FORCING_FIELDS = ("max_thinking_tokens", "min_thinking_tokens", "num_wait", "extension", "max_answer_tokens")
 COMMON_FIELDS = ("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
-                 "top_p", "seed", "n", "user") + FORCING_FIELDS
+                 "top_p", "seed", "n", "user", "stop") + FORCING_FIELDS
 CHAT_FIELDS = COMMON_FIELDS + ("messages",)
 COMPLETION_FIELDS = COMMON_FIELDS + ("prompt",)
 MAX_EXTENSION_CHARS = 200
+MAX_STOPS = 4                          # OpenAI's limit on stop strings
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Job:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()         # strings that end the answer (not the thinking); the match is left out
 
 
 def parse_json(raw: bytes) -> dict:
@@ -124,6 +126,7 @@ def _messages(body: dict) -> list[dict]:
 def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limits: Limits,
               model_name: str) -> Job:
     """Check ``body`` (a chat or completion request) and turn it into a :class:`Job`."""
+    body = {k: v for k, v in body.items() if v is not None}   # null is "not given", as in OpenAI's API
     allowed = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
     unknown = sorted(set(body) - set(allowed))
     if unknown:
@@ -162,6 +165,11 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
         else defaults.temperature
     top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True) if body.get("top_p") is not None else defaults.top_p
     seed = _int(body, "seed", 0, 2**63 - 1) if body.get("seed") is not None else defaults.seed
+    stop = body.get("stop", [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > MAX_STOPS or not all(isinstance(x, str) and x for x in stop):
+        raise APIError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOPS} of them, got "
+                       f"{body['stop']!r}", code="invalid_value", param="stop")
 
     if kind == "chat":
         ids = chat_prompt_ids(tokenizer, _messages(body))
@@ -181,7 +189,8 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
         raise APIError(400, f"the prompt has {len(ids)} tokens; this server takes at most "
                        f"{limits.max_prompt_tokens} (--max-prompt-tokens)", code="context_length_exceeded",
                        param="messages" if kind == "chat" else "prompt")
-    return Job(kind, ids, stream, bool(opts.get("include_usage", False)), forcing, temperature, top_p, seed)
+    return Job(kind, ids, stream, bool(opts.get("include_usage", False)), forcing, temperature, top_p, seed,
+               tuple(stop))
 
 
 # ---- responses ------------------------------------------------------------------------------------------

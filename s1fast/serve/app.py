@@ -48,6 +48,38 @@ class TextStream:
         return delta
 
 
+class StopText:
+    """The answer's text cut before the first of ``stops``: ``push`` hands out what is safe to send, holding
+    back a tail that could still become a stop string; ``hit`` once one was found (nothing more comes)."""
+
+    def __init__(self, stops=()):
+        self.stops, self.text, self.sent, self.hit = tuple(stops), "", 0, False
+
+    def push(self, delta: str, final: bool = False) -> str:
+        if self.hit:
+            return ""
+        self.text += delta
+        found = [i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0]
+        if found:
+            self.text, self.hit = self.text[:min(found)], True
+            end = len(self.text)
+        elif final:
+            end = len(self.text)
+        else:   # text sent is never part of a stop string: a match can only start at self.sent or later
+            hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+            end = max(self.sent, len(self.text) - hold)
+        out, self.sent = self.text[self.sent:end], end
+        return out
+
+
+def stopped_result(ticket, answer_tokens: int) -> dict:
+    """The result of a request a stop string ended (after its ticket was cancelled): the answer's tokens are
+    those generated up to the one that completed the match; ``finished``, so its finish_reason is "stop"."""
+    r = ticket.forcer.result()
+    r.update(answer_ids=r["answer_ids"][:answer_tokens], answer_tokens=answer_tokens, finished=True)
+    return r
+
+
 class Server:
     """Shared state of one app: the engine, the tokenizer, the forcing tokens per extension string."""
 
@@ -183,8 +215,8 @@ async def _complete(server: Server, request: Request, kind: str):
     rid = api.new_id(kind)
     if job.stream:
         close = _closer(server, ticket)
-        return _EventStream(_stream(server, job, rid, queue, close), close)
-    return await _whole(server, request, kind, rid, ticket, queue, loop)
+        return _EventStream(_stream(server, job, rid, ticket, queue, close), close)
+    return await _whole(server, request, job, rid, ticket, queue, loop)
 
 
 def _submit(server: Server, job: api.Job, forcer: BudgetForcer, loop, queue: asyncio.Queue):
@@ -219,10 +251,11 @@ def _closer(server: Server, ticket):
     return close
 
 
-async def _whole(server: Server, request: Request, kind: str, rid: str, ticket, queue: asyncio.Queue, loop):
-    """The whole response once the engine is done; a client gone meanwhile cancels the request (499)."""
+async def _whole(server: Server, request: Request, job: api.Job, rid: str, ticket, queue: asyncio.Queue, loop):
+    """The whole response once the engine is done (or a stop string ended the answer); a client gone meanwhile
+    cancels the request (499)."""
     try:
-        thinking, answer = TextStream(server.tok), TextStream(server.tok)
+        thinking, answer, cut = TextStream(server.tok), TextStream(server.tok), StopText(job.stop)
         check_at = loop.time() + DISCONNECT_POLL_S
         while True:
             try:   # updates come every step: look for a gone client on a clock, not on a quiet queue
@@ -241,10 +274,13 @@ async def _whole(server: Server, request: Request, kind: str, rid: str, ticket, 
                 raise api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
                                    type="server_error")
             thinking.ids.extend(upd.thinking)
-            answer.ids.extend(upd.answer)
+            cut.push(answer.push(upd.answer, upd.done), upd.done)
+            if cut.hit:
+                server.engine.cancel(ticket)
+                upd = Update(done=True, result=stopped_result(ticket, len(answer.ids)))
             if upd.done:
                 server.served += 1
-                return api.response(kind, rid, server.model_name, thinking.text(), answer.text(), upd.result,
+                return api.response(job.kind, rid, server.model_name, thinking.text(), cut.text, upd.result,
                                     server.tok.decode(upd.result["forced_end_ids"], skip_special_tokens=False))
     except asyncio.CancelledError:
         server.engine.cancel(ticket)
@@ -254,14 +290,14 @@ async def _whole(server: Server, request: Request, kind: str, rid: str, ticket, 
         server.in_flight -= 1
 
 
-async def _stream(server: Server, job: api.Job, rid: str, queue: asyncio.Queue, close):
+async def _stream(server: Server, job: api.Job, rid: str, ticket, queue: asyncio.Queue, close):
     """Server-sent events: reasoning and answer deltas, the last chunk with the forcing report, [DONE]."""
     def event(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     done = False
     try:
-        thinking, answer = TextStream(server.tok), TextStream(server.tok)
+        thinking, answer, cut = TextStream(server.tok), TextStream(server.tok), StopText(job.stop)
         yield event(api.chunk(job.kind, rid, server.model_name, first=True))
         while True:
             upd = await queue.get()
@@ -270,7 +306,10 @@ async def _stream(server: Server, job: api.Job, rid: str, queue: asyncio.Queue, 
                 yield event(api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
                                          type="server_error").body())
                 break
-            t, a = thinking.push(upd.thinking, upd.done), answer.push(upd.answer, upd.done)
+            t, a = thinking.push(upd.thinking, upd.done), cut.push(answer.push(upd.answer, upd.done), upd.done)
+            if cut.hit:
+                server.engine.cancel(ticket)
+                upd = Update(done=True, result=stopped_result(ticket, len(answer.ids)))
             if t or a:
                 yield event(api.chunk(job.kind, rid, server.model_name, thinking=t, answer=a))
             if upd.done:
