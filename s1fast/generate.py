@@ -389,9 +389,17 @@ def check_args(args) -> None:
         raise UsageError(f"--tokenizer {args.tokenizer} is not a folder")
 
 
-def open_out(path: str | None):
+def output_settings(args, cfg: GenerationConfig) -> dict:
+    """What an output depends on (not the batch size: a prompt's output does not depend on its batch); each
+    --out line carries it, so a rerun with other settings is refused rather than mixed in."""
+    s = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "prefill_chunk")}
+    return {"model": os.path.abspath(args.model), "backend": args.backend, **s}
+
+
+def open_out(path: str | None, settings: dict | None = None):
     """The --out file opened for appending (checked before any compute), and the (index, question) pairs it
-    already holds: a rerun of the same command continues where an interrupted one stopped."""
+    already holds: a rerun of the same command continues where an interrupted one stopped; lines made with
+    other ``settings`` make it a UsageError."""
     if not path:
         return sys.stdout, set()
     if os.path.isdir(path):
@@ -399,12 +407,18 @@ def open_out(path: str | None):
     done = set()
     if os.path.exists(path):
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 try:
                     r = json.loads(line)
                     done.add((r["index"], r["question"]))
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut short by a crash is written again
+                was = r.get("settings")
+                if settings is not None and isinstance(was, dict) and was != settings:
+                    diff = "; ".join(f"{k} {was.get(k)!r} there, {v!r} now" for k, v in settings.items()
+                                     if was.get(k) != v)
+                    raise UsageError(f"--out {path}:{n} was generated with other settings ({diff}); pass another "
+                                     f"--out, or delete it to start over")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
@@ -447,7 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions += read_prompts(args.prompts, args.field) if args.prompts else []
         if not questions:
             raise UsageError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
-        fh, done = open_out(args.out)
+        settings = output_settings(args, config_from_args(args, max_thinking_tokens=args.max_thinking_tokens,
+                                                          num_wait=args.num_wait))
+        fh, done = open_out(args.out, settings)
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -470,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk = todo[start:start + cfg.batch_size]
             rows = _generate_at(model, tok, chunk, cfg, backend)
             for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                fh.write(json.dumps({**r, "settings": settings} if args.out else r, ensure_ascii=False) + "\n")
             fh.flush()
     finally:
         if args.out:

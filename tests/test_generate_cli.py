@@ -56,3 +56,18 @@ def test_end_cut_line_drops_only_a_cut_last_line(tmp_path):
         f.write_text(before)
         end_cut_line(str(f))
         assert f.read_text() == after, before
+
+
+def test_a_rerun_with_other_settings_is_refused_not_mixed_in(exported, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    args = ["--model", exported, "--prompt", "2+2?", "--prompt", "3+3?", "--max-thinking-tokens", "4",
+            "--max-answer-tokens", "2", "--out", str(out)]
+    assert main(args) == 0
+    before = out.read_text()
+    assert main(args + ["--batch-size", "1"]) == 0          # the batch size does not change an output: resumed
+    assert "2 prompt(s) already in" in capsys.readouterr().err and out.read_text() == before
+    # was: "2 prompt(s) already in out.jsonl: skipped", exit 0, and the 4-token outputs passed for 8-token ones
+    assert main(args + ["--max-thinking-tokens", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}:1 was generated with other settings (max_thinking_tokens 4 there, "
+                          "8 now)") and out.read_text() == before
