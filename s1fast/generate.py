@@ -62,10 +62,15 @@ def chat_prompt_ids(tokenizer, messages: Sequence[dict], system: str | None = DE
 
 
 # ---- sampling -------------------------------------------------------------------------------------------
+# Below this temperature a draw is the argmax, as in vLLM (its _SAMPLING_EPS): logits / 1e-38 overflow to inf
+# and the softmax to NaN, which drew the last id of the vocabulary every time.
+GREEDY_BELOW = 1e-5
+
+
 def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
                 banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None]) -> list[int]:
     """Next token per row of ``logits`` [n, V]: mask ids >= vocab_limit and each row's banned ids, then
-    argmax (temperature 0) or a seeded draw from the top-p nucleus of softmax(logits / temperature).
+    argmax (temperature below ``GREEDY_BELOW``) or a seeded draw from the top-p nucleus of softmax(logits / temperature).
 
     The draw inverts each row's cumulative distribution (float64, so no tail mass is lost to rounding) at one
     uniform from the row's own generator: one batched pass over the vocabulary for all rows, where a
@@ -76,13 +81,14 @@ def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab
     for i, ban in enumerate(banned):
         if ban:
             logits[i, list(ban)] = float("-inf")
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1).tolist()
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop[:, 0] = False   # the top token always stays (a top_p under float32's range rounds to 0: it dropped all)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     cdf = probs.double().cumsum(-1)
