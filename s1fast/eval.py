@@ -65,6 +65,16 @@ def read_problems(path: str, question_field: str | None = None, answer_field: st
     return rows
 
 
+def check_unique_ids(problems: Sequence[dict]) -> None:
+    """Records are keyed by problem id (a resume, ``compare``): two problems with one id would share a record."""
+    seen: dict[str, str] = {}
+    for p in problems:
+        if p["id"] in seen:
+            raise ValueError(f"{p['source']}: id {p['id']!r} again ({seen[p['id']]} has it); problem ids must be "
+                             f"unique")
+        seen[p["id"]] = p["source"]
+
+
 def _field(row, name, candidates, path, n, what):
     names = (name,) if name else candidates
     for k in names:
@@ -420,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_args(argparse.Namespace(**{**vars(args), "num_wait": None}))   # the flags shared with generate
         check_writable(args.out)
         problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
+        check_unique_ids(problems)
         paths = output_paths(args.out)
         cfg = config_from_args(args)
         run = {"model": args.model, "data": args.data, "protocol": args.protocol, "samples": args.samples,

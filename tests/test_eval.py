@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from s1fast.eval import (DEFAULT_DATA, _chunks, evaluate, majority, mean_and_se, pass_at_k, read_problems, table,
-                         write_outputs)
+from s1fast.eval import (DEFAULT_DATA, _chunks, check_unique_ids, evaluate, majority, mean_and_se, pass_at_k,
+                         read_problems, table, write_outputs)
 from s1fast.generate import BUNDLED_TOKENIZER, GenerationConfig
 
 V = 151936
@@ -68,6 +68,11 @@ def test_read_problems_bundled_sample_and_errors(tmp_path):
         read_problems(str(bad))
     assert read_problems(str(bad), limit=1) == [{"id": f"{bad}:1", "question": "1+1?", "answer": "2",
                                                  "source": f"{bad}:1"}]
+    twice = tmp_path / "twice.jsonl"      # a resume keyed by id gave the second problem the first one's record
+    twice.write_text('{"id": 1, "problem": "1+1?", "answer": "2"}\n{"id": 2, "problem": "2+2?", "answer": "4"}\n'
+                     '{"id": 1, "problem": "3+3?", "answer": "6"}\n')
+    with pytest.raises(ValueError, match=r"twice.jsonl:3: id '1' again \(.*twice.jsonl:1 has it\)"):
+        check_unique_ids(read_problems(str(twice)))
 
 
 def test_evaluate_counts_accuracy_and_thinking_tokens(tok, tmp_path):
