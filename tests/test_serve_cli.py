@@ -30,6 +30,18 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, says):
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
 
 
+
+def test_a_port_in_use_is_an_error_line_before_the_model_loads(tmp_path, capsys):
+    import socket
+    with socket.socket() as taken:     # was: the model loaded, then uvicorn's "address already in use", exit 3
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--model", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen there"), err
+
+
 @pytest.mark.slow
 def test_sigterm_drains_the_request_in_flight_then_exits(tmp_path):
     model = export_tiny(str(tmp_path / "tiny"))

@@ -14,6 +14,7 @@ import argparse
 import ipaddress
 import os
 import signal
+import socket
 import sys
 from typing import Sequence
 
@@ -87,6 +88,23 @@ def check(args) -> str | None:
     return None
 
 
+def bind_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on (host, port), found before the model is loaded (it says so only after),
+    or None. Binds and lets go at once, with SO_REUSEADDR as uvicorn does."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"--host {host}: {e.strerror}; pass an address of this machine (default {LOOPBACK})"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another --port or --host"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -121,7 +139,7 @@ def build(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    problem = check(args)
+    problem = check(args) or bind_problem(args.host, args.port)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
