@@ -257,14 +257,16 @@ def _model_max_positions(model) -> int | None:
     return int(v) if v else None
 
 
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
 def load(model_dir: str, *, tokenizer_dir: str | None = None, dtype: str = "auto", device: str = "auto"):
     """(model, tokenizer) from an exported Hugging Face folder (tokenizer: the folder's, else the bundled Qwen2.5)."""
     from transformers import AutoTokenizer
 
     from s1fast import model as lean
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    dt = {"auto": torch.bfloat16 if dev.startswith("cuda") else torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}.get(dtype)
+    dt = (torch.bfloat16 if dev.startswith("cuda") else torch.float32) if dtype == "auto" else DTYPES.get(dtype)
     if dt is None:
         raise ValueError(f"--dtype {dtype!r}: use auto, bf16 or fp32")
     m = lean.from_pretrained(model_dir, dtype=dt, device=dev)
@@ -349,8 +351,9 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="weights' dtype (default auto: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto: cuda if there is a GPU)")
 
 
 def open_backend(args):
@@ -393,6 +396,19 @@ def check_args(args) -> None:
                          f"training run's final/)")
     if args.tokenizer and not os.path.isdir(args.tokenizer):
         raise UsageError(f"--tokenizer {args.tokenizer} is not a folder")
+    if args.tokenizer and not any(os.path.isfile(os.path.join(args.tokenizer, f))
+                                  for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise UsageError(f"--tokenizer {args.tokenizer} has no tokenizer.json or tokenizer_config.json: pass a "
+                         f"Hugging Face tokenizer folder (or leave it out for the model's own)")
+    if not args.extension.strip():
+        raise UsageError(f"--extension must be a non-blank string (e.g. Wait), got {args.extension!r}")
+    if args.device != "auto":
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError:
+            raise UsageError(f"--device {args.device!r}: not a device; pass cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: no CUDA GPU is visible; pass --device cpu (or auto)")
 
 
 def output_settings(args, cfg: GenerationConfig) -> dict:

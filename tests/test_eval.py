@@ -199,7 +199,8 @@ def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch
     (["--max-answer-tokens", "-1"], "--max-answer-tokens must be >= 0"),
     (["--limit", "-1"], "--limit must be at least 1"), (["--limit", "0"], "--limit must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be positive"), (["--max-total-tokens", "0"], "--max-total-tokens must"),
-    (["--temperature", "-1"], "--temperature must be >= 0"), (["--top-p", "0"], "--top-p in (0, 1]")])
+    (["--temperature", "-1"], "--temperature must be >= 0"), (["--top-p", "0"], "--top-p in (0, 1]"),
+    (["--extension", ""], "--extension must be a non-blank string")])
 def test_cli_bad_flags_are_error_lines_before_any_output(tmp_path, capsys, flags, says):
     import s1fast.eval as ev
     (tmp_path / "config.json").write_text("{}")

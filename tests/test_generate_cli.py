@@ -71,3 +71,26 @@ def test_a_rerun_with_other_settings_is_refused_not_mixed_in(exported, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {out}:1 was generated with other settings (max_thinking_tokens 4 there, "
                           "8 now)") and out.read_text() == before
+
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--extension", ""], "--extension must be a non-blank string"),
+    (["--device", "gpu"], "--device 'gpu': not a device"),
+    (["--tokenizer", "EMPTY"], "has no tokenizer.json or tokenizer_config.json"),
+])
+def test_flags_that_failed_with_a_traceback_after_loading_are_error_lines(exported, tmp_path, capsys, flags, says):
+    flags = [str(tmp_path) if f == "EMPTY" else f for f in flags]
+    assert main(["--model", exported, "--prompt", "hi"] + flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+
+
+def test_cuda_without_a_gpu_and_an_unknown_dtype_are_refused(exported, capsys):
+    import torch
+    if not torch.cuda.is_available():    # was: AssertionError "Torch not compiled with CUDA enabled"
+        assert main(["--model", exported, "--prompt", "hi", "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:   # was: ValueError traceback from load()
+        main(["--model", exported, "--prompt", "hi", "--dtype", "fp17"])
+    assert e.value.code == 2 and "invalid choice: 'fp17'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Sequence
 
-from s1fast.generate import add_generation_args, budget_arg, config_from_args
+from s1fast.generate import UsageError, add_generation_args, budget_arg, check_args, config_from_args
 
 LOOPBACK = "127.0.0.1"
 
@@ -76,6 +76,10 @@ def check(args) -> str | None:
         return f"--temperature must be in [0, 2] and --top-p in (0, 1], got {args.temperature} and {args.top_p}"
     if args.api_key is not None and not args.api_key.strip():
         return "--api-key is empty; pass a non-blank key or leave it out"
+    try:
+        check_args(args)   # the flags shared with s1fast.generate (extension, device, tokenizer, model folder)
+    except UsageError as e:
+        return str(e)
     if args.backend == "vllm":
         import torch
         try:
