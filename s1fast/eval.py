@@ -260,7 +260,7 @@ def read_records(path: str) -> list[dict]:
         path = output_paths(path)["problems"]
     if not os.path.exists(path):
         raise EvalError(f"{path}: no such file (give a problems.jsonl or the --out folder of an evaluation)")
-    return [r for _, r in read_jsonl(path)]
+    return [r for _, r in read_jsonl(path, cut_tail_ok=True)]   # an evaluation may be writing its last line
 
 
 def write_outputs(result: dict, out_dir: str, title: str) -> dict:
@@ -331,6 +331,8 @@ def show_main(argv: Sequence[str]) -> int:
     p.add_argument("-n", type=int, default=2, help="examples of each kind")
     args = p.parse_args(argv)
     try:
+        if args.n < 1:
+            raise EvalError(f"-n must be at least 1, got {args.n}")
         print(examples(read_records(args.run), args.n), end="")
     except (EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -245,3 +245,22 @@ def test_cli_keeps_records_a_rerun_cannot_resume_and_resumes_after_a_cut_line(to
     assert ev.main(argv) == 2
     assert "run.json (the settings they were made with) is missing" in capsys.readouterr().err
     assert (out / "problems.jsonl").read_text().splitlines() == lines
+
+
+
+def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkeypatch, capsys):
+    import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(ev, "open_backend", lambda args: (RuleModel(tok), tok, "native"))
+    out = tmp_path / "a"
+    assert ev.main(["--model", str(tmp_path), "--limit", "2", "--budgets", "4", "--max-answer-tokens", "8",
+                    "--max-total-tokens", "4096", "--out", str(out)]) == 0
+    lines = (out / "problems.jsonl").read_text().splitlines()
+    (out / "problems.jsonl").write_text(lines[0] + "\n" + lines[1][:40])   # a record half written
+    capsys.readouterr()
+    assert ev.main(["compare", str(out), str(out)]) == 0   # was: error: ...problems.jsonl:2: not a JSON line
+    assert "0 of 1 problem-settings in both differ" in capsys.readouterr().out
+    assert ev.main(["show", str(out)]) == 0
+    assert ev.main(["show", str(out), "-n", "0"]) == 2 and "-n must be at least 1" in capsys.readouterr().err
+    (out / "problems.jsonl").write_text(lines[0][:40] + "\n" + lines[1] + "\n")   # a bad line inside: still an error
+    assert ev.main(["show", str(out)]) == 2 and "problems.jsonl:1: not a JSON line" in capsys.readouterr().err

@@ -386,6 +386,10 @@ def test_stop_strings_end_the_answer_streamed_or_not_and_nulls_mean_left_out(ser
                 finish = ch.finish_reason or finish
         assert answer == want and (finish == "stop" or not stopped), (stop, answer, full)
     wait_for(lambda: server.in_flight == 0 and server.engine.busy == 0)   # the stopped requests freed their rows
+    r = raw(base, {"messages": [{"role": "user", "content": q}], "n": True})   # was: served as n=1
+    assert r.status_code == 400 and "send n requests" in r.json()["error"]["message"], r.text
+    r = raw(base, {"prompt": ["2+2?", "3+3?"]}, path="/v1/completions")
+    assert r.status_code == 400 and "a batch of 2 prompts" in r.json()["error"]["message"], r.text
     for bad in ("", ["a"] * 5, 3, [None]):
         r = raw(base, {"messages": [{"role": "user", "content": q}], "stop": bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == "stop", (bad, r.text)

@@ -135,8 +135,10 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
     if "model" in body and body["model"] != model_name:
         raise APIError(404, f"The model {body['model']!r} does not exist; this server serves {model_name!r}",
                        code="model_not_found", param="model")
-    if body.get("n", 1) != 1:
-        raise APIError(400, "only n=1 is supported", code="invalid_value", param="n")
+    n = body.get("n", 1)
+    if isinstance(n, bool) or n != 1:
+        raise APIError(400, f"only n=1 is supported, got {n!r}: send n requests with seeds seed, seed+1, ... for n "
+                       "samples", code="invalid_value", param="n")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be true or false", code="invalid_type", param="stream")
@@ -182,6 +184,10 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
         elif (isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
                                                           and 0 <= t < len(tokenizer) for t in prompt)):
             ids = list(prompt)
+        elif isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
+            raise APIError(400, f"'prompt' is a batch of {len(prompt)} prompts; this server takes one per request: "
+                           "send one request each (they are batched together on the server)", code="invalid_value",
+                           param="prompt")
         else:
             raise APIError(400, "'prompt' must be a non-empty string (the chat-formatted text up to "
                            "'<|im_start|>assistant\\n') or a list of token ids", code="invalid_value", param="prompt")
