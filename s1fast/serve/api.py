@@ -56,6 +56,7 @@ class Job:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()         # strings that end the answer (not the thinking); the match is left out
+    n: int = 1                         # choices; choice i is seeded with seed + i
 
 
 def parse_json(raw: bytes) -> dict:
@@ -135,10 +136,7 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
     if "model" in body and body["model"] != model_name:
         raise APIError(404, f"The model {body['model']!r} does not exist; this server serves {model_name!r}",
                        code="model_not_found", param="model")
-    n = body.get("n", 1)
-    if isinstance(n, bool) or n != 1:
-        raise APIError(400, f"only n=1 is supported, got {n!r}: send n requests with seeds seed, seed+1, ... for n "
-                       "samples", code="invalid_value", param="n")
+    n = _int(body, "n", 1, limits.max_concurrency) if "n" in body else 1   # each choice takes a row
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be true or false", code="invalid_type", param="stream")
@@ -196,7 +194,7 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
                        f"{limits.max_prompt_tokens} (--max-prompt-tokens)", code="context_length_exceeded",
                        param="messages" if kind == "chat" else "prompt")
     return Job(kind, ids, stream, bool(opts.get("include_usage", False)), forcing, temperature, top_p, seed,
-               tuple(stop))
+               tuple(stop), n)
 
 
 # ---- responses ------------------------------------------------------------------------------------------
@@ -204,11 +202,12 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def usage(result: dict) -> dict:
-    t, a = result["thinking_tokens"], result["answer_tokens"]
-    return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": t + a,
-            "total_tokens": result["prompt_tokens"] + t + a, "thinking_tokens": t, "answer_tokens": a,
-            "completion_tokens_details": {"reasoning_tokens": t}}
+def usage(results: list[dict]) -> dict:
+    """Of a request's choices: the prompt once, the completion tokens of all choices (as OpenAI counts n > 1)."""
+    t, a = sum(r["thinking_tokens"] for r in results), sum(r["answer_tokens"] for r in results)
+    p = results[0]["prompt_tokens"]
+    return {"prompt_tokens": p, "completion_tokens": t + a, "total_tokens": p + t + a, "thinking_tokens": t,
+            "answer_tokens": a, "completion_tokens_details": {"reasoning_tokens": t}}
 
 
 def forcing_report(result: dict, forced_end: str) -> dict:
@@ -220,21 +219,25 @@ def finish_reason(result: dict) -> str:
     return "stop" if result["finished"] else "length"
 
 
-def response(kind: str, rid: str, model: str, thinking: str, answer: str, result: dict, forced_end: str) -> dict:
-    if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": answer, "reasoning_content": thinking},
-                  "logprobs": None, "finish_reason": finish_reason(result)}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": answer, "reasoning_content": thinking, "logprobs": None,
-                  "finish_reason": finish_reason(result)}
-        obj = "text_completion"
-    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice],
-            "usage": usage(result), "budget_forcing": forcing_report(result, forced_end)}
+def response(kind: str, rid: str, model: str, outs: list[tuple[str, str, dict, str]]) -> dict:
+    """The whole response; ``outs``: (thinking, answer, result, forced end text) per choice. Each choice carries
+    its ``budget_forcing``; the top-level one is choice 0's (the only one when n = 1)."""
+    choices = []
+    for i, (thinking, answer, result, forced_end) in enumerate(outs):
+        if kind == "chat":
+            choice = {"index": i, "message": {"role": "assistant", "content": answer, "reasoning_content": thinking},
+                      "logprobs": None, "finish_reason": finish_reason(result)}
+        else:
+            choice = {"index": i, "text": answer, "reasoning_content": thinking, "logprobs": None,
+                      "finish_reason": finish_reason(result)}
+        choices.append({**choice, "budget_forcing": forcing_report(result, forced_end)})
+    return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": int(time.time()),
+            "model": model, "choices": choices, "usage": usage([o[2] for o in outs]),
+            "budget_forcing": choices[0]["budget_forcing"]}
 
 
-def chunk(kind: str, rid: str, model: str, *, thinking: str = "", answer: str = "", first: bool = False,
-          finish: str | None = None) -> dict:
+def chunk(kind: str, rid: str, model: str, *, index: int = 0, thinking: str = "", answer: str = "",
+          first: bool = False, finish: str | None = None) -> dict:
     """One streamed event (``chat.completion.chunk`` or a streamed ``text_completion``)."""
     if kind == "chat":
         delta: dict = {"role": "assistant", "content": ""} if first else {}
@@ -242,10 +245,10 @@ def chunk(kind: str, rid: str, model: str, *, thinking: str = "", answer: str = 
             delta["reasoning_content"] = thinking
         if answer:
             delta["content"] = answer
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": answer, "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "text": answer, "logprobs": None, "finish_reason": finish}
         if thinking:
             choice["reasoning_content"] = thinking
         obj = "text_completion"
