@@ -1,11 +1,11 @@
 """The FastAPI app: routes, the API key, limits, streaming, and the bridge to the engine's worker thread.
 
 ``build_app(engine, tokenizer, ...)`` serves ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
-and ``POST /v1/completions``. Each request's forcer goes to the engine (``ContinuousBatcher`` or
-``VLLMBatcher``); the engine's updates cross to the event loop with ``call_soon_threadsafe``. A streamed
-request sends ``reasoning_content`` deltas while thinking and ``content`` deltas while answering. If the
-client goes away (mid-stream, or while waiting for a whole response) the request is cancelled and its
-row is freed. Every failure is answered in OpenAI's error shape (``api.APIError``).
+and ``POST /v1/completions``. Each choice's forcer (``n`` per request) goes to the engine
+(``ContinuousBatcher`` or ``VLLMBatcher``); the engine's updates cross to the event loop with
+``call_soon_threadsafe``. A streamed request sends ``reasoning_content`` deltas while thinking and ``content``
+deltas while answering; a ``stop`` string ends a choice's answer (``StopText``). If the client goes away
+(mid-stream, or while waiting for a whole response) the request is cancelled and its rows are freed. Every failure is answered in OpenAI's error shape (``api.APIError``).
 """
 from __future__ import annotations
 
