@@ -469,12 +469,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(run, fh, indent=2)
         open(paths["problems"], "w").close()
     log(f"{len(problems)} problems from {args.data}; protocol {args.protocol}; {args.samples} sample(s) each")
+    from tqdm import tqdm
+    total = len(problems) * len(args.budgets) * len(args.num_wait)   # (tty only: no bar in logs)
+    bar = tqdm(total=total, initial=min(len(done), total), desc="eval", unit="problem-setting", file=sys.stderr,
+               disable=None, dynamic_ncols=True)
     with open(paths["problems"], "a") as fh:
         def sink(rec):
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
+            bar.update(1)
         result = evaluate(model, tok, problems, args.budgets, args.num_wait, cfg, backend, protocol=args.protocol,
-                          samples=args.samples, sink=sink, done=done, log=log)
+                          samples=args.samples, sink=sink, done=done, log=lambda s: tqdm.write(s, file=sys.stderr))
+    bar.close()
     result.update(model=args.model, data=args.data, n_problems=len(problems))
     title = f"{os.path.basename(os.path.normpath(args.model))} on {os.path.basename(args.data)} (n={len(problems)})"
     write_outputs(result, args.out, title)

@@ -512,12 +512,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         todo = [(i, q) for i, (where, q) in enumerate(questions) if where not in skip and (i, q) not in done]
         if done and args.out:
             print(f"{len(questions) - len(skip) - len(todo)} prompt(s) already in {args.out}: skipped", file=sys.stderr)
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), desc="generate", unit="prompt", file=sys.stderr, disable=None, dynamic_ncols=True)
         for start in range(0, len(todo), cfg.batch_size):  # one batch at a time, written as soon as it is done
             chunk = todo[start:start + cfg.batch_size]
             rows = _generate_at(model, tok, chunk, cfg, backend)
             for r in rows:
                 fh.write(json.dumps({**r, "settings": settings} if args.out else r, ensure_ascii=False) + "\n")
             fh.flush()
+            bar.update(len(rows))
+        bar.close()
     finally:
         if args.out:
             fh.close()

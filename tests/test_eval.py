@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -256,6 +257,12 @@ def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkey
     assert ev.main(["--model", str(tmp_path), "--limit", "2", "--budgets", "4", "--max-answer-tokens", "8",
                     "--max-total-tokens", "4096", "--out", str(out)]) == 0
     lines = (out / "problems.jsonl").read_text().splitlines()
+    assert "eval:" not in capsys.readouterr().err     # no progress bar off a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert ev.main(["--model", str(tmp_path), "--limit", "2", "--budgets", "4,8", "--max-answer-tokens", "8",
+                    "--max-total-tokens", "4096", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "eval: 100%" in err and "4/4" in err and "num_wait=0 budget=8: pass@1" in err, err
     (out / "problems.jsonl").write_text(lines[0] + "\n" + lines[1][:40])   # a record half written
     capsys.readouterr()
     assert ev.main(["compare", str(out), str(out)]) == 0   # was: error: ...problems.jsonl:2: not a JSON line

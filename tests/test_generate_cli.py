@@ -94,3 +94,15 @@ def test_cuda_without_a_gpu_and_an_unknown_dtype_are_refused(exported, capsys):
     with pytest.raises(SystemExit) as e:   # was: ValueError traceback from load()
         main(["--model", exported, "--prompt", "hi", "--dtype", "fp17"])
     assert e.value.code == 2 and "invalid choice: 'fp17'" in capsys.readouterr().err
+
+
+def test_a_progress_bar_on_a_terminal_only(exported, tmp_path, capsys, monkeypatch):
+    import sys
+    args = ["--model", exported, "--prompt", "a", "--prompt", "b", "--batch-size", "1", "--max-thinking-tokens", "2",
+            "--max-answer-tokens", "1"]
+    assert main(args + ["--out", str(tmp_path / "a.jsonl")]) == 0
+    assert "generate:" not in capsys.readouterr().err               # a log file gets no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(args + ["--out", str(tmp_path / "b.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "generate: 100%" in err and "2/2" in err, err
