@@ -398,6 +398,15 @@ def check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if not (args.temperature >= 0 and 0 < args.top_p <= 1):
         raise UsageError(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
+    if args.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise UsageError("--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, "
+                             "or use --backend native") from None
+        if not torch.cuda.is_available():
+            raise UsageError("--backend vllm needs a CUDA GPU and none is visible; use --backend native on this "
+                             "machine")
     if args.backend == "native" and not os.path.isfile(os.path.join(args.model, "config.json")):
         what = "does not exist" if not os.path.exists(args.model) else "has no config.json"
         raise UsageError(f"--model {args.model} {what}: pass an exported Hugging Face model folder (e.g. a "

@@ -106,3 +106,15 @@ def test_a_progress_bar_on_a_terminal_only(exported, tmp_path, capsys, monkeypat
     assert main(args + ["--out", str(tmp_path / "b.jsonl")]) == 0
     err = capsys.readouterr().err
     assert "generate: 100%" in err and "2/2" in err, err
+
+
+def test_the_vllm_backend_without_vllm_is_an_error_line(exported, tmp_path, capsys):
+    import importlib.util
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: this checks the refusal where it is not")
+    # was: an ImportError traceback from VLLMBackend.from_pretrained (eval: after writing its --out folder)
+    assert main(["--model", exported, "--prompt", "hi", "--backend", "vllm"]) == 2
+    assert capsys.readouterr().err.startswith("error: --backend vllm needs vllm, which is not installed")
+    from s1fast.eval import main as eval_main
+    assert eval_main(["--model", exported, "--backend", "vllm", "--out", str(tmp_path / "out")]) == 2
+    assert "needs vllm" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -77,18 +77,9 @@ def check(args) -> str | None:
     if args.api_key is not None and not args.api_key.strip():
         return "--api-key is empty; pass a non-blank key or leave it out"
     try:
-        check_args(args)   # the flags shared with s1fast.generate (extension, device, tokenizer, model folder)
+        check_args(args)   # the flags shared with s1fast.generate (extension, device, tokenizer, model, backend)
     except UsageError as e:
         return str(e)
-    if args.backend == "vllm":
-        import torch
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            return ("--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, "
-                    "or use --backend native")
-        if not torch.cuda.is_available():
-            return "--backend vllm needs a CUDA GPU and none is visible; use --backend native on this machine"
     return None
 
 
