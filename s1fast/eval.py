@@ -441,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
             before = json.load(open(paths["run"]))
             if before != run:
-                flat = lambda d: {**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}}  # noqa: E731
+                def flat(d):
+                    return {**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}}
                 was, now = flat(before), flat(run)
                 diff = "; ".join(f"{k} {was.get(k)!r} there, {now[k]!r} now" for k in now
                                  if k != "decoding" and was.get(k) != now[k])
@@ -462,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    cfg.max_total_tokens or _model_max_positions(model) or 32768)
     if bad:
         print(f"error: {len(bad)} problem(s) too long, nothing generated: {'; '.join(bad[:5])}"
-              f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or leave those problems out", file=sys.stderr)
+              f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or leave those problems out",
+              file=sys.stderr)
         return 2
     if fresh:
         with open(paths["run"], "w") as fh:

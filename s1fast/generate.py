@@ -70,7 +70,8 @@ GREEDY_BELOW = 1e-5
 def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
                 banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None]) -> list[int]:
     """Next token per row of ``logits`` [n, V]: mask ids >= vocab_limit and each row's banned ids, then
-    argmax (temperature below ``GREEDY_BELOW``) or a seeded draw from the top-p nucleus of softmax(logits / temperature).
+    argmax (temperature below ``GREEDY_BELOW``) or a seeded draw from the top-p nucleus of
+    softmax(logits / temperature).
 
     The draw inverts each row's cumulative distribution (float64, so no tail mass is lost to rounding) at one
     uniform from the row's own generator: one batched pass over the vocabulary for all rows, where a

@@ -231,9 +231,9 @@ def response(kind: str, rid: str, model: str, outs: list[tuple[str, str, dict, s
             choice = {"index": i, "text": answer, "reasoning_content": thinking, "logprobs": None,
                       "finish_reason": finish_reason(result)}
         choices.append({**choice, "budget_forcing": forcing_report(result, forced_end)})
-    return {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": usage([o[2] for o in outs]),
-            "budget_forcing": choices[0]["budget_forcing"]}
+    obj = "chat.completion" if kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices,
+            "usage": usage([o[2] for o in outs]), "budget_forcing": choices[0]["budget_forcing"]}
 
 
 def chunk(kind: str, rid: str, model: str, *, index: int = 0, thinking: str = "", answer: str = "",

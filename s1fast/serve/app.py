@@ -5,7 +5,8 @@ and ``POST /v1/completions``. Each choice's forcer (``n`` per request) goes to t
 (``ContinuousBatcher`` or ``VLLMBatcher``); the engine's updates cross to the event loop with
 ``call_soon_threadsafe``. A streamed request sends ``reasoning_content`` deltas while thinking and ``content``
 deltas while answering; a ``stop`` string ends a choice's answer (``StopText``). If the client goes away
-(mid-stream, or while waiting for a whole response) the request is cancelled and its rows are freed. Every failure is answered in OpenAI's error shape (``api.APIError``).
+(mid-stream, or while waiting for a whole response) the request is cancelled and its rows are freed. Every
+failure is answered in OpenAI's error shape (``api.APIError``).
 """
 from __future__ import annotations
 
@@ -229,14 +230,13 @@ async def _complete(server: Server, request: Request, kind: str):
                            "flight (--max-concurrency); retry later", code="too_many_requests",
                            type="rate_limit_error")
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Update] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()   # (choice index, update)
     tickets = []
     try:
         for i, forcer in enumerate(forcers):
             tickets.append(_submit(server, job, forcer, loop, queue, i))
     except api.APIError:
-        for t in tickets:
-            server.engine.cancel(t)
+        _cancel(server, tickets)
         raise
     server.in_flight += 1
     rid = api.new_id(kind)
