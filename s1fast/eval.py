@@ -26,8 +26,8 @@ from dataclasses import asdict, replace
 from typing import Sequence
 
 from s1fast import grading, protocols
-from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, config_from_args, generate,
-                             open_backend, read_jsonl)
+from s1fast.generate import (GenerationConfig, _model_max_positions, add_generation_args, budget_arg, check_args,
+                             config_from_args, end_cut_line, generate, open_backend, read_jsonl, too_long)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
 DEFAULT_PROTOCOL = "math-verify" if grading.BACKEND == "math-verify" else "s1"
@@ -63,6 +63,16 @@ def read_problems(path: str, question_field: str | None = None, answer_field: st
     if not rows:
         raise ValueError(f"{path}: no problems found")
     return rows
+
+
+def check_unique_ids(problems: Sequence[dict]) -> None:
+    """Records are keyed by problem id (a resume, ``compare``): two problems with one id would share a record."""
+    seen: dict[str, str] = {}
+    for p in problems:
+        if p["id"] in seen:
+            raise ValueError(f"{p['source']}: id {p['id']!r} again ({seen[p['id']]} has it); problem ids must be "
+                             f"unique")
+        seen[p["id"]] = p["source"]
 
 
 def _field(row, name, candidates, path, n, what):
@@ -250,7 +260,7 @@ def read_records(path: str) -> list[dict]:
         path = output_paths(path)["problems"]
     if not os.path.exists(path):
         raise EvalError(f"{path}: no such file (give a problems.jsonl or the --out folder of an evaluation)")
-    return [r for _, r in read_jsonl(path)]
+    return [r for _, r in read_jsonl(path, cut_tail_ok=True)]   # an evaluation may be writing its last line
 
 
 def write_outputs(result: dict, out_dir: str, title: str) -> dict:
@@ -321,6 +331,8 @@ def show_main(argv: Sequence[str]) -> int:
     p.add_argument("-n", type=int, default=2, help="examples of each kind")
     args = p.parse_args(argv)
     try:
+        if args.n < 1:
+            raise EvalError(f"-n must be at least 1, got {args.n}")
         print(examples(read_records(args.run), args.n), end="")
     except (EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -364,9 +376,12 @@ def agreement_main(argv: Sequence[str]) -> int:
 def _list(parse):
     def f(text: str):
         try:
-            return [parse(x.strip()) for x in text.split(",") if x.strip()]
+            out = [parse(x.strip()) for x in text.split(",") if x.strip()]
         except (ValueError, argparse.ArgumentTypeError) as e:
             raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+        if not out:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least one value (comma-separated)")
+        return out
     return f
 
 
@@ -410,35 +425,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.path.isdir(args.model):
             raise EvalError(f"--model {args.model}: no such folder; pass an exported model folder (e.g. "
                             f"runs/tiny-toy/final, written by s1fast.train)")
+        if args.limit is not None and args.limit < 1:
+            raise EvalError(f"--limit must be at least 1, got {args.limit} (leave it out for every problem)")
+        if min(args.num_wait) < 0:
+            raise EvalError(f"--num-wait values must be >= 0, got {min(args.num_wait)}")
+        check_args(argparse.Namespace(**{**vars(args), "num_wait": None}))   # the flags shared with generate
         check_writable(args.out)
         problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
+        check_unique_ids(problems)
         paths = output_paths(args.out)
         cfg = config_from_args(args)
         run = {"model": args.model, "data": args.data, "protocol": args.protocol, "samples": args.samples,
                "decoding": asdict(cfg), "n_problems": len(problems)}
-        done = {}
+        done, fresh = {}, True
         if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
             before = json.load(open(paths["run"]))
             if before != run:
-                raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}); pass a new "
-                                f"--out or delete that folder")
+                def flat(d):
+                    return {**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}}
+                was, now = flat(before), flat(run)
+                diff = "; ".join(f"{k} {was.get(k)!r} there, {now[k]!r} now" for k in now
+                                 if k != "decoding" and was.get(k) != now[k])
+                raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}: {diff}); pass "
+                                f"a new --out or delete that folder")
+            end_cut_line(paths["problems"])   # a record cut short by a crash is produced again
             done = {(r["num_wait"], r["budget"], r["id"]): r for r in read_records(paths["problems"])}
+            fresh = False
             log(f"[s1fast.eval] resuming: {len(done)} problem-settings already in {paths['problems']}")
-        else:
-            with open(paths["run"], "w") as fh:
-                json.dump(run, fh, indent=2)
-            open(paths["problems"], "w").close()
+        elif os.path.exists(paths["problems"]) and os.path.getsize(paths["problems"]):
+            raise EvalError(f"{paths['problems']} holds records but {paths['run']} (the settings they were made "
+                            f"with) is missing, so they cannot be resumed; pass a new --out or move them away")
     except (EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, tok, backend = open_backend(args)
+    bad = too_long(tok, [(p["source"], p["question"]) for p in problems], cfg,
+                   cfg.max_total_tokens or _model_max_positions(model) or 32768)
+    if bad:
+        print(f"error: {len(bad)} problem(s) too long, nothing generated: {'; '.join(bad[:5])}"
+              f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or leave those problems out",
+              file=sys.stderr)
+        return 2
+    if fresh:
+        with open(paths["run"], "w") as fh:
+            json.dump(run, fh, indent=2)
+        open(paths["problems"], "w").close()
     log(f"{len(problems)} problems from {args.data}; protocol {args.protocol}; {args.samples} sample(s) each")
+    from tqdm import tqdm
+    total = len(problems) * len(args.budgets) * len(args.num_wait)   # (tty only: no bar in logs)
+    bar = tqdm(total=total, initial=min(len(done), total), desc="eval", unit="problem-setting", file=sys.stderr,
+               disable=None, dynamic_ncols=True)
     with open(paths["problems"], "a") as fh:
         def sink(rec):
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
+            bar.update(1)
         result = evaluate(model, tok, problems, args.budgets, args.num_wait, cfg, backend, protocol=args.protocol,
-                          samples=args.samples, sink=sink, done=done, log=log)
+                          samples=args.samples, sink=sink, done=done, log=lambda s: tqdm.write(s, file=sys.stderr))
+    bar.close()
     result.update(model=args.model, data=args.data, n_problems=len(problems))
     title = f"{os.path.basename(os.path.normpath(args.model))} on {os.path.basename(args.data)} (n={len(problems)})"
     write_outputs(result, args.out, title)

@@ -62,10 +62,16 @@ def chat_prompt_ids(tokenizer, messages: Sequence[dict], system: str | None = DE
 
 
 # ---- sampling -------------------------------------------------------------------------------------------
+# Below this temperature a draw is the argmax, as in vLLM (its _SAMPLING_EPS): logits / 1e-38 overflow to inf
+# and the softmax to NaN, which drew the last id of the vocabulary every time.
+GREEDY_BELOW = 1e-5
+
+
 def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
                 banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None]) -> list[int]:
     """Next token per row of ``logits`` [n, V]: mask ids >= vocab_limit and each row's banned ids, then
-    argmax (temperature 0) or a seeded draw from the top-p nucleus of softmax(logits / temperature).
+    argmax (temperature below ``GREEDY_BELOW``) or a seeded draw from the top-p nucleus of
+    softmax(logits / temperature).
 
     The draw inverts each row's cumulative distribution (float64, so no tail mass is lost to rounding) at one
     uniform from the row's own generator: one batched pass over the vocabulary for all rows, where a
@@ -76,13 +82,14 @@ def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab
     for i, ban in enumerate(banned):
         if ban:
             logits[i, list(ban)] = float("-inf")
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1).tolist()
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop[:, 0] = False   # the top token always stays (a top_p under float32's range rounds to 0: it dropped all)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     cdf = probs.double().cumsum(-1)
@@ -251,14 +258,16 @@ def _model_max_positions(model) -> int | None:
     return int(v) if v else None
 
 
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
 def load(model_dir: str, *, tokenizer_dir: str | None = None, dtype: str = "auto", device: str = "auto"):
     """(model, tokenizer) from an exported Hugging Face folder (tokenizer: the folder's, else the bundled Qwen2.5)."""
     from transformers import AutoTokenizer
 
     from s1fast import model as lean
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    dt = {"auto": torch.bfloat16 if dev.startswith("cuda") else torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}.get(dtype)
+    dt = (torch.bfloat16 if dev.startswith("cuda") else torch.float32) if dtype == "auto" else DTYPES.get(dtype)
     if dt is None:
         raise ValueError(f"--dtype {dtype!r}: use auto, bf16 or fp32")
     m = lean.from_pretrained(model_dir, dtype=dt, device=dev)
@@ -269,23 +278,46 @@ def load(model_dir: str, *, tokenizer_dir: str | None = None, dtype: str = "auto
 
 
 # ---- the CLI --------------------------------------------------------------------------------------------
-def read_jsonl(path: str):
-    """(line number, parsed value) for each non-blank line; a bad line names the file and line."""
+def read_jsonl(path: str, *, cut_tail_ok: bool = False):
+    """(line number, parsed value) for each non-blank line; a bad line names the file and line. With
+    ``cut_tail_ok`` a last line without its newline that does not parse (still being written, or cut by a
+    crash) ends the file instead."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
+            cut = cut_tail_ok and not raw.endswith(b"\n")   # only the last line can lack its newline
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
+                if cut:
+                    return
                 raise ValueError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
                                  "re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                yield n, json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as e:
+                if cut:
+                    return
                 raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+            yield n, value
+
+
+def end_cut_line(path: str) -> None:
+    """Before appending to a JSON-lines file: drop a last line a crash cut short (no newline, not JSON), or end
+    a whole last line that lacks its newline, so the file stays one JSON value per line."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+            fh.write(b"\n")
+        except ValueError:
+            fh.truncate(start)
 
 
 def read_prompts(path: str, field: str = "question") -> list[tuple[str, str]]:
@@ -328,8 +360,9 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="weights' dtype (default auto: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto: cuda if there is a GPU)")
 
 
 def open_backend(args):
@@ -366,17 +399,47 @@ def check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if not (args.temperature >= 0 and 0 < args.top_p <= 1):
         raise UsageError(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
+    if args.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise UsageError("--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, "
+                             "or use --backend native") from None
+        if not torch.cuda.is_available():
+            raise UsageError("--backend vllm needs a CUDA GPU and none is visible; use --backend native on this "
+                             "machine")
     if args.backend == "native" and not os.path.isfile(os.path.join(args.model, "config.json")):
         what = "does not exist" if not os.path.exists(args.model) else "has no config.json"
         raise UsageError(f"--model {args.model} {what}: pass an exported Hugging Face model folder (e.g. a "
                          f"training run's final/)")
     if args.tokenizer and not os.path.isdir(args.tokenizer):
         raise UsageError(f"--tokenizer {args.tokenizer} is not a folder")
+    if args.tokenizer and not any(os.path.isfile(os.path.join(args.tokenizer, f))
+                                  for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise UsageError(f"--tokenizer {args.tokenizer} has no tokenizer.json or tokenizer_config.json: pass a "
+                         f"Hugging Face tokenizer folder (or leave it out for the model's own)")
+    if not args.extension.strip():
+        raise UsageError(f"--extension must be a non-blank string (e.g. Wait), got {args.extension!r}")
+    if args.device != "auto":
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError:
+            raise UsageError(f"--device {args.device!r}: not a device; pass cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: no CUDA GPU is visible; pass --device cpu (or auto)")
 
 
-def open_out(path: str | None):
+def output_settings(args, cfg: GenerationConfig) -> dict:
+    """What an output depends on (not the batch size: a prompt's output does not depend on its batch); each
+    --out line carries it, so a rerun with other settings is refused rather than mixed in."""
+    s = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "prefill_chunk")}
+    return {"model": os.path.abspath(args.model), "backend": args.backend, **s}
+
+
+def open_out(path: str | None, settings: dict | None = None):
     """The --out file opened for appending (checked before any compute), and the (index, question) pairs it
-    already holds: a rerun of the same command continues where an interrupted one stopped."""
+    already holds: a rerun of the same command continues where an interrupted one stopped; lines made with
+    other ``settings`` make it a UsageError."""
     if not path:
         return sys.stdout, set()
     if os.path.isdir(path):
@@ -384,21 +447,23 @@ def open_out(path: str | None):
     done = set()
     if os.path.exists(path):
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 try:
                     r = json.loads(line)
                     done.add((r["index"], r["question"]))
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut short by a crash is written again
+                was = r.get("settings")
+                if settings is not None and isinstance(was, dict) and was != settings:
+                    diff = "; ".join(f"{k} {was.get(k)!r} there, {v!r} now" for k, v in settings.items()
+                                     if was.get(k) != v)
+                    raise UsageError(f"--out {path}:{n} was generated with other settings ({diff}); pass another "
+                                     f"--out, or delete it to start over")
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fh = open(path, "a", encoding="utf-8")
-        if fh.tell() > 0:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    fh.write("\n")  # end a line cut short by a crash before appending
-        return fh, done
+        if os.path.exists(path):
+            end_cut_line(path)   # a result cut short by a crash is generated again, not left in the file
+        return open(path, "a", encoding="utf-8"), done
     except OSError as e:
         raise UsageError(f"--out {path} cannot be written ({e.strerror}): pass a writable file") from None
 
@@ -436,7 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions += read_prompts(args.prompts, args.field) if args.prompts else []
         if not questions:
             raise UsageError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
-        fh, done = open_out(args.out)
+        settings = output_settings(args, config_from_args(args, max_thinking_tokens=args.max_thinking_tokens,
+                                                          num_wait=args.num_wait))
+        fh, done = open_out(args.out, settings)
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -455,12 +522,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         todo = [(i, q) for i, (where, q) in enumerate(questions) if where not in skip and (i, q) not in done]
         if done and args.out:
             print(f"{len(questions) - len(skip) - len(todo)} prompt(s) already in {args.out}: skipped", file=sys.stderr)
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), desc="generate", unit="prompt", file=sys.stderr, disable=None, dynamic_ncols=True)
         for start in range(0, len(todo), cfg.batch_size):  # one batch at a time, written as soon as it is done
             chunk = todo[start:start + cfg.batch_size]
             rows = _generate_at(model, tok, chunk, cfg, backend)
             for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                fh.write(json.dumps({**r, "settings": settings} if args.out else r, ensure_ascii=False) + "\n")
             fh.flush()
+            bar.update(len(rows))
+        bar.close()
     finally:
         if args.out:
             fh.close()

@@ -9,14 +9,15 @@ import itertools
 import json
 import math
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from s1fast.eval import (DEFAULT_DATA, _chunks, evaluate, majority, mean_and_se, pass_at_k, read_problems, table,
-                         write_outputs)
+from s1fast.eval import (DEFAULT_DATA, _chunks, check_unique_ids, evaluate, majority, mean_and_se, pass_at_k,
+                         read_problems, table, write_outputs)
 from s1fast.generate import BUNDLED_TOKENIZER, GenerationConfig
 
 V = 151936
@@ -68,6 +69,11 @@ def test_read_problems_bundled_sample_and_errors(tmp_path):
         read_problems(str(bad))
     assert read_problems(str(bad), limit=1) == [{"id": f"{bad}:1", "question": "1+1?", "answer": "2",
                                                  "source": f"{bad}:1"}]
+    twice = tmp_path / "twice.jsonl"      # a resume keyed by id gave the second problem the first one's record
+    twice.write_text('{"id": 1, "problem": "1+1?", "answer": "2"}\n{"id": 2, "problem": "2+2?", "answer": "4"}\n'
+                     '{"id": 1, "problem": "3+3?", "answer": "6"}\n')
+    with pytest.raises(ValueError, match=r"twice.jsonl:3: id '1' again \(.*twice.jsonl:1 has it\)"):
+        check_unique_ids(read_problems(str(twice)))
 
 
 def test_evaluate_counts_accuracy_and_thinking_tokens(tok, tmp_path):
@@ -145,6 +151,7 @@ def test_toy_problems_are_held_out():
 
 def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch, capsys):
     import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")    # a model folder to the checks; the model itself is faked
     ro = tmp_path / "ro"
     ro.mkdir()
     os.chmod(ro, 0o500)
@@ -185,3 +192,82 @@ def test_cli_errors_before_compute_resume_and_compare(tok, tmp_path, monkeypatch
     assert ev.main(["compare", str(out), str(b)]) == 0
     text = capsys.readouterr().out
     assert "0 of 6 problem-settings in both differ" in text
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--num-wait", "0,-1"], "--num-wait values must be >= 0, got -1"),
+    (["--min-thinking-tokens", "-2"], "--min-thinking-tokens must be >= 0"),
+    (["--max-answer-tokens", "-1"], "--max-answer-tokens must be >= 0"),
+    (["--limit", "-1"], "--limit must be at least 1"), (["--limit", "0"], "--limit must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be positive"), (["--max-total-tokens", "0"], "--max-total-tokens must"),
+    (["--temperature", "-1"], "--temperature must be >= 0"), (["--top-p", "0"], "--top-p in (0, 1]"),
+    (["--extension", ""], "--extension must be a non-blank string")])
+def test_cli_bad_flags_are_error_lines_before_any_output(tmp_path, capsys, flags, says):
+    import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    # these ran on with nonsense or ended in a traceback (ZeroDivisionError, BudgetForcer's ValueError, range())
+    assert ev.main(["--model", str(tmp_path), "--data", "toy:chain:2", "--out", str(out)] + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--budgets", "--num-wait"])
+def test_cli_empty_lists_are_usage_errors(tmp_path, capsys, flag):
+    import s1fast.eval as ev
+    with pytest.raises(SystemExit) as e:     # was: max() arg is an empty sequence, after the model had loaded
+        ev.main(["--model", str(tmp_path), flag, ",", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "give at least one value" in capsys.readouterr().err
+
+
+def test_cli_keeps_records_a_rerun_cannot_resume_and_resumes_after_a_cut_line(tok, tmp_path, monkeypatch, capsys):
+    import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(ev, "open_backend", lambda args: (RuleModel(tok), tok, "native"))
+    out = tmp_path / "a"
+    argv = ["--model", str(tmp_path), "--limit", "2", "--budgets", "4", "--max-answer-tokens", "8",
+            "--max-total-tokens", "4096", "--protocol", "s1", "--out", str(out)]
+    # a prompt the context cannot hold: one error line naming the problem, and nothing written to resume from
+    assert ev.main(argv + ["--max-total-tokens", "40"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 problem(s) too long, nothing generated: aime24:0: the prompt has")
+    assert not (out / "run.json").exists()
+    assert ev.main(argv) == 0                          # the same folder then runs (it was not left with other settings)
+    lines = (out / "problems.jsonl").read_text().splitlines()
+    # a crash in the middle of writing the second record: the rerun drops the cut line and produces it again
+    (out / "problems.jsonl").write_text(lines[0] + "\n" + lines[1][:30])
+    assert ev.main(argv) == 0
+    assert (out / "problems.jsonl").read_text().splitlines() == lines
+    # other settings: refused, naming what differs
+    assert ev.main(argv + ["--temperature", "0.5"]) == 2
+    assert "decoding.temperature 0.0 there, 0.5 now" in capsys.readouterr().err
+    # records without the run.json that says how they were made: refused, not emptied
+    (out / "run.json").unlink()
+    assert ev.main(argv) == 2
+    assert "run.json (the settings they were made with) is missing" in capsys.readouterr().err
+    assert (out / "problems.jsonl").read_text().splitlines() == lines
+
+
+
+def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkeypatch, capsys):
+    import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(ev, "open_backend", lambda args: (RuleModel(tok), tok, "native"))
+    out = tmp_path / "a"
+    assert ev.main(["--model", str(tmp_path), "--limit", "2", "--budgets", "4", "--max-answer-tokens", "8",
+                    "--max-total-tokens", "4096", "--out", str(out)]) == 0
+    lines = (out / "problems.jsonl").read_text().splitlines()
+    assert "eval:" not in capsys.readouterr().err     # no progress bar off a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert ev.main(["--model", str(tmp_path), "--limit", "2", "--budgets", "4,8", "--max-answer-tokens", "8",
+                    "--max-total-tokens", "4096", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "eval: 100%" in err and "4/4" in err and "num_wait=0 budget=8: pass@1" in err, err
+    (out / "problems.jsonl").write_text(lines[0] + "\n" + lines[1][:40])   # a record half written
+    capsys.readouterr()
+    assert ev.main(["compare", str(out), str(out)]) == 0   # was: error: ...problems.jsonl:2: not a JSON line
+    assert "0 of 1 problem-settings in both differ" in capsys.readouterr().out
+    assert ev.main(["show", str(out)]) == 0
+    assert ev.main(["show", str(out), "-n", "0"]) == 2 and "-n must be at least 1" in capsys.readouterr().err
+    (out / "problems.jsonl").write_text(lines[0][:40] + "\n" + lines[1] + "\n")   # a bad line inside: still an error
+    assert ev.main(["show", str(out)]) == 2 and "problems.jsonl:1: not a JSON line" in capsys.readouterr().err

@@ -42,7 +42,79 @@ def test_long_prompt_named_by_line_skipped_only_when_asked_and_out_appended_and_
     out.write_text(lines[0] + "\n" + lines[1][:25])  # the second result cut short mid-line
     assert main(args + ["--skip-long"]) == 0
     assert "1 prompt(s) already in" in capsys.readouterr().err
-    again = [json.loads(x) for x in out.read_text().splitlines()[::2]]  # the cut line is left, then a whole one
-    assert [r["question"] for r in again] == ["2+2?", "3+3?"]
+    again = [json.loads(x) for x in out.read_text().splitlines()]  # the cut line is dropped: every line is JSON
+    assert [r["question"] for r in again] == ["2+2?", "3+3?"] and out.read_text().splitlines() == lines
     assert main(["--model", exported, "--prompt", "hi", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_end_cut_line_drops_only_a_cut_last_line(tmp_path):
+    from s1fast.generate import end_cut_line
+    f = tmp_path / "x.jsonl"
+    for before, after in [('{"a": 1}\n{"b": 2', '{"a": 1}\n'), ('{"a": 1}\n{"b": 2}', '{"a": 1}\n{"b": 2}\n'),
+                          ('{"a": 1}\n', '{"a": 1}\n'), ('{"a": ', ''), ('', '')]:
+        f.write_text(before)
+        end_cut_line(str(f))
+        assert f.read_text() == after, before
+
+
+def test_a_rerun_with_other_settings_is_refused_not_mixed_in(exported, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    args = ["--model", exported, "--prompt", "2+2?", "--prompt", "3+3?", "--max-thinking-tokens", "4",
+            "--max-answer-tokens", "2", "--out", str(out)]
+    assert main(args) == 0
+    before = out.read_text()
+    assert main(args + ["--batch-size", "1"]) == 0          # the batch size does not change an output: resumed
+    assert "2 prompt(s) already in" in capsys.readouterr().err and out.read_text() == before
+    # was: "2 prompt(s) already in out.jsonl: skipped", exit 0, and the 4-token outputs passed for 8-token ones
+    assert main(args + ["--max-thinking-tokens", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}:1 was generated with other settings (max_thinking_tokens 4 there, "
+                          "8 now)") and out.read_text() == before
+
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--extension", ""], "--extension must be a non-blank string"),
+    (["--device", "gpu"], "--device 'gpu': not a device"),
+    (["--tokenizer", "EMPTY"], "has no tokenizer.json or tokenizer_config.json"),
+])
+def test_flags_that_failed_with_a_traceback_after_loading_are_error_lines(exported, tmp_path, capsys, flags, says):
+    flags = [str(tmp_path) if f == "EMPTY" else f for f in flags]
+    assert main(["--model", exported, "--prompt", "hi"] + flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+
+
+def test_cuda_without_a_gpu_and_an_unknown_dtype_are_refused(exported, capsys):
+    import torch
+    if not torch.cuda.is_available():    # was: AssertionError "Torch not compiled with CUDA enabled"
+        assert main(["--model", exported, "--prompt", "hi", "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:   # was: ValueError traceback from load()
+        main(["--model", exported, "--prompt", "hi", "--dtype", "fp17"])
+    assert e.value.code == 2 and "invalid choice: 'fp17'" in capsys.readouterr().err
+
+
+def test_a_progress_bar_on_a_terminal_only(exported, tmp_path, capsys, monkeypatch):
+    import sys
+    args = ["--model", exported, "--prompt", "a", "--prompt", "b", "--batch-size", "1", "--max-thinking-tokens", "2",
+            "--max-answer-tokens", "1"]
+    assert main(args + ["--out", str(tmp_path / "a.jsonl")]) == 0
+    assert "generate:" not in capsys.readouterr().err               # a log file gets no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(args + ["--out", str(tmp_path / "b.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "generate: 100%" in err and "2/2" in err, err
+
+
+def test_the_vllm_backend_without_vllm_is_an_error_line(exported, tmp_path, capsys):
+    import importlib.util
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: this checks the refusal where it is not")
+    # was: an ImportError traceback from VLLMBackend.from_pretrained (eval: after writing its --out folder)
+    assert main(["--model", exported, "--prompt", "hi", "--backend", "vllm"]) == 2
+    assert capsys.readouterr().err.startswith("error: --backend vllm needs vllm, which is not installed")
+    from s1fast.eval import main as eval_main
+    assert eval_main(["--model", exported, "--backend", "vllm", "--out", str(tmp_path / "out")]) == 2
+    assert "needs vllm" in capsys.readouterr().err and not (tmp_path / "out").exists()

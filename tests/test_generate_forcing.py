@@ -253,6 +253,20 @@ def test_banned_stops_and_top_p_nucleus_and_seeding():
     assert pick_tokens(logits, temperature=0, top_p=1, vocab_limit=10, banned=[{0, 1}], generators=[None]) == [2]
 
 
+
+def test_extreme_temperature_and_top_p_pick_the_top_token():
+    """A temperature of 1e-38 drew the last id (logits / T overflowed, softmax NaN) and a top_p of 1e-300 drew
+    id 0 (it rounds to 0 in float32, which dropped every token): both now pick the argmax, as vLLM does."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3
+    top = logits.argmax(-1).tolist()
+    assert top != [49] * 3 and top != [0] * 3
+    for temp, top_p in [(1e-38, 1.0), (5e-324, 1.0), (1e-6, 1.0), (1.0, 1e-300), (2.0, 1e-45), (0.5, 1e-9)]:
+        gens = [torch.Generator().manual_seed(i) for i in range(3)]
+        assert pick_tokens(logits, temperature=temp, top_p=top_p, vocab_limit=50, banned=[None] * 3,
+                           generators=gens) == top, (temp, top_p)
+
+
 def test_draws_follow_the_distribution_and_each_row_its_own_seed():
     """Frequencies of 6000 seeded draws per row match softmax(logits / T) (5 sd of a binomial), batched rows
     draw what they draw alone, and a probability-0 token between two others is never drawn."""

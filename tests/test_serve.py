@@ -267,7 +267,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served, ref
         (lambda: raw(base, {"messages": msgs, "min_thinking_tokens": "3"}), 400, "invalid_type"),
         (lambda: raw(base, {"messages": msgs, "max_tokens": 501}), 400, "invalid_value"),
         (lambda: raw(base, {"messages": msgs, "extension": ""}), 400, "invalid_value"),
-        (lambda: raw(base, {"messages": msgs, "n": 2}), 400, "invalid_value"),
+        (lambda: raw(base, {"messages": msgs, "n": 257}), 400, "invalid_value"),     # over --max-concurrency
+        (lambda: raw(base, {"messages": msgs, "n": 0}), 400, "invalid_value"),
         (lambda: raw(base, {"messages": [{"role": "tool", "content": "x"}]}), 400, "invalid_value"),
         (lambda: raw(base, {"messages": long_prompt}), 400, "context_length_exceeded"),         # over the context
         (lambda: raw(base, {"messages": [{"role": "user", "content": "hello " * 1100}]}), 400,
@@ -356,5 +357,100 @@ def test_a_client_gone_mid_request_frees_its_row(served, slow_engine):
     wait_for(lambda: server.cancelled == cancelled + 2 and server.engine.busy == 0 and server.in_flight == 0,
              state=lambda: (server.cancelled - cancelled, server.engine.busy, server.in_flight, server.served))
     assert server.served == served_before
+    body.update(stream=True, n=3)     # every choice's row is freed
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as resp:
+        lines = resp.iter_lines()
+        assert resp.status_code == 200 and len([next(lines) for _ in range(8)]) == 8
+    wait_for(lambda: server.cancelled == cancelled + 3 and server.engine.busy == 0 and server.in_flight == 0)
     ok = client(base).chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": "hi"}])
     assert ok.usage.thinking_tokens <= 24
+
+
+def test_stop_strings_end_the_answer_streamed_or_not_and_nulls_mean_left_out(served, reference):
+    base, server = served
+    c = client(base)
+    q, cfg = QUESTIONS[1], dict(num_wait=0, max_thinking_tokens=8, max_answer_tokens=40)
+    full = reference(q, **cfg)["answer"]
+    assert len(full) >= 6, full
+    fields = {"num_wait": 0, "max_thinking_tokens": 8}
+    # lm-evaluation-harness's chat-completions model always sends "stop" (up to 4) and "seed": this was a 400
+    cases = [([full[3:5], "never-there"], full[:full.find(full[3:5])]), (full[-2:], full[:full.find(full[-2:])]),
+             ("never-there", full)]
+    for stop, want in cases:
+        stopped = want != full
+        resp = c.chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": q}],
+                                         max_tokens=40, stop=stop, seed=0, extra_body=fields)
+        assert resp.choices[0].message.content == want, (stop, full)
+        if stopped:
+            assert resp.choices[0].finish_reason == "stop"
+            assert resp.usage.answer_tokens < reference(q, **cfg)["answer_tokens"]
+        answer, finish = "", None
+        for ev in c.chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": q}],
+                                            max_tokens=40, stop=stop, stream=True, extra_body=fields):
+            for ch in ev.choices:
+                answer += ch.delta.content or ""
+                finish = ch.finish_reason or finish
+        assert answer == want and (finish == "stop" or not stopped), (stop, answer, full)
+    wait_for(lambda: server.in_flight == 0 and server.engine.busy == 0)   # the stopped requests freed their rows
+    r = raw(base, {"messages": [{"role": "user", "content": q}], "n": True})   # was: served as n=1
+    assert r.status_code == 400 and r.json()["error"]["message"] == "'n' must be an integer, got True", r.text
+    r = raw(base, {"prompt": ["2+2?", "3+3?"]}, path="/v1/completions")
+    assert r.status_code == 400 and "a batch of 2 prompts" in r.json()["error"]["message"], r.text
+    for bad in ("", ["a"] * 5, 3, [None]):
+        r = raw(base, {"messages": [{"role": "user", "content": q}], "stop": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stop", (bad, r.text)
+    # null is "not given" (OpenAI's nullable fields; several clients send them): this was a 400 for n and stream
+    r = raw(base, {"messages": [{"role": "user", "content": "2+2?"}], "n": None, "stream": None, "stop": None,
+                   "num_wait": None, "model": None, "logprobs": None})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == reference("2+2?", num_wait=1, max_thinking_tokens=24,
+                                                                     max_answer_tokens=8)["answer"]
+
+
+def test_stop_text_never_sends_part_of_a_stop_string():
+    from s1fast.serve.app import StopText
+    text, stops = "the answer is 42. The end", ("42.", "end", "zzz")
+    for step in (1, 2, 3, 5):
+        cut, sent = StopText(stops), []
+        for i in range(0, len(text), step):
+            sent.append(cut.push(text[i:i + step], final=i + step >= len(text)))
+            assert not any(s[:2] in "".join(sent) for s in stops[:1]), sent   # "42" held back until it is decided
+        assert "".join(sent) == cut.text == "the answer is " and cut.hit
+    cut = StopText(("ab",))
+    assert cut.push("xa") == "x" and cut.push("c") == "ac" and cut.push("a", final=True) == "a" and not cut.hit
+    assert StopText().push("abc") == "abc"
+
+
+
+def test_n_choices_are_seed_plus_index_streamed_or_not(served, reference):
+    """n > 1 (OpenAI's and vLLM's; it was a 400): choice i is what s1fast.generate writes with seed + i."""
+    base, server = served
+    c = client(base)
+    q, fields = QUESTIONS[0], {"num_wait": 1, "max_thinking_tokens": 12}
+    refs = [reference(q, num_wait=1, max_thinking_tokens=12, max_answer_tokens=6, temperature=1.0, seed=5 + i)
+            for i in range(3)]
+    assert len({r["thinking"] for r in refs}) > 1             # the seeds do give different samples
+    resp = c.chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": q}], n=3,
+                                     seed=5, temperature=1.0, max_tokens=6, extra_body=fields)
+    assert [ch.index for ch in resp.choices] == [0, 1, 2]
+    for ch, r in zip(resp.choices, refs):
+        assert (ch.message.reasoning_content, ch.message.content) == (r["thinking"], r["answer"])
+        assert ch.budget_forcing["waits"] == r["waits"]
+    assert resp.usage.completion_tokens == sum(r["thinking_tokens"] + r["answer_tokens"] for r in refs)
+    assert resp.usage.prompt_tokens == refs[0]["prompt_tokens"]
+    texts, finishes, usage = [["", ""] for _ in refs], {}, None
+    for ev in c.chat.completions.create(model=server.model_name, messages=[{"role": "user", "content": q}], n=3,
+                                        seed=5, temperature=1.0, max_tokens=6, stream=True,
+                                        stream_options={"include_usage": True}, extra_body=fields):
+        usage = ev.usage or usage
+        for ch in ev.choices:
+            texts[ch.index][0] += getattr(ch.delta, "reasoning_content", None) or ""
+            texts[ch.index][1] += ch.delta.content or ""
+            if ch.finish_reason:
+                finishes[ch.index] = ch.finish_reason
+    assert texts == [[r["thinking"], r["answer"]] for r in refs]
+    assert finishes == {i: "stop" if r["finished"] else "length" for i, r in enumerate(refs)}
+    assert usage.completion_tokens == resp.usage.completion_tokens
+    done = c.completions.create(model=server.model_name, prompt=[1, 2, 3], n=2, max_tokens=4)   # greedy: the same
+    assert done.choices[0].text == done.choices[1].text and [ch.index for ch in done.choices] == [0, 1]

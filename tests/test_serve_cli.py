@@ -20,14 +20,29 @@ from test_serve import KEY, export_tiny, free_port, wait_healthy
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--num-wait", "-1"], "--num-wait must be >= 0"),
     (["--api-key", " "], "--api-key is empty"),
+    (["--extension", " "], "--extension must be a non-blank string"),   # was: every request a 400
 ])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, says):
     if "--backend" in argv and torch.cuda.is_available():
         pytest.skip("this checks the refusal on a machine without a GPU (and without vllm)")
+    (tmp_path / "config.json").write_text("{}")    # a model folder to the checks; none of these loads it
     model = ["--model", str(tmp_path)] if "--model" not in argv else []
     assert main(model + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+
+
+
+def test_a_port_in_use_is_an_error_line_before_the_model_loads(tmp_path, capsys):
+    import socket
+    (tmp_path / "config.json").write_text("{}")
+    with socket.socket() as taken:     # was: the model loaded, then uvicorn's "address already in use", exit 3
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--model", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen there"), err
 
 
 @pytest.mark.slow

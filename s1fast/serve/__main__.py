@@ -14,10 +14,11 @@ import argparse
 import ipaddress
 import os
 import signal
+import socket
 import sys
 from typing import Sequence
 
-from s1fast.generate import add_generation_args, budget_arg, config_from_args
+from s1fast.generate import UsageError, add_generation_args, budget_arg, check_args, config_from_args
 
 LOOPBACK = "127.0.0.1"
 
@@ -75,15 +76,27 @@ def check(args) -> str | None:
         return f"--temperature must be in [0, 2] and --top-p in (0, 1], got {args.temperature} and {args.top_p}"
     if args.api_key is not None and not args.api_key.strip():
         return "--api-key is empty; pass a non-blank key or leave it out"
-    if args.backend == "vllm":
-        import torch
+    try:
+        check_args(args)   # the flags shared with s1fast.generate (extension, device, tokenizer, model, backend)
+    except UsageError as e:
+        return str(e)
+    return None
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on (host, port), found before the model is loaded (it says so only after),
+    or None. Binds and lets go at once, with SO_REUSEADDR as uvicorn does."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"--host {host}: {e.strerror}; pass an address of this machine (default {LOOPBACK})"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            import vllm  # noqa: F401
-        except ImportError:
-            return ("--backend vllm needs vllm, which is not installed; `pip install vllm` on a GPU node, "
-                    "or use --backend native")
-        if not torch.cuda.is_available():
-            return "--backend vllm needs a CUDA GPU and none is visible; use --backend native on this machine"
+            s.bind(addr)
+        except OSError as e:
+            return f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another --port or --host"
     return None
 
 
@@ -121,7 +134,7 @@ def build(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    problem = check(args)
+    problem = check(args) or bind_problem(args.host, args.port)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

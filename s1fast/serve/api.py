@@ -29,10 +29,11 @@ class APIError(Exception):
 
 FORCING_FIELDS = ("max_thinking_tokens", "min_thinking_tokens", "num_wait", "extension", "max_answer_tokens")
 COMMON_FIELDS = ("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
-                 "top_p", "seed", "n", "user") + FORCING_FIELDS
+                 "top_p", "seed", "n", "user", "stop") + FORCING_FIELDS
 CHAT_FIELDS = COMMON_FIELDS + ("messages",)
 COMPLETION_FIELDS = COMMON_FIELDS + ("prompt",)
 MAX_EXTENSION_CHARS = 200
+MAX_STOPS = 4                          # OpenAI's limit on stop strings
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Job:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()         # strings that end the answer (not the thinking); the match is left out
+    n: int = 1                         # choices; choice i is seeded with seed + i
 
 
 def parse_json(raw: bytes) -> dict:
@@ -124,6 +127,7 @@ def _messages(body: dict) -> list[dict]:
 def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limits: Limits,
               model_name: str) -> Job:
     """Check ``body`` (a chat or completion request) and turn it into a :class:`Job`."""
+    body = {k: v for k, v in body.items() if v is not None}   # null is "not given", as in OpenAI's API
     allowed = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
     unknown = sorted(set(body) - set(allowed))
     if unknown:
@@ -132,8 +136,7 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
     if "model" in body and body["model"] != model_name:
         raise APIError(404, f"The model {body['model']!r} does not exist; this server serves {model_name!r}",
                        code="model_not_found", param="model")
-    if body.get("n", 1) != 1:
-        raise APIError(400, "only n=1 is supported", code="invalid_value", param="n")
+    n = _int(body, "n", 1, limits.max_concurrency) if "n" in body else 1   # each choice takes a row
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be true or false", code="invalid_type", param="stream")
@@ -162,6 +165,11 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
         else defaults.temperature
     top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True) if body.get("top_p") is not None else defaults.top_p
     seed = _int(body, "seed", 0, 2**63 - 1) if body.get("seed") is not None else defaults.seed
+    stop = body.get("stop", [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > MAX_STOPS or not all(isinstance(x, str) and x for x in stop):
+        raise APIError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOPS} of them, got "
+                       f"{body['stop']!r}", code="invalid_value", param="stop")
 
     if kind == "chat":
         ids = chat_prompt_ids(tokenizer, _messages(body))
@@ -174,6 +182,10 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
         elif (isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
                                                           and 0 <= t < len(tokenizer) for t in prompt)):
             ids = list(prompt)
+        elif isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
+            raise APIError(400, f"'prompt' is a batch of {len(prompt)} prompts; this server takes one per request: "
+                           "send one request each (they are batched together on the server)", code="invalid_value",
+                           param="prompt")
         else:
             raise APIError(400, "'prompt' must be a non-empty string (the chat-formatted text up to "
                            "'<|im_start|>assistant\\n') or a list of token ids", code="invalid_value", param="prompt")
@@ -181,7 +193,8 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
         raise APIError(400, f"the prompt has {len(ids)} tokens; this server takes at most "
                        f"{limits.max_prompt_tokens} (--max-prompt-tokens)", code="context_length_exceeded",
                        param="messages" if kind == "chat" else "prompt")
-    return Job(kind, ids, stream, bool(opts.get("include_usage", False)), forcing, temperature, top_p, seed)
+    return Job(kind, ids, stream, bool(opts.get("include_usage", False)), forcing, temperature, top_p, seed,
+               tuple(stop), n)
 
 
 # ---- responses ------------------------------------------------------------------------------------------
@@ -189,11 +202,12 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def usage(result: dict) -> dict:
-    t, a = result["thinking_tokens"], result["answer_tokens"]
-    return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": t + a,
-            "total_tokens": result["prompt_tokens"] + t + a, "thinking_tokens": t, "answer_tokens": a,
-            "completion_tokens_details": {"reasoning_tokens": t}}
+def usage(results: list[dict]) -> dict:
+    """Of a request's choices: the prompt once, the completion tokens of all choices (as OpenAI counts n > 1)."""
+    t, a = sum(r["thinking_tokens"] for r in results), sum(r["answer_tokens"] for r in results)
+    p = results[0]["prompt_tokens"]
+    return {"prompt_tokens": p, "completion_tokens": t + a, "total_tokens": p + t + a, "thinking_tokens": t,
+            "answer_tokens": a, "completion_tokens_details": {"reasoning_tokens": t}}
 
 
 def forcing_report(result: dict, forced_end: str) -> dict:
@@ -205,21 +219,25 @@ def finish_reason(result: dict) -> str:
     return "stop" if result["finished"] else "length"
 
 
-def response(kind: str, rid: str, model: str, thinking: str, answer: str, result: dict, forced_end: str) -> dict:
-    if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": answer, "reasoning_content": thinking},
-                  "logprobs": None, "finish_reason": finish_reason(result)}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": answer, "reasoning_content": thinking, "logprobs": None,
-                  "finish_reason": finish_reason(result)}
-        obj = "text_completion"
-    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice],
-            "usage": usage(result), "budget_forcing": forcing_report(result, forced_end)}
+def response(kind: str, rid: str, model: str, outs: list[tuple[str, str, dict, str]]) -> dict:
+    """The whole response; ``outs``: (thinking, answer, result, forced end text) per choice. Each choice carries
+    its ``budget_forcing``; the top-level one is choice 0's (the only one when n = 1)."""
+    choices = []
+    for i, (thinking, answer, result, forced_end) in enumerate(outs):
+        if kind == "chat":
+            choice = {"index": i, "message": {"role": "assistant", "content": answer, "reasoning_content": thinking},
+                      "logprobs": None, "finish_reason": finish_reason(result)}
+        else:
+            choice = {"index": i, "text": answer, "reasoning_content": thinking, "logprobs": None,
+                      "finish_reason": finish_reason(result)}
+        choices.append({**choice, "budget_forcing": forcing_report(result, forced_end)})
+    obj = "chat.completion" if kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices,
+            "usage": usage([o[2] for o in outs]), "budget_forcing": choices[0]["budget_forcing"]}
 
 
-def chunk(kind: str, rid: str, model: str, *, thinking: str = "", answer: str = "", first: bool = False,
-          finish: str | None = None) -> dict:
+def chunk(kind: str, rid: str, model: str, *, index: int = 0, thinking: str = "", answer: str = "",
+          first: bool = False, finish: str | None = None) -> dict:
     """One streamed event (``chat.completion.chunk`` or a streamed ``text_completion``)."""
     if kind == "chat":
         delta: dict = {"role": "assistant", "content": ""} if first else {}
@@ -227,10 +245,10 @@ def chunk(kind: str, rid: str, model: str, *, thinking: str = "", answer: str = 
             delta["reasoning_content"] = thinking
         if answer:
             delta["content"] = answer
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": answer, "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "text": answer, "logprobs": None, "finish_reason": finish}
         if thinking:
             choice["reasoning_content"] = thinking
         obj = "text_completion"

@@ -1,11 +1,12 @@
 """The FastAPI app: routes, the API key, limits, streaming, and the bridge to the engine's worker thread.
 
 ``build_app(engine, tokenizer, ...)`` serves ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
-and ``POST /v1/completions``. Each request's forcer goes to the engine (``ContinuousBatcher`` or
-``VLLMBatcher``); the engine's updates cross to the event loop with ``call_soon_threadsafe``. A streamed
-request sends ``reasoning_content`` deltas while thinking and ``content`` deltas while answering. If the
-client goes away (mid-stream, or while waiting for a whole response) the request is cancelled and its
-row is freed. Every failure is answered in OpenAI's error shape (``api.APIError``).
+and ``POST /v1/completions``. Each choice's forcer (``n`` per request) goes to the engine
+(``ContinuousBatcher`` or ``VLLMBatcher``); the engine's updates cross to the event loop with
+``call_soon_threadsafe``. A streamed request sends ``reasoning_content`` deltas while thinking and ``content``
+deltas while answering; a ``stop`` string ends a choice's answer (``StopText``). If the client goes away
+(mid-stream, or while waiting for a whole response) the request is cancelled and its rows are freed. Every
+failure is answered in OpenAI's error shape (``api.APIError``).
 """
 from __future__ import annotations
 
@@ -46,6 +47,58 @@ class TextStream:
             return ""
         delta, self.sent = text[self.sent:], len(text)
         return delta
+
+
+class StopText:
+    """The answer's text cut before the first of ``stops``: ``push`` hands out what is safe to send, holding
+    back a tail that could still become a stop string; ``hit`` once one was found (nothing more comes)."""
+
+    def __init__(self, stops=()):
+        self.stops, self.text, self.sent, self.hit = tuple(stops), "", 0, False
+
+    def push(self, delta: str, final: bool = False) -> str:
+        if self.hit:
+            return ""
+        self.text += delta
+        found = [i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0]
+        if found:
+            self.text, self.hit = self.text[:min(found)], True
+            end = len(self.text)
+        elif final:
+            end = len(self.text)
+        else:   # text sent is never part of a stop string: a match can only start at self.sent or later
+            hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+            end = max(self.sent, len(self.text) - hold)
+        out, self.sent = self.text[self.sent:end], end
+        return out
+
+
+def stopped_result(ticket, answer_tokens: int) -> dict:
+    """The result of a request a stop string ended (after its ticket was cancelled): the answer's tokens are
+    those generated up to the one that completed the match; ``finished``, so its finish_reason is "stop"."""
+    r = ticket.forcer.result()
+    r.update(answer_ids=r["answer_ids"][:answer_tokens], answer_tokens=answer_tokens, finished=True)
+    return r
+
+
+class Choice:
+    """One choice of a request: its ticket, its texts so far, and its result once it is done."""
+
+    def __init__(self, server: "Server", job: api.Job, ticket):
+        self.engine, self.ticket, self.result = server.engine, ticket, None
+        self.thinking, self.answer, self.cut = TextStream(server.tok), TextStream(server.tok), StopText(job.stop)
+
+    def take(self, upd: Update) -> tuple[str, str]:
+        """The (thinking, answer) text ``upd`` adds that may be sent; sets ``result`` once the choice is done
+        (a stop string ends it: its ticket is cancelled)."""
+        t = self.thinking.push(upd.thinking, upd.done)
+        a = self.cut.push(self.answer.push(upd.answer, upd.done), upd.done)
+        if self.cut.hit:
+            self.engine.cancel(self.ticket)
+            self.result = stopped_result(self.ticket, len(self.answer.ids))
+        elif upd.done:
+            self.result = upd.result
+        return t, a
 
 
 class Server:
@@ -171,32 +224,41 @@ async def _complete(server: Server, request: Request, kind: str):
     server.check_key(request)
     body = await server.read_body(request)
     job = api.parse_job(body, kind, server.tok, server.defaults, server.limits, server.model_name)
-    forcer = server.forcer(job)
+    forcers = [server.forcer(job) for _ in range(job.n)]
     if server.in_flight >= server.limits.max_concurrency:
         raise api.APIError(429, f"the server is at its limit of {server.limits.max_concurrency} requests in "
                            "flight (--max-concurrency); retry later", code="too_many_requests",
                            type="rate_limit_error")
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Update] = asyncio.Queue()
-    ticket = _submit(server, job, forcer, loop, queue)
+    queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()   # (choice index, update)
+    tickets = []
+    try:
+        for i, forcer in enumerate(forcers):
+            tickets.append(_submit(server, job, forcer, loop, queue, i))
+    except api.APIError:
+        _cancel(server, tickets)
+        raise
     server.in_flight += 1
     rid = api.new_id(kind)
+    choices = [Choice(server, job, t) for t in tickets]
     if job.stream:
-        close = _closer(server, ticket)
-        return _EventStream(_stream(server, job, rid, queue, close), close)
-    return await _whole(server, request, kind, rid, ticket, queue, loop)
+        close = _closer(server, tickets)
+        return _EventStream(_stream(server, job, rid, choices, queue, close), close)
+    return await _whole(server, request, job, rid, choices, queue, loop)
 
 
-def _submit(server: Server, job: api.Job, forcer: BudgetForcer, loop, queue: asyncio.Queue):
-    """The engine's ticket for ``forcer``; its updates are put on ``queue`` from the engine's thread."""
+def _submit(server: Server, job: api.Job, forcer: BudgetForcer, loop, queue: asyncio.Queue, index: int):
+    """The engine's ticket for choice ``index`` (seed + index); its updates are put on ``queue`` as (index,
+    update) from the engine's thread."""
     def deliver(u: Update) -> None:     # on the engine's thread
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, u)
+            loop.call_soon_threadsafe(queue.put_nowait, (index, u))
         except RuntimeError:            # the loop is closed: nobody is waiting any more
             pass
 
     try:
-        return server.engine.submit(forcer, deliver, temperature=job.temperature, top_p=job.top_p, seed=job.seed)
+        return server.engine.submit(forcer, deliver, temperature=job.temperature, top_p=job.top_p,
+                                    seed=job.seed + index)
     except ValueError as e:
         raise api.APIError(400, str(e), code="context_length_exceeded") from None
     except RuntimeError as e:
@@ -204,7 +266,12 @@ def _submit(server: Server, job: api.Job, forcer: BudgetForcer, loop, queue: asy
                            type="server_error") from None
 
 
-def _closer(server: Server, ticket):
+def _cancel(server: Server, tickets) -> None:
+    for t in tickets:   # a ticket already done is left as it is
+        server.engine.cancel(t)
+
+
+def _closer(server: Server, tickets):
     """A stream's end: ``close(done)`` runs exactly once, from whichever side ends first."""
     closed = []
 
@@ -213,76 +280,87 @@ def _closer(server: Server, ticket):
             return
         closed.append(done)
         if not done:
-            server.engine.cancel(ticket)
+            _cancel(server, tickets)
             server.cancelled += 1
         server.in_flight -= 1
     return close
 
 
-async def _whole(server: Server, request: Request, kind: str, rid: str, ticket, queue: asyncio.Queue, loop):
-    """The whole response once the engine is done; a client gone meanwhile cancels the request (499)."""
+async def _whole(server: Server, request: Request, job: api.Job, rid: str, choices: list[Choice],
+                 queue: asyncio.Queue, loop):
+    """The whole response once every choice is done (or a stop string ended its answer); a client gone
+    meanwhile cancels the request (499)."""
+    tickets = [c.ticket for c in choices]
     try:
-        thinking, answer = TextStream(server.tok), TextStream(server.tok)
         check_at = loop.time() + DISCONNECT_POLL_S
         while True:
             try:   # updates come every step: look for a gone client on a clock, not on a quiet queue
-                upd = await asyncio.wait_for(queue.get(), max(0.0, check_at - loop.time()))
+                item = await asyncio.wait_for(queue.get(), max(0.0, check_at - loop.time()))
             except asyncio.TimeoutError:
-                upd = None
+                item = None
             if loop.time() >= check_at:
                 if await request.is_disconnected():
-                    server.engine.cancel(ticket)
+                    _cancel(server, tickets)
                     server.cancelled += 1
                     return JSONResponse({}, status_code=499)
                 check_at = loop.time() + DISCONNECT_POLL_S
-            if upd is None:
+            if item is None:
                 continue
+            i, upd = item
             if upd.error:
+                _cancel(server, tickets)
                 raise api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
                                    type="server_error")
-            thinking.ids.extend(upd.thinking)
-            answer.ids.extend(upd.answer)
-            if upd.done:
+            if choices[i].result is None:
+                choices[i].take(upd)
+            if all(c.result is not None for c in choices):
                 server.served += 1
-                return api.response(kind, rid, server.model_name, thinking.text(), answer.text(), upd.result,
-                                    server.tok.decode(upd.result["forced_end_ids"], skip_special_tokens=False))
+                return api.response(job.kind, rid, server.model_name, [
+                    (c.thinking.text(), c.cut.text, c.result,
+                     server.tok.decode(c.result["forced_end_ids"], skip_special_tokens=False)) for c in choices])
     except asyncio.CancelledError:
-        server.engine.cancel(ticket)
+        _cancel(server, tickets)
         server.cancelled += 1
         raise
     finally:
         server.in_flight -= 1
 
 
-async def _stream(server: Server, job: api.Job, rid: str, queue: asyncio.Queue, close):
-    """Server-sent events: reasoning and answer deltas, the last chunk with the forcing report, [DONE]."""
+async def _stream(server: Server, job: api.Job, rid: str, choices: list[Choice], queue: asyncio.Queue, close):
+    """Server-sent events: reasoning and answer deltas per choice, each choice's last chunk with its forcing
+    report, then (asked for) the usage of all choices, then [DONE]."""
     def event(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     done = False
     try:
-        thinking, answer = TextStream(server.tok), TextStream(server.tok)
-        yield event(api.chunk(job.kind, rid, server.model_name, first=True))
+        for i in range(len(choices)):
+            yield event(api.chunk(job.kind, rid, server.model_name, index=i, first=True))
         while True:
-            upd = await queue.get()
+            i, upd = await queue.get()
             if upd.error:
                 done = True
+                _cancel(server, [c.ticket for c in choices])
                 yield event(api.APIError(500, f"generation failed: {upd.error}", code="engine_error",
                                          type="server_error").body())
                 break
-            t, a = thinking.push(upd.thinking, upd.done), answer.push(upd.answer, upd.done)
+            c = choices[i]
+            if c.result is not None:     # ended by a stop string: what was already on its way is dropped
+                continue
+            t, a = c.take(upd)
             if t or a:
-                yield event(api.chunk(job.kind, rid, server.model_name, thinking=t, answer=a))
-            if upd.done:
+                yield event(api.chunk(job.kind, rid, server.model_name, index=i, thinking=t, answer=a))
+            if c.result is not None:
+                last = api.chunk(job.kind, rid, server.model_name, index=i, finish=api.finish_reason(c.result))
+                last["budget_forcing"] = api.forcing_report(c.result, server.tok.decode(
+                    c.result["forced_end_ids"], skip_special_tokens=False))
+                yield event(last)
+            if all(c.result is not None for c in choices):
                 done = True
                 server.served += 1
-                last = api.chunk(job.kind, rid, server.model_name, finish=api.finish_reason(upd.result))
-                last["budget_forcing"] = api.forcing_report(upd.result, server.tok.decode(
-                    upd.result["forced_end_ids"], skip_special_tokens=False))
-                yield event(last)
                 if job.include_usage:
                     tail = api.chunk(job.kind, rid, server.model_name)
-                    tail["choices"], tail["usage"] = [], api.usage(upd.result)
+                    tail["choices"], tail["usage"] = [], api.usage([c.result for c in choices])
                     yield event(tail)
                 break
         yield "data: [DONE]\n\n"
