@@ -284,3 +284,37 @@ def test_outputs_must_be_jsonl_and_bad_input_fails_clearly(tmp_path, capsys):
     bad.write_text('{"question": "ok"}\nnot json\n')
     assert run("decontaminate", "--data", bad, "--out", tmp_path / "o.jsonl") == 2
     assert "row 2" in capsys.readouterr().err  # 1-based: the second line is the bad one
+
+
+# ---- a JSON-lines file with no newline after its last row ---------------------------------------------------
+def test_a_last_row_without_a_final_newline_is_read_not_dropped(tmp_path, capsys):
+    """Many tools end a .jsonl without a final newline: that row is complete and kept, not taken for a line
+    cut by a kill; a truly cut line is still skipped, with the rows numbered from 1 as everywhere."""
+    rows = [{"question": f"What is {i} + {i}, in words, please?", "answer": str(2 * i)} for i in range(3)]
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))            # no "\n" at the end
+    assert [r for _, r in R.read(str(data))] == rows
+    assert "partial" not in capsys.readouterr().err
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c.jsonl", "--no-builtin-eval") == 0
+    assert [r["question"] for r in lines(tmp_path / "c.jsonl")] == [r["question"] for r in rows]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n" + '{"question": "half a li')
+    assert [(i, r) for i, r in R.read(str(cut))] == [(1, rows[0]), (2, rows[1])]
+    assert "partial last line" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"                                       # a cut file's other lines are still checked
+    bad.write_text(json.dumps(rows[0]) + "\n[1, 2]\n" + '{"question": "half')
+    with pytest.raises(R.DataError, match="row 2: expected a JSON object"):
+        list(R.read(str(bad)))
+
+
+def test_an_output_whose_last_row_has_no_newline_keeps_it_and_appends_after_it(tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"key": "a", "x": 1}))                   # complete, but no newline
+    with R.Output(str(out)) as o:
+        assert o.keys == {"a"} and o.rows == 1
+        o.write({"key": "b", "x": 2})
+    assert lines(out) == [{"key": "a", "x": 1}, {"key": "b", "x": 2}]
+    out.write_text(json.dumps({"key": "a"}) + "\n" + '{"key": "b", "x')   # cut by a kill: dropped, redone
+    with R.Output(str(out)) as o:
+        assert o.keys == {"a"}
+    assert lines(out) == [{"key": "a"}] and "dropping a partial last line" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 class DataError(ValueError):
@@ -29,6 +29,21 @@ def _decode(raw: bytes, path: str, row: int) -> str:
                         path=path, row=row) from None
 
 
+def jsonl_rows(lines: Iterable[bytes], path: str) -> Iterator[tuple[int, dict]]:
+    """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from 1; blank lines skipped)."""
+    for i, raw in enumerate(lines, 1):
+        line = _decode(raw, path, i)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, row=i) from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
+        yield i, row
+
+
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
     """Yield ``(row_number, row)`` from a .json (a list of objects), .jsonl or .parquet file.
 
@@ -41,17 +56,7 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".jsonl":
         with open(path, "rb") as f:
-            for i, raw in enumerate(f, 1):
-                line = _decode(raw, path, i)
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, row=i) from None
-                if not isinstance(row, dict):
-                    raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
-                yield i, row
+            yield from jsonl_rows(f, path)
     elif ext == ".json":
         with open(path, "rb") as f:
             raw = f.read()

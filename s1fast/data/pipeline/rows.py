@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from typing import Iterable, Iterator
 
-from ..readers import DataError, read_rows
+from ..readers import DataError, jsonl_rows, read_rows
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
 REFERENCE_FIELDS = ("answer", "gt", "solution", "Answer")
@@ -96,27 +96,32 @@ def qid(q: str) -> str:
 
 
 def read(path: str) -> Iterator[tuple[int, dict]]:
-    """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped."""
+    """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped.
+
+    A last line with no newline after it is partial only when it is not complete JSON: many tools end a
+    JSON-lines file without a final newline, and that last row is kept."""
     if path.endswith(".jsonl") and os.path.exists(path):
         with open(path, "rb") as f:
             data = f.read()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
+        cut = _partial_tail(data)
+        if cut is not None:
             print(f"warning: {path}: ignoring a partial last line ({len(data) - cut} bytes; a run was killed while "
                   "writing it)", file=sys.stderr)
-            yield from _jsonl(path, data[:cut])
+            yield from jsonl_rows(data[:cut].splitlines(keepends=True), path)
             return
     yield from read_rows(path)
 
 
-def _jsonl(path: str, data: bytes):
-    for i, line in enumerate(data.decode("utf-8").split("\n")):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg})", path=path, row=i) from None
-            yield i, row
+def _partial_tail(data: bytes) -> int | None:
+    """Where a partial last line (no newline after it, and not complete JSON) begins, or None if there is none."""
+    if not data or data.endswith(b"\n"):
+        return None
+    cut = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[cut:])
+    except ValueError:      # not JSON, or not UTF-8: cut by a kill
+        return cut
+    return None
 
 
 class Output:
@@ -140,11 +145,13 @@ class Output:
     def _repair(self) -> None:
         with open(self.path, "rb+") as f:
             data = f.read()
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
+            cut = _partial_tail(data)
+            if cut is not None:
                 print(f"warning: {self.path}: dropping a partial last line ({len(data) - cut} bytes) left by a "
                       "killed run; that row is redone", file=sys.stderr)
                 f.truncate(cut)
+            elif data and not data.endswith(b"\n"):   # a complete last row with no newline: end the line
+                f.write(b"\n")
 
     def write(self, row: dict) -> None:
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
