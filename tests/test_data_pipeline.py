@@ -318,3 +318,16 @@ def test_an_output_whose_last_row_has_no_newline_keeps_it_and_appends_after_it(t
     with R.Output(str(out)) as o:
         assert o.keys == {"a"}
     assert lines(out) == [{"key": "a"}] and "dropping a partial last line" in capsys.readouterr().err
+
+
+def test_stats_on_an_empty_file_or_rows_without_a_question_says_so_instead_of_crashing(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run("stats", "--data", empty, "--out", tmp_path / "st") == 2
+    err = capsys.readouterr().err
+    assert "error: stats: file" in err and "empty.jsonl" in err and "holds no rows" in err
+    noq = write(tmp_path / "noq.jsonl", [{"text": "no question here"}, {"id": 3}])
+    assert run("stats", "--data", noq, "--out", tmp_path / "st2") == 0
+    st = json.load(open(tmp_path / "st2" / "stats.json"))
+    assert st["rows"] == 2 and st["rows_without_question"] == 2 and st["questions"] == 0
+    assert (tmp_path / "st2" / "lengths.png").stat().st_size > 1000

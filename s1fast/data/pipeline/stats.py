@@ -80,7 +80,8 @@ def plot(st: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     raw = {k: v for k, v in st["_raw"].items() if v}
-    fig, axes = plt.subplots(1, len(raw) + 1, figsize=(4 * (len(raw) + 1), 3.4), dpi=110)
+    fig, axes = plt.subplots(1, len(raw) + 1, figsize=(4 * (len(raw) + 1), 3.4), dpi=110, squeeze=False)
+    axes = axes[0]
     for ax, (k, v) in zip(axes, raw.items()):
         ax.hist(v, bins=min(50, max(5, len(set(v)))), color="tab:blue", alpha=0.8)
         ax.set_title(f"{k} tokens (n={len(v)})", fontsize=9)
@@ -110,6 +111,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(args) -> R.Tally:
     from ..cache import load_tokenizer
     rows = [row for _, row in R.read(args.data)]
+    if not rows:
+        raise DataError("holds no rows: nothing to count; pass --data with a file of examples", path=args.data)
     st = compute(rows, load_tokenizer(args.tokenizer), args.recipe, R.domain_getter(args.domain_field, args.domain_fn))
     os.makedirs(args.out, exist_ok=True)
     title = f"{os.path.basename(args.data)}"
