@@ -59,18 +59,25 @@ class EngineTeacher:
 
 def pending_requests(data: str, samples: int, done: set, seed: int, question_field: str | None = None,
                      limit: int | None = None):
-    """(requests still to make, number of questions, number already done, malformed rows) from the input."""
-    todo, n_q, n_done, bad = [], 0, 0, []
+    """(requests still to make, number of questions, number already done, malformed rows, repeated rows).
+
+    A question met again (the same text as an earlier row: its samples have the same keys) is asked once;
+    the rows repeating it are returned last."""
+    todo, n_q, n_done, bad, repeats, seen = [], 0, 0, [], [], set()
     for i, row in R.read(data):
         q = row.get(question_field) if question_field else R.question(row)
         if not isinstance(q, str) or not q.strip():
             bad.append(i)
             continue
+        qid = R.qid(q)
+        if qid in seen:
+            repeats.append(i)
+            continue
         n_q += 1
         if limit and n_q > limit:
             break
+        seen.add(qid)
         base = {k: v for k, v in row.items() if k not in TRACE_FIELDS}
-        qid = R.qid(q)
         for s in range(samples):
             key = f"{qid}:{s}"
             if key in done:
@@ -78,7 +85,7 @@ def pending_requests(data: str, samples: int, done: set, seed: int, question_fie
             else:
                 todo.append({"key": key, "qid": qid, "sample": s, "row": i, "question": q, "base": base,
                              "seed": request_seed(seed, key)})
-    return todo, min(n_q, limit or n_q), n_done, bad
+    return todo, min(n_q, limit or n_q), n_done, bad, repeats
 
 
 def to_row(req: dict, result: dict, teacher: str) -> dict:
@@ -247,10 +254,15 @@ def make_teacher(args):
 def main(args) -> R.Tally:
     tally = R.Tally("generate")
     with R.Output(args.out) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
-        todo, n_q, n_done, bad = pending_requests(args.data, args.samples, out.keys, args.seed, args.question_field,
-                                                  args.limit)
+        todo, n_q, n_done, bad, repeats = pending_requests(args.data, args.samples, out.keys, args.seed,
+                                                           args.question_field, args.limit)
         for _ in bad:
             tally.drop("no_question")
+        if repeats:
+            tally.drop("repeated_question", len(repeats))
+            print(f"warning: {args.data}: {len(repeats)} row(s) repeat the question of an earlier row and are asked "
+                  f"once (rows {', '.join(map(str, repeats[:20]))}{' ...' if len(repeats) > 20 else ''})",
+                  file=sys.stderr)
         tally.note("questions", n_q)
         if n_done:
             tally.note("already_done", n_done)
