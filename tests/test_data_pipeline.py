@@ -331,3 +331,28 @@ def test_stats_on_an_empty_file_or_rows_without_a_question_says_so_instead_of_cr
     st = json.load(open(tmp_path / "st2" / "stats.json"))
     assert st["rows"] == 2 and st["rows_without_question"] == 2 and st["questions"] == 0
     assert (tmp_path / "st2" / "lengths.png").stat().st_size > 1000
+
+
+def test_a_rerun_with_other_options_refuses_to_mix_its_rows_into_the_earlier_output(tmp_path, capsys):
+    """select --size 10 then --size 4 (or another seed) into the same --out used to append: a 14-row file
+    where 4 were asked for; so did decontaminate with a stricter threshold. Now: an error naming the file."""
+    data = write(tmp_path / "p.jsonl", pool())
+    out = tmp_path / "sel.jsonl"
+    sel = ["select", "--data", data, "--out", out, "--length", "chars", "--method", "random"]
+    assert run(*sel, "--size", 10) == 0 and len(lines(out)) == 10
+    with open(out) as f:
+        head = f.readline()
+    out.write_text(head)                                       # a run stopped after one row: resumed as before
+    assert run(*sel, "--size", 10) == 0 and len(lines(out)) == 10
+    capsys.readouterr()
+    for other in (["--size", 4], ["--size", 10, "--seed", 1]):
+        assert run(*sel, *other) == 2 and len(lines(out)) == 10
+        err = capsys.readouterr().err
+        assert "error: select: file" in err and "sel.jsonl: already holds" in err and "delete the file" in err
+    qs = write(tmp_path / "q.jsonl", [{"question": f"Find the value of x when {i} x = {2 * i} holds."}
+                                      for i in range(1, 6)] + [{"question": "Find the value of x when 1 x = 2 holds!"}])
+    clean = tmp_path / "clean.jsonl"
+    dec = ["decontaminate", "--data", qs, "--out", clean, "--no-builtin-eval"]
+    assert run(*dec, "--no-dedup") == 0 and len(lines(clean)) == 6
+    assert run(*dec) == 2 and len(lines(clean)) == 6           # dedup would drop the last row, already written
+    assert "already holds 1 row(s) that this run does not keep" in capsys.readouterr().err

@@ -143,7 +143,8 @@ def decontaminate(rows, eval_index: EvalIndex | None, dups: DuplicateIndex | Non
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="rows to clean (.json/.jsonl/.parquet, any schema s1fast reads)")
-    p.add_argument("--out", required=True, help="kept rows, .jsonl (appended; a rerun resumes)")
+    p.add_argument("--out", required=True, help="kept rows, .jsonl (appended; a rerun resumes; one that would keep "
+                                                 "otherwise is refused)")
     p.add_argument("--eval", action="append", default=[], help="an evaluation set to check against (repeatable; "
                                                                 "any file with question / problem fields)")
     p.add_argument("--no-builtin-eval", action="store_true", help="do not check the evaluation problems s1fast ships")
@@ -177,6 +178,7 @@ def main(args) -> R.Tally:
             decisions.append((key, row, m))
             if m is not None:
                 removed_rows[(R.question(row) or "", m["reason"])] += 1
+        out.check_same_run({key for key, _, m in decisions if m is None}, "keep")
         written = set()
         for key, row, m in decisions:
             if m is None:

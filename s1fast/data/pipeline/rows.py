@@ -153,6 +153,15 @@ class Output:
             elif data and not data.endswith(b"\n"):   # a complete last row with no newline: end the line
                 f.write(b"\n")
 
+    def check_same_run(self, keys: set, what: str) -> None:
+        """Refuse to append when the file holds rows this run would not write (``keys``: all it writes): they
+        came from a run with other options or data, and appending would mix the two."""
+        stale = self.keys - keys
+        if stale:
+            raise DataError(f"already holds {len(stale)} row(s) that this run does not {what} (an earlier run with "
+                            "other options or data wrote them); appending would mix the two: delete the file or "
+                            "pass another --out", path=self.path)
+
     def write(self, row: dict) -> None:
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._fh.flush()

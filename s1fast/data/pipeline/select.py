@@ -161,7 +161,8 @@ def select(rows: list[dict], method: str, size: int, seed: int, *, domain, lengt
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="candidate rows (.json/.jsonl/.parquet, any schema s1fast reads)")
-    p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same seed adds what is missing)")
+    p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same options adds what is missing; one that would "
+                                               "choose otherwise is refused)")
     p.add_argument("--size", type=int, default=1000, help="target number of questions")
     p.add_argument("--method", choices=METHODS, default="s1")
     p.add_argument("--seed", type=int, default=0)
@@ -186,6 +187,7 @@ def main(args) -> R.Tally:
                     min_chars=args.min_question_chars, tally=tally)
     dom = R.domain_getter(args.domain_field, args.domain_fn)
     with R.Output(args.out) as out:
+        out.check_same_run({row.get("key") or R.qid(R.question(row)) for row in chosen}, "choose")
         for row in chosen:
             key = row.get("key") or R.qid(R.question(row))
             if key in out.keys:
