@@ -168,3 +168,22 @@ def test_a_question_repeated_in_the_input_is_asked_once_not_written_twice(tmp_pa
     assert len(keys) == 6 and len(set(keys)) == 6
     assert s["kept"] == {"generated": 6} and s["dropped"] == {"repeated_question": 2} and s["other"]["questions"] == 3
     assert "2 row(s) repeat the question of an earlier row and are asked once (rows 3, 5)" in capsys.readouterr().err
+
+
+def test_the_thinking_is_split_from_the_answer_whatever_the_endpoint_returns():
+    """A DeepSeek-R1 distill behind vLLM with no reasoning parser returns ``...</think> answer`` (its template
+    opened the block in the prompt), or, cut by the token limit, ``<think> ...`` never closed: the thinking
+    must not land in the attempt (verify would grade a \\boxed{} from the middle of the reasoning, and the row
+    would have no trace to train on)."""
+    from types import SimpleNamespace as M
+    from s1fast.data.pipeline.teacher_openai import split_reasoning
+    cases = {
+        "<think>\nTry 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.": ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_tags"),
+        "Try 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.": ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_close"),
+        "<think>\nTry 7. \\boxed{7}? Or maybe": ("Try 7. \\boxed{7}? Or maybe", "", "think_unclosed"),
+        "think\nTry 7.<|im_start|>answer\nAnswer: 8": ("Try 7.", "Answer: 8", "s1_sections"),
+        "Just \\boxed{8}.": ("", "Just \\boxed{8}.", "none"),
+    }
+    for content, want in cases.items():
+        assert split_reasoning(M(content=content)) == want, content
+    assert split_reasoning(M(content="So 8.", reasoning_content="Try 7.")) == ("Try 7.", "So 8.", "reasoning_content")
