@@ -187,3 +187,28 @@ def test_the_thinking_is_split_from_the_answer_whatever_the_endpoint_returns():
     for content, want in cases.items():
         assert split_reasoning(M(content=content)) == want, content
     assert split_reasoning(M(content="So 8.", reasoning_content="Try 7.")) == ("Try 7.", "So 8.", "reasoning_content")
+
+
+def test_bad_numbers_and_a_wrong_question_field_are_refused_before_any_request(tmp_path, capsys):
+    """--samples 0 / -1 used to do nothing and exit 0, --retries -1 crashed a worker ('unreachable'),
+    --concurrency 0 said only 'max_workers must be greater than 0', and --question-field naming no field
+    'succeeded' with every row dropped."""
+    data = questions(tmp_path / "q.jsonl", ["q a", "q b"])
+    with FakeEndpoint() as ep:
+        for flag, value, want in (("--samples", "0", "must be a positive whole number, got 0"),
+                                  ("--samples", "-1", "must be a positive whole number, got -1"),
+                                  ("--concurrency", "0", "must be a positive whole number, got 0"),
+                                  ("--retries", "-1", "must be a whole number >= 0, got -1"),
+                                  ("--timeout", "0", "must be a number > 0, got 0.0"),
+                                  ("--limit", "x", "expected a positive whole number, got 'x'")):
+            with pytest.raises(SystemExit) as e:
+                gen(tmp_path, ep.url, data, flag, value)
+            assert e.value.code == 2 and f"argument {flag}: {want}" in capsys.readouterr().err
+        rc, _ = gen(tmp_path, ep.url, data, "--question-field", "prompt")
+        err = capsys.readouterr().err
+        assert rc == 2 and "row 1: no row has a question (a non-empty field 'prompt')" in err and "--question-field" in err
+        assert not ep.seen and not lines(tmp_path / "gen.jsonl")
+    for step, flag in (("decontaminate", "--ngram"), ("select", "--size"), ("verify", "--k")):
+        with pytest.raises(SystemExit):
+            data_main([step, "--data", data, "--out", str(tmp_path / "o.jsonl"), flag, "0"])
+        assert f"argument {flag}: must be a positive whole number, got 0" in capsys.readouterr().err

@@ -10,17 +10,8 @@ import sys
 from .cache import DEFAULT_DATA, DEFAULT_TOKENIZER, POLICIES, prepare
 from .format import RECIPES
 from .pipeline import STEPS
+from .pipeline.rows import positive_int
 from .readers import DataError
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {v}")
-    return v
 
 
 def main(argv=None) -> int:

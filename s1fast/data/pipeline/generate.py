@@ -189,23 +189,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", choices=["native", "vllm", "openai"], default="native")
     p.add_argument("--model", required=True, help="native / vllm: a Hugging Face model folder; "
                                                   "openai: the model name the endpoint serves")
-    p.add_argument("--samples", type=int, default=1, help="samples per question")
+    p.add_argument("--samples", type=R.positive_int, default=1, help="samples per question")
     p.add_argument("--question-field", help="field holding the question (default: question / problem / "
                                             "the first user turn)")
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--limit", type=R.positive_int, help="only the first N questions")
     p.add_argument("--seed", type=int, default=0, help="base seed; each sample's seed comes from it and its key")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=R.non_negative_float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.95)
     g = p.add_argument_group("openai teacher")
     g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
                    help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
     g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
-    g.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    g.add_argument("--retries", type=int, default=4, help="retries of a transient failure (429, 5xx, timeout, "
+    g.add_argument("--concurrency", type=R.positive_int, default=8, help="requests in flight")
+    g.add_argument("--retries", type=R.non_negative_int, default=4, help="retries of a transient failure (429, 5xx, timeout, "
                                                           "connection, malformed body)")
-    g.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles each time)")
-    g.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    g.add_argument("--max-tokens", type=int, default=None, help="completion token limit sent to the endpoint")
+    g.add_argument("--backoff", type=R.non_negative_float, default=1.0, help="first retry wait in seconds (doubles each time)")
+    g.add_argument("--timeout", type=R.positive_float, default=600.0, help="seconds per request")
+    g.add_argument("--max-tokens", type=R.positive_int, default=None, help="completion token limit sent to the endpoint")
     g.add_argument("--extra-body", default=None,
                    help="JSON object merged into each request body, e.g. s1fast's server's budget forcing: "
                         "'{\"max_thinking_tokens\": 2000, \"num_wait\": 1}'")
@@ -213,12 +213,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("native / vllm teacher (budget forcing)")
     e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
     e.add_argument("--max-thinking-tokens", default="auto", help="an integer or auto")
-    e.add_argument("--min-thinking-tokens", type=int, default=0)
-    e.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
+    e.add_argument("--min-thinking-tokens", type=R.non_negative_int, default=0)
+    e.add_argument("--num-wait", type=R.non_negative_int, default=0, help="times the end of thinking is ignored")
     e.add_argument("--extension", default="Wait")
-    e.add_argument("--max-answer-tokens", type=int, default=None)
-    e.add_argument("--max-total-tokens", type=int, default=None)
-    e.add_argument("--batch-size", type=int, default=8, help="questions decoded together")
+    e.add_argument("--max-answer-tokens", type=R.positive_int, default=None)
+    e.add_argument("--max-total-tokens", type=R.positive_int, default=None)
+    e.add_argument("--batch-size", type=R.positive_int, default=8, help="questions decoded together")
     e.add_argument("--dtype", default="auto")
     e.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -256,6 +256,11 @@ def main(args) -> R.Tally:
     with R.Output(args.out) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
         todo, n_q, n_done, bad, repeats = pending_requests(args.data, args.samples, out.keys, args.seed,
                                                            args.question_field, args.limit)
+        if bad and not n_q:
+            field = f"field '{args.question_field}'" if args.question_field else \
+                "question / problem / prompt field or user turn"
+            raise DataError(f"no row has a question (a non-empty {field}); name the field that holds the questions "
+                            "with --question-field", path=args.data, row=bad[0])
         for _ in bad:
             tally.drop("no_question")
         if repeats:

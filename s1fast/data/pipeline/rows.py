@@ -8,6 +8,7 @@ at most one partial last line, which :class:`Output` cuts off before appending a
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import json
@@ -21,6 +22,25 @@ from ..readers import DataError, jsonl_rows, read_rows
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
 REFERENCE_FIELDS = ("answer", "gt", "solution", "Answer")
 DOMAIN_FIELDS = ("domain", "subject", "cot_type", "source_type", "source")
+
+
+def _number(cast, want: str, ok):
+    """An argparse type: ``cast`` of the text, refused (naming the flag, exit 2) unless ``ok``."""
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
+        return v
+    return parse
+
+
+positive_int = _number(int, "a positive whole number", lambda v: v > 0)
+non_negative_int = _number(int, "a whole number >= 0", lambda v: v >= 0)
+positive_float = _number(float, "a number > 0", lambda v: v > 0)
+non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)
 
 
 def first(row: dict, names: Iterable[str]):

@@ -49,7 +49,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="how answers are extracted and compared: s1fast (its grader) or a named harness of "
                         "s1fast.protocols.PROTOCOLS (s1, skythought, math-verify)")
     p.add_argument("--keep", choices=KEEP, default="correct", help="rejection sampling rule")
-    p.add_argument("--k", type=int, default=1, help="with --keep first-k: correct samples kept per question")
+    p.add_argument("--k", type=R.positive_int, default=1, help="with --keep first-k: correct samples kept per question")
 
 
 def main(args) -> R.Tally:
