@@ -220,3 +220,13 @@ def test_prepare_cli_on_bundled_sample(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     ds = data.TokenDataset(out)
     assert np.all(ds.supervised > 0) and np.all(ds.lengths > ds.supervised)
+
+
+def test_prepare_on_a_folder_blames_the_data_not_the_cache(tmp_path, capsys):
+    """--data naming a folder (a dataset saved in shards) was reported as 'cannot write the cache ... (Is a
+    directory)': the wrong flag blamed."""
+    from s1fast.data.__main__ import main
+    (tmp_path / "shards").mkdir()
+    assert main(["prepare", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "shards: is a folder; pass --data with a .json, .jsonl or .parquet file" in err and "cache" not in err

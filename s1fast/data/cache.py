@@ -174,6 +174,9 @@ def _check_inputs(data: str | None, tokenizer_dir: str | None, max_tokens: int |
         raise DataError(f"--max-tokens must be a positive number of tokens, got {max_tokens}")
     if not os.path.exists(data):
         raise DataError("no such file; pass --data with a .json, .jsonl or .parquet file", path=data)
+    if os.path.isdir(data):
+        raise DataError("is a folder; pass --data with a .json, .jsonl or .parquet file (of a dataset saved in "
+                        "shards, join them into one file first)", path=data)
     check_tokenizer_dir(tokenizer_dir)
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"cache folder {out} is a file: pass --out with a folder")
