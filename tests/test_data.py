@@ -89,6 +89,7 @@ def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
 @pytest.mark.parametrize("row,recipe,match", [
     ({"thinking_trajectories": ["x"], "attempt": "a"}, "s1", "field 'question': missing"),
     ({"question": "q", "thinking_trajectories": ["x"]}, "s1", "field 'attempt': missing"),
+    ({"question": "q", "thinking_trajectories": ["x"], "attempt": None}, "s1", "field 'attempt': is null"),
     ({"question": "q", "thinking_trajectories": 7, "attempt": "a"}, "s1", "field 'thinking_trajectories': must be"),
     ({"question": "q", "thinking_trajectories": [" ", ""], "attempt": "a"}, "s1", "empty reasoning trace"),
     ({"question": "q", "thinking_trajectories": ["x", 3], "attempt": "a"}, "s1", "list of strings"),

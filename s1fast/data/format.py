@@ -36,8 +36,10 @@ class Encoded:
 
 
 def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> str:
-    if field not in row or row[field] is None:
+    if field not in row:
         raise DataError(f"missing (have: {', '.join(sorted(row)) or 'no fields'})", field=field, **where)
+    if row[field] is None:
+        raise DataError("is null: give it a string, or remove the row", field=field, **where)
     v = row[field]
     if allow_list and isinstance(v, (list, tuple)):
         if not all(isinstance(x, str) for x in v):
