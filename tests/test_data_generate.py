@@ -212,3 +212,30 @@ def test_bad_numbers_and_a_wrong_question_field_are_refused_before_any_request(t
         with pytest.raises(SystemExit):
             data_main([step, "--data", data, "--out", str(tmp_path / "o.jsonl"), flag, "0"])
         assert f"argument {flag}: must be a positive whole number, got 0" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_at_once_keeps_what_came_back_and_a_rerun_finishes(tmp_path):
+    """Ctrl-C used to wait for every request in flight (minutes, for a reasoning model), then throw their
+    answers away and print a traceback."""
+    import signal
+    qs = [f"q{i}" for i in range(6)]
+    data = questions(tmp_path / "q.jsonl", qs)
+    out = tmp_path / "gen.jsonl"
+    with FakeEndpoint({q: ["timeout"] for q in qs[2:]}, hang=60) as ep:
+        cmd = [sys.executable, "-m", "s1fast.data", "generate", "--teacher", "openai", "--model", "t",
+               "--base-url", ep.url, "--data", data, "--out", str(out), "--concurrency", "3", "--no-progress"]
+        p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while (len(lines(out)) < 2 or sum(ep.seen.values()) < 3) and time.time() - t0 < 60 and p.poll() is None:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        t1 = time.time()
+        _, err = p.communicate(timeout=30)
+        assert time.time() - t1 < 10, "the interrupt waited for the requests in flight"
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "error: generate: interrupted; the rows written to" in err and "generated 2" in err
+    assert sorted(r["question"] for r in lines(out)) == ["q0", "q1"]
+    with FakeEndpoint() as ep2:
+        rc, s = gen(tmp_path, ep2.url, data)
+    assert rc == 0 and sorted(ep2.seen) == qs[2:] and s["other"]["already_done"] == 2
+    assert sorted(r["question"] for r in lines(out)) == qs

@@ -60,6 +60,12 @@ def _run_step(args) -> int:
             print(e.tally.report(), file=sys.stderr)
         print(f"error: {args.cmd}: {e}".replace("\n", " "), file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        if getattr(e, "tally", None) is not None:
+            print(e.tally.report(), file=sys.stderr)
+        print(f"error: {args.cmd}: interrupted; the rows written to {args.out} are kept, and running the same "
+              "command again resumes", file=sys.stderr)
+        return 130
     print(tally.report(), file=sys.stderr)
     if args.summary:
         with open(args.summary, "w") as f:

@@ -13,9 +13,10 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ..readers import DataError
 from . import rows as R
@@ -139,29 +140,65 @@ def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R
 
 
 def _run_concurrent(teacher, requests, record, concurrency):
-    """At most ``concurrency`` requests in flight; results written by this thread only, as they finish."""
-    it = iter(requests)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        live = {}
-        for req in it:
-            live[pool.submit(teacher.complete, req["question"], req["seed"])] = req
-            if len(live) >= concurrency:
-                break
-        stop = None
-        while live:
-            done, _ = wait(live, return_when=FIRST_COMPLETED)
-            for f in done:
-                req = live.pop(f)
+    """At most ``concurrency`` requests in flight; results written by this thread only, as they finish.
+
+    The requests run on daemon threads: when the run stops (Ctrl-C, an unexpected error) it does not wait
+    for the requests in flight (a reasoning model's can take minutes); those are made again by a rerun.
+    After a :class:`StopRun` no request is started and those in flight are recorded first."""
+    todo, results = queue.Queue(), queue.Queue()
+    it, n = iter(requests), min(concurrency, len(requests))
+
+    def worker():
+        while (req := todo.get()) is not None:
+            try:
+                res = teacher.complete(req["question"], req["seed"])
+            except BaseException as e:  # noqa: BLE001 -- handed to the writing thread, which raises it
+                res = e
+            results.put((req, res))
+        results.put((None, None))      # this worker is done
+
+    closed = False
+
+    def close():                       # no more requests: each worker ends after its current one
+        nonlocal closed
+        if not closed:
+            closed = True
+            for _ in range(n):
+                todo.put(None)
+
+    for _ in range(n):
+        todo.put(next(it))
+        threading.Thread(target=worker, daemon=True, name="s1fast-generate").start()
+    stopped, finished = None, 0
+    try:
+        while finished < n:
+            req, res = results.get()
+            if req is None:
+                finished += 1
+                continue
+            try:
+                if isinstance(res, BaseException):
+                    raise res
+                record(req, res)
+            except StopRun as e:
+                stopped = stopped or e
+            nxt = next(it, None) if stopped is None else None
+            if nxt is None:
+                close()
+            else:
+                todo.put(nxt)
+    except BaseException:
+        close()
+        while not results.empty():     # results that came in meanwhile are kept
+            req, res = results.get_nowait()
+            if req is not None and not isinstance(res, BaseException):
                 try:
-                    record(req, f.result())
-                except StopRun as e:
-                    stop = stop or e
-                if stop is None:
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        live[pool.submit(teacher.complete, nxt["question"], nxt["seed"])] = nxt
-        if stop is not None:
-            raise stop
+                    record(req, res)
+                except StopRun:
+                    pass
+        raise
+    if stopped is not None:
+        raise stopped
 
 
 def _bar(total, enabled):
@@ -279,7 +316,7 @@ def main(args) -> R.Tally:
             teacher = make_teacher(args)
             try:
                 run(teacher, todo, out, failed, tally, concurrency=args.concurrency, progress=not args.no_progress)
-            except StopRun as e:
+            except (StopRun, KeyboardInterrupt) as e:
                 e.tally = tally   # the CLI prints what was done before the stop
                 raise
     return tally
