@@ -356,3 +356,27 @@ def test_a_rerun_with_other_options_refuses_to_mix_its_rows_into_the_earlier_out
     assert run(*dec, "--no-dedup") == 0 and len(lines(clean)) == 6
     assert run(*dec) == 2 and len(lines(clean)) == 6           # dedup would drop the last row, already written
     assert "already holds 1 row(s) that this run does not keep" in capsys.readouterr().err
+
+
+def test_verify_rerun_with_another_keep_rule_refuses_to_mix_rows(tmp_path, capsys):
+    """verify --keep all, then --keep correct into the same --out said 'kept 0, already_done 8' and left the
+    wrong samples in the file; a stopped run with the same rule still resumes."""
+    data = write(tmp_path / "g.jsonl", gen_rows())
+    out = tmp_path / "v.jsonl"
+    assert run("verify", "--data", data, "--out", out, "--keep", "correct") == 0
+    assert len(lines(out)) == 4
+    with open(out) as f:
+        head = f.readline()
+    out.write_text(head)                                                # stopped after one row
+    assert run("verify", "--data", data, "--out", out, "--keep", "correct") == 0 and len(lines(out)) == 4
+    assert run("verify", "--data", data, "--out", out, "--keep", "first-k", "--k", 1) == 2
+    assert "one more sample of a question than --k 1" in capsys.readouterr().err
+    out2 = tmp_path / "v2.jsonl"
+    assert run("verify", "--data", data, "--out", out2, "--keep", "all") == 0 and len(lines(out2)) == 8
+    assert run("verify", "--data", data, "--out", out2, "--keep", "correct") == 2
+    err = capsys.readouterr().err
+    assert "error: verify: file" in err and "which --keep correct does not keep" in err and "delete the file" in err
+    other = write(tmp_path / "o.jsonl", gen_rows()[:3])
+    assert run("verify", "--data", other, "--out", out2, "--keep", "all") == 2
+    assert "is not a sample of --data" in capsys.readouterr().err
+    assert len(lines(out2)) == 8

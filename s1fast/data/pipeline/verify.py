@@ -39,6 +39,27 @@ def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fas
     return out
 
 
+def _check_earlier_rows(args, out: R.Output, keys: set) -> None:
+    """Refuse to append to rows an earlier run kept under another rule or from other data (they are not
+    graded again, so they would stay, mixed with this run's)."""
+    if not out.rows:
+        return
+    per_q, why = defaultdict(int), None
+    for i, row in R.read(out.path):
+        if row.get("key") not in keys:
+            why = f"row {i} is not a sample of --data"
+        elif args.keep != "all" and row.get("verdict") != "correct":
+            why = f"row {i} is graded {row.get('verdict')!r}, which --keep {args.keep} does not keep"
+        else:
+            q = R.qid(R.question(row) or "")
+            per_q[q] += 1
+            if args.keep == "first-k" and per_q[q] > args.k:
+                why = f"row {i} is one more sample of a question than --k {args.k}"
+        if why:
+            raise R.DataError(f"holds rows an earlier run kept with other options or data ({why}); appending "
+                              "would mix the two: delete the file or pass another --out", path=out.path)
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="generated samples (what `generate` writes, or any s1K / "
                                                  "s1K-1.1 / ShareGPT file with a reference answer)")
@@ -63,6 +84,7 @@ def main(args) -> R.Tally:
         row.setdefault("key", f"{R.qid(q)}:{row.get('sample', i)}")
         rows.append(row)
     with R.Output(args.out) as out:
+        _check_earlier_rows(args, out, {row["key"] for row in rows})
         graded = R.Output(args.graded) if args.graded else None
         kept_per_q = defaultdict(int)
         for row in sorted(rows, key=lambda r: (R.qid(R.question(r)), r.get("sample", 0))):
