@@ -231,3 +231,13 @@ def test_prepare_on_a_folder_blames_the_data_not_the_cache(tmp_path, capsys):
     assert main(["prepare", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "shards: is a folder; pass --data with a .json, .jsonl or .parquet file" in err and "cache" not in err
+
+
+def test_a_utf8_byte_order_mark_is_not_taken_for_data(tmp_path):
+    """Files saved by Windows tools start with a BOM: 'row 1: not valid JSON (Unexpected UTF-8 BOM ...)'."""
+    rows = [{"question": "¿Cuánto es 2+2? 你好 🙂", "thinking_trajectories": ["t"], "attempt": "4"}] * 2
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                                 for r in rows).encode())
+    (tmp_path / "b.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, ensure_ascii=False).encode())
+    for name in ("b.jsonl", "b.json"):
+        assert [r for _, r in data.read_rows(str(tmp_path / name))] == rows

@@ -10,6 +10,9 @@ import os
 from typing import Iterable, Iterator
 
 
+BOM = b"\xef\xbb\xbf"   # UTF-8's byte-order mark: some Windows tools start a file with it
+
+
 class DataError(ValueError):
     """Bad input data: says which file, row and field, and what to do."""
 
@@ -32,7 +35,7 @@ def _decode(raw: bytes, path: str, row: int) -> str:
 def jsonl_rows(lines: Iterable[bytes], path: str) -> Iterator[tuple[int, dict]]:
     """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from 1; blank lines skipped)."""
     for i, raw in enumerate(lines, 1):
-        line = _decode(raw, path, i)
+        line = _decode(raw[3:] if i == 1 and raw.startswith(BOM) else raw, path, i)
         if not line.strip():
             continue
         try:
@@ -61,7 +64,7 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
         with open(path, "rb") as f:
             raw = f.read()
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")   # a byte-order mark (Windows tools write one) is not data
         except UnicodeDecodeError as e:
             line = raw[:e.start].count(b"\n") + 1
             raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}): re-save the file as UTF-8",
