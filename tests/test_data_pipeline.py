@@ -380,3 +380,17 @@ def test_verify_rerun_with_another_keep_rule_refuses_to_mix_rows(tmp_path, capsy
     assert run("verify", "--data", other, "--out", out2, "--keep", "all") == 2
     assert "is not a sample of --data" in capsys.readouterr().err
     assert len(lines(out2)) == 8
+
+
+def test_a_domain_classifier_that_is_missing_or_fails_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mydom.py").write_text("def by_field(row):\n    return row['msc']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = write(tmp_path / "p.jsonl", pool()[:20])
+    for fn, want in (("mydom:nope", "--domain-fn 'mydom:nope': module 'mydom' has no 'nope'"),
+                     ("nomodule_xyz:f", "cannot import 'nomodule_xyz'"),
+                     ("mydom:by_field", "--domain-fn 'mydom:by_field' failed on the row with question")):
+        assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--length", "chars",
+                   "--domain-fn", fn) == 2
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err
+    assert "KeyError: 'msc'" in err

@@ -101,8 +101,22 @@ def domain_getter(field: str | None, fn: str | None):
         mod, _, name = fn.partition(":")
         if not name:
             raise ValueError(f"--domain-fn {fn!r}: write module:function, e.g. mypkg.domains:classify")
-        f = getattr(importlib.import_module(mod), name)
-        return lambda row: str(f(row))
+        try:
+            f = getattr(importlib.import_module(mod), name)
+        except ImportError as e:
+            raise ValueError(f"--domain-fn {fn!r}: cannot import {mod!r} ({e}); put its folder on PYTHONPATH") \
+                from None
+        except AttributeError:
+            raise ValueError(f"--domain-fn {fn!r}: module {mod!r} has no {name!r}") from None
+
+        def classify(row):
+            try:
+                return str(f(row))
+            except Exception as e:  # noqa: BLE001 -- the user's code: name it, and the row it failed on
+                q = (question(row) or "")[:80]
+                raise ValueError(f"--domain-fn {fn!r} failed on the row with question {q!r}: "
+                                 f"{type(e).__name__}: {e}") from None
+        return classify
 
     def get(row):
         v = row.get(field) if field else first(row, DOMAIN_FIELDS)
