@@ -394,3 +394,14 @@ def test_a_domain_classifier_that_is_missing_or_fails_is_named_not_a_traceback(t
         err = capsys.readouterr().err
         assert want in err and "Traceback" not in err
     assert "KeyError: 'msc'" in err
+
+
+def test_verify_with_an_answer_field_no_row_has_says_so(tmp_path, capsys):
+    """A misspelt --answer-field graded nothing ('no_reference' for every row) and exited 0."""
+    data = write(tmp_path / "g.jsonl", gen_rows())
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--answer-field", "gold") == 2
+    err = capsys.readouterr().err
+    assert "no row has the field 'gold' named by --answer-field" in err and "answer, attempt" in err
+    assert not os.path.exists(tmp_path / "v.jsonl") or not lines(tmp_path / "v.jsonl")
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--answer-field", "answer") == 0
+    assert len(lines(tmp_path / "v.jsonl")) == 4

@@ -83,6 +83,9 @@ def main(args) -> R.Tally:
             continue
         row.setdefault("key", f"{R.qid(q)}:{row.get('sample', i)}")
         rows.append(row)
+    if rows and args.answer_field and not any(row.get(args.answer_field) not in (None, "") for row in rows):
+        raise R.DataError(f"no row has the field '{args.answer_field}' named by --answer-field (the first row has: "
+                          f"{', '.join(sorted(rows[0]))})", path=args.data)
     with R.Output(args.out) as out:
         _check_earlier_rows(args, out, {row["key"] for row in rows})
         graded = R.Output(args.graded) if args.graded else None
