@@ -241,3 +241,24 @@ def test_a_utf8_byte_order_mark_is_not_taken_for_data(tmp_path):
     (tmp_path / "b.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, ensure_ascii=False).encode())
     for name in ("b.jsonl", "b.json"):
         assert [r for _, r in data.read_rows(str(tmp_path / name))] == rows
+
+
+def test_prepare_never_deletes_a_folder_that_is_not_its_cache(tmp_path, capsys):
+    """`prepare --out runs` (a folder of other things) swapped the cache in for the folder and deleted
+    everything that was in it."""
+    from s1fast.data.__main__ import main
+    mine = tmp_path / "runs"
+    (mine / "s1").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    small = tmp_path / "d.jsonl"
+    _write_jsonl(small, [s1_row(S1K[i]) for i in range(2)])
+    assert main(["prepare", "--data", str(small), "--out", str(mine), "--no-progress", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds other files (notes.txt, s1)" in err and "pass --out with a new or empty folder" in err
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "s1").is_dir()
+    cache = tmp_path / "cache"
+    for _ in range(2):   # a new folder, then the cache it holds: built, then reused (or rebuilt) in place
+        assert main(["prepare", "--data", str(small), "--out", str(cache), "--no-progress", "--workers", "1"]) == 0
+    _write_jsonl(small, [s1_row(S1K[i]) for i in range(3)])
+    assert main(["prepare", "--data", str(small), "--out", str(cache), "--no-progress", "--workers", "1"]) == 0
+    assert len(data.TokenDataset(str(cache))) == 3

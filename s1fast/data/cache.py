@@ -180,6 +180,11 @@ def _check_inputs(data: str | None, tokenizer_dir: str | None, max_tokens: int |
     check_tokenizer_dir(tokenizer_dir)
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"cache folder {out} is a file: pass --out with a folder")
+    other = sorted(set(os.listdir(out)) - set(ARRAYS) - {"summary.json"}) if os.path.isdir(out) else []
+    if other:   # a (re)build replaces the whole folder
+        raise DataError(f"cache folder {out} holds other files ({', '.join(other[:5])}"
+                        f"{', ...' if len(other) > 5 else ''}), which building the cache there would delete: pass "
+                        f"--out with a new or empty folder, or one that prepare wrote")
     return data, tokenizer_dir
 
 
