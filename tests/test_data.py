@@ -90,6 +90,12 @@ def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
     ({"thinking_trajectories": ["x"], "attempt": "a"}, "s1", "field 'question': missing"),
     ({"question": "q", "thinking_trajectories": ["x"]}, "s1", "field 'attempt': missing"),
     ({"question": "q", "thinking_trajectories": ["x"], "attempt": None}, "s1", "field 'attempt': is null"),
+    # the row is another recipe's: the error says which
+    ({"question": "q", "deepseek_thinking_trajectory": "t", "deepseek_attempt": "a"}, "s1",
+     "field 'thinking_trajectories': missing .*; the row has the fields of --recipe s1.1"),
+    ({"question": "q", "thinking_trajectories": ["t"], "attempt": "a"}, "s1.1", "the fields of --recipe s1$"),
+    ({"conversations": [{"from": "human", "value": "q"}]}, "s1", "the fields of --recipe sky-t1"),
+    ({"question": "q", "thinking_trajectories": ["t"], "attempt": "a"}, "chat", "the fields of --recipe s1$"),
     ({"question": "q", "thinking_trajectories": 7, "attempt": "a"}, "s1", "field 'thinking_trajectories': must be"),
     ({"question": "q", "thinking_trajectories": [" ", ""], "attempt": "a"}, "s1", "empty reasoning trace"),
     ({"question": "q", "thinking_trajectories": ["x", 3], "attempt": "a"}, "s1", "list of strings"),

@@ -35,9 +35,20 @@ class Encoded:
         return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
+def _fitting_recipe(row: dict) -> str | None:
+    """The recipe whose fields ``row`` has, for a hint when the chosen one's are missing."""
+    for recipe, field in (("s1.1", "deepseek_thinking_trajectory"), ("s1", "thinking_trajectories"),
+                          ("sky-t1", "conversations"), ("chat", "messages")):
+        if field in row:
+            return recipe
+    return None
+
+
 def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> str:
     if field not in row:
-        raise DataError(f"missing (have: {', '.join(sorted(row)) or 'no fields'})", field=field, **where)
+        fits = _fitting_recipe(row)
+        hint = f"; the row has the fields of --recipe {fits}" if fits else ""
+        raise DataError(f"missing (have: {', '.join(sorted(row)) or 'no fields'}){hint}", field=field, **where)
     if row[field] is None:
         raise DataError("is null: give it a string, or remove the row", field=field, **where)
     v = row[field]
@@ -107,8 +118,10 @@ def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int 
             msgs.append({"role": t["role"], "content": t["content"]})
         system = None
     else:
+        fits = _fitting_recipe(row)
         raise DataError(f"recipe '{recipe}' needs 'conversations' (ShareGPT) or 'messages' (chat); "
-                        f"row has {', '.join(sorted(row))}", **where)
+                        f"row has {', '.join(sorted(row))}" + (f"; it has the fields of --recipe {fits}" if fits else ""),
+                        **where)
     field = "conversations" if "conversations" in row else "messages"
     check_turn_order(msgs, field, where)
     if msgs[0]["role"] != "system":
