@@ -405,3 +405,27 @@ def test_verify_with_an_answer_field_no_row_has_says_so(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "v.jsonl") or not lines(tmp_path / "v.jsonl")
     assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--answer-field", "answer") == 0
     assert len(lines(tmp_path / "v.jsonl")) == 4
+
+
+def test_a_reference_file_without_grades_is_refused_not_read_as_every_question_easy(tmp_path, capsys):
+    """select --reference-graded with an ungraded file (generate's output, not verify --graded's) read every
+    question as solved by that model: 'dropped: easy N', nothing chosen, exit 0. An --eval or reference file
+    that does not exist was blamed on --data."""
+    rows = [{"question": f"Hard question number {i} about primes?", "thinking_trajectories": ["t" * (10 + i)],
+             "attempt": "x", "domain": "d"} for i in range(4)]
+    data = write(tmp_path / "c.jsonl", rows)
+    ungraded = write(tmp_path / "gen.jsonl", rows)
+    sel = ["select", "--data", data, "--out", tmp_path / "s.jsonl", "--length", "chars"]
+    assert run(*sel, "--reference-graded", ungraded) == 2
+    err = capsys.readouterr().err
+    assert "gen.jsonl: --reference-graded: no row has a 'correct' grade" in err and "verify --graded" in err
+    graded = write(tmp_path / "g.jsonl", [{**rows[0], "correct": False}, {**rows[1], "correct": True},
+                                          {**rows[2], "correct": None}, {**rows[3], "correct": False},
+                                          {**rows[3], "correct": None}])
+    assert run(*sel, "--reference-graded", graded, "--summary", tmp_path / "s.json") == 0
+    assert sorted(r["question"] for r in lines(tmp_path / "s.jsonl")) == [rows[0]["question"], rows[3]["question"]]
+    assert json.load(open(tmp_path / "s.json"))["dropped"] == {"easy": 1, "difficulty_no_attempt": 1, "not_chosen": 0}
+    assert run(*sel, "--reference-graded", tmp_path / "nope.jsonl") == 2
+    assert "nope.jsonl: no such file; --reference-graded takes" in capsys.readouterr().err
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "d.jsonl", "--eval", tmp_path / "b.jsonl") == 2
+    assert "b.jsonl: no such file; --eval takes" in capsys.readouterr().err

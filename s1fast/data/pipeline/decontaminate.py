@@ -41,6 +41,7 @@ class EvalIndex:
         self.n, self.index, self.items, self.grams = n, defaultdict(list), [], []
 
     def add_file(self, path: str) -> int:
+        R.need_file(path, "--eval")
         added = 0
         for i, row in R.read(path):
             q = R.question(row)

@@ -158,6 +158,13 @@ def _partial_tail(data: bytes) -> int | None:
     return None
 
 
+def need_file(path: str, flag: str) -> None:
+    """A DataError naming ``flag`` when ``path`` is not a file (read_rows's own says --data)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{'is a folder' if os.path.isdir(path) else 'no such file'}; {flag} takes a .json, .jsonl "
+                        "or .parquet file", path=path)
+
+
 class Output:
     """An append-only JSON-lines file: ``keys`` holds what an earlier run already wrote (field ``key_field``)."""
 

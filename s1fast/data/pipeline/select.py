@@ -58,14 +58,17 @@ def load_reference_grades(paths: list[str]) -> list[dict]:
     """Per reference file: question id -> whether every attempt in it was wrong."""
     out = []
     for p in paths:
+        R.need_file(p, "--reference-graded")
         wrong = {}
         for _, row in R.read(p):
-            q = R.question(row)
-            if q is None:
+            q, w = R.question(row), is_wrong(row.get("correct"))
+            if q is None or w is None:     # not graded (no reference answer): not an attempt
                 continue
             k = R.qid(q)
-            w = is_wrong(row.get("correct"))
-            wrong[k] = wrong.get(k, True) and bool(w)
+            wrong[k] = wrong.get(k, True) and w
+        if not wrong:
+            raise R.DataError("--reference-graded: no row has a 'correct' grade (true / false): pass the file "
+                              "`verify --graded` writes for that model's answers", path=p)
         out.append(wrong)
     return out
 
