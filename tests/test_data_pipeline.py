@@ -331,6 +331,8 @@ def test_stats_on_an_empty_file_or_rows_without_a_question_says_so_instead_of_cr
     st = json.load(open(tmp_path / "st2" / "stats.json"))
     assert st["rows"] == 2 and st["rows_without_question"] == 2 and st["questions"] == 0
     assert (tmp_path / "st2" / "lengths.png").stat().st_size > 1000
+    assert run("stats", "--data", noq, "--out", empty) == 2      # --out naming a file: 'File exists' before
+    assert "empty.jsonl: is a file; --out takes a folder" in capsys.readouterr().err
 
 
 def test_a_rerun_with_other_options_refuses_to_mix_its_rows_into_the_earlier_output(tmp_path, capsys):

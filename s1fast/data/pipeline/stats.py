@@ -110,6 +110,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> R.Tally:
     from ..cache import load_tokenizer
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise DataError("is a file; --out takes a folder (for stats.json, stats.md and lengths.png)", path=args.out)
     rows = [row for _, row in R.read(args.data)]
     if not rows:
         raise DataError("holds no rows: nothing to count; pass --data with a file of examples", path=args.data)
