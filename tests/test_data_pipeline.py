@@ -431,3 +431,16 @@ def test_a_reference_file_without_grades_is_refused_not_read_as_every_question_e
     assert "nope.jsonl: no such file; --reference-graded takes" in capsys.readouterr().err
     assert run("decontaminate", "--data", data, "--out", tmp_path / "d.jsonl", "--eval", tmp_path / "b.jsonl") == 2
     assert "b.jsonl: no such file; --eval takes" in capsys.readouterr().err
+
+
+def test_a_summary_in_a_new_folder_is_written_and_an_unwritable_one_is_one_error_line(tmp_path, capsys):
+    """--summary sub/dir/s.json ended a finished step with a FileNotFoundError traceback."""
+    data = write(tmp_path / "q.jsonl", [{"question": "What is the sum of the first ten primes?"}])
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c.jsonl", "--no-builtin-eval",
+               "--summary", tmp_path / "sub" / "dir" / "s.json") == 0
+    assert json.load(open(tmp_path / "sub" / "dir" / "s.json"))["kept"] == {"clean": 1}
+    (tmp_path / "f").write_text("")
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c.jsonl", "--no-builtin-eval",
+               "--summary", tmp_path / "f" / "s.json") == 2
+    err = capsys.readouterr().err
+    assert "error: decontaminate: cannot write --summary" in err and "Traceback" not in err

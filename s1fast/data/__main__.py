@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from .cache import DEFAULT_DATA, DEFAULT_TOKENIZER, POLICIES, prepare
@@ -68,8 +69,14 @@ def _run_step(args) -> int:
         return 130
     print(tally.report(), file=sys.stderr)
     if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(tally.as_dict(), f, indent=2)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
+            with open(args.summary, "w") as f:
+                json.dump(tally.as_dict(), f, indent=2)
+        except OSError as e:
+            print(f"error: {args.cmd}: cannot write --summary {args.summary} ({e.strerror or e}); the step's "
+                  "output is written", file=sys.stderr)
+            return 2
     return 0
 
 
