@@ -268,3 +268,21 @@ def test_prepare_never_deletes_a_folder_that_is_not_its_cache(tmp_path, capsys):
     _write_jsonl(small, [s1_row(S1K[i]) for i in range(3)])
     assert main(["prepare", "--data", str(small), "--out", str(cache), "--no-progress", "--workers", "1"]) == 0
     assert len(data.TokenDataset(str(cache))) == 3
+
+
+def test_a_tokenizer_without_qwens_chat_markers_is_refused_not_trained_on_nothing(tmp_path):
+    """With another family's tokenizer the mask finds no <|im_start|>assistant: the cache was built with
+    supervised_tokens 0 and no warning, and training had nothing to learn."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    t = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.save(str(tok / "tokenizer.json"))
+    (tok / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                           "unk_token": "[UNK]"}))
+    src = tmp_path / "d.jsonl"
+    _write_jsonl(src, [s1_row(S1K[i]) for i in range(2)])
+    with pytest.raises(DataError, match=r"2 example\(s\) have no token to train on \(rows 1, 2\).*pass --tokenizer"):
+        data.prepare(str(src), "s1", str(tok), out=str(tmp_path / "c"), progress=False, workers=1, log=lambda *_: None)
+    assert not (tmp_path / "c").exists()

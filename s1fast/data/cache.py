@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format import IGNORE, encode
+from .format import IGNORE, IM_START, encode
 from .readers import DataError, read_rows
 from .toy import is_spec as is_toy_spec, materialize as materialize_toy
 
@@ -141,6 +141,7 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     t0 = time.time()
     rows = _read(data)
     encoded = _tokenize(rows, recipe, data, tokenizer_dir, workers, progress)
+    _check_masks(encoded, tokenizer_dir, data)
     kept, over, truncated, unsupervised = _apply_budget(encoded, max_tokens, policy, data, log)
     special, dups = _flag_rows(encoded, log)
     if not kept:
@@ -246,6 +247,17 @@ def _tokenize(rows: list, recipe: str, data: str, tokenizer_dir: str, workers: i
         if bar is not None:
             bar.close()
     return encoded
+
+
+def _check_masks(encoded: list, tokenizer_dir: str, data: str) -> None:
+    """Every example has a token to train on before any truncation (the recipes always have an assistant
+    turn); none means the mask found no ``<|im_start|>assistant`` by Qwen2.5's token ids: another tokenizer."""
+    empty = [r for r, _, labels, _ in encoded if not any(x != IGNORE for x in labels[1:])]
+    if empty:
+        raise DataError(f"{len(empty)} example(s) have no token to train on (rows {_rows(empty)}): the loss mask "
+                        f"finds the assistant turn by Qwen2.5's ChatML token ids (<|im_start|> = {IM_START}), which "
+                        f"the tokenizer {tokenizer_dir} does not produce; pass --tokenizer with a Qwen2.5-family "
+                        f"tokenizer", path=data)
 
 
 def _apply_budget(encoded: list, max_tokens: int | None, policy: str, data: str, log):
