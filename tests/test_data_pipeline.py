@@ -444,3 +444,16 @@ def test_a_summary_in_a_new_folder_is_written_and_an_unwritable_one_is_one_error
                "--summary", tmp_path / "f" / "s.json") == 2
     err = capsys.readouterr().err
     assert "error: decontaminate: cannot write --summary" in err and "Traceback" not in err
+
+
+def test_stats_and_select_show_progress_while_tokenising(tmp_path, capsys):
+    """Both tokenise every trace (minutes on a 59K-row pool) and showed nothing until done."""
+    data = write(tmp_path / "d.jsonl", [r for _, r in R.read(os.path.join(ASSETS, "sample_s1k.jsonl"))][:3])
+    assert run("stats", "--data", data, "--out", tmp_path / "st") == 0
+    assert "counting tokens: 100%" in capsys.readouterr().err
+    assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--size", 2) == 0
+    assert "measuring traces: 100%" in capsys.readouterr().err
+    assert run("stats", "--data", data, "--out", tmp_path / "st", "--no-progress") == 0
+    assert run("select", "--data", data, "--out", tmp_path / "s2.jsonl", "--size", 2, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "counting tokens" not in err and "measuring traces" not in err

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_args(sp)
         sp.add_argument("--summary", help="also write the summary (counts by reason) here as JSON")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
         sp.set_defaults(step=mod)
     args = ap.parse_args(argv)
     if args.cmd in STEPS:

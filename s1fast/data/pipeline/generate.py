@@ -100,7 +100,7 @@ def to_row(req: dict, result: dict, teacher: str) -> dict:
 def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R.Tally, *, concurrency: int = 8,
         progress: bool = True) -> None:
     """Make every request; write each success to ``out`` and each failure to ``failed`` as it arrives."""
-    bar = _bar(len(requests), progress)
+    bar = R.bar(len(requests), "generate", "sample", progress)
     tokens, t0 = 0, time.perf_counter()
 
     def record(req, res):
@@ -201,23 +201,6 @@ def _run_concurrent(teacher, requests, record, concurrency):
         raise stopped
 
 
-def _bar(total, enabled):
-    if enabled:
-        try:
-            from tqdm import tqdm
-            return tqdm(total=total, desc="generate", unit="sample", dynamic_ncols=True, file=sys.stderr)
-        except ImportError:
-            pass
-
-    class _Null:
-        def update(self, n):
-            pass
-
-        def close(self):
-            pass
-    return _Null()
-
-
 # ---- the CLI ----------------------------------------------------------------------------------------------
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="questions: .json/.jsonl/.parquet (s1K, s1K-1.1, ShareGPT, "
@@ -258,7 +241,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=R.positive_int, default=8, help="questions decoded together")
     e.add_argument("--dtype", default="auto")
     e.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def make_teacher(args):

@@ -220,6 +220,25 @@ class Output:
         self.close()
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def bar(total: int, desc: str, unit: str, enabled: bool = True):
+    """A progress bar on stderr (tqdm), or one that shows nothing when disabled or tqdm is missing."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            pass
+    return _NoBar()
+
+
 class Tally:
     """Counts by reason; ``report()`` is the summary each step prints at its end."""
 

@@ -184,10 +184,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(args) -> R.Tally:
     tally = R.Tally("select")
     rows = [row for _, row in R.read(args.data)]
+    refs, measure = load_reference_grades(args.reference_graded), length_fn(args.length, args.tokenizer)
+    bar = R.bar(len(rows), "measuring traces", "row", not args.no_progress and args.length == "tokens")
+
+    def length(row):
+        bar.update(1)
+        return measure(row)
     chosen = select(rows, args.method, args.size, args.seed, domain=R.domain_getter(args.domain_field, args.domain_fn),
-                    length=length_fn(args.length, args.tokenizer),
-                    refs=load_reference_grades(args.reference_graded), grade_fields=args.grade_field,
-                    min_chars=args.min_question_chars, tally=tally)
+                    length=length, refs=refs, grade_fields=args.grade_field, min_chars=args.min_question_chars,
+                    tally=tally)
+    bar.close()
     dom = R.domain_getter(args.domain_field, args.domain_fn)
     with R.Output(args.out) as out:
         out.check_same_run({row.get("key") or R.qid(R.question(row)) for row in chosen}, "choose")
