@@ -457,3 +457,15 @@ def test_stats_and_select_show_progress_while_tokenising(tmp_path, capsys):
     assert run("select", "--data", data, "--out", tmp_path / "s2.jsonl", "--size", 2, "--no-progress") == 0
     err = capsys.readouterr().err
     assert "counting tokens" not in err and "measuring traces" not in err
+
+
+def test_an_output_naming_the_input_file_is_refused(tmp_path, capsys):
+    """decontaminate --data c.jsonl --out c.jsonl reported 'already_done' for every row; verify blamed 'other
+    options'; the input file was the one appended to."""
+    data = write(tmp_path / "c.jsonl", gen_rows())
+    before = open(data).read()
+    assert run("decontaminate", "--data", data, "--out", data) == 2
+    assert "--data and --out name the same file" in capsys.readouterr().err
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--graded", tmp_path / "v.jsonl") == 2
+    assert "--out and --graded name the same file" in capsys.readouterr().err
+    assert open(data).read() == before and not (tmp_path / "v.jsonl").exists()

@@ -53,8 +53,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def _same_file(args) -> str | None:
+    """Two of a step's files (input, outputs) that are one file: outputs are appended to, so that is refused."""
+    named = [(f"--{k.replace('_', '-')}", os.path.realpath(v)) for k in ("data", "out", "graded", "report", "summary")
+             if isinstance(v := getattr(args, k, None), str)]
+    for i, (a, pa) in enumerate(named):
+        for b, pb in named[i + 1:]:
+            if pa == pb:
+                return f"{a} and {b} name the same file ({getattr(args, a[2:].replace('-', '_'))}): {b} would " \
+                       f"be appended to it; pass another {b}"
+    return None
+
+
 def _run_step(args) -> int:
     from .pipeline.teacher_openai import StopRun
+    if (why := _same_file(args)) is not None:
+        print(f"error: {args.cmd}: {why}", file=sys.stderr)
+        return 2
     try:
         tally = args.step.main(args)
     except (DataError, StopRun, ValueError, ImportError, OSError) as e:
