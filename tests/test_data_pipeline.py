@@ -469,3 +469,16 @@ def test_an_output_naming_the_input_file_is_refused(tmp_path, capsys):
     assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--graded", tmp_path / "v.jsonl") == 2
     assert "--out and --graded name the same file" in capsys.readouterr().err
     assert open(data).read() == before and not (tmp_path / "v.jsonl").exists()
+
+
+def test_a_lone_surrogate_escape_in_a_row_is_carried_not_a_crash(tmp_path):
+    """'\\ud83d' alone is valid JSON (scraped data has it); every step failed on it with "'utf-8' codec can't
+    encode character '\\ud83d'", naming no row."""
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "What is \\ud83d alone, and what is 2+2?", "answer": "4"}\n'
+                    '{"question": "A plain question about the number 17?", "answer": "17"}\n')
+    out = tmp_path / "c.jsonl"
+    assert run("decontaminate", "--data", data, "--out", out, "--no-builtin-eval") == 0
+    assert [r["question"] for r in lines(out)] == [r["question"] for _, r in R.read(str(data))]
+    assert lines(out)[0]["question"] == "What is \ud83d alone, and what is 2+2?"
+    assert run("decontaminate", "--data", data, "--out", out, "--no-builtin-eval") == 0 and len(lines(out)) == 2

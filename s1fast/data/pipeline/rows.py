@@ -126,7 +126,7 @@ def domain_getter(field: str | None, fn: str | None):
 
 def qid(q: str) -> str:
     """A question's identity: a hash of its text, so that resuming does not depend on row order."""
-    return hashlib.sha1(q.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha1(q.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def read(path: str) -> Iterator[tuple[int, dict]]:
@@ -204,7 +204,12 @@ class Output:
                             "pass another --out", path=self.path)
 
     def write(self, row: dict) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        text = json.dumps(row, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:       # a lone surrogate (valid JSON, "\ud83d"): written escaped, as read
+            text = json.dumps(row)
+        self._fh.write(text + "\n")
         self._fh.flush()
         self.rows += 1
         if self.key_field and row.get(self.key_field) is not None:
