@@ -482,3 +482,15 @@ def test_a_lone_surrogate_escape_in_a_row_is_carried_not_a_crash(tmp_path):
     assert [r["question"] for r in lines(out)] == [r["question"] for _, r in R.read(str(data))]
     assert lines(out)[0]["question"] == "What is \ud83d alone, and what is 2+2?"
     assert run("decontaminate", "--data", data, "--out", out, "--no-builtin-eval") == 0 and len(lines(out)) == 2
+
+
+def test_a_lone_surrogate_is_counted_by_stats_and_named_by_prepare(tmp_path, capsys):
+    """The tokenizer refuses such text: stats and prepare ended in a TypeError traceback."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 2+2?", "thinking_trajectories": ["hmm"], "attempt": "4"}\n'
+                    '{"question": "What is \\ud83d?", "thinking_trajectories": ["hmm"], "attempt": "4"}\n')
+    assert run("stats", "--data", data, "--out", tmp_path / "st", "--recipe", "s1", "--no-progress") == 0
+    assert json.load(open(tmp_path / "st" / "stats.json"))["lengths"]["sequence"]["n"] == 2
+    capsys.readouterr()
+    assert run("prepare", "--data", data, "--out", tmp_path / "tk", "--no-progress", "--workers", 1) == 2
+    assert "row 2: the text holds a lone surrogate (\\ud83d in the JSON)" in capsys.readouterr().err

@@ -216,6 +216,11 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
     """
     msgs = to_messages(example, recipe, path=path, row_id=row_id)
     text = _render(msgs, tokenizer)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:   # valid JSON ("\ud83d"), but no tokenizer takes it
+        raise DataError(f"the text holds a lone surrogate (\\u{ord(text[e.start]):04x} in the JSON), which cannot be "
+                        f"tokenised: fix or remove the row", path=path, row=row_id) from None
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     specials = special_strings(tokenizer)
     found = sum(m["content"].count(s) for m in msgs for s in specials)

@@ -124,6 +124,13 @@ def domain_getter(field: str | None, fn: str | None):
     return get
 
 
+def n_tokens(tokenizer, text: str) -> int:
+    """Tokens in ``text`` (a lone surrogate, which tokenizers refuse, counted as one replacement character)."""
+    if not text:
+        return 0
+    return len(tokenizer(text.encode("utf-8", "replace").decode("utf-8"), add_special_tokens=False)["input_ids"])
+
+
 def qid(q: str) -> str:
     """A question's identity: a hash of its text, so that resuming does not depend on row order."""
     return hashlib.sha1(q.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -95,7 +95,7 @@ def length_fn(kind: str, tokenizer_dir: str | None = None):
         return lambda row: len(R.trace(row))
     from ..cache import load_tokenizer
     tok = load_tokenizer(tokenizer_dir)
-    return lambda row: len(tok(R.trace(row), add_special_tokens=False)["input_ids"])
+    return lambda row: R.n_tokens(tok, R.trace(row))
 
 
 def s1_diversity(pool: dict[str, list], size: int, rng: random.Random) -> list:

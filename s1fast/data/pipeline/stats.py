@@ -27,7 +27,7 @@ def _summary(xs: list[int]) -> dict:
 
 
 def compute(rows: list[dict], tokenizer, recipe: str | None, domain, progress: bool = False) -> dict:
-    n_tok = lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) if t else 0  # noqa: E731
+    n_tok = lambda t: R.n_tokens(tokenizer, t)  # noqa: E731
     lengths = defaultdict(list)
     by_domain, by_source = defaultdict(lambda: Counter()), defaultdict(lambda: Counter())
     qids, no_q, unrenderable = set(), 0, 0
