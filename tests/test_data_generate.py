@@ -239,3 +239,15 @@ def test_ctrl_c_stops_at_once_keeps_what_came_back_and_a_rerun_finishes(tmp_path
         rc, s = gen(tmp_path, ep2.url, data)
     assert rc == 0 and sorted(ep2.seen) == qs[2:] and s["other"]["already_done"] == 2
     assert sorted(r["question"] for r in lines(out)) == qs
+
+
+def test_a_missing_vllm_names_this_commands_flag(tmp_path, capsys):
+    """The error said '--backend vllm needs vllm ... or use --backend native': generate's flag is --teacher."""
+    import importlib.util
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: the error under test cannot happen")
+    data = questions(tmp_path / "q.jsonl", ["q a"])
+    assert data_main(["generate", "--teacher", "vllm", "--model", "Qwen/QwQ-32B", "--data", data,
+                      "--out", str(tmp_path / "g.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher vllm needs vllm" in err and "use --teacher native" in err and "--backend" not in err

@@ -264,7 +264,10 @@ def make_teacher(args):
         args.max_thinking_tokens = budget_arg(str(args.max_thinking_tokens))
     except argparse.ArgumentTypeError as e:
         raise DataError(f"--max-thinking-tokens: {e}") from None
-    model, tok, backend = open_backend(args)
+    try:
+        model, tok, backend = open_backend(args)
+    except ImportError as e:     # s1fast.generate's words for its own flag: here the flag is --teacher
+        raise ImportError(str(e).replace("--backend", "--teacher")) from None
     cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
     name = f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
     return EngineTeacher(model, tok, cfg, backend, name=name)
