@@ -494,3 +494,19 @@ def test_a_lone_surrogate_is_counted_by_stats_and_named_by_prepare(tmp_path, cap
     capsys.readouterr()
     assert run("prepare", "--data", data, "--out", tmp_path / "tk", "--no-progress", "--workers", 1) == 2
     assert "row 2: the text holds a lone surrogate (\\ud83d in the JSON)" in capsys.readouterr().err
+
+
+def test_s1_selection_says_when_no_row_names_a_domain(tmp_path, capsys):
+    """Without a domain field every row fell in 'unknown' and the diversity draw had one domain, silently."""
+    rows = [{"question": f"Question {i}: how many primes are below {10 * i}?", "thinking_trajectories": ["t" * i],
+             "attempt": "x", "subject": ""} for i in range(1, 6)]
+    data = write(tmp_path / "p.jsonl", rows)
+    assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--size", 3, "--length", "chars",
+               "--summary", tmp_path / "s.json") == 0
+    assert "no row names a domain" in capsys.readouterr().err
+    assert json.load(open(tmp_path / "s.json"))["other"]["domains"] == 1
+    data = write(tmp_path / "p2.jsonl", [dict(r, subject=f"s{i % 2}") for i, r in enumerate(rows)])
+    assert run("select", "--data", data, "--out", tmp_path / "s2.jsonl", "--size", 3, "--length", "chars",
+               "--summary", tmp_path / "s.json") == 0
+    assert "no row names a domain" not in capsys.readouterr().err
+    assert json.load(open(tmp_path / "s.json"))["other"]["domains"] == 2

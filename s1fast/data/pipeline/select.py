@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import sys
 from collections import defaultdict
 
 from . import rows as R
@@ -150,6 +151,10 @@ def select(rows: list[dict], method: str, size: int, seed: int, *, domain, lengt
         pool = defaultdict(list)
         for n, row in cands:
             pool[domain(row)].append(row)
+        tally.note("domains", len(pool))
+        if list(pool) == ["unknown"]:
+            print("warning: select: no row names a domain (domain / subject / cot_type / source_type / source), so "
+                  "s1's diversity draw has one domain; pass --domain-field or --domain-fn", file=sys.stderr)
         chosen = s1_diversity(pool, size, rng)
     elif method == "length":
         chosen = [row for _, row in cands[:size]]
