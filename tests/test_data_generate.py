@@ -78,6 +78,11 @@ def test_client_errors_fail_at_once_and_auth_errors_stop_the_run(tmp_path, capsy
     assert rc == 0 and s["dropped"] == {"failed_client_error": 6} and not lines(tmp_path / "b" / "gen.jsonl")
     failed = lines(tmp_path / "b" / "gen.failed.jsonl")
     assert len(failed) == 6 and all(f["attempts"] == 1 and "NotFoundError" in f["error"] for f in failed)
+    # the endpoint's reason is shown once (an endpoint refusing a parameter refuses every request), not only
+    # in the failures file
+    err = capsys.readouterr().err
+    assert err.count("warning: generate: a request failed (client_error, after 1 attempt(s)): NotFoundError") == 1
+    assert "gen.failed.jsonl" in err
 
 
 def test_an_endpoint_never_reached_stops_the_run(tmp_path, capsys):

@@ -110,6 +110,9 @@ def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R
                           "question": req["question"], "kind": res.kind, "error": res.error,
                           "attempts": res.attempts, "teacher": teacher.name, "time": time.time()})
             tally.drop(f"failed_{res.kind}")
+            if tally.dropped[f"failed_{res.kind}"] == 1:   # the first of its kind is shown, the rest are counted
+                print(f"\nwarning: generate: a request failed ({res.kind}, after {res.attempts} attempt(s)): "
+                      f"{res.error}; failures are listed in {failed.path}", file=sys.stderr)
             bar.update(1)
             if res.kind == "connection" and not tally.kept["generated"]:
                 raise StopRun(f"cannot reach the endpoint of {teacher.name} ({res.error}); check --base-url and "
