@@ -165,14 +165,17 @@ def test_vllm_teacher_without_vllm_stops_with_a_clear_error(tmp_path, capsys):
 
 
 def test_a_question_repeated_in_the_input_is_asked_once_not_written_twice(tmp_path, capsys):
-    data = questions(tmp_path / "q.jsonl", ["q a", "q b", "q a", "q c", "q b"])
+    data = questions(tmp_path / "q.jsonl", ["q a", "q b", "q a", "q c", "q b", ""])
     with FakeEndpoint() as ep:
         rc, s = gen(tmp_path, ep.url, data, "--samples", "2")
     assert rc == 0 and dict(ep.seen) == {"q a": 2, "q b": 2, "q c": 2}
     keys = [r["key"] for r in lines(tmp_path / "gen.jsonl")]
     assert len(keys) == 6 and len(set(keys)) == 6
-    assert s["kept"] == {"generated": 6} and s["dropped"] == {"repeated_question": 2} and s["other"]["questions"] == 3
-    assert "2 row(s) repeat the question of an earlier row and are asked once (rows 3, 5)" in capsys.readouterr().err
+    assert s["kept"] == {"generated": 6} and s["other"]["questions"] == 3
+    assert s["dropped"] == {"repeated_question": 2, "no_question": 1}
+    err = capsys.readouterr().err
+    assert "2 row(s) repeat the question of an earlier row and are asked once (rows 3, 5)" in err
+    assert "1 row(s) have no question and are skipped (rows 6)" in err
 
 
 def test_the_thinking_is_split_from_the_answer_whatever_the_endpoint_returns():

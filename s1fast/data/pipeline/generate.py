@@ -276,6 +276,10 @@ def make_teacher(args):
     return EngineTeacher(model, tok, cfg, backend, name=name)
 
 
+def _listed(rows: list[int], limit: int = 20) -> str:
+    return ", ".join(map(str, rows[:limit])) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
 def main(args) -> R.Tally:
     tally = R.Tally("generate")
     with R.Output(args.out) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
@@ -286,13 +290,14 @@ def main(args) -> R.Tally:
                 "question / problem / prompt field or user turn"
             raise DataError(f"no row has a question (a non-empty {field}); name the field that holds the questions "
                             "with --question-field", path=args.data, row=bad[0])
-        for _ in bad:
-            tally.drop("no_question")
+        if bad:
+            tally.drop("no_question", len(bad))
+            print(f"warning: {args.data}: {len(bad)} row(s) have no question and are skipped (rows {_listed(bad)})",
+                  file=sys.stderr)
         if repeats:
             tally.drop("repeated_question", len(repeats))
             print(f"warning: {args.data}: {len(repeats)} row(s) repeat the question of an earlier row and are asked "
-                  f"once (rows {', '.join(map(str, repeats[:20]))}{' ...' if len(repeats) > 20 else ''})",
-                  file=sys.stderr)
+                  f"once (rows {_listed(repeats)})", file=sys.stderr)
         tally.note("questions", n_q)
         if n_done:
             tally.note("already_done", n_done)
