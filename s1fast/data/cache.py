@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .format import IGNORE, IM_START, encode
-from .readers import DataError, read_rows
+from .readers import DataError, read_rows, row_list as _rows
 from .toy import is_spec as is_toy_spec, materialize as materialize_toy
 
 FORMAT_VERSION = 2  # 2: 1-based row numbers, file hashes, unsupervised / special / duplicate counts
@@ -346,11 +346,6 @@ def _write(out: str, arrays: dict, key: str, t0: float, info: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _rows(rows, limit: int = 20) -> str:
-    rows = [str(r) for r in rows]
-    return ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
 class TokenDataset:

@@ -24,6 +24,12 @@ class DataError(ValueError):
         self.path, self.row, self.field = path, row, field
 
 
+def row_list(rows, limit: int = 20) -> str:
+    """Row numbers (or labels) for a message: the first ``limit``, then how many more."""
+    rows = [str(r) for r in rows]
+    return ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
 def _decode(raw: bytes, path: str, row: int) -> str:
     try:
         return raw.decode("utf-8")

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from ..readers import DataError
+from ..readers import DataError, row_list
 from . import rows as R
 from .teacher_openai import Failure, OpenAITeacher, StopRun
 
@@ -276,10 +276,6 @@ def make_teacher(args):
     return EngineTeacher(model, tok, cfg, backend, name=name)
 
 
-def _listed(rows: list[int], limit: int = 20) -> str:
-    return ", ".join(map(str, rows[:limit])) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
-
-
 def main(args) -> R.Tally:
     tally = R.Tally("generate")
     with R.Output(args.out) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
@@ -292,12 +288,12 @@ def main(args) -> R.Tally:
                             "with --question-field", path=args.data, row=bad[0])
         if bad:
             tally.drop("no_question", len(bad))
-            print(f"warning: {args.data}: {len(bad)} row(s) have no question and are skipped (rows {_listed(bad)})",
+            print(f"warning: {args.data}: {len(bad)} row(s) have no question and are skipped (rows {row_list(bad)})",
                   file=sys.stderr)
         if repeats:
             tally.drop("repeated_question", len(repeats))
             print(f"warning: {args.data}: {len(repeats)} row(s) repeat the question of an earlier row and are asked "
-                  f"once (rows {_listed(repeats)})", file=sys.stderr)
+                  f"once (rows {row_list(repeats)})", file=sys.stderr)
         tally.note("questions", n_q)
         if n_done:
             tally.note("already_done", n_done)
