@@ -510,3 +510,24 @@ def test_s1_selection_says_when_no_row_names_a_domain(tmp_path, capsys):
                "--summary", tmp_path / "s.json") == 0
     assert "no row names a domain" not in capsys.readouterr().err
     assert json.load(open(tmp_path / "s.json"))["other"]["domains"] == 2
+
+
+def test_resuming_reads_a_large_output_without_loading_it_whole(tmp_path):
+    """Checking the last line read the whole file into memory, on every step's start and every read: a resumed
+    generate at s1's scale (59K questions x samples x long traces: gigabytes) held all of it at once. A last
+    line longer than the 64 KiB block read backwards from the end is found all the same."""
+    import tracemalloc
+    trace = "x" * 20_000
+    rows = [{"key": f"k{i}", "question": f"q{i}", "thinking_trajectories": [trace]} for i in range(600)]
+    out = tmp_path / "gen.jsonl"
+    body = "".join(json.dumps(r) + "\n" for r in rows)
+    for tail in ("", json.dumps({"key": "last", "t": "y" * 150_000})[:-10]):   # whole; cut in a long line
+        out.write_text(body + tail)
+        size = out.stat().st_size
+        tracemalloc.start()
+        n = sum(1 for _ in R.read(str(out)))
+        with R.Output(str(out)) as o:
+            assert len(o.keys) == 600
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n == 600 and out.stat().st_size == len(body.encode()) and peak < size / 4, (peak, size)

@@ -140,29 +140,52 @@ def read(path: str) -> Iterator[tuple[int, dict]]:
     """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped.
 
     A last line with no newline after it is partial only when it is not complete JSON: many tools end a
-    JSON-lines file without a final newline, and that last row is kept."""
-    if path.endswith(".jsonl") and os.path.exists(path):
-        with open(path, "rb") as f:
-            data = f.read()
-        cut = _partial_tail(data)
+    JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole."""
+    if path.endswith(".jsonl") and os.path.isfile(path):
+        size, cut = _partial_tail(path)
         if cut is not None:
-            print(f"warning: {path}: ignoring a partial last line ({len(data) - cut} bytes; a run was killed while "
+            print(f"warning: {path}: ignoring a partial last line ({size - cut} bytes; a run was killed while "
                   "writing it)", file=sys.stderr)
-            yield from jsonl_rows(data[:cut].splitlines(keepends=True), path)
+            with open(path, "rb") as f:
+                yield from jsonl_rows(_lines_before(f, cut), path)
             return
     yield from read_rows(path)
 
 
-def _partial_tail(data: bytes) -> int | None:
-    """Where a partial last line (no newline after it, and not complete JSON) begins, or None if there is none."""
-    if not data or data.endswith(b"\n"):
-        return None
-    cut = data.rfind(b"\n") + 1
+def _lines_before(f, cut: int):
+    pos = 0
+    for raw in f:
+        if pos >= cut:
+            return
+        pos += len(raw)
+        yield raw
+
+
+def _partial_tail(path: str, block: int = 1 << 16) -> tuple[int, int | None]:
+    """(file size, where a partial last line begins): one with no newline after it that is not complete JSON;
+    None when there is none. Reads the file's end only."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return size, None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return size, None
+        tail, start = b"", size
+        while start > 0:                  # back to the newline before the last line
+            step = min(block, start)
+            start -= step
+            f.seek(start)
+            tail = f.read(step) + tail
+            nl = tail.rfind(b"\n")
+            if nl >= 0:
+                start, tail = start + nl + 1, tail[nl + 1:]
+                break
     try:
-        json.loads(data[cut:])
+        json.loads(tail)
     except ValueError:      # not JSON, or not UTF-8: cut by a kill
-        return cut
-    return None
+        return size, start
+    return size, None
 
 
 def need_file(path: str, flag: str) -> None:
@@ -191,15 +214,17 @@ class Output:
         self._fh = open(path, "a", encoding="utf-8")
 
     def _repair(self) -> None:
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            cut = _partial_tail(data)
-            if cut is not None:
-                print(f"warning: {self.path}: dropping a partial last line ({len(data) - cut} bytes) left by a "
-                      "killed run; that row is redone", file=sys.stderr)
-                f.truncate(cut)
-            elif data and not data.endswith(b"\n"):   # a complete last row with no newline: end the line
-                f.write(b"\n")
+        size, cut = _partial_tail(self.path)
+        if cut is not None:
+            print(f"warning: {self.path}: dropping a partial last line ({size - cut} bytes) left by a killed run; "
+                  "that row is redone", file=sys.stderr)
+            os.truncate(self.path, cut)
+            return
+        if size:
+            with open(self.path, "rb+") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":      # a complete last row with no newline: end its line
+                    f.write(b"\n")
 
     def check_same_run(self, keys: set, what: str) -> None:
         """Refuse to append when the file holds rows this run would not write (``keys``: all it writes): they
