@@ -96,6 +96,7 @@ def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
     ({"question": "q", "thinking_trajectories": ["t"], "attempt": "a"}, "s1.1", "the fields of --recipe s1$"),
     ({"conversations": [{"from": "human", "value": "q"}]}, "s1", "the fields of --recipe sky-t1"),
     ({"question": "q", "thinking_trajectories": ["t"], "attempt": "a"}, "chat", "the fields of --recipe s1$"),
+    ({"problem": "q", "solution": "4"}, "s1", "no reasoning trace: make traces first \\(python -m s1fast.data generate"),
     ({"question": "q", "thinking_trajectories": 7, "attempt": "a"}, "s1", "field 'thinking_trajectories': must be"),
     ({"question": "q", "thinking_trajectories": [" ", ""], "attempt": "a"}, "s1", "empty reasoning trace"),
     ({"question": "q", "thinking_trajectories": ["x", 3], "attempt": "a"}, "s1", "list of strings"),

@@ -47,7 +47,9 @@ def _fitting_recipe(row: dict) -> str | None:
 def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> str:
     if field not in row:
         fits = _fitting_recipe(row)
-        hint = f"; the row has the fields of --recipe {fits}" if fits else ""
+        hint = f"; the row has the fields of --recipe {fits}" if fits else \
+            ("; it is a question with no reasoning trace: make traces first (python -m s1fast.data generate)"
+             if any(k in row for k in ("question", "problem", "prompt")) else "")
         raise DataError(f"missing (have: {', '.join(sorted(row)) or 'no fields'}){hint}", field=field, **where)
     if row[field] is None:
         raise DataError("is null: give it a string, or remove the row", field=field, **where)
