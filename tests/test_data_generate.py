@@ -186,8 +186,10 @@ def test_the_thinking_is_split_from_the_answer_whatever_the_endpoint_returns():
     from types import SimpleNamespace as M
     from s1fast.data.pipeline.teacher_openai import split_reasoning
     cases = {
-        "<think>\nTry 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.": ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_tags"),
-        "Try 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.": ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_close"),
+        "<think>\nTry 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.":
+            ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_tags"),
+        "Try 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.":
+            ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_close"),
         "<think>\nTry 7. \\boxed{7}? Or maybe": ("Try 7. \\boxed{7}? Or maybe", "", "think_unclosed"),
         "think\nTry 7.<|im_start|>answer\nAnswer: 8": ("Try 7.", "Answer: 8", "s1_sections"),
         "Just \\boxed{8}.": ("", "Just \\boxed{8}.", "none"),
@@ -214,7 +216,8 @@ def test_bad_numbers_and_a_wrong_question_field_are_refused_before_any_request(t
             assert e.value.code == 2 and f"argument {flag}: {want}" in capsys.readouterr().err
         rc, _ = gen(tmp_path, ep.url, data, "--question-field", "prompt")
         err = capsys.readouterr().err
-        assert rc == 2 and "row 1: no row has a question (a non-empty field 'prompt')" in err and "--question-field" in err
+        assert rc == 2 and "row 1: no row has a question (a non-empty field 'prompt')" in err
+        assert "--question-field" in err
         assert not ep.seen and not lines(tmp_path / "gen.jsonl")
     for step, flag in (("decontaminate", "--ngram"), ("select", "--size"), ("verify", "--k")):
         with pytest.raises(SystemExit):

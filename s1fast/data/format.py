@@ -122,7 +122,8 @@ def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int 
     else:
         fits = _fitting_recipe(row)
         raise DataError(f"recipe '{recipe}' needs 'conversations' (ShareGPT) or 'messages' (chat); "
-                        f"row has {', '.join(sorted(row))}" + (f"; it has the fields of --recipe {fits}" if fits else ""),
+                        f"row has {', '.join(sorted(row))}"
+                        + (f"; it has the fields of --recipe {fits}" if fits else ""),
                         **where)
     field = "conversations" if "conversations" in row else "messages"
     check_turn_order(msgs, field, where)

@@ -149,12 +149,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", action="append", default=[], help="an evaluation set to check against (repeatable; "
                                                                 "any file with question / problem fields)")
     p.add_argument("--no-builtin-eval", action="store_true", help="do not check the evaluation problems s1fast ships")
-    p.add_argument("--ngram", type=R.positive_int, default=8, help="evaluation overlap: shared word n-gram length (s1: 8)")
+    p.add_argument("--ngram", type=R.positive_int, default=8,
+                   help="evaluation overlap: shared word n-gram length (s1: 8)")
     p.add_argument("--min-overlap", type=R.non_negative_float, default=0.0,
                    help="evaluation overlap: least share of the benchmark item's n-grams that must be shared "
                         "(0: any one, s1's rule; phrases like 'm and n are relatively prime positive integers' "
                         "then match many unrelated questions, which the report shows)")
-    p.add_argument("--near-n", type=R.positive_int, default=3, help="near duplicates: word n-gram length of the Jaccard sets")
+    p.add_argument("--near-n", type=R.positive_int, default=3,
+                   help="near duplicates: word n-gram length of the Jaccard sets")
     p.add_argument("--near-threshold", type=R.non_negative_float, default=0.7,
                    help="near duplicates: Jaccard similarity at or above which a later question is removed "
                         "(> 1 turns near-duplicate removal off)")

@@ -224,11 +224,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
     g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     g.add_argument("--concurrency", type=R.positive_int, default=8, help="requests in flight")
-    g.add_argument("--retries", type=R.non_negative_int, default=4, help="retries of a transient failure (429, 5xx, timeout, "
-                                                          "connection, malformed body)")
-    g.add_argument("--backoff", type=R.non_negative_float, default=1.0, help="first retry wait in seconds (doubles each time)")
+    g.add_argument("--retries", type=R.non_negative_int, default=4,
+                   help="retries of a transient failure (429, 5xx, timeout, connection, malformed body)")
+    g.add_argument("--backoff", type=R.non_negative_float, default=1.0,
+                   help="first retry wait in seconds (doubles each time)")
     g.add_argument("--timeout", type=R.positive_float, default=600.0, help="seconds per request")
-    g.add_argument("--max-tokens", type=R.positive_int, default=None, help="completion token limit sent to the endpoint")
+    g.add_argument("--max-tokens", type=R.positive_int, default=None,
+                   help="completion token limit sent to the endpoint")
     g.add_argument("--extra-body", default=None,
                    help="JSON object merged into each request body, e.g. s1fast's server's budget forcing: "
                         "'{\"max_thinking_tokens\": 2000, \"num_wait\": 1}'")

@@ -169,8 +169,8 @@ def select(rows: list[dict], method: str, size: int, seed: int, *, domain, lengt
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="candidate rows (.json/.jsonl/.parquet, any schema s1fast reads)")
-    p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same options adds what is missing; one that would "
-                                               "choose otherwise is refused)")
+    p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same options adds what is "
+                                                "missing; one that would choose otherwise is refused)")
     p.add_argument("--size", type=R.positive_int, default=1000, help="target number of questions")
     p.add_argument("--method", choices=METHODS, default="s1")
     p.add_argument("--seed", type=int, default=0)
