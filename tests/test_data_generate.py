@@ -262,3 +262,20 @@ def test_a_missing_vllm_names_this_commands_flag(tmp_path, capsys):
                       "--out", str(tmp_path / "g.jsonl"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--teacher vllm needs vllm" in err and "use --teacher native" in err and "--backend" not in err
+
+
+def test_empty_and_truncated_replies_are_recorded_and_a_cut_trace_is_not_graded(tmp_path):
+    data = questions(tmp_path / "q.jsonl", ["q ok", "q empty", "q cut"])
+    with FakeEndpoint({"q empty": ["empty"], "q cut": ["cut"]}) as ep:
+        rc, s = gen(tmp_path, ep.url, data)
+    assert rc == 0 and s["kept"] == {"generated": 2} and s["dropped"] == {"failed_empty": 1}
+    assert ep.seen["q empty"] == 1                                     # no retry: recorded, a rerun retries it
+    [failed] = lines(tmp_path / "gen.failed.jsonl")
+    assert failed["question"] == "q empty" and failed["error"] == "the response has no text"
+    cut = next(r for r in lines(tmp_path / "gen.jsonl") if r["question"] == "q cut")
+    assert cut["thinking_trajectories"] == ["Let me think about: q cut. Maybe"] and cut["attempt"] == ""
+    assert cut["generation"]["finish_reason"] == "length" and cut["generation"]["reasoning_from"] == "think_unclosed"
+    assert data_main(["verify", "--data", str(tmp_path / "gen.jsonl"), "--out", str(tmp_path / "v.jsonl"),
+                      "--graded", str(tmp_path / "g.jsonl")]) == 0
+    verdicts = {r["question"]: r["verdict"] for r in lines(tmp_path / "g.jsonl")}
+    assert verdicts == {"q ok": "correct", "q cut": "no_answer"}
