@@ -301,6 +301,9 @@ def test_a_last_row_without_a_final_newline_is_read_not_dropped(tmp_path, capsys
     cut.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n" + '{"question": "half a li')
     assert [(i, r) for i, r in R.read(str(cut))] == [(1, rows[0]), (2, rows[1])]
     assert "partial last line" in capsys.readouterr().err
+    blanks = tmp_path / "blanks.jsonl"                                 # trailing blanks: nothing was cut
+    blanks.write_text(json.dumps(rows[0]) + "\n  ")
+    assert [r for _, r in R.read(str(blanks))] == rows[:1] and "partial" not in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"                                       # a cut file's other lines are still checked
     bad.write_text(json.dumps(rows[0]) + "\n[1, 2]\n" + '{"question": "half')
     with pytest.raises(R.DataError, match="row 2: expected a JSON object"):

@@ -63,7 +63,7 @@ def pending_requests(data: str, samples: int, done: set, seed: int, question_fie
     """(requests still to make, number of questions, number already done, malformed rows, repeated rows).
 
     A question met again (the same text as an earlier row: its samples have the same keys) is asked once;
-    the rows repeating it are returned last."""
+    the numbers of the rows that repeat one are the last item."""
     todo, n_q, n_done, bad, repeats, seen = [], 0, 0, [], [], set()
     for i, row in R.read(data):
         q = row.get(question_field) if question_field else R.question(row)

@@ -181,6 +181,8 @@ def _partial_tail(path: str, block: int = 1 << 16) -> tuple[int, int | None]:
             if nl >= 0:
                 start, tail = start + nl + 1, tail[nl + 1:]
                 break
+    if not tail.strip():    # trailing blanks with no newline: nothing was cut
+        return size, None
     try:
         json.loads(tail)
     except ValueError:      # not JSON, or not UTF-8: cut by a kill
