@@ -434,6 +434,9 @@ def test_a_reference_file_without_grades_is_refused_not_read_as_every_question_e
     assert "nope.jsonl: no such file; --reference-graded takes" in capsys.readouterr().err
     assert run("decontaminate", "--data", data, "--out", tmp_path / "d.jsonl", "--eval", tmp_path / "b.jsonl") == 2
     assert "b.jsonl: no such file; --eval takes" in capsys.readouterr().err
+    answers = write(tmp_path / "answers.jsonl", [{"id": 1, "gt": "42"}])   # an --eval file with no question
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "d.jsonl", "--eval", answers) == 2
+    assert "answers.jsonl: --eval: no row has a question" in capsys.readouterr().err
 
 
 def test_a_summary_in_a_new_folder_is_written_and_an_unwritable_one_is_one_error_line(tmp_path, capsys):

@@ -55,6 +55,9 @@ class EvalIndex:
             for g in self.grams[-1]:
                 self.index[g].append(len(self.items) - 1)
             added += 1
+        if not added:
+            raise R.DataError("--eval: no row has a question (question / problem / prompt, or a user turn), so "
+                              "nothing would be checked against it: pass an evaluation set", path=path)
         return added
 
     def match(self, question: str, min_overlap: float = 0.0) -> dict | None:
