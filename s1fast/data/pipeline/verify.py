@@ -83,6 +83,10 @@ def main(args) -> R.Tally:
             continue
         row.setdefault("key", f"{R.qid(q)}:{row.get('sample', i)}")
         rows.append(row)
+    if rows and not any(R.attempt(row).strip() for row in rows):
+        raise R.DataError(f"no row has an answer to grade (an attempt / deepseek_attempt field, or an assistant "
+                          f"turn; the first row has: {', '.join(sorted(rows[0]))}); pass the rows generate writes",
+                          path=args.data)
     if rows and args.answer_field and not any(row.get(args.answer_field) not in (None, "") for row in rows):
         raise R.DataError(f"no row has the field '{args.answer_field}' named by --answer-field (the first row has: "
                           f"{', '.join(sorted(rows[0]))})", path=args.data)
