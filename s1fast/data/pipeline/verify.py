@@ -84,8 +84,9 @@ def main(args) -> R.Tally:
         row.setdefault("key", f"{R.qid(q)}:{row.get('sample', i)}")
         rows.append(row)
     if rows and not any(R.attempt(row).strip() for row in rows):
-        raise R.DataError(f"no row has an answer to grade (an attempt / deepseek_attempt field, or an assistant "
-                          f"turn; the first row has: {', '.join(sorted(rows[0]))}); pass the rows generate writes",
+        raise R.DataError(f"no row has an answer to grade: no attempt / deepseek_attempt field or assistant turn "
+                          f"with text (the first row has: {', '.join(sorted(rows[0]))}); give verify the rows "
+                          f"generate writes, or raise generate's --max-tokens if every answer was cut",
                           path=args.data)
     if rows and args.answer_field and not any(row.get(args.answer_field) not in (None, "") for row in rows):
         raise R.DataError(f"no row has the field '{args.answer_field}' named by --answer-field (the first row has: "
