@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible chat endpoint on the loopback address, for the pipeline's fault tests.
 
 Each question has a script: the responses its successive requests get (``ok``, ``429``, ``500``, ``401``,
-``malformed`` (a 200 whose body is not JSON), ``timeout`` (no answer for ``hang`` seconds)); past the end
+``malformed`` (a 200 whose body is not JSON), ``timeout`` (no answer for ``hang`` seconds), ``empty`` (no text),
+``cut`` (an unclosed ``<think>`` block, finish_reason ``length``)); past the end
 of its script a question gets ``ok``. ``ok`` answers with ``reasoning_content`` and a boxed answer.
 """
 import json
@@ -43,9 +44,14 @@ class FakeEndpoint:
                     return self._send(200, "{not json", "application/json")
                 msg = {"role": "assistant", "content": f"The answer is \\boxed{{{outer.answer(q)}}}.",
                        "reasoning_content": f"Let me think about: {q}"}
+                finish = "stop"
+                if action == "empty":            # a 200 with no text at all
+                    msg = {"role": "assistant", "content": ""}
+                elif action == "cut":            # no reasoning parser, and the token limit hit inside <think>
+                    msg, finish = {"role": "assistant", "content": f"<think>\nLet me think about: {q}. Maybe"}, "length"
                 return self._send(200, json.dumps({
                     "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
                     "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}))
 
             def _send(self, code, text, ctype="application/json"):

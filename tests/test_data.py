@@ -89,6 +89,15 @@ def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
 @pytest.mark.parametrize("row,recipe,match", [
     ({"thinking_trajectories": ["x"], "attempt": "a"}, "s1", "field 'question': missing"),
     ({"question": "q", "thinking_trajectories": ["x"]}, "s1", "field 'attempt': missing"),
+    ({"question": "q", "thinking_trajectories": ["x"], "attempt": None}, "s1", "field 'attempt': is null"),
+    # the row is another recipe's: the error says which
+    ({"question": "q", "deepseek_thinking_trajectory": "t", "deepseek_attempt": "a"}, "s1",
+     "field 'thinking_trajectories': missing .*; the row has the fields of --recipe s1.1"),
+    ({"question": "q", "thinking_trajectories": ["t"], "attempt": "a"}, "s1.1", "the fields of --recipe s1$"),
+    ({"conversations": [{"from": "human", "value": "q"}]}, "s1", "the fields of --recipe sky-t1"),
+    ({"question": "q", "thinking_trajectories": ["t"], "attempt": "a"}, "chat", "the fields of --recipe s1$"),
+    ({"problem": "q", "solution": "4"}, "s1",
+     "no reasoning trace: make traces first \\(python -m s1fast.data generate"),
     ({"question": "q", "thinking_trajectories": 7, "attempt": "a"}, "s1", "field 'thinking_trajectories': must be"),
     ({"question": "q", "thinking_trajectories": [" ", ""], "attempt": "a"}, "s1", "empty reasoning trace"),
     ({"question": "q", "thinking_trajectories": ["x", 3], "attempt": "a"}, "s1", "list of strings"),
@@ -220,3 +229,62 @@ def test_prepare_cli_on_bundled_sample(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     ds = data.TokenDataset(out)
     assert np.all(ds.supervised > 0) and np.all(ds.lengths > ds.supervised)
+
+
+def test_prepare_on_a_folder_blames_the_data_not_the_cache(tmp_path, capsys):
+    """--data naming a folder (a dataset saved in shards) was reported as 'cannot write the cache ... (Is a
+    directory)': the wrong flag blamed."""
+    from s1fast.data.__main__ import main
+    (tmp_path / "shards").mkdir()
+    assert main(["prepare", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "shards: is a folder; pass --data with a .json, .jsonl or .parquet file" in err and "cache" not in err
+
+
+def test_a_utf8_byte_order_mark_is_not_taken_for_data(tmp_path):
+    """Files saved by Windows tools start with a BOM: 'row 1: not valid JSON (Unexpected UTF-8 BOM ...)'."""
+    rows = [{"question": "¿Cuánto es 2+2? 你好 🙂", "thinking_trajectories": ["t"], "attempt": "4"}] * 2
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                                 for r in rows).encode())
+    (tmp_path / "b.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, ensure_ascii=False).encode())
+    for name in ("b.jsonl", "b.json"):
+        assert [r for _, r in data.read_rows(str(tmp_path / name))] == rows
+
+
+def test_prepare_never_deletes_a_folder_that_is_not_its_cache(tmp_path, capsys):
+    """`prepare --out runs` (a folder of other things) swapped the cache in for the folder and deleted
+    everything that was in it."""
+    from s1fast.data.__main__ import main
+    mine = tmp_path / "runs"
+    (mine / "s1").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    small = tmp_path / "d.jsonl"
+    _write_jsonl(small, [s1_row(S1K[i]) for i in range(2)])
+    assert main(["prepare", "--data", str(small), "--out", str(mine), "--no-progress", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds other files (notes.txt, s1)" in err and "pass --out with a new or empty folder" in err
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "s1").is_dir()
+    cache = tmp_path / "cache"
+    for _ in range(2):   # a new folder, then the cache it holds: built, then reused (or rebuilt) in place
+        assert main(["prepare", "--data", str(small), "--out", str(cache), "--no-progress", "--workers", "1"]) == 0
+    _write_jsonl(small, [s1_row(S1K[i]) for i in range(3)])
+    assert main(["prepare", "--data", str(small), "--out", str(cache), "--no-progress", "--workers", "1"]) == 0
+    assert len(data.TokenDataset(str(cache))) == 3
+
+
+def test_a_tokenizer_without_qwens_chat_markers_is_refused_not_trained_on_nothing(tmp_path):
+    """With another family's tokenizer the mask finds no <|im_start|>assistant: the cache was built with
+    supervised_tokens 0 and no warning, and training had nothing to learn."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    t = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.save(str(tok / "tokenizer.json"))
+    (tok / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                           "unk_token": "[UNK]"}))
+    src = tmp_path / "d.jsonl"
+    _write_jsonl(src, [s1_row(S1K[i]) for i in range(2)])
+    with pytest.raises(DataError, match=r"2 example\(s\) have no token to train on \(rows 1, 2\).*pass --tokenizer"):
+        data.prepare(str(src), "s1", str(tok), out=str(tmp_path / "c"), progress=False, workers=1, log=lambda *_: None)
+    assert not (tmp_path / "c").exists()

@@ -78,6 +78,11 @@ def test_client_errors_fail_at_once_and_auth_errors_stop_the_run(tmp_path, capsy
     assert rc == 0 and s["dropped"] == {"failed_client_error": 6} and not lines(tmp_path / "b" / "gen.jsonl")
     failed = lines(tmp_path / "b" / "gen.failed.jsonl")
     assert len(failed) == 6 and all(f["attempts"] == 1 and "NotFoundError" in f["error"] for f in failed)
+    # the endpoint's reason is shown once (an endpoint refusing a parameter refuses every request), not only
+    # in the failures file
+    err = capsys.readouterr().err
+    assert err.count("warning: generate: a request failed (client_error, after 1 attempt(s)): NotFoundError") == 1
+    assert "gen.failed.jsonl" in err
 
 
 def test_an_endpoint_never_reached_stops_the_run(tmp_path, capsys):
@@ -157,3 +162,120 @@ def test_vllm_teacher_without_vllm_stops_with_a_clear_error(tmp_path, capsys):
                       "--out", str(tmp_path / "g.jsonl"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "error: generate:" in err and "pip install vllm" in err
+
+
+def test_a_question_repeated_in_the_input_is_asked_once_not_written_twice(tmp_path, capsys):
+    data = questions(tmp_path / "q.jsonl", ["q a", "q b", "q a", "q c", "q b", ""])
+    with FakeEndpoint() as ep:
+        rc, s = gen(tmp_path, ep.url, data, "--samples", "2")
+    assert rc == 0 and dict(ep.seen) == {"q a": 2, "q b": 2, "q c": 2}
+    keys = [r["key"] for r in lines(tmp_path / "gen.jsonl")]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert s["kept"] == {"generated": 6} and s["other"]["questions"] == 3
+    assert s["dropped"] == {"repeated_question": 2, "no_question": 1}
+    err = capsys.readouterr().err
+    assert "2 row(s) repeat the question of an earlier row and are asked once (rows 3, 5)" in err
+    assert "1 row(s) have no question and are skipped (rows 6)" in err
+
+
+def test_the_thinking_is_split_from_the_answer_whatever_the_endpoint_returns():
+    """A DeepSeek-R1 distill behind vLLM with no reasoning parser returns ``...</think> answer`` (its template
+    opened the block in the prompt), or, cut by the token limit, ``<think> ...`` never closed: the thinking
+    must not land in the attempt (verify would grade a \\boxed{} from the middle of the reasoning, and the row
+    would have no trace to train on)."""
+    from types import SimpleNamespace as M
+    from s1fast.data.pipeline.teacher_openai import split_reasoning
+    cases = {
+        "<think>\nTry 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.":
+            ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_tags"),
+        "Try 7. \\boxed{7}? No.\n</think>\n\nSo \\boxed{8}.":
+            ("Try 7. \\boxed{7}? No.", "So \\boxed{8}.", "think_close"),
+        "<think>\nTry 7. \\boxed{7}? Or maybe": ("Try 7. \\boxed{7}? Or maybe", "", "think_unclosed"),
+        "think\nTry 7.<|im_start|>answer\nAnswer: 8": ("Try 7.", "Answer: 8", "s1_sections"),
+        "Just \\boxed{8}.": ("", "Just \\boxed{8}.", "none"),
+    }
+    for content, want in cases.items():
+        assert split_reasoning(M(content=content)) == want, content
+    assert split_reasoning(M(content="So 8.", reasoning_content="Try 7.")) == ("Try 7.", "So 8.", "reasoning_content")
+
+
+def test_bad_numbers_and_a_wrong_question_field_are_refused_before_any_request(tmp_path, capsys):
+    """--samples 0 / -1 used to do nothing and exit 0, --retries -1 crashed a worker ('unreachable'),
+    --concurrency 0 said only 'max_workers must be greater than 0', and --question-field naming no field
+    'succeeded' with every row dropped."""
+    data = questions(tmp_path / "q.jsonl", ["q a", "q b"])
+    with FakeEndpoint() as ep:
+        for flag, value, want in (("--samples", "0", "must be a positive whole number, got 0"),
+                                  ("--samples", "-1", "must be a positive whole number, got -1"),
+                                  ("--concurrency", "0", "must be a positive whole number, got 0"),
+                                  ("--retries", "-1", "must be a whole number >= 0, got -1"),
+                                  ("--timeout", "0", "must be a number > 0, got 0.0"),
+                                  ("--limit", "x", "expected a positive whole number, got 'x'")):
+            with pytest.raises(SystemExit) as e:
+                gen(tmp_path, ep.url, data, flag, value)
+            assert e.value.code == 2 and f"argument {flag}: {want}" in capsys.readouterr().err
+        rc, _ = gen(tmp_path, ep.url, data, "--question-field", "prompt")
+        err = capsys.readouterr().err
+        assert rc == 2 and "row 1: no row has a question (a non-empty field 'prompt')" in err
+        assert "--question-field" in err
+        assert not ep.seen and not lines(tmp_path / "gen.jsonl")
+    for step, flag in (("decontaminate", "--ngram"), ("select", "--size"), ("verify", "--k")):
+        with pytest.raises(SystemExit):
+            data_main([step, "--data", data, "--out", str(tmp_path / "o.jsonl"), flag, "0"])
+        assert f"argument {flag}: must be a positive whole number, got 0" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_at_once_keeps_what_came_back_and_a_rerun_finishes(tmp_path):
+    """Ctrl-C used to wait for every request in flight (minutes, for a reasoning model), then throw their
+    answers away and print a traceback."""
+    import signal
+    qs = [f"q{i}" for i in range(6)]
+    data = questions(tmp_path / "q.jsonl", qs)
+    out = tmp_path / "gen.jsonl"
+    with FakeEndpoint({q: ["timeout"] for q in qs[2:]}, hang=60) as ep:
+        cmd = [sys.executable, "-m", "s1fast.data", "generate", "--teacher", "openai", "--model", "t",
+               "--base-url", ep.url, "--data", data, "--out", str(out), "--concurrency", "3", "--no-progress"]
+        p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while (len(lines(out)) < 2 or sum(ep.seen.values()) < 3) and time.time() - t0 < 60 and p.poll() is None:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        t1 = time.time()
+        _, err = p.communicate(timeout=30)
+        assert time.time() - t1 < 10, "the interrupt waited for the requests in flight"
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "error: generate: interrupted; the rows written to" in err and "generated 2" in err
+    assert sorted(r["question"] for r in lines(out)) == ["q0", "q1"]
+    with FakeEndpoint() as ep2:
+        rc, s = gen(tmp_path, ep2.url, data)
+    assert rc == 0 and sorted(ep2.seen) == qs[2:] and s["other"]["already_done"] == 2
+    assert sorted(r["question"] for r in lines(out)) == qs
+
+
+def test_a_missing_vllm_names_this_commands_flag(tmp_path, capsys):
+    """The error said '--backend vllm needs vllm ... or use --backend native': generate's flag is --teacher."""
+    import importlib.util
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: the error under test cannot happen")
+    data = questions(tmp_path / "q.jsonl", ["q a"])
+    assert data_main(["generate", "--teacher", "vllm", "--model", "Qwen/QwQ-32B", "--data", data,
+                      "--out", str(tmp_path / "g.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher vllm needs vllm" in err and "use --teacher native" in err and "--backend" not in err
+
+
+def test_empty_and_truncated_replies_are_recorded_and_a_cut_trace_is_not_graded(tmp_path):
+    data = questions(tmp_path / "q.jsonl", ["q ok", "q empty", "q cut"])
+    with FakeEndpoint({"q empty": ["empty"], "q cut": ["cut"]}) as ep:
+        rc, s = gen(tmp_path, ep.url, data)
+    assert rc == 0 and s["kept"] == {"generated": 2} and s["dropped"] == {"failed_empty": 1}
+    assert ep.seen["q empty"] == 1                                     # no retry: recorded, a rerun retries it
+    [failed] = lines(tmp_path / "gen.failed.jsonl")
+    assert failed["question"] == "q empty" and failed["error"] == "the response has no text"
+    cut = next(r for r in lines(tmp_path / "gen.jsonl") if r["question"] == "q cut")
+    assert cut["thinking_trajectories"] == ["Let me think about: q cut. Maybe"] and cut["attempt"] == ""
+    assert cut["generation"]["finish_reason"] == "length" and cut["generation"]["reasoning_from"] == "think_unclosed"
+    assert data_main(["verify", "--data", str(tmp_path / "gen.jsonl"), "--out", str(tmp_path / "v.jsonl"),
+                      "--graded", str(tmp_path / "g.jsonl")]) == 0
+    verdicts = {r["question"]: r["verdict"] for r in lines(tmp_path / "g.jsonl")}
+    assert verdicts == {"q ok": "correct", "q cut": "no_answer"}

@@ -284,3 +284,265 @@ def test_outputs_must_be_jsonl_and_bad_input_fails_clearly(tmp_path, capsys):
     bad.write_text('{"question": "ok"}\nnot json\n')
     assert run("decontaminate", "--data", bad, "--out", tmp_path / "o.jsonl") == 2
     assert "row 2" in capsys.readouterr().err  # 1-based: the second line is the bad one
+
+
+# ---- a JSON-lines file with no newline after its last row ---------------------------------------------------
+def test_a_last_row_without_a_final_newline_is_read_not_dropped(tmp_path, capsys):
+    """Many tools end a .jsonl without a final newline: that row is complete and kept, not taken for a line
+    cut by a kill; a truly cut line is still skipped, with the rows numbered from 1 as everywhere."""
+    rows = [{"question": f"What is {i} + {i}, in words, please?", "answer": str(2 * i)} for i in range(3)]
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))            # no "\n" at the end
+    assert [r for _, r in R.read(str(data))] == rows
+    assert "partial" not in capsys.readouterr().err
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c.jsonl", "--no-builtin-eval") == 0
+    assert [r["question"] for r in lines(tmp_path / "c.jsonl")] == [r["question"] for r in rows]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n" + '{"question": "half a li')
+    assert [(i, r) for i, r in R.read(str(cut))] == [(1, rows[0]), (2, rows[1])]
+    assert "partial last line" in capsys.readouterr().err
+    blanks = tmp_path / "blanks.jsonl"                                 # trailing blanks: nothing was cut
+    blanks.write_text(json.dumps(rows[0]) + "\n  ")
+    assert [r for _, r in R.read(str(blanks))] == rows[:1] and "partial" not in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"                                       # a cut file's other lines are still checked
+    bad.write_text(json.dumps(rows[0]) + "\n[1, 2]\n" + '{"question": "half')
+    with pytest.raises(R.DataError, match="row 2: expected a JSON object"):
+        list(R.read(str(bad)))
+
+
+def test_an_output_whose_last_row_has_no_newline_keeps_it_and_appends_after_it(tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"key": "a", "x": 1}))                   # complete, but no newline
+    with R.Output(str(out)) as o:
+        assert o.keys == {"a"} and o.rows == 1
+        o.write({"key": "b", "x": 2})
+    assert lines(out) == [{"key": "a", "x": 1}, {"key": "b", "x": 2}]
+    out.write_text(json.dumps({"key": "a"}) + "\n" + '{"key": "b", "x')   # cut by a kill: dropped, redone
+    with R.Output(str(out)) as o:
+        assert o.keys == {"a"}
+    assert lines(out) == [{"key": "a"}] and "dropping a partial last line" in capsys.readouterr().err
+
+
+def test_stats_on_an_empty_file_or_rows_without_a_question_says_so_instead_of_crashing(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run("stats", "--data", empty, "--out", tmp_path / "st") == 2
+    err = capsys.readouterr().err
+    assert "error: stats: file" in err and "empty.jsonl" in err and "holds no rows" in err
+    noq = write(tmp_path / "noq.jsonl", [{"text": "no question here"}, {"id": 3}])
+    assert run("stats", "--data", noq, "--out", tmp_path / "st2") == 0
+    st = json.load(open(tmp_path / "st2" / "stats.json"))
+    assert st["rows"] == 2 and st["rows_without_question"] == 2 and st["questions"] == 0
+    assert (tmp_path / "st2" / "lengths.png").stat().st_size > 1000
+    assert run("stats", "--data", noq, "--out", empty) == 2      # --out naming a file: 'File exists' before
+    assert "empty.jsonl: is a file; --out takes a folder" in capsys.readouterr().err
+
+
+def test_a_rerun_with_other_options_refuses_to_mix_its_rows_into_the_earlier_output(tmp_path, capsys):
+    """select --size 10 then --size 4 (or another seed) into the same --out used to append: a 14-row file
+    where 4 were asked for; so did decontaminate with a stricter threshold. Now: an error naming the file."""
+    data = write(tmp_path / "p.jsonl", pool())
+    out = tmp_path / "sel.jsonl"
+    sel = ["select", "--data", data, "--out", out, "--length", "chars", "--method", "random"]
+    assert run(*sel, "--size", 10) == 0 and len(lines(out)) == 10
+    with open(out) as f:
+        head = f.readline()
+    out.write_text(head)                                       # a run stopped after one row: resumed as before
+    assert run(*sel, "--size", 10) == 0 and len(lines(out)) == 10
+    capsys.readouterr()
+    for other in (["--size", 4], ["--size", 10, "--seed", 1]):
+        assert run(*sel, *other) == 2 and len(lines(out)) == 10
+        err = capsys.readouterr().err
+        assert "error: select: file" in err and "sel.jsonl: already holds" in err and "delete the file" in err
+    qs = write(tmp_path / "q.jsonl", [{"question": f"Find the value of x when {i} x = {2 * i} holds."}
+                                      for i in range(1, 6)] + [{"question": "Find the value of x when 1 x = 2 holds!"}])
+    clean = tmp_path / "clean.jsonl"
+    dec = ["decontaminate", "--data", qs, "--out", clean, "--no-builtin-eval"]
+    assert run(*dec, "--no-dedup") == 0 and len(lines(clean)) == 6
+    assert run(*dec) == 2 and len(lines(clean)) == 6           # dedup would drop the last row, already written
+    assert "already holds 1 row(s) that this run does not keep" in capsys.readouterr().err
+
+
+def test_verify_rerun_with_another_keep_rule_refuses_to_mix_rows(tmp_path, capsys):
+    """verify --keep all, then --keep correct into the same --out said 'kept 0, already_done 8' and left the
+    wrong samples in the file; a stopped run with the same rule still resumes."""
+    data = write(tmp_path / "g.jsonl", gen_rows())
+    out = tmp_path / "v.jsonl"
+    assert run("verify", "--data", data, "--out", out, "--keep", "correct") == 0
+    assert len(lines(out)) == 4
+    with open(out) as f:
+        head = f.readline()
+    out.write_text(head)                                                # stopped after one row
+    assert run("verify", "--data", data, "--out", out, "--keep", "correct") == 0 and len(lines(out)) == 4
+    assert run("verify", "--data", data, "--out", out, "--keep", "first-k", "--k", 1) == 2
+    assert "one more sample of a question than --k 1" in capsys.readouterr().err
+    out2 = tmp_path / "v2.jsonl"
+    assert run("verify", "--data", data, "--out", out2, "--keep", "all") == 0 and len(lines(out2)) == 8
+    assert run("verify", "--data", data, "--out", out2, "--keep", "correct") == 2
+    err = capsys.readouterr().err
+    assert "error: verify: file" in err and "which --keep correct does not keep" in err and "delete the file" in err
+    other = write(tmp_path / "o.jsonl", gen_rows()[:3])
+    assert run("verify", "--data", other, "--out", out2, "--keep", "all") == 2
+    assert "is not a sample of --data" in capsys.readouterr().err
+    assert len(lines(out2)) == 8
+
+
+def test_a_domain_classifier_that_is_missing_or_fails_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mydom.py").write_text("def by_field(row):\n    return row['msc']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = write(tmp_path / "p.jsonl", pool()[:20])
+    for fn, want in (("mydom:nope", "--domain-fn 'mydom:nope': module 'mydom' has no 'nope'"),
+                     ("nomodule_xyz:f", "cannot import 'nomodule_xyz'"),
+                     ("mydom:by_field", "--domain-fn 'mydom:by_field' failed on the row with question")):
+        assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--length", "chars",
+                   "--domain-fn", fn) == 2
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err
+    assert "KeyError: 'msc'" in err
+
+
+def test_verify_with_an_answer_field_no_row_has_says_so(tmp_path, capsys):
+    """A misspelt --answer-field graded nothing ('no_reference' for every row) and exited 0."""
+    data = write(tmp_path / "g.jsonl", gen_rows())
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--answer-field", "gold") == 2
+    err = capsys.readouterr().err
+    assert "no row has the field 'gold' named by --answer-field" in err and "answer, attempt" in err
+    assert not os.path.exists(tmp_path / "v.jsonl") or not lines(tmp_path / "v.jsonl")
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--answer-field", "answer") == 0
+    assert len(lines(tmp_path / "v.jsonl")) == 4
+
+
+def test_a_reference_file_without_grades_is_refused_not_read_as_every_question_easy(tmp_path, capsys):
+    """select --reference-graded with an ungraded file (generate's output, not verify --graded's) read every
+    question as solved by that model: 'dropped: easy N', nothing chosen, exit 0. An --eval or reference file
+    that does not exist was blamed on --data."""
+    rows = [{"question": f"Hard question number {i} about primes?", "thinking_trajectories": ["t" * (10 + i)],
+             "attempt": "x", "domain": "d"} for i in range(4)]
+    data = write(tmp_path / "c.jsonl", rows)
+    ungraded = write(tmp_path / "gen.jsonl", rows)
+    sel = ["select", "--data", data, "--out", tmp_path / "s.jsonl", "--length", "chars"]
+    assert run(*sel, "--reference-graded", ungraded) == 2
+    err = capsys.readouterr().err
+    assert "gen.jsonl: --reference-graded: no row has a 'correct' grade" in err and "verify --graded" in err
+    graded = write(tmp_path / "g.jsonl", [{**rows[0], "correct": False}, {**rows[1], "correct": True},
+                                          {**rows[2], "correct": None}, {**rows[3], "correct": False},
+                                          {**rows[3], "correct": None}])
+    assert run(*sel, "--reference-graded", graded, "--summary", tmp_path / "s.json") == 0
+    assert sorted(r["question"] for r in lines(tmp_path / "s.jsonl")) == [rows[0]["question"], rows[3]["question"]]
+    assert json.load(open(tmp_path / "s.json"))["dropped"] == {"easy": 1, "difficulty_no_attempt": 1, "not_chosen": 0}
+    assert run(*sel, "--reference-graded", tmp_path / "nope.jsonl") == 2
+    assert "nope.jsonl: no such file; --reference-graded takes" in capsys.readouterr().err
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "d.jsonl", "--eval", tmp_path / "b.jsonl") == 2
+    assert "b.jsonl: no such file; --eval takes" in capsys.readouterr().err
+    answers = write(tmp_path / "answers.jsonl", [{"id": 1, "gt": "42"}])   # an --eval file with no question
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "d.jsonl", "--eval", answers) == 2
+    assert "answers.jsonl: --eval: no row has a question" in capsys.readouterr().err
+
+
+def test_a_summary_in_a_new_folder_is_written_and_an_unwritable_one_is_one_error_line(tmp_path, capsys):
+    """--summary sub/dir/s.json ended a finished step with a FileNotFoundError traceback."""
+    data = write(tmp_path / "q.jsonl", [{"question": "What is the sum of the first ten primes?"}])
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c.jsonl", "--no-builtin-eval",
+               "--summary", tmp_path / "sub" / "dir" / "s.json") == 0
+    assert json.load(open(tmp_path / "sub" / "dir" / "s.json"))["kept"] == {"clean": 1}
+    (tmp_path / "f").write_text("")
+    assert run("decontaminate", "--data", data, "--out", tmp_path / "c.jsonl", "--no-builtin-eval",
+               "--summary", tmp_path / "f" / "s.json") == 2
+    err = capsys.readouterr().err
+    assert "error: decontaminate: cannot write --summary" in err and "Traceback" not in err
+
+
+def test_stats_and_select_show_progress_while_tokenising(tmp_path, capsys):
+    """Both tokenise every trace (minutes on a 59K-row pool) and showed nothing until done."""
+    data = write(tmp_path / "d.jsonl", [r for _, r in R.read(os.path.join(ASSETS, "sample_s1k.jsonl"))][:3])
+    assert run("stats", "--data", data, "--out", tmp_path / "st") == 0
+    assert "counting tokens: 100%" in capsys.readouterr().err
+    assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--size", 2) == 0
+    assert "measuring traces: 100%" in capsys.readouterr().err
+    assert run("stats", "--data", data, "--out", tmp_path / "st", "--no-progress") == 0
+    assert run("select", "--data", data, "--out", tmp_path / "s2.jsonl", "--size", 2, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "counting tokens" not in err and "measuring traces" not in err
+
+
+def test_an_output_naming_the_input_file_is_refused(tmp_path, capsys):
+    """decontaminate --data c.jsonl --out c.jsonl reported 'already_done' for every row; verify blamed 'other
+    options'; the input file was the one appended to."""
+    data = write(tmp_path / "c.jsonl", gen_rows())
+    before = open(data).read()
+    assert run("decontaminate", "--data", data, "--out", data) == 2
+    assert "--data and --out name the same file" in capsys.readouterr().err
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl", "--graded", tmp_path / "v.jsonl") == 2
+    assert "--out and --graded name the same file" in capsys.readouterr().err
+    assert open(data).read() == before and not (tmp_path / "v.jsonl").exists()
+
+
+def test_a_lone_surrogate_escape_in_a_row_is_carried_not_a_crash(tmp_path):
+    """'\\ud83d' alone is valid JSON (scraped data has it); every step failed on it with "'utf-8' codec can't
+    encode character '\\ud83d'", naming no row."""
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "What is \\ud83d alone, and what is 2+2?", "answer": "4"}\n'
+                    '{"question": "A plain question about the number 17?", "answer": "17"}\n')
+    out = tmp_path / "c.jsonl"
+    assert run("decontaminate", "--data", data, "--out", out, "--no-builtin-eval") == 0
+    assert [r["question"] for r in lines(out)] == [r["question"] for _, r in R.read(str(data))]
+    assert lines(out)[0]["question"] == "What is \ud83d alone, and what is 2+2?"
+    assert run("decontaminate", "--data", data, "--out", out, "--no-builtin-eval") == 0 and len(lines(out)) == 2
+
+
+def test_a_lone_surrogate_is_counted_by_stats_and_named_by_prepare(tmp_path, capsys):
+    """The tokenizer refuses such text: stats and prepare ended in a TypeError traceback."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 2+2?", "thinking_trajectories": ["hmm"], "attempt": "4"}\n'
+                    '{"question": "What is \\ud83d?", "thinking_trajectories": ["hmm"], "attempt": "4"}\n')
+    assert run("stats", "--data", data, "--out", tmp_path / "st", "--recipe", "s1", "--no-progress") == 0
+    assert json.load(open(tmp_path / "st" / "stats.json"))["lengths"]["sequence"]["n"] == 2
+    capsys.readouterr()
+    assert run("prepare", "--data", data, "--out", tmp_path / "tk", "--no-progress", "--workers", 1) == 2
+    assert "row 2: the text holds a lone surrogate (\\ud83d in the JSON)" in capsys.readouterr().err
+
+
+def test_s1_selection_says_when_no_row_names_a_domain(tmp_path, capsys):
+    """Without a domain field every row fell in 'unknown' and the diversity draw had one domain, silently."""
+    rows = [{"question": f"Question {i}: how many primes are below {10 * i}?", "thinking_trajectories": ["t" * i],
+             "attempt": "x", "subject": ""} for i in range(1, 6)]
+    data = write(tmp_path / "p.jsonl", rows)
+    assert run("select", "--data", data, "--out", tmp_path / "s.jsonl", "--size", 3, "--length", "chars",
+               "--summary", tmp_path / "s.json") == 0
+    assert "no row names a domain" in capsys.readouterr().err
+    assert json.load(open(tmp_path / "s.json"))["other"]["domains"] == 1
+    data = write(tmp_path / "p2.jsonl", [dict(r, subject=f"s{i % 2}") for i, r in enumerate(rows)])
+    assert run("select", "--data", data, "--out", tmp_path / "s2.jsonl", "--size", 3, "--length", "chars",
+               "--summary", tmp_path / "s.json") == 0
+    assert "no row names a domain" not in capsys.readouterr().err
+    assert json.load(open(tmp_path / "s.json"))["other"]["domains"] == 2
+
+
+def test_resuming_reads_a_large_output_without_loading_it_whole(tmp_path):
+    """Checking the last line read the whole file into memory, on every step's start and every read: a resumed
+    generate at s1's scale (59K questions x samples x long traces: gigabytes) held all of it at once. A last
+    line longer than the 64 KiB block read backwards from the end is found all the same."""
+    import tracemalloc
+    trace = "x" * 20_000
+    rows = [{"key": f"k{i}", "question": f"q{i}", "thinking_trajectories": [trace]} for i in range(600)]
+    out = tmp_path / "gen.jsonl"
+    body = "".join(json.dumps(r) + "\n" for r in rows)
+    for tail in ("", json.dumps({"key": "last", "t": "y" * 150_000})[:-10]):   # whole; cut in a long line
+        out.write_text(body + tail)
+        size = out.stat().st_size
+        tracemalloc.start()
+        n = sum(1 for _ in R.read(str(out)))
+        with R.Output(str(out)) as o:
+            assert len(o.keys) == 600
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n == 600 and out.stat().st_size == len(body.encode()) and peak < size / 4, (peak, size)
+
+
+def test_verify_on_rows_with_no_answer_to_grade_says_so(tmp_path, capsys):
+    """A file whose answers are in fields s1fast does not read (SkyThought's eval output keeps them in 'code')
+    was graded 'no_answer' row by row, exit 0."""
+    data = write(tmp_path / "sky.jsonl", [{"question": "What is 6*7?", "gt": "42", "code": ["... \\boxed{42}"]}])
+    assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "no row has an answer to grade" in err and "the first row has: code, gt," in err

@@ -5,22 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from .cache import DEFAULT_DATA, DEFAULT_TOKENIZER, POLICIES, prepare
 from .format import RECIPES
 from .pipeline import STEPS
+from .pipeline.rows import positive_int
 from .readers import DataError
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {v}")
-    return v
 
 
 def main(argv=None) -> int:
@@ -43,6 +35,7 @@ def main(argv=None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_args(sp)
         sp.add_argument("--summary", help="also write the summary (counts by reason) here as JSON")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
         sp.set_defaults(step=mod)
     args = ap.parse_args(argv)
     if args.cmd in STEPS:
@@ -60,8 +53,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def _same_file(args) -> str | None:
+    """Two of a step's files (input, outputs) that are one file: outputs are appended to, so that is refused."""
+    named = [(f"--{k.replace('_', '-')}", os.path.realpath(v)) for k in ("data", "out", "graded", "report", "summary")
+             if isinstance(v := getattr(args, k, None), str)]
+    for i, (a, pa) in enumerate(named):
+        for b, pb in named[i + 1:]:
+            if pa == pb:
+                return f"{a} and {b} name the same file ({getattr(args, a[2:].replace('-', '_'))}): {b} would " \
+                       f"be appended to it; pass another {b}"
+    return None
+
+
 def _run_step(args) -> int:
     from .pipeline.teacher_openai import StopRun
+    if (why := _same_file(args)) is not None:
+        print(f"error: {args.cmd}: {why}", file=sys.stderr)
+        return 2
     try:
         tally = args.step.main(args)
     except (DataError, StopRun, ValueError, ImportError, OSError) as e:
@@ -69,10 +77,22 @@ def _run_step(args) -> int:
             print(e.tally.report(), file=sys.stderr)
         print(f"error: {args.cmd}: {e}".replace("\n", " "), file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        if getattr(e, "tally", None) is not None:
+            print(e.tally.report(), file=sys.stderr)
+        print(f"error: {args.cmd}: interrupted; the rows written to {args.out} are kept, and running the same "
+              "command again resumes", file=sys.stderr)
+        return 130
     print(tally.report(), file=sys.stderr)
     if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(tally.as_dict(), f, indent=2)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
+            with open(args.summary, "w") as f:
+                json.dump(tally.as_dict(), f, indent=2)
+        except OSError as e:
+            print(f"error: {args.cmd}: cannot write --summary {args.summary} ({e.strerror or e}); the step's "
+                  "output is written", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format import IGNORE, encode
-from .readers import DataError, read_rows
+from .format import IGNORE, IM_START, encode
+from .readers import DataError, read_rows, row_list as _rows
 from .toy import is_spec as is_toy_spec, materialize as materialize_toy
 
 FORMAT_VERSION = 2  # 2: 1-based row numbers, file hashes, unsupervised / special / duplicate counts
@@ -141,6 +141,7 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     t0 = time.time()
     rows = _read(data)
     encoded = _tokenize(rows, recipe, data, tokenizer_dir, workers, progress)
+    _check_masks(encoded, tokenizer_dir, data)
     kept, over, truncated, unsupervised = _apply_budget(encoded, max_tokens, policy, data, log)
     special, dups = _flag_rows(encoded, log)
     if not kept:
@@ -174,9 +175,17 @@ def _check_inputs(data: str | None, tokenizer_dir: str | None, max_tokens: int |
         raise DataError(f"--max-tokens must be a positive number of tokens, got {max_tokens}")
     if not os.path.exists(data):
         raise DataError("no such file; pass --data with a .json, .jsonl or .parquet file", path=data)
+    if os.path.isdir(data):
+        raise DataError("is a folder; pass --data with a .json, .jsonl or .parquet file (of a dataset saved in "
+                        "shards, join them into one file first)", path=data)
     check_tokenizer_dir(tokenizer_dir)
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"cache folder {out} is a file: pass --out with a folder")
+    other = sorted(set(os.listdir(out)) - set(ARRAYS) - {"summary.json"}) if os.path.isdir(out) else []
+    if other:   # a (re)build replaces the whole folder
+        raise DataError(f"cache folder {out} holds other files ({', '.join(other[:5])}"
+                        f"{', ...' if len(other) > 5 else ''}), which building the cache there would delete: pass "
+                        f"--out with a new or empty folder, or one that prepare wrote")
     return data, tokenizer_dir
 
 
@@ -238,6 +247,17 @@ def _tokenize(rows: list, recipe: str, data: str, tokenizer_dir: str, workers: i
         if bar is not None:
             bar.close()
     return encoded
+
+
+def _check_masks(encoded: list, tokenizer_dir: str, data: str) -> None:
+    """Every example has a token to train on before any truncation (the recipes always have an assistant
+    turn); none means the mask found no ``<|im_start|>assistant`` by Qwen2.5's token ids: another tokenizer."""
+    empty = [r for r, _, labels, _ in encoded if not any(x != IGNORE for x in labels[1:])]
+    if empty:
+        raise DataError(f"{len(empty)} example(s) have no token to train on (rows {_rows(empty)}): the loss mask "
+                        f"finds the assistant turn by Qwen2.5's ChatML token ids (<|im_start|> = {IM_START}), which "
+                        f"the tokenizer {tokenizer_dir} does not produce; pass --tokenizer with a Qwen2.5-family "
+                        f"tokenizer", path=data)
 
 
 def _apply_budget(encoded: list, max_tokens: int | None, policy: str, data: str, log):
@@ -326,11 +346,6 @@ def _write(out: str, arrays: dict, key: str, t0: float, info: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _rows(rows, limit: int = 20) -> str:
-    rows = [str(r) for r in rows]
-    return ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
 class TokenDataset:

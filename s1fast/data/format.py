@@ -35,9 +35,24 @@ class Encoded:
         return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
+def _fitting_recipe(row: dict) -> str | None:
+    """The recipe whose fields ``row`` has, for a hint when the chosen one's are missing."""
+    for recipe, field in (("s1.1", "deepseek_thinking_trajectory"), ("s1", "thinking_trajectories"),
+                          ("sky-t1", "conversations"), ("chat", "messages")):
+        if field in row:
+            return recipe
+    return None
+
+
 def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> str:
-    if field not in row or row[field] is None:
-        raise DataError(f"missing (have: {', '.join(sorted(row)) or 'no fields'})", field=field, **where)
+    if field not in row:
+        fits = _fitting_recipe(row)
+        hint = f"; the row has the fields of --recipe {fits}" if fits else \
+            ("; it is a question with no reasoning trace: make traces first (python -m s1fast.data generate)"
+             if any(k in row for k in ("question", "problem", "prompt")) else "")
+        raise DataError(f"missing (have: {', '.join(sorted(row)) or 'no fields'}){hint}", field=field, **where)
+    if row[field] is None:
+        raise DataError("is null: give it a string, or remove the row", field=field, **where)
     v = row[field]
     if allow_list and isinstance(v, (list, tuple)):
         if not all(isinstance(x, str) for x in v):
@@ -105,8 +120,11 @@ def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int 
             msgs.append({"role": t["role"], "content": t["content"]})
         system = None
     else:
+        fits = _fitting_recipe(row)
         raise DataError(f"recipe '{recipe}' needs 'conversations' (ShareGPT) or 'messages' (chat); "
-                        f"row has {', '.join(sorted(row))}", **where)
+                        f"row has {', '.join(sorted(row))}"
+                        + (f"; it has the fields of --recipe {fits}" if fits else ""),
+                        **where)
     field = "conversations" if "conversations" in row else "messages"
     check_turn_order(msgs, field, where)
     if msgs[0]["role"] != "system":
@@ -201,6 +219,11 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
     """
     msgs = to_messages(example, recipe, path=path, row_id=row_id)
     text = _render(msgs, tokenizer)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:   # valid JSON ("\ud83d"), but no tokenizer takes it
+        raise DataError(f"the text holds a lone surrogate (\\u{ord(text[e.start]):04x} in the JSON), which cannot be "
+                        f"tokenised: fix or remove the row", path=path, row=row_id) from None
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     specials = special_strings(tokenizer)
     found = sum(m["content"].count(s) for m in msgs for s in specials)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
+from typing import Iterable, Iterator
+
+
+BOM = b"\xef\xbb\xbf"   # UTF-8's byte-order mark: some Windows tools start a file with it
 
 
 class DataError(ValueError):
@@ -21,12 +24,33 @@ class DataError(ValueError):
         self.path, self.row, self.field = path, row, field
 
 
+def row_list(rows, limit: int = 20) -> str:
+    """Row numbers (or labels) for a message: the first ``limit``, then how many more."""
+    rows = [str(r) for r in rows]
+    return ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
 def _decode(raw: bytes, path: str, row: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}): re-save the file as UTF-8",
                         path=path, row=row) from None
+
+
+def jsonl_rows(lines: Iterable[bytes], path: str) -> Iterator[tuple[int, dict]]:
+    """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from 1; blank lines skipped)."""
+    for i, raw in enumerate(lines, 1):
+        line = _decode(raw[3:] if i == 1 and raw.startswith(BOM) else raw, path, i)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, row=i) from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
+        yield i, row
 
 
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
@@ -41,22 +65,12 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".jsonl":
         with open(path, "rb") as f:
-            for i, raw in enumerate(f, 1):
-                line = _decode(raw, path, i)
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, row=i) from None
-                if not isinstance(row, dict):
-                    raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
-                yield i, row
+            yield from jsonl_rows(f, path)
     elif ext == ".json":
         with open(path, "rb") as f:
             raw = f.read()
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")   # a byte-order mark (Windows tools write one) is not data
         except UnicodeDecodeError as e:
             line = raw[:e.start].count(b"\n") + 1
             raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}): re-save the file as UTF-8",

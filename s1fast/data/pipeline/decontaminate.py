@@ -41,6 +41,7 @@ class EvalIndex:
         self.n, self.index, self.items, self.grams = n, defaultdict(list), [], []
 
     def add_file(self, path: str) -> int:
+        R.need_file(path, "--eval")
         added = 0
         for i, row in R.read(path):
             q = R.question(row)
@@ -54,6 +55,9 @@ class EvalIndex:
             for g in self.grams[-1]:
                 self.index[g].append(len(self.items) - 1)
             added += 1
+        if not added:
+            raise R.DataError("--eval: no row has a question (question / problem / prompt, or a user turn), so "
+                              "nothing would be checked against it: pass an evaluation set", path=path)
         return added
 
     def match(self, question: str, min_overlap: float = 0.0) -> dict | None:
@@ -143,17 +147,20 @@ def decontaminate(rows, eval_index: EvalIndex | None, dups: DuplicateIndex | Non
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="rows to clean (.json/.jsonl/.parquet, any schema s1fast reads)")
-    p.add_argument("--out", required=True, help="kept rows, .jsonl (appended; a rerun resumes)")
+    p.add_argument("--out", required=True, help="kept rows, .jsonl (appended; a rerun resumes; one that would keep "
+                                                 "otherwise is refused)")
     p.add_argument("--eval", action="append", default=[], help="an evaluation set to check against (repeatable; "
                                                                 "any file with question / problem fields)")
     p.add_argument("--no-builtin-eval", action="store_true", help="do not check the evaluation problems s1fast ships")
-    p.add_argument("--ngram", type=int, default=8, help="evaluation overlap: shared word n-gram length (s1: 8)")
-    p.add_argument("--min-overlap", type=float, default=0.0,
+    p.add_argument("--ngram", type=R.positive_int, default=8,
+                   help="evaluation overlap: shared word n-gram length (s1: 8)")
+    p.add_argument("--min-overlap", type=R.non_negative_float, default=0.0,
                    help="evaluation overlap: least share of the benchmark item's n-grams that must be shared "
                         "(0: any one, s1's rule; phrases like 'm and n are relatively prime positive integers' "
                         "then match many unrelated questions, which the report shows)")
-    p.add_argument("--near-n", type=int, default=3, help="near duplicates: word n-gram length of the Jaccard sets")
-    p.add_argument("--near-threshold", type=float, default=0.7,
+    p.add_argument("--near-n", type=R.positive_int, default=3,
+                   help="near duplicates: word n-gram length of the Jaccard sets")
+    p.add_argument("--near-threshold", type=R.non_negative_float, default=0.7,
                    help="near duplicates: Jaccard similarity at or above which a later question is removed "
                         "(> 1 turns near-duplicate removal off)")
     p.add_argument("--no-dedup", action="store_true", help="keep duplicates within the data")
@@ -177,6 +184,7 @@ def main(args) -> R.Tally:
             decisions.append((key, row, m))
             if m is not None:
                 removed_rows[(R.question(row) or "", m["reason"])] += 1
+        out.check_same_run({key for key, _, m in decisions if m is None}, "keep")
         written = set()
         for key, row, m in decisions:
             if m is None:

@@ -13,11 +13,12 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from ..readers import DataError
+from ..readers import DataError, row_list
 from . import rows as R
 from .teacher_openai import Failure, OpenAITeacher, StopRun
 
@@ -59,18 +60,25 @@ class EngineTeacher:
 
 def pending_requests(data: str, samples: int, done: set, seed: int, question_field: str | None = None,
                      limit: int | None = None):
-    """(requests still to make, number of questions, number already done, malformed rows) from the input."""
-    todo, n_q, n_done, bad = [], 0, 0, []
+    """(requests still to make, number of questions, number already done, malformed rows, repeated rows).
+
+    A question met again (the same text as an earlier row: its samples have the same keys) is asked once;
+    the numbers of the rows that repeat one are the last item."""
+    todo, n_q, n_done, bad, repeats, seen = [], 0, 0, [], [], set()
     for i, row in R.read(data):
         q = row.get(question_field) if question_field else R.question(row)
         if not isinstance(q, str) or not q.strip():
             bad.append(i)
             continue
+        qid = R.qid(q)
+        if qid in seen:
+            repeats.append(i)
+            continue
         n_q += 1
         if limit and n_q > limit:
             break
+        seen.add(qid)
         base = {k: v for k, v in row.items() if k not in TRACE_FIELDS}
-        qid = R.qid(q)
         for s in range(samples):
             key = f"{qid}:{s}"
             if key in done:
@@ -78,7 +86,7 @@ def pending_requests(data: str, samples: int, done: set, seed: int, question_fie
             else:
                 todo.append({"key": key, "qid": qid, "sample": s, "row": i, "question": q, "base": base,
                              "seed": request_seed(seed, key)})
-    return todo, min(n_q, limit or n_q), n_done, bad
+    return todo, min(n_q, limit or n_q), n_done, bad, repeats
 
 
 def to_row(req: dict, result: dict, teacher: str) -> dict:
@@ -92,7 +100,7 @@ def to_row(req: dict, result: dict, teacher: str) -> dict:
 def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R.Tally, *, concurrency: int = 8,
         progress: bool = True) -> None:
     """Make every request; write each success to ``out`` and each failure to ``failed`` as it arrives."""
-    bar = _bar(len(requests), progress)
+    bar = R.bar(len(requests), "generate", "sample", progress)
     tokens, t0 = 0, time.perf_counter()
 
     def record(req, res):
@@ -102,6 +110,9 @@ def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R
                           "question": req["question"], "kind": res.kind, "error": res.error,
                           "attempts": res.attempts, "teacher": teacher.name, "time": time.time()})
             tally.drop(f"failed_{res.kind}")
+            if tally.dropped[f"failed_{res.kind}"] == 1:   # the first of its kind is shown, the rest are counted
+                print(f"\nwarning: generate: a request failed ({res.kind}, after {res.attempts} attempt(s)): "
+                      f"{res.error}; failures are listed in {failed.path}", file=sys.stderr)
             bar.update(1)
             if res.kind == "connection" and not tally.kept["generated"]:
                 raise StopRun(f"cannot reach the endpoint of {teacher.name} ({res.error}); check --base-url and "
@@ -132,46 +143,65 @@ def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R
 
 
 def _run_concurrent(teacher, requests, record, concurrency):
-    """At most ``concurrency`` requests in flight; results written by this thread only, as they finish."""
-    it = iter(requests)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        live = {}
-        for req in it:
-            live[pool.submit(teacher.complete, req["question"], req["seed"])] = req
-            if len(live) >= concurrency:
-                break
-        stop = None
-        while live:
-            done, _ = wait(live, return_when=FIRST_COMPLETED)
-            for f in done:
-                req = live.pop(f)
+    """At most ``concurrency`` requests in flight; results written by this thread only, as they finish.
+
+    The requests run on daemon threads: when the run stops (Ctrl-C, an unexpected error) it does not wait
+    for the requests in flight (a reasoning model's can take minutes); those are made again by a rerun.
+    After a :class:`StopRun` no request is started and those in flight are recorded first."""
+    todo, results = queue.Queue(), queue.Queue()
+    it, n = iter(requests), min(concurrency, len(requests))
+
+    def worker():
+        while (req := todo.get()) is not None:
+            try:
+                res = teacher.complete(req["question"], req["seed"])
+            except BaseException as e:  # noqa: BLE001 -- handed to the writing thread, which raises it
+                res = e
+            results.put((req, res))
+        results.put((None, None))      # this worker is done
+
+    closed = False
+
+    def close():                       # no more requests: each worker ends after its current one
+        nonlocal closed
+        if not closed:
+            closed = True
+            for _ in range(n):
+                todo.put(None)
+
+    for _ in range(n):
+        todo.put(next(it))
+        threading.Thread(target=worker, daemon=True, name="s1fast-generate").start()
+    stopped, finished = None, 0
+    try:
+        while finished < n:
+            req, res = results.get()
+            if req is None:
+                finished += 1
+                continue
+            try:
+                if isinstance(res, BaseException):
+                    raise res
+                record(req, res)
+            except StopRun as e:
+                stopped = stopped or e
+            nxt = next(it, None) if stopped is None else None
+            if nxt is None:
+                close()
+            else:
+                todo.put(nxt)
+    except BaseException:
+        close()
+        while not results.empty():     # results that came in meanwhile are kept
+            req, res = results.get_nowait()
+            if req is not None and not isinstance(res, BaseException):
                 try:
-                    record(req, f.result())
-                except StopRun as e:
-                    stop = stop or e
-                if stop is None:
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        live[pool.submit(teacher.complete, nxt["question"], nxt["seed"])] = nxt
-        if stop is not None:
-            raise stop
-
-
-def _bar(total, enabled):
-    if enabled:
-        try:
-            from tqdm import tqdm
-            return tqdm(total=total, desc="generate", unit="sample", dynamic_ncols=True, file=sys.stderr)
-        except ImportError:
-            pass
-
-    class _Null:
-        def update(self, n):
-            pass
-
-        def close(self):
-            pass
-    return _Null()
+                    record(req, res)
+                except StopRun:
+                    pass
+        raise
+    if stopped is not None:
+        raise stopped
 
 
 # ---- the CLI ----------------------------------------------------------------------------------------------
@@ -182,23 +212,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", choices=["native", "vllm", "openai"], default="native")
     p.add_argument("--model", required=True, help="native / vllm: a Hugging Face model folder; "
                                                   "openai: the model name the endpoint serves")
-    p.add_argument("--samples", type=int, default=1, help="samples per question")
+    p.add_argument("--samples", type=R.positive_int, default=1, help="samples per question")
     p.add_argument("--question-field", help="field holding the question (default: question / problem / "
                                             "the first user turn)")
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--limit", type=R.positive_int, help="only the first N questions")
     p.add_argument("--seed", type=int, default=0, help="base seed; each sample's seed comes from it and its key")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=R.non_negative_float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.95)
     g = p.add_argument_group("openai teacher")
     g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
                    help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
     g.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
-    g.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    g.add_argument("--retries", type=int, default=4, help="retries of a transient failure (429, 5xx, timeout, "
-                                                          "connection, malformed body)")
-    g.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles each time)")
-    g.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    g.add_argument("--max-tokens", type=int, default=None, help="completion token limit sent to the endpoint")
+    g.add_argument("--concurrency", type=R.positive_int, default=8, help="requests in flight")
+    g.add_argument("--retries", type=R.non_negative_int, default=4,
+                   help="retries of a transient failure (429, 5xx, timeout, connection, malformed body)")
+    g.add_argument("--backoff", type=R.non_negative_float, default=1.0,
+                   help="first retry wait in seconds (doubles each time)")
+    g.add_argument("--timeout", type=R.positive_float, default=600.0, help="seconds per request")
+    g.add_argument("--max-tokens", type=R.positive_int, default=None,
+                   help="completion token limit sent to the endpoint")
     g.add_argument("--extra-body", default=None,
                    help="JSON object merged into each request body, e.g. s1fast's server's budget forcing: "
                         "'{\"max_thinking_tokens\": 2000, \"num_wait\": 1}'")
@@ -206,15 +238,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("native / vllm teacher (budget forcing)")
     e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
     e.add_argument("--max-thinking-tokens", default="auto", help="an integer or auto")
-    e.add_argument("--min-thinking-tokens", type=int, default=0)
-    e.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
+    e.add_argument("--min-thinking-tokens", type=R.non_negative_int, default=0)
+    e.add_argument("--num-wait", type=R.non_negative_int, default=0, help="times the end of thinking is ignored")
     e.add_argument("--extension", default="Wait")
-    e.add_argument("--max-answer-tokens", type=int, default=None)
-    e.add_argument("--max-total-tokens", type=int, default=None)
-    e.add_argument("--batch-size", type=int, default=8, help="questions decoded together")
+    e.add_argument("--max-answer-tokens", type=R.positive_int, default=None)
+    e.add_argument("--max-total-tokens", type=R.positive_int, default=None)
+    e.add_argument("--batch-size", type=R.positive_int, default=8, help="questions decoded together")
     e.add_argument("--dtype", default="auto")
     e.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def make_teacher(args):
@@ -238,7 +269,10 @@ def make_teacher(args):
         args.max_thinking_tokens = budget_arg(str(args.max_thinking_tokens))
     except argparse.ArgumentTypeError as e:
         raise DataError(f"--max-thinking-tokens: {e}") from None
-    model, tok, backend = open_backend(args)
+    try:
+        model, tok, backend = open_backend(args)
+    except ImportError as e:     # s1fast.generate's words for its own flag: here the flag is --teacher
+        raise ImportError(str(e).replace("--backend", "--teacher")) from None
     cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
     name = f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
     return EngineTeacher(model, tok, cfg, backend, name=name)
@@ -247,10 +281,21 @@ def make_teacher(args):
 def main(args) -> R.Tally:
     tally = R.Tally("generate")
     with R.Output(args.out) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
-        todo, n_q, n_done, bad = pending_requests(args.data, args.samples, out.keys, args.seed, args.question_field,
-                                                  args.limit)
-        for _ in bad:
-            tally.drop("no_question")
+        todo, n_q, n_done, bad, repeats = pending_requests(args.data, args.samples, out.keys, args.seed,
+                                                           args.question_field, args.limit)
+        if bad and not n_q:
+            field = f"field '{args.question_field}'" if args.question_field else \
+                "question / problem / prompt field or user turn"
+            raise DataError(f"no row has a question (a non-empty {field}); name the field that holds the questions "
+                            "with --question-field", path=args.data, row=bad[0])
+        if bad:
+            tally.drop("no_question", len(bad))
+            print(f"warning: {args.data}: {len(bad)} row(s) have no question and are skipped (rows {row_list(bad)})",
+                  file=sys.stderr)
+        if repeats:
+            tally.drop("repeated_question", len(repeats))
+            print(f"warning: {args.data}: {len(repeats)} row(s) repeat the question of an earlier row and are asked "
+                  f"once (rows {row_list(repeats)})", file=sys.stderr)
         tally.note("questions", n_q)
         if n_done:
             tally.note("already_done", n_done)
@@ -262,7 +307,7 @@ def main(args) -> R.Tally:
             teacher = make_teacher(args)
             try:
                 run(teacher, todo, out, failed, tally, concurrency=args.concurrency, progress=not args.no_progress)
-            except StopRun as e:
+            except (StopRun, KeyboardInterrupt) as e:
                 e.tally = tally   # the CLI prints what was done before the stop
                 raise
     return tally

@@ -8,6 +8,7 @@ at most one partial last line, which :class:`Output` cuts off before appending a
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import json
@@ -16,11 +17,30 @@ import sys
 from collections import Counter
 from typing import Iterable, Iterator
 
-from ..readers import DataError, read_rows
+from ..readers import DataError, jsonl_rows, read_rows
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
 REFERENCE_FIELDS = ("answer", "gt", "solution", "Answer")
 DOMAIN_FIELDS = ("domain", "subject", "cot_type", "source_type", "source")
+
+
+def _number(cast, want: str, ok):
+    """An argparse type: ``cast`` of the text, refused (naming the flag, exit 2) unless ``ok``."""
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
+        return v
+    return parse
+
+
+positive_int = _number(int, "a positive whole number", lambda v: v > 0)
+non_negative_int = _number(int, "a whole number >= 0", lambda v: v >= 0)
+positive_float = _number(float, "a number > 0", lambda v: v > 0)
+non_negative_float = _number(float, "a number >= 0", lambda v: v >= 0)
 
 
 def first(row: dict, names: Iterable[str]):
@@ -81,8 +101,22 @@ def domain_getter(field: str | None, fn: str | None):
         mod, _, name = fn.partition(":")
         if not name:
             raise ValueError(f"--domain-fn {fn!r}: write module:function, e.g. mypkg.domains:classify")
-        f = getattr(importlib.import_module(mod), name)
-        return lambda row: str(f(row))
+        try:
+            f = getattr(importlib.import_module(mod), name)
+        except ImportError as e:
+            raise ValueError(f"--domain-fn {fn!r}: cannot import {mod!r} ({e}); put its folder on PYTHONPATH") \
+                from None
+        except AttributeError:
+            raise ValueError(f"--domain-fn {fn!r}: module {mod!r} has no {name!r}") from None
+
+        def classify(row):
+            try:
+                return str(f(row))
+            except Exception as e:  # noqa: BLE001 -- the user's code: name it, and the row it failed on
+                q = (question(row) or "")[:80]
+                raise ValueError(f"--domain-fn {fn!r} failed on the row with question {q!r}: "
+                                 f"{type(e).__name__}: {e}") from None
+        return classify
 
     def get(row):
         v = row.get(field) if field else first(row, DOMAIN_FIELDS)
@@ -90,33 +124,77 @@ def domain_getter(field: str | None, fn: str | None):
     return get
 
 
+def n_tokens(tokenizer, text: str) -> int:
+    """Tokens in ``text`` (a lone surrogate, which tokenizers refuse, counted as one replacement character)."""
+    if not text:
+        return 0
+    return len(tokenizer(text.encode("utf-8", "replace").decode("utf-8"), add_special_tokens=False)["input_ids"])
+
+
 def qid(q: str) -> str:
     """A question's identity: a hash of its text, so that resuming does not depend on row order."""
-    return hashlib.sha1(q.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha1(q.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def read(path: str) -> Iterator[tuple[int, dict]]:
-    """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped."""
-    if path.endswith(".jsonl") and os.path.exists(path):
-        with open(path, "rb") as f:
-            data = f.read()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            print(f"warning: {path}: ignoring a partial last line ({len(data) - cut} bytes; a run was killed while "
+    """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped.
+
+    A last line with no newline after it is partial only when it is not complete JSON: many tools end a
+    JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole."""
+    if path.endswith(".jsonl") and os.path.isfile(path):
+        size, cut = _partial_tail(path)
+        if cut is not None:
+            print(f"warning: {path}: ignoring a partial last line ({size - cut} bytes; a run was killed while "
                   "writing it)", file=sys.stderr)
-            yield from _jsonl(path, data[:cut])
+            with open(path, "rb") as f:
+                yield from jsonl_rows(_lines_before(f, cut), path)
             return
     yield from read_rows(path)
 
 
-def _jsonl(path: str, data: bytes):
-    for i, line in enumerate(data.decode("utf-8").split("\n")):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg})", path=path, row=i) from None
-            yield i, row
+def _lines_before(f, cut: int):
+    pos = 0
+    for raw in f:
+        if pos >= cut:
+            return
+        pos += len(raw)
+        yield raw
+
+
+def _partial_tail(path: str, block: int = 1 << 16) -> tuple[int, int | None]:
+    """(file size, where a partial last line begins): one with no newline after it that is not complete JSON;
+    None when there is none. Reads the file's end only."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return size, None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return size, None
+        tail, start = b"", size
+        while start > 0:                  # back to the newline before the last line
+            step = min(block, start)
+            start -= step
+            f.seek(start)
+            tail = f.read(step) + tail
+            nl = tail.rfind(b"\n")
+            if nl >= 0:
+                start, tail = start + nl + 1, tail[nl + 1:]
+                break
+    if not tail.strip():    # trailing blanks with no newline: nothing was cut
+        return size, None
+    try:
+        json.loads(tail)
+    except ValueError:      # not JSON, or not UTF-8: cut by a kill
+        return size, start
+    return size, None
+
+
+def need_file(path: str, flag: str) -> None:
+    """A DataError naming ``flag`` when ``path`` is not a file (read_rows's own says --data)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{'is a folder' if os.path.isdir(path) else 'no such file'}; {flag} takes a .json, .jsonl "
+                        "or .parquet file", path=path)
 
 
 class Output:
@@ -138,16 +216,34 @@ class Output:
         self._fh = open(path, "a", encoding="utf-8")
 
     def _repair(self) -> None:
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                print(f"warning: {self.path}: dropping a partial last line ({len(data) - cut} bytes) left by a "
-                      "killed run; that row is redone", file=sys.stderr)
-                f.truncate(cut)
+        size, cut = _partial_tail(self.path)
+        if cut is not None:
+            print(f"warning: {self.path}: dropping a partial last line ({size - cut} bytes) left by a killed run; "
+                  "that row is redone", file=sys.stderr)
+            os.truncate(self.path, cut)
+            return
+        if size:
+            with open(self.path, "rb+") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":      # a complete last row with no newline: end its line
+                    f.write(b"\n")
+
+    def check_same_run(self, keys: set, what: str) -> None:
+        """Refuse to append when the file holds rows this run would not write (``keys``: all it writes): they
+        came from a run with other options or data, and appending would mix the two."""
+        stale = self.keys - keys
+        if stale:
+            raise DataError(f"already holds {len(stale)} row(s) that this run does not {what} (an earlier run with "
+                            "other options or data wrote them); appending would mix the two: delete the file or "
+                            "pass another --out", path=self.path)
 
     def write(self, row: dict) -> None:
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        text = json.dumps(row, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:       # a lone surrogate (valid JSON, "\ud83d"): written escaped, as read
+            text = json.dumps(row)
+        self._fh.write(text + "\n")
         self._fh.flush()
         self.rows += 1
         if self.key_field and row.get(self.key_field) is not None:
@@ -161,6 +257,25 @@ class Output:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def bar(total: int, desc: str, unit: str, enabled: bool = True):
+    """A progress bar on stderr (tqdm), or one that shows nothing when disabled or tqdm is missing."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            pass
+    return _NoBar()
 
 
 class Tally:

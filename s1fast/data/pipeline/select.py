@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import sys
 from collections import defaultdict
 
 from . import rows as R
@@ -58,14 +59,17 @@ def load_reference_grades(paths: list[str]) -> list[dict]:
     """Per reference file: question id -> whether every attempt in it was wrong."""
     out = []
     for p in paths:
+        R.need_file(p, "--reference-graded")
         wrong = {}
         for _, row in R.read(p):
-            q = R.question(row)
-            if q is None:
+            q, w = R.question(row), is_wrong(row.get("correct"))
+            if q is None or w is None:     # not graded (no reference answer): not an attempt
                 continue
             k = R.qid(q)
-            w = is_wrong(row.get("correct"))
-            wrong[k] = wrong.get(k, True) and bool(w)
+            wrong[k] = wrong.get(k, True) and w
+        if not wrong:
+            raise R.DataError("--reference-graded: no row has a 'correct' grade (true / false): pass the file "
+                              "`verify --graded` writes for that model's answers", path=p)
         out.append(wrong)
     return out
 
@@ -92,7 +96,7 @@ def length_fn(kind: str, tokenizer_dir: str | None = None):
         return lambda row: len(R.trace(row))
     from ..cache import load_tokenizer
     tok = load_tokenizer(tokenizer_dir)
-    return lambda row: len(tok(R.trace(row), add_special_tokens=False)["input_ids"])
+    return lambda row: R.n_tokens(tok, R.trace(row))
 
 
 def s1_diversity(pool: dict[str, list], size: int, rng: random.Random) -> list:
@@ -147,6 +151,10 @@ def select(rows: list[dict], method: str, size: int, seed: int, *, domain, lengt
         pool = defaultdict(list)
         for n, row in cands:
             pool[domain(row)].append(row)
+        tally.note("domains", len(pool))
+        if list(pool) == ["unknown"]:
+            print("warning: select: no row names a domain (domain / subject / cot_type / source_type / source), so "
+                  "s1's diversity draw has one domain; pass --domain-field or --domain-fn", file=sys.stderr)
         chosen = s1_diversity(pool, size, rng)
     elif method == "length":
         chosen = [row for _, row in cands[:size]]
@@ -161,8 +169,9 @@ def select(rows: list[dict], method: str, size: int, seed: int, *, domain, lengt
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="candidate rows (.json/.jsonl/.parquet, any schema s1fast reads)")
-    p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same seed adds what is missing)")
-    p.add_argument("--size", type=int, default=1000, help="target number of questions")
+    p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same options adds what is "
+                                                "missing; one that would choose otherwise is refused)")
+    p.add_argument("--size", type=R.positive_int, default=1000, help="target number of questions")
     p.add_argument("--method", choices=METHODS, default="s1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--domain-field", help="field naming each row's domain (default: domain / subject / cot_type / "
@@ -174,18 +183,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                                                        "(repeatable), e.g. gemini_grade")
     p.add_argument("--length", choices=["tokens", "chars"], default="tokens", help="trace length measure")
     p.add_argument("--tokenizer", help="tokenizer for --length tokens (default: the bundled Qwen2.5)")
-    p.add_argument("--min-question-chars", type=int, default=10)
+    p.add_argument("--min-question-chars", type=R.non_negative_int, default=10)
 
 
 def main(args) -> R.Tally:
     tally = R.Tally("select")
     rows = [row for _, row in R.read(args.data)]
+    refs, measure = load_reference_grades(args.reference_graded), length_fn(args.length, args.tokenizer)
+    bar = R.bar(len(rows), "measuring traces", "row", not args.no_progress and args.length == "tokens")
+
+    def length(row):
+        bar.update(1)
+        return measure(row)
     chosen = select(rows, args.method, args.size, args.seed, domain=R.domain_getter(args.domain_field, args.domain_fn),
-                    length=length_fn(args.length, args.tokenizer),
-                    refs=load_reference_grades(args.reference_graded), grade_fields=args.grade_field,
-                    min_chars=args.min_question_chars, tally=tally)
+                    length=length, refs=refs, grade_fields=args.grade_field, min_chars=args.min_question_chars,
+                    tally=tally)
+    bar.close()
     dom = R.domain_getter(args.domain_field, args.domain_fn)
     with R.Output(args.out) as out:
+        out.check_same_run({row.get("key") or R.qid(R.question(row)) for row in chosen}, "choose")
         for row in chosen:
             key = row.get("key") or R.qid(R.question(row))
             if key in out.keys:

@@ -26,12 +26,14 @@ def _summary(xs: list[int]) -> dict:
             "max": s[-1], "sum": sum(s)}
 
 
-def compute(rows: list[dict], tokenizer, recipe: str | None, domain) -> dict:
-    n_tok = lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) if t else 0  # noqa: E731
+def compute(rows: list[dict], tokenizer, recipe: str | None, domain, progress: bool = False) -> dict:
+    n_tok = lambda t: R.n_tokens(tokenizer, t)  # noqa: E731
     lengths = defaultdict(list)
     by_domain, by_source = defaultdict(lambda: Counter()), defaultdict(lambda: Counter())
     qids, no_q, unrenderable = set(), 0, 0
+    bar = R.bar(len(rows), "counting tokens", "row", progress)
     for row in rows:
+        bar.update(1)
         q = R.question(row)
         if q is None:
             no_q += 1
@@ -53,6 +55,7 @@ def compute(rows: list[dict], tokenizer, recipe: str | None, domain) -> dict:
             table[name]["trace_tokens"] += lt
             if row.get("correct") is True:
                 table[name]["correct"] += 1
+    bar.close()
     return {"rows": len(rows), "questions": len(qids), "rows_without_question": no_q,
             "rows_not_renderable": unrenderable if recipe else None, "recipe": recipe,
             "lengths": {k: _summary(v) for k, v in lengths.items()}, "_raw": dict(lengths),
@@ -80,7 +83,8 @@ def plot(st: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     raw = {k: v for k, v in st["_raw"].items() if v}
-    fig, axes = plt.subplots(1, len(raw) + 1, figsize=(4 * (len(raw) + 1), 3.4), dpi=110)
+    fig, axes = plt.subplots(1, len(raw) + 1, figsize=(4 * (len(raw) + 1), 3.4), dpi=110, squeeze=False)
+    axes = axes[0]
     for ax, (k, v) in zip(axes, raw.items()):
         ax.hist(v, bins=min(50, max(5, len(set(v)))), color="tab:blue", alpha=0.8)
         ax.set_title(f"{k} tokens (n={len(v)})", fontsize=9)
@@ -109,8 +113,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> R.Tally:
     from ..cache import load_tokenizer
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise DataError("is a file; --out takes a folder (for stats.json, stats.md and lengths.png)", path=args.out)
     rows = [row for _, row in R.read(args.data)]
-    st = compute(rows, load_tokenizer(args.tokenizer), args.recipe, R.domain_getter(args.domain_field, args.domain_fn))
+    if not rows:
+        raise DataError("holds no rows: nothing to count; pass --data with a file of examples", path=args.data)
+    st = compute(rows, load_tokenizer(args.tokenizer), args.recipe, R.domain_getter(args.domain_field, args.domain_fn),
+                 progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
     title = f"{os.path.basename(args.data)}"
     md = markdown(st, title)

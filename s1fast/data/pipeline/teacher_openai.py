@@ -11,7 +11,9 @@ Each request is one (question, sample). What happens on failure (the summary cou
 - any other 4xx, or a response with no choice / no text: recorded as failed at once (retrying cannot help).
 
 The thinking text is the message's ``reasoning_content`` / ``reasoning`` field when the endpoint returns one,
-else a ``<think>...</think>`` block or s1's ``think`` / ``answer`` sections in the content, else empty.
+else a ``<think>...</think>`` block (or the text before a lone ``</think>``, when the prompt opened the block;
+all of it, with no answer, when the block never closed) or s1's ``think`` / ``answer`` sections in the
+content, else empty.
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ def split_reasoning(message) -> tuple[str, str, str]:
     m = re.search(r"<think>(.*?)</think>(.*)", content, re.S)
     if m:
         return m.group(1).strip(), m.group(2).strip(), "think_tags"
+    if "</think>" in content:   # the chat template opened the block (DeepSeek-R1 distills' prompt ends in <think>)
+        thinking, _, answer = content.partition("</think>")
+        return thinking.strip(), answer.strip(), "think_close"
+    m = re.match(r"\s*<think>(.*)", content, re.S)
+    if m:                       # the block never closed (cut by the token limit): no answer
+        return m.group(1).strip(), "", "think_unclosed"
     m = re.search(r"(?:<\|im_start\|>)?think\n(.*?)(?:<\|im_start\|>)answer\n?(.*)", content, re.S)
     if m:
         return m.group(1).strip(), m.group(2).strip(), "s1_sections"

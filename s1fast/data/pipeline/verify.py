@@ -39,6 +39,27 @@ def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fas
     return out
 
 
+def _check_earlier_rows(args, out: R.Output, keys: set) -> None:
+    """Refuse to append to rows an earlier run kept under another rule or from other data (they are not
+    graded again, so they would stay, mixed with this run's)."""
+    if not out.rows:
+        return
+    per_q, why = defaultdict(int), None
+    for i, row in R.read(out.path):
+        if row.get("key") not in keys:
+            why = f"row {i} is not a sample of --data"
+        elif args.keep != "all" and row.get("verdict") != "correct":
+            why = f"row {i} is graded {row.get('verdict')!r}, which --keep {args.keep} does not keep"
+        else:
+            q = R.qid(R.question(row) or "")
+            per_q[q] += 1
+            if args.keep == "first-k" and per_q[q] > args.k:
+                why = f"row {i} is one more sample of a question than --k {args.k}"
+        if why:
+            raise R.DataError(f"holds rows an earlier run kept with other options or data ({why}); appending "
+                              "would mix the two: delete the file or pass another --out", path=out.path)
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="generated samples (what `generate` writes, or any s1K / "
                                                  "s1K-1.1 / ShareGPT file with a reference answer)")
@@ -49,7 +70,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="how answers are extracted and compared: s1fast (its grader) or a named harness of "
                         "s1fast.protocols.PROTOCOLS (s1, skythought, math-verify)")
     p.add_argument("--keep", choices=KEEP, default="correct", help="rejection sampling rule")
-    p.add_argument("--k", type=int, default=1, help="with --keep first-k: correct samples kept per question")
+    p.add_argument("--k", type=R.positive_int, default=1, help="with --keep first-k: correct samples kept per question")
 
 
 def main(args) -> R.Tally:
@@ -62,7 +83,16 @@ def main(args) -> R.Tally:
             continue
         row.setdefault("key", f"{R.qid(q)}:{row.get('sample', i)}")
         rows.append(row)
+    if rows and not any(R.attempt(row).strip() for row in rows):
+        raise R.DataError(f"no row has an answer to grade: no attempt / deepseek_attempt field or assistant turn "
+                          f"with text (the first row has: {', '.join(sorted(rows[0]))}); give verify the rows "
+                          f"generate writes, or raise generate's --max-tokens if every answer was cut",
+                          path=args.data)
+    if rows and args.answer_field and not any(row.get(args.answer_field) not in (None, "") for row in rows):
+        raise R.DataError(f"no row has the field '{args.answer_field}' named by --answer-field (the first row has: "
+                          f"{', '.join(sorted(rows[0]))})", path=args.data)
     with R.Output(args.out) as out:
+        _check_earlier_rows(args, out, {row["key"] for row in rows})
         graded = R.Output(args.graded) if args.graded else None
         kept_per_q = defaultdict(int)
         for row in sorted(rows, key=lambda r: (R.qid(R.question(r)), r.get("sample", 0))):
