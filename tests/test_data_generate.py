@@ -98,6 +98,26 @@ def test_an_endpoint_never_reached_stops_the_run(tmp_path, capsys):
     assert 1 <= len(failed) <= 2 and all(f["kind"] == "connection" and f["attempts"] == 2 for f in failed)
 
 
+def test_a_rerun_with_another_teacher_or_seed_refuses_to_mix_its_samples_in(tmp_path, capsys):
+    """Keys are question : sample, so another teacher's (or --seed's) rerun used to count the first run's rows
+    as its own and skip them; now it is refused, and the same teacher at another URL still resumes."""
+    data = questions(tmp_path / "q.jsonl", ["q one", "q two", "q three"])
+    with FakeEndpoint() as ep:
+        assert gen(tmp_path, ep.url, data, "--limit", "2")[0] == 0
+        before = (tmp_path / "gen.jsonl").read_text()
+        capsys.readouterr()
+        rc, _ = gen(tmp_path, ep.url, data, "--model", "another-teacher")
+        err = capsys.readouterr().err
+        assert rc == 2 and "2 made with teacher openai:teacher" in err and "openai:another-teacher" in err, err
+        rc, _ = gen(tmp_path, ep.url, data, "--seed", "1")
+        err = capsys.readouterr().err
+        assert rc == 2 and "2 made with another --seed" in err, err
+        assert (tmp_path / "gen.jsonl").read_text() == before            # nothing written by the refused runs
+    with FakeEndpoint() as ep2:                                         # the same teacher, another address
+        rc, s = gen(tmp_path, ep2.url, data)
+    assert rc == 0 and s["other"]["already_done"] == 2 and len(lines(tmp_path / "gen.jsonl")) == 3
+
+
 def test_killed_mid_run_then_rerun_loses_nothing_and_repeats_nothing(tmp_path):
     qs = [f"problem {i}: what is {i} + {i}?" for i in range(20)]
     data = questions(tmp_path / "q.jsonl", qs)
@@ -233,7 +253,7 @@ def test_ctrl_c_stops_at_once_keeps_what_came_back_and_a_rerun_finishes(tmp_path
     data = questions(tmp_path / "q.jsonl", qs)
     out = tmp_path / "gen.jsonl"
     with FakeEndpoint({q: ["timeout"] for q in qs[2:]}, hang=60) as ep:
-        cmd = [sys.executable, "-m", "s1fast.data", "generate", "--teacher", "openai", "--model", "t",
+        cmd = [sys.executable, "-m", "s1fast.data", "generate", "--teacher", "openai", "--model", "teacher",
                "--base-url", ep.url, "--data", data, "--out", str(out), "--concurrency", "3", "--no-progress"]
         p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t0 = time.time()

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from ..readers import DataError, row_list
+from ..readers import DataError, read_rows, row_list
 from . import rows as R
 from .teacher_openai import Failure, OpenAITeacher, StopRun
 
@@ -248,6 +248,34 @@ def add_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--device", default="auto")
 
 
+def teacher_identity(args) -> str:
+    """The ``teacher`` a row of this run carries, less an endpoint's address (a resumed run may reach the same
+    model at another URL): ``openai:MODEL``, ``native:FOLDER``, ``vllm:FOLDER``."""
+    if args.teacher == "openai":
+        return f"openai:{args.model}"
+    return f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
+
+
+def check_same_teacher(args, path: str) -> None:
+    """Refuse to resume into ``path`` when its rows came from another teacher or ``--seed``: the keys (question
+    hash : sample) would count them as done, and the file would mix two runs' samples."""
+    others: dict[str, int] = {}
+    for _, row in read_rows(path):
+        if "key" not in row:
+            continue
+        who = str(row.get("teacher", "?"))
+        who = who.rsplit("@", 1)[0] if who.startswith("openai:") else who
+        if who != teacher_identity(args):
+            others[f"teacher {who}"] = others.get(f"teacher {who}", 0) + 1
+        elif row.get("seed") != request_seed(args.seed, row["key"]):
+            others["another --seed"] = others.get("another --seed", 0) + 1
+    if others:
+        what = ", ".join(f"{n} made with {k}" for k, n in others.items())
+        raise DataError(f"already holds rows of another run ({what}); this run is {teacher_identity(args)} with "
+                        f"--seed {args.seed}, and resuming would mix the two: rerun with the first run's --teacher, "
+                        "--model and --seed, delete the file, or pass another --out", path=path)
+
+
 def make_teacher(args):
     if args.teacher == "openai":
         if not args.base_url:
@@ -274,8 +302,7 @@ def make_teacher(args):
     except ImportError as e:     # s1fast.generate's words for its own flag: here the flag is --teacher
         raise ImportError(str(e).replace("--backend", "--teacher")) from None
     cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
-    name = f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
-    return EngineTeacher(model, tok, cfg, backend, name=name)
+    return EngineTeacher(model, tok, cfg, backend, name=teacher_identity(args))
 
 
 def main(args) -> R.Tally:
@@ -297,6 +324,8 @@ def main(args) -> R.Tally:
             print(f"warning: {args.data}: {len(repeats)} row(s) repeat the question of an earlier row and are asked "
                   f"once (rows {row_list(repeats)})", file=sys.stderr)
         tally.note("questions", n_q)
+        if out.rows:
+            check_same_teacher(args, args.out)
         if n_done:
             tally.note("already_done", n_done)
         print(f"generate: {n_q} questions x {args.samples} samples; {n_done} already in {args.out}, "
