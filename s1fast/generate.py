@@ -399,6 +399,12 @@ def check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if not (args.temperature >= 0 and 0 < args.top_p <= 1):
         raise UsageError(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
+    if getattr(args, "seed", 0) >= 2**62:   # prompt i is seeded seed + i; torch's generators take < 2**64
+        raise UsageError(f"--seed must be below 2**62, got {args.seed}")
+    budget, floor = getattr(args, "max_thinking_tokens", None), getattr(args, "min_thinking_tokens", 0) or 0
+    if isinstance(budget, int) and floor > budget:
+        raise UsageError(f"--min-thinking-tokens {floor} is over --max-thinking-tokens {budget}: the cap would end "
+                         "the thinking first; lower the floor or raise the budget")
     if args.backend == "vllm":
         try:
             import vllm  # noqa: F401

@@ -78,6 +78,8 @@ def test_a_rerun_with_other_settings_is_refused_not_mixed_in(exported, tmp_path,
     (["--extension", ""], "--extension must be a non-blank string"),
     (["--device", "gpu"], "--device 'gpu': not a device"),
     (["--tokenizer", "EMPTY"], "has no tokenizer.json or tokenizer_config.json"),
+    (["--seed", str(2**64)], "--seed must be below 2**62"),          # was: taken; a sampled run then failed in manual_seed
+    (["--min-thinking-tokens", "9", "--max-thinking-tokens", "4"], "is over --max-thinking-tokens 4"),  # was silent
 ])
 def test_flags_that_failed_with_a_traceback_after_loading_are_error_lines(exported, tmp_path, capsys, flags, says):
     flags = [str(tmp_path) if f == "EMPTY" else f for f in flags]
