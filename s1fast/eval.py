@@ -27,7 +27,8 @@ from typing import Sequence
 
 from s1fast import grading, protocols
 from s1fast.generate import (GenerationConfig, _model_max_positions, add_generation_args, budget_arg, check_args,
-                             config_from_args, end_cut_line, generate, open_backend, read_jsonl, too_long)
+                             config_from_args, generate, open_backend, too_long)
+from s1fast.jsonl import end_cut_line, read_jsonl
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
 DEFAULT_PROTOCOL = "math-verify" if grading.BACKEND == "math-verify" else "s1"
@@ -366,9 +367,8 @@ def agreement_main(argv: Sequence[str]) -> int:
         dis = agreement(rows, name)
         ids = "; ".join(f"{r.get('id')}: {r['harness_correct']}, "
                         f"{str(protocols.protocol(name).extract(r['text']))[:30]!r}" for r in dis[:12])
-        more = f" (+{len(dis) - 12} more)" if len(dis) > 12 else ""
         print(f"| {name} | {len(rows) - len(dis)} / {len(rows)} ({100 * (len(rows) - len(dis)) / len(rows):.1f}%) | "
-              f"{ids}{more} |")
+              f"{ids}{f' (+{len(dis) - 12} more)' if len(dis) > 12 else ''} |")
     return 0
 
 
@@ -406,55 +406,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_eval_args(args, log) -> None:
+    """eval's own flags, then those shared with generate; before any model is loaded (EvalError/ValueError)."""
+    if args.samples < 1:
+        raise EvalError(f"--samples must be at least 1, got {args.samples}")
+    if args.samples > 1 and args.temperature == 0:
+        log("[s1fast.eval] warning: --samples > 1 with --temperature 0 repeats the same greedy output")
+    if not os.path.isdir(args.model):
+        raise EvalError(f"--model {args.model}: no such folder; pass an exported model folder (e.g. "
+                        f"runs/tiny-toy/final, written by s1fast.train)")
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {args.limit} (leave it out for every problem)")
+    if min(args.num_wait) < 0:
+        raise EvalError(f"--num-wait values must be >= 0, got {min(args.num_wait)}")
+    check_args(argparse.Namespace(**{**vars(args), "num_wait": None}))   # the flags shared with generate
+    check_writable(args.out)
+
+
+def resume_state(args, paths: dict, run: dict, log) -> tuple[dict, bool]:
+    """(the records already in ``--out``, by (num_wait, budget, id); whether the folder starts fresh). A
+    folder of other settings, or records without their run.json, is refused (EvalError)."""
+    if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
+        before = json.load(open(paths["run"]))
+        if before != run:
+            was, now = ({**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}} for d in (before, run))
+            diff = "; ".join(f"{k} {was.get(k)!r} there, {now[k]!r} now" for k in now
+                             if k != "decoding" and was.get(k) != now[k])
+            raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}: {diff}); pass "
+                            f"a new --out or delete that folder")
+        end_cut_line(paths["problems"])   # a record cut short by a crash is produced again
+        done = {(r["num_wait"], r["budget"], r["id"]): r for r in read_records(paths["problems"])}
+        log(f"[s1fast.eval] resuming: {len(done)} problem-settings already in {paths['problems']}")
+        return done, False
+    if os.path.exists(paths["problems"]) and os.path.getsize(paths["problems"]):
+        raise EvalError(f"{paths['problems']} holds records but {paths['run']} (the settings they were made "
+                        f"with) is missing, so they cannot be resumed; pass a new --out or move them away")
+    return {}, True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["compare"]:
-        return compare_main(argv[1:])
-    if argv[:1] == ["show"]:
-        return show_main(argv[1:])
-    if argv[:1] == ["agreement"]:
-        return agreement_main(argv[1:])
-    p = build_parser()
-    args = p.parse_args(argv)
+    sub = {"compare": compare_main, "show": show_main, "agreement": agreement_main}.get(argv[0] if argv else "")
+    if sub:
+        return sub(argv[1:])
+    args = build_parser().parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        if args.samples < 1:
-            raise EvalError(f"--samples must be at least 1, got {args.samples}")
-        if args.samples > 1 and args.temperature == 0:
-            log("[s1fast.eval] warning: --samples > 1 with --temperature 0 repeats the same greedy output")
-        if not os.path.isdir(args.model):
-            raise EvalError(f"--model {args.model}: no such folder; pass an exported model folder (e.g. "
-                            f"runs/tiny-toy/final, written by s1fast.train)")
-        if args.limit is not None and args.limit < 1:
-            raise EvalError(f"--limit must be at least 1, got {args.limit} (leave it out for every problem)")
-        if min(args.num_wait) < 0:
-            raise EvalError(f"--num-wait values must be >= 0, got {min(args.num_wait)}")
-        check_args(argparse.Namespace(**{**vars(args), "num_wait": None}))   # the flags shared with generate
-        check_writable(args.out)
+        check_eval_args(args, log)
         problems = read_problems(args.data, args.question_field, args.answer_field, args.limit)
         check_unique_ids(problems)
         paths = output_paths(args.out)
         cfg = config_from_args(args)
         run = {"model": args.model, "data": args.data, "protocol": args.protocol, "samples": args.samples,
                "decoding": asdict(cfg), "n_problems": len(problems)}
-        done, fresh = {}, True
-        if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
-            before = json.load(open(paths["run"]))
-            if before != run:
-                def flat(d):
-                    return {**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}}
-                was, now = flat(before), flat(run)
-                diff = "; ".join(f"{k} {was.get(k)!r} there, {now[k]!r} now" for k in now
-                                 if k != "decoding" and was.get(k) != now[k])
-                raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}: {diff}); pass "
-                                f"a new --out or delete that folder")
-            end_cut_line(paths["problems"])   # a record cut short by a crash is produced again
-            done = {(r["num_wait"], r["budget"], r["id"]): r for r in read_records(paths["problems"])}
-            fresh = False
-            log(f"[s1fast.eval] resuming: {len(done)} problem-settings already in {paths['problems']}")
-        elif os.path.exists(paths["problems"]) and os.path.getsize(paths["problems"]):
-            raise EvalError(f"{paths['problems']} holds records but {paths['run']} (the settings they were made "
-                            f"with) is missing, so they cannot be resumed; pass a new --out or move them away")
+        done, fresh = resume_state(args, paths, run, log)
     except (EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -49,7 +49,7 @@ def test_long_prompt_named_by_line_skipped_only_when_asked_and_out_appended_and_
 
 
 def test_end_cut_line_drops_only_a_cut_last_line(tmp_path):
-    from s1fast.generate import end_cut_line
+    from s1fast.jsonl import end_cut_line
     f = tmp_path / "x.jsonl"
     for before, after in [('{"a": 1}\n{"b": 2', '{"a": 1}\n'), ('{"a": 1}\n{"b": 2}', '{"a": 1}\n{"b": 2}\n'),
                           ('{"a": 1}\n', '{"a": 1}\n'), ('{"a": ', ''), ('', '')]:

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoTokenizer
 
 from s1fast.forcing import AUTO_ANSWER_ROOM, BudgetForcer, ForcingTokens, ProtocolError
-from s1fast.generate import (BUNDLED_TOKENIZER, DEFAULT_SYSTEM, GenerationConfig, VLLMBackend, generate,
-                             pick_tokens, prompt_ids)
+from s1fast.generate import BUNDLED_TOKENIZER, DEFAULT_SYSTEM, GenerationConfig, generate, pick_tokens, prompt_ids
+from s1fast.vllm_backend import VLLMBackend
 
 V = 151936            # Qwen2.5 embedding rows; ids >= 151665 have no token
 NO_TOKEN = 151700

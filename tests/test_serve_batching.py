@@ -10,8 +10,9 @@ import torch
 from s1fast import model as lean
 from s1fast.batching import ContinuousBatcher
 from s1fast.forcing import BudgetForcer, ForcingTokens
-from s1fast.generate import GenerationConfig, VLLMBackend, generate, prompt_ids
+from s1fast.generate import GenerationConfig, generate, prompt_ids
 from s1fast.serve.vllm_engine import VLLMBatcher
+from s1fast.vllm_backend import VLLMBackend
 from test_generate_model import pytorch_path, tok  # noqa: F401 - fixtures
 from test_serve import FailOnce
 

@@ -119,7 +119,7 @@ class VLLMRollout(Rollout):
         except ImportError as e:
             raise ConfigError("--generator vllm needs vllm installed on this GPU node (`pip install vllm`); "
                               "or use --generator native") from e
-        from ..generate import VLLMBackend
+        from ..vllm_backend import VLLMBackend
         super().__init__(tokenizer, cfg, device)
         import torch.distributed as dist
         extra = {}

@@ -9,7 +9,7 @@ Streaming is therefore per segment, not per token. Needs vLLM and a GPU; the CLI
 from __future__ import annotations
 
 from s1fast.batching import Scheduler, Ticket, Update
-from s1fast.generate import VLLMBackend
+from s1fast.vllm_backend import VLLMBackend
 
 
 class VLLMBatcher(Scheduler):
