@@ -197,6 +197,10 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
         ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         start, last_ckpt, run_id = start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule,
                                                    signature, rank)
+        if start > total:
+            raise ConfigError(f"--max-steps {cfg.max_steps} is below the step this run resumes from ({start}, "
+                              f"{last_ckpt}): pass a --max-steps above {start} (or -1 for all {len(plan.steps)} "
+                              f"steps), or --replace true to start a new run in {cfg.output_dir}")
 
         def save(step):
             path = checkpoint.save(ckpt_root, step, model, optimizer,
@@ -209,7 +213,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
         metrics = Metrics(cfg.output_dir, total, enabled=rank == 0, progress=cfg.progress,
                           tensorboard=cfg.tensorboard, start_step=start)
         metrics.message(f"[s1fast] {cfg.preset or 'custom'} (run {run_id}): {len(ds)} examples, {len(plan.steps)} "
-                        f"steps ({total} to run), {world} rank(s), packing {cfg.packing} (straggler factor "
+                        f"steps ({total - start} to run), {world} rank(s), packing {cfg.packing} (straggler factor "
                         f"{plan.straggler_factor:.3f}), weighting {cfg.weighting}, warmup "
                         f"{cfg.warmup_steps(len(plan.steps))} steps, kernels: {kernel_path(device)}")
         stepper = Stepper(cfg, model, optimizer, scheduler, ds, mcfg, layers_for, device, rank, world)
