@@ -205,7 +205,8 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
         def save(step):
             path = checkpoint.save(ckpt_root, step, model, optimizer,
                                    {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
-                                    "plan_signature": signature, "run_id": run_id}, cfg.keep_checkpoints)
+                                    "plan_signature": signature, "run_id": run_id, "cwd": os.getcwd()},
+                                   cfg.keep_checkpoints)
             metrics.message(f"[s1fast] saved {path}")
             return path
 

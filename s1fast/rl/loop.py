@@ -354,7 +354,8 @@ def resume(s) -> tuple[int, str | None]:
 def save(s, it: int) -> str:
     return checkpoint.save(s.ckpt_root, it, s.model, s.optimizer, {"scheduler": s.scheduler.state_dict(),
                                                                    "config": s.cfg.to_dict(),
-                                                                   "rl_signature": s.signature},
+                                                                   "rl_signature": s.signature,
+                                                                   "cwd": os.getcwd()},
                            s.cfg.keep_checkpoints)
 
 
