@@ -124,3 +124,18 @@ def test_rl_toy_bench_reads_each_seeds_start_and_end(tmp_path):
     args = bench.sft_args(os.path.join("x", "sft"))
     assert args.count("--output-dir") == 1 and args[args.index("--output-dir") + 1] == os.path.join("x", "sft")
     assert "--max-steps" in args
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("--lr", "-0.001", "--lr must be positive"), ("--lr", "0", "--lr must be positive"),
+    ("--lr", "nan", "--lr must be a finite number"), ("--temperature", "nan", "--temperature must be a finite"),
+    ("--beta1", "1.5", "--beta1 and --beta2 must be in"), ("--grad-clip", "-1", "--grad-clip must be >= 0"),
+    ("--save-every", "-1", "--save-every must be >= 0"), ("--eval-every", "-2", "--eval-every must be >= 0"),
+    ("--num-wait", "-1", "--num-wait must be >= 0"), ("--vllm-gpu-memory", "2", "--vllm-gpu-memory is a share"),
+])
+def test_out_of_range_rl_flags_are_refused_before_compute(flag, value, match):
+    """These were accepted: a negative --lr trained against the rewards; --beta1 1.5 died in AdamW with a
+    traceback; a negative --save-every saved every iteration."""
+    from s1fast.rl.config import parse_config, validate
+    with pytest.raises(ConfigError, match=match):
+        validate(parse_config(["--preset", "toy", flag, value]), world=1)

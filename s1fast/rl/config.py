@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, dataclass_parser
@@ -131,6 +132,21 @@ def validate(cfg: RLConfig, world: int) -> None:
     if not cfg.model:
         raise ConfigError("no model: pass --model with a Hugging Face folder (e.g. runs/tiny-toy/final from "
                           "`python -m s1fast.train --preset tiny`), or use --preset toy")
+    for name in ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "clip_low", "clip_high", "kl_coef", "temperature",
+                 "vllm_gpu_memory"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {cfg.lr} (a negative rate would raise the loss: lower the "
+                          f"rewards it learns)")
+    for name in ("warmup_iters", "weight_decay", "grad_clip", "save_every", "keep_checkpoints", "eval_every",
+                 "eval_problems", "min_thinking_tokens", "num_wait", "max_answer_tokens"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
+    if not 0 < cfg.vllm_gpu_memory <= 1:
+        raise ConfigError(f"--vllm-gpu-memory is a share of the GPU's memory, in (0, 1]; got {cfg.vllm_gpu_memory}")
     for name in ("iterations", "prompts_per_iter", "group_size", "updates_per_batch", "max_total_tokens", "gen_batch"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
