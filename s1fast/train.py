@@ -196,17 +196,12 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                      "micro_tokens": cfg.micro_budget}
         ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         start, last_ckpt, run_id = start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule,
-                                                   signature, rank)
-        if start > total:
-            raise ConfigError(f"--max-steps {cfg.max_steps} is below the step this run resumes from ({start}, "
-                              f"{last_ckpt}): pass a --max-steps above {start} (or -1 for all {len(plan.steps)} "
-                              f"steps), or --replace true to start a new run in {cfg.output_dir}")
+                                                   signature, rank, total)
 
         def save(step):
-            path = checkpoint.save(ckpt_root, step, model, optimizer,
-                                   {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
-                                    "plan_signature": signature, "run_id": run_id, "cwd": os.getcwd()},
-                                   cfg.keep_checkpoints)
+            state = {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(), "plan_signature": signature,
+                     "run_id": run_id, "cwd": os.getcwd()}
+            path = checkpoint.save(ckpt_root, step, model, optimizer, state, cfg.keep_checkpoints)
             metrics.message(f"[s1fast] saved {path}")
             return path
 
@@ -298,15 +293,19 @@ def claim_output_dir(cfg: TrainConfig) -> str:
     return lock
 
 
-def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signature, rank):
+def remove_run(output_dir: str, names) -> None:  # --replace (rank 0): the previous run's files go
+    for name in names:
+        path = os.path.join(output_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+    print(f"[s1fast] --replace: removed the previous run's {', '.join(names)} from {output_dir}", flush=True)
+
+
+def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signature, rank, total):
     """(first step, checkpoint resumed from or None, run id): a fresh start (after ``--replace`` has removed
-    the folder's old run) or a resume that keeps the trajectory and applies changed hyperparameters."""
+    the folder's old run) or a resume that keeps the trajectory and applies changed hyperparameters; one
+    past ``total`` (the last step to run) is refused."""
     if cfg.replace and rank == 0:
-        for name in RUN_FILES:
-            path = os.path.join(cfg.output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
-        print(f"[s1fast] --replace: removed the previous run's {', '.join(RUN_FILES)} from {cfg.output_dir}",
-              flush=True)
+        remove_run(cfg.output_dir, RUN_FILES)
     distributed.barrier()
     path = None
     if cfg.resume == "auto" and not cfg.replace:
@@ -323,6 +322,10 @@ def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signa
         raise ConfigError(f"{path} belongs to another trajectory ({'; '.join(diff)}): resuming it with these "
                           f"settings would mix two runs. Use its settings, pass --replace true to start a new run "
                           f"in {cfg.output_dir}, or use another --output-dir")
+    if state["step"] > total:
+        raise ConfigError(f"--max-steps {cfg.max_steps} is below the step this run resumes from ({state['step']}, "
+                          f"{path}): pass a --max-steps above {state['step']} (or -1 for all steps), or "
+                          f"--replace true to start a new run in {cfg.output_dir}")
     scheduler.load_state_dict(state["scheduler"])
     apply_hyperparameters(cfg, state.get("config", {}), optimizer, scheduler, schedule, rank)
     if rank == 0:

@@ -150,3 +150,23 @@ def test_all_zero_reward_run_says_so(tiny_hf, tmp_path):
     assert r["all_zero_reward"] is True and r["no_signal"] is True and r["all_equal_groups"] == 1.0
     assert r["grad_norm"] == 0.0
     assert "every reward is 0: no learning signal" in p.stdout + p.stderr
+
+
+def test_a_folder_holds_one_rl_run_and_a_resume_past_iterations_is_refused(tiny_hf, tmp_path):
+    """--resume never in a folder holding a run silently overwrote its checkpoints and appended to its metrics;
+    --iterations below the resumed iteration exported the later model as if it had run fewer iterations."""
+    out = str(tmp_path / "one")
+    small = ["--model", tiny_hf, "--output-dir", out, "--prompts-per-iter", "2", "--group-size", "2",
+             "--max-total-tokens", "200", "--max-thinking-tokens", "4", "--max-answer-tokens", "2", "--dtype", "fp32",
+             "--progress", "false", "--rewards", "rl_verifiers:zero=1", "--export", "false", "--plot", "false"]
+    run(small + ["--iterations", "2"])
+    p = run(small + ["--iterations", "1"], check=False)
+    assert p.returncode == 2 and "--iterations 1 is below the iteration this run resumes from (2" in p.stderr, \
+        p.stderr[-2000:]
+    p = run(small + ["--iterations", "1", "--resume", "never"], check=False)
+    assert p.returncode == 2 and "holds another run (checkpoints up to step 2)" in p.stderr, p.stderr[-2000:]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000002"]
+    run(small + ["--iterations", "1", "--resume", "never", "--replace", "true"])
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000001"]
+    assert [r["step"] for r in rows(out)] == [1] and len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 1
+    assert not os.path.exists(os.path.join(out, "run.lock"))

@@ -72,7 +72,10 @@ class RLConfig:
     # checkpoints and logs
     save_every: int = field(default=0, metadata={"help": "checkpoint every K iterations (0: only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
-    resume: str = field(default="auto", metadata={"help": "auto (latest in output_dir), never, or a checkpoint folder"})
+    resume: str = field(default="auto", metadata={"help": "auto (latest in output_dir), never (a new run; refused "
+                                                  "where another run's checkpoints are), or a checkpoint folder"})
+    replace: bool = field(default=False, metadata={"help": "delete the run already in output_dir (checkpoints/, "
+                                                   "final/, metrics) and start a new one"})
     export: bool = field(default=True, metadata={"help": "write final/ in Hugging Face format at the end"})
     plot: bool = field(default=True, metadata={"help": "write reward_curve.png at the end"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})

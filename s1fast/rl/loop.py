@@ -26,12 +26,14 @@ from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
 from ..optim import param_groups
-from ..train import TrainingDiverged
+from ..train import TrainingDiverged, claim_output_dir, rank0_first, remove_run
 from ..train import export as export_hf  # final/: the trainer's collective export
 from .config import RLConfig
 from .loss import group_advantages, grpo_token_loss, token_weights
 from .rewards import BUILTIN, CORRECTNESS, parse_rewards, score
 
+# what --replace deletes: the files of a run in its --output-dir
+RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "reward_curve.png", "verifier_errors.jsonl", "eval_final.json")
 TIMING = ("gen_time", "train_time", "step_time", "tokens_per_s", "eval_time")  # the only run-to-run differences
 
 
@@ -261,8 +263,23 @@ def plot_rewards(metrics_path: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------ the loop
 def run(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
+    """The run, holding ``--output-dir``'s lock (the trainer's: one run per folder, a new run there refused
+    unless --replace)."""
+    lock = rank0_first(lambda: claim_output_dir(cfg), rank, others=lambda: None)
+    try:
+        return iterate(cfg, device, rank, world)
+    finally:
+        if rank == 0:
+            checkpoint.release_lock(lock)
+
+
+def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
     s = set_up(cfg, device, rank, world)
     start, last_ckpt = resume(s)
+    if start > cfg.iterations:
+        raise ConfigError(f"--iterations {cfg.iterations} is below the iteration this run resumes from ({start}, "
+                          f"{last_ckpt}): pass more --iterations, or --replace true to start a new run in "
+                          f"{cfg.output_dir}")
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -338,7 +355,10 @@ def set_up(cfg: RLConfig, device: torch.device, rank: int, world: int) -> Simple
 def resume(s) -> tuple[int, str | None]:
     """(first iteration, checkpoint resumed from or None); a checkpoint of another RL run is refused."""
     cfg = s.cfg
-    if cfg.resume == "never":
+    if cfg.replace and s.rank == 0:
+        remove_run(cfg.output_dir, RUN_FILES)
+    distributed.barrier()
+    if cfg.resume == "never" or (cfg.replace and cfg.resume == "auto"):
         return 0, None
     path = checkpoint.latest(s.ckpt_root) if cfg.resume == "auto" else cfg.resume
     if path is None:
