@@ -170,3 +170,22 @@ def test_a_folder_holds_one_rl_run_and_a_resume_past_iterations_is_refused(tiny_
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000001"]
     assert [r["step"] for r in rows(out)] == [1] and len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 1
     assert not os.path.exists(os.path.join(out, "run.lock"))
+
+
+def test_sigterm_saves_and_exits_128_plus_the_signal(tiny_hf, tmp_path):
+    """A SIGTERMed RL run saved and exited 0, so a scheduler took the unfinished run (no final/) for done."""
+    out = str(tmp_path / "term")
+    args = [*BASE, "--iterations", "40", "--model", tiny_hf, "--output-dir", out]
+    proc = subprocess.Popen([sys.executable, "-m", "s1fast.rl", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    t0 = time.time()
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert proc.poll() is None and time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "signal 15: saved" in text and not os.path.exists(os.path.join(out, "final"))
+    step = int(open(os.path.join(out, "checkpoints", "latest")).read().strip().split("_")[1])
+    assert 1 <= step < 40 and len(rows(out)) == step

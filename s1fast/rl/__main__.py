@@ -18,9 +18,9 @@ def main(argv=None) -> int:
     ended = False
     try:
         validate(cfg, world)
-        run(cfg, device, rank, world)
+        result = run(cfg, device, rank, world)
         ended = True
-        return 0
+        return 128 + result["signal"] if "signal" in result else 0  # a stopped run did not finish: non-zero
     except (ConfigError, DataError, CheckpointError, TrainingDiverged, VerifierError, FileNotFoundError) as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)

@@ -293,7 +293,7 @@ def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
         s.metrics.message(f"[s1fast rl] {cfg.preset or 'custom'}: {len(s.rows)} prompts, {cfg.iterations} "
                           f"iterations of {cfg.prompts_per_iter} prompts x {cfg.group_size} samples, {world} "
                           f"rank(s), rewards {cfg.rewards}, norm {cfg.norm}, generator {cfg.generator}")
-    total = cfg.iterations
+    total, saved = cfg.iterations, None
     try:
         for it in range(start, total):
             t0 = time.perf_counter()
@@ -304,12 +304,13 @@ def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
             upd, lr, bad, flat, t_train = update_step(s, it, groups, last_ckpt)
             log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train)
             if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
-                last_ckpt = save(s, it + 1)
+                last_ckpt, saved = save(s, it + 1), it + 1
             if stop["signal"] is not None:
-                last_ckpt = save(s, it + 1)
+                if saved != it + 1:  # a periodic save of this iteration is already complete
+                    last_ckpt = save(s, it + 1)
                 s.metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at iteration {it + 1}; run "
                                   "again with the same --output-dir to resume")
-                return {"stopped": it + 1, "checkpoint": last_ckpt}
+                return {"stopped": it + 1, "checkpoint": last_ckpt, "signal": int(stop["signal"])}
         return finish(s, start, total, last_ckpt)
     finally:
         s.metrics.close(plot=cfg.plot)
