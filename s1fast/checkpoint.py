@@ -106,6 +106,14 @@ def release_lock(path: str | None) -> None:
         pass
 
 
+def remove_run(output_dir: str, names) -> None:
+    """``--replace`` (rank 0): delete the previous run's files ``names`` (checkpoints/, final/, metrics...)."""
+    for name in names:
+        path = os.path.join(output_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+    print(f"[s1fast] --replace: removed the previous run's {', '.join(names)} from {output_dir}", flush=True)
+
+
 # -- what is on disk -------------------------------------------------------------------------------
 def step_of(path: str) -> int | None:
     m = _STEP_DIR.match(os.path.basename(os.path.normpath(path)))

@@ -17,7 +17,6 @@ import errno
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -219,6 +218,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                 for step in range(start, total):
                     row, stopping = stepper.step(plan.steps[step], step, stop)
                     if not all(math.isfinite(row[k]) for k in ("loss", "grad_norm")):
+                        metrics.log(row)  # the step that diverged, its non-finite values as null
                         raise TrainingDiverged(f"loss {row['loss']} / grad norm {row['grad_norm']} at step "
                                                f"{step + 1}: training stopped. {divergence_advice(ckpt_root, step)}")
                     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
@@ -293,19 +293,12 @@ def claim_output_dir(cfg: TrainConfig) -> str:
     return lock
 
 
-def remove_run(output_dir: str, names) -> None:  # --replace (rank 0): the previous run's files go
-    for name in names:
-        path = os.path.join(output_dir, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
-    print(f"[s1fast] --replace: removed the previous run's {', '.join(names)} from {output_dir}", flush=True)
-
-
 def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signature, rank, total):
     """(first step, checkpoint resumed from or None, run id): a fresh start (after ``--replace`` has removed
     the folder's old run) or a resume that keeps the trajectory and applies changed hyperparameters; one
     past ``total`` (the last step to run) is refused."""
     if cfg.replace and rank == 0:
-        remove_run(cfg.output_dir, RUN_FILES)
+        checkpoint.remove_run(cfg.output_dir, RUN_FILES)
     distributed.barrier()
     path = None
     if cfg.resume == "auto" and not cfg.replace:

@@ -6,6 +6,7 @@ SIGKILLed-then-resumed run must reproduce.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,6 +167,10 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
              "--output-dir", out], check=False)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "training stopped" in p.stderr and "Last good checkpoint:" in p.stderr and "step_" in p.stderr
+    # the step that diverged is the last row of metrics.jsonl (strict JSON: its non-finite values are null)
+    step = int(re.search(r"at step (\d+): training stopped", p.stderr).group(1))
+    last = json.loads(open(os.path.join(out, "metrics.jsonl")).read().splitlines()[-1])
+    assert last["step"] == step and None in (last["loss"], last["grad_norm"]), last
 
 
 @pytest.mark.parametrize("extra,match", [

@@ -26,7 +26,7 @@ from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
 from ..optim import param_groups
-from ..train import TrainingDiverged, claim_output_dir, rank0_first, remove_run
+from ..train import TrainingDiverged, claim_output_dir, rank0_first
 from ..train import export as export_hf  # final/: the trainer's collective export
 from .config import RLConfig
 from .loss import group_advantages, grpo_token_loss, token_weights
@@ -357,7 +357,7 @@ def resume(s) -> tuple[int, str | None]:
     """(first iteration, checkpoint resumed from or None); a checkpoint of another RL run is refused."""
     cfg = s.cfg
     if cfg.replace and s.rank == 0:
-        remove_run(cfg.output_dir, RUN_FILES)
+        checkpoint.remove_run(cfg.output_dir, RUN_FILES)
     distributed.barrier()
     if cfg.resume == "never" or (cfg.replace and cfg.resume == "auto"):
         return 0, None
