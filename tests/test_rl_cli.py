@@ -170,6 +170,10 @@ def test_a_folder_holds_one_rl_run_and_a_resume_past_iterations_is_refused(tiny_
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000001"]
     assert [r["step"] for r in rows(out)] == [1] and len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 1
     assert not os.path.exists(os.path.join(out, "run.lock"))
+    # a resume with another seed: the setting is named with both values, and the advice (--replace) is one that works
+    p = run(small + ["--iterations", "2", "--seed", "1"], check=False)
+    assert p.returncode == 2 and "saved by another RL run (seed: checkpoint 0, now 1)" in p.stderr \
+        and "--replace true" in p.stderr, p.stderr[-2000:]
 
 
 def test_sigterm_saves_and_exits_128_plus_the_signal(tiny_hf, tmp_path):

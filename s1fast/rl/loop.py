@@ -365,9 +365,11 @@ def resume(s) -> tuple[int, str | None]:
     if path is None:
         return 0, None
     state = checkpoint.load(path, s.model, s.optimizer)
-    if state.get("rl_signature") != s.signature:
-        raise ConfigError(f"{path} was saved by another RL run ({state.get('rl_signature')}); this run has "
-                          f"{s.signature}. Pass --resume never or a new --output-dir.")
+    saved = state.get("rl_signature") or {}
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in s.signature.items() if saved.get(k) != v]
+    if diff:
+        raise ConfigError(f"{path} was saved by another RL run ({'; '.join(diff)}): use its settings, pass --replace "
+                          f"true to start a new run in {cfg.output_dir}, or use another --output-dir")
     s.scheduler.load_state_dict(state["scheduler"])
     return state["step"], path
 
