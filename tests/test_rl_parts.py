@@ -1,6 +1,8 @@
 """The RL command's parts in-process: verifier parsing and scoring (errors reported, never silent), which
 tokens count as the policy's samples under budget forcing, the vLLM generator refused on a CPU, and the
 seeded prompt draw."""
+import json
+
 import pytest
 import torch
 
@@ -139,3 +141,15 @@ def test_out_of_range_rl_flags_are_refused_before_compute(flag, value, match):
     from s1fast.rl.config import parse_config, validate
     with pytest.raises(ConfigError, match=match):
         validate(parse_config(["--preset", "toy", flag, value]), world=1)
+
+
+def test_a_jsonl_with_other_field_names_is_read_with_the_flags_its_error_names(tmp_path):
+    """The error for a .jsonl without a question field said 'pass --question-field', a flag s1fast.rl lacked."""
+    from s1fast.rl.config import parse_config
+    from s1fast.rl.loop import load_rows
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"q": "What is 2 + 3?", "sol": "5"}) + "\n")
+    with pytest.raises(ConfigError, match="pass --question-field"):
+        load_rows(parse_config(["--data", str(data)]))
+    rows, held = load_rows(parse_config(["--data", str(data), "--question-field", "q", "--answer-field", "sol"]))
+    assert [(r["question"], r["answer"]) for r in rows] == [("What is 2 + 3?", "5")] and held == []

@@ -22,6 +22,10 @@ class RLConfig:
     tokenizer: str = field(default="", metadata={"help": "tokenizer folder; empty = the model folder's, else bundled"})
     data: str = field(default="toy:chain:2000", metadata={"help": "prompts: toy:NAME[:N] (the toy task's training split) "
                                                         "or a .jsonl with question and answer fields"})
+    question_field: str = field(default="", metadata={"help": "--data .jsonl: the question's field (default: the "
+                                                      "first of question, problem, Question, prompt)"})
+    answer_field: str = field(default="", metadata={"help": "--data .jsonl: the reference answer's field (default: "
+                                                    "the first of answer, gt, Answer, solution)"})
     rewards: str = field(default="toy=1.0", metadata={
         "help": "verifiers and weights, comma-separated NAME=W: toy (the toy task's exact checker), math (s1fast."
                 "grading: extracted answer, mathematical equivalence), format (thinking ended on its own and an "

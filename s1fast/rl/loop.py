@@ -68,7 +68,7 @@ def load_rows(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
         raise ConfigError(f"--data {cfg.data}: no such file; give a .jsonl with question/answer fields or toy:NAME")
     from ..eval import read_problems
     try:
-        rows = read_problems(cfg.data)
+        rows = read_problems(cfg.data, cfg.question_field or None, cfg.answer_field or None)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.eval_problems:
