@@ -272,6 +272,9 @@ def load(path: str, model, optimizer) -> dict:
         done = [p for t, p, ok in step_folders(root) if ok and (s is None or t < s)]
         return (f"resume from {done[-1]} with --resume {done[-1]}" if done else
                 "no older intact checkpoint is there: pass --resume never --replace true to start again")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--resume {path}: no such folder; pass a step_* folder under a run's checkpoints/, or "
+                              f"--resume auto for the last one saved in --output-dir")
     if not is_complete(path):
         raise CheckpointError(f"{path} is not a complete s1fast checkpoint (its manifest.json is missing or does "
                               f"not match its files); {older_intact()}")

@@ -83,6 +83,9 @@ def test_damaged_checkpoint_is_named_with_the_intact_one_to_use(tmp_path):
     with pytest.raises(C.CheckpointError, match="not a complete s1fast checkpoint"):
         C.load(bad, m, opt)
     assert C.latest(str(root)) == str(root / "step_00000001")
+    # a mistyped --resume path: said "no older intact checkpoint is there" of its parent folder
+    with pytest.raises(C.CheckpointError, match="step_00000009: no such folder; pass a step_\\* folder"):
+        C.load(str(root / "step_00000009"), m, opt)
 
 
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path, capsys):
