@@ -308,6 +308,9 @@ def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signa
     if path is None:
         return 0, None, uuid.uuid4().hex[:12]
     state = checkpoint.load(path, model, optimizer)
+    if "rl_signature" in state:
+        raise ConfigError(f"{path} was saved by s1fast.rl, not by the trainer: use another --output-dir (to train "
+                          f"from it, export it with python -m s1fast.export and pass --model)")
     saved_sig = state.get("plan_signature", signature)
     diff = [f"{k}: checkpoint {saved_sig.get(k)!r}, now {signature[k]!r}" for k in TRAJECTORY
             if saved_sig.get(k) != signature[k]]

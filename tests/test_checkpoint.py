@@ -129,3 +129,17 @@ def test_a_failed_hugging_face_export_keeps_the_previous_folder_and_leaves_nothi
     from safetensors.torch import load_file
     kept = load_file(os.path.join(out, "model.safetensors"))["model.embed_tokens.weight"]
     assert torch.equal(kept, sd["embed_tokens.weight"])                # the first export's weights, not the +1
+
+
+def test_the_trainer_refuses_to_resume_an_rl_checkpoint(tmp_path):
+    """An --output-dir holding an RL run: the trainer loaded its checkpoint (no plan signature, so nothing
+    differed) and went on from the RL iteration as if it were its own step."""
+    from s1fast.config import ConfigError, TrainConfig
+    from s1fast.train import TRAJECTORY, start_or_resume
+    root = tmp_path / "checkpoints"
+    m, opt = _model()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    C.save(str(root), 3, m, opt, {"scheduler": sched.state_dict(), "rl_signature": {"seed": 0}}, 2)
+    cfg = TrainConfig(model="tiny-qwen2", output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="was saved by s1fast.rl, not by the trainer"):
+        start_or_resume(cfg, str(root), m, opt, sched, lambda i: 1.0, dict.fromkeys(TRAJECTORY, 0), 0, 10)
