@@ -143,3 +143,21 @@ def test_the_trainer_refuses_to_resume_an_rl_checkpoint(tmp_path):
     cfg = TrainConfig(model="tiny-qwen2", output_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="was saved by s1fast.rl, not by the trainer"):
         start_or_resume(cfg, str(root), m, opt, sched, lambda i: 1.0, dict.fromkeys(TRAJECTORY, 0), 0, 10)
+
+
+def test_rl_refuses_to_resume_a_trainer_checkpoint(tmp_path):
+    """RL in a trainer's --output-dir called the trainer's checkpoint "saved by another RL run" with every
+    setting "checkpoint None"."""
+    from types import SimpleNamespace
+
+    from s1fast.config import ConfigError
+    from s1fast.rl.config import RLConfig
+    from s1fast.rl.loop import resume
+    root = tmp_path / "checkpoints"
+    m, opt = _model()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    C.save(str(root), 3, m, opt, {"scheduler": sched.state_dict(), "plan_signature": {"seed": 0}}, 2)
+    s = SimpleNamespace(cfg=RLConfig(model="x", output_dir=str(tmp_path)), rank=0, ckpt_root=str(root), model=m,
+                        optimizer=opt, scheduler=sched, signature={"seed": 0})
+    with pytest.raises(ConfigError, match="was saved by s1fast.train, not by s1fast.rl"):
+        resume(s)

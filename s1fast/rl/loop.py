@@ -365,7 +365,10 @@ def resume(s) -> tuple[int, str | None]:
     if path is None:
         return 0, None
     state = checkpoint.load(path, s.model, s.optimizer)
-    saved = state.get("rl_signature") or {}
+    if "rl_signature" not in state:
+        raise ConfigError(f"{path} was saved by s1fast.train, not by s1fast.rl: use another --output-dir (to start "
+                          f"RL from it, export it with python -m s1fast.export and pass --model)")
+    saved = state["rl_signature"]
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in s.signature.items() if saved.get(k) != v]
     if diff:
         raise ConfigError(f"{path} was saved by another RL run ({'; '.join(diff)}): use its settings, pass --replace "
