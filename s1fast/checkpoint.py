@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
@@ -287,10 +288,21 @@ def load(path: str, model, optimizer) -> dict:
         rng = os.path.join(path, f"rng_rank{_rank()}.pt")
         if os.path.exists(rng):
             _set_rng_state(torch.load(rng, weights_only=False))
-    except Exception as e:  # noqa: BLE001 -- any failure to read it means the checkpoint is damaged
-        raise CheckpointError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:200]}); "
-                              f"{older_intact()}") from e
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 -- damaged, or saved from another model
+        try:
+            saved = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)["config"]["model"]
+            other = f"; it was saved by a run of --model {saved!r}: resume with that --model, or"
+        except Exception:  # noqa: BLE001 -- trainer.pt itself is unreadable
+            other = ";"
+        raise CheckpointError(f"checkpoint {path} is damaged or is not of this model ({last_line(e)[:200]})"
+                              f"{other} {older_intact()}") from e
     return trainer
+
+
+def last_line(e: BaseException) -> str:
+    """What went wrong, in one line: dcp's CheckpointException carries each rank's whole traceback."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if isinstance(e, CheckpointException) and lines else f"{type(e).__name__}: {str(e)}"
 
 
 def full_state_dict(model) -> dict:

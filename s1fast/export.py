@@ -13,6 +13,7 @@ import warnings
 from types import SimpleNamespace
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from . import checkpoint
 from .checkpoint import CheckpointError
@@ -36,6 +37,18 @@ def run_config(path: str) -> tuple[dict, str]:
     return state["config"], state.get("cwd", "")
 
 
+def check_out(out: str) -> None:
+    """``out`` is replaced whole: refuse a file, or a folder that is neither empty nor a model folder (a run
+    folder, a home folder), which would be deleted with everything in it."""
+    if not os.path.exists(out):
+        return
+    names = set(os.listdir(out)) if os.path.isdir(out) else None
+    if names is None or (names and not ("config.json" in names and any(
+            n.startswith("model") and n.endswith((".safetensors", ".index.json")) for n in names))):
+        raise CheckpointError(f"--out {out} exists and is not a Hugging Face model folder: the export replaces its "
+                              f"--out whole, so it would be deleted; pass a new folder (or an earlier export's)")
+
+
 def _from(value: str, cwd: str) -> str:
     """A relative path of the run's config, read from the folder the run started in when it is not here."""
     if value and cwd and not os.path.isabs(value) and not os.path.exists(value) \
@@ -52,6 +65,7 @@ def export(path: str, out: str, model: str = "", tokenizer: str = "") -> str:
     from .model import build_model
     from .train import resolve_model
     cfg, cwd = run_config(path)
+    check_out(out)
     spec = SimpleNamespace(model=model or _from(cfg["model"], cwd),
                            tokenizer=tokenizer or _from(cfg.get("tokenizer", ""), cwd))
     try:
@@ -66,7 +80,12 @@ def export(path: str, out: str, model: str = "", tokenizer: str = "") -> str:
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=path, no_dist=True)
+        try:
+            dcp.load(state, checkpoint_id=path, no_dist=True)
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 -- dcp's: a missing key, a shape
+            raise CheckpointError(f"{path} does not load as the run's model ({spec.model}): "
+                                  f"{checkpoint.last_line(e)[:300]}. Pass the --model it was trained as, or check "
+                                  f"that the checkpoint is intact") from None
     return checkpoint.write_hf_folder(state["model"], mcfg, out, tok)
 
 

@@ -161,3 +161,31 @@ def test_rl_refuses_to_resume_a_trainer_checkpoint(tmp_path):
                         optimizer=opt, scheduler=sched, signature={"seed": 0})
     with pytest.raises(ConfigError, match="was saved by s1fast.train, not by s1fast.rl"):
         resume(s)
+
+
+def test_export_refuses_an_out_folder_it_would_delete_and_a_checkpoint_of_another_model(tmp_path, capsys):
+    """``python -m s1fast.export CK --out RUN`` deleted the whole run folder (checkpoints included) to put the
+    export in its place."""
+    from s1fast.export import main
+    root = tmp_path / "run" / "checkpoints"
+    m, opt = _model()
+    ck = C.save(str(root), 1, m, opt, {"config": {"model": "tiny-qwen2"}}, 2)
+    for out in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "latest"):
+        assert main([ck, "--out", str(out)]) == 2
+        assert os.path.exists(out) and C.is_complete(ck)
+    # a checkpoint whose weights are not the run config's model: one error line, not dcp's traceback
+    assert main([ck, "--out", str(tmp_path / "hf")]) == 2
+    assert "does not load as the run's model (tiny-qwen2)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "hf")
+
+
+def test_resuming_with_another_model_names_the_model_the_checkpoint_was_saved_with(tmp_path):
+    """A resume with a changed --model died in a traceback from dcp (its CheckpointException is a BaseException,
+    which the 'damaged' handler did not catch)."""
+    root = tmp_path / "checkpoints"
+    m, opt = _model()
+    ck = C.save(str(root), 1, m, opt, {"config": {"model": "tiny-qwen2"}}, 2)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(C.CheckpointError, match=r"is not of this model \(.*Missing key.*\); it was saved by a run "
+                                                r"of --model 'tiny-qwen2': resume with that --model"):
+        C.load(ck, other, torch.optim.AdamW(other.parameters()))

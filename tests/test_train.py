@@ -306,6 +306,9 @@ def test_export_finds_a_relative_model_folder_from_any_folder_and_says_what_to_p
         and os.path.relpath(start, ROOT) in p.stderr, p.stderr[-2000:]
     p = export("--model", str(tmp_path / "moved"))
     assert p.returncode == 0, p.stderr[-3000:]
+    # --out naming the run folder: it was deleted whole (checkpoints included) to hold the export
+    p = export("--model", str(tmp_path / "moved"), "--out", out)
+    assert p.returncode == 2 and "is not a Hugging Face model folder" in p.stderr and os.path.exists(ck), p.stderr
     # a run folder instead of a checkpoint: its complete checkpoints are named
     p = subprocess.run([sys.executable, "-m", "s1fast.export", out], cwd=elsewhere, env=ENV, capture_output=True,
                        text=True, timeout=300)
