@@ -153,3 +153,11 @@ def test_a_jsonl_with_other_field_names_is_read_with_the_flags_its_error_names(t
         load_rows(parse_config(["--data", str(data)]))
     rows, held = load_rows(parse_config(["--data", str(data), "--question-field", "q", "--answer-field", "sol"]))
     assert [(r["question"], r["answer"]) for r in rows] == [("What is 2 + 3?", "5")] and held == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU: --device cuda must fail")
+def test_device_cuda_without_a_gpu_is_one_error_line(capsys):
+    """It was a ConfigError traceback: the process group started before the command's error handling."""
+    from s1fast.rl.__main__ import main
+    assert main(["--model", "x", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device cuda was asked for but torch sees no CUDA GPU")

@@ -1,6 +1,7 @@
 """``torchrun --nproc_per_node N -m s1fast.rl [--preset NAME] [--key value ...]`` (``--help`` lists every flag)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from .. import distributed
@@ -14,9 +15,9 @@ from .loop import VerifierError, run
 
 def main(argv=None) -> int:
     cfg = parse_config(argv)
-    device, rank, world = distributed.init(cfg.device)
-    ended = False
+    rank, ended = int(os.environ.get("RANK", "0")), False
     try:
+        device, rank, world = distributed.init(cfg.device)
         validate(cfg, world)
         result = run(cfg, device, rank, world)
         ended = True
