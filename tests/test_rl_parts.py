@@ -161,3 +161,16 @@ def test_device_cuda_without_a_gpu_is_one_error_line(capsys):
     from s1fast.rl.__main__ import main
     assert main(["--model", "x", "--device", "cuda"]) == 2
     assert capsys.readouterr().err.startswith("error: --device cuda was asked for but torch sees no CUDA GPU")
+
+
+def test_reward_curve_without_matplotlib_is_skipped_with_a_notice(tmp_path, monkeypatch, capsys):
+    """matplotlib is optional ('skipped with a notice'), but the RL run's reward curve raised ImportError at its
+    very end, after the export."""
+    import sys
+
+    from s1fast.rl.loop import plot_rewards
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "reward_mean": 0.5}) + "\n")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert plot_rewards(str(path)) is None
+    assert "reward_curve.png skipped: matplotlib is not installed" in capsys.readouterr().out

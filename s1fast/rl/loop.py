@@ -239,9 +239,13 @@ def plot_rewards(metrics_path: str) -> str | None:
     rows = read_metrics(metrics_path)
     if not rows:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[s1fast] notice: reward_curve.png skipped: matplotlib is not installed (pip install matplotlib)")
+        return None
     out = os.path.join(os.path.dirname(metrics_path), "reward_curve.png")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     it = [r["step"] for r in rows]
@@ -256,21 +260,24 @@ def plot_rewards(metrics_path: str) -> str | None:
     ax.legend()
     ax.set_title(f"s1fast RL: {rows[-1].get('run', '')}")
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    except OSError as e:
+        print(f"[s1fast] notice: reward_curve.png skipped: {e.strerror or e}; metrics.jsonl has every iteration")
+        return None
+    finally:
+        plt.close(fig)
     return out
 
 
 # ------------------------------------------------------------------------------------------ the loop
 def run(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
-    """The run, holding ``--output-dir``'s lock (the trainer's: one run per folder, a new run there refused
-    unless --replace)."""
-    lock = rank0_first(lambda: claim_output_dir(cfg), rank, others=lambda: None)
+    """The run, holding ``--output-dir``'s lock (the trainer's: one run per folder, a new one needs --replace)."""
+    lock = rank0_first(lambda: claim_output_dir(cfg), rank, others=lambda: None)  # None on ranks > 0
     try:
         return iterate(cfg, device, rank, world)
     finally:
-        if rank == 0:
-            checkpoint.release_lock(lock)
+        checkpoint.release_lock(lock)
 
 
 def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
