@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
@@ -104,6 +105,14 @@ def release_lock(path: str | None) -> None:
             os.remove(path)
     except (OSError, ValueError):
         pass
+
+
+def remove_run(output_dir: str, names) -> None:
+    """``--replace`` (rank 0): delete the previous run's files ``names`` (checkpoints/, final/, metrics...)."""
+    for name in names:
+        path = os.path.join(output_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+    print(f"[s1fast] --replace: removed the previous run's {', '.join(names)} from {output_dir}", flush=True)
 
 
 # -- what is on disk -------------------------------------------------------------------------------
@@ -264,6 +273,9 @@ def load(path: str, model, optimizer) -> dict:
         done = [p for t, p, ok in step_folders(root) if ok and (s is None or t < s)]
         return (f"resume from {done[-1]} with --resume {done[-1]}" if done else
                 "no older intact checkpoint is there: pass --resume never --replace true to start again")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--resume {path}: no such folder; pass a step_* folder under a run's checkpoints/, or "
+                              f"--resume auto for the last one saved in --output-dir")
     if not is_complete(path):
         raise CheckpointError(f"{path} is not a complete s1fast checkpoint (its manifest.json is missing or does "
                               f"not match its files); {older_intact()}")
@@ -276,10 +288,21 @@ def load(path: str, model, optimizer) -> dict:
         rng = os.path.join(path, f"rng_rank{_rank()}.pt")
         if os.path.exists(rng):
             _set_rng_state(torch.load(rng, weights_only=False))
-    except Exception as e:  # noqa: BLE001 -- any failure to read it means the checkpoint is damaged
-        raise CheckpointError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:200]}); "
-                              f"{older_intact()}") from e
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 -- damaged, or saved from another model
+        try:
+            saved = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)["config"]["model"]
+            other = f"; it was saved by a run of --model {saved!r}: resume with that --model, or"
+        except Exception:  # noqa: BLE001 -- trainer.pt itself is unreadable
+            other = ";"
+        raise CheckpointError(f"checkpoint {path} is damaged or is not of this model ({last_line(e)[:200]})"
+                              f"{other} {older_intact()}") from e
     return trainer
+
+
+def last_line(e: BaseException) -> str:
+    """What went wrong, in one line: dcp's CheckpointException carries each rank's whole traceback."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if isinstance(e, CheckpointException) and lines else f"{type(e).__name__}: {str(e)}"
 
 
 def full_state_dict(model) -> dict:

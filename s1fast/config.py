@@ -194,6 +194,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                  "checkpoint_layers"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise ConfigError(f"--max-steps must be a positive number of steps, or -1 for all epochs; got {cfg.max_steps}")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
     if cfg.micro_tokens and cfg.micro_tokens < cfg.max_tokens:

@@ -17,7 +17,6 @@ import errno
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -196,12 +195,12 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                      "micro_tokens": cfg.micro_budget}
         ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
         start, last_ckpt, run_id = start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule,
-                                                   signature, rank)
+                                                   signature, rank, total)
 
         def save(step):
-            path = checkpoint.save(ckpt_root, step, model, optimizer,
-                                   {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(),
-                                    "plan_signature": signature, "run_id": run_id}, cfg.keep_checkpoints)
+            state = {"scheduler": scheduler.state_dict(), "config": cfg.to_dict(), "plan_signature": signature,
+                     "run_id": run_id, "cwd": os.getcwd()}
+            path = checkpoint.save(ckpt_root, step, model, optimizer, state, cfg.keep_checkpoints)
             metrics.message(f"[s1fast] saved {path}")
             return path
 
@@ -209,7 +208,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
         metrics = Metrics(cfg.output_dir, total, enabled=rank == 0, progress=cfg.progress,
                           tensorboard=cfg.tensorboard, start_step=start)
         metrics.message(f"[s1fast] {cfg.preset or 'custom'} (run {run_id}): {len(ds)} examples, {len(plan.steps)} "
-                        f"steps ({total} to run), {world} rank(s), packing {cfg.packing} (straggler factor "
+                        f"steps ({total - start} to run), {world} rank(s), packing {cfg.packing} (straggler factor "
                         f"{plan.straggler_factor:.3f}), weighting {cfg.weighting}, warmup "
                         f"{cfg.warmup_steps(len(plan.steps))} steps, kernels: {kernel_path(device)}")
         stepper = Stepper(cfg, model, optimizer, scheduler, ds, mcfg, layers_for, device, rank, world)
@@ -219,6 +218,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                 for step in range(start, total):
                     row, stopping = stepper.step(plan.steps[step], step, stop)
                     if not all(math.isfinite(row[k]) for k in ("loss", "grad_norm")):
+                        metrics.log(row)  # the step that diverged, its non-finite values as null
                         raise TrainingDiverged(f"loss {row['loss']} / grad norm {row['grad_norm']} at step "
                                                f"{step + 1}: training stopped. {divergence_advice(ckpt_root, step)}")
                     if (step + 1) % cfg.log_every == 0 or step + 1 == total:
@@ -293,15 +293,12 @@ def claim_output_dir(cfg: TrainConfig) -> str:
     return lock
 
 
-def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signature, rank):
+def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signature, rank, total):
     """(first step, checkpoint resumed from or None, run id): a fresh start (after ``--replace`` has removed
-    the folder's old run) or a resume that keeps the trajectory and applies changed hyperparameters."""
+    the folder's old run) or a resume that keeps the trajectory and applies changed hyperparameters; one
+    past ``total`` (the last step to run) is refused."""
     if cfg.replace and rank == 0:
-        for name in RUN_FILES:
-            path = os.path.join(cfg.output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
-        print(f"[s1fast] --replace: removed the previous run's {', '.join(RUN_FILES)} from {cfg.output_dir}",
-              flush=True)
+        checkpoint.remove_run(cfg.output_dir, RUN_FILES)
     distributed.barrier()
     path = None
     if cfg.resume == "auto" and not cfg.replace:
@@ -311,6 +308,9 @@ def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signa
     if path is None:
         return 0, None, uuid.uuid4().hex[:12]
     state = checkpoint.load(path, model, optimizer)
+    if "rl_signature" in state:
+        raise ConfigError(f"{path} was saved by s1fast.rl, not by the trainer: use another --output-dir (to train "
+                          f"from it, export it with python -m s1fast.export and pass --model)")
     saved_sig = state.get("plan_signature", signature)
     diff = [f"{k}: checkpoint {saved_sig.get(k)!r}, now {signature[k]!r}" for k in TRAJECTORY
             if saved_sig.get(k) != signature[k]]
@@ -318,6 +318,10 @@ def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signa
         raise ConfigError(f"{path} belongs to another trajectory ({'; '.join(diff)}): resuming it with these "
                           f"settings would mix two runs. Use its settings, pass --replace true to start a new run "
                           f"in {cfg.output_dir}, or use another --output-dir")
+    if state["step"] > total:
+        raise ConfigError(f"--max-steps {cfg.max_steps} is below the step this run resumes from ({state['step']}, "
+                          f"{path}): pass a --max-steps above {state['step']} (or -1 for all steps), or "
+                          f"--replace true to start a new run in {cfg.output_dir}")
     scheduler.load_state_dict(state["scheduler"])
     apply_hyperparameters(cfg, state.get("config", {}), optimizer, scheduler, schedule, rank)
     if rank == 0:

@@ -83,6 +83,9 @@ def test_damaged_checkpoint_is_named_with_the_intact_one_to_use(tmp_path):
     with pytest.raises(C.CheckpointError, match="not a complete s1fast checkpoint"):
         C.load(bad, m, opt)
     assert C.latest(str(root)) == str(root / "step_00000001")
+    # a mistyped --resume path: said "no older intact checkpoint is there" of its parent folder
+    with pytest.raises(C.CheckpointError, match="step_00000009: no such folder; pass a step_\\* folder"):
+        C.load(str(root / "step_00000009"), m, opt)
 
 
 def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path, capsys):
@@ -126,3 +129,63 @@ def test_a_failed_hugging_face_export_keeps_the_previous_folder_and_leaves_nothi
     from safetensors.torch import load_file
     kept = load_file(os.path.join(out, "model.safetensors"))["model.embed_tokens.weight"]
     assert torch.equal(kept, sd["embed_tokens.weight"])                # the first export's weights, not the +1
+
+
+def test_the_trainer_refuses_to_resume_an_rl_checkpoint(tmp_path):
+    """An --output-dir holding an RL run: the trainer loaded its checkpoint (no plan signature, so nothing
+    differed) and went on from the RL iteration as if it were its own step."""
+    from s1fast.config import ConfigError, TrainConfig
+    from s1fast.train import TRAJECTORY, start_or_resume
+    root = tmp_path / "checkpoints"
+    m, opt = _model()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    C.save(str(root), 3, m, opt, {"scheduler": sched.state_dict(), "rl_signature": {"seed": 0}}, 2)
+    cfg = TrainConfig(model="tiny-qwen2", output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="was saved by s1fast.rl, not by the trainer"):
+        start_or_resume(cfg, str(root), m, opt, sched, lambda i: 1.0, dict.fromkeys(TRAJECTORY, 0), 0, 10)
+
+
+def test_rl_refuses_to_resume_a_trainer_checkpoint(tmp_path):
+    """RL in a trainer's --output-dir called the trainer's checkpoint "saved by another RL run" with every
+    setting "checkpoint None"."""
+    from types import SimpleNamespace
+
+    from s1fast.config import ConfigError
+    from s1fast.rl.config import RLConfig
+    from s1fast.rl.loop import resume
+    root = tmp_path / "checkpoints"
+    m, opt = _model()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    C.save(str(root), 3, m, opt, {"scheduler": sched.state_dict(), "plan_signature": {"seed": 0}}, 2)
+    s = SimpleNamespace(cfg=RLConfig(model="x", output_dir=str(tmp_path)), rank=0, ckpt_root=str(root), model=m,
+                        optimizer=opt, scheduler=sched, signature={"seed": 0})
+    with pytest.raises(ConfigError, match="was saved by s1fast.train, not by s1fast.rl"):
+        resume(s)
+
+
+def test_export_refuses_an_out_folder_it_would_delete_and_a_checkpoint_of_another_model(tmp_path, capsys):
+    """``python -m s1fast.export CK --out RUN`` deleted the whole run folder (checkpoints included) to put the
+    export in its place."""
+    from s1fast.export import main
+    root = tmp_path / "run" / "checkpoints"
+    m, opt = _model()
+    ck = C.save(str(root), 1, m, opt, {"config": {"model": "tiny-qwen2"}}, 2)
+    for out in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "latest"):
+        assert main([ck, "--out", str(out)]) == 2
+        assert os.path.exists(out) and C.is_complete(ck)
+    # a checkpoint whose weights are not the run config's model: one error line, not dcp's traceback
+    assert main([ck, "--out", str(tmp_path / "hf")]) == 2
+    assert "does not load as the run's model (tiny-qwen2)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "hf")
+
+
+def test_resuming_with_another_model_names_the_model_the_checkpoint_was_saved_with(tmp_path):
+    """A resume with a changed --model died in a traceback from dcp (its CheckpointException is a BaseException,
+    which the 'damaged' handler did not catch)."""
+    root = tmp_path / "checkpoints"
+    m, opt = _model()
+    ck = C.save(str(root), 1, m, opt, {"config": {"model": "tiny-qwen2"}}, 2)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(C.CheckpointError, match=r"is not of this model \(.*Missing key.*\); it was saved by a run "
+                                                r"of --model 'tiny-qwen2': resume with that --model"):
+        C.load(ck, other, torch.optim.AdamW(other.parameters()))

@@ -39,6 +39,8 @@ def test_flags_override_presets_and_help_lists_them(capsys):
     (dict(model="x", shard_size=3), 4, "--shard-size 3 must divide the world size 4"),
     (dict(model="x", packing="none", global_batch=3), 2, "multiple of the world size"),
     (dict(model="x", epochs=0), 1, "--epochs must be positive"),
+    (dict(model="x", max_steps=0), 1, "--max-steps must be a positive number of steps, or -1"),
+    (dict(model="x", max_steps=-3), 1, "--max-steps must be a positive number of steps, or -1"),
     (dict(model="x", warmup_ratio=1.5), 1, "--warmup-ratio"),
     (dict(model="x", checkpoint_budget_gb=40.0), 1, "also pass --activation-checkpointing full"),
     (dict(model="x", checkpoint_budget_gb=40.0, activation_checkpointing="selective"), 1,

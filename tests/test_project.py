@@ -171,3 +171,21 @@ def test_adaptive_timing_charges_each_layer_its_slowest_rank():
     mixed, _ = P.adaptive_recompute(st, s, A, shard=16, limit_gb=limit)
     per_rank = max(1.2 * w * P.recompute_factor(s, lens, k_small), w * P.recompute_factor(s, lens, k_big)) / (1.2 * w)
     assert per_rank < mixed < P.recompute_factor(s, lens, k_big) * 1.0001
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--gpus", "0"], "--gpus must be at least 1, got 0"),  # was: silently the preset's 16 GPUs
+    (["--gpus", "3"], "multiple of --gpus (3)"),
+    (["--nic-gbit", "0"], "--nic-gbit must be > 0"), (["--link-efficiency", "0"], "--link-efficiency must be in (0, 1]"),
+    (["--s1fast-mfu", "2"], "--s1fast-mfu must be in (0, 1]"), (["--group-window", "0"], "--group-window must be >= 1"),
+    (["--memory-headroom", "1"], "--memory-headroom must be in [0, 1)"),
+    (["--lengths", "/no/such/lengths.txt"], "No such file or directory: /no/such/lengths.txt"),
+    (["--model", "no-such-model"], "'no-such-model' is neither a named config"),
+])
+def test_cli_bad_input_is_one_error_line_exit_2(args, match, capsys):
+    """These ended in tracebacks (ZeroDivisionError, FileNotFoundError, make_plan's ValueError) or in a bare
+    message with exit 1; --gpus 0 projected the preset's GPU count instead."""
+    from s1fast.projection.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and "Traceback" not in err, err

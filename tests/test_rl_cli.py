@@ -150,3 +150,46 @@ def test_all_zero_reward_run_says_so(tiny_hf, tmp_path):
     assert r["all_zero_reward"] is True and r["no_signal"] is True and r["all_equal_groups"] == 1.0
     assert r["grad_norm"] == 0.0
     assert "every reward is 0: no learning signal" in p.stdout + p.stderr
+
+
+def test_a_folder_holds_one_rl_run_and_a_resume_past_iterations_is_refused(tiny_hf, tmp_path):
+    """--resume never in a folder holding a run silently overwrote its checkpoints and appended to its metrics;
+    --iterations below the resumed iteration exported the later model as if it had run fewer iterations."""
+    out = str(tmp_path / "one")
+    small = ["--model", tiny_hf, "--output-dir", out, "--prompts-per-iter", "2", "--group-size", "2",
+             "--max-total-tokens", "200", "--max-thinking-tokens", "4", "--max-answer-tokens", "2", "--dtype", "fp32",
+             "--progress", "false", "--rewards", "rl_verifiers:zero=1", "--export", "false", "--plot", "false"]
+    run(small + ["--iterations", "2"])
+    p = run(small + ["--iterations", "1"], check=False)
+    assert p.returncode == 2 and "--iterations 1 is below the iteration this run resumes from (2" in p.stderr, \
+        p.stderr[-2000:]
+    p = run(small + ["--iterations", "1", "--resume", "never"], check=False)
+    assert p.returncode == 2 and "holds another run (checkpoints up to step 2)" in p.stderr, p.stderr[-2000:]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000002"]
+    run(small + ["--iterations", "1", "--resume", "never", "--replace", "true"])
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000001"]
+    assert [r["step"] for r in rows(out)] == [1] and len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 1
+    assert not os.path.exists(os.path.join(out, "run.lock"))
+    # a resume with another seed: the setting is named with both values, and the advice (--replace) is one that works
+    p = run(small + ["--iterations", "2", "--seed", "1"], check=False)
+    assert p.returncode == 2 and "saved by another RL run (seed: checkpoint 0, now 1)" in p.stderr \
+        and "--replace true" in p.stderr, p.stderr[-2000:]
+
+
+def test_sigterm_saves_and_exits_128_plus_the_signal(tiny_hf, tmp_path):
+    """A SIGTERMed RL run saved and exited 0, so a scheduler took the unfinished run (no final/) for done."""
+    out = str(tmp_path / "term")
+    args = [*BASE, "--iterations", "40", "--model", tiny_hf, "--output-dir", out]
+    proc = subprocess.Popen([sys.executable, "-m", "s1fast.rl", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    t0 = time.time()
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        assert proc.poll() is None and time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "signal 15: saved" in text and not os.path.exists(os.path.join(out, "final"))
+    step = int(open(os.path.join(out, "checkpoints", "latest")).read().strip().split("_")[1])
+    assert 1 <= step < 40 and len(rows(out)) == step

@@ -1,6 +1,8 @@
 """The RL command's parts in-process: verifier parsing and scoring (errors reported, never silent), which
 tokens count as the policy's samples under budget forcing, the vLLM generator refused on a CPU, and the
 seeded prompt draw."""
+import json
+
 import pytest
 import torch
 
@@ -124,3 +126,51 @@ def test_rl_toy_bench_reads_each_seeds_start_and_end(tmp_path):
     args = bench.sft_args(os.path.join("x", "sft"))
     assert args.count("--output-dir") == 1 and args[args.index("--output-dir") + 1] == os.path.join("x", "sft")
     assert "--max-steps" in args
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("--lr", "-0.001", "--lr must be positive"), ("--lr", "0", "--lr must be positive"),
+    ("--lr", "nan", "--lr must be a finite number"), ("--temperature", "nan", "--temperature must be a finite"),
+    ("--beta1", "1.5", "--beta1 and --beta2 must be in"), ("--grad-clip", "-1", "--grad-clip must be >= 0"),
+    ("--save-every", "-1", "--save-every must be >= 0"), ("--eval-every", "-2", "--eval-every must be >= 0"),
+    ("--num-wait", "-1", "--num-wait must be >= 0"), ("--vllm-gpu-memory", "2", "--vllm-gpu-memory is a share"),
+])
+def test_out_of_range_rl_flags_are_refused_before_compute(flag, value, match):
+    """These were accepted: a negative --lr trained against the rewards; --beta1 1.5 died in AdamW with a
+    traceback; a negative --save-every saved every iteration."""
+    from s1fast.rl.config import parse_config, validate
+    with pytest.raises(ConfigError, match=match):
+        validate(parse_config(["--preset", "toy", flag, value]), world=1)
+
+
+def test_a_jsonl_with_other_field_names_is_read_with_the_flags_its_error_names(tmp_path):
+    """The error for a .jsonl without a question field said 'pass --question-field', a flag s1fast.rl lacked."""
+    from s1fast.rl.config import parse_config
+    from s1fast.rl.loop import load_rows
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"q": "What is 2 + 3?", "sol": "5"}) + "\n")
+    with pytest.raises(ConfigError, match="pass --question-field"):
+        load_rows(parse_config(["--data", str(data)]))
+    rows, held = load_rows(parse_config(["--data", str(data), "--question-field", "q", "--answer-field", "sol"]))
+    assert [(r["question"], r["answer"]) for r in rows] == [("What is 2 + 3?", "5")] and held == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU: --device cuda must fail")
+def test_device_cuda_without_a_gpu_is_one_error_line(capsys):
+    """It was a ConfigError traceback: the process group started before the command's error handling."""
+    from s1fast.rl.__main__ import main
+    assert main(["--model", "x", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.startswith("error: --device cuda was asked for but torch sees no CUDA GPU")
+
+
+def test_reward_curve_without_matplotlib_is_skipped_with_a_notice(tmp_path, monkeypatch, capsys):
+    """matplotlib is optional ('skipped with a notice'), but the RL run's reward curve raised ImportError at its
+    very end, after the export."""
+    import sys
+
+    from s1fast.rl.loop import plot_rewards
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "reward_mean": 0.5}) + "\n")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert plot_rewards(str(path)) is None
+    assert "reward_curve.png skipped: matplotlib is not installed" in capsys.readouterr().out

@@ -6,6 +6,7 @@ SIGKILLed-then-resumed run must reproduce.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,6 +167,10 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
              "--output-dir", out], check=False)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "training stopped" in p.stderr and "Last good checkpoint:" in p.stderr and "step_" in p.stderr
+    # the step that diverged is the last row of metrics.jsonl (strict JSON: its non-finite values are null)
+    step = int(re.search(r"at step (\d+): training stopped", p.stderr).group(1))
+    last = json.loads(open(os.path.join(out, "metrics.jsonl")).read().splitlines()[-1])
+    assert last["step"] == step and None in (last["loss"], last["grad_norm"]), last
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -273,3 +278,38 @@ def test_adaptive_checkpointing_picks_the_blocks_the_budget_needs_and_keeps_the_
     bad = run(BASE + ["--output-dir", str(tmp_path / "bad2"), "--activation-checkpointing", "full",
                       "--checkpoint-budget-gb", "-1"], check=False, timeout=120)
     assert bad.returncode == 2 and "on a CPU run give the budget in GB" in bad.stderr
+
+
+def test_export_finds_a_relative_model_folder_from_any_folder_and_says_what_to_pass_when_it_moved(single, tmp_path):
+    """A run started with a relative --model folder: exporting its checkpoint from another folder read the path
+    from there ("--model 'x' is neither a folder nor a named config", a flag export did not have)."""
+    import shutil
+    start = tmp_path / "start"
+    shutil.copytree(os.path.join(single[0], "final"), start)
+    out = str(tmp_path / "ft")
+    run(["--preset", "tiny", "--model", os.path.relpath(start, ROOT), "--max-tokens", "96", "--global-batch", "2",
+         "--max-steps", "1", "--progress", "false", "--export", "false", "--plot", "false", "--output-dir", out])
+    ck = os.path.join(out, "checkpoints", "step_00000001")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def export(*extra):
+        return subprocess.run([sys.executable, "-m", "s1fast.export", ck, "--out", str(tmp_path / "hf"), *extra],
+                              cwd=elsewhere, env=ENV, capture_output=True, text=True, timeout=300)
+    p = export()
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert os.path.exists(tmp_path / "hf" / "model.safetensors")
+    # the model folder moved: the error names the run's --model and the flags to pass; passing them works
+    os.rename(start, tmp_path / "moved")
+    p = export()
+    assert p.returncode == 2 and "pass --model (that model's folder or named config)" in p.stderr \
+        and os.path.relpath(start, ROOT) in p.stderr, p.stderr[-2000:]
+    p = export("--model", str(tmp_path / "moved"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    # --out naming the run folder: it was deleted whole (checkpoints included) to hold the export
+    p = export("--model", str(tmp_path / "moved"), "--out", out)
+    assert p.returncode == 2 and "is not a Hugging Face model folder" in p.stderr and os.path.exists(ck), p.stderr
+    # a run folder instead of a checkpoint: its complete checkpoints are named
+    p = subprocess.run([sys.executable, "-m", "s1fast.export", out], cwd=elsewhere, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and f"the complete ones there: {ck}" in p.stderr, p.stderr[-2000:]

@@ -21,6 +21,11 @@ def test_resume_applies_a_changed_lr_refuses_a_changed_plan_and_a_new_run_needs_
     out = str(tmp_path / "run")
     first = run(FAST + ["--max-steps", "2", "--save-every", "1", "--lr", "2e-3", "--output-dir", out])
     run_id = re.search(r"\(run (\w+)\)", first.stdout).group(1)
+    # a resume past --max-steps is refused: it saved the step-2 state as step_00000001 and pointed latest at it
+    p = run(FAST + ["--max-steps", "1", "--output-dir", out], check=False)
+    assert p.returncode == 2 and "--max-steps 1 is below the step this run resumes from (2" in p.stderr, \
+        p.stderr[-2000:]
+    assert open(os.path.join(out, "checkpoints", "latest")).read() == "step_00000002"
     # bug 3: --resume never in a folder holding a run is refused before any compute
     p = run(FAST + ["--max-steps", "1", "--resume", "never", "--output-dir", out], check=False)
     assert p.returncode == 2 and "holds another run (checkpoints up to step 2)" in p.stderr \

@@ -40,6 +40,36 @@ def main(argv=None) -> int:
                     help="s1fast checkpoints the longest pack's layer count at every micro-step (train "
                          "--checkpoint-layers K) instead of only what each micro-step's tokens need")
     args = ap.parse_args(argv)
+    try:
+        check(args)
+        return run(args)
+    except (ValueError, OSError) as e:
+        why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        why = e.code
+    print(f"error: {why}", file=sys.stderr)
+    return 2
+
+
+def check(args) -> None:
+    """Refuse, before any arithmetic, an assumption the projection would divide by or could not mean."""
+    for name, lo, hi, lo_open in (("nic_gbit", 0, None, True), ("nics_per_node", 1, None, False),
+                                  ("link_efficiency", 0, 1, True), ("hbm_efficiency", 0, 1, True),
+                                  ("s1fast_mfu", 0, 1, True), ("runtime_reserve_gb", 0, None, False),
+                                  ("loss_chunk", 1, None, False), ("group_window", 1, None, False)):
+        v = getattr(args, name)
+        if v is None:
+            continue
+        if not (v > lo if lo_open else v >= lo) or (hi is not None and v > hi) or v != v:
+            rng = f"in {'(' if lo_open else '['}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
+            raise ValueError(f"--{name.replace('_', '-')} must be {rng}, got {v}")
+    if not 0 <= args.memory_headroom < 1:
+        raise ValueError(f"--memory-headroom must be in [0, 1), got {args.memory_headroom}")
+
+
+def run(args) -> int:
     A = Assumptions(nic_gbit=args.nic_gbit, nics_per_node=args.nics_per_node, link_efficiency=args.link_efficiency,
                     hbm_efficiency=args.hbm_efficiency, runtime_reserve_gb=args.runtime_reserve_gb,
                     memory_headroom=args.memory_headroom,

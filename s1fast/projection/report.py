@@ -23,7 +23,7 @@ def project(preset_name: str, *, gpus: int | None = None, gpu_name: str = "h100"
     ``model`` other than the calibration's (Qwen2.5-32B-Instruct) assumes the same hardware efficiency."""
     preset = get_preset(preset_name)
     gpu = GPUS[gpu_name]
-    world = gpus or preset.gpus
+    world = preset.gpus if gpus is None else gpus
     if world < 1:
         raise SystemExit(f"--gpus must be at least 1, got {world}")
     lengths, path = preset_lengths(preset, lengths_path)

@@ -1,6 +1,7 @@
 """``torchrun --nproc_per_node N -m s1fast.rl [--preset NAME] [--key value ...]`` (``--help`` lists every flag)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from .. import distributed
@@ -14,13 +15,13 @@ from .loop import VerifierError, run
 
 def main(argv=None) -> int:
     cfg = parse_config(argv)
-    device, rank, world = distributed.init(cfg.device)
-    ended = False
+    rank, ended = int(os.environ.get("RANK", "0")), False
     try:
+        device, rank, world = distributed.init(cfg.device)
         validate(cfg, world)
-        run(cfg, device, rank, world)
+        result = run(cfg, device, rank, world)
         ended = True
-        return 0
+        return 128 + result["signal"] if "signal" in result else 0  # a stopped run did not finish: non-zero
     except (ConfigError, DataError, CheckpointError, TrainingDiverged, VerifierError, FileNotFoundError) as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)

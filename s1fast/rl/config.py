@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, dataclass_parser
@@ -21,6 +22,10 @@ class RLConfig:
     tokenizer: str = field(default="", metadata={"help": "tokenizer folder; empty = the model folder's, else bundled"})
     data: str = field(default="toy:chain:2000", metadata={"help": "prompts: toy:NAME[:N] (the toy task's training split) "
                                                         "or a .jsonl with question and answer fields"})
+    question_field: str = field(default="", metadata={"help": "--data .jsonl: the question's field (default: the "
+                                                      "first of question, problem, Question, prompt)"})
+    answer_field: str = field(default="", metadata={"help": "--data .jsonl: the reference answer's field (default: "
+                                                    "the first of answer, gt, Answer, solution)"})
     rewards: str = field(default="toy=1.0", metadata={
         "help": "verifiers and weights, comma-separated NAME=W: toy (the toy task's exact checker), math (s1fast."
                 "grading: extracted answer, mathematical equivalence), format (thinking ended on its own and an "
@@ -71,7 +76,10 @@ class RLConfig:
     # checkpoints and logs
     save_every: int = field(default=0, metadata={"help": "checkpoint every K iterations (0: only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
-    resume: str = field(default="auto", metadata={"help": "auto (latest in output_dir), never, or a checkpoint folder"})
+    resume: str = field(default="auto", metadata={"help": "auto (latest in output_dir), never (a new run; refused "
+                                                  "where another run's checkpoints are), or a checkpoint folder"})
+    replace: bool = field(default=False, metadata={"help": "delete the run already in output_dir (checkpoints/, "
+                                                   "final/, metrics) and start a new one"})
     export: bool = field(default=True, metadata={"help": "write final/ in Hugging Face format at the end"})
     plot: bool = field(default=True, metadata={"help": "write reward_curve.png at the end"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
@@ -131,6 +139,21 @@ def validate(cfg: RLConfig, world: int) -> None:
     if not cfg.model:
         raise ConfigError("no model: pass --model with a Hugging Face folder (e.g. runs/tiny-toy/final from "
                           "`python -m s1fast.train --preset tiny`), or use --preset toy")
+    for name in ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "clip_low", "clip_high", "kl_coef", "temperature",
+                 "vllm_gpu_memory"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {cfg.lr} (a negative rate would raise the loss: lower the "
+                          f"rewards it learns)")
+    for name in ("warmup_iters", "weight_decay", "grad_clip", "save_every", "keep_checkpoints", "eval_every",
+                 "eval_problems", "min_thinking_tokens", "num_wait", "max_answer_tokens"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
+    if not 0 < cfg.vllm_gpu_memory <= 1:
+        raise ConfigError(f"--vllm-gpu-memory is a share of the GPU's memory, in (0, 1]; got {cfg.vllm_gpu_memory}")
     for name in ("iterations", "prompts_per_iter", "group_size", "updates_per_batch", "max_total_tokens", "gen_batch"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")

@@ -26,12 +26,14 @@ from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
 from ..optim import param_groups
-from ..train import TrainingDiverged
+from ..train import TrainingDiverged, claim_output_dir, rank0_first
 from ..train import export as export_hf  # final/: the trainer's collective export
 from .config import RLConfig
 from .loss import group_advantages, grpo_token_loss, token_weights
 from .rewards import BUILTIN, CORRECTNESS, parse_rewards, score
 
+# what --replace deletes: the files of a run in its --output-dir
+RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "reward_curve.png", "verifier_errors.jsonl", "eval_final.json")
 TIMING = ("gen_time", "train_time", "step_time", "tokens_per_s", "eval_time")  # the only run-to-run differences
 
 
@@ -66,7 +68,7 @@ def load_rows(cfg: RLConfig) -> tuple[list[dict], list[dict]]:
         raise ConfigError(f"--data {cfg.data}: no such file; give a .jsonl with question/answer fields or toy:NAME")
     from ..eval import read_problems
     try:
-        rows = read_problems(cfg.data)
+        rows = read_problems(cfg.data, cfg.question_field or None, cfg.answer_field or None)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.eval_problems:
@@ -237,9 +239,13 @@ def plot_rewards(metrics_path: str) -> str | None:
     rows = read_metrics(metrics_path)
     if not rows:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[s1fast] notice: reward_curve.png skipped: matplotlib is not installed (pip install matplotlib)")
+        return None
     out = os.path.join(os.path.dirname(metrics_path), "reward_curve.png")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     it = [r["step"] for r in rows]
@@ -254,15 +260,33 @@ def plot_rewards(metrics_path: str) -> str | None:
     ax.legend()
     ax.set_title(f"s1fast RL: {rows[-1].get('run', '')}")
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    except OSError as e:
+        print(f"[s1fast] notice: reward_curve.png skipped: {e.strerror or e}; metrics.jsonl has every iteration")
+        return None
+    finally:
+        plt.close(fig)
     return out
 
 
 # ------------------------------------------------------------------------------------------ the loop
 def run(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
+    """The run, holding ``--output-dir``'s lock (the trainer's: one run per folder, a new one needs --replace)."""
+    lock = rank0_first(lambda: claim_output_dir(cfg), rank, others=lambda: None)  # None on ranks > 0
+    try:
+        return iterate(cfg, device, rank, world)
+    finally:
+        checkpoint.release_lock(lock)
+
+
+def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
     s = set_up(cfg, device, rank, world)
     start, last_ckpt = resume(s)
+    if start > cfg.iterations:
+        raise ConfigError(f"--iterations {cfg.iterations} is below the iteration this run resumes from ({start}, "
+                          f"{last_ckpt}): pass more --iterations, or --replace true to start a new run in "
+                          f"{cfg.output_dir}")
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -276,7 +300,7 @@ def run(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
         s.metrics.message(f"[s1fast rl] {cfg.preset or 'custom'}: {len(s.rows)} prompts, {cfg.iterations} "
                           f"iterations of {cfg.prompts_per_iter} prompts x {cfg.group_size} samples, {world} "
                           f"rank(s), rewards {cfg.rewards}, norm {cfg.norm}, generator {cfg.generator}")
-    total = cfg.iterations
+    total, saved = cfg.iterations, None
     try:
         for it in range(start, total):
             t0 = time.perf_counter()
@@ -287,12 +311,13 @@ def run(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
             upd, lr, bad, flat, t_train = update_step(s, it, groups, last_ckpt)
             log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train)
             if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
-                last_ckpt = save(s, it + 1)
+                last_ckpt, saved = save(s, it + 1), it + 1
             if stop["signal"] is not None:
-                last_ckpt = save(s, it + 1)
+                if saved != it + 1:  # a periodic save of this iteration is already complete
+                    last_ckpt = save(s, it + 1)
                 s.metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at iteration {it + 1}; run "
                                   "again with the same --output-dir to resume")
-                return {"stopped": it + 1, "checkpoint": last_ckpt}
+                return {"stopped": it + 1, "checkpoint": last_ckpt, "signal": int(stop["signal"])}
         return finish(s, start, total, last_ckpt)
     finally:
         s.metrics.close(plot=cfg.plot)
@@ -338,15 +363,23 @@ def set_up(cfg: RLConfig, device: torch.device, rank: int, world: int) -> Simple
 def resume(s) -> tuple[int, str | None]:
     """(first iteration, checkpoint resumed from or None); a checkpoint of another RL run is refused."""
     cfg = s.cfg
-    if cfg.resume == "never":
+    if cfg.replace and s.rank == 0:
+        checkpoint.remove_run(cfg.output_dir, RUN_FILES)
+    distributed.barrier()
+    if cfg.resume == "never" or (cfg.replace and cfg.resume == "auto"):
         return 0, None
     path = checkpoint.latest(s.ckpt_root) if cfg.resume == "auto" else cfg.resume
     if path is None:
         return 0, None
     state = checkpoint.load(path, s.model, s.optimizer)
-    if state.get("rl_signature") != s.signature:
-        raise ConfigError(f"{path} was saved by another RL run ({state.get('rl_signature')}); this run has "
-                          f"{s.signature}. Pass --resume never or a new --output-dir.")
+    if "rl_signature" not in state:
+        raise ConfigError(f"{path} was saved by s1fast.train, not by s1fast.rl: use another --output-dir (to start "
+                          f"RL from it, export it with python -m s1fast.export and pass --model)")
+    saved = state["rl_signature"]
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in s.signature.items() if saved.get(k) != v]
+    if diff:
+        raise ConfigError(f"{path} was saved by another RL run ({'; '.join(diff)}): use its settings, pass --replace "
+                          f"true to start a new run in {cfg.output_dir}, or use another --output-dir")
     s.scheduler.load_state_dict(state["scheduler"])
     return state["step"], path
 
@@ -354,7 +387,8 @@ def resume(s) -> tuple[int, str | None]:
 def save(s, it: int) -> str:
     return checkpoint.save(s.ckpt_root, it, s.model, s.optimizer, {"scheduler": s.scheduler.state_dict(),
                                                                    "config": s.cfg.to_dict(),
-                                                                   "rl_signature": s.signature},
+                                                                   "rl_signature": s.signature,
+                                                                   "cwd": os.getcwd()},
                            s.cfg.keep_checkpoints)
 
 
