@@ -33,16 +33,46 @@ def read_jsonl(path: str, *, cut_tail_ok: bool = False):
             yield n, value
 
 
-def end_cut_line(path: str) -> None:
+def partial_tail(path: str, block: int = 1 << 16) -> tuple[int, int | None]:
+    """(file size, where a partial last line begins): one with no newline after it that is not complete JSON;
+    None when there is none. Reads the file's end only."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return size, None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return size, None
+        tail, start = b"", size
+        while start > 0:                  # back to the newline before the last line
+            step = min(block, start)
+            start -= step
+            f.seek(start)
+            tail = f.read(step) + tail
+            nl = tail.rfind(b"\n")
+            if nl >= 0:
+                start, tail = start + nl + 1, tail[nl + 1:]
+                break
+    if not tail.strip():    # trailing blanks with no newline: nothing was cut
+        return size, None
+    try:
+        json.loads(tail)
+    except ValueError:      # not JSON, or not UTF-8: cut by a kill
+        return size, start
+    return size, None
+
+
+def end_cut_line(path: str) -> int:
     """Before appending to a JSON-lines file: drop a last line a crash cut short (no newline, not JSON), or end
-    a whole last line that lacks its newline, so the file stays one JSON value per line."""
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        if not data or data.endswith(b"\n"):
-            return
-        start = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[start:])
-            fh.write(b"\n")
-        except ValueError:
-            fh.truncate(start)
+    a whole last line that lacks its newline, so the file stays one JSON value per line. Returns the bytes
+    dropped (0: none). Reads the file's end only."""
+    size, cut = partial_tail(path)
+    if cut is not None:
+        os.truncate(path, cut)
+        return size - cut
+    if size:
+        with open(path, "rb+") as f:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":      # a complete last row with no newline: end its line
+                f.write(b"\n")
+    return 0

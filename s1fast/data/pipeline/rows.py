@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from typing import Iterable, Iterator
 
+from ...jsonl import end_cut_line, partial_tail
 from ..readers import DataError, jsonl_rows, read_rows
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
@@ -142,7 +143,7 @@ def read(path: str) -> Iterator[tuple[int, dict]]:
     A last line with no newline after it is partial only when it is not complete JSON: many tools end a
     JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole."""
     if path.endswith(".jsonl") and os.path.isfile(path):
-        size, cut = _partial_tail(path)
+        size, cut = partial_tail(path)
         if cut is not None:
             print(f"warning: {path}: ignoring a partial last line ({size - cut} bytes; a run was killed while "
                   "writing it)", file=sys.stderr)
@@ -159,35 +160,6 @@ def _lines_before(f, cut: int):
             return
         pos += len(raw)
         yield raw
-
-
-def _partial_tail(path: str, block: int = 1 << 16) -> tuple[int, int | None]:
-    """(file size, where a partial last line begins): one with no newline after it that is not complete JSON;
-    None when there is none. Reads the file's end only."""
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return size, None
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return size, None
-        tail, start = b"", size
-        while start > 0:                  # back to the newline before the last line
-            step = min(block, start)
-            start -= step
-            f.seek(start)
-            tail = f.read(step) + tail
-            nl = tail.rfind(b"\n")
-            if nl >= 0:
-                start, tail = start + nl + 1, tail[nl + 1:]
-                break
-    if not tail.strip():    # trailing blanks with no newline: nothing was cut
-        return size, None
-    try:
-        json.loads(tail)
-    except ValueError:      # not JSON, or not UTF-8: cut by a kill
-        return size, start
-    return size, None
 
 
 def need_file(path: str, flag: str) -> None:
@@ -216,17 +188,10 @@ class Output:
         self._fh = open(path, "a", encoding="utf-8")
 
     def _repair(self) -> None:
-        size, cut = _partial_tail(self.path)
-        if cut is not None:
-            print(f"warning: {self.path}: dropping a partial last line ({size - cut} bytes) left by a killed run; "
+        dropped = end_cut_line(self.path)
+        if dropped:
+            print(f"warning: {self.path}: dropping a partial last line ({dropped} bytes) left by a killed run; "
                   "that row is redone", file=sys.stderr)
-            os.truncate(self.path, cut)
-            return
-        if size:
-            with open(self.path, "rb+") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":      # a complete last row with no newline: end its line
-                    f.write(b"\n")
 
     def check_same_run(self, keys: set, what: str) -> None:
         """Refuse to append when the file holds rows this run would not write (``keys``: all it writes): they
