@@ -17,8 +17,9 @@ import queue
 import sys
 import threading
 import time
+from collections import Counter
 
-from ..readers import DataError, read_rows, row_list
+from ..readers import DataError, row_list
 from . import rows as R
 from .teacher_openai import Failure, OpenAITeacher, StopRun
 
@@ -256,24 +257,23 @@ def teacher_identity(args) -> str:
     return f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
 
 
-def check_same_teacher(args, path: str) -> None:
-    """Refuse to resume into ``path`` when its rows came from another teacher or ``--seed``: the keys (question
-    hash : sample) would count them as done, and the file would mix two runs' samples."""
-    others: dict[str, int] = {}
-    for _, row in read_rows(path):
-        if "key" not in row:
-            continue
-        who = str(row.get("teacher", "?"))
+def check_same_teacher(args, out: R.Output) -> None:
+    """Refuse to resume into ``out`` (opened with ``keep=("teacher", "seed")``) when its rows came from another
+    teacher or ``--seed``: the keys (question hash : sample) would count them as done, and the file would mix
+    two runs' samples."""
+    others: Counter = Counter()
+    for key, (who, seed) in out.kept.items():
+        who = str(who) if who is not None else "?"
         who = who.rsplit("@", 1)[0] if who.startswith("openai:") else who
         if who != teacher_identity(args):
-            others[f"teacher {who}"] = others.get(f"teacher {who}", 0) + 1
-        elif row.get("seed") != request_seed(args.seed, row["key"]):
-            others["another --seed"] = others.get("another --seed", 0) + 1
+            others[f"teacher {who}"] += 1
+        elif seed != request_seed(args.seed, key):
+            others["another --seed"] += 1
     if others:
         what = ", ".join(f"{n} made with {k}" for k, n in others.items())
         raise DataError(f"already holds rows of another run ({what}); this run is {teacher_identity(args)} with "
                         f"--seed {args.seed}, and resuming would mix the two: rerun with the first run's --teacher, "
-                        "--model and --seed, delete the file, or pass another --out", path=path)
+                        "--model and --seed, delete the file, or pass another --out", path=out.path)
 
 
 def make_teacher(args):
@@ -307,7 +307,7 @@ def make_teacher(args):
 
 def main(args) -> R.Tally:
     tally = R.Tally("generate")
-    with R.Output(args.out) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
+    with R.Output(args.out, keep=("teacher", "seed")) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
         todo, n_q, n_done, bad, repeats = pending_requests(args.data, args.samples, out.keys, args.seed,
                                                            args.question_field, args.limit)
         if bad and not n_q:
@@ -324,8 +324,7 @@ def main(args) -> R.Tally:
             print(f"warning: {args.data}: {len(repeats)} row(s) repeat the question of an earlier row and are asked "
                   f"once (rows {row_list(repeats)})", file=sys.stderr)
         tally.note("questions", n_q)
-        if out.rows:
-            check_same_teacher(args, args.out)
+        check_same_teacher(args, out)
         if n_done:
             tally.note("already_done", n_done)
         print(f"generate: {n_q} questions x {args.samples} samples; {n_done} already in {args.out}, "

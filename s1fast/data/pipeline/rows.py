@@ -170,13 +170,15 @@ def need_file(path: str, flag: str) -> None:
 
 
 class Output:
-    """An append-only JSON-lines file: ``keys`` holds what an earlier run already wrote (field ``key_field``)."""
+    """An append-only JSON-lines file: ``keys`` holds what an earlier run already wrote (field ``key_field``);
+    ``kept[key]`` the fields ``keep`` of that earlier row, read in the same pass."""
 
-    def __init__(self, path: str, key_field: str | None = "key"):
+    def __init__(self, path: str, key_field: str | None = "key", keep: tuple[str, ...] = ()):
         if not path.endswith(".jsonl"):
             raise DataError("outputs are JSON lines (appendable, so a stopped run resumes): name a .jsonl file",
                             path=path)
         self.path, self.key_field, self.keys = path, key_field, set()
+        self.kept: dict = {}
         self.rows = 0
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
@@ -185,6 +187,8 @@ class Output:
                 self.rows += 1
                 if key_field and row.get(key_field) is not None:
                     self.keys.add(row[key_field])
+                    if keep:
+                        self.kept[row[key_field]] = tuple(row.get(f) for f in keep)
         self._fh = open(path, "a", encoding="utf-8")
 
     def _repair(self) -> None:
