@@ -70,6 +70,9 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6)
     return weight * y.to(x.dtype)
 
 
+MAX_COLS = 65536  # one program holds a whole row: wider rows take the PyTorch path (the kernel would drop the rest)
+
+
 def _blocks(n_cols: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps): ~4K elements per program on a GPU, larger tiles under the interpreter."""
     block_d = row_block(n_cols, cap=MAX_COLS)
@@ -113,9 +116,6 @@ def _launch_bwd(x2, w, dy2, rstd):
 def _stat_dtype(x: torch.Tensor) -> torch.dtype:
     """rstd's dtype: fp32 (the kernel's), fp64 on the PyTorch path for fp64 inputs (reference precision)."""
     return torch.float64 if x.dtype == torch.float64 and not use_triton(x) else torch.float32
-
-
-MAX_COLS = 65536  # one program holds a whole row: wider rows take the PyTorch path (the kernel would drop the rest)
 
 
 def _kernel(x2: torch.Tensor) -> bool:
