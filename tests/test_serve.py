@@ -294,8 +294,11 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(served, ref
     try:
         r = raw(base, {"messages": msgs})
         assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_requests"
+        server.limits.max_concurrency, server.in_flight = 2, 1   # one choice running: n=2 would make three
+        r = raw(base, {"messages": msgs, "n": 2})
+        assert r.status_code == 429 and "n=2" in r.json()["error"]["message"], r.text
     finally:
-        server.limits.max_concurrency = limit
+        server.limits.max_concurrency, server.in_flight = limit, 0
     engine = server.engine
     engine.model = FailOnce(engine.model)
     try:

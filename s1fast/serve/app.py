@@ -108,7 +108,7 @@ class Server:
                  limits: api.Limits, api_key: str | None = None):
         self.engine, self.tok, self.model_name = engine, tokenizer, model_name
         self.max_total, self.defaults, self.limits, self.api_key = max_total_tokens, defaults, limits, api_key
-        self.in_flight = 0      # requests between submit and their last byte
+        self.in_flight = 0      # choices (rows asked for) between submit and their request's last byte
         self.served = 0         # requests answered in full
         self.cancelled = 0      # requests whose client went away before the end
         self.created = int(time.time())
@@ -225,10 +225,10 @@ async def _complete(server: Server, request: Request, kind: str):
     body = await server.read_body(request)
     job = api.parse_job(body, kind, server.tok, server.defaults, server.limits, server.model_name)
     forcers = [server.forcer(job) for _ in range(job.n)]
-    if server.in_flight >= server.limits.max_concurrency:
+    if server.in_flight + job.n > server.limits.max_concurrency:   # each choice is a request to the engine
         raise api.APIError(429, f"the server is at its limit of {server.limits.max_concurrency} requests in "
-                           "flight (--max-concurrency); retry later", code="too_many_requests",
-                           type="rate_limit_error")
+                           f"flight (--max-concurrency; a request counts its n={job.n} choices); retry later",
+                           code="too_many_requests", type="rate_limit_error")
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()   # (choice index, update)
     tickets = []
@@ -238,7 +238,7 @@ async def _complete(server: Server, request: Request, kind: str):
     except api.APIError:
         _cancel(server, tickets)
         raise
-    server.in_flight += 1
+    server.in_flight += job.n
     rid = api.new_id(kind)
     choices = [Choice(server, job, t) for t in tickets]
     if job.stream:
@@ -282,7 +282,7 @@ def _closer(server: Server, tickets):
         if not done:
             _cancel(server, tickets)
             server.cancelled += 1
-        server.in_flight -= 1
+        server.in_flight -= len(tickets)
     return close
 
 
@@ -323,7 +323,7 @@ async def _whole(server: Server, request: Request, job: api.Job, rid: str, choic
         server.cancelled += 1
         raise
     finally:
-        server.in_flight -= 1
+        server.in_flight -= len(choices)
 
 
 async def _stream(server: Server, job: api.Job, rid: str, choices: list[Choice], queue: asyncio.Queue, close):
