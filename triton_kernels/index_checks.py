@@ -5,15 +5,16 @@ An index out of range makes a kernel read or write outside its tensors (garbage 
 GPU, heap corruption under the interpreter) and the PyTorch path wrap a negative position silently, so both
 fail loudly instead. CPU tensors are checked on the host (a ``ValueError`` naming the first bad entry);
 CUDA tensors with ``torch._assert_async`` (no host sync: the error surfaces at the next synchronisation).
-The cross-entropy targets have their own check (``targets.py``).
+The cross-entropy targets' check (``targets.py``) raises through the same ``fail_where``.
 """
 from __future__ import annotations
 
 import torch
 
 
-def _fail(name: str, idx: torch.Tensor, bad: torch.Tensor, what: str, rule: str, fix: str) -> None:
-    """Raise (CPU) or assert on the device (CUDA) that no entry of ``idx`` is ``bad``."""
+def fail_where(name: str, idx: torch.Tensor, bad: torch.Tensor, what: str, rule: str, fix: str) -> None:
+    """Raise (CPU) or assert on the device (CUDA) that no entry of ``idx`` is ``bad``: a CPU tensor is read on
+    the host (no device sync), a CUDA one never is."""
     if idx.is_cuda:
         torch._assert_async(~bad.any(), f"{name}: {what} has an entry outside {rule}")
     elif bad.any().numpy():
@@ -28,7 +29,7 @@ def check_positions(name: str, position_ids: torch.Tensor, n_rows: int) -> None:
     if position_ids.numel() == 0 or position_ids.device.type == "meta":
         return
     bad = (position_ids < 0) | (position_ids >= n_rows)
-    _fail(name, position_ids, bad, "position_ids",
+    fail_where(name, position_ids, bad, "position_ids",
           f"[0, {n_rows}) (the rows of the cos/sin tables)",
           "build the tables for at least max(position_ids) + 1 positions")
 
@@ -40,6 +41,6 @@ def check_cu_seqlens(name: str, cu_seqlens: torch.Tensor, n_tokens: int) -> None
     cu = cu_seqlens.to(torch.int64)
     bad = (cu < 0) | (cu > n_tokens)
     bad[1:] |= cu[1:] < cu[:-1]
-    _fail(name, cu_seqlens, bad, "cu_seqlens",
+    fail_where(name, cu_seqlens, bad, "cu_seqlens",
           f"[0, T={n_tokens}] or below the entry before it",
           "cu_seqlens holds each document's first token, rising, then the token count T")

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._runtime import use_triton
+from .index_checks import fail_where
 
 CHECK_BLOCK = 1024
 
@@ -22,12 +23,6 @@ def _check_targets_kernel(t_ptr, n, vocab, ignore_index, BLOCK: tl.constexpr):
     t = tl.load(t_ptr + offs, mask=offs < n, other=ignore_index)
     tl.device_assert((t == ignore_index) | ((t >= 0) & (t < vocab)),
                      "s1fast_kernels cross-entropy: a target is outside [0, vocab) and is not ignore_index")
-
-
-def _message(name: str, target: torch.Tensor, bad: torch.Tensor, vocab: int, ignore_index: int) -> str:
-    i = int(bad.nonzero()[0, 0])
-    return (f"{name}: target[{i}] = {int(target[i])} is outside [0, {vocab}) and is not ignore_index="
-            f"{ignore_index} ({int(bad.sum())} such rows); fix the labels or mark them with ignore_index")
 
 
 def check_target_dtype(name: str, target: torch.Tensor) -> None:
@@ -46,10 +41,8 @@ def check_targets(name: str, target: torch.Tensor, vocab: int, ignore_index: int
         _check_targets_kernel[(triton.cdiv(n, CHECK_BLOCK),)](target, n, vocab, ignore_index, BLOCK=CHECK_BLOCK)
         return
     bad = (target != ignore_index) & ((target < 0) | (target >= vocab))
-    if target.is_cuda:
-        torch._assert_async(~bad.any(), f"{name}: a target is outside [0, {vocab}) and is not ignore_index")
-    elif bad.any().numpy():  # a CPU tensor: reading it is no device sync (the GPU branches above never read)
-        raise ValueError(_message(name, target, bad, vocab, ignore_index))
+    fail_where(name, target, bad, "target", f"[0, {vocab}) and is not ignore_index={ignore_index}",
+               "fix the labels or mark them with ignore_index")
 
 
 def sm90_variants() -> list[dict]:
