@@ -11,31 +11,39 @@ from .assumptions import Assumptions
 from .presets import CALIBRATION_MODEL, PROJECTED
 from .report import format_report, plot, project
 
-DESCRIPTION = "Projection of a recipe's wall time and per-GPU memory on H100s: s1's stack against s1fast."
+DESCRIPTION = "Projection of a recipe's wall time and per-GPU memory on H100 / H200 GPUs: s1's stack against s1fast."
 
 
 def main(argv=None) -> int:
     d = Assumptions()
     ap = argparse.ArgumentParser(prog="python -m s1fast.project", description=DESCRIPTION)
-    ap.add_argument("--preset", choices=sorted(PROJECTED), default="s1")
+    ap.add_argument("--preset", choices=sorted(PROJECTED), default="s1",
+                    help="the recipe: its model, data lengths, batch, epochs and GPU count (default: %(default)s)")
     ap.add_argument("--gpus", type=int, default=None, help="GPUs (default: the recipe's)")
-    ap.add_argument("--gpu", choices=sorted(PROJECTED_GPUS), default="h100")
+    ap.add_argument("--gpu", choices=sorted(PROJECTED_GPUS), default="h100",
+                    help="the GPU whose peaks (bf16 FLOP/s, HBM, NVLink) and memory the projection uses (default: %(default)s)")
     ap.add_argument("--model", default=CALIBRATION_MODEL,
-                    help="a config name of s1fast.model.CONFIGS or a Hugging Face model folder")
-    ap.add_argument("--lengths", default=None, help="token lengths, one integer per line")
+                    help="a config name of s1fast.model.CONFIGS or a Hugging Face model folder (default: %(default)s)")
+    ap.add_argument("--lengths", default=None, help="a file of token lengths, one integer per line (default: the recipe's bundled lengths)")
     ap.add_argument("--json", action="store_true", help="print the projection as JSON")
-    ap.add_argument("--plot", default=None, metavar="OUT.png")
-    ap.add_argument("--nic-gbit", type=float, default=d.nic_gbit, help="per NIC, Gbit/s")
-    ap.add_argument("--nics-per-node", type=int, default=d.nics_per_node)
-    ap.add_argument("--link-efficiency", type=float, default=d.link_efficiency)
-    ap.add_argument("--hbm-efficiency", type=float, default=d.hbm_efficiency)
-    ap.add_argument("--runtime-reserve-gb", type=float, default=d.runtime_reserve_gb)
-    ap.add_argument("--memory-headroom", type=float, default=d.memory_headroom)
-    ap.add_argument("--loss-chunk", type=int, default=d.loss_chunk)
-    ap.add_argument("--s1fast-mfu", type=float, default=None, help="override the anchored MFU assumption")
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--plot", default=None, metavar="OUT.png", help="also draw the projection to this PNG")
+    ap.add_argument("--nic-gbit", type=float, default=d.nic_gbit, help="per NIC, Gbit/s (default: %(default)s)")
+    ap.add_argument("--nics-per-node", type=int, default=d.nics_per_node, help="NICs per 8-GPU node (default: %(default)s)")
+    ap.add_argument("--link-efficiency", type=float, default=d.link_efficiency,
+                    help="achieved / nominal bandwidth of NVLink and NICs in collectives (default: %(default)s)")
+    ap.add_argument("--hbm-efficiency", type=float, default=d.hbm_efficiency,
+                    help="achieved / nominal HBM bandwidth in the optimizer step (default: %(default)s)")
+    ap.add_argument("--runtime-reserve-gb", type=float, default=d.runtime_reserve_gb,
+                    help="GiB per GPU held by the CUDA context, NCCL buffers and fragmentation (default: %(default)s)")
+    ap.add_argument("--memory-headroom", type=float, default=d.memory_headroom,
+                    help="fraction of the memory budget s1fast keeps free when it picks checkpointing (default: %(default)s)")
+    ap.add_argument("--loss-chunk", type=int, default=d.loss_chunk,
+                    help="tokens per chunk of the fused loss (default: the GPU default, chunk x vocab x 6 B <= 2 GiB)")
+    ap.add_argument("--s1fast-mfu", type=float, default=None, help="override the anchored MFU assumption (default: reference HFU x torchtitan's compile gain)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="order of the sequences in the plans (default: %(default)s)")
     ap.add_argument("--group-window", type=int, default=None,
-                    help="s1fast's plan: steps per grouping window (1 keeps s1's random step composition)")
+                    help="s1fast's plan: steps per grouping window (1 keeps s1's random step composition; default: "
+                         "the planner's)")
     ap.add_argument("--static-checkpointing", action="store_true",
                     help="s1fast checkpoints the longest pack's layer count at every micro-step (train "
                          "--checkpoint-layers K) instead of only what each micro-step's tokens need")
