@@ -13,7 +13,7 @@ from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.generate import load, prompt_ids
 from s1fast.sampling import Penalties
 from test_sampling import ref_penalized
-from test_serve import CONTEXT, client, exported, raw, served  # noqa: F401 - fixtures
+from test_serve import CONTEXT, KEY, client, exported, raw, served  # noqa: F401 - fixtures
 
 Q = "hello there how are you"
 FIELDS = {"num_wait": 0, "max_thinking_tokens": 10}
@@ -177,3 +177,33 @@ def test_out_of_range_logprobs_and_penalties_are_400s_naming_the_param(served): 
     r = raw(base, {"prompt": "2+2?", "top_logprobs": 2}, path="/v1/completions")   # a chat field
     assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_parameter"
     assert json.loads(httpx.get(f"{base}/health").text)["status"] == "ok"
+
+
+def test_a_stop_string_cuts_the_logprobs_with_the_answer_and_vllm_refuses_them(served, plain):  # noqa: F811
+    base, server = served
+    tok, f = plain.tok, plain(Q, **FORCING)
+    answer = tok.decode(f.answer)
+    stop = tok.decode(f.answer[:2])[-2:]          # found by the first or the second token
+    body = {"messages": [{"role": "user", "content": Q}], "max_tokens": 6, "logprobs": True, "stop": stop, **FIELDS}
+    whole = raw(base, body).json()
+    content = whole["choices"][0]["logprobs"]["content"]
+    assert whole["choices"][0]["message"]["content"] == answer[:answer.find(stop)]
+    n = whole["usage"]["answer_tokens"]
+    assert len(content) == n and 1 <= n < len(f.answer)
+    assert [e["token"] for e in content] == [tok.decode([t]) for t in f.answer[:n]]
+    streamed = []
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={**body, "stream": True},
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                streamed += [e for ch in json.loads(line[6:])["choices"] for e in (ch["logprobs"] or {}).get(
+                    "content", [])]
+    assert streamed == content
+    server.engine.per_token_options = False       # what --backend vllm's engine says
+    try:
+        for fields, param in (({"logprobs": True}, "logprobs"), ({"repetition_penalty": 1.2}, "repetition_penalty")):
+            r = raw(base, {"messages": [{"role": "user", "content": Q}], **fields})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_parameter", r.text
+            assert r.json()["error"]["param"] == param and "--backend vllm" in r.json()["error"]["message"]
+    finally:
+        del server.engine.per_token_options

@@ -4,7 +4,8 @@
 and ``POST /v1/completions``. Each choice's forcer (``n`` per request) goes to the engine
 (``ContinuousBatcher`` or ``VLLMBatcher``); the engine's updates cross to the event loop with
 ``call_soon_threadsafe``. A streamed request sends ``reasoning_content`` deltas while thinking and ``content``
-deltas while answering; a ``stop`` string ends a choice's answer (``StopText``). If the client goes away
+deltas while answering (with their tokens' logprobs when asked: ``serve.logprobs``); a ``stop`` string ends a
+choice's answer (``StopText``). If the client goes away
 (mid-stream, or while waiting for a whole response) the request is cancelled and its rows are freed. Every
 failure is answered in OpenAI's error shape (``api.APIError``).
 """
