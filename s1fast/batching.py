@@ -29,10 +29,10 @@ class Update:
     ``logprobs``: one entry per new answer id when the request asked for them."""
     thinking: tuple[int, ...] = ()
     answer: tuple[int, ...] = ()
-    logprobs: tuple[TokenLogprob, ...] = ()
     done: bool = False
     result: dict | None = None
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(eq=False)
@@ -105,8 +105,8 @@ class Scheduler:
         f = t.forcer
         if t.cancelled:
             return
-        upd = Update(tuple(f.thinking[t.sent[0]:]), tuple(f.answer[t.sent[1]:]),
-                     tuple(t.answer_logprobs[t.sent[2]:]), f.done, f.result() if f.done else None)
+        upd = Update(tuple(f.thinking[t.sent[0]:]), tuple(f.answer[t.sent[1]:]), f.done,
+                     f.result() if f.done else None, logprobs=tuple(t.answer_logprobs[t.sent[2]:]))
         t.sent = (len(f.thinking), len(f.answer), len(t.answer_logprobs))
         if upd.thinking or upd.answer or upd.done:
             t.on_update(upd)

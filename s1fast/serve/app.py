@@ -5,10 +5,9 @@ and ``POST /v1/completions``. Each choice's forcer (``n`` per request) goes to t
 (``ContinuousBatcher`` or ``VLLMBatcher``); the engine's updates cross to the event loop with
 ``call_soon_threadsafe``. A streamed request sends ``reasoning_content`` deltas while thinking and ``content``
 deltas while answering (with their tokens' logprobs when asked: ``serve.logprobs``); a ``stop`` string ends a
-choice's answer (``StopText``). If the client goes away
-(mid-stream, or while waiting for a whole response) the request is cancelled and its rows are freed. Every
-failure is answered in OpenAI's error shape (``api.APIError``).
-"""
+choice's answer (``StopText``). If the client goes away (mid-stream, or while waiting for a whole response)
+the request is cancelled and its rows are freed. Every failure is answered in OpenAI's error shape
+(``api.APIError``). ``/health`` is open; every ``/v1`` route checks the API key."""
 from __future__ import annotations
 
 import asyncio
