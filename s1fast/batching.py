@@ -3,7 +3,7 @@
 A :class:`ContinuousBatcher` owns one KV cache of ``slots`` rows and one worker thread. Requests (one
 :class:`~s1fast.forcing.BudgetForcer` each) wait in a queue and take a free row between decode steps; a row
 is freed as soon as its forcer is done or its request is cancelled. Each step prefills joining prompts by
-chunks, feeds every other busy row in one batched call, and picks tokens with ``generate.pick_tokens``, so a
+chunks, feeds every other busy row in one batched call, and picks tokens with ``sampling.pick_tokens``, so a
 request's tokens are those of ``s1fast.generate`` for the same prompt, settings and seed. After every step
 each changed request gets an :class:`Update` through its callback, on the worker thread (callbacks must be
 quick and thread-safe). The step in detail: docs/forcing.md, "Continuous batching".
@@ -17,20 +17,22 @@ from typing import Callable
 
 import torch
 
-from s1fast.forcing import BudgetForcer
-from s1fast.generate import pick_tokens
+from s1fast.forcing import ANSWER, BudgetForcer
+from s1fast.sampling import Penalties, TokenLogprob, pick_tokens, token_logprobs
 
 BATCH_FEED = 8   # a row with more pending ids than this is prefilled alone
 
 
 @dataclass(frozen=True)
 class Update:
-    """New ids since the last update; ``result`` (``BudgetForcer.result()``) once done; ``error`` on failure."""
+    """New ids since the last update; ``result`` (``BudgetForcer.result()``) once done; ``error`` on failure;
+    ``logprobs``: one entry per new answer id when the request asked for them."""
     thinking: tuple[int, ...] = ()
     answer: tuple[int, ...] = ()
     done: bool = False
     result: dict | None = None
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(eq=False)
@@ -40,15 +42,19 @@ class Ticket:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    penalties: Penalties = Penalties()
+    logprobs: int | None = None        # top logprobs per answer token (0: the token's own only); None: none
     cancelled: bool = False
     row: int = -1
     fed: int = 0
-    sent: tuple[int, int] = (0, 0)
+    sent: tuple[int, int, int] = (0, 0, 0)
+    answer_logprobs: list[TokenLogprob] = field(default_factory=list, repr=False)
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
 class Scheduler:
     """A queue of tickets and one worker thread running ``_loop``; subclasses schedule the work."""
+    per_token_options = True     # takes penalties and logprobs (submit refuses them otherwise)
 
     def __init__(self, *, max_len: int, device=None, name: str = "s1fast-scheduler"):
         self.max_len, self.device = max_len, device or torch.device("cpu")
@@ -62,11 +68,14 @@ class Scheduler:
         return self
 
     def submit(self, forcer: BudgetForcer, on_update: Callable[[Update], None], *, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int = 0) -> Ticket:
+               top_p: float = 1.0, seed: int = 0, penalties: Penalties = Penalties(),
+               logprobs: int | None = None) -> Ticket:
+        if (penalties.active or logprobs is not None) and not self.per_token_options:
+            raise NotImplementedError(f"{type(self).__name__} takes no penalties or logprobs")
         if forcer.max_len > self.max_len:
             raise ValueError(f"the request needs up to {forcer.max_len} positions; this server's rows hold "
                              f"{self.max_len} (--max-total-tokens)")
-        t = Ticket(forcer, on_update, temperature, top_p, seed)
+        t = Ticket(forcer, on_update, temperature, top_p, seed, penalties, logprobs)
         if temperature > 0:
             t.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         with self.cv:
@@ -97,8 +106,8 @@ class Scheduler:
         if t.cancelled:
             return
         upd = Update(tuple(f.thinking[t.sent[0]:]), tuple(f.answer[t.sent[1]:]), f.done,
-                     f.result() if f.done else None)
-        t.sent = (len(f.thinking), len(f.answer))
+                     f.result() if f.done else None, logprobs=tuple(t.answer_logprobs[t.sent[2]:]))
+        t.sent = (len(f.thinking), len(f.answer), len(t.answer_logprobs))
         if upd.thinking or upd.answer or upd.done:
             t.on_update(upd)
 
@@ -197,7 +206,7 @@ class ContinuousBatcher(Scheduler):
                   if id(t) not in chosen and 0 < len(t.forcer.ids) - t.fed <= BATCH_FEED]
         ready = (self._feed(prefill) if prefill else []) + (self._feed(decode) if decode else [])
         self.steps += 1
-        # Group by sampling settings: pick_tokens takes one temperature/top_p per call.
+        # Group by sampling settings: pick_tokens takes one temperature/top_p per call (penalties are per row).
         groups: dict[tuple[float, float], list[tuple[Ticket, torch.Tensor]]] = {}
         for t, lg in ready:
             groups.setdefault((t.temperature, t.top_p), []).append((t, lg))
@@ -205,14 +214,25 @@ class ContinuousBatcher(Scheduler):
             toks = pick_tokens(torch.stack([lg for _, lg in items]), temperature=temp, top_p=top_p,
                                vocab_limit=self.vocab_limit,
                                banned=[t.forcer.stops if t.forcer.suppress_stop else None for t, _ in items],
-                               generators=[t.generator for t, _ in items])
-            for (t, _), tok in zip(items, toks):
-                t.forcer.push(tok)
+                               generators=[t.generator for t, _ in items],
+                               penalties=[_penalty(t.penalties, t.forcer) for t, _ in items])
+            self._push(items, toks)
         with self.cv:
             for t, _ in ready:
                 self.report(t)
                 if t.forcer.done and not t.cancelled:
                     self.rows[t.row] = None
+
+    def _push(self, items: list[tuple[Ticket, torch.Tensor]], toks: list[int]) -> None:
+        """Each ticket's forcer takes its token; a ticket that asked for logprobs keeps those of its answer ids."""
+        want = [(i, t) for i, (t, _) in enumerate(items) if t.logprobs is not None and t.forcer.phase == ANSWER]
+        lps = token_logprobs(torch.stack([items[i][1] for i, _ in want]), [toks[i] for i, _ in want],
+                             [t.logprobs for _, t in want], vocab_limit=self.vocab_limit) if want else []
+        for (t, _), tok in zip(items, toks):
+            t.forcer.push(tok)
+        for (i, t), lp in zip(want, lps):
+            if len(t.answer_logprobs) < len(t.forcer.answer):     # the token joined the answer (not a stop id)
+                t.answer_logprobs.append(lp)
 
     def _fail_all(self, message: str) -> None:
         with self.cv:
@@ -221,3 +241,9 @@ class ContinuousBatcher(Scheduler):
         for t in victims:
             if not t.cancelled:
                 t.on_update(Update(done=True, error=message))
+
+
+def _penalty(p: Penalties, f: BudgetForcer):
+    """A row's penalty for ``pick_tokens``: the output is everything after the prompt (thinking, the forced
+    text, the answer so far)."""
+    return (p, f.ids[:f.prompt_len], f.ids[f.prompt_len:]) if p.active else None

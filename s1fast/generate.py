@@ -21,13 +21,14 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 
 from s1fast.data.format import DEFAULT_SYSTEM, generation_prompt
 from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.jsonl import end_cut_line, read_jsonl
+from s1fast.sampling import pick_tokens
 from s1fast.vllm_backend import VLLMBackend
 
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tokenizer", "qwen2.5")
@@ -61,44 +62,6 @@ def chat_prompt_ids(tokenizer, messages: Sequence[dict], system: str | None = DE
     """``prompt_ids`` for a conversation: ``messages`` are ``{"role": "system"|"user"|"assistant",
     "content": str}``; a leading system message replaces ``system``."""
     return tokenizer.encode(generation_prompt(list(messages), system), add_special_tokens=False)
-
-
-# ---- sampling -------------------------------------------------------------------------------------------
-# Below this temperature a draw is the argmax, as in vLLM (its _SAMPLING_EPS): logits / 1e-38 overflow to inf
-# and the softmax to NaN, which drew the last id of the vocabulary every time.
-GREEDY_BELOW = 1e-5
-
-
-def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
-                banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None]) -> list[int]:
-    """Next token per row of ``logits`` [n, V]: mask ids >= vocab_limit and each row's banned ids, then
-    argmax (temperature below ``GREEDY_BELOW``) or a seeded draw from the top-p nucleus of
-    softmax(logits / temperature).
-
-    The draw inverts each row's cumulative distribution (float64, so no tail mass is lost to rounding) at one
-    uniform from the row's own generator: one batched pass over the vocabulary for all rows, where a
-    per-row ``torch.multinomial`` costs a vocabulary pass each. A token of probability 0 is never drawn."""
-    logits = logits.float().clone()
-    if vocab_limit < logits.shape[-1]:
-        logits[:, vocab_limit:] = float("-inf")
-    for i, ban in enumerate(banned):
-        if ban:
-            logits[i, list(ban)] = float("-inf")
-    if temperature < GREEDY_BELOW:
-        return logits.argmax(-1).tolist()
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        drop[:, 0] = False   # the top token always stays (a top_p under float32's range rounds to 0: it dropped all)
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    cdf = probs.double().cumsum(-1)
-    u = torch.stack([torch.rand((), generator=g, device=g.device, dtype=torch.float64) for g in generators])
-    # the smallest i with cdf_i >= x, for x in (0, total]: then cdf_{i-1} < x <= cdf_i, so p_i > 0
-    x = (1.0 - u.to(cdf.device)) * cdf[:, -1]
-    return torch.searchsorted(cdf, x[:, None]).squeeze(1).clamp(max=cdf.shape[-1] - 1).tolist()
 
 
 def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:

@@ -183,6 +183,18 @@ def test_completions_models_and_health(served, reference):
     assert h["status"] == "ok" and h["served"] >= 2
 
 
+def test_health_is_open_and_every_v1_route_needs_the_key(served):
+    """A load balancer's probe has no key (it got 401): /health answers without one, as vLLM's does."""
+    base, server = served
+    assert httpx.get(f"{base}/health").status_code == 200
+    assert httpx.get(f"{base}/health", headers={"Authorization": "Bearer wrong"}).json()["status"] == "ok"
+    for path, method in (("/v1/models", "GET"), ("/v1/chat/completions", "POST"), ("/v1/completions", "POST")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.request(method, base + path, headers=headers, json={}, timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, headers, r.text)
+    assert httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
 @pytest.mark.slow
 def test_64_concurrent_clients_each_get_their_own_answer(served, reference):
     base, server = served

@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--served-model-name", help="the model id clients send (default: the model folder's name)")
     p.add_argument("--api-key", default=os.environ.get("S1FAST_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on every request (default: $S1FAST_API_KEY, else none)")
+                   help="require 'Authorization: Bearer KEY' on every /v1 route; /health stays open for probes "
+                   "(default: $S1FAST_API_KEY, else none)")
     p.add_argument("--prefill-chunk", type=int, default=256, help="prompt tokens prefilled per step (default 256)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB)")
     p.add_argument("--max-prompt-tokens", type=int, default=16384, help="longer prompts get 400 (default 16384)")

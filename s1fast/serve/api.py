@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from s1fast.generate import GenerationConfig, chat_prompt_ids
+from s1fast.sampling import Penalties
 
 
 class APIError(Exception):
@@ -28,12 +29,15 @@ class APIError(Exception):
 
 
 FORCING_FIELDS = ("max_thinking_tokens", "min_thinking_tokens", "num_wait", "extension", "max_answer_tokens")
+PENALTY_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty")
 COMMON_FIELDS = ("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
-                 "top_p", "seed", "n", "user", "stop") + FORCING_FIELDS
-CHAT_FIELDS = COMMON_FIELDS + ("messages",)
+                 "top_p", "seed", "n", "user", "stop", "logprobs") + PENALTY_FIELDS + FORCING_FIELDS
+CHAT_FIELDS = COMMON_FIELDS + ("messages", "top_logprobs")
 COMPLETION_FIELDS = COMMON_FIELDS + ("prompt",)
+TOOL_FIELDS = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls")
 MAX_EXTENSION_CHARS = 200
 MAX_STOPS = 4                          # OpenAI's limit on stop strings
+MAX_LOGPROBS = 20                      # top_logprobs (chat) / logprobs (completions): OpenAI's and vLLM's 20
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Job:
     seed: int = 0
     stop: tuple[str, ...] = ()         # strings that end the answer (not the thinking); the match is left out
     n: int = 1                         # choices; choice i is seeded with seed + i
+    penalties: Penalties = Penalties()
+    logprobs: int | None = None        # top logprobs per answer token; None: no logprobs
 
 
 def parse_json(raw: bytes) -> dict:
@@ -128,11 +134,7 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
               model_name: str) -> Job:
     """Check ``body`` (a chat or completion request) and turn it into a :class:`Job`."""
     body = {k: v for k, v in body.items() if v is not None}   # null is "not given", as in OpenAI's API
-    allowed = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise APIError(400, f"Unrecognized request argument(s) supplied: {', '.join(unknown)} (this endpoint "
-                       f"takes {', '.join(allowed)})", code="unknown_parameter", param=unknown[0])
+    _check_names(body, kind)
     if "model" in body and body["model"] != model_name:
         raise APIError(404, f"The model {body['model']!r} does not exist; this server serves {model_name!r}",
                        code="model_not_found", param="model")
@@ -144,7 +146,39 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
     if not isinstance(opts, dict) or set(opts) - {"include_usage"}:
         raise APIError(400, "'stream_options' takes only {\"include_usage\": bool}", code="invalid_value",
                        param="stream_options")
+    forcing = _forcing(body, defaults, limits)
+    temperature = _number(body, "temperature", 0.0, 2.0) if body.get("temperature") is not None \
+        else defaults.temperature
+    top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True) if body.get("top_p") is not None else defaults.top_p
+    seed = _int(body, "seed", 0, 2**63 - 1) if body.get("seed") is not None else defaults.seed
+    stop = body.get("stop", [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > MAX_STOPS or not all(isinstance(x, str) and x for x in stop):
+        raise APIError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOPS} of them, got "
+                       f"{body['stop']!r}", code="invalid_value", param="stop")
+    ids = _prompt_ids(body, kind, tokenizer)
+    if len(ids) > limits.max_prompt_tokens:
+        raise APIError(400, f"the prompt has {len(ids)} tokens; this server takes at most "
+                       f"{limits.max_prompt_tokens} (--max-prompt-tokens)", code="context_length_exceeded",
+                       param="messages" if kind == "chat" else "prompt")
+    return Job(kind, ids, stream, bool(opts.get("include_usage", False)), forcing, temperature, top_p, seed,
+               tuple(stop), n, _penalties(body), _logprobs(body, kind))
 
+
+def _check_names(body: dict, kind: str) -> None:
+    tools = [k for k in TOOL_FIELDS if k in body]
+    if tools:
+        raise APIError(400, f"tool calling is not supported by this server ('{tools[0]}' was sent): it serves a "
+                       "budget-forced reasoning model; leave out tools, tool_choice and functions",
+                       code="unsupported_parameter", param=tools[0])
+    allowed = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise APIError(400, f"Unrecognized request argument(s) supplied: {', '.join(unknown)} (this endpoint "
+                       f"takes {', '.join(allowed)})", code="unknown_parameter", param=unknown[0])
+
+
+def _forcing(body: dict, defaults: GenerationConfig, limits: Limits) -> dict:
     forcing = {k: getattr(defaults, k) for k in FORCING_FIELDS}
     for name in ("min_thinking_tokens", "num_wait"):
         if name in body:
@@ -161,40 +195,57 @@ def parse_job(body: dict, kind: str, tokenizer, defaults: GenerationConfig, limi
             raise APIError(400, f"'extension' must be a non-blank string of at most {MAX_EXTENSION_CHARS} "
                            f"characters, got {ext!r}", code="invalid_value", param="extension")
         forcing["extension"] = ext
-    temperature = _number(body, "temperature", 0.0, 2.0) if body.get("temperature") is not None \
-        else defaults.temperature
-    top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True) if body.get("top_p") is not None else defaults.top_p
-    seed = _int(body, "seed", 0, 2**63 - 1) if body.get("seed") is not None else defaults.seed
-    stop = body.get("stop", [])
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > MAX_STOPS or not all(isinstance(x, str) and x for x in stop):
-        raise APIError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOPS} of them, got "
-                       f"{body['stop']!r}", code="invalid_value", param="stop")
+    return forcing
 
+
+def _penalties(body: dict) -> Penalties:
+    """OpenAI's presence/frequency penalties (-2..2) and vLLM's repetition penalty (> 0, 1 is none)."""
+    kw = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        if name in body:
+            kw[name.split("_")[0]] = _number(body, name, -2.0, 2.0)
+    if "repetition_penalty" in body:
+        v = body["repetition_penalty"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+            raise APIError(400, f"'repetition_penalty' must be a finite number > 0 (1 is no penalty), got {v!r}",
+                           code="invalid_value", param="repetition_penalty")
+        kw["repetition"] = float(v)
+    return Penalties(**kw)
+
+
+def _logprobs(body: dict, kind: str) -> int | None:
+    """The number of top logprobs per answer token, or None: chat's ``logprobs: true`` + ``top_logprobs``,
+    completions' ``logprobs: k``."""
+    if kind == "completion":
+        return _int(body, "logprobs", 0, MAX_LOGPROBS) if "logprobs" in body else None
+    on = body.get("logprobs", False)
+    if not isinstance(on, bool):
+        raise APIError(400, f"'logprobs' must be true or false (the number of alternatives is 'top_logprobs'), "
+                       f"got {on!r}", code="invalid_type", param="logprobs")
+    if "top_logprobs" in body and not on:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", code="invalid_value", param="top_logprobs")
+    if not on:
+        return None
+    return _int(body, "top_logprobs", 0, MAX_LOGPROBS) if "top_logprobs" in body else 0
+
+
+def _prompt_ids(body: dict, kind: str, tokenizer) -> list[int]:
     if kind == "chat":
-        ids = chat_prompt_ids(tokenizer, _messages(body))
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if isinstance(prompt, str) and prompt:
-            ids = tokenizer.encode(prompt, add_special_tokens=False)
-        elif (isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
-                                                          and 0 <= t < len(tokenizer) for t in prompt)):
-            ids = list(prompt)
-        elif isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
-            raise APIError(400, f"'prompt' is a batch of {len(prompt)} prompts; this server takes one per request: "
-                           "send one request each (they are batched together on the server)", code="invalid_value",
-                           param="prompt")
-        else:
-            raise APIError(400, "'prompt' must be a non-empty string (the chat-formatted text up to "
-                           "'<|im_start|>assistant\\n') or a list of token ids", code="invalid_value", param="prompt")
-    if len(ids) > limits.max_prompt_tokens:
-        raise APIError(400, f"the prompt has {len(ids)} tokens; this server takes at most "
-                       f"{limits.max_prompt_tokens} (--max-prompt-tokens)", code="context_length_exceeded",
-                       param="messages" if kind == "chat" else "prompt")
-    return Job(kind, ids, stream, bool(opts.get("include_usage", False)), forcing, temperature, top_p, seed,
-               tuple(stop), n)
+        return chat_prompt_ids(tokenizer, _messages(body))
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return tokenizer.encode(prompt, add_special_tokens=False)
+    if (isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                    and 0 <= t < len(tokenizer) for t in prompt)):
+        return list(prompt)
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
+        raise APIError(400, f"'prompt' is a batch of {len(prompt)} prompts; this server takes one per request: "
+                       "send one request each (they are batched together on the server)", code="invalid_value",
+                       param="prompt")
+    raise APIError(400, "'prompt' must be a non-empty string (the chat-formatted text up to "
+                   "'<|im_start|>assistant\\n') or a list of token ids", code="invalid_value", param="prompt")
 
 
 # ---- responses ------------------------------------------------------------------------------------------
@@ -219,16 +270,16 @@ def finish_reason(result: dict) -> str:
     return "stop" if result["finished"] else "length"
 
 
-def response(kind: str, rid: str, model: str, outs: list[tuple[str, str, dict, str]]) -> dict:
-    """The whole response; ``outs``: (thinking, answer, result, forced end text) per choice. Each choice carries
-    its ``budget_forcing``; the top-level one is choice 0's (the only one when n = 1)."""
+def response(kind: str, rid: str, model: str, outs: list[tuple[str, str, dict, str, dict | None]]) -> dict:
+    """The whole response; ``outs``: (thinking, answer, result, forced end text, logprobs) per choice. Each
+    choice carries its ``budget_forcing``; the top-level one is choice 0's (the only one when n = 1)."""
     choices = []
-    for i, (thinking, answer, result, forced_end) in enumerate(outs):
+    for i, (thinking, answer, result, forced_end, logprobs) in enumerate(outs):
         if kind == "chat":
             choice = {"index": i, "message": {"role": "assistant", "content": answer, "reasoning_content": thinking},
-                      "logprobs": None, "finish_reason": finish_reason(result)}
+                      "logprobs": logprobs, "finish_reason": finish_reason(result)}
         else:
-            choice = {"index": i, "text": answer, "reasoning_content": thinking, "logprobs": None,
+            choice = {"index": i, "text": answer, "reasoning_content": thinking, "logprobs": logprobs,
                       "finish_reason": finish_reason(result)}
         choices.append({**choice, "budget_forcing": forcing_report(result, forced_end)})
     obj = "chat.completion" if kind == "chat" else "text_completion"
@@ -237,7 +288,7 @@ def response(kind: str, rid: str, model: str, outs: list[tuple[str, str, dict, s
 
 
 def chunk(kind: str, rid: str, model: str, *, index: int = 0, thinking: str = "", answer: str = "",
-          first: bool = False, finish: str | None = None) -> dict:
+          first: bool = False, finish: str | None = None, logprobs: dict | None = None) -> dict:
     """One streamed event (``chat.completion.chunk`` or a streamed ``text_completion``)."""
     if kind == "chat":
         delta: dict = {"role": "assistant", "content": ""} if first else {}
@@ -245,10 +296,10 @@ def chunk(kind: str, rid: str, model: str, *, index: int = 0, thinking: str = ""
             delta["reasoning_content"] = thinking
         if answer:
             delta["content"] = answer
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": index, "text": answer, "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "text": answer, "logprobs": logprobs, "finish_reason": finish}
         if thinking:
             choice["reasoning_content"] = thinking
         obj = "text_completion"

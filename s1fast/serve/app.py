@@ -4,10 +4,10 @@
 and ``POST /v1/completions``. Each choice's forcer (``n`` per request) goes to the engine
 (``ContinuousBatcher`` or ``VLLMBatcher``); the engine's updates cross to the event loop with
 ``call_soon_threadsafe``. A streamed request sends ``reasoning_content`` deltas while thinking and ``content``
-deltas while answering; a ``stop`` string ends a choice's answer (``StopText``). If the client goes away
-(mid-stream, or while waiting for a whole response) the request is cancelled and its rows are freed. Every
-failure is answered in OpenAI's error shape (``api.APIError``).
-"""
+deltas while answering (with their tokens' logprobs when asked: ``serve.logprobs``); a ``stop`` string ends a
+choice's answer (``StopText``). If the client goes away (mid-stream, or while waiting for a whole response)
+the request is cancelled and its rows are freed. Every failure is answered in OpenAI's error shape
+(``api.APIError``). ``/health`` is open; every ``/v1`` route checks the API key."""
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +24,7 @@ from s1fast.batching import Update
 from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.generate import GenerationConfig
 from s1fast.serve import api
+from s1fast.serve.logprobs import Logprobs
 
 DISCONNECT_POLL_S = 0.5
 
@@ -82,15 +83,25 @@ def stopped_result(ticket, answer_tokens: int) -> dict:
 
 
 class Choice:
-    """One choice of a request: its ticket, its texts so far, and its result once it is done."""
+    """One choice of a request: its ticket, its texts (and logprobs) so far, and its result once it is done."""
 
     def __init__(self, server: "Server", job: api.Job, ticket):
         self.engine, self.ticket, self.result = server.engine, ticket, None
         self.thinking, self.answer, self.cut = TextStream(server.tok), TextStream(server.tok), StopText(job.stop)
+        self.logprobs = Logprobs(server.tok, job.kind) if job.logprobs is not None else None
+
+    def whole_logprobs(self) -> dict | None:
+        """The logprobs of the answer's tokens (those a stop string left), for the whole response."""
+        if self.logprobs is None:
+            return None
+        return Logprobs(self.logprobs.tok, self.logprobs.kind).take(
+            self.logprobs.entries[:self.result["answer_tokens"]])
 
     def take(self, upd: Update) -> tuple[str, str]:
         """The (thinking, answer) text ``upd`` adds that may be sent; sets ``result`` once the choice is done
         (a stop string ends it: its ticket is cancelled)."""
+        if self.logprobs is not None:
+            self.logprobs.add(upd.logprobs)
         t = self.thinking.push(upd.thinking, upd.done)
         a = self.cut.push(self.answer.push(upd.answer, upd.done), upd.done)
         if self.cut.hit:
@@ -197,8 +208,7 @@ def build_app(server: Server, *, on_shutdown=None) -> FastAPI:
                                          code=code).body(), status_code=exc.status_code)
 
     @app.get("/health")
-    async def health(request: Request):
-        server.check_key(request)
+    async def health():     # open, as vLLM's: a load balancer's probe has no key; every /v1 route checks it
         return {"status": "ok", "model": server.model_name, "in_flight": server.in_flight,
                 "engine_busy": server.engine.busy, "served": server.served, "cancelled": server.cancelled}
 
@@ -224,6 +234,7 @@ async def _complete(server: Server, request: Request, kind: str):
     server.check_key(request)
     body = await server.read_body(request)
     job = api.parse_job(body, kind, server.tok, server.defaults, server.limits, server.model_name)
+    _check_engine(server, job)
     forcers = [server.forcer(job) for _ in range(job.n)]
     if server.in_flight + job.n > server.limits.max_concurrency:   # each choice is a request to the engine
         raise api.APIError(429, f"the server is at its limit of {server.limits.max_concurrency} requests in "
@@ -258,12 +269,25 @@ def _submit(server: Server, job: api.Job, forcer: BudgetForcer, loop, queue: asy
 
     try:
         return server.engine.submit(forcer, deliver, temperature=job.temperature, top_p=job.top_p,
-                                    seed=job.seed + index)
+                                    seed=job.seed + index, penalties=job.penalties, logprobs=job.logprobs)
     except ValueError as e:
         raise api.APIError(400, str(e), code="context_length_exceeded") from None
     except RuntimeError as e:
         raise api.APIError(503, f"{e}; retry on another server", code="shutting_down",
                            type="server_error") from None
+
+
+def _check_engine(server: Server, job: api.Job) -> None:
+    if getattr(server.engine, "per_token_options", True):
+        return
+    p = job.penalties
+    asked = [k for k, on in (("logprobs", job.logprobs is not None), ("presence_penalty", p.presence != 0),
+                             ("frequency_penalty", p.frequency != 0), ("repetition_penalty", p.repetition != 1))
+             if on]
+    if asked:
+        raise api.APIError(400, f"'{asked[0]}' (logprobs and penalties) needs the native engine; this server runs "
+                           "--backend vllm: leave it out, or serve with the default backend",
+                           code="unsupported_parameter", param=asked[0])
 
 
 def _cancel(server: Server, tickets) -> None:
@@ -317,7 +341,8 @@ async def _whole(server: Server, request: Request, job: api.Job, rid: str, choic
                 server.served += 1
                 return api.response(job.kind, rid, server.model_name, [
                     (c.thinking.text(), c.cut.text, c.result,
-                     server.tok.decode(c.result["forced_end_ids"], skip_special_tokens=False)) for c in choices])
+                     server.tok.decode(c.result["forced_end_ids"], skip_special_tokens=False), c.whole_logprobs())
+                    for c in choices])
     except asyncio.CancelledError:
         _cancel(server, tickets)
         server.cancelled += 1
@@ -348,8 +373,9 @@ async def _stream(server: Server, job: api.Job, rid: str, choices: list[Choice],
             if c.result is not None:     # ended by a stop string: what was already on its way is dropped
                 continue
             t, a = c.take(upd)
-            if t or a:
-                yield event(api.chunk(job.kind, rid, server.model_name, index=i, thinking=t, answer=a))
+            lp = c.logprobs.take(upd.logprobs) if c.logprobs is not None and upd.logprobs else None
+            if t or a or lp:
+                yield event(api.chunk(job.kind, rid, server.model_name, index=i, thinking=t, answer=a, logprobs=lp))
             if c.result is not None:
                 last = api.chunk(job.kind, rid, server.model_name, index=i, finish=api.finish_reason(c.result))
                 last["budget_forcing"] = api.forcing_report(c.result, server.tok.decode(

@@ -13,6 +13,8 @@ from s1fast.vllm_backend import VLLMBackend
 
 
 class VLLMBatcher(Scheduler):
+    per_token_options = False    # penalties and logprobs: the native engine only (the app answers 400)
+
     def __init__(self, backend: VLLMBackend, *, vocab_limit: int, max_len: int):
         super().__init__(max_len=max_len, name="s1fast-vllm")
         self.backend, self.vocab_limit = backend, vocab_limit

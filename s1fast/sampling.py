@@ -1,0 +1,109 @@
+"""Picking the next token: penalties, then the greedy or seeded top-p draw; and the logprobs a server reports.
+
+``pick_tokens`` is the one sampler of the native engine (``s1fast.generate`` and the server's continuous
+batcher). Penalties are per row (rows of one batch may differ), with vLLM's definitions: ``repetition``
+(HF/CTRL: a positive logit is divided by it, a negative one multiplied) over the prompt's and the output's
+ids, ``frequency`` (times the id's count) and ``presence`` (once) over the output's ids only; the output is
+everything after the prompt. ``token_logprobs`` gives the model's raw log-softmax (temperature 1, no
+penalty, no top-p: vLLM's default ``logprobs_mode``), only for the rows that ask. Details: docs/serving.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+# Below this temperature a draw is the argmax, as in vLLM (its _SAMPLING_EPS): logits / 1e-38 overflow to inf
+# and the softmax to NaN, which drew the last id of the vocabulary every time.
+GREEDY_BELOW = 1e-5
+LOGPROB_FLOOR = -9999.0   # reported logprobs are clamped here, as vLLM does (-inf is not JSON)
+
+
+@dataclass(frozen=True)
+class Penalties:
+    """One row's penalties; the defaults change nothing (and cost nothing: ``pick_tokens`` skips them)."""
+    presence: float = 0.0
+    frequency: float = 0.0
+    repetition: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        return self != Penalties()
+
+    def apply(self, logits: torch.Tensor, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> None:
+        """Penalize one row of logits [V] in place."""
+        vocab = logits.shape[-1]
+        out = torch.tensor(list(output_ids), dtype=torch.long, device=logits.device)
+        counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
+        if self.repetition != 1.0:
+            seen = counts > 0
+            prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=logits.device)
+            seen[prompt[prompt < vocab]] = True
+            scaled = torch.where(logits > 0, logits / self.repetition, logits * self.repetition)
+            logits.copy_(torch.where(seen, scaled, logits))
+        if self.frequency:
+            logits -= self.frequency * counts
+        if self.presence:
+            logits -= self.presence * (counts > 0).to(logits.dtype)
+
+
+# (penalties, prompt ids, output ids) of a row, or None for no penalty
+RowPenalty = tuple[Penalties, Sequence[int], Sequence[int]] | None
+
+
+def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
+                banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None],
+                penalties: Sequence[RowPenalty] | None = None) -> list[int]:
+    """Next token per row of ``logits`` [n, V]: mask ids >= vocab_limit and each row's banned ids, apply each
+    row's penalties, then argmax (temperature below ``GREEDY_BELOW``) or a seeded draw from the top-p nucleus
+    of softmax(logits / temperature).
+
+    The draw inverts each row's cumulative distribution (float64, so no tail mass is lost to rounding) at one
+    uniform from the row's own generator: one batched pass over the vocabulary for all rows, where a
+    per-row ``torch.multinomial`` costs a vocabulary pass each. A token of probability 0 is never drawn."""
+    logits = logits.float().clone()
+    if vocab_limit < logits.shape[-1]:
+        logits[:, vocab_limit:] = float("-inf")
+    for i, ban in enumerate(banned):
+        if ban:
+            logits[i, list(ban)] = float("-inf")
+    for i, row in enumerate(penalties or ()):
+        if row is not None and row[0].active:
+            row[0].apply(logits[i], row[1], row[2])
+    if temperature < GREEDY_BELOW:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it already does.
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        drop[:, 0] = False   # the top token always stays (a top_p under float32's range rounds to 0: it dropped all)
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    cdf = probs.double().cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g, device=g.device, dtype=torch.float64) for g in generators])
+    # the smallest i with cdf_i >= x, for x in (0, total]: then cdf_{i-1} < x <= cdf_i, so p_i > 0
+    x = (1.0 - u.to(cdf.device)) * cdf[:, -1]
+    return torch.searchsorted(cdf, x[:, None]).squeeze(1).clamp(max=cdf.shape[-1] - 1).tolist()
+
+
+# (token id, its logprob, ((id, logprob) of the top k, best first))
+TokenLogprob = tuple[int, float, tuple[tuple[int, float], ...]]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int], top: Sequence[int], *,
+                   vocab_limit: int) -> list[TokenLogprob]:
+    """For row i of ``logits`` [n, V] (the model's raw logits): the logprob of ``tokens[i]`` and the ``top[i]``
+    most likely ids, from a float64 log-softmax over the ids below ``vocab_limit``; clamped at LOGPROB_FLOOR.
+    Call it with only the rows that asked: it builds an [n, V] float64 tensor for them."""
+    lsm = logits.double()
+    if vocab_limit < lsm.shape[-1]:
+        lsm = lsm[:, :vocab_limit]
+    lsm = torch.log_softmax(lsm, dim=-1).clamp(min=LOGPROB_FLOOR)
+    chosen = lsm.gather(1, torch.tensor(list(tokens), device=lsm.device)[:, None]).squeeze(1).tolist()
+    k = max(top, default=0)
+    best_lp, best_id = lsm.topk(k, dim=-1) if k else (lsm[:, :0], lsm[:, :0].long())
+    best_lp, best_id = best_lp.tolist(), best_id.tolist()
+    return [(int(t), chosen[i], tuple(zip(best_id[i][:top[i]], best_lp[i][:top[i]])))
+            for i, t in enumerate(tokens)]
