@@ -393,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_args(p)
     p.add_argument("--data", default=DEFAULT_DATA, help="jsonl of problems, or toy:NAME[:N] (held-out toy problems; "
                                                         "default: the bundled AIME/AMC sample)")
-    p.add_argument("--question-field")
-    p.add_argument("--answer-field")
+    p.add_argument("--question-field", help=f"the question's field (default: the first of {', '.join(QUESTION_FIELDS)})")
+    p.add_argument("--answer-field", help=f"the reference answer's field (default: the first of {', '.join(ANSWER_FIELDS)})")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--budgets", type=_list(budget_arg), default=[1000, 2000, 4000, 8000],
                    help="comma-separated thinking budgets (ints or auto)")

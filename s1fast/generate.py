@@ -209,16 +209,21 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     """Options shared with ``s1fast.eval``."""
     p.add_argument("--model", required=True, help="exported Hugging Face model folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
-    p.add_argument("--backend", choices=["native", "vllm"], default="native")
-    p.add_argument("--min-thinking-tokens", type=int, default=0)
+    p.add_argument("--backend", choices=["native", "vllm"], default="native",
+                   help="native: s1fast's KV-cache engine (CPU or GPU); vllm: vLLM's engine with the same forcing "
+                        "(a GPU node with vllm installed) (default: native)")
+    p.add_argument("--min-thinking-tokens", type=int, default=0,
+                   help="ignore the end of thinking (append --extension) until this many thinking tokens (default: 0)")
     p.add_argument("--extension", default="Wait", help="text appended when the end of thinking is ignored")
-    p.add_argument("--max-answer-tokens", type=int, default=None)
+    p.add_argument("--max-answer-tokens", type=int, default=None,
+                   help="answer budget after the thinking (default: what the context leaves)")
     p.add_argument("--max-total-tokens", type=int, default=None,
                    help="context budget (default: the model's max_position_embeddings, else 32768)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (or below 1e-5) is greedy (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default: 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds each question's draw, so an output does not depend on the batch (default: 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences decoded together (default: 8)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="weights' dtype (default auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto: cuda if there is a GPU)")
@@ -352,8 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_generation_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a question (repeatable)")
     p.add_argument("--prompts", help="jsonl file of questions (strings or objects with --field)")
-    p.add_argument("--field", default="question")
-    p.add_argument("--max-thinking-tokens", type=budget_arg, default="auto")
+    p.add_argument("--field", default="question", help="the question's field in --prompts objects (default: question)")
+    p.add_argument("--max-thinking-tokens", type=budget_arg, default="auto",
+                   help="thinking budget: an int, or auto (the context minus the prompt and the forcing text) "
+                        "(default: auto)")
     p.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
     p.add_argument("--out", help="append JSON lines here as they are produced (default: stdout); a rerun skips "
                                  "the prompts already there")

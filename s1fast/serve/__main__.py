@@ -54,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the largest max_tokens, min_thinking_tokens or num_wait a request may ask for (default 16384)")
     p.add_argument("--max-concurrency", type=int, default=128,
                    help="requests in flight (running + queued); more get 429 (default 128)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: info)")
     return p
 
 
