@@ -38,9 +38,10 @@ def _decode(raw: bytes, path: str, row: int) -> str:
                         path=path, row=row) from None
 
 
-def jsonl_rows(lines: Iterable[bytes], path: str) -> Iterator[tuple[int, dict]]:
-    """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from 1; blank lines skipped)."""
-    for i, raw in enumerate(lines, 1):
+def jsonl_rows(lines: Iterable[bytes], path: str, first: int = 1) -> Iterator[tuple[int, dict]]:
+    """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from ``first``: 1 unless the lines are
+    read from the middle of the file; blank lines skipped)."""
+    for i, raw in enumerate(lines, first):
         line = _decode(raw[3:] if i == 1 and raw.startswith(BOM) else raw, path, i)
         if not line.strip():
             continue

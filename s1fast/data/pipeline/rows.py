@@ -142,24 +142,66 @@ def read(path: str) -> Iterator[tuple[int, dict]]:
 
     A last line with no newline after it is partial only when it is not complete JSON: many tools end a
     JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole."""
+    for i, _, row in read_at(path):
+        yield i, row
+
+
+def read_at(path: str) -> Iterator[tuple[int, int | None, dict]]:
+    """``read`` with where each row starts: ``(row_number, byte offset, row)`` for a .jsonl, whose row
+    :func:`row_at` reads again from there; the offset is None for .json and .parquet files."""
     if path.endswith(".jsonl") and os.path.isfile(path):
         size, cut = partial_tail(path)
         if cut is not None:
             print(f"warning: {path}: ignoring a partial last line ({size - cut} bytes; a run was killed while "
                   "writing it)", file=sys.stderr)
-            with open(path, "rb") as f:
-                yield from jsonl_rows(_lines_before(f, cut), path)
-            return
-    yield from read_rows(path)
+        with open(path, "rb") as f:
+            lines = _Lines(f, size if cut is None else cut)
+            for i, row in jsonl_rows(lines, path):
+                yield i, lines.pos, row
+        return
+    for i, row in read_rows(path):
+        yield i, None, row
 
 
-def _lines_before(f, cut: int):
-    pos = 0
-    for raw in f:
-        if pos >= cut:
-            return
-        pos += len(raw)
-        yield raw
+def read_shown(path: str, desc: str, enabled: bool = True) -> Iterator[tuple[int, dict]]:
+    """``read`` with a progress bar: bytes of a .jsonl (its size known without reading it), else rows."""
+    size = os.path.getsize(path) if path.endswith(".jsonl") and os.path.isfile(path) else None
+    shown = bar(size, desc, "B" if size is not None else "row", enabled, unit_scale=size is not None)
+    done = 0
+    for i, pos, row in read_at(path):
+        if size is None:
+            shown.update(1)
+        else:
+            shown.update(pos - done)
+            done = pos
+        yield i, row
+    if size is not None:
+        shown.update(size - done)
+    shown.close()
+
+
+class _Lines:
+    """The raw lines of an open file up to byte ``end``; ``pos``: where the last one given began."""
+
+    def __init__(self, f, end: int):
+        self.f, self.end, self.pos, self._next = f, end, 0, 0
+
+    def __iter__(self):
+        for raw in self.f:
+            if self._next >= self.end:
+                return
+            self.pos, self._next = self._next, self._next + len(raw)
+            yield raw
+
+
+def row_at(f, path: str, offset: int, row: int) -> dict:
+    """The row ``row`` of the .jsonl ``path`` (open as ``f``, binary) that begins at ``offset`` (from
+    :func:`read_at`)."""
+    f.seek(offset)
+    for _, value in jsonl_rows([f.readline()], path, first=row):
+        return value
+    raise DataError(f"no row at byte {offset} any more: the file changed while it was read; run again",
+                    path=path, row=row)
 
 
 def need_file(path: str, flag: str) -> None:
@@ -236,12 +278,13 @@ class _NoBar:
         pass
 
 
-def bar(total: int, desc: str, unit: str, enabled: bool = True):
-    """A progress bar on stderr (tqdm), or one that shows nothing when disabled or tqdm is missing."""
+def bar(total: int | None, desc: str, unit: str, enabled: bool = True, **kw):
+    """A progress bar on stderr (tqdm; ``kw`` passed on), or one that shows nothing when disabled or tqdm is
+    missing."""
     if enabled:
         try:
             from tqdm import tqdm
-            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, **kw)
         except ImportError:
             pass
     return _NoBar()
