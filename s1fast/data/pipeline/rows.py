@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 from ...jsonl import end_cut_line, partial_tail
-from ..readers import DataError, jsonl_rows, read_rows
+from ..readers import DataError, jsonl_rows, read_rows, samples_of
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
 REFERENCE_FIELDS = ("answer", "gt", "solution", "Answer")
@@ -146,9 +146,9 @@ def read(path: str) -> Iterator[tuple[int, dict]]:
         yield i, row
 
 
-def read_at(path: str) -> Iterator[tuple[int, int | None, dict]]:
-    """``read`` with where each row starts: ``(row_number, byte offset, row)`` for a .jsonl, whose row
-    :func:`row_at` reads again from there; the offset is None for .json and .parquet files."""
+def read_at(path: str) -> Iterator[tuple[int, tuple[int, int] | None, dict]]:
+    """``read`` with where each row is: ``(row_number, (byte offset of its line, which of the line's samples),
+    row)`` for a .jsonl, whose row :func:`row_at` reads again from there; None for .json and .parquet files."""
     if path.endswith(".jsonl") and os.path.isfile(path):
         size, cut = partial_tail(path)
         if cut is not None:
@@ -156,8 +156,9 @@ def read_at(path: str) -> Iterator[tuple[int, int | None, dict]]:
                   "writing it)", file=sys.stderr)
         with open(path, "rb") as f:
             lines = _Lines(f, size if cut is None else cut)
-            for i, row in jsonl_rows(lines, path):
-                yield i, lines.pos, row
+            for i, line in jsonl_rows(lines, path):
+                for part, row in enumerate(samples_of(i, line, path)):
+                    yield i, (lines.pos, part), row
         return
     for i, row in read_rows(path):
         yield i, None, row
@@ -172,8 +173,8 @@ def read_shown(path: str, desc: str, enabled: bool = True) -> Iterator[tuple[int
         if size is None:
             shown.update(1)
         else:
-            shown.update(pos - done)
-            done = pos
+            shown.update(pos[0] - done)
+            done = pos[0]
         yield i, row
     if size is not None:
         shown.update(size - done)
@@ -194,12 +195,12 @@ class _Lines:
             yield raw
 
 
-def row_at(f, path: str, offset: int, row: int) -> dict:
-    """The row ``row`` of the .jsonl ``path`` (open as ``f``, binary) that begins at ``offset`` (from
-    :func:`read_at`)."""
+def row_at(f, path: str, where: tuple[int, int], row: int) -> dict:
+    """The row ``row`` of the .jsonl ``path`` (open as ``f``, binary) that is ``where`` (from :func:`read_at`)."""
+    offset, part = where
     f.seek(offset)
-    for _, value in jsonl_rows([f.readline()], path, first=row):
-        return value
+    for i, value in jsonl_rows([f.readline()], path, first=row):
+        return samples_of(i, value, path)[part]
     raise DataError(f"no row at byte {offset} any more: the file changed while it was read; run again",
                     path=path, row=row)
 

@@ -75,8 +75,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def _index(args, tally: R.Tally) -> tuple[list, dict]:
     """The first pass over --data: of each sample only what orders and checks it, not its text: ``(question
-    id, sample, key, row number, byte offset)``, in grading order (by question, then sample index). Rows of
-    a .json / .parquet file have no offset and are held whole (JSON lines is the format that scales)."""
+    id, sample, key, row number, where in the file)``, in grading order (by question, then sample index). Rows
+    of a .json / .parquet file have no offset and are held whole, by their count (JSON lines is the format
+    that scales)."""
     meta, held, fields, answered, named = [], {}, None, False, not args.answer_field
     for i, pos, row in R.read_at(args.data):
         q = R.question(row)
@@ -87,9 +88,9 @@ def _index(args, tally: R.Tally) -> tuple[list, dict]:
         fields = fields or ", ".join(sorted(row))
         answered = answered or bool(R.attempt(row).strip())
         named = named or row.get(args.answer_field) not in (None, "")
-        meta.append((R.qid(q), row.get("sample", 0), row["key"], i, pos))
         if pos is None:
-            held[i] = row
+            held[len(meta)] = row
+        meta.append((R.qid(q), row.get("sample", 0), row["key"], i, pos if pos is not None else len(meta)))
     if meta and not answered:
         raise R.DataError(f"no row has an answer to grade: no attempt / deepseek_attempt field or assistant turn "
                           f"with text (the first row has: {fields}); give verify the rows generate writes, or "
@@ -130,7 +131,7 @@ def main(args) -> R.Tally:
             if key in out.keys:
                 tally.note("already_done")
                 continue
-            row = held.pop(i) if pos is None else R.row_at(f, args.data, pos, i)
+            row = held.pop(pos) if isinstance(pos, int) else R.row_at(f, args.data, pos, i)
             row.setdefault("key", key)
             g = grade_row(row, args.answer_field, args.protocol)
             if graded is not None and key not in graded.keys:
