@@ -138,6 +138,11 @@ def test_a_malformed_results_file_names_the_file_row_and_field(tmp_path, capsys,
     assert f"error: verify: file {path}, row {row}" in err and says in err
 
 
+def test_another_datasets_responses_field_is_left_as_it_is(tmp_path):
+    row = {"question": "Which reply is kinder?", "responses": ["yes", "no"], "chosen": 0}
+    assert [r for _, r in R.read(write_json(tmp_path / "pref.json", [row]))] == [row]
+
+
 def test_a_malformed_harness_line_names_its_line(tmp_path):
     data = tmp_path / "h.jsonl"
     data.write_text(json.dumps({"question": "q?", "gt": "1", "code": ["\\boxed{1}"]}) + "\n" +

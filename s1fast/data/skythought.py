@@ -31,9 +31,15 @@ def is_results(data) -> bool:
 
 
 def is_response_row(row: dict) -> bool:
-    """Whether one row holds a problem's SkyThought responses (a results entry, or a harness row)."""
-    return isinstance(row.get("responses"), (list, dict)) or (isinstance(row.get("code"), list) and "gt" in row
-                                                               and "attempt" not in row)
+    """Whether one row holds a problem's SkyThought responses: ``responses`` of ``{"content", ...}`` entries (or
+    by temperature), or a harness row (``code`` and ``gt``). Another dataset's ``responses`` field is left be."""
+    resp = row.get("responses")
+    if isinstance(resp, dict):
+        resp = next(iter(resp.values()), None)
+    first = resp[0] if isinstance(resp, list) and resp else resp
+    if isinstance(first, dict) and "content" in first:
+        return True
+    return isinstance(row.get("code"), list) and "gt" in row and "attempt" not in row
 
 
 def results_rows(data: dict, path: str, error) -> Iterator[tuple[int, dict]]:
