@@ -62,3 +62,16 @@ def test_an_interrupted_step_keeps_what_it_wrote_and_the_rerun_finishes_it(tmp_p
     assert out.read_text() == clean
     if step == "decontaminate":
         assert (tmp_path / "out.removed.jsonl").read_text() == (tmp_path / "clean.removed.jsonl").read_text()
+
+
+def test_a_cut_last_line_is_warned_about_once_though_the_file_is_read_twice(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    make(data, 4, trace_chars=50)
+    with open(data, "a") as f:
+        f.write('{"question": "cut by a kil')
+    out = tmp_path / "o.jsonl"
+    for argv in (["select", "--size", "2", "--length", "chars", "--out", str(out)],
+                 ["decontaminate", "--out", str(tmp_path / "c.jsonl")],
+                 ["decontaminate", "--out", str(tmp_path / "c.jsonl")]):    # the rerun checks --out first
+        assert data_main(argv + ["--data", str(data), "--no-progress"]) == 0
+        assert capsys.readouterr().err.count("ignoring a partial last line") == 1, argv

@@ -192,7 +192,7 @@ def _kept_keys(args, idx: EvalIndex | None) -> set:
     """The keys of the rows this run keeps: a first pass over --data, for a rerun's check of --out."""
     decide = decider(idx, None if args.no_dedup else DuplicateIndex(args.near_n, args.near_threshold),
                      args.min_overlap)
-    return {row.get("key") or f"row{i}" for i, row in R.read(args.data) if decide(row) is None}
+    return {row.get("key") or f"row{i}" for i, row in R.read(args.data, warn=False) if decide(row) is None}
 
 
 def main(args) -> R.Tally:

@@ -137,21 +137,22 @@ def qid(q: str) -> str:
     return hashlib.sha1(q.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def read(path: str) -> Iterator[tuple[int, dict]]:
+def read(path: str, warn: bool = True) -> Iterator[tuple[int, dict]]:
     """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped.
 
     A last line with no newline after it is partial only when it is not complete JSON: many tools end a
-    JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole."""
-    for i, _, row in read_at(path):
+    JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole.
+    ``warn``: say so on stderr (a second pass over a file already warned about does not)."""
+    for i, _, row in read_at(path, warn):
         yield i, row
 
 
-def read_at(path: str) -> Iterator[tuple[int, tuple[int, int] | None, dict]]:
+def read_at(path: str, warn: bool = True) -> Iterator[tuple[int, tuple[int, int] | None, dict]]:
     """``read`` with where each row is: ``(row_number, (byte offset of its line, which of the line's samples),
     row)`` for a .jsonl, whose row :func:`row_at` reads again from there; None for .json and .parquet files."""
     if path.endswith(".jsonl") and os.path.isfile(path):
         size, cut = partial_tail(path)
-        if cut is not None:
+        if cut is not None and warn:
             print(f"warning: {path}: ignoring a partial last line ({size - cut} bytes; a run was killed while "
                   "writing it)", file=sys.stderr)
         with open(path, "rb") as f:
