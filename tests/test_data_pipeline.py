@@ -540,9 +540,9 @@ def test_resuming_reads_a_large_output_without_loading_it_whole(tmp_path):
 
 
 def test_verify_on_rows_with_no_answer_to_grade_says_so(tmp_path, capsys):
-    """A file whose answers are in fields s1fast does not read (SkyThought's eval output keeps them in 'code')
-    was graded 'no_answer' row by row, exit 0."""
-    data = write(tmp_path / "sky.jsonl", [{"question": "What is 6*7?", "gt": "42", "code": ["... \\boxed{42}"]}])
+    """A file whose answers are in fields s1fast does not read was graded 'no_answer' row by row, exit 0.
+    (SkyThought's harness rows, answers in 'code', were such a file; they are read now: test_data_skythought.)"""
+    data = write(tmp_path / "other.jsonl", [{"question": "What is 6*7?", "gt": "42", "output": "... \\boxed{42}"}])
     assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl") == 2
     err = capsys.readouterr().err
-    assert "no row has an answer to grade" in err and "the first row has: code, gt," in err
+    assert "no row has an answer to grade" in err and "the first row has: gt, key, output," in err

@@ -9,6 +9,8 @@ import json
 import os
 from typing import Iterable, Iterator
 
+from . import skythought
+
 
 BOM = b"\xef\xbb\xbf"   # UTF-8's byte-order mark: some Windows tools start a file with it
 
@@ -38,9 +40,10 @@ def _decode(raw: bytes, path: str, row: int) -> str:
                         path=path, row=row) from None
 
 
-def jsonl_rows(lines: Iterable[bytes], path: str) -> Iterator[tuple[int, dict]]:
-    """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from 1; blank lines skipped)."""
-    for i, raw in enumerate(lines, 1):
+def jsonl_rows(lines: Iterable[bytes], path: str, first: int = 1) -> Iterator[tuple[int, dict]]:
+    """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from ``first``: 1 unless the lines are
+    read from the middle of the file; blank lines skipped)."""
+    for i, raw in enumerate(lines, first):
         line = _decode(raw[3:] if i == 1 and raw.startswith(BOM) else raw, path, i)
         if not line.strip():
             continue
@@ -53,10 +56,20 @@ def jsonl_rows(lines: Iterable[bytes], path: str) -> Iterator[tuple[int, dict]]:
         yield i, row
 
 
+def samples_of(i: int, row: dict, path: str) -> list[dict]:
+    """The rows that row ``i`` stands for: one per response of a SkyThought output row (s1fast.data.skythought),
+    else the row itself."""
+    if not skythought.is_response_row(row):
+        return [row]
+    return skythought.response_rows(row, None, i, lambda msg, n, field: DataError(msg, path=path, row=n,
+                                                                                   field=field))
+
+
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
     """Yield ``(row_number, row)`` from a .json (a list of objects), .jsonl or .parquet file.
 
-    Row numbers start at 1 (a .jsonl row's number is its line number), as in every s1fast message.
+    Row numbers start at 1 (a .jsonl row's number is its line number), as in every s1fast message. SkyThought's
+    outputs come one row per response, each with its problem's number (``samples_of``).
     """
     if not os.path.exists(path):
         raise DataError("no such file; pass --data with a .json, .jsonl or .parquet file", path=path)
@@ -65,7 +78,9 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".jsonl":
         with open(path, "rb") as f:
-            yield from jsonl_rows(f, path)
+            for i, row in jsonl_rows(f, path):
+                for r in samples_of(i, row, path):
+                    yield i, r
     elif ext == ".json":
         with open(path, "rb") as f:
             raw = f.read()
@@ -81,15 +96,21 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
+        if skythought.is_results(data):
+            yield from skythought.results_rows(data, path, lambda msg, n, field: DataError(msg, path=path, row=n,
+                                                                                            field=field))
+            return
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"train": [...]}
         if not isinstance(data, list):
-            raise DataError("a .json data file must hold a list of objects (use .jsonl for one object per line)",
+            raise DataError("a .json data file must hold a list of objects, or SkyThought's results (an object of "
+                        "problems with 'responses'); use .jsonl for one object per line",
                             path=path)
         for i, row in enumerate(data, 1):
             if not isinstance(row, dict):
                 raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
-            yield i, row
+            for r in samples_of(i, row, path):
+                yield i, r
     elif ext == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -104,7 +125,8 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
         i = 1
         for batch in table.to_batches(max_chunksize=1024):
             for row in batch.to_pylist():
-                yield i, row
+                for r in samples_of(i, row, path):
+                    yield i, r
                 i += 1
     else:
         raise DataError(f"unknown extension '{ext}': use .json, .jsonl or .parquet", path=path)

@@ -80,15 +80,21 @@ class EvalIndex:
 
 
 class DuplicateIndex:
-    """Earlier kept questions, for exact (normalised text) and near (n-gram Jaccard) duplicates."""
+    """Earlier kept questions, for exact (normalised text) and near (n-gram Jaccard) duplicates. Texts and
+    n-grams are held as their hashes (64-bit: a false match is ~1e-7 likely among 1M questions), an n-gram
+    seen in one question as that question's number alone: the index of a 1M-question set fits in memory."""
 
     def __init__(self, n: int = 3, threshold: float = 0.7):
         self.n, self.threshold = n, threshold
-        self.exact, self.grams, self.by_gram, self.texts = {}, [], defaultdict(list), []
+        self.exact, self.sizes, self.by_gram, self.texts = {}, [], {}, []
+
+    def _holding(self, gram: str):
+        js = self.by_gram.get(hash(gram), ())
+        return (js,) if isinstance(js, int) else js
 
     def match(self, question: str) -> dict | None:
         ws = words(question)
-        norm = " ".join(ws)
+        norm = hash(" ".join(ws))
         if norm in self.exact:
             return {"kind": "duplicate_exact", "question": self.texts[self.exact[norm]]}
         if self.threshold > 1:
@@ -96,11 +102,11 @@ class DuplicateIndex:
         mine = ngrams(ws, self.n)
         shared = defaultdict(int)
         for g in mine:
-            for j in self.by_gram.get(g, ()):
+            for j in self._holding(g):
                 shared[j] += 1
         best, best_sim = None, 0.0
         for j, s in shared.items():
-            sim = s / (len(mine) + len(self.grams[j]) - s)
+            sim = s / (len(mine) + self.sizes[j] - s)
             if sim > best_sim:
                 best, best_sim = j, sim
         if best is not None and best_sim >= self.threshold:
@@ -111,27 +117,32 @@ class DuplicateIndex:
         ws = words(question)
         j = len(self.texts)
         self.texts.append(question)
-        self.exact.setdefault(" ".join(ws), j)
+        self.exact.setdefault(hash(" ".join(ws)), j)
         g = ngrams(ws, self.n)
-        self.grams.append(g)
+        self.sizes.append(len(g))
         for x in g:
-            self.by_gram[x].append(j)
+            h = hash(x)
+            js = self.by_gram.get(h)
+            if js is None:
+                self.by_gram[h] = j
+            elif isinstance(js, int):
+                self.by_gram[h] = [js, j]
+            else:
+                js.append(j)
 
 
-def decontaminate(rows, eval_index: EvalIndex | None, dups: DuplicateIndex | None, min_overlap: float = 0.0):
-    """Yield ``(row, None)`` for kept rows and ``(row, match)`` for removed ones, in order.
-
-    ``match``: ``{"reason": eval_overlap | duplicate_exact | duplicate_near, ...what it matched}``."""
+def decider(eval_index: EvalIndex | None, dups: DuplicateIndex | None, min_overlap: float = 0.0):
+    """row -> None (kept) or why it is removed: ``{"reason": eval_overlap | duplicate_exact | duplicate_near |
+    no_question, ...what it matched}``; rows are decided in order (earlier kept questions are the duplicates)."""
     seen = {}   # question identity -> the decision made for it
-    for i, row in rows:
+
+    def decide(row: dict) -> dict | None:
         q = R.question(row)
         if q is None:
-            yield row, {"reason": "no_question"}
-            continue
-        ident = R.qid(q) if "sample" in row else f"row{i}"
+            return {"reason": "no_question"}
+        ident = R.qid(q) if "sample" in row else None    # a row without samples is a question of its own
         if ident in seen:
-            yield row, seen[ident]
-            continue
+            return seen[ident]
         m = eval_index.match(q, min_overlap) if eval_index is not None else None
         if m is not None:
             m = {"reason": "eval_overlap", **m}
@@ -141,8 +152,18 @@ def decontaminate(rows, eval_index: EvalIndex | None, dups: DuplicateIndex | Non
                 m = {"reason": d.pop("kind"), "matched_question": d.pop("question"), **d}
         if m is None and dups is not None:
             dups.add(q)
-        seen[ident] = m
-        yield row, m
+        if ident is not None:
+            seen[ident] = m
+        return m
+    return decide
+
+
+def decontaminate(rows, eval_index: EvalIndex | None, dups: DuplicateIndex | None, min_overlap: float = 0.0):
+    """Yield ``(row, None)`` for kept rows and ``(row, match)`` for removed ones (see :func:`decider`), in
+    order; ``rows``: ``(row number, row)``."""
+    decide = decider(eval_index, dups, min_overlap)
+    for _, row in rows:
+        yield row, decide(row)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -167,27 +188,33 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="removed questions, .jsonl (default: <out>.removed.jsonl)")
 
 
+def _kept_keys(args, idx: EvalIndex | None) -> set:
+    """The keys of the rows this run keeps: a first pass over --data, for a rerun's check of --out."""
+    decide = decider(idx, None if args.no_dedup else DuplicateIndex(args.near_n, args.near_threshold),
+                     args.min_overlap)
+    return {row.get("key") or f"row{i}" for i, row in R.read(args.data, warn=False) if decide(row) is None}
+
+
 def main(args) -> R.Tally:
+    """One pass over --data, a row at a time (a rerun first checks --out in a pass of its own); the report,
+    one row per removed question with its row count, is written at the end."""
     tally = R.Tally("decontaminate")
     idx = EvalIndex(args.ngram)
     files = ([] if args.no_builtin_eval else [BUILTIN_EVAL]) + list(args.eval)
     for f in files:
         tally.note(f"eval_items:{os.path.basename(f)}", idx.add_file(f))
-    dups = None if args.no_dedup else DuplicateIndex(args.near_n, args.near_threshold)
+    idx = idx if files else None
+    decide = decider(idx, None if args.no_dedup else DuplicateIndex(args.near_n, args.near_threshold),
+                     args.min_overlap)
     report_path = args.report or args.out[:-len(".jsonl")] + ".removed.jsonl"
-    rows = list(R.read(args.data))
     with R.Output(args.out) as out, R.Output(report_path, key_field="question_id") as report:
-        removed_rows = defaultdict(int)
-        decisions = []
-        for (i, _), (row, m) in zip(rows, decontaminate(rows, idx if files else None, dups, args.min_overlap)):
-            key = row.get("key") or f"row{i}"
-            decisions.append((key, row, m))
-            if m is not None:
-                removed_rows[(R.question(row) or "", m["reason"])] += 1
-        out.check_same_run({key for key, _, m in decisions if m is None}, "keep")
-        written = set()
-        for key, row, m in decisions:
+        if out.rows:
+            out.check_same_run(_kept_keys(args, idx), "keep")
+        removed = {}    # question id + reason -> (question, match, rows), in the order first met
+        for i, row in R.read_shown(args.data, "decontaminate", not getattr(args, "no_progress", False)):
+            m = decide(row)
             if m is None:
+                key = row.get("key") or f"row{i}"
                 if key in out.keys:
                     tally.note("already_done")
                 else:
@@ -197,9 +224,11 @@ def main(args) -> R.Tally:
             tally.drop(m["reason"])
             q = R.question(row) or ""
             qk = R.qid(q) + ":" + m["reason"]
-            if qk not in written and qk not in report.keys:
-                report.write({"question_id": qk, "question": q, "rows": removed_rows[(q, m["reason"])], **m})
-            written.add(qk)
-        tally.note("removed_questions", len(written))
+            n = removed[qk][2] if qk in removed else 0
+            removed[qk] = (q, m, n + 1)
+        for qk, (q, m, n) in removed.items():
+            if qk not in report.keys:
+                report.write({"question_id": qk, "question": q, "rows": n, **m})
+        tally.note("removed_questions", len(removed))
     print(f"decontaminate: report of removed questions in {report_path}")
     return tally

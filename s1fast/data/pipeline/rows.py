@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 from ...jsonl import end_cut_line, partial_tail
-from ..readers import DataError, jsonl_rows, read_rows
+from ..readers import DataError, jsonl_rows, read_rows, samples_of
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
 REFERENCE_FIELDS = ("answer", "gt", "solution", "Answer")
@@ -137,29 +137,73 @@ def qid(q: str) -> str:
     return hashlib.sha1(q.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def read(path: str) -> Iterator[tuple[int, dict]]:
+def read(path: str, warn: bool = True) -> Iterator[tuple[int, dict]]:
     """Rows of a .json / .jsonl / .parquet file; a partial last line of a .jsonl (a killed writer) is skipped.
 
     A last line with no newline after it is partial only when it is not complete JSON: many tools end a
-    JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole."""
+    JSON-lines file without a final newline, and that last row is kept. The file is streamed, never read whole.
+    ``warn``: say so on stderr (a second pass over a file already warned about does not)."""
+    for i, _, row in read_at(path, warn):
+        yield i, row
+
+
+def read_at(path: str, warn: bool = True) -> Iterator[tuple[int, tuple[int, int] | None, dict]]:
+    """``read`` with where each row is: ``(row_number, (byte offset of its line, which of the line's samples),
+    row)`` for a .jsonl, whose row :func:`row_at` reads again from there; None for .json and .parquet files."""
     if path.endswith(".jsonl") and os.path.isfile(path):
         size, cut = partial_tail(path)
-        if cut is not None:
+        if cut is not None and warn:
             print(f"warning: {path}: ignoring a partial last line ({size - cut} bytes; a run was killed while "
                   "writing it)", file=sys.stderr)
-            with open(path, "rb") as f:
-                yield from jsonl_rows(_lines_before(f, cut), path)
-            return
-    yield from read_rows(path)
+        with open(path, "rb") as f:
+            lines = _Lines(f, size if cut is None else cut)
+            for i, line in jsonl_rows(lines, path):
+                for part, row in enumerate(samples_of(i, line, path)):
+                    yield i, (lines.pos, part), row
+        return
+    for i, row in read_rows(path):
+        yield i, None, row
 
 
-def _lines_before(f, cut: int):
-    pos = 0
-    for raw in f:
-        if pos >= cut:
-            return
-        pos += len(raw)
-        yield raw
+def read_shown(path: str, desc: str, enabled: bool = True) -> Iterator[tuple[int, dict]]:
+    """``read`` with a progress bar: bytes of a .jsonl (its size known without reading it), else rows."""
+    size = os.path.getsize(path) if path.endswith(".jsonl") and os.path.isfile(path) else None
+    shown = bar(size, desc, "B" if size is not None else "row", enabled, unit_scale=size is not None)
+    done = 0
+    for i, pos, row in read_at(path):
+        if size is None:
+            shown.update(1)
+        else:
+            shown.update(pos[0] - done)
+            done = pos[0]
+        yield i, row
+    if size is not None:
+        shown.update(size - done)
+    shown.close()
+
+
+class _Lines:
+    """The raw lines of an open file up to byte ``end``; ``pos``: where the last one given began."""
+
+    def __init__(self, f, end: int):
+        self.f, self.end, self.pos, self._next = f, end, 0, 0
+
+    def __iter__(self):
+        for raw in self.f:
+            if self._next >= self.end:
+                return
+            self.pos, self._next = self._next, self._next + len(raw)
+            yield raw
+
+
+def row_at(f, path: str, where: tuple[int, int], row: int) -> dict:
+    """The row ``row`` of the .jsonl ``path`` (open as ``f``, binary) that is ``where`` (from :func:`read_at`)."""
+    offset, part = where
+    f.seek(offset)
+    for i, value in jsonl_rows([f.readline()], path, first=row):
+        return samples_of(i, value, path)[part]
+    raise DataError(f"no row at byte {offset} any more: the file changed while it was read; run again",
+                    path=path, row=row)
 
 
 def need_file(path: str, flag: str) -> None:
@@ -236,12 +280,13 @@ class _NoBar:
         pass
 
 
-def bar(total: int, desc: str, unit: str, enabled: bool = True):
-    """A progress bar on stderr (tqdm), or one that shows nothing when disabled or tqdm is missing."""
+def bar(total: int | None, desc: str, unit: str, enabled: bool = True, **kw):
+    """A progress bar on stderr (tqdm; ``kw`` passed on), or one that shows nothing when disabled or tqdm is
+    missing."""
     if enabled:
         try:
             from tqdm import tqdm
-            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+            return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, **kw)
         except ImportError:
             pass
     return _NoBar()

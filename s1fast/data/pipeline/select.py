@@ -116,12 +116,13 @@ def s1_diversity(pool: dict[str, list], size: int, rng: random.Random) -> list:
     return chosen
 
 
-def select(rows: list[dict], method: str, size: int, seed: int, *, domain, length, refs=(), grade_fields=(),
-           min_chars: int = 10, tally: R.Tally | None = None) -> list[dict]:
-    tally = tally or R.Tally("select")
-    # one candidate per question: its longest sample
-    best: dict[str, tuple[int, dict]] = {}
-    for row in rows:
+def _candidates(rows, method: str, *, domain, length, refs, grade_fields, min_chars: int, tally: R.Tally,
+                hold: bool) -> list[tuple]:
+    """One candidate per question, its longest sample, longest first: ``(length, question id, why it is not
+    hard or None, domain, the row or its position)``; what the draw reads of a row is taken as it is read."""
+    check_hard = method in ("s1", "difficulty") and bool(refs or grade_fields)
+    best: dict[str, tuple] = {}
+    for pos, row in enumerate(rows):
         why = quality(row, min_chars) if method == "s1" else (None if R.question(row) else "no_question")
         if why:
             tally.drop(why)
@@ -131,35 +132,43 @@ def select(rows: list[dict], method: str, size: int, seed: int, *, domain, lengt
             tally.note("extra_samples_of_a_question")
             if n <= best[k][0]:
                 continue
-        best[k] = (n, row)
-    cands = sorted(best.values(), key=lambda x: (-x[0], R.qid(R.question(x[1]))))
-    if method in ("s1", "difficulty") and (refs or grade_fields):
-        kept = []
-        for n, row in cands:
-            why = hard(row, list(refs), list(grade_fields))
-            if why:
-                tally.drop(why)
-            else:
-                kept.append((n, row))
-        cands = kept
-    elif method == "difficulty":
+        easy = hard(row, refs, grade_fields) if check_hard else None
+        dom = domain(row) if method == "s1" and easy is None else None
+        best[k] = (n, k, easy, dom, row if hold else pos)
+    return sorted(best.values(), key=lambda c: (-c[0], c[1]))
+
+
+def select(rows, method: str, size: int, seed: int, *, domain, length, refs=(), grade_fields=(),
+           min_chars: int = 10, tally: R.Tally | None = None, hold: bool = True) -> list:
+    """The chosen rows (``hold=False``: their positions in ``rows``, which is then read once, a row at a time,
+    and no row is kept)."""
+    tally = tally or R.Tally("select")
+    refs, grade_fields = list(refs), list(grade_fields)
+    if method == "difficulty" and not (refs or grade_fields):
         raise ValueError("--method difficulty needs --reference-graded FILE or --grade-field FIELD")
+    cands = _candidates(rows, method, domain=domain, length=length, refs=refs, grade_fields=grade_fields,
+                        min_chars=min_chars, tally=tally, hold=hold)
+    if method in ("s1", "difficulty") and (refs or grade_fields):
+        for c in cands:
+            if c[2]:
+                tally.drop(c[2])
+        cands = [c for c in cands if not c[2]]
     elif method == "s1":
         tally.note("difficulty_filter_skipped_no_reference_models")
     rng = random.Random(seed)
     if method == "s1":
         pool = defaultdict(list)
-        for n, row in cands:
-            pool[domain(row)].append(row)
+        for c in cands:
+            pool[c[3]].append(c[4])
         tally.note("domains", len(pool))
         if list(pool) == ["unknown"]:
             print("warning: select: no row names a domain (domain / subject / cot_type / source_type / source), so "
                   "s1's diversity draw has one domain; pass --domain-field or --domain-fn", file=sys.stderr)
         chosen = s1_diversity(pool, size, rng)
     elif method == "length":
-        chosen = [row for _, row in cands[:size]]
+        chosen = [c[4] for c in cands[:size]]
     else:  # random, difficulty: uniform
-        chosen = [row for _, row in rng.sample(cands, min(size, len(cands)))]
+        chosen = [c[4] for c in rng.sample(cands, min(size, len(cands)))]
     tally.drop("not_chosen", len(cands) - len(chosen))
     tally.keep("chosen", len(chosen))
     if len(chosen) < size:
@@ -186,20 +195,33 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-question-chars", type=R.non_negative_int, default=10)
 
 
-def main(args) -> R.Tally:
-    tally = R.Tally("select")
-    rows = [row for _, row in R.read(args.data)]
-    refs, measure = load_reference_grades(args.reference_graded), length_fn(args.length, args.tokenizer)
-    bar = R.bar(len(rows), "measuring traces", "row", not args.no_progress and args.length == "tokens")
+def _rows_at(path: str, positions: list[int]) -> list[dict]:
+    """The rows at ``positions`` (0-based, in ``R.read``'s order) of ``path``, in that order: a second pass that
+    holds only them."""
+    want = {p: j for j, p in enumerate(positions)}
+    got: list = [None] * len(positions)
+    left = len(want)
+    for p, (_, row) in enumerate(R.read(path, warn=False)):
+        if left and p in want:
+            got[want[p]], left = row, left - 1
+        if not left:
+            break
+    if left:
+        raise R.DataError(f"{left} chosen row(s) are missing on the second read: the file changed while select read "
+                          "it; run again", path=path)
+    return got
 
-    def length(row):
-        bar.update(1)
-        return measure(row)
-    chosen = select(rows, args.method, args.size, args.seed, domain=R.domain_getter(args.domain_field, args.domain_fn),
-                    length=length, refs=refs, grade_fields=args.grade_field, min_chars=args.min_question_chars,
-                    tally=tally)
-    bar.close()
+
+def main(args) -> R.Tally:
+    """Two passes over --data: measure each row and keep what the draw reads of it, then copy the chosen rows."""
+    tally = R.Tally("select")
+    refs, measure = load_reference_grades(args.reference_graded), length_fn(args.length, args.tokenizer)
     dom = R.domain_getter(args.domain_field, args.domain_fn)
+    rows = R.read_shown(args.data, "measuring traces", not args.no_progress and args.length == "tokens")
+    positions = select((row for _, row in rows), args.method, args.size, args.seed, domain=dom, length=measure,
+                       refs=refs, grade_fields=args.grade_field, min_chars=args.min_question_chars, tally=tally,
+                       hold=False)
+    chosen = _rows_at(args.data, positions)
     with R.Output(args.out) as out:
         out.check_same_run({row.get("key") or R.qid(R.question(row)) for row in chosen}, "choose")
         for row in chosen:

@@ -11,18 +11,18 @@ Each request is one (question, sample). What happens on failure (the summary cou
 - any other 4xx, or a response with no choice / no text: recorded as failed at once (retrying cannot help).
 
 The thinking text is the message's ``reasoning_content`` / ``reasoning`` field when the endpoint returns one,
-else a ``<think>...</think>`` block (or the text before a lone ``</think>``, when the prompt opened the block;
-all of it, with no answer, when the block never closed) or s1's ``think`` / ``answer`` sections in the
-content, else empty.
+else what the content's markers hold (``s1fast.data.reasoning``: ``<think>`` blocks, Sky-T1's thought and
+solution blocks, s1's sections), else empty.
 """
 from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass
+
+from ..reasoning import split_content
 
 TRANSIENT = ("rate_limit", "server_error", "timeout", "connection", "malformed")
 
@@ -50,19 +50,7 @@ def split_reasoning(message) -> tuple[str, str, str]:
         v = getattr(message, name, None) or extra.get(name)
         if isinstance(v, str) and v.strip():
             return v.strip(), content.strip(), name
-    m = re.search(r"<think>(.*?)</think>(.*)", content, re.S)
-    if m:
-        return m.group(1).strip(), m.group(2).strip(), "think_tags"
-    if "</think>" in content:   # the chat template opened the block (DeepSeek-R1 distills' prompt ends in <think>)
-        thinking, _, answer = content.partition("</think>")
-        return thinking.strip(), answer.strip(), "think_close"
-    m = re.match(r"\s*<think>(.*)", content, re.S)
-    if m:                       # the block never closed (cut by the token limit): no answer
-        return m.group(1).strip(), "", "think_unclosed"
-    m = re.search(r"(?:<\|im_start\|>)?think\n(.*?)(?:<\|im_start\|>)answer\n?(.*)", content, re.S)
-    if m:
-        return m.group(1).strip(), m.group(2).strip(), "s1_sections"
-    return "", content.strip(), "none"
+    return split_content(content)
 
 
 class OpenAITeacher:

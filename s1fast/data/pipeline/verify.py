@@ -73,56 +73,79 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=R.positive_int, default=1, help="with --keep first-k: correct samples kept per question")
 
 
-def main(args) -> R.Tally:
-    tally = R.Tally("verify")
-    rows = []
-    for i, row in R.read(args.data):
+def _index(args, tally: R.Tally) -> tuple[list, dict]:
+    """The first pass over --data: of each sample only what orders and checks it, not its text: ``(question
+    id, sample, key, row number, where in the file)``, in grading order (by question, then sample index). Rows
+    of a .json / .parquet file have no offset and are held whole, by their count (JSON lines is the format
+    that scales)."""
+    meta, held, fields, answered, named = [], {}, None, False, not args.answer_field
+    for i, pos, row in R.read_at(args.data):
         q = R.question(row)
         if q is None:
             tally.drop("no_question")
             continue
         row.setdefault("key", f"{R.qid(q)}:{row.get('sample', i)}")
-        rows.append(row)
-    if rows and not any(R.attempt(row).strip() for row in rows):
+        fields = fields or ", ".join(sorted(row))
+        answered = answered or bool(R.attempt(row).strip())
+        named = named or row.get(args.answer_field) not in (None, "")
+        if pos is None:
+            held[len(meta)] = row
+        meta.append((R.qid(q), row.get("sample", 0), row["key"], i, pos if pos is not None else len(meta)))
+    if meta and not answered:
         raise R.DataError(f"no row has an answer to grade: no attempt / deepseek_attempt field or assistant turn "
-                          f"with text (the first row has: {', '.join(sorted(rows[0]))}); give verify the rows "
-                          f"generate writes, or raise generate's --max-tokens if every answer was cut",
-                          path=args.data)
-    if rows and args.answer_field and not any(row.get(args.answer_field) not in (None, "") for row in rows):
+                          f"with text (the first row has: {fields}); give verify the rows generate writes, or "
+                          f"raise generate's --max-tokens if every answer was cut", path=args.data)
+    if meta and not named:
         raise R.DataError(f"no row has the field '{args.answer_field}' named by --answer-field (the first row has: "
-                          f"{', '.join(sorted(rows[0]))})", path=args.data)
-    with R.Output(args.out) as out:
-        _check_earlier_rows(args, out, {row["key"] for row in rows})
+                          f"{fields})", path=args.data)
+    return sorted(meta, key=lambda m: (m[0], m[1])), held
+
+
+def _keep(args, g: dict, kept: int) -> tuple[bool, str]:
+    """Whether rejection sampling keeps the graded sample ``g`` (``kept``: samples of its question kept so
+    far), and why."""
+    if args.keep == "all":
+        return True, g["verdict"]
+    if g["verdict"] != "correct":
+        return False, g["verdict"]
+    if args.keep == "first-k" and kept >= args.k:
+        return False, "over_k"
+    return True, "correct"
+
+
+def main(args) -> R.Tally:
+    """Two passes over --data, neither holding its text: index the samples, then read, grade and write them
+    one at a time in grading order."""
+    tally = R.Tally("verify")
+    order, held = _index(args, tally)
+    with R.Output(args.out) as out, open(args.data, "rb") as f:
+        _check_earlier_rows(args, out, {m[2] for m in order})
         graded = R.Output(args.graded) if args.graded else None
         kept_per_q = defaultdict(int)
-        for row in sorted(rows, key=lambda r: (R.qid(R.question(r)), r.get("sample", 0))):
-            qid = R.qid(R.question(row))
-            if row["key"] in out.keys:       # kept by an earlier run
+        for qid, _, key, _, _ in order:
+            if key in out.keys:       # kept by an earlier run
                 kept_per_q[qid] += 1
-        for row in sorted(rows, key=lambda r: (R.qid(R.question(r)), r.get("sample", 0))):
-            if row["key"] in out.keys:
+        bar = R.bar(len(order), "grading", "row", not getattr(args, "no_progress", False))
+        for qid, _, key, i, pos in order:
+            bar.update(1)
+            if key in out.keys:
                 tally.note("already_done")
                 continue
+            row = held.pop(pos) if isinstance(pos, int) else R.row_at(f, args.data, pos, i)
+            row.setdefault("key", key)
             g = grade_row(row, args.answer_field, args.protocol)
-            if graded is not None and row["key"] not in graded.keys:
+            if graded is not None and key not in graded.keys:
                 graded.write(g)
-            qid = R.qid(R.question(row))
-            if args.keep == "all":
-                keep, why = True, g["verdict"]
-            elif g["verdict"] != "correct":
-                keep, why = False, g["verdict"]
-            elif args.keep == "first-k" and kept_per_q[qid] >= args.k:
-                keep, why = False, "over_k"
-            else:
-                keep, why = True, "correct"
+            keep, why = _keep(args, g, kept_per_q[qid])
             if keep:
                 kept_per_q[qid] += 1
                 out.write(g)
                 tally.keep(why)
             else:
                 tally.drop(why)
+        bar.close()
         if graded is not None:
             graded.close()
-        tally.note("questions", len({R.qid(R.question(r)) for r in rows}))
+        tally.note("questions", len({m[0] for m in order}))
         tally.note("questions_with_a_kept_sample", sum(1 for v in kept_per_q.values() if v))
     return tally

@@ -1,0 +1,74 @@
+"""Peak Python memory (tracemalloc) of the data pipeline's verify / decontaminate / select on a generated file.
+
+    python -m bench.bench_data_memory --questions 200 1000
+
+The file: QUESTIONS x 3 samples, each with a ~20 KB trace (a distilled set's shape). The graders and
+indexes are warmed on a two-row file first, so their one-time imports are not counted. One line per step
+and size: rows, input MB, peak MB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+from s1fast.data.__main__ import main as data_main
+
+FLAGS = {"verify": ["--keep", "first-k"], "decontaminate": ["--no-builtin-eval"],
+         "select": ["--size", "5", "--length", "chars"]}
+WORDS = ("apple", "blue", "seven", "prime", "circle", "sum", "river", "grid", "lamp", "tile", "coin", "edge")
+
+
+def make(path: Path, questions: int, trace_chars: int = 20_000) -> None:
+    rng = random.Random(0)
+
+    def words(n):
+        return " ".join(rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(n))
+    with open(path, "w") as f:
+        for q in range(questions):
+            question = f"Question {q}: {words(30)}?"
+            for s in range(3):
+                f.write(json.dumps({"question": question, "answer": "42", "sample": s, "domain": f"D{q % 5}",
+                                    "thinking_trajectories": [words(8) + "x" * trace_chars],
+                                    "attempt": f"so \\boxed{{{42 if s else 41}}}"}) + "\n")
+
+
+def warm(d: Path) -> None:
+    """Run the graders and indexes once on a two-row file, so their one-time imports are not counted."""
+    make(d / "warm.jsonl", 1, trace_chars=10)
+    for step in ("verify", "decontaminate"):
+        peak(step, d / "warm.jsonl", d / f"warm_{step}.jsonl")
+
+
+def peak(step: str, data: Path, out: Path) -> int:
+    tracemalloc.start()
+    try:
+        if data_main([step, "--data", str(data), "--out", str(out), "--no-progress"] + FLAGS[step]) != 0:
+            raise SystemExit(f"error: {step} failed on {data}")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--questions", type=int, nargs="+", default=[200, 1000], help="sizes to measure")
+    ap.add_argument("--steps", nargs="+", choices=list(FLAGS), default=list(FLAGS))
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        warm(d)
+        for n in args.questions:
+            data = d / f"data{n}.jsonl"
+            make(data, n)
+            for step in args.steps:
+                p = peak(step, data, d / f"{step}{n}.jsonl")
+                print(f"{step:14s} rows {3 * n:6d}  input {data.stat().st_size / 1e6:7.1f} MB  peak {p / 1e6:6.2f} MB",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The pipeline at scale: verify, decontaminate and select hold what they decide by, not the traces they read
+(a distilled set of 1M+ rows of 10-30 KB traces is tens of GB). Peak Python memory is measured against the
+input's size on a file of many rows of ~20 KB traces (bench/bench_data_memory.py); holding every row, as the
+steps did, costs more than the whole file. Streaming keeps the guarantees: Ctrl-C keeps what was written."""
+import json
+
+import pytest
+
+from bench.bench_data_memory import make, peak, warm
+from s1fast.data.__main__ import main as data_main
+from s1fast.data.pipeline import decontaminate, verify
+
+QUESTIONS = 200     # x 3 samples of ~20 KB: a 12 MB file
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scale")
+    make(d / "samples.jsonl", QUESTIONS)
+    warm(d)
+    return d / "samples.jsonl"
+
+
+@pytest.mark.parametrize("step,kept", [("verify", QUESTIONS), ("decontaminate", 3 * QUESTIONS), ("select", 5)])
+def test_a_step_holds_far_less_than_its_input(big, tmp_path, step, kept):
+    out = tmp_path / "out.jsonl"
+    p = peak(step, big, out)
+    assert len([json.loads(x) for x in open(out)]) == kept
+    # what a step may hold: its indexes and one row at a time (select: the rows it chose), not the input
+    allowed = 0.1 * big.stat().st_size + (out.stat().st_size if step == "select" else 0)
+    assert p < allowed, (step, p, big.stat().st_size)
+
+
+@pytest.mark.parametrize("step", ["verify", "decontaminate"])
+def test_an_interrupted_step_keeps_what_it_wrote_and_the_rerun_finishes_it(tmp_path, monkeypatch, step):
+    """Rows are written as they are decided: Ctrl-C (exit 130) leaves a prefix of the full output, and the same
+    command then writes the rest, byte for byte what an uninterrupted run writes."""
+    data = tmp_path / "d.jsonl"
+    make(data, 6, trace_chars=50)
+    argv = [step, "--data", str(data), "--no-progress"] + (["--keep", "all"] if step == "verify" else [])
+    assert data_main(argv + ["--out", str(tmp_path / "clean.jsonl")]) == 0
+    calls = []
+
+    def stop_at_the_fifth(fn):
+        def wrapped(*a, **k):
+            calls.append(1)
+            if len(calls) == 5:
+                raise KeyboardInterrupt
+            return fn(*a, **k)
+        return wrapped
+    if step == "verify":
+        monkeypatch.setattr(verify, "grade_row", stop_at_the_fifth(verify.grade_row))
+    else:
+        real = decontaminate.decider
+        monkeypatch.setattr(decontaminate, "decider", lambda *a: stop_at_the_fifth(real(*a)))
+    out = tmp_path / "out.jsonl"
+    assert data_main(argv + ["--out", str(out)]) == 130
+    clean = (tmp_path / "clean.jsonl").read_text()
+    assert out.read_text().count("\n") == 4 and clean.startswith(out.read_text())
+    monkeypatch.undo()
+    assert data_main(argv + ["--out", str(out)]) == 0
+    assert out.read_text() == clean
+    if step == "decontaminate":
+        assert (tmp_path / "out.removed.jsonl").read_text() == (tmp_path / "clean.removed.jsonl").read_text()
+
+
+def test_a_cut_last_line_is_warned_about_once_though_the_file_is_read_twice(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    make(data, 4, trace_chars=50)
+    with open(data, "a") as f:
+        f.write('{"question": "cut by a kil')
+    out = tmp_path / "o.jsonl"
+    for argv in (["select", "--size", "2", "--length", "chars", "--out", str(out)],
+                 ["decontaminate", "--out", str(tmp_path / "c.jsonl")],
+                 ["decontaminate", "--out", str(tmp_path / "c.jsonl")]):    # the rerun checks --out first
+        assert data_main(argv + ["--data", str(data), "--no-progress"]) == 0
+        assert capsys.readouterr().err.count("ignoring a partial last line") == 1, argv
