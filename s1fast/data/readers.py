@@ -9,7 +9,7 @@ import json
 import os
 from typing import Iterable, Iterator
 
-from . import skythought
+from .skythought import is_response_row, is_results, response_rows, results_rows
 
 
 BOM = b"\xef\xbb\xbf"   # UTF-8's byte-order mark: some Windows tools start a file with it
@@ -59,9 +59,9 @@ def jsonl_rows(lines: Iterable[bytes], path: str, first: int = 1) -> Iterator[tu
 def samples_of(i: int, row: dict, path: str) -> list[dict]:
     """The rows that row ``i`` stands for: one per response of a SkyThought output row (s1fast.data.skythought),
     else the row itself."""
-    if not skythought.is_response_row(row):
+    if not is_response_row(row):
         return [row]
-    return skythought.response_rows(row, None, i, lambda msg, n, field: DataError(msg, path=path, row=n,
+    return response_rows(row, None, i, lambda msg, n, field: DataError(msg, path=path, row=n,
                                                                                    field=field))
 
 
@@ -96,8 +96,8 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
-        if skythought.is_results(data):
-            yield from skythought.results_rows(data, path, lambda msg, n, field: DataError(msg, path=path, row=n,
+        if is_results(data):
+            yield from results_rows(data, path, lambda msg, n, field: DataError(msg, path=path, row=n,
                                                                                             field=field))
             return
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
