@@ -17,7 +17,6 @@ import errno
 import json
 import math
 import os
-import signal
 import sys
 import time
 import uuid
@@ -31,6 +30,7 @@ from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
 from .optim import apply_hyperparameters, lr_lambda, param_groups
+from .stopping import StopOnSignal
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,13 +225,13 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                         metrics.log(row)
                     if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                         last_ckpt, saved = save(step + 1), step + 1
-                    if stopping:
+                    if stopping:  # every rank: the same step, the same save, the same signal (even one
+                        signum = stop.agreed(device)  # that reached another rank only)
                         if saved != step + 1:  # a periodic save of this step is already complete
                             last_ckpt, saved = save(step + 1), step + 1
-                        metrics.message(f"[s1fast] signal {stop.signum or signal.SIGTERM}: saved {last_ckpt} at "
-                                        f"step {step + 1}; run again with the same --output-dir to resume")
-                        return {"stopped": step + 1, "checkpoint": last_ckpt,
-                                "signal": int(stop.signum or signal.SIGTERM)}
+                        metrics.message(f"[s1fast] signal {signum}: saved {last_ckpt} at step {step + 1}; run "
+                                        "again with the same --output-dir to resume")
+                        return {"stopped": step + 1, "checkpoint": last_ckpt, "signal": signum}
             if saved != total:
                 last_ckpt = save(total)
             final = export(cfg, model, mcfg, tok_dir, rank) if cfg.export else None
@@ -424,22 +424,6 @@ class Stepper:
         if slots:  # the fewest and the most blocks any rank checkpointed in a micro-step of this step
             row["checkpointed_layers_min"], row["checkpointed_layers"] = int(min(slots[0::2])), int(max(slots[1::2]))
         return row, stops > 0
-
-
-class StopOnSignal:
-    """Record SIGINT / SIGTERM instead of dying, so the loop can finish its step, save and exit."""
-
-    def __enter__(self):
-        self.signum = None
-        self.old = {s: signal.signal(s, self._on) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _on(self, signum, _frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
 
 
 def export(cfg, model, mcfg, tok_dir, rank) -> str:

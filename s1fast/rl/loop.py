@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import signal
 import time
 from types import SimpleNamespace
 
@@ -26,6 +25,7 @@ from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
 from ..optim import param_groups
+from ..stopping import StopOnSignal
 from ..train import TrainingDiverged, claim_output_dir, rank0_first
 from ..train import export as export_hf  # final/: the trainer's collective export
 from .config import RLConfig
@@ -287,11 +287,6 @@ def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
         raise ConfigError(f"--iterations {cfg.iterations} is below the iteration this run resumes from ({start}, "
                           f"{last_ckpt}): pass more --iterations, or --replace true to start a new run in "
                           f"{cfg.output_dir}")
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     s.metrics = Metrics(cfg.output_dir, cfg.iterations, enabled=rank == 0, progress=cfg.progress, start_step=start)
     s.errors_path = os.path.join(cfg.output_dir, "verifier_errors.jsonl")
     if rank == 0:
@@ -302,29 +297,30 @@ def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
                           f"rank(s), rewards {cfg.rewards}, norm {cfg.norm}, generator {cfg.generator}")
     total, saved = cfg.iterations, None
     try:
-        for it in range(start, total):
-            t0 = time.perf_counter()
-            idx = iteration_prompts(len(s.rows), cfg.prompts_per_iter, cfg.seed, it)
-            eval_acc, groups = rollout_step(s, it, idx[rank::world])
-            t_gen = time.perf_counter() - t0
-            groups = reward_step(s, it, idx, groups)
-            upd, lr, bad, flat, t_train = update_step(s, it, groups, last_ckpt)
-            log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train)
-            if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
-                last_ckpt, saved = save(s, it + 1), it + 1
-            if stop["signal"] is not None:
-                if saved != it + 1:  # a periodic save of this iteration is already complete
-                    last_ckpt = save(s, it + 1)
-                s.metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at iteration {it + 1}; run "
-                                  "again with the same --output-dir to resume")
-                return {"stopped": it + 1, "checkpoint": last_ckpt, "signal": int(stop["signal"])}
-        return finish(s, start, total, last_ckpt)
+        with StopOnSignal() as stop:
+            for it in range(start, total):
+                t0 = time.perf_counter()
+                idx = iteration_prompts(len(s.rows), cfg.prompts_per_iter, cfg.seed, it)
+                eval_acc, groups = rollout_step(s, it, idx[rank::world])
+                t_gen = time.perf_counter() - t0
+                groups = reward_step(s, it, idx, groups)
+                upd, lr, bad, flat, t_train = update_step(s, it, groups, last_ckpt)
+                log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train)
+                if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
+                    last_ckpt, saved = save(s, it + 1), it + 1
+                # every rank asks here, so all stop after the same iteration and the same save, even when the
+                # signal reached one rank only
+                if (signum := stop.agreed(device)) is not None:
+                    if saved != it + 1:  # a periodic save of this iteration is already complete
+                        last_ckpt = save(s, it + 1)
+                    s.metrics.message(f"[s1fast] signal {signum}: saved {last_ckpt} at iteration {it + 1}; run "
+                                      "again with the same --output-dir to resume")
+                    return {"stopped": it + 1, "checkpoint": last_ckpt, "signal": signum}
+            return finish(s, start, total, last_ckpt)
     finally:
         s.metrics.close(plot=cfg.plot)
         if cfg.plot and rank == 0 and os.path.exists(s.metrics.path):
             plot_rewards(s.metrics.path)
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
 
 
 def set_up(cfg: RLConfig, device: torch.device, rank: int, world: int) -> SimpleNamespace:
