@@ -472,6 +472,11 @@ def main(argv=None) -> int:
             print(f"error: {e.strerror} ({e.filename or 'a file'}): free the space or fix the permissions, then run "
                   f"again with the same --output-dir to resume from its last checkpoint", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the last save, the export
+        if rank == 0:
+            print("error: interrupted (the checkpoints and a final/ already there are intact): run again with the "
+                  "same --output-dir to resume from its last complete checkpoint", file=sys.stderr)
+        return 128 + 2
     finally:
         distributed.shutdown(together=ended)
 

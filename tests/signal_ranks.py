@@ -2,9 +2,9 @@
 and read back every rank's exit status from torchrun's summary.
 
 The signal is sent once the rank catches SIGTERM (``SigCgt`` in /proc), which Python leaves to its default
-action until the run loop's ``StopOnSignal`` catches SIGINT and SIGTERM together: it lands mid-run. torchrun runs with a long monitor interval: it ends
-the other ranks as soon as it sees one exit non-zero, and ranks that stop together exit within a moment of
-each other, so both exits are seen before it looks.
+action until the run loop's ``StopOnSignal`` catches SIGINT and SIGTERM together: it lands mid-run.
+torchrun runs with a long monitor interval: it ends the other ranks as soon as it sees one exit non-zero,
+and ranks that stop together exit within a moment of each other, so both exits are seen before it looks.
 """
 import os
 import re

@@ -1,7 +1,8 @@
 """`python -m s1fast.rl` and `torchrun -m s1fast.rl` as users run them, on CPU with gloo, from a tiny random
 Hugging Face folder with the real tokenizer: two ranks reproduce one rank; a SIGKILLed run resumed from its
-checkpoint reproduces the uninterrupted one, and so does a 2-rank run of which one rank alone was SIGTERMed; a raising verifier is reported with its prompt and counted; a
-prompt longer than the budget is refused before any compute; an all-zero-reward run says so."""
+checkpoint reproduces the uninterrupted one, and so does a 2-rank run of which one rank alone was SIGTERMed; a
+raising verifier is reported with its prompt and counted; a prompt longer than the budget is refused before any
+compute; an all-zero-reward run says so."""
 import json
 import os
 import signal
