@@ -30,7 +30,7 @@ from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
 from .optim import apply_hyperparameters, lr_lambda, param_groups
-from .stopping import StopOnSignal
+from .stopping import StopOnSignal, stopped
 
 
 class TrainingDiverged(RuntimeError):
@@ -226,14 +226,13 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                     if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                         last_ckpt, saved = save(step + 1), step + 1
                     if stopping:  # every rank: the same step, the same save, the same signal (even one
-                        signum = stop.agreed(device)  # that reached another rank only)
-                        if saved != step + 1:  # a periodic save of this step is already complete
-                            last_ckpt, saved = save(step + 1), step + 1
-                        metrics.message(f"[s1fast] signal {signum}: saved {last_ckpt} at step {step + 1}; run "
-                                        "again with the same --output-dir to resume")
-                        return {"stopped": step + 1, "checkpoint": last_ckpt, "signal": signum}
-            if saved != total:
-                last_ckpt = save(total)
+                        if saved != step + 1:  # that reached another rank only); a periodic save of this
+                            last_ckpt, saved = save(step + 1), step + 1  # step is already complete
+                        return stopped(metrics.message, stop.agreed(device), last_ckpt, "step", step + 1)
+                if saved != total:
+                    last_ckpt = save(total)
+                if (signum := stop.agreed(device)) is not None:  # one during the last save: no export
+                    return stopped(metrics.message, signum, last_ckpt, "step", total, then="export it")
             final = export(cfg, model, mcfg, tok_dir, rank) if cfg.export else None
             if final:
                 metrics.message(f"[s1fast] exported {final} (Hugging Face format)")

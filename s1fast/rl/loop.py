@@ -25,7 +25,7 @@ from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
 from ..optim import param_groups
-from ..stopping import StopOnSignal
+from ..stopping import StopOnSignal, stopped
 from ..train import TrainingDiverged, claim_output_dir, rank0_first
 from ..train import export as export_hf  # final/: the trainer's collective export
 from .config import RLConfig
@@ -313,10 +313,8 @@ def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
                 if (signum := stop.agreed(device)) is not None:
                     if saved != it + 1:  # a periodic save of this iteration is already complete
                         last_ckpt = save(s, it + 1)
-                    s.metrics.message(f"[s1fast] signal {signum}: saved {last_ckpt} at iteration {it + 1}; run "
-                                      "again with the same --output-dir to resume")
-                    return {"stopped": it + 1, "checkpoint": last_ckpt, "signal": signum}
-            return finish(s, start, total, last_ckpt)
+                    return stopped(s.metrics.message, signum, last_ckpt, "iteration", it + 1)
+            return finish(s, start, total, last_ckpt, stop)
     finally:
         s.metrics.close(plot=cfg.plot)
         if cfg.plot and rank == 0 and os.path.exists(s.metrics.path):
@@ -476,11 +474,13 @@ def log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train) ->
     s.metrics.log(row)
 
 
-def finish(s, start: int, total: int, last_ckpt) -> dict:
-    """The final checkpoint, the held-out accuracy, and the Hugging Face export."""
+def finish(s, start: int, total: int, last_ckpt, stop) -> dict:
+    """The final checkpoint, the held-out accuracy, and the Hugging Face export (not after a signal)."""
     cfg, rank = s.cfg, s.rank
     if total > start or last_ckpt is None:
         last_ckpt = save(s, total)
+    if (signum := stop.agreed(s.device)) is not None:  # one during the last iteration's save
+        return stopped(s.metrics.message, signum, last_ckpt, "iteration", total, then="evaluate and export it")
     result = {"iterations": total, "checkpoint": last_ckpt}
     if s.held:
         acc = with_generator(s, lambda: evaluate(s.rollout, s.held, rank, s.world, s.verifiers))
