@@ -36,3 +36,20 @@ def test_signals_during_a_save_let_it_complete_and_are_reported(tmp_path, monkey
     assert "[s1fast] signal 15: stopping after the step under way, once it is saved" in err
     assert "[s1fast] signal 2 again: the work under way and its save finish first" in err
     assert said == [f"[s1fast] signal 2: saved {path} at step 3; run again with the same --output-dir to resume"]
+
+
+def test_a_ctrl_c_outside_the_steps_is_one_error_line_and_130(tmp_path, monkeypatch, capsys):
+    """Outside the steps (set-up, the export) a Ctrl-C raises KeyboardInterrupt: the trainer and RL print one
+    error line (not a traceback) and exit 130."""
+    import s1fast.rl.__main__ as rl_main
+    import s1fast.train as train_main
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+    for mod, fn in ((train_main, "train"), (rl_main, "run")):
+        monkeypatch.setattr(mod.distributed, "init", lambda *_a: (torch.device("cpu"), 0, 1))
+        monkeypatch.setattr(mod.distributed, "shutdown", lambda **_k: None)
+        monkeypatch.setattr(mod, fn, interrupted)
+        assert mod.main(["--model", "tiny-qwen2", "--output-dir", str(tmp_path), "--progress", "false"]) == 130
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: interrupted") and "--output-dir" in err[0], err

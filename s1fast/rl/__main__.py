@@ -26,6 +26,11 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the iterations (they stop cleanly): set-up, the export
+        if rank == 0:
+            print("error: interrupted (the checkpoints and a final/ already there are intact): run again with the "
+                  "same --output-dir to resume from its last complete checkpoint", file=sys.stderr)
+        return 128 + 2
     finally:
         distributed.shutdown(together=ended)
 
