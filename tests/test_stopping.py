@@ -1,13 +1,21 @@
 """A signal while a checkpoint is being saved (a second one too) is recorded, not acted on: the save completes,
 the run is told to stop, each signal is reported on stderr, and the handlers before the run come back after it.
-(The agreement between ranks runs end to end in test_train.py and test_rl_cli.py.)"""
+End to end: the trainer signalled twice while writing its last checkpoint completes it and stops before the
+export, which the rerun does. (The agreement between ranks runs end to end in test_train.py and test_rl_cli.py.)"""
 import os
 import signal
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from s1fast import checkpoint as C
 from s1fast.stopping import StopOnSignal, stopped
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+ENV.pop("TRITON_INTERPRET", None)  # the trainer's CPU path: PyTorch kernels (the interpreter is tested elsewhere)
 
 
 def test_signals_during_a_save_let_it_complete_and_are_reported(tmp_path, monkeypatch, capfd):
@@ -53,3 +61,22 @@ def test_a_ctrl_c_outside_the_steps_is_one_error_line_and_130(tmp_path, monkeypa
         assert mod.main(["--model", "tiny-qwen2", "--output-dir", str(tmp_path), "--progress", "false"]) == 130
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: interrupted") and "--output-dir" in err[0], err
+
+
+@pytest.mark.slow
+def test_sigterm_twice_during_the_last_save_completes_it_and_stops_before_the_export(tmp_path):
+    """The trainer's last save ran outside its signal handler: a SIGTERM there killed the save under way."""
+    out = str(tmp_path / "run")
+    args = ["--preset", "tiny", "--max-tokens", "256", "--global-batch", "4", "--max-steps", "1", "--progress",
+            "false", "--plot", "false", "--output-dir", out]
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "signal_in_save.py"), "s1fast.train", "1", *args],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    ck = os.path.join(out, "checkpoints", "step_00000001")
+    assert p.returncode == 128 + signal.SIGTERM, p.stdout[-2000:] + p.stderr[-3000:]
+    assert f"signal 15: saved {ck} at step 1; run again with the same --output-dir to export it" in p.stdout
+    assert "signal 15 again: the work under way and its save finish first" in p.stderr
+    assert C.is_complete(ck) and not os.path.exists(os.path.join(out, "final"))
+    p = subprocess.run([sys.executable, "-m", "s1fast.train", *args], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0 and f"resumed from {ck} at step 1" in p.stdout, p.stderr[-3000:]
+    assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
