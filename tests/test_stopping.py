@@ -80,3 +80,29 @@ def test_sigterm_twice_during_the_last_save_completes_it_and_stops_before_the_ex
                        text=True, timeout=600)
     assert p.returncode == 0 and f"resumed from {ck} at step 1" in p.stdout, p.stderr[-3000:]
     assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
+
+
+def test_rl_signalled_during_its_last_save_stops_before_the_evaluation_and_export(monkeypatch):
+    """RL's last save ran with the signal recorded and never read: the run went on to evaluate and export, and
+    exited 0 as if no signal had come."""
+    from types import SimpleNamespace
+
+    from s1fast.rl import loop
+
+    def save(s, it):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return f"checkpoints/step_{it:08d}"
+
+    def never(*_a, **_k):
+        raise AssertionError("evaluated or exported after the signal")
+    monkeypatch.setattr(loop, "save", save)
+    monkeypatch.setattr(loop, "export_hf", never)
+    monkeypatch.setattr(loop, "with_generator", never)
+    said = []
+    s = SimpleNamespace(cfg=SimpleNamespace(export=True, output_dir="run"), rank=0, world=1, device=torch.device("cpu"),
+                        held=[{"question": "1+1", "answer": "2"}], metrics=SimpleNamespace(message=said.append))
+    with StopOnSignal() as stop:
+        result = loop.finish(s, 2, 3, "checkpoints/step_00000002", stop)
+    assert result == {"stopped": 3, "checkpoint": "checkpoints/step_00000003", "signal": int(signal.SIGTERM)}
+    assert said == ["[s1fast] signal 15: saved checkpoints/step_00000003 at iteration 3; run again with the same "
+                    "--output-dir to evaluate and export it"]
