@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
-from .distributed import barrier as _barrier
+from .distributed import all_gather_objects
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old-\d+)$")  # what a killed save left (the run's lock: no save runs)
@@ -182,12 +182,7 @@ def _set_rng_state(st: dict) -> None:
 
 def _agree(ok: bool) -> bool:
     """True on every rank when ``ok`` is true on every rank (one tiny collective)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return ok
-    flag = [ok]
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, flag)
-    return all(g[0] for g in gathered)
+    return all(all_gather_objects(ok))
 
 
 def retain(root: str, keep: int, newest: str) -> None:

@@ -15,6 +15,9 @@ import torch
 import torch.distributed as dist
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# a Ctrl-C outside the steps (set-up, the export), where it raises KeyboardInterrupt: the CLIs' error line
+INTERRUPTED = ("interrupted (the checkpoints and a final/ already there are intact): run again with the same "
+               "--output-dir to resume from its last complete checkpoint")
 
 
 class StopOnSignal:

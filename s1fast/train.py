@@ -30,7 +30,7 @@ from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
 from .optim import apply_hyperparameters, lr_lambda, param_groups
-from .stopping import StopOnSignal, stopped
+from .stopping import INTERRUPTED, StopOnSignal, stopped
 
 
 class TrainingDiverged(RuntimeError):
@@ -471,10 +471,9 @@ def main(argv=None) -> int:
             print(f"error: {e.strerror} ({e.filename or 'a file'}): free the space or fix the permissions, then run "
                   f"again with the same --output-dir to resume from its last checkpoint", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the last save, the export
+    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the export
         if rank == 0:
-            print("error: interrupted (the checkpoints and a final/ already there are intact): run again with the "
-                  "same --output-dir to resume from its last complete checkpoint", file=sys.stderr)
+            print(f"error: {INTERRUPTED}", file=sys.stderr)
         return 128 + 2
     finally:
         distributed.shutdown(together=ended)

@@ -92,17 +92,13 @@ def test_rl_signalled_during_its_last_save_stops_before_the_evaluation_and_expor
     def save(s, it):
         os.kill(os.getpid(), signal.SIGTERM)
         return f"checkpoints/step_{it:08d}"
-
-    def never(*_a, **_k):
-        raise AssertionError("evaluated or exported after the signal")
     monkeypatch.setattr(loop, "save", save)
-    monkeypatch.setattr(loop, "export_hf", never)
-    monkeypatch.setattr(loop, "with_generator", never)
     said = []
-    s = SimpleNamespace(cfg=SimpleNamespace(export=True, output_dir="run"), rank=0, world=1, device=torch.device("cpu"),
-                        held=[{"question": "1+1", "answer": "2"}], metrics=SimpleNamespace(message=said.append))
+    s = SimpleNamespace(device=torch.device("cpu"), metrics=SimpleNamespace(message=said.append))
     with StopOnSignal() as stop:
-        result = loop.finish(s, 2, 3, "checkpoints/step_00000002", stop)
-    assert result == {"stopped": 3, "checkpoint": "checkpoints/step_00000003", "signal": int(signal.SIGTERM)}
+        assert loop.last_save(s, 3, 3, "checkpoints/step_00000003", stop) == ("checkpoints/step_00000003", None)
+        assert loop.last_save(s, 2, 3, "checkpoints/step_00000002", stop) == (
+            "checkpoints/step_00000003", {"stopped": 3, "checkpoint": "checkpoints/step_00000003",
+                                          "signal": int(signal.SIGTERM)})
     assert said == ["[s1fast] signal 15: saved checkpoints/step_00000003 at iteration 3; run again with the same "
                     "--output-dir to evaluate and export it"]

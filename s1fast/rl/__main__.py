@@ -8,6 +8,7 @@ from .. import distributed
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data import DataError
+from ..stopping import INTERRUPTED
 from ..train import TrainingDiverged
 from .config import parse_config, validate
 from .loop import VerifierError, run
@@ -26,10 +27,9 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside the iterations (they stop cleanly): set-up, the export
+    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the export
         if rank == 0:
-            print("error: interrupted (the checkpoints and a final/ already there are intact): run again with the "
-                  "same --output-dir to resume from its last complete checkpoint", file=sys.stderr)
+            print(f"error: {INTERRUPTED}", file=sys.stderr)
         return 128 + 2
     finally:
         distributed.shutdown(together=ended)
