@@ -51,13 +51,26 @@ def signal_rank_mid_run(proc: subprocess.Popen, rank: int, sig: int, timeout: fl
     """Send ``sig`` to worker ``rank`` of the torchrun ``proc`` once its run loop has started; its pid."""
     t0 = time.time()
     while True:
-        assert proc.poll() is None, f"the run ended before rank {rank} started its loop"
-        assert time.time() - t0 < timeout, f"rank {rank} did not start its loop within {timeout} s"
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            text = end(proc)
+            raise AssertionError(f"rank {rank} did not start its loop within {timeout} s, or the run ended before "
+                                 f"(exit {proc.returncode}):\n{text[-4000:]}")
         pid = next((p for p in _children(proc.pid) if _rank_of(p) == rank), None)
         if pid is not None and _catches(pid, signal.SIGTERM):
             os.kill(pid, sig)
             return pid
         time.sleep(0.01)
+
+
+def end(proc: subprocess.Popen) -> str:
+    """Kill the job (its ranks first, which torchrun started in sessions of their own); its output."""
+    for pid in _children(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.kill()
+    return proc.communicate()[0]
 
 
 def exit_codes(text: str) -> dict[int, int]:
@@ -70,11 +83,8 @@ def expect_both_stopped(proc: subprocess.Popen, sig: int, timeout: float = 300) 
     """Wait for the job; every rank (of two) exited 128 + ``sig``; its output."""
     try:
         text, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:  # a rank hangs in a collective: end the job (its ranks too), then fail
-        for pid in _children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-        proc.kill()
-        text, _ = proc.communicate()
+    except subprocess.TimeoutExpired:  # a rank hangs in a collective
+        text = end(proc)
         raise AssertionError(f"the ranks did not stop within {timeout} s:\n{text[-4000:]}") from None
     assert exit_codes(text) == {0: 128 + sig, 1: 128 + sig}, text[-4000:]
     assert f"signal {int(signal.Signals(sig))}: saved" in text, text[-4000:]
