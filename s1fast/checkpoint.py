@@ -27,9 +27,10 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
-from .distributed import barrier as _barrier
+from .distributed import all_gather_objects
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old-\d+)$")  # what a killed save left (the run's lock: no save runs)
 MANIFEST = "manifest.json"
 LOCK = "run.lock"
 
@@ -181,12 +182,7 @@ def _set_rng_state(st: dict) -> None:
 
 def _agree(ok: bool) -> bool:
     """True on every rank when ``ok`` is true on every rank (one tiny collective)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return ok
-    flag = [ok]
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, flag)
-    return all(g[0] for g in gathered)
+    return all(all_gather_objects(ok))
 
 
 def retain(root: str, keep: int, newest: str) -> None:
@@ -259,6 +255,9 @@ def _finish(root: str, name: str, final: str, tmp: str, keep: int) -> None:
         os.replace(tmp, final)
     _write_atomic(os.path.join(root, "latest"), name)
     retain(root, keep, final)
+    for d in os.listdir(root):
+        if _LEFTOVER.match(d):
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
 
 
 def load(path: str, model, optimizer) -> dict:
@@ -311,16 +310,57 @@ def full_state_dict(model) -> dict:
 
 
 def write_hf_folder(state_dict: dict, mcfg, out: str, tokenizer_dir: str) -> str:
-    """Write ``out`` as a Hugging Face folder (one process): into ``out.tmp-PID`` first, swapped in whole, so a
-    failure (a full disk) leaves the previous ``out`` as it was and no partial folder (the OSError goes on)."""
+    """Write ``out`` as a Hugging Face folder (one process): into ``out.tmp-PID`` first, swapped in whole, so any
+    failure (a full disk, a Ctrl-C) leaves the previous ``out`` as it was and no partial folder (the exception
+    goes on). What a killed export left beside ``out`` is cleaned first (``clean_stale``)."""
     from .model import save_state_dict_hf
+    clean_stale(out)
     tmp = f"{out}.tmp-{os.getpid()}"
     try:
         save_state_dict_hf(state_dict, mcfg, tmp, tokenizer_dir)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError:
+        _swap_in(tmp, out)
+    except BaseException:  # KeyboardInterrupt too
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _swap_in(tmp: str, out: str) -> None:
+    """Rename ``tmp`` to ``out``; a previous ``out`` is moved aside to ``out.old-PID`` first, put back if the
+    rename fails, and deleted once the new one is in place."""
+    if not os.path.exists(out):
+        os.replace(tmp, out)
+        return
+    aside = f"{out}.old-{os.getpid()}"
+    os.replace(out, aside)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def clean_stale(out: str) -> None:
+    """Remove the ``out.tmp-PID`` (partial) and ``out.old-PID`` (replaced) folders an export left when it was
+    killed, those of processes that are gone; an ``out.old-PID`` is the previous complete folder and is put
+    back when ``out`` itself is missing (killed between the two renames). The pids are this host's: an export
+    into a folder shared with other hosts may see another host's live export as gone."""
+    parent, base = os.path.split(os.path.normpath(out))
+    pattern = re.compile(re.escape(base) + r"\.(tmp|old)-(\d+)$")
+    try:
+        names = sorted(os.listdir(parent or "."))
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if not m or int(m.group(2)) == os.getpid() or _alive(int(m.group(2))):
+            continue
+        path = os.path.join(parent, name)
+        if m.group(1) == "old" and not os.path.exists(out):
+            os.replace(path, out)
+            print(f"[s1fast] notice: {out} was missing and {path} (a complete export moved aside by a process "
+                  f"that is gone) was put back", flush=True)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"[s1fast] notice: removed {path}, left by process {m.group(2)}, which is gone", flush=True)

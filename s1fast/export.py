@@ -108,6 +108,10 @@ def main(argv=None) -> int:
         print(f"error: writing {out} failed ({e.strerror or e}); free the space or fix the permissions and run "
               f"again", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted: {out} was not written (nothing partial is left; an earlier export there is "
+              f"intact)", file=sys.stderr)
+        return 128 + 2
     return 0
 
 

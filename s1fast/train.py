@@ -17,7 +17,6 @@ import errno
 import json
 import math
 import os
-import signal
 import sys
 import time
 import uuid
@@ -31,6 +30,7 @@ from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
 from .optim import apply_hyperparameters, lr_lambda, param_groups
+from .stopping import INTERRUPTED, StopOnSignal, stopped
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,15 +225,14 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                         metrics.log(row)
                     if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                         last_ckpt, saved = save(step + 1), step + 1
-                    if stopping:
-                        if saved != step + 1:  # a periodic save of this step is already complete
-                            last_ckpt, saved = save(step + 1), step + 1
-                        metrics.message(f"[s1fast] signal {stop.signum or signal.SIGTERM}: saved {last_ckpt} at "
-                                        f"step {step + 1}; run again with the same --output-dir to resume")
-                        return {"stopped": step + 1, "checkpoint": last_ckpt,
-                                "signal": int(stop.signum or signal.SIGTERM)}
-            if saved != total:
-                last_ckpt = save(total)
+                    if stopping:  # every rank: the same step, the same save, the same signal (even one
+                        if saved != step + 1:  # that reached another rank only); a periodic save of this
+                            last_ckpt, saved = save(step + 1), step + 1  # step is already complete
+                        return stopped(metrics.message, stop.agreed(device), last_ckpt, "step", step + 1)
+                if saved != total:
+                    last_ckpt = save(total)
+                if (signum := stop.agreed(device)) is not None:  # one during the last save: no export
+                    return stopped(metrics.message, signum, last_ckpt, "step", total, then="export it")
             final = export(cfg, model, mcfg, tok_dir, rank) if cfg.export else None
             if final:
                 metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
@@ -426,22 +425,6 @@ class Stepper:
         return row, stops > 0
 
 
-class StopOnSignal:
-    """Record SIGINT / SIGTERM instead of dying, so the loop can finish its step, save and exit."""
-
-    def __enter__(self):
-        self.signum = None
-        self.old = {s: signal.signal(s, self._on) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _on(self, signum, _frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-
-
 def export(cfg, model, mcfg, tok_dir, rank) -> str:
     """``final/`` in Hugging Face format, written beside it and swapped in whole (collective)."""
     final = os.path.join(cfg.output_dir, "final")
@@ -488,6 +471,10 @@ def main(argv=None) -> int:
             print(f"error: {e.strerror} ({e.filename or 'a file'}): free the space or fix the permissions, then run "
                   f"again with the same --output-dir to resume from its last checkpoint", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the export
+        if rank == 0:
+            print(f"error: {INTERRUPTED}", file=sys.stderr)
+        return 128 + 2
     finally:
         distributed.shutdown(together=ended)
 

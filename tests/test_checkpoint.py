@@ -1,6 +1,7 @@
 """Checkpoints in one process (issue 14): completeness by manifest, retention over complete checkpoints only,
 a failed save that removes its partial folder and names the intact one, a damaged checkpoint named with the
-intact one to use, and the run lock (live owner refused, dead owner's lock taken over)."""
+intact one to use, the run lock (live owner refused, dead owner's lock taken over), and what a killed or
+interrupted export or save leaves behind (removed, the previous complete folder kept)."""
 import errno
 import json
 import os
@@ -189,3 +190,84 @@ def test_resuming_with_another_model_names_the_model_the_checkpoint_was_saved_wi
     with pytest.raises(C.CheckpointError, match=r"is not of this model \(.*Missing key.*\); it was saved by a run "
                                                 r"of --model 'tiny-qwen2': resume with that --model"):
         C.load(ck, other, torch.optim.AdamW(other.parameters()))
+
+
+def _tiny_hf_model():
+    from s1fast import model as M
+    cfg = M.CONFIGS["tiny-qwen2"].with_(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
+                                        num_heads=2, num_kv_heads=1, head_dim=8)
+    return cfg, M.build_model(cfg).state_dict()
+
+
+def _interrupt_after_the_first_file(monkeypatch):
+    """The writer's first file is written, then a Ctrl-C arrives."""
+    import safetensors.torch as st
+    real = st.save_file
+
+    def interrupted(tensors, path, *a, **k):
+        real(tensors, path, *a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(st, "save_file", interrupted)
+
+
+def test_a_ctrl_c_mid_export_leaves_no_partial_folder_and_the_previous_export_intact(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (or any exception other than OSError) during the export left final.tmp-PID behind."""
+    cfg, sd = _tiny_hf_model()
+    out = str(tmp_path / "final")
+    _interrupt_after_the_first_file(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        C.write_hf_folder(sd, cfg, out, None)
+    assert os.listdir(tmp_path) == []                                   # no final/, no final.tmp-PID
+    monkeypatch.undo()
+    C.write_hf_folder(sd, cfg, out, None)
+    before = {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)}
+    _interrupt_after_the_first_file(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        C.write_hf_folder({k: v + 1 for k, v in sd.items()}, cfg, out, None)
+    assert os.listdir(tmp_path) == ["final"]
+    assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    return p.pid
+
+
+def test_an_export_cleans_what_a_killed_export_left_and_only_that(tmp_path, capsys):
+    cfg, sd = _tiny_hf_model()
+    out = tmp_path / "final"
+    dead, alive = _dead_pid(), os.getppid()
+    for name in (f"final.tmp-{dead}", f"final.old-{dead}", f"final.tmp-{alive}", f"other.tmp-{dead}"):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+    C.write_hf_folder(sd, cfg, str(out), None)
+    assert sorted(os.listdir(tmp_path)) == ["final", f"final.tmp-{alive}", f"other.tmp-{dead}"]
+    assert f"removed {tmp_path / f'final.tmp-{dead}'}, left by process {dead}, which is gone" in capsys.readouterr().out
+    # killed between its two renames: final/ is missing and final.old-PID is the previous complete export
+    os.replace(out, tmp_path / f"final.old-{dead}")
+    C.clean_stale(str(out))
+    assert (out / "config.json").exists() and not (tmp_path / f"final.old-{dead}").exists()
+    assert "was put back" in capsys.readouterr().out
+
+
+def test_python_m_export_interrupted_exits_130_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from s1fast import model as M
+    from s1fast.export import main
+    torch.manual_seed(0)
+    m = M.build_model(M.CONFIGS["tiny-qwen2"])
+    ck = C.save(str(tmp_path / "run" / "checkpoints"), 1, m, torch.optim.AdamW(m.parameters()),
+                {"config": {"model": "tiny-qwen2"}}, 2)
+    _interrupt_after_the_first_file(monkeypatch)
+    assert main([ck, "--out", str(tmp_path / "hf")]) == 130
+    assert "error: interrupted: " in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["run"] and sorted(os.listdir(tmp_path / "run")) == ["checkpoints"]
+
+
+def test_a_save_removes_what_a_killed_save_left(tmp_path):
+    """A save SIGKILLed before its rename left step_N.tmp, kept for ever unless step N was saved again."""
+    root = tmp_path / "checkpoints"
+    os.makedirs(root / "step_00000007.tmp")
+    os.makedirs(root / f"step_00000003.old-{_dead_pid()}")
+    _save(root, 1)
+    assert sorted(os.listdir(root)) == ["latest", "step_00000001"]

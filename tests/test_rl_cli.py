@@ -1,7 +1,8 @@
 """`python -m s1fast.rl` and `torchrun -m s1fast.rl` as users run them, on CPU with gloo, from a tiny random
 Hugging Face folder with the real tokenizer: two ranks reproduce one rank; a SIGKILLed run resumed from its
-checkpoint reproduces the uninterrupted one; a raising verifier is reported with its prompt and counted; a
-prompt longer than the budget is refused before any compute; an all-zero-reward run says so."""
+checkpoint reproduces the uninterrupted one, and so does a 2-rank run of which one rank alone was SIGTERMed; a
+raising verifier is reported with its prompt and counted; a prompt longer than the budget is refused before any
+compute; an all-zero-reward run says so."""
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 
 import pytest
 from rl_verifiers import fails
+from signal_ranks import expect_both_stopped, signal_rank_mid_run, torchrun
 
 from s1fast.metrics import read_metrics
 from s1fast.rl.loop import TIMING
@@ -193,3 +195,24 @@ def test_sigterm_saves_and_exits_128_plus_the_signal(tiny_hf, tmp_path):
     assert "signal 15: saved" in text and not os.path.exists(os.path.join(out, "final"))
     step = int(open(os.path.join(out, "checkpoints", "latest")).read().strip().split("_")[1])
     assert 1 <= step < 40 and len(rows(out)) == step
+
+
+def test_sigterm_to_one_rank_stops_both_after_the_same_save_and_the_resume_equals_the_uninterrupted_run(
+        single, tiny_hf, tmp_path):
+    """A signal that reached one rank only (a scheduler signalling one process) stopped that rank alone: the
+    others went on into the next iteration's collectives while it saved, and the run hung or tore its checkpoint.
+    Every rank now stops after the same iteration and save, and exits 128 + 15."""
+    from s1fast import checkpoint
+    out = str(tmp_path / "one-rank-term")
+    proc = torchrun("s1fast.rl", [*BASE, "--iterations", "40", "--model", tiny_hf, "--output-dir", out], 2, ROOT, ENV)
+    signal_rank_mid_run(proc, 1, signal.SIGTERM)
+    text = expect_both_stopped(proc, signal.SIGTERM)
+    ck = os.path.join(out, "checkpoints")
+    latest = checkpoint.latest(ck)
+    step = checkpoint.step_of(latest)
+    assert 1 <= step <= 2 and checkpoint.is_complete(latest), (latest, text[-3000:])  # signalled in iteration 1
+    assert not [d for d in os.listdir(ck) if ".tmp" in d] and len(rows(out)) == step
+    assert f"saved {latest} at iteration {step}" in text and not os.path.exists(os.path.join(out, "final"))
+    p = run(BASE + ["--model", tiny_hf, "--output-dir", out], nproc=2)
+    assert f"resumed from {latest}" in p.stdout + p.stderr
+    assert_same_rows(rows(single[0]), rows(out))

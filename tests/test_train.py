@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from signal_ranks import expect_both_stopped, signal_rank_mid_run, torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--preset", "tiny", "--max-tokens", "256", "--global-batch", "4", "--max-steps", "4", "--progress", "false",
@@ -313,3 +314,22 @@ def test_export_finds_a_relative_model_folder_from_any_folder_and_says_what_to_p
     p = subprocess.run([sys.executable, "-m", "s1fast.export", out], cwd=elsewhere, env=ENV, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 2 and f"the complete ones there: {ck}" in p.stderr, p.stderr[-2000:]
+
+
+def test_sigint_to_one_rank_stops_both_with_its_status_and_the_resume_equals_the_uninterrupted_run(single, tmp_path):
+    """A Ctrl-C in one rank's terminal: every rank finishes the same step, takes part in the same save and exits
+    128 + 2 (the other rank exited 128 + 15, a signal it never got); the resume reproduces the uninterrupted run."""
+    from s1fast import checkpoint
+    out = str(tmp_path / "one-rank-int")
+    proc = torchrun("s1fast.train", [*BASE, "--output-dir", out], 2, ROOT, ENV)
+    signal_rank_mid_run(proc, 1, signal.SIGINT)
+    text = expect_both_stopped(proc, signal.SIGINT)
+    latest = checkpoint.latest(os.path.join(out, "checkpoints"))
+    step = checkpoint.step_of(latest)
+    assert checkpoint.is_complete(latest) and len(losses(out)) == step, text[-3000:]
+    assert f"saved {latest} at step {step}" in text and not os.path.exists(os.path.join(out, "final"))
+    p = run(BASE + ["--output-dir", out], nproc=2)
+    assert f"resumed from {latest}" in p.stdout + p.stderr
+    a, b = losses(single[0]), losses(out)
+    assert len(b) == 4 and all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(a, b)), (a, b)
+    assert_same_weights(weights(single[0]), weights(out))

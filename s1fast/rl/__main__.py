@@ -8,6 +8,7 @@ from .. import distributed
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data import DataError
+from ..stopping import INTERRUPTED
 from ..train import TrainingDiverged
 from .config import parse_config, validate
 from .loop import VerifierError, run
@@ -26,6 +27,10 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the export
+        if rank == 0:
+            print(f"error: {INTERRUPTED}", file=sys.stderr)
+        return 128 + 2
     finally:
         distributed.shutdown(together=ended)
 

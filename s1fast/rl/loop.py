@@ -15,17 +15,16 @@ import json
 import math
 import os
 import random
-import signal
 import time
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
 
 from .. import checkpoint, distributed
 from ..config import ConfigError
 from ..metrics import Metrics
 from ..optim import param_groups
+from ..stopping import StopOnSignal, stopped
 from ..train import TrainingDiverged, claim_output_dir, rank0_first
 from ..train import export as export_hf  # final/: the trainer's collective export
 from .config import RLConfig
@@ -105,14 +104,6 @@ def gathered_state(model) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False,
                                                                 broadcast_from_rank0=False))
-
-
-def all_gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def iteration_prompts(n_rows: int, k: int, seed: int, it: int) -> list[int]:
@@ -287,11 +278,6 @@ def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
         raise ConfigError(f"--iterations {cfg.iterations} is below the iteration this run resumes from ({start}, "
                           f"{last_ckpt}): pass more --iterations, or --replace true to start a new run in "
                           f"{cfg.output_dir}")
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     s.metrics = Metrics(cfg.output_dir, cfg.iterations, enabled=rank == 0, progress=cfg.progress, start_step=start)
     s.errors_path = os.path.join(cfg.output_dir, "verifier_errors.jsonl")
     if rank == 0:
@@ -302,29 +288,29 @@ def iterate(cfg: RLConfig, device: torch.device, rank: int, world: int) -> dict:
                           f"rank(s), rewards {cfg.rewards}, norm {cfg.norm}, generator {cfg.generator}")
     total, saved = cfg.iterations, None
     try:
-        for it in range(start, total):
-            t0 = time.perf_counter()
-            idx = iteration_prompts(len(s.rows), cfg.prompts_per_iter, cfg.seed, it)
-            eval_acc, groups = rollout_step(s, it, idx[rank::world])
-            t_gen = time.perf_counter() - t0
-            groups = reward_step(s, it, idx, groups)
-            upd, lr, bad, flat, t_train = update_step(s, it, groups, last_ckpt)
-            log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train)
-            if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
-                last_ckpt, saved = save(s, it + 1), it + 1
-            if stop["signal"] is not None:
-                if saved != it + 1:  # a periodic save of this iteration is already complete
-                    last_ckpt = save(s, it + 1)
-                s.metrics.message(f"[s1fast] signal {stop['signal']}: saved {last_ckpt} at iteration {it + 1}; run "
-                                  "again with the same --output-dir to resume")
-                return {"stopped": it + 1, "checkpoint": last_ckpt, "signal": int(stop["signal"])}
-        return finish(s, start, total, last_ckpt)
+        with StopOnSignal() as stop:
+            for it in range(start, total):
+                t0 = time.perf_counter()
+                idx = iteration_prompts(len(s.rows), cfg.prompts_per_iter, cfg.seed, it)
+                eval_acc, groups = rollout_step(s, it, idx[rank::world])
+                t_gen = time.perf_counter() - t0
+                groups = reward_step(s, it, idx, groups)
+                upd, lr, bad, flat, t_train = update_step(s, it, groups, last_ckpt)
+                log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train)
+                if cfg.save_every and (it + 1) % cfg.save_every == 0 and it + 1 < total:
+                    last_ckpt, saved = save(s, it + 1), it + 1
+                if (signum := stop.agreed(device)) is not None:  # every rank: the same iteration and save
+                    if saved != it + 1:  # a periodic save of this iteration is already complete
+                        last_ckpt = save(s, it + 1)
+                    return stopped(s.metrics.message, signum, last_ckpt, "iteration", it + 1)
+            last_ckpt, halted = last_save(s, start, total, last_ckpt, stop)
+            if halted:
+                return halted
+        return finish(s, total, last_ckpt)  # a signal from here on acts as without a run: the export cleans up
     finally:
         s.metrics.close(plot=cfg.plot)
         if cfg.plot and rank == 0 and os.path.exists(s.metrics.path):
             plot_rewards(s.metrics.path)
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
 
 
 def set_up(cfg: RLConfig, device: torch.device, rank: int, world: int) -> SimpleNamespace:
@@ -424,7 +410,7 @@ def reward_step(s, it: int, idx: list[int], groups: list) -> list:
             c["reward"], c["scores"], c["errors"] = score(c, s.rows[p], s.verifiers)
     # every rank gets every group, in the iteration's prompt order
     by_prompt = {}
-    for part in all_gather(list(zip(range(rank, len(idx), world), groups)), world):
+    for part in distributed.all_gather_objects(list(zip(range(rank, len(idx), world), groups))):
         by_prompt.update(dict(part))
     groups = [by_prompt[j] for j in range(len(idx))]
     errs = [e for j, g in enumerate(groups) for c in g for e in c["errors"]]
@@ -480,11 +466,19 @@ def log_step(s, it, groups, bad, flat, upd, lr, eval_acc, t0, t_gen, t_train) ->
     s.metrics.log(row)
 
 
-def finish(s, start: int, total: int, last_ckpt) -> dict:
-    """The final checkpoint, the held-out accuracy, and the Hugging Face export."""
-    cfg, rank = s.cfg, s.rank
+def last_save(s, start: int, total: int, last_ckpt, stop) -> tuple[str, dict | None]:
+    """(the last iteration's checkpoint, the run's result if a signal came by then on any rank: it then stops
+    before the held-out evaluation and the export)."""
     if total > start or last_ckpt is None:
         last_ckpt = save(s, total)
+    signum = stop.agreed(s.device)
+    return last_ckpt, (stopped(s.metrics.message, signum, last_ckpt, "iteration", total,
+                               then="evaluate and export it") if signum is not None else None)
+
+
+def finish(s, total: int, last_ckpt) -> dict:
+    """The held-out accuracy and the Hugging Face export."""
+    cfg, rank = s.cfg, s.rank
     result = {"iterations": total, "checkpoint": last_ckpt}
     if s.held:
         acc = with_generator(s, lambda: evaluate(s.rollout, s.held, rank, s.world, s.verifiers))
