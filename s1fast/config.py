@@ -183,7 +183,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     """Fail before any compute on a configuration that cannot work."""
     if not cfg.model:
         raise ConfigError("no model: pass --model with a Hugging Face model folder (e.g. a local copy of "
-                          "Qwen2.5-32B-Instruct) or a named config such as tiny-qwen2 (or use --preset tiny)")
+                          "Qwen2.5-32B-Instruct) or a named config such as tiny-qwen2 (or use --preset tiny-toy or "
+                          "--preset tiny)")
     for name in ("lr", "warmup_ratio", "beta1", "beta2", "eps", "weight_decay", "grad_clip", "checkpoint_budget_gb"):
         if not math.isfinite(getattr(cfg, name)):
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")

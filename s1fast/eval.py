@@ -392,17 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(each protocol against a harness's published verdicts).")
     add_generation_args(p)
     p.add_argument("--data", default=DEFAULT_DATA, help="jsonl of problems, or toy:NAME[:N] (held-out toy problems; "
-                                                        "default: the bundled AIME/AMC sample)")
+                                                        "default: the bundled AIME24 / AMC23 / MATH-500 sample)")
     p.add_argument("--question-field", help=f"the question's field (default: the first of {', '.join(QUESTION_FIELDS)})")
     p.add_argument("--answer-field", help=f"the reference answer's field (default: the first of {', '.join(ANSWER_FIELDS)})")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--budgets", type=_list(budget_arg), default=[1000, 2000, 4000, 8000],
-                   help="comma-separated thinking budgets (ints or auto)")
-    p.add_argument("--num-wait", type=_list(int), default=[0], help="comma-separated num_wait values")
-    p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@1 is their mean)")
+                   help="comma-separated thinking budgets (ints or auto) (default: 1000,2000,4000,8000)")
+    p.add_argument("--num-wait", type=_list(int), default=[0], help="comma-separated num_wait values (default: 0)")
+    p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@1 is their mean) (default: 1)")
     p.add_argument("--protocol", choices=list(protocols.PROTOCOLS), default=DEFAULT_PROTOCOL,
-                   help=f"answer extraction and equivalence to reproduce [default: {DEFAULT_PROTOCOL}]")
-    p.add_argument("--out", default="eval_out", help="output folder (an interrupted run there is resumed)")
+                   help=f"answer extraction and equivalence to reproduce (default: {DEFAULT_PROTOCOL})")
+    p.add_argument("--out", default="eval_out", help="output folder; an interrupted run there resumes (default: eval_out)")
     return p
 
 

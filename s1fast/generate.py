@@ -214,7 +214,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
                         "(a GPU node with vllm installed) (default: native)")
     p.add_argument("--min-thinking-tokens", type=int, default=0,
                    help="ignore the end of thinking (append --extension) until this many thinking tokens (default: 0)")
-    p.add_argument("--extension", default="Wait", help="text appended when the end of thinking is ignored")
+    p.add_argument("--extension", default="Wait",
+                   help="text appended when the end of thinking is ignored (default: Wait)")
     p.add_argument("--max-answer-tokens", type=int, default=None,
                    help="answer budget after the thinking (default: what the context leaves)")
     p.add_argument("--max-total-tokens", type=int, default=None,
@@ -361,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-thinking-tokens", type=budget_arg, default="auto",
                    help="thinking budget: an int, or auto (the context minus the prompt and the forcing text) "
                         "(default: auto)")
-    p.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored")
+    p.add_argument("--num-wait", type=int, default=0, help="times the end of thinking is ignored (default: 0)")
     p.add_argument("--out", help="append JSON lines here as they are produced (default: stdout); a rerun skips "
                                  "the prompts already there")
     p.add_argument("--skip-long", action="store_true",

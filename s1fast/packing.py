@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .cli_help import DefaultsHelpFormatter
 from .collate import IGNORE, MicroBatch, collate, collate_reference  # noqa: F401  (the packing API)
 from .model_config import CONFIGS, ModelConfig, cost_coefficients
 from .plan_reference import MODES, _MODE_ID, SplitMix64, _plan_reference  # noqa: F401  (SplitMix64: re-exported)
@@ -372,21 +373,24 @@ def _read_lengths(path: str):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s1fast.packing", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m s1fast.packing", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--lengths", required=True, help="file: one 'length [supervised]' per line (supervised "
                    "defaults to length-1)")
-    p.add_argument("--world-size", type=int, required=True)
+    p.add_argument("--world-size", type=int, required=True, help="data-parallel ranks")
     p.add_argument("--micro-tokens", type=int, required=True, help="token budget per rank per micro-step")
     p.add_argument("--global-batch", type=int, required=True, help="examples per optimizer step")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--mode", choices=MODES, default="balanced")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the data")
+    p.add_argument("--mode", choices=MODES, default="balanced",
+                   help="none (one sequence per rank), balanced, tokens (docs/packing.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order")
     p.add_argument("--group-window", type=int, default=DEFAULT_GROUP_WINDOW, help="steps per grouping window")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help="balanced mode: costs within this relative width share a grouping level (0 = exact sort)")
     p.add_argument("--accum", type=int, default=None, help="tokens mode: micro-batches per rank per step")
-    p.add_argument("--weighting", choices=WEIGHTINGS, default="sequence")
-    p.add_argument("--backend", choices=("native", "python"), default="native")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default="sequence", help="loss weighting: sequence or token")
+    p.add_argument("--backend", choices=("native", "python"), default="native",
+                   help="native (the C++ planner) or python (its reference)")
     p.add_argument("--hf-config", help="config.json of the model for the cost model (default Qwen2.5-32B)")
     p.add_argument("--plan-out", help="write the full plan as JSON here")
     a = p.parse_args(argv)

@@ -13,6 +13,8 @@ import subprocess
 
 import pytest
 
+from s1fast.cli_help import states_a_value
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
                               if f.endswith(".md"))
@@ -137,3 +139,39 @@ def test_layout_matches_the_repository():
     unlisted = sorted(t for t in tracked if t not in listed and not any(t.startswith(d) for d in leaves)
                       and any(t.startswith(d) for d in top if d.endswith("/")) and not t.startswith("bench/results/"))
     assert not unlisted, f"files missing from README's Layout: {unlisted}"
+
+
+def _parser_of(module: str, argv: list, monkeypatch) -> argparse.ArgumentParser:
+    """The parser ``main`` builds (caught at parse_args, before anything runs)."""
+    caught = []
+
+    def catch(self, args=None, namespace=None):
+        caught.append(self)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(_Parsed):
+        _entry(module)(argv)
+    return caught[0]
+
+
+def _parsers(p: argparse.ArgumentParser):
+    yield p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                yield from _parsers(sp)
+
+
+@pytest.mark.parametrize("module", ["s1fast.generate", "s1fast.eval", "s1fast.serve", "s1fast.data",
+                                    "s1fast.export", "s1fast.packing", "s1fast.project"])
+def test_help_states_each_default(module, monkeypatch):
+    """A flag whose default is a value (not None, not off) says it in --help, so --help and the README can agree."""
+    silent = []
+    for p in _parsers(_parser_of(module, ["--model", "m"] if module != "s1fast.data" else ["stats"], monkeypatch)):
+        fmt = p._get_formatter()
+        for a in p._actions:
+            if (a.option_strings and states_a_value(a.default) and not isinstance(a, argparse._HelpAction)
+                    and "default" not in (fmt._get_help_string(a) if a.help else "").lower()):
+                silent.append(f"{p.prog} {a.option_strings[0]} (default {a.default!r})")
+    assert not silent, f"--help leaves these defaults unsaid: {silent}"

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from ..cli_help import DefaultsHelpFormatter
 from .cache import DEFAULT_DATA, DEFAULT_TOKENIZER, POLICIES, prepare
 from .format import RECIPES
 from .pipeline import STEPS
@@ -19,20 +20,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m s1fast.data", description="s1fast data tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="tokenise a data file into a reusable token cache",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=DEFAULT_DATA, help="a .json, .jsonl or .parquet file (default: the bundled sample)")
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="a .json, .jsonl or .parquet file, or toy:NAME[:N] (the toy task); default: the "
+                        "bundled sample")
     p.add_argument("--recipe", default="s1", choices=RECIPES, help="text format and loss mask")
-    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="Hugging Face tokenizer folder")
-    p.add_argument("--max-tokens", type=positive_int, default=None, help="per-example token budget (block size)")
+    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                   help="Hugging Face tokenizer folder (default: the bundled Qwen2.5)")
+    p.add_argument("--max-tokens", type=positive_int, default=None,
+                   help="per-example token budget (block size); none: no limit")
     p.add_argument("--policy", default="error", choices=POLICIES,
                    help="examples over --max-tokens: error (list them), drop (skip, counted), truncate (warn)")
-    p.add_argument("--out", default="runs/tokens", help="cache folder")
-    p.add_argument("--workers", type=positive_int, default=None, help="tokeniser processes (default: cores, at most 8)")
+    p.add_argument("--out", default="runs/tokens", help="cache folder (default: runs/tokens)")
+    p.add_argument("--workers", type=positive_int, default=None, help="tokeniser processes; none: the cores, at most 8")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, help_ in STEPS.items():
         mod = importlib.import_module(f".pipeline.{name}", __package__)
         sp = sub.add_parser(name, help=help_, description=mod.__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=DefaultsHelpFormatter)
         mod.add_args(sp)
         sp.add_argument("--summary", help="also write the summary (counts by reason) here as JSON")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")

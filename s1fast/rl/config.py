@@ -138,7 +138,7 @@ def validate(cfg: RLConfig, world: int) -> None:
     """Fail before any compute on a configuration that cannot work."""
     if not cfg.model:
         raise ConfigError("no model: pass --model with a Hugging Face folder (e.g. runs/tiny-toy/final from "
-                          "`python -m s1fast.train --preset tiny`), or use --preset toy")
+                          "`bash scripts/demo.sh`, or any s1fast export), or use --preset toy")
     for name in ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "clip_low", "clip_high", "kl_coef", "temperature",
                  "vllm_gpu_memory"):
         if not math.isfinite(getattr(cfg, name)):

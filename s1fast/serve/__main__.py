@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
                                 "of requests that leave a field out.")
     add_generation_args(p)   # --model, --backend, sampling and forcing defaults, shared with s1fast.generate
     own = {"--batch-size": "rows of the running batch: requests decoded together (default 8)",
-           "--backend": "native: s1fast's KV-cache engine; vllm: vLLM's engine (GPU node with vllm installed)",
+           "--backend": "native: s1fast's KV-cache engine; vllm: vLLM's engine (GPU node with vllm installed) "
+                        "(default: native)",
            "--min-thinking-tokens": "default minimum thinking tokens (0)", "--max-answer-tokens":
            "default answer budget (what the context leaves)", "--temperature": "default temperature (0: greedy)",
            "--top-p": "default top-p (1)", "--seed": "default seed (0)"}

@@ -210,7 +210,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="questions: .json/.jsonl/.parquet (s1K, s1K-1.1, ShareGPT, "
                                                  "or rows with question/problem)")
     p.add_argument("--out", required=True, help="output .jsonl (appended; a rerun resumes)")
-    p.add_argument("--teacher", choices=["native", "vllm", "openai"], default="native")
+    p.add_argument("--teacher", choices=["native", "vllm", "openai"], default="native",
+                   help="who writes the traces")
     p.add_argument("--model", required=True, help="native / vllm: a Hugging Face model folder; "
                                                   "openai: the model name the endpoint serves")
     p.add_argument("--samples", type=R.positive_int, default=1, help="samples per question")
@@ -218,8 +219,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                             "the first user turn)")
     p.add_argument("--limit", type=R.positive_int, help="only the first N questions")
     p.add_argument("--seed", type=int, default=0, help="base seed; each sample's seed comes from it and its key")
-    p.add_argument("--temperature", type=R.non_negative_float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--temperature", type=R.non_negative_float, default=0.7, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
     g = p.add_argument_group("openai teacher")
     g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
                    help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
@@ -239,14 +240,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("native / vllm teacher (budget forcing)")
     e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
     e.add_argument("--max-thinking-tokens", default="auto", help="an integer or auto")
-    e.add_argument("--min-thinking-tokens", type=R.non_negative_int, default=0)
+    e.add_argument("--min-thinking-tokens", type=R.non_negative_int, default=0,
+                   help="ignore the end of thinking until this many thinking tokens")
     e.add_argument("--num-wait", type=R.non_negative_int, default=0, help="times the end of thinking is ignored")
-    e.add_argument("--extension", default="Wait")
-    e.add_argument("--max-answer-tokens", type=R.positive_int, default=None)
-    e.add_argument("--max-total-tokens", type=R.positive_int, default=None)
+    e.add_argument("--extension", default="Wait", help="text appended when the end of thinking is ignored")
+    e.add_argument("--max-answer-tokens", type=R.positive_int, default=None,
+                   help="answer budget (default: what the context leaves)")
+    e.add_argument("--max-total-tokens", type=R.positive_int, default=None,
+                   help="context budget (default: the model's max_position_embeddings, else 32768)")
     e.add_argument("--batch-size", type=R.positive_int, default=8, help="questions decoded together")
-    e.add_argument("--dtype", default="auto")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--dtype", default="auto", help="weights' dtype: auto (bf16 on a GPU, fp32 on the CPU), bf16, fp32")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if there is a GPU)")
 
 
 def teacher_identity(args) -> str:

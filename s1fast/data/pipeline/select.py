@@ -181,8 +181,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="chosen rows, .jsonl (a rerun with the same options adds what is "
                                                 "missing; one that would choose otherwise is refused)")
     p.add_argument("--size", type=R.positive_int, default=1000, help="target number of questions")
-    p.add_argument("--method", choices=METHODS, default="s1")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=METHODS, default="s1", help="how questions are chosen (above)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("--domain-field", help="field naming each row's domain (default: domain / subject / cot_type / "
                                           "source_type / source)")
     p.add_argument("--domain-fn", help="classifier module:function taking a row, returning its domain")
@@ -192,7 +192,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                                                        "(repeatable), e.g. gemini_grade")
     p.add_argument("--length", choices=["tokens", "chars"], default="tokens", help="trace length measure")
     p.add_argument("--tokenizer", help="tokenizer for --length tokens (default: the bundled Qwen2.5)")
-    p.add_argument("--min-question-chars", type=R.non_negative_int, default=10)
+    p.add_argument("--min-question-chars", type=R.non_negative_int, default=10,
+                   help="shorter questions are malformed (quality filter)")
 
 
 def _rows_at(path: str, positions: list[int]) -> list[dict]:
