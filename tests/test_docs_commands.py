@@ -126,14 +126,15 @@ def _layout_paths() -> set:
 
 def test_layout_matches_the_repository():
     try:
-        tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                                     check=True).stdout.split())
+        tracked = set(subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                     capture_output=True, text=True, check=True).stdout.split())
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the tracked files are unknown")
     listed = _layout_paths()
     # a folder listed with no children stands for all its files (tests/, bench/results/ in bench/'s line)
     leaves = {d for d in listed if d.endswith("/") and not any(p != d and p.startswith(d) for p in listed)}
-    gone = sorted(p for p in listed if not (p in tracked or (p.endswith("/") and any(t.startswith(p) for t in tracked))))
+    gone = sorted(p for p in listed
+                  if not (p in tracked or (p.endswith("/") and any(t.startswith(p) for t in tracked))))
     assert not gone, f"README's Layout lists what the repository does not hold: {gone}"
     top = {p for p in listed if p.count("/") == 1 and p.endswith("/")} | {p for p in listed if "/" not in p}
     unlisted = sorted(t for t in tracked if t not in listed and not any(t.startswith(d) for d in leaves)
