@@ -134,8 +134,8 @@ def campaign(work: str, kills: int, seed: int, ref: str | None = None, max_delay
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fault_injection", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kills", type=int, default=20, help="SIGKILLs, each during a save (default: 20)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default: 0)")
     ap.add_argument("--work", default="runs/fault_injection", help="folder for the runs (emptied first)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--reference", help="an uninterrupted run of the same arguments to compare with (default: run one)")

@@ -98,9 +98,10 @@ def table(rows: dict[int, dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rl_toy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "rl_toy"))
+    p.add_argument("--seeds", default="0,1,2", help="RL seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--ranks", type=int, default=2, help="processes per run under torchrun (default: 2)")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "rl_toy"),
+                   help="folder for the runs and the table (default: bench/out/rl_toy)")
     p.add_argument("--sft", default="", help="an SFT start (Hugging Face folder); default: train it into OUT/sft")
     p.add_argument("rl_args", nargs=argparse.REMAINDER, help="after --: extra flags for s1fast.rl")
     a = p.parse_args(argv)
