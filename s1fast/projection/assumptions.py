@@ -1,4 +1,5 @@
-"""Every number the projection assumes rather than derives; each is a flag of ``python -m s1fast.project``."""
+"""Every number the projection assumes rather than derives; each is a flag of ``python -m s1fast.project``, but
+the calibration anchor (the public s1 figure), which is a fact, not an assumption."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from s1fast.memory import MEMORY_HEADROOM, RUNTIME_RESERVE_GB
 
 @dataclass(frozen=True)
 class Assumptions:
-    """Every number the projection assumes rather than derives. Each is a command-line flag."""
+    """Every number the projection assumes rather than derives. Each is a command-line flag, but ``calib_*``."""
     nic_gbit: float = 400.0            # per NIC (InfiniBand NDR), one NIC per GPU
     nics_per_node: int = 8
     link_efficiency: float = 0.8       # achieved / nominal bandwidth of NVLink and NICs in collectives
