@@ -149,7 +149,8 @@ def dataclass_parser(cls, *, prog: str, description: str, presets: dict, choices
     and ``--preset NAME``; a flag not given is absent, so the preset's value (or the field's default) stays."""
     ap = argparse.ArgumentParser(prog=prog, description=f"{description}\nPresets: {', '.join(presets)}. Any flag "
                                  "overrides the preset's value.", formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="", choices=[""] + list(presets), help=preset_help)
+    ap.add_argument("--preset", default="", choices=list(presets),
+                    help=f"{preset_help} [default: none: each field's own default]")
     for f in fields(cls):
         if f.name == "preset":
             continue
