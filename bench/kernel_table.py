@@ -232,7 +232,7 @@ def section() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.kernel_table", description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help="replace the Kernels section in bench/RESULTS.md")
     args = ap.parse_args()
     text = section()
