@@ -49,8 +49,8 @@ def documented_commands():
     cmds = []
     for doc in DOCS:
         for line in _code_lines(_text(doc)):
-            m = RUNS.match(line.replace("torchrun", "torchrun ", 1) if line.startswith("torchrun") else line)
-            if m and (line.startswith("python") or line.startswith("torchrun")):
+            m = RUNS.match(line)
+            if m and line.startswith(("python", "torchrun")):
                 synopsis = re.sub(r"\[[^\]]*\]", "", m.group(2))   # [--optional ARG] of a synopsis
                 argv = [a for a in shlex.split(synopsis, comments=True) if a != "..."]
                 cmds.append(pytest.param(m.group(1), argv, id=f"{doc}: {line[:90]}"))
