@@ -1,7 +1,8 @@
 """The pipeline at scale: verify, decontaminate, select and stats hold what they decide by (stats: lengths), not
-the traces they read (a distilled set of 1M+ rows of 10-30 KB traces is tens of GB). Peak Python memory is measured against the
-input's size on a file of many rows of ~20 KB traces (bench/bench_data_memory.py); holding every row, as the
-steps did, costs more than the whole file. Streaming keeps the guarantees: Ctrl-C keeps what was written."""
+the traces they read (a distilled set of 1M+ rows of 10-30 KB traces is tens of GB). Peak Python memory is
+measured against the input's size on a file of many rows of ~20 KB traces (bench/bench_data_memory.py); holding
+every row, as the steps did, costs more than the whole file. Streaming keeps the guarantees: Ctrl-C keeps what
+was written."""
 import json
 
 import pytest
