@@ -114,7 +114,8 @@ def test_metrics_write_null_for_non_finite_values_and_the_plot_leaves_no_partial
     assert "matplotlib is not installed" in capsys.readouterr().out
 
 
-def test_an_interrupted_cache_write_leaves_no_partial_folder_and_the_previous_cache(tmp_path, monkeypatch):
+def test_an_interrupted_cache_write_leaves_no_partial_folder_and_the_previous_cache(tmp_path, monkeypatch,
+                                                                                   capsys):
     """Ctrl-C while the arrays were written left ``c.tmp-PID`` for ever (and no later prepare removed it)."""
     src = _write(tmp_path / "d.jsonl", [_row(), _row(q="What is 3+3?", attempt="6")])
     before = _prepare(src, tmp_path / "c", []).meta["key"]
@@ -129,6 +130,13 @@ def test_an_interrupted_cache_write_leaves_no_partial_folder_and_the_previous_ca
     with pytest.raises(KeyboardInterrupt):
         _prepare(src, tmp_path / "c", [], max_tokens=300)          # another key: a rebuild
     assert saved and ".tmp-" in str(saved[0])
+    assert sorted(os.listdir(tmp_path)) == ["c", "d.jsonl"]
+    saved.clear()                                                   # the CLI: one error line, exit 130
+    from s1fast.data.__main__ import main
+    assert main(["prepare", "--data", src, "--out", str(tmp_path / "c"), "--max-tokens", "300", "--workers", "1",
+                 "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: prepare: interrupted; no partial cache is left") and err.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["c", "d.jsonl"]
     monkeypatch.undo()
     logs = []
