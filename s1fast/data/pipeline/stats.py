@@ -117,6 +117,7 @@ def main(args) -> R.Tally:
     from ..cache import load_tokenizer
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DataError("is a file; --out takes a folder (for stats.json, stats.md and lengths.png)", path=args.out)
+    R.need_file(args.data, "--data")     # before the tokenizer's load (seconds)
     tokenizer, domain = load_tokenizer(args.tokenizer), R.domain_getter(args.domain_field, args.domain_fn)
     rows = (row for _, row in R.read_shown(args.data, "counting tokens", not args.no_progress))
     st = compute(rows, tokenizer, args.recipe, domain)
