@@ -1,10 +1,11 @@
-"""Peak Python memory (tracemalloc) of the data pipeline's verify / decontaminate / select on a generated file.
+"""Peak Python memory (tracemalloc) of the data pipeline's steps (verify, decontaminate, select, stats) on a made file.
 
     python -m bench.bench_data_memory --questions 200 1000
 
 The file: QUESTIONS x 3 samples, each with a ~20 KB trace (a distilled set's shape). The graders and
-indexes are warmed on a two-row file first, so their one-time imports are not counted. One line per step
-and size: rows, input MB, peak MB.
+indexes are warmed on a two-row file first, so their one-time imports are not counted. stats's peak includes
+loading the tokenizer, the same for any input: printed first, on the warm file. One line per step and size:
+rows, input MB, peak MB.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from s1fast.data.__main__ import main as data_main
 
 FLAGS = {"verify": ["--keep", "first-k"], "decontaminate": ["--no-builtin-eval"],
-         "select": ["--size", "5", "--length", "chars"]}
+         "select": ["--size", "5", "--length", "chars"], "stats": []}
 WORDS = ("apple", "blue", "seven", "prime", "circle", "sum", "river", "grid", "lamp", "tile", "coin", "edge")
 
 
@@ -37,10 +38,15 @@ def make(path: Path, questions: int, trace_chars: int = 20_000) -> None:
 
 
 def warm(d: Path) -> None:
-    """Run the graders and indexes once on a two-row file, so their one-time imports are not counted."""
+    """Run the graders, indexes and stats once on a small file, so their one-time imports are not counted."""
     make(d / "warm.jsonl", 1, trace_chars=10)
-    for step in ("verify", "decontaminate"):
-        peak(step, d / "warm.jsonl", d / f"warm_{step}.jsonl")
+    for step in ("verify", "decontaminate", "stats"):
+        peak(step, d / "warm.jsonl", out_path(d, step, "warm"))
+
+
+def out_path(d: Path, step: str, name: str) -> Path:
+    """Where ``step`` writes: a .jsonl file, or for stats a folder."""
+    return d / (f"{step}_{name}" if step == "stats" else f"{step}_{name}.jsonl")
 
 
 def peak(step: str, data: Path, out: Path) -> int:
@@ -61,11 +67,14 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         warm(d)
+        if "stats" in args.steps:
+            p = peak("stats", d / "warm.jsonl", out_path(d, "stats", "warm2"))
+            print(f"{'stats':14s} rows {3:6d}  (the tokenizer's load)    peak {p / 1e6:6.2f} MB", flush=True)
         for n in args.questions:
             data = d / f"data{n}.jsonl"
             make(data, n)
             for step in args.steps:
-                p = peak(step, data, d / f"{step}{n}.jsonl")
+                p = peak(step, data, out_path(d, step, str(n)))
                 print(f"{step:14s} rows {3 * n:6d}  input {data.stat().st_size / 1e6:7.1f} MB  peak {p / 1e6:6.2f} MB",
                       flush=True)
 

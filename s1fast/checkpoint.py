@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 from .distributed import all_gather_objects
+from .whole_folder import alive, clean_stale, write_whole  # noqa: F401 -- clean_stale: for callers
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old-\d+)$")  # what a killed save left (the run's lock: no save runs)
@@ -57,16 +58,6 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 # -- the run lock ----------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def acquire_lock(output_dir: str) -> str:
     """Own ``output_dir`` (rank 0 only): ``run.lock`` holds this process's pid and host.
 
@@ -83,7 +74,7 @@ def acquire_lock(output_dir: str) -> str:
                 owner = json.load(open(path))
             except (OSError, ValueError):
                 owner = {}
-            if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+            if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not alive(owner["pid"]):
                 print(f"[s1fast] notice: {path} was left by process {owner['pid']}, which is gone; taking it over",
                       flush=True)
                 os.remove(path)
@@ -310,57 +301,9 @@ def full_state_dict(model) -> dict:
 
 
 def write_hf_folder(state_dict: dict, mcfg, out: str, tokenizer_dir: str) -> str:
-    """Write ``out`` as a Hugging Face folder (one process): into ``out.tmp-PID`` first, swapped in whole, so any
-    failure (a full disk, a Ctrl-C) leaves the previous ``out`` as it was and no partial folder (the exception
-    goes on). What a killed export left beside ``out`` is cleaned first (``clean_stale``)."""
+    """Write ``out`` as a Hugging Face folder (one process), whole (s1fast.whole_folder): any failure (a full
+    disk, a Ctrl-C) leaves the previous ``out`` as it was and no partial folder (the exception goes on); what a
+    killed export left beside ``out`` is cleaned first."""
     from .model import save_state_dict_hf
-    clean_stale(out)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    try:
-        save_state_dict_hf(state_dict, mcfg, tmp, tokenizer_dir)
-        _swap_in(tmp, out)
-    except BaseException:  # KeyboardInterrupt too
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_whole(out, lambda tmp: save_state_dict_hf(state_dict, mcfg, tmp, tokenizer_dir))
     return out
-
-
-def _swap_in(tmp: str, out: str) -> None:
-    """Rename ``tmp`` to ``out``; a previous ``out`` is moved aside to ``out.old-PID`` first, put back if the
-    rename fails, and deleted once the new one is in place."""
-    if not os.path.exists(out):
-        os.replace(tmp, out)
-        return
-    aside = f"{out}.old-{os.getpid()}"
-    os.replace(out, aside)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(aside, out)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def clean_stale(out: str) -> None:
-    """Remove the ``out.tmp-PID`` (partial) and ``out.old-PID`` (replaced) folders an export left when it was
-    killed, those of processes that are gone; an ``out.old-PID`` is the previous complete folder and is put
-    back when ``out`` itself is missing (killed between the two renames). The pids are this host's: an export
-    into a folder shared with other hosts may see another host's live export as gone."""
-    parent, base = os.path.split(os.path.normpath(out))
-    pattern = re.compile(re.escape(base) + r"\.(tmp|old)-(\d+)$")
-    try:
-        names = sorted(os.listdir(parent or "."))
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if not m or int(m.group(2)) == os.getpid() or _alive(int(m.group(2))):
-            continue
-        path = os.path.join(parent, name)
-        if m.group(1) == "old" and not os.path.exists(out):
-            os.replace(path, out)
-            print(f"[s1fast] notice: {out} was missing and {path} (a complete export moved aside by a process "
-                  f"that is gone) was put back", flush=True)
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        print(f"[s1fast] notice: removed {path}, left by process {m.group(2)}, which is gone", flush=True)

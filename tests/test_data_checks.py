@@ -112,3 +112,54 @@ def test_metrics_write_null_for_non_finite_values_and_the_plot_leaves_no_partial
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     assert plot_loss(str(tmp_path / "metrics.jsonl")) is None
     assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_an_interrupted_cache_write_leaves_no_partial_folder_and_the_previous_cache(tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Ctrl-C while the arrays were written left ``c.tmp-PID`` for ever (and no later prepare removed it)."""
+    src = _write(tmp_path / "d.jsonl", [_row(), _row(q="What is 3+3?", attempt="6")])
+    before = _prepare(src, tmp_path / "c", []).meta["key"]
+    real, saved = np.save, []
+
+    def save_one_then_interrupt(path, arr, *a, **k):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(path)
+        return real(path, arr, *a, **k)
+    monkeypatch.setattr(np, "save", save_one_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(src, tmp_path / "c", [], max_tokens=300)          # another key: a rebuild
+    assert saved and ".tmp-" in str(saved[0])
+    assert sorted(os.listdir(tmp_path)) == ["c", "d.jsonl"]
+    saved.clear()                                                   # the CLI: one error line, exit 130
+    from s1fast.data.__main__ import main
+    assert main(["prepare", "--data", src, "--out", str(tmp_path / "c"), "--max-tokens", "300", "--workers", "1",
+                 "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: prepare: interrupted; no partial cache is left") and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["c", "d.jsonl"]
+    monkeypatch.undo()
+    logs = []
+    assert _prepare(src, tmp_path / "c", logs).meta["key"] == before and any("cache hit" in x for x in logs)
+
+
+def test_a_prepare_removes_what_a_killed_prepare_left_and_only_that(tmp_path):
+    """A SIGKILLed prepare leaves ``c.tmp-PID`` (partial) or, killed between its two renames, ``c.old-PID`` (the
+    previous cache) and no ``c``: the next prepare removes the first and puts the second back, but never touches
+    a live process's folder."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    dead, live = p.pid, os.getppid()
+    src = _write(tmp_path / "d.jsonl", [_row()])
+    key = _prepare(src, tmp_path / "c", []).meta["key"]
+    os.replace(tmp_path / "c", tmp_path / f"c.old-{dead}")
+    for name in (f"c.tmp-{dead}", f"c.tmp-{live}"):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "tokens.npy").write_bytes(b"partial")
+    logs = []
+    assert _prepare(src, tmp_path / "c", logs).meta["key"] == key
+    assert sorted(os.listdir(tmp_path)) == ["c", f"c.tmp-{live}", "d.jsonl"]
+    assert any(f"removed {tmp_path / f'c.tmp-{dead}'}, left by process {dead}, which is gone" in x for x in logs)
+    assert any("was put back" in x for x in logs) and any("cache hit" in x for x in logs)

@@ -1,12 +1,13 @@
-"""The pipeline at scale: verify, decontaminate and select hold what they decide by, not the traces they read
-(a distilled set of 1M+ rows of 10-30 KB traces is tens of GB). Peak Python memory is measured against the
-input's size on a file of many rows of ~20 KB traces (bench/bench_data_memory.py); holding every row, as the
-steps did, costs more than the whole file. Streaming keeps the guarantees: Ctrl-C keeps what was written."""
+"""The pipeline at scale: verify, decontaminate, select and stats hold what they decide by (stats: lengths), not
+the traces they read (a distilled set of 1M+ rows of 10-30 KB traces is tens of GB). Peak Python memory is
+measured against the input's size on a file of many rows of ~20 KB traces (bench/bench_data_memory.py); holding
+every row, as the steps did, costs more than the whole file. Streaming keeps the guarantees: Ctrl-C keeps what
+was written."""
 import json
 
 import pytest
 
-from bench.bench_data_memory import make, peak, warm
+from bench.bench_data_memory import make, out_path, peak, warm
 from s1fast.data.__main__ import main as data_main
 from s1fast.data.pipeline import decontaminate, verify
 
@@ -29,6 +30,22 @@ def test_a_step_holds_far_less_than_its_input(big, tmp_path, step, kept):
     # what a step may hold: its indexes and one row at a time (select: the rows it chose), not the input
     allowed = 0.1 * big.stat().st_size + (out.stat().st_size if step == "select" else 0)
     assert p < allowed, (step, p, big.stat().st_size)
+
+
+def test_stats_holds_lengths_not_rows(big, tmp_path, monkeypatch):
+    """stats keeps a few numbers a row: what it holds on a file of long traces stays far below the file (holding
+    every row exceeded it) above what it holds on the warm two-row file (the figure's drawing). The tokenizer is
+    loaded once, outside the measure (its load, the same for any input, is most of stats's peak and seconds),
+    and the file is smaller than ``big``: stats tokenises every trace."""
+    from s1fast.data import cache
+    tokenizer = cache.load_tokenizer()
+    monkeypatch.setattr(cache, "load_tokenizer", lambda path=None: tokenizer)
+    data = tmp_path / "samples.jsonl"
+    make(data, QUESTIONS // 4)
+    base = peak("stats", big.parent / "warm.jsonl", out_path(tmp_path, "stats", "warm"))
+    p = peak("stats", data, out_path(tmp_path, "stats", "big"))
+    assert json.load(open(out_path(tmp_path, "stats", "big") / "stats.json"))["rows"] == 3 * (QUESTIONS // 4)
+    assert p - base < 0.1 * data.stat().st_size, (p, base, data.stat().st_size)
 
 
 @pytest.mark.parametrize("step", ["verify", "decontaminate"])

@@ -270,4 +270,4 @@ def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkey
     assert ev.main(["show", str(out)]) == 0
     assert ev.main(["show", str(out), "-n", "0"]) == 2 and "-n must be at least 1" in capsys.readouterr().err
     (out / "problems.jsonl").write_text(lines[0][:40] + "\n" + lines[1] + "\n")   # a bad line inside: still an error
-    assert ev.main(["show", str(out)]) == 2 and "problems.jsonl:1: not a JSON line" in capsys.readouterr().err
+    assert ev.main(["show", str(out)]) == 2 and "problems.jsonl:1: not valid JSON" in capsys.readouterr().err

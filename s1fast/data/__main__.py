@@ -55,6 +55,10 @@ def main(argv=None) -> int:
         print(f"error: cannot write the cache {args.out} ({e.strerror or e}): pass --out with a writable folder "
               f"that has space", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: prepare: interrupted; no partial cache is left and an earlier one in {args.out} is kept: "
+              "run the same command again", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -10,21 +10,22 @@ Layout of a cache folder::
                                         array file's sha256, and statistics
 
 A run with the same key is served from the cache once its files match their hashes; any change, or a damaged
-file, rebuilds it, in a temporary folder swapped in only when complete (an interrupted run never leaves a
-broken cache and never destroys the previous one).
+file, rebuilds it, in a temporary folder swapped in only when complete (s1fast.whole_folder: an interrupted
+run never leaves a broken cache nor a partial folder, and never destroys the previous one; what a killed run
+left beside the cache is removed by the next prepare).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..whole_folder import clean_stale, write_whole
 from .format import IGNORE, IM_START, encode
 from .readers import DataError, read_rows, row_list as _rows
 from .toy import is_spec as is_toy_spec, materialize as materialize_toy
@@ -136,6 +137,7 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
     """Tokenise ``data`` for ``recipe`` into the cache folder ``out`` (or reuse it) and open it."""
     data, tokenizer_dir = _check_inputs(data, tokenizer_dir, max_tokens, out, policy)
     key = cache_key(data, tokenizer_dir, recipe, max_tokens, policy)
+    clean_stale(out, log)     # what a killed prepare left beside ``out``
     if _cache_hit(out, key, log):
         return TokenDataset(out)
     t0 = time.time()
@@ -155,7 +157,7 @@ def prepare(data: str | None = None, recipe: str = "s1", tokenizer_dir: str | No
         rows_special_text=len(special), rows_duplicate=len(dups))
     _write(out, arrays, key, t0, {"data": os.path.abspath(data), "recipe": recipe, "max_tokens": max_tokens,
                                   "policy": policy, "tokenizer": os.path.abspath(tokenizer_dir),
-                                  "summary": summary.__dict__})
+                                  "summary": summary.__dict__}, log)
     log(f"[s1fast.data] wrote {out} in {time.time() - t0:.1f}s (key {key})")
     log(summary.lines())
     return TokenDataset(out)
@@ -330,22 +332,17 @@ def _summarize(arrays: dict, **counts) -> Summary:
         length_p99=int(np.percentile(lengths, 99)), length_max=int(lengths.max()))
 
 
-def _write(out: str, arrays: dict, key: str, t0: float, info: dict) -> None:
-    """Write the arrays and summary.json to a temporary folder, then swap it in for ``out``."""
-    tmp = f"{out.rstrip(os.sep)}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name in ARRAYS:
-        np.save(os.path.join(tmp, name), arrays[name])
-    hashes = {n: file_sha256(os.path.join(tmp, n)) for n in ARRAYS}
-    with open(os.path.join(tmp, "summary.json"), "w") as f:
-        json.dump({"key": key, "sha256": hashes, **info, "seconds": round(time.time() - t0, 2)}, f, indent=1)
-    old = f"{out.rstrip(os.sep)}.old-{os.getpid()}"
-    if os.path.exists(out):
-        os.replace(out, old)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+def _write(out: str, arrays: dict, key: str, t0: float, info: dict, log) -> None:
+    """Write the arrays and summary.json to ``out``, whole (s1fast.whole_folder): an interrupted write leaves no
+    partial folder and the previous cache as it was."""
+    def fill(tmp: str) -> None:
+        os.makedirs(tmp)
+        for name in ARRAYS:
+            np.save(os.path.join(tmp, name), arrays[name])
+        hashes = {n: file_sha256(os.path.join(tmp, n)) for n in ARRAYS}
+        with open(os.path.join(tmp, "summary.json"), "w") as f:
+            json.dump({"key": key, "sha256": hashes, **info, "seconds": round(time.time() - t0, 2)}, f, indent=1)
+    write_whole(out, fill, log)
 
 
 class TokenDataset:

@@ -9,10 +9,8 @@ import json
 import os
 from typing import Iterable, Iterator
 
+from ..jsonl import parse_lines
 from .skythought import is_response_row, is_results, response_rows, results_rows
-
-
-BOM = b"\xef\xbb\xbf"   # UTF-8's byte-order mark: some Windows tools start a file with it
 
 
 class DataError(ValueError):
@@ -32,25 +30,12 @@ def row_list(rows, limit: int = 20) -> str:
     return ", ".join(rows[:limit]) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
-def _decode(raw: bytes, path: str, row: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}): re-save the file as UTF-8",
-                        path=path, row=row) from None
-
-
-def jsonl_rows(lines: Iterable[bytes], path: str, first: int = 1) -> Iterator[tuple[int, dict]]:
-    """``(line_number, row)`` of the raw lines of a .jsonl file (numbered from ``first``: 1 unless the lines are
-    read from the middle of the file; blank lines skipped)."""
-    for i, raw in enumerate(lines, first):
-        line = _decode(raw[3:] if i == 1 and raw.startswith(BOM) else raw, path, i)
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path=path, row=i) from None
+def jsonl_rows(lines: Iterable[bytes], path: str, first: int = 1, cut_tail_ok: bool = False,
+               on_cut=None) -> Iterator[tuple[int, dict]]:
+    """``(line_number, row)`` of the raw lines of a .jsonl file (s1fast.jsonl.parse_lines: numbered from
+    ``first``, blank lines skipped, a cut last line dropped with ``cut_tail_ok``); each line must be an object."""
+    for i, row in parse_lines(lines, path, first=first, cut_tail_ok=cut_tail_ok, on_cut=on_cut,
+                              bad=lambda msg, n: DataError(msg, path=path, row=n)):
         if not isinstance(row, dict):
             raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
         yield i, row

@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from typing import Iterable, Iterator
 
-from ...jsonl import end_cut_line, partial_tail
+from ...jsonl import end_cut_line
 from ..readers import DataError, jsonl_rows, read_rows, samples_of
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
@@ -151,13 +151,13 @@ def read_at(path: str, warn: bool = True) -> Iterator[tuple[int, tuple[int, int]
     """``read`` with where each row is: ``(row_number, (byte offset of its line, which of the line's samples),
     row)`` for a .jsonl, whose row :func:`row_at` reads again from there; None for .json and .parquet files."""
     if path.endswith(".jsonl") and os.path.isfile(path):
-        size, cut = partial_tail(path)
-        if cut is not None and warn:
-            print(f"warning: {path}: ignoring a partial last line ({size - cut} bytes; a run was killed while "
-                  "writing it)", file=sys.stderr)
+        def cut(n: int, nbytes: int) -> None:
+            if warn:
+                print(f"warning: {path}: ignoring a partial last line ({nbytes} bytes; a run was killed while "
+                      "writing it)", file=sys.stderr)
         with open(path, "rb") as f:
-            lines = _Lines(f, size if cut is None else cut)
-            for i, line in jsonl_rows(lines, path):
+            lines = _Lines(f)
+            for i, line in jsonl_rows(lines, path, cut_tail_ok=True, on_cut=cut):
                 for part, row in enumerate(samples_of(i, line, path)):
                     yield i, (lines.pos, part), row
         return
@@ -183,15 +183,13 @@ def read_shown(path: str, desc: str, enabled: bool = True) -> Iterator[tuple[int
 
 
 class _Lines:
-    """The raw lines of an open file up to byte ``end``; ``pos``: where the last one given began."""
+    """The raw lines of an open file; ``pos``: where the last one given began."""
 
-    def __init__(self, f, end: int):
-        self.f, self.end, self.pos, self._next = f, end, 0, 0
+    def __init__(self, f):
+        self.f, self.pos, self._next = f, 0, 0
 
     def __iter__(self):
         for raw in self.f:
-            if self._next >= self.end:
-                return
             self.pos, self._next = self._next, self._next + len(raw)
             yield raw
 

@@ -2,7 +2,8 @@
 
 Lengths are in tokens of the real tokenizer (the bundled Qwen2.5 unless ``--tokenizer``): question, trace
 and answer separately, and the whole training sequence under ``--recipe`` when the rows render in it. Writes
-``stats.json``, ``stats.md`` and ``lengths.png`` under ``--out``; the markdown is also printed.
+``stats.json``, ``stats.md`` and ``lengths.png`` under ``--out``; the markdown is also printed. The file is
+streamed: what is held is a few numbers a row (lengths, question hashes), not the rows.
 """
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import argparse
 import json
 import os
 import statistics
+from array import array
 from collections import Counter, defaultdict
+from typing import Iterable
 
 from . import rows as R
 from ..format import RECIPES, render
 from ..readers import DataError
 
 
-def _summary(xs: list[int]) -> dict:
+def _summary(xs) -> dict:
     if not xs:
         return {"n": 0}
     s = sorted(xs)
@@ -26,14 +29,14 @@ def _summary(xs: list[int]) -> dict:
             "max": s[-1], "sum": sum(s)}
 
 
-def compute(rows: list[dict], tokenizer, recipe: str | None, domain, progress: bool = False) -> dict:
+def compute(rows: Iterable[dict], tokenizer, recipe: str | None, domain) -> dict:
+    """Counts and per-row token lengths of ``rows``, read once and not held: a data set of any size streams."""
     n_tok = lambda t: R.n_tokens(tokenizer, t)  # noqa: E731
-    lengths = defaultdict(list)
+    lengths = defaultdict(lambda: array("q"))    # 8 bytes a length
     by_domain, by_source = defaultdict(lambda: Counter()), defaultdict(lambda: Counter())
-    qids, no_q, unrenderable = set(), 0, 0
-    bar = R.bar(len(rows), "counting tokens", "row", progress)
+    qids, n, no_q, unrenderable = set(), 0, 0, 0
     for row in rows:
-        bar.update(1)
+        n += 1
         q = R.question(row)
         if q is None:
             no_q += 1
@@ -55,8 +58,7 @@ def compute(rows: list[dict], tokenizer, recipe: str | None, domain, progress: b
             table[name]["trace_tokens"] += lt
             if row.get("correct") is True:
                 table[name]["correct"] += 1
-    bar.close()
-    return {"rows": len(rows), "questions": len(qids), "rows_without_question": no_q,
+    return {"rows": n, "questions": len(qids), "rows_without_question": no_q,
             "rows_not_renderable": unrenderable if recipe else None, "recipe": recipe,
             "lengths": {k: _summary(v) for k, v in lengths.items()}, "_raw": dict(lengths),
             "by_domain": {k: dict(v) for k, v in sorted(by_domain.items())},
@@ -115,11 +117,12 @@ def main(args) -> R.Tally:
     from ..cache import load_tokenizer
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise DataError("is a file; --out takes a folder (for stats.json, stats.md and lengths.png)", path=args.out)
-    rows = [row for _, row in R.read(args.data)]
-    if not rows:
+    R.need_file(args.data, "--data")     # before the tokenizer's load (seconds)
+    tokenizer, domain = load_tokenizer(args.tokenizer), R.domain_getter(args.domain_field, args.domain_fn)
+    rows = (row for _, row in R.read_shown(args.data, "counting tokens", not args.no_progress))
+    st = compute(rows, tokenizer, args.recipe, domain)
+    if not st["rows"]:
         raise DataError("holds no rows: nothing to count; pass --data with a file of examples", path=args.data)
-    st = compute(rows, load_tokenizer(args.tokenizer), args.recipe, R.domain_getter(args.domain_field, args.domain_fn),
-                 progress=not args.no_progress)
     os.makedirs(args.out, exist_ok=True)
     title = f"{os.path.basename(args.data)}"
     md = markdown(st, title)
