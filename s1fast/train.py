@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 import uuid
 
 import torch
@@ -32,7 +31,8 @@ from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
 from .optim import apply_hyperparameters, lr_lambda, param_groups
-from .stopping import INTERRUPTED, InterruptOnSignal, Interrupted, StopOnSignal, stopped
+from .stopping import INTERRUPTED, StopOnSignal, stopped
+from .train_export import RankFollows, export_final
 
 
 class TrainingDiverged(RuntimeError):
@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                     last_ckpt = save(total)
                 if (signum := stop.agreed(device)) is not None:  # one during the last save: no export
                     return stopped(metrics.message, signum, last_ckpt, "step", total, then="export it")
-            final = export(cfg, model, mcfg, tok_dir, device, rank) if cfg.export else None
+            final = export_final(cfg.output_dir, model, mcfg, tok_dir, device, rank) if cfg.export else None
             if final:
                 metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
             return {"steps": total, "checkpoint": last_ckpt, "final": final}
@@ -425,56 +425,6 @@ class Stepper:
         if slots:  # the fewest and the most blocks any rank checkpointed in a micro-step of this step
             row["checkpointed_layers_min"], row["checkpointed_layers"] = int(min(slots[0::2])), int(max(slots[1::2]))
         return row, stops > 0
-
-
-def export(cfg, model, mcfg, tok_dir, device, rank) -> str:
-    """``final/`` in Hugging Face format, written beside it and swapped in whole (collective).
-
-    Rank 0 writes alone while the others wait for its outcome, which every rank then acts on, so all leave at
-    once the same way: a full disk -> rank 0's error line, exit 2; SIGINT / SIGTERM on rank 0 -> exit 128 + the
-    signal; a bug -> rank 0 prints its traceback, exit 1. The partial folder is removed, the checkpoints are
-    untouched. The collectives run with signals recorded (a signal there, on any rank, stops every rank before
-    the write).
-    """
-    final = os.path.join(cfg.output_dir, "final")
-    outcome = [None]  # (exit status, error line) from rank 0
-    with StopOnSignal() as stop:
-        sd = checkpoint.full_state_dict(model)
-        if (signum := stop.agreed(device)) is not None:
-            raise Interrupted(signum)
-        if rank == 0:
-            try:
-                with InterruptOnSignal():
-                    checkpoint.write_hf_folder(sd, mcfg, final, tok_dir)
-            except OSError as e:
-                outcome = [(2, f"exporting {final} failed ({type(e).__name__}: {e}); the partial folder was removed; "
-                               f"the last checkpoint is intact: free the space and run again with the same "
-                               f"--output-dir to export it")]
-            except KeyboardInterrupt as e:
-                outcome = [(128 + getattr(e, "signum", signal.SIGINT), None)]
-            except Exception:  # noqa: BLE001 -- a bug: its traceback here, and every rank leaves with 1
-                traceback.print_exc()  # (raised on, rank 0 would leave last, after the others: torchrun
-                outcome = [(1, None)]  # would end it with SIGTERM and name rank 1 the root cause)
-        if distributed.world() > 1:
-            import torch.distributed as dist
-            dist.broadcast_object_list(outcome, src=0)
-    # (a signal another rank recorded while rank 0 wrote came after the work: final/ is complete)
-    if outcome[0] is None:
-        return final
-    code, line = outcome[0]
-    if code == 2:
-        raise checkpoint.CheckpointError(line)
-    if code > 128:
-        raise Interrupted(code - 128)
-    raise RankFollows(code)
-
-
-class RankFollows(Exception):
-    """Rank 0 failed and reported it: every rank leaves with the same status (``code``), silently."""
-
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
 
 
 def _rss_gb() -> float:

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 from signal_ranks import end, exit_codes
 
-from s1fast import checkpoint, train
+from s1fast import checkpoint
+from s1fast.train_export import RankFollows, export_final
 from s1fast.data import DEFAULT_TOKENIZER
 from s1fast.stopping import Interrupted
 
@@ -58,7 +58,7 @@ def test_rank_0_failing_in_the_export_ends_every_rank_alike_and_a_rerun_exports(
     assert os.path.exists(os.path.join(final, "model.safetensors"))
 
 
-@pytest.mark.parametrize("how, raised", [("sigint", Interrupted), ("sigterm", Interrupted), ("bug", train.RankFollows)])
+@pytest.mark.parametrize("how, raised", [("sigint", Interrupted), ("sigterm", Interrupted), ("bug", RankFollows)])
 def test_each_outcome_of_the_write_is_what_every_rank_raises(tmp_path, monkeypatch, capfd, how, raised):
     """One rank (no collective to wait on): a signal mid-write is ``Interrupted`` with its number (SIGTERM too,
     which would otherwise kill the process and leave the partial folder), a bug prints its traceback and is
@@ -74,11 +74,10 @@ def test_each_outcome_of_the_write_is_what_every_rank_raises(tmp_path, monkeypat
             raise RuntimeError("an unexpected failure")
         os.kill(os.getpid(), signal.SIGINT if how == "sigint" else signal.SIGTERM)
     monkeypatch.setattr(M, "save_state_dict_hf", failing)
-    cfg = SimpleNamespace(output_dir=str(tmp_path))
     mcfg = CONFIGS["tiny-qwen2"]
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(raised) as e:
-        train.export(cfg, Transformer(mcfg), mcfg, DEFAULT_TOKENIZER, torch.device("cpu"), 0)
+        export_final(str(tmp_path), Transformer(mcfg), mcfg, DEFAULT_TOKENIZER, torch.device("cpu"), 0)
     assert signal.getsignal(signal.SIGTERM) is before
     code = {"sigint": 130, "sigterm": 143, "bug": 1}[how]
     assert (128 + e.value.signum if raised is Interrupted else e.value.code) == code
