@@ -11,6 +11,9 @@ or a Hugging Face folder.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import json
 import os
@@ -18,15 +21,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from bench.env import environment, markdown_header  # noqa: E402
-from s1fast import model as lean  # noqa: E402
-from s1fast.data.pipeline import rows as R  # noqa: E402
-from s1fast.data.pipeline.generate import EngineTeacher, pending_requests, run  # noqa: E402
-from s1fast.generate import BUNDLED_TOKENIZER, GenerationConfig  # noqa: E402
+from bench.env import environment, markdown_header
+from s1fast import model as lean
+from s1fast.data.pipeline import rows as R
+from s1fast.data.pipeline.generate import EngineTeacher, pending_requests, run
+from s1fast.generate import BUNDLED_TOKENIZER, GenerationConfig
 
 
 def measure(model, tok, data, batch_size, args) -> dict:

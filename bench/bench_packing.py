@@ -15,6 +15,10 @@ Print the tables:  python bench/bench_packing.py [--quick]
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
+import argparse
 import os
 import sys
 import time
@@ -23,9 +27,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from s1fast.packing import DEFAULT_COST, Plan, make_plan  # noqa: E402
+from s1fast.packing import DEFAULT_COST, Plan, make_plan
 
 DATA = os.path.join(ROOT, "s1fast", "assets", "data")
 W, T, G = 16, 32768, 16
@@ -231,10 +234,18 @@ def window_tradeoff():
               f"{p.straggler_factor:.4f} | {p.sync_straggler_factor:.4f} | {partner_repeat(p):.3f} |")
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="The timings run under pytest: python -m pytest bench/bench_packing.py -q")
+    ap.add_argument("--quick", action="store_true", help="the 1k-example size only (default: every size)")
+    args = ap.parse_args(argv)
     from bench.env import environment, markdown_header
-    quick = "--quick" in sys.argv
     print(markdown_header(environment()))
     window_tradeoff()
     print()
-    quality_and_time(["1k"] if quick else list(SIZES))
+    quality_and_time(["1k"] if args.quick else list(SIZES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,9 @@ the raw figures. Every request is greedy with a fixed budget, so each does the s
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import asyncio
 import json
@@ -20,9 +23,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.env import environment, markdown_header  # noqa: E402
+from bench.env import environment, markdown_header
 
 QUESTIONS = ["What is 1+1?", "How many r in raspberry?", "Find the sum of all integers between 1 and 100.",
              "Let $ABC$ be a triangle inscribed in a circle. Find m+n.", "What is the capital of France?"]

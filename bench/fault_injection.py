@@ -10,6 +10,9 @@ test suite runs a 3-kill version (tests/test_train.py).
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import json
 import os

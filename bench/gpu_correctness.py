@@ -16,6 +16,9 @@ Checks, each recorded as {name, ok, detail} (a failing check is recorded and the
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import json
 import math

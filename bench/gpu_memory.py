@@ -8,6 +8,9 @@ memory tracker sees them on one rank without FSDP (tests/test_fake_cuda.py compa
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import json
 import os

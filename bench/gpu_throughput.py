@@ -12,6 +12,9 @@ it records the error and runs again with ``--master-dtype bf16``.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import json
 import os

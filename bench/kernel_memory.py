@@ -9,6 +9,11 @@ warm-up call, meta count 121 MiB; 1024 tokens unfused: 2964 MiB RSS, meta count 
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
+import argparse
+
 from s1fast.model import CONFIGS
 from s1fast_kernels.memory_count import gpu_plan_extra, peak_bytes
 
@@ -38,7 +43,13 @@ def gpu_plan_table(n: int = S1_SHAPES["n"], hdim: int = S1_SHAPES["hdim"], v: in
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     print(table())
     print()
     print(gpu_plan_table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

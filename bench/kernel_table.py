@@ -11,6 +11,9 @@ from the kernels' designs (bytes each one must move, FLOPs each must do) at 989 
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import os
 import re

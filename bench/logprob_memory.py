@@ -7,6 +7,11 @@ size and nothing is computed.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
+import argparse
+
 from bench.kernel_memory import S1_SHAPES
 from s1fast_kernels.memory_count import logprob_plan_extra as plan_extra
 
@@ -20,5 +25,11 @@ def table(n: int = S1_SHAPES["n"], hdim: int = S1_SHAPES["hdim"], v: int = S1_SH
         f"| `s1fast_kernels.logprob_op.token_logprobs` | {fused / 1e9:.3f} GB | {100 * fused / full:.2f}% |"])
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

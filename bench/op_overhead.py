@@ -10,18 +10,19 @@ Prints a markdown table for bench/RESULTS.md. The interpreter is off (the PyTorc
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import argparse
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TRITON_INTERPRET", "0")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-import s1fast_kernels as tk  # noqa: E402
+import s1fast_kernels as tk
 
 
 def _time_pair(fns, make, repeat: int) -> list[float]:

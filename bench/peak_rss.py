@@ -8,6 +8,9 @@ same way measures them the same way, whatever each one logs about itself.
 """
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
+    import _path  # noqa: F401  (bench/_path.py)
+
 import json
 import os
 import resource
@@ -16,8 +19,13 @@ import sys
 
 
 def main() -> None:
+    usage = "usage: python -m bench.peak_rss OUT_PREFIX -m MODULE [ARGS...]"
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(f"{usage}\n\n{__doc__}")
+        sys.exit(0)
     if len(sys.argv) < 4 or sys.argv[2] != "-m":
-        sys.exit("usage: python -m bench.peak_rss OUT_PREFIX -m MODULE [ARGS...]")
+        print(f"{usage}\nerror: give the output prefix, then -m and the module to run", file=sys.stderr)
+        sys.exit(2)
     prefix, module, args = sys.argv[1], sys.argv[3], sys.argv[4:]
     sys.argv = [module] + args
     code = 0

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from s1fast.forcing import ANSWER, BudgetForcer
-from s1fast.sampling import Penalties, TokenLogprob, pick_tokens, token_logprobs
+from s1fast.sampling import Penalties, TokenLogprob, pick_tokens, row_penalty, token_logprobs
 
 BATCH_FEED = 8   # a row with more pending ids than this is prefilled alone
 
@@ -244,6 +244,4 @@ class ContinuousBatcher(Scheduler):
 
 
 def _penalty(p: Penalties, f: BudgetForcer):
-    """A row's penalty for ``pick_tokens``: the output is everything after the prompt (thinking, the forced
-    text, the answer so far)."""
-    return (p, f.ids[:f.prompt_len], f.ids[f.prompt_len:]) if p.active else None
+    return row_penalty(p, f.ids, f.prompt_len)

@@ -22,12 +22,12 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Sequence
 
 from s1fast import grading, protocols
 from s1fast.generate import (GenerationConfig, _model_max_positions, add_generation_args, budget_arg, check_args,
-                             config_from_args, generate, open_backend, too_long)
+                             config_from_args, decoding_settings, generate, open_backend, too_long)
 from s1fast.jsonl import end_cut_line, read_jsonl
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
@@ -197,7 +197,7 @@ def evaluate(model, tokenizer, problems: Sequence[dict], budgets: Sequence[int |
                 log(f"num_wait={nw} budget={budget}: pass@1 {row['pass@1']:.3f} +- {row['pass@1_se']:.3f} "
                     f"({row['correct']}/{row['n'] * samples}), mean thinking tokens {row['mean_thinking_tokens']:.1f}")
     return {"protocol": protocol, "protocol_source": grader.source, "grader_versions": grading.versions(),
-            "decoding": asdict(base), "samples": samples, "rows": rows, "records": records}
+            "decoding": decoding_settings(base), "samples": samples, "rows": rows, "records": records}
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------
@@ -458,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = output_paths(args.out)
         cfg = config_from_args(args)
         run = {"model": args.model, "data": args.data, "protocol": args.protocol, "samples": args.samples,
-               "decoding": asdict(cfg), "n_problems": len(problems)}
+               "decoding": decoding_settings(cfg), "n_problems": len(problems)}
         done, fresh = resume_state(args, paths, run, log)
     except (EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,7 +28,8 @@ import torch
 from s1fast.data.format import DEFAULT_SYSTEM, generation_prompt
 from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.jsonl import end_cut_line, read_jsonl
-from s1fast.sampling import pick_tokens
+from s1fast.penalty_args import PENALTY_FLAGS, add_penalty_args, check_penalties, penalty_values
+from s1fast.sampling import Penalties, pick_tokens, row_penalty
 from s1fast.vllm_backend import VLLMBackend
 
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tokenizer", "qwen2.5")
@@ -47,6 +48,20 @@ class GenerationConfig:
     seed: int = 0
     batch_size: int = 8
     prefill_chunk: int = 256
+    presence_penalty: float = 0.0     # the penalties: s1fast.penalty_args, the native backend only
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+    @property
+    def penalties(self) -> Penalties:
+        return Penalties(self.presence_penalty, self.frequency_penalty, self.repetition_penalty)
+
+
+def decoding_settings(cfg: GenerationConfig) -> dict:
+    """``cfg`` as a dict, the penalties only where set (a record of what an output depends on: files written
+    before the penalties existed still match a run without them)."""
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in PENALTY_FLAGS or v != PENALTY_FLAGS[k][1]}
 
 
 # ---- prompts --------------------------------------------------------------------------------------------
@@ -78,8 +93,10 @@ def _model_device(model) -> torch.device:
 
 @torch.no_grad()
 def run_native(model, forcers: Sequence[BudgetForcer], *, temperature: float = 0.0, top_p: float = 1.0,
-               seeds: Sequence[int] | None = None, vocab_limit: int, prefill_chunk: int = 256) -> None:
-    """Drive ``forcers`` (one batch) to the end with ``model``'s KV cache."""
+               seeds: Sequence[int] | None = None, vocab_limit: int, prefill_chunk: int = 256,
+               penalties: Penalties = Penalties()) -> None:
+    """Drive ``forcers`` (one batch) to the end with ``model``'s KV cache; ``penalties`` apply to every row
+    (its output: everything after the prompt, the forced text included, as the server's engine counts it)."""
     n = len(forcers)
     device = _model_device(model)
     seeds = list(seeds) if seeds is not None else list(range(n))
@@ -105,7 +122,9 @@ def run_native(model, forcers: Sequence[BudgetForcer], *, temperature: float = 0
         last = logits[torch.tensor(ready, device=device)]
         toks = pick_tokens(last, temperature=temperature, top_p=top_p, vocab_limit=vocab_limit,
                            banned=[forcers[b].stops if forcers[b].suppress_stop else None for b in ready],
-                           generators=[gens[b] for b in ready])
+                           generators=[gens[b] for b in ready],
+                           penalties=[row_penalty(penalties, forcers[b].ids, forcers[b].prompt_len) for b in ready]
+                           if penalties.active else None)
         for b, t in zip(ready, toks):
             forcers[b].push(t)
 
@@ -132,10 +151,12 @@ def generate(model, tokenizer, questions: Sequence[str], config: GenerationConfi
         bseeds = (list(seeds[start:start + len(batch)]) if seeds is not None
                   else [cfg.seed + start + i for i in range(len(batch))])
         if isinstance(backend, VLLMBackend):
+            if cfg.penalties.active:
+                raise ValueError("penalties need the native backend (the vllm adapter does not apply them)")
             backend.run(forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=bseeds, vocab_limit=vocab_limit)
         elif backend == "native":
             run_native(model, forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=bseeds,
-                       vocab_limit=vocab_limit, prefill_chunk=cfg.prefill_chunk)
+                       vocab_limit=vocab_limit, prefill_chunk=cfg.prefill_chunk, penalties=cfg.penalties)
         else:
             raise ValueError(f"unknown backend {backend!r}: use 'native' or a VLLMBackend")
         results.extend(_record(tokenizer, f, start + i, q) for i, (f, q) in enumerate(zip(forcers, batch)))
@@ -205,8 +226,8 @@ def budget_arg(text: str) -> int | str:
     return v
 
 
-def add_generation_args(p: argparse.ArgumentParser) -> None:
-    """Options shared with ``s1fast.eval``."""
+def add_generation_args(p: argparse.ArgumentParser, penalties: bool = True) -> None:
+    """Options shared with ``s1fast.eval`` (and the server, which takes ``penalties`` per request instead)."""
     p.add_argument("--model", required=True, help="exported Hugging Face model folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
     p.add_argument("--backend", choices=["native", "vllm"], default="native",
@@ -228,6 +249,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="weights' dtype (default auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default auto: cuda if there is a GPU)")
+    if penalties:
+        add_penalty_args(p)
 
 
 def open_backend(args):
@@ -243,7 +266,8 @@ def open_backend(args):
 def config_from_args(args, **over) -> GenerationConfig:
     kw = dict(min_thinking_tokens=args.min_thinking_tokens, extension=args.extension,
               max_answer_tokens=args.max_answer_tokens, max_total_tokens=args.max_total_tokens,
-              temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size)
+              temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+              **penalty_values(args))
     kw.update(over)
     return GenerationConfig(**kw)
 
@@ -270,6 +294,10 @@ def check_args(args) -> None:
     if isinstance(budget, int) and floor > budget:
         raise UsageError(f"--min-thinking-tokens {floor} is over --max-thinking-tokens {budget}: the cap would end "
                          "the thinking first; lower the floor or raise the budget")
+    try:
+        check_penalties(args, args.backend)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.backend == "vllm":
         try:
             import vllm  # noqa: F401
@@ -303,7 +331,7 @@ def check_args(args) -> None:
 def output_settings(args, cfg: GenerationConfig) -> dict:
     """What an output depends on (not the batch size: a prompt's output does not depend on its batch); each
     --out line carries it, so a rerun with other settings is refused rather than mixed in."""
-    s = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "prefill_chunk")}
+    s = {k: v for k, v in decoding_settings(cfg).items() if k not in ("batch_size", "prefill_chunk")}
     return {"model": os.path.abspath(args.model), "backend": args.backend, **s}
 
 

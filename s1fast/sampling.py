@@ -52,6 +52,12 @@ class Penalties:
 RowPenalty = tuple[Penalties, Sequence[int], Sequence[int]] | None
 
 
+def row_penalty(p: Penalties, ids: Sequence[int], prompt_len: int) -> RowPenalty:
+    """A row's penalty for ``pick_tokens``: the output is everything after the prompt (thinking, the forced
+    text, the answer so far)."""
+    return (p, ids[:prompt_len], ids[prompt_len:]) if p.active else None
+
+
 def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
                 banned: Sequence[Iterable[int] | None], generators: Sequence[torch.Generator | None],
                 penalties: Sequence[RowPenalty] | None = None) -> list[int]:

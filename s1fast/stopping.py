@@ -4,7 +4,8 @@ A signal may reach one rank only (a scheduler signalling one process, a Ctrl-C i
 records it instead of dying (``StopOnSignal``), and the loop asks at a point every rank reaches in step
 (``agreed``, one collective): every rank then gets the same answer, so all finish the same step, take part
 in the same save and exit with the same 128 + signal. A signal while a save is under way (a second one
-included) does not interrupt it: the save completes, and the run stops after it.
+included) does not interrupt it: the save completes, and the run stops after it. Work that one rank does alone
+and may abandon (the export's write) runs under ``InterruptOnSignal`` instead: the signal raises ``Interrupted``.
 """
 from __future__ import annotations
 
@@ -49,6 +50,35 @@ class StopOnSignal:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             got = int(t.item())
         return got or None
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (``signum``) during work abandoned on a signal: the CLIs' ``INTERRUPTED`` line, exit
+    128 + ``signum``. A KeyboardInterrupt, so the clean-ups that catch one (a partial folder removed) run."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+class InterruptOnSignal:
+    """SIGINT and SIGTERM raise ``Interrupted`` (SIGTERM would otherwise end the process with no clean-up); once:
+    a second signal does not interrupt the clean-up the first one started."""
+
+    def __enter__(self):
+        self.signum = None
+        self.old = {s: signal.signal(s, self._on) for s in SIGNALS}
+        return self
+
+    def _on(self, signum, _frame):
+        if self.signum is None:
+            self.signum = signum
+            raise Interrupted(signum)
+        os.write(2, f"[s1fast] signal {signum} again: the partial files are being removed first\n".encode())
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
 
 
 def stopped(say, signum: int, checkpoint: str, unit: str, n: int, then: str = "resume") -> dict:

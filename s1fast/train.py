@@ -17,6 +17,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 import time
 import uuid
@@ -31,6 +32,7 @@ from .data import DEFAULT_TOKENIZER, DataError, prepare
 from .metrics import Metrics
 from .optim import apply_hyperparameters, lr_lambda, param_groups
 from .stopping import INTERRUPTED, StopOnSignal, stopped
+from .train_export import RankFollows, export_final
 
 
 class TrainingDiverged(RuntimeError):
@@ -233,7 +235,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
                     last_ckpt = save(total)
                 if (signum := stop.agreed(device)) is not None:  # one during the last save: no export
                     return stopped(metrics.message, signum, last_ckpt, "step", total, then="export it")
-            final = export(cfg, model, mcfg, tok_dir, rank) if cfg.export else None
+            final = export_final(cfg.output_dir, model, mcfg, tok_dir, device, rank) if cfg.export else None
             if final:
                 metrics.message(f"[s1fast] exported {final} (Hugging Face format)")
             return {"steps": total, "checkpoint": last_ckpt, "final": final}
@@ -425,26 +427,6 @@ class Stepper:
         return row, stops > 0
 
 
-def export(cfg, model, mcfg, tok_dir, rank) -> str:
-    """``final/`` in Hugging Face format, written beside it and swapped in whole (collective)."""
-    final = os.path.join(cfg.output_dir, "final")
-    sd = checkpoint.full_state_dict(model)
-    err = None
-    if rank == 0:
-        try:
-            checkpoint.write_hf_folder(sd, mcfg, final, tok_dir)
-        except OSError as e:
-            err = f"exporting {final} failed ({type(e).__name__}: {e}); the partial folder was removed"
-    flag = [err]
-    if distributed.world() > 1:
-        import torch.distributed as dist
-        dist.broadcast_object_list(flag, src=0)
-    if flag[0]:
-        raise checkpoint.CheckpointError(flag[0] + "; the last checkpoint is intact: free the space and run again "
-                                         "with the same --output-dir to export it")
-    return final
-
-
 def _rss_gb() -> float:
     """Peak resident memory of this process (CPU runs)."""
     import resource
@@ -471,10 +453,12 @@ def main(argv=None) -> int:
             print(f"error: {e.strerror} ({e.filename or 'a file'}): free the space or fix the permissions, then run "
                   f"again with the same --output-dir to resume from its last checkpoint", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the export
+    except KeyboardInterrupt as e:  # outside the steps (they stop cleanly): set-up, the export
         if rank == 0:
             print(f"error: {INTERRUPTED}", file=sys.stderr)
-        return 128 + 2
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    except RankFollows as e:  # rank 0 reported the failure
+        return e.code
     finally:
         distributed.shutdown(together=ended)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from .. import distributed
@@ -10,6 +11,7 @@ from ..config import ConfigError
 from ..data import DataError
 from ..stopping import INTERRUPTED
 from ..train import TrainingDiverged
+from ..train_export import RankFollows
 from .config import parse_config, validate
 from .loop import VerifierError, run
 
@@ -27,10 +29,12 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # outside the steps (they stop cleanly): set-up, the export
+    except KeyboardInterrupt as e:  # outside the steps (they stop cleanly): set-up, the export
         if rank == 0:
             print(f"error: {INTERRUPTED}", file=sys.stderr)
-        return 128 + 2
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    except RankFollows as e:  # rank 0 reported the failure (the export)
+        return e.code
     finally:
         distributed.shutdown(together=ended)
 

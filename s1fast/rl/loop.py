@@ -26,7 +26,7 @@ from ..metrics import Metrics
 from ..optim import param_groups
 from ..stopping import StopOnSignal, stopped
 from ..train import TrainingDiverged, claim_output_dir, rank0_first
-from ..train import export as export_hf  # final/: the trainer's collective export
+from ..train_export import export_final  # final/: the trainer's collective export
 from .config import RLConfig
 from .loss import group_advantages, grpo_token_loss, token_weights
 from .rewards import BUILTIN, CORRECTNESS, parse_rewards, score
@@ -487,7 +487,7 @@ def finish(s, total: int, last_ckpt) -> dict:
             with open(os.path.join(cfg.output_dir, "eval_final.json"), "w") as f:
                 json.dump({"iterations": total, "eval_accuracy": acc, "eval_problems": len(s.held)}, f)
             s.metrics.message(f"[s1fast rl] held-out accuracy after {total} iterations: {acc:.3f}")
-    if cfg.export:  # the trainer's export: collective, and a failure is a CheckpointError on every rank
-        result["final"] = export_hf(cfg, s.model, s.mcfg, s.tok_dir, rank)
+    if cfg.export:  # the trainer's export: collective, and a failure on rank 0 ends every rank alike
+        result["final"] = export_final(cfg.output_dir, s.model, s.mcfg, s.tok_dir, s.device, rank)
         s.metrics.message(f"[s1fast] exported {result['final']} (Hugging Face format)")
     return result

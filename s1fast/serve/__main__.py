@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
                                 description="Serve an exported model over an OpenAI-compatible HTTP API with s1's "
                                 "budget forcing as request fields; the forcing and sampling flags are the defaults "
                                 "of requests that leave a field out.")
-    add_generation_args(p)   # --model, --backend, sampling and forcing defaults, shared with s1fast.generate
+    add_generation_args(p, penalties=False)   # --model, --backend, sampling and forcing defaults, shared with
+    # s1fast.generate (the penalties come with each request)
     own = {"--batch-size": "rows of the running batch: requests decoded together (default 8)",
            "--backend": "native: s1fast's KV-cache engine; vllm: vLLM's engine (GPU node with vllm installed) "
                         "(default: native)",

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 
+from ...penalty_args import add_penalty_args, check_penalties
 from ..readers import DataError, row_list
 from . import rows as R
 from .teacher_openai import Failure, OpenAITeacher, StopRun
@@ -251,6 +252,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=R.positive_int, default=8, help="questions decoded together")
     e.add_argument("--dtype", default="auto", help="weights' dtype: auto (bf16 on a GPU, fp32 on the CPU), bf16, fp32")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if there is a GPU)")
+    add_penalty_args(e)
 
 
 def teacher_identity(args) -> str:
@@ -281,6 +283,10 @@ def check_same_teacher(args, out: R.Output) -> None:
 
 
 def make_teacher(args):
+    try:
+        check_penalties(args, args.teacher, "--teacher")
+    except ValueError as e:
+        raise DataError(str(e)) from None
     if args.teacher == "openai":
         if not args.base_url:
             raise DataError("--teacher openai needs --base-url (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1")
