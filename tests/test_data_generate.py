@@ -253,7 +253,11 @@ def test_ctrl_c_stops_at_once_keeps_what_came_back_and_a_rerun_finishes(tmp_path
     data = questions(tmp_path / "q.jsonl", qs)
     out = tmp_path / "gen.jsonl"
     with FakeEndpoint({q: ["timeout"] for q in qs[2:]}, hang=60) as ep:
-        cmd = [sys.executable, "-m", "s1fast.data", "generate", "--teacher", "openai", "--model", "teacher",
+        # Ctrl-C as from a terminal: a suite started as a background job (no job control) ignores SIGINT, a
+        # child inherits that and Python keeps it (seen in CI: the child never stopped), so it is restored here.
+        cmd = [sys.executable, "-c", "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('s1fast.data', run_name='__main__', alter_sys=True)",
+               "generate", "--teacher", "openai", "--model", "teacher",
                "--base-url", ep.url, "--data", data, "--out", str(out), "--concurrency", "3", "--no-progress"]
         p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t0 = time.time()
