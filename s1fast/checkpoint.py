@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 from .distributed import all_gather_objects
-from .whole_folder import alive, clean_stale, write_whole  # noqa: F401 -- clean_stale: for callers
+from .whole_folder import alive, clean_stale, swap_in, write_whole  # noqa: F401 -- clean_stale: for callers
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old-\d+)$")  # what a killed save left (the run's lock: no save runs)
@@ -237,13 +237,7 @@ def _finish(root: str, name: str, final: str, tmp: str, keep: int) -> None:
     """Rank 0, once every rank has written: manifest, rename into place, ``latest``, retention."""
     sizes = {n: os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp)}
     _write_atomic(os.path.join(tmp, MANIFEST), json.dumps(sizes, sort_keys=True))
-    if os.path.exists(final):  # a damaged folder of the same step: move it aside first, drop it after
-        aside = f"{final}.old-{os.getpid()}"
-        os.replace(final, aside)
-        os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    swap_in(tmp, final)  # a damaged folder of the same step is moved aside first, dropped after
     _write_atomic(os.path.join(root, "latest"), name)
     retain(root, keep, final)
     for d in os.listdir(root):
