@@ -14,6 +14,7 @@ import s1fast_kernels
 import s1fast_kernels.linear_cross_entropy_op as ce
 from s1fast_kernels import cross_entropy, fused_linear_cross_entropy
 from s1fast_kernels.linear_cross_entropy_op import fused_linear_cross_entropy_reference as flce_ref
+from gloo_ranks import one_process_group, run_ranks
 from kernel_testing import check_against_reference, on_kernel_device
 from s1fast.model import CONFIGS
 from s1fast_kernels.memory_count import gpu_plan_extra, peak_bytes as _peak_bytes
@@ -262,16 +263,12 @@ def test_cross_entropy_over_logits_matches_float64(dtype):
     assert out[1].dtype == dtype
 
 
-def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):
+def test_dtensor_weight_on_a_one_process_gloo_group(tmp_path):
     """An FSDP2-style vocab-sharded DTensor weight: all-gathered, gradient back to the shard as a DTensor
     (one process, so the reduce-scatter is an identity here; its Partial placement is checked in code)."""
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
+    with one_process_group(tmp_path):
         mesh = init_device_mesh("cpu", (1,))
         hid, w, _, t, _, _ = _inputs(93, 40, 611, torch.float32, {})
         wd = torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [Shard(0)]))
@@ -283,34 +280,25 @@ def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):
         torch.testing.assert_close(loss, loss2)
         assert hasattr(wd.grad, "full_tensor"), "the gradient of a DTensor parameter is a DTensor"
         torch.testing.assert_close(wd.grad.full_tensor(), w2.grad)
-    finally:
-        dist.destroy_process_group()
 
 
-def _two_rank_worker(rank, port, out_dir):
-    import torch.distributed as dist
+def _two_rank_worker(rank, out_dir):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
-    os.environ.update(S1FAST_DISABLE_TRITON="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        mesh = init_device_mesh("cpu", (2,))
-        w = torch.randn(61, 8, generator=torch.Generator().manual_seed(0))
-        g = torch.Generator().manual_seed(100 + rank)  # each rank its own tokens
-        h, t = torch.randn(37, 8, generator=g), torch.randint(0, 61, (37,), generator=g)
-        wd = torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)]))
-        fused_linear_cross_entropy(h, wd, t, reduction="sum", chunk_size=16).backward()
-        torch.save(wd.grad.to_local(), os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    os.environ["S1FAST_DISABLE_TRITON"] = "1"
+    mesh = init_device_mesh("cpu", (2,))
+    w = torch.randn(61, 8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(100 + rank)  # each rank its own tokens
+    h, t = torch.randn(37, 8, generator=g), torch.randint(0, 61, (37,), generator=g)
+    wd = torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)]))
+    fused_linear_cross_entropy(h, wd, t, reduction="sum", chunk_size=16).backward()
+    torch.save(wd.grad.to_local(), os.path.join(out_dir, f"{rank}.pt"))
 
 
 def test_dtensor_weight_gradient_is_summed_over_two_ranks(tmp_path):
     """Two gloo ranks, different tokens, a vocab-sharded weight: each rank's shard of the gradient must be
     the sum over BOTH ranks' tokens (full_tensor() would give only the local tokens' part)."""
-    import torch.multiprocessing as mp
-    port = 29600 + os.getpid() % 1000
-    mp.start_processes(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    run_ranks(_two_rank_worker, 2, tmp_path, str(tmp_path))
     w = torch.randn(61, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
     for rank in (0, 1):
         g = torch.Generator().manual_seed(100 + rank)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import s1fast_kernels.logprob_op as lp
+from gloo_ranks import one_process_group
 from kernel_testing import RegisteredOpCalls, check_against_reference, on_kernel_device
 from s1fast_kernels.logprob_op import token_logprobs, token_logprobs_reference
 
@@ -89,16 +90,12 @@ def test_custom_op_opcheck_and_the_functional_api_goes_through_it():
     assert calls.counts == {"token_logprobs": 1, "token_logprobs_backward": 1}, calls.counts
 
 
-def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):
+def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch, tmp_path):
     """An FSDP2-sharded (DTensor) weight: gathered in forward, the gradient goes back to the shard."""
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
     monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(28500 + os.getpid() % 1000))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
+    with one_process_group(tmp_path):
         mesh = init_device_mesh("cpu", (1,))
         h, w, t, a, _ = _inputs(torch.float32)
         wd = torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [Shard(0)]))
@@ -107,8 +104,6 @@ def test_dtensor_weight_on_a_one_process_gloo_group(monkeypatch):
         (token_logprobs(h, w2, t)[0] * a.float()).sum().backward()
         assert hasattr(wd.grad, "full_tensor"), "the gradient of a DTensor parameter is a DTensor"
         torch.testing.assert_close(wd.grad.full_tensor(), w2.grad)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_extra_memory_at_s1_shapes_is_under_one_percent_of_full_logits():
