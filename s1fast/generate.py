@@ -64,6 +64,15 @@ def decoding_settings(cfg: GenerationConfig) -> dict:
             if k not in PENALTY_FLAGS or v != PENALTY_FLAGS[k][1]}
 
 
+RUN_ONLY = ("batch_size", "prefill_chunk")   # how a run is batched: a prompt's output does not depend on it
+
+
+def sample_settings(cfg: GenerationConfig) -> dict:
+    """:func:`decoding_settings` less :data:`RUN_ONLY`: what one prompt's output depends on, which files of
+    outputs record so that a rerun with other settings is refused rather than mixed in."""
+    return {k: v for k, v in decoding_settings(cfg).items() if k not in RUN_ONLY}
+
+
 # ---- prompts --------------------------------------------------------------------------------------------
 def prompt_ids(tokenizer, question: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
     """The chat prompt up to ``<|im_start|>assistant\\n`` (the forcer appends ``<|im_start|>think``).
@@ -329,10 +338,9 @@ def check_args(args) -> None:
 
 
 def output_settings(args, cfg: GenerationConfig) -> dict:
-    """What an output depends on (not the batch size: a prompt's output does not depend on its batch); each
-    --out line carries it, so a rerun with other settings is refused rather than mixed in."""
-    s = {k: v for k, v in decoding_settings(cfg).items() if k not in ("batch_size", "prefill_chunk")}
-    return {"model": os.path.abspath(args.model), "backend": args.backend, **s}
+    """What an output depends on (:func:`sample_settings`, the model and the backend); each --out line carries
+    it, so a rerun with other settings is refused rather than mixed in."""
+    return {"model": os.path.abspath(args.model), "backend": args.backend, **sample_settings(cfg)}
 
 
 def open_out(path: str | None, settings: dict | None = None):

@@ -16,6 +16,7 @@ class FakeEndpoint:
     def __init__(self, scripts=None, delay=0.0, hang=3.0, answer=lambda q: "42"):
         self.scripts, self.delay, self.hang, self.answer = scripts or {}, delay, hang, answer
         self.seen = defaultdict(int)     # question -> requests received
+        self.bodies = {}                 # question -> the body of its last request
         self.lock = threading.Lock()
         outer = self
 
@@ -31,6 +32,7 @@ class FakeEndpoint:
                 with outer.lock:
                     n = outer.seen[q]
                     outer.seen[q] += 1
+                    outer.bodies[q] = body
                 script = outer.scripts.get(q, [])
                 action = script[n] if n < len(script) else "ok"
                 time.sleep(outer.delay)

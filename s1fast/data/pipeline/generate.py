@@ -4,8 +4,9 @@ Teachers: ``native`` (s1fast's engine on a Hugging Face folder, budget forcing i
 ``--batch-size`` at a time in one batched KV-cached decode), ``vllm`` (the same protocol on a vLLM engine),
 ``openai`` (any OpenAI-compatible chat endpoint, ``--concurrency`` requests in flight; failure handling in
 ``teacher_openai``). Each (question, sample) has a key (hash of the question, sample index) and its own seed;
-a rerun skips the keys already in ``--out`` and retries those that failed. Failed requests go to
-``<out>.failed.jsonl`` with their error, never silently dropped.
+a rerun skips the keys already in ``--out`` and retries those that failed, and is refused when the rows there
+came from another teacher, ``--seed`` or sampling settings (each row's ``settings``: :func:`check_same_settings`).
+Failed requests go to ``<out>.failed.jsonl`` with their error, never silently dropped.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from collections import Counter
 from ...penalty_args import add_penalty_args, check_penalties
 from ..readers import DataError, row_list
 from . import rows as R
-from .teacher_openai import Failure, OpenAITeacher, StopRun
+from .teacher_openai import Failure, OpenAITeacher, StopRun, request_settings
 
+KEPT = ("teacher", "seed", "settings")   # the fields of --out's rows a resume checks
 TRACE_FIELDS = ("thinking_trajectories", "attempt", "deepseek_thinking_trajectory", "deepseek_attempt",
                 "conversations", "messages")
 SPECIAL_TAIL = ("<|im_end|>", "<|endoftext|>")
@@ -51,6 +53,7 @@ class EngineTeacher:
     def __init__(self, model, tokenizer, config, backend="native", name="native"):
         self.model, self.tokenizer, self.config, self.backend, self.name = model, tokenizer, config, backend, name
         self.batch_size = config.batch_size
+        self.settings = engine_settings(config)
 
     def complete_batch(self, questions: list[str], seeds: list[int]) -> list[dict]:
         from s1fast.generate import generate
@@ -58,6 +61,13 @@ class EngineTeacher:
         return [{"thinking": _strip_tail(o["thinking"]), "answer": _strip_tail(o["answer"]),
                  "forced_end": o["forced_end"], "thinking_tokens": o["thinking_tokens"], "waits": o["waits"],
                  "capped": o["capped"], "answer_tokens": o["answer_tokens"]} for o in outs]
+
+
+def engine_settings(config) -> dict:
+    """What an engine teacher's samples depend on (``s1fast.generate.sample_settings``) less the base seed:
+    each row's own ``seed`` records the seed it was drawn with."""
+    from s1fast.generate import sample_settings
+    return {k: v for k, v in sample_settings(config).items() if k != "seed"}
 
 
 def pending_requests(data: str, samples: int, done: set, seed: int, question_field: str | None = None,
@@ -91,10 +101,11 @@ def pending_requests(data: str, samples: int, done: set, seed: int, question_fie
     return todo, min(n_q, limit or n_q), n_done, bad, repeats
 
 
-def to_row(req: dict, result: dict, teacher: str) -> dict:
+def to_row(req: dict, result: dict, teacher: str, settings: dict) -> dict:
     out = dict(req["base"])
     out.update(question=req["question"], thinking_trajectories=[result["thinking"]], attempt=result["answer"],
                key=req["key"], qid=req["qid"], sample=req["sample"], teacher=teacher, seed=req["seed"],
+               settings=settings,
                generation={k: v for k, v in result.items() if k not in ("thinking", "answer")})
     return out
 
@@ -120,7 +131,7 @@ def run(teacher, requests: list[dict], out: R.Output, failed: R.Output, tally: R
                 raise StopRun(f"cannot reach the endpoint of {teacher.name} ({res.error}); check --base-url and "
                               "that the server is up; the failure is recorded and a rerun resumes")
             return
-        out.write(to_row(req, res, teacher.name))
+        out.write(to_row(req, res, teacher.name, teacher.settings))
         tally.keep("generated")
         tokens += res.get("completion_tokens") or ((res.get("thinking_tokens") or 0) + (res.get("answer_tokens") or 0))
         bar.update(1)
@@ -264,11 +275,11 @@ def teacher_identity(args) -> str:
 
 
 def check_same_teacher(args, out: R.Output) -> None:
-    """Refuse to resume into ``out`` (opened with ``keep=("teacher", "seed")``) when its rows came from another
+    """Refuse to resume into ``out`` (opened with ``keep=KEPT``) when its rows came from another
     teacher or ``--seed``: the keys (question hash : sample) would count them as done, and the file would mix
     two runs' samples."""
     others: Counter = Counter()
-    for key, (who, seed) in out.kept.items():
+    for key, (who, seed, _) in out.kept.items():
         who = str(who) if who is not None else "?"
         who = who.rsplit("@", 1)[0] if who.startswith("openai:") else who
         if who != teacher_identity(args):
@@ -282,6 +293,75 @@ def check_same_teacher(args, out: R.Output) -> None:
                         "--model and --seed, delete the file, or pass another --out", path=out.path)
 
 
+def extra_body(args) -> dict | None:
+    """``--extra-body`` parsed: a JSON object, else a DataError."""
+    try:
+        extra = json.loads(args.extra_body) if args.extra_body else None
+    except json.JSONDecodeError as e:
+        raise DataError(f"--extra-body is not JSON ({e.msg}); pass an object such as '{{\"num_wait\": 1}}'") \
+            from None
+    if extra is not None and not isinstance(extra, dict):
+        raise DataError("--extra-body must be a JSON object")
+    return extra
+
+
+def engine_config(args):
+    """The engine teachers' GenerationConfig from the flags (``--max-thinking-tokens`` checked)."""
+    from s1fast.generate import budget_arg, config_from_args
+    try:
+        budget = budget_arg(str(args.max_thinking_tokens))
+    except argparse.ArgumentTypeError as e:
+        raise DataError(f"--max-thinking-tokens: {e}") from None
+    return config_from_args(args, max_thinking_tokens=budget, num_wait=args.num_wait)
+
+
+def run_settings(args) -> dict:
+    """The ``settings`` each row of this run carries, as its teacher computes them: for ``openai`` what every
+    request sends (``request_settings``: temperature, top-p, system prompt, max tokens, extra body), for
+    ``native`` / ``vllm`` the decoding settings (:func:`engine_settings`: budgets, waits, extension,
+    temperature, top-p, penalties where set). Not in them, so free to change on a resume: how the run is
+    batched or paced (--batch-size, --concurrency, --retries, --backoff, --timeout), --limit, the progress bar,
+    the endpoint's address; nor --dtype / --device / --tokenizer, which ``s1fast.generate --out`` does not
+    record either (a run moved from a GPU to the CPU resumes)."""
+    if args.teacher == "openai":
+        return request_settings(temperature=args.temperature, top_p=args.top_p, system=args.system,
+                                max_tokens=args.max_tokens, extra_body=extra_body(args))
+    return engine_settings(engine_config(args))
+
+
+def _shown(settings: dict, k: str) -> str:
+    return repr(settings[k]) if k in settings else "unset"
+
+
+def check_same_settings(args, out: R.Output) -> None:
+    """Refuse to resume into ``out`` when its rows were made with other sampling settings (:func:`run_settings`):
+    the file would mix two distributions. The error names each differing flag ("X there, Y now"), the first
+    such row and how many there are.
+
+    A row written before rows recorded their settings has none, and is accepted as it was then, with a warning
+    saying how many: its settings cannot be known, and refusing it (or accepting it only at today's defaults)
+    would strand a run resumed with the very flags it was started with, with no way on but starting over. The
+    rows this resume adds carry their settings, so from then on the file is checked."""
+    now = json.loads(json.dumps(run_settings(args)))      # as a row read back holds them
+    differ, unknown = [], 0
+    for key, (_, _, was) in out.kept.items():
+        if was is None:
+            unknown += 1
+        elif was != now:
+            differ.append(key)
+    if differ:
+        first = min(differ, key=out.row_of.__getitem__)
+        was = out.kept[first][2] if isinstance(out.kept[first][2], dict) else {}
+        diff = "; ".join(f"--{k.replace('_', '-')} {_shown(was, k)} there, {_shown(now, k)} now"
+                         for k in [*now, *(k for k in was if k not in now)] if was.get(k, ...) != now.get(k, ...))
+        raise DataError(f"{len(differ)} row(s) of {len(out.kept)} were generated with other settings ({diff}); "
+                        "resuming would mix two sampling distributions in one file: rerun with the first run's "
+                        "flags, delete the file, or pass another --out", path=out.path, row=out.row_of[first])
+    if unknown:
+        print(f"warning: {out.path}: {unknown} row(s) were written before rows recorded their sampling settings; "
+              "they are resumed as if made with this run's", file=sys.stderr)
+
+
 def make_teacher(args):
     try:
         check_penalties(args, args.teacher, "--teacher")
@@ -290,34 +370,23 @@ def make_teacher(args):
     if args.teacher == "openai":
         if not args.base_url:
             raise DataError("--teacher openai needs --base-url (or $OPENAI_BASE_URL), e.g. http://127.0.0.1:8000/v1")
-        try:
-            extra = json.loads(args.extra_body) if args.extra_body else None
-        except json.JSONDecodeError as e:
-            raise DataError(f"--extra-body is not JSON ({e.msg}); pass an object such as '{{\"num_wait\": 1}}'") \
-                from None
-        if extra is not None and not isinstance(extra, dict):
-            raise DataError("--extra-body must be a JSON object")
         return OpenAITeacher(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
                              system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
                              top_p=args.top_p, timeout=args.timeout, retries=args.retries, backoff=args.backoff,
-                             extra_body=extra)
-    from s1fast.generate import budget_arg, config_from_args, open_backend
+                             extra_body=extra_body(args))
+    from s1fast.generate import open_backend
+    cfg = engine_config(args)
     args.backend = args.teacher
-    try:
-        args.max_thinking_tokens = budget_arg(str(args.max_thinking_tokens))
-    except argparse.ArgumentTypeError as e:
-        raise DataError(f"--max-thinking-tokens: {e}") from None
     try:
         model, tok, backend = open_backend(args)
     except ImportError as e:     # s1fast.generate's words for its own flag: here the flag is --teacher
         raise ImportError(str(e).replace("--backend", "--teacher")) from None
-    cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
     return EngineTeacher(model, tok, cfg, backend, name=teacher_identity(args))
 
 
 def main(args) -> R.Tally:
     tally = R.Tally("generate")
-    with R.Output(args.out, keep=("teacher", "seed")) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
+    with R.Output(args.out, keep=KEPT) as out, R.Output(args.out[:-len(".jsonl")] + ".failed.jsonl") as failed:
         todo, n_q, n_done, bad, repeats = pending_requests(args.data, args.samples, out.keys, args.seed,
                                                            args.question_field, args.limit)
         if bad and not n_q:
@@ -335,6 +404,7 @@ def main(args) -> R.Tally:
                   f"once (rows {row_list(repeats)})", file=sys.stderr)
         tally.note("questions", n_q)
         check_same_teacher(args, out)
+        check_same_settings(args, out)
         if n_done:
             tally.note("already_done", n_done)
         print(f"generate: {n_q} questions x {args.samples} samples; {n_done} already in {args.out}, "

@@ -213,7 +213,7 @@ def need_file(path: str, flag: str) -> None:
 
 class Output:
     """An append-only JSON-lines file: ``keys`` holds what an earlier run already wrote (field ``key_field``);
-    ``kept[key]`` the fields ``keep`` of that earlier row, read in the same pass."""
+    ``kept[key]`` the fields ``keep`` of that earlier row, read in the same pass, ``row_of[key]`` its row number."""
 
     def __init__(self, path: str, key_field: str | None = "key", keep: tuple[str, ...] = ()):
         if not path.endswith(".jsonl"):
@@ -221,16 +221,18 @@ class Output:
                             path=path)
         self.path, self.key_field, self.keys = path, key_field, set()
         self.kept: dict = {}
+        self.row_of: dict = {}
         self.rows = 0
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
             self._repair()
-            for _, row in read_rows(path):
+            for i, row in read_rows(path):
                 self.rows += 1
                 if key_field and row.get(key_field) is not None:
                     self.keys.add(row[key_field])
                     if keep:
                         self.kept[row[key_field]] = tuple(row.get(f) for f in keep)
+                        self.row_of[row[key_field]] = i
         self._fh = open(path, "a", encoding="utf-8")
 
     def _repair(self) -> None:

@@ -53,6 +53,15 @@ def split_reasoning(message) -> tuple[str, str, str]:
     return split_content(content)
 
 
+def request_settings(*, temperature: float, top_p: float, system: str | None = None, max_tokens: int | None = None,
+                     extra_body: dict | None = None) -> dict:
+    """What each request sends besides the model, the question and its seed (those unset left out): the
+    teacher builds every request from it, and ``generate`` records it on each row it writes."""
+    s = {"temperature": temperature, "top_p": top_p}
+    s.update((k, v) for k, v in (("system", system), ("max_tokens", max_tokens), ("extra_body", extra_body)) if v)
+    return s
+
+
 class OpenAITeacher:
     """``complete(question, seed)`` -> a result dict, or a :class:`Failure`; raises :class:`AuthError`."""
 
@@ -63,8 +72,9 @@ class OpenAITeacher:
         self.openai = openai
         # The client's own retries are off: this class retries, so that each kind is counted and capped.
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0)
-        self.model, self.system, self.max_tokens = model, system, max_tokens
-        self.temperature, self.top_p, self.extra_body = temperature, top_p, extra_body
+        self.model = model
+        self.settings = request_settings(temperature=temperature, top_p=top_p, system=system,
+                                         max_tokens=max_tokens, extra_body=extra_body)
         self.retries, self.backoff = retries, backoff
         self.name = f"openai:{model}@{base_url}"
         self.retried = {}
@@ -89,13 +99,10 @@ class OpenAITeacher:
         raise e
 
     def complete(self, question: str, seed: int):
-        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + \
-               [{"role": "user", "content": question}]
-        kw = dict(model=self.model, messages=msgs, temperature=self.temperature, top_p=self.top_p, seed=seed)
-        if self.max_tokens:
-            kw["max_tokens"] = self.max_tokens
-        if self.extra_body:
-            kw["extra_body"] = self.extra_body
+        kw = dict(self.settings)
+        system = kw.pop("system", None)
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+        kw.update(model=self.model, messages=msgs, seed=seed)
         for attempt in range(self.retries + 1):
             try:
                 r = self.client.chat.completions.create(**kw)
