@@ -4,7 +4,8 @@
 batcher). Penalties are per row (rows of one batch may differ), with vLLM's definitions: ``repetition``
 (HF/CTRL: a positive logit is divided by it, a negative one multiplied) over the prompt's and the output's
 ids, ``frequency`` (times the id's count) and ``presence`` (once) over the output's ids only; the output is
-everything after the prompt. ``token_logprobs`` gives the model's raw log-softmax (temperature 1, no
+everything after the prompt. A row's counts live in its ``PenaltyState``, updated with each step's new ids
+(not rebuilt from the whole sequence: at a 32K thinking budget that was the step's cost). ``token_logprobs`` gives the model's raw log-softmax (temperature 1, no
 penalty, no top-p: vLLM's default ``logprobs_mode``), only for the rows that ask. Details: docs/serving.md.
 """
 from __future__ import annotations
@@ -31,31 +32,61 @@ class Penalties:
     def active(self) -> bool:
         return self != Penalties()
 
-    def apply(self, logits: torch.Tensor, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> None:
-        """Penalize one row of logits [V] in place."""
-        vocab = logits.shape[-1]
-        out = torch.tensor(list(output_ids), dtype=torch.long, device=logits.device)
-        counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
-        if self.repetition != 1.0:
-            seen = counts > 0
-            prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=logits.device)
-            seen[prompt[prompt < vocab]] = True
-            scaled = torch.where(logits > 0, logits / self.repetition, logits * self.repetition)
+
+class PenaltyState:
+    """One row's penalties and the counts they read, kept from step to step: the output's token counts [V]
+    and the ids its prompt holds, built at the row's first pick and then updated with only the ids added to
+    the row since the last pick (picked or forced alike), so a step costs O(V + new ids), not O(sequence).
+    One per row (request); ``ids`` may only grow between picks (a shorter one starts the counts over)."""
+
+    def __init__(self, penalties: Penalties, prompt_len: int):
+        self.penalties, self.prompt_len = penalties, prompt_len
+        self.counts: torch.Tensor | None = None        # [V] int64: times each id occurs in the output
+        self.prompt_seen: torch.Tensor | None = None   # [V] bool: the prompt holds the id (repetition only)
+        self.counted = prompt_len                      # ids[:counted] are in the state
+
+    def sync(self, ids: Sequence[int], vocab: int, device: torch.device) -> None:
+        """Count the ids past the last sync (ids >= vocab are no token of the logits and are skipped)."""
+        if self.counts is None or self.counts.shape[0] != vocab or self.counts.device != device \
+                or len(ids) < self.counted:
+            self.counts = torch.zeros(vocab, dtype=torch.long, device=device)
+            self.prompt_seen, self.counted = None, self.prompt_len
+            if self.penalties.repetition != 1.0:
+                self.prompt_seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+                self.prompt_seen[_ids_below(ids[:self.prompt_len], vocab, device)] = True
+        if len(ids) > self.counted:
+            new = _ids_below(ids[self.counted:], vocab, device)
+            self.counts.index_add_(0, new, torch.ones_like(new))
+            self.counted = len(ids)
+
+    def apply(self, logits: torch.Tensor, ids: Sequence[int]) -> None:
+        """Penalize one row of logits [V] in place; ``ids``: the row's whole sequence so far (the prompt, then
+        the output: thinking, forced text, answer)."""
+        p = self.penalties
+        self.sync(ids, logits.shape[-1], logits.device)
+        counts = self.counts.to(logits.dtype)
+        if p.repetition != 1.0:
+            seen = (self.counts > 0) | self.prompt_seen
+            scaled = torch.where(logits > 0, logits / p.repetition, logits * p.repetition)
             logits.copy_(torch.where(seen, scaled, logits))
-        if self.frequency:
-            logits -= self.frequency * counts
-        if self.presence:
-            logits -= self.presence * (counts > 0).to(logits.dtype)
+        if p.frequency:
+            logits -= p.frequency * counts
+        if p.presence:
+            logits -= p.presence * (counts > 0).to(logits.dtype)
 
 
-# (penalties, prompt ids, output ids) of a row, or None for no penalty
-RowPenalty = tuple[Penalties, Sequence[int], Sequence[int]] | None
+def _ids_below(ids: Sequence[int], vocab: int, device: torch.device) -> torch.Tensor:
+    t = torch.tensor(list(ids), dtype=torch.long, device=device)
+    return t[t < vocab]
 
 
-def row_penalty(p: Penalties, ids: Sequence[int], prompt_len: int) -> RowPenalty:
-    """A row's penalty for ``pick_tokens``: the output is everything after the prompt (thinking, the forced
-    text, the answer so far)."""
-    return (p, ids[:prompt_len], ids[prompt_len:]) if p.active else None
+# (a row's penalty state, the row's ids so far), or None for no penalty
+RowPenalty = tuple[PenaltyState, Sequence[int]] | None
+
+
+def new_penalty_state(p: Penalties, prompt_len: int) -> PenaltyState | None:
+    """The state a row keeps for ``pick_tokens``, or None when ``p`` changes nothing."""
+    return PenaltyState(p, prompt_len) if p.active else None
 
 
 def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
@@ -75,8 +106,8 @@ def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab
         if ban:
             logits[i, list(ban)] = float("-inf")
     for i, row in enumerate(penalties or ()):
-        if row is not None and row[0].active:
-            row[0].apply(logits[i], row[1], row[2])
+        if row is not None and row[0].penalties.active:
+            row[0].apply(logits[i], row[1])
     if temperature < GREEDY_BELOW:
         return logits.argmax(-1).tolist()
     probs = torch.softmax(logits / temperature, dim=-1)
