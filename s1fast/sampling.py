@@ -34,45 +34,56 @@ class Penalties:
 
 
 class PenaltyState:
-    """One row's penalties and the counts they read, kept from step to step: the output's token counts [V]
-    and the ids its prompt holds, built at the row's first pick and then updated with only the ids added to
-    the row since the last pick (picked or forced alike), so a step costs O(V + new ids), not O(sequence).
-    One per row (request); ``ids`` may only grow between picks (a shorter one starts the counts over)."""
+    """One row's penalties and the counts they read, kept from step to step: the output's count per id and
+    the ids the penalties touch (the output's, and the prompt's for ``repetition``), built at the row's first
+    pick, then updated with only the ids added to the row since the last pick (picked or forced alike).
+    ``apply`` reads and writes only the touched ids: a step costs O(distinct ids + new ids), not O(sequence)
+    nor O(vocabulary). One per row (request); ``ids`` only grows between picks (a shorter one starts over)."""
 
     def __init__(self, penalties: Penalties, prompt_len: int):
         self.penalties, self.prompt_len = penalties, prompt_len
-        self.counts: torch.Tensor | None = None        # [V] int64: times each id occurs in the output
-        self.prompt_seen: torch.Tensor | None = None   # [V] bool: the prompt holds the id (repetition only)
-        self.counted = prompt_len                      # ids[:counted] are in the state
+        self.counts: torch.Tensor | None = None    # [V] float32 (exact below 2**24): times each id is in the output
+        self.seen: torch.Tensor | None = None      # [V] bool: the id is in ``touched``
+        self.touched: torch.Tensor | None = None   # [k] int64: each id the penalties change, once, first seen first
+        self.counted = prompt_len                  # ids[:counted] are in the state
 
     def sync(self, ids: Sequence[int], vocab: int, device: torch.device) -> None:
         """Count the ids past the last sync (ids >= vocab are no token of the logits and are skipped)."""
         if self.counts is None or self.counts.shape[0] != vocab or self.counts.device != device \
                 or len(ids) < self.counted:
-            self.counts = torch.zeros(vocab, dtype=torch.long, device=device)
-            self.prompt_seen, self.counted = None, self.prompt_len
+            self.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+            self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            self.touched, self.counted = torch.zeros(0, dtype=torch.long, device=device), self.prompt_len
             if self.penalties.repetition != 1.0:
-                self.prompt_seen = torch.zeros(vocab, dtype=torch.bool, device=device)
-                self.prompt_seen[_ids_below(ids[:self.prompt_len], vocab, device)] = True
+                self._touch(_ids_below(ids[:self.prompt_len], vocab, device))
         if len(ids) > self.counted:
             new = _ids_below(ids[self.counted:], vocab, device)
-            self.counts.index_add_(0, new, torch.ones_like(new))
+            self.counts.index_add_(0, new, torch.ones(new.shape, dtype=self.counts.dtype, device=device))
+            self._touch(new)
             self.counted = len(ids)
+
+    def _touch(self, new: torch.Tensor) -> None:
+        fresh = new.unique()
+        fresh = fresh[~self.seen[fresh]]
+        if len(fresh):
+            self.seen[fresh] = True
+            self.touched = torch.cat([self.touched, fresh])
 
     def apply(self, logits: torch.Tensor, ids: Sequence[int]) -> None:
         """Penalize one row of logits [V] in place; ``ids``: the row's whole sequence so far (the prompt, then
-        the output: thinking, forced text, answer)."""
+        the output: thinking, forced text, answer). The same float operations, id by id, as over the whole
+        vocabulary (an untouched id's logit would only lose 0)."""
         p = self.penalties
         self.sync(ids, logits.shape[-1], logits.device)
-        counts = self.counts.to(logits.dtype)
+        at = self.touched
+        x, counts = logits[at], self.counts[at].to(logits.dtype)
         if p.repetition != 1.0:
-            seen = (self.counts > 0) | self.prompt_seen
-            scaled = torch.where(logits > 0, logits / p.repetition, logits * p.repetition)
-            logits.copy_(torch.where(seen, scaled, logits))
+            x = torch.where(x > 0, x / p.repetition, x * p.repetition)
         if p.frequency:
-            logits -= p.frequency * counts
+            x -= p.frequency * counts
         if p.presence:
-            logits -= p.presence * (counts > 0).to(logits.dtype)
+            x -= p.presence * (counts > 0).to(logits.dtype)
+        logits[at] = x
 
 
 def _ids_below(ids: Sequence[int], vocab: int, device: torch.device) -> torch.Tensor:
