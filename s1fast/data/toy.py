@@ -21,8 +21,8 @@ import os
 import random
 from dataclasses import dataclass
 
-from .format import render as _render
 from ..whole_folder import sibling
+from .format import render as _render
 from .readers import DataError
 
 SPLITS = ("train", "test")
