@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from s1fast.forcing import ANSWER, BudgetForcer
-from s1fast.sampling import Penalties, TokenLogprob, pick_tokens, row_penalty, token_logprobs
+from s1fast.sampling import Penalties, PenaltyState, TokenLogprob, new_penalty_state, pick_tokens, token_logprobs
 
 BATCH_FEED = 8   # a row with more pending ids than this is prefilled alone
 
@@ -50,6 +50,7 @@ class Ticket:
     sent: tuple[int, int, int] = (0, 0, 0)
     answer_logprobs: list[TokenLogprob] = field(default_factory=list, repr=False)
     generator: torch.Generator | None = field(default=None, repr=False)
+    penalty_state: PenaltyState | None = field(default=None, repr=False)   # the request's own: rows are reused
 
 
 class Scheduler:
@@ -76,6 +77,7 @@ class Scheduler:
             raise ValueError(f"the request needs up to {forcer.max_len} positions; this server's rows hold "
                              f"{self.max_len} (--max-total-tokens)")
         t = Ticket(forcer, on_update, temperature, top_p, seed, penalties, logprobs)
+        t.penalty_state = new_penalty_state(penalties, forcer.prompt_len)
         if temperature > 0:
             t.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         with self.cv:
@@ -215,7 +217,8 @@ class ContinuousBatcher(Scheduler):
                                vocab_limit=self.vocab_limit,
                                banned=[t.forcer.stops if t.forcer.suppress_stop else None for t, _ in items],
                                generators=[t.generator for t, _ in items],
-                               penalties=[_penalty(t.penalties, t.forcer) for t, _ in items])
+                               penalties=[(t.penalty_state, t.forcer.ids) if t.penalty_state else None
+                                          for t, _ in items])
             self._push(items, toks)
         with self.cv:
             for t, _ in ready:
@@ -242,6 +245,3 @@ class ContinuousBatcher(Scheduler):
             if not t.cancelled:
                 t.on_update(Update(done=True, error=message))
 
-
-def _penalty(p: Penalties, f: BudgetForcer):
-    return row_penalty(p, f.ids, f.prompt_len)

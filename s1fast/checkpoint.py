@@ -28,10 +28,10 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_state_dict)
 
 from .distributed import all_gather_objects
-from .whole_folder import alive, clean_stale, swap_in, write_whole  # noqa: F401 -- clean_stale: for callers
+# clean_stale: for callers
+from .whole_folder import alive, clean_stale, parse_sibling, sibling, swap_in, write_whole  # noqa: F401
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-_LEFTOVER = re.compile(r"^step_\d{8}\.(tmp|old-\d+)$")  # what a killed save left (the run's lock: no save runs)
 MANIFEST = "manifest.json"
 LOCK = "run.lock"
 
@@ -45,7 +45,7 @@ def _rank() -> int:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = sibling(path)
     try:
         with open(tmp, "w") as f:
             f.write(text)
@@ -241,8 +241,16 @@ def _finish(root: str, name: str, final: str, tmp: str, keep: int) -> None:
     _write_atomic(os.path.join(root, "latest"), name)
     retain(root, keep, final)
     for d in os.listdir(root):
-        if _LEFTOVER.match(d):
+        if _leftover(d):
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+def _leftover(name: str) -> bool:
+    """What a killed save left: ``step_N.tmp``, or a ``step_N.old-HOST-PID`` that :func:`swap_in` moved aside.
+    Any host's: the run's lock says no other save runs (unlike an export folder, which no lock guards)."""
+    sib = parse_sibling(name)
+    return name.endswith(".tmp") and bool(_STEP_DIR.match(name[:-4])) or \
+        bool(sib and sib.kind == "old" and _STEP_DIR.match(sib.base))
 
 
 def load(path: str, model, optimizer) -> dict:

@@ -29,7 +29,7 @@ from s1fast.data.format import DEFAULT_SYSTEM, generation_prompt
 from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.jsonl import end_cut_line, read_jsonl
 from s1fast.penalty_args import PENALTY_FLAGS, add_penalty_args, check_penalties, penalty_values
-from s1fast.sampling import Penalties, pick_tokens, row_penalty
+from s1fast.sampling import Penalties, new_penalty_state, pick_tokens
 from s1fast.vllm_backend import VLLMBackend
 
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tokenizer", "qwen2.5")
@@ -112,6 +112,7 @@ def run_native(model, forcers: Sequence[BudgetForcer], *, temperature: float = 0
     gens = _generators(seeds, device) if temperature > 0 else [None] * n
     cache = model.new_kv_cache(n, max(f.max_len for f in forcers), device=device)
     fed = [0] * n  # ids of each row already in the cache
+    pen = [new_penalty_state(penalties, f.prompt_len) for f in forcers]   # each row's counts, kept across steps
     while True:
         chunks = [[] if f.done else f.ids[fed[b]:fed[b] + prefill_chunk] for b, f in enumerate(forcers)]
         lengths = [len(c) for c in chunks]
@@ -132,8 +133,7 @@ def run_native(model, forcers: Sequence[BudgetForcer], *, temperature: float = 0
         toks = pick_tokens(last, temperature=temperature, top_p=top_p, vocab_limit=vocab_limit,
                            banned=[forcers[b].stops if forcers[b].suppress_stop else None for b in ready],
                            generators=[gens[b] for b in ready],
-                           penalties=[row_penalty(penalties, forcers[b].ids, forcers[b].prompt_len) for b in ready]
-                           if penalties.active else None)
+                           penalties=[(pen[b], forcers[b].ids) if pen[b] else None for b in ready])
         for b, t in zip(ready, toks):
             forcers[b].push(t)
 

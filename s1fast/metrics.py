@@ -12,6 +12,8 @@ import json
 import math
 import os
 
+from .whole_folder import sibling
+
 
 def finite_or_none(row: dict) -> dict:
     """``row`` with NaN and infinities as None, so ``json.dumps`` writes valid JSON (``null``)."""
@@ -99,7 +101,7 @@ def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
               "metrics.jsonl has every step", flush=True)
         return None
     out = out or os.path.join(os.path.dirname(metrics_path), "loss_curve.png")
-    tmp = f"{out}.tmp-{os.getpid()}.png"
+    tmp = f"{sibling(out)}.png"
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", lw=1.6, label="train loss")

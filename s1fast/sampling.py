@@ -4,7 +4,8 @@
 batcher). Penalties are per row (rows of one batch may differ), with vLLM's definitions: ``repetition``
 (HF/CTRL: a positive logit is divided by it, a negative one multiplied) over the prompt's and the output's
 ids, ``frequency`` (times the id's count) and ``presence`` (once) over the output's ids only; the output is
-everything after the prompt. ``token_logprobs`` gives the model's raw log-softmax (temperature 1, no
+everything after the prompt. A row's counts live in its ``PenaltyState``, updated with each step's new ids
+(not rebuilt from the whole sequence: at a 32K thinking budget that was the step's cost). ``token_logprobs`` gives the model's raw log-softmax (temperature 1, no
 penalty, no top-p: vLLM's default ``logprobs_mode``), only for the rows that ask. Details: docs/serving.md.
 """
 from __future__ import annotations
@@ -31,31 +32,72 @@ class Penalties:
     def active(self) -> bool:
         return self != Penalties()
 
-    def apply(self, logits: torch.Tensor, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> None:
-        """Penalize one row of logits [V] in place."""
-        vocab = logits.shape[-1]
-        out = torch.tensor(list(output_ids), dtype=torch.long, device=logits.device)
-        counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
-        if self.repetition != 1.0:
-            seen = counts > 0
-            prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=logits.device)
-            seen[prompt[prompt < vocab]] = True
-            scaled = torch.where(logits > 0, logits / self.repetition, logits * self.repetition)
-            logits.copy_(torch.where(seen, scaled, logits))
-        if self.frequency:
-            logits -= self.frequency * counts
-        if self.presence:
-            logits -= self.presence * (counts > 0).to(logits.dtype)
+
+class PenaltyState:
+    """One row's penalties and the counts they read, kept from step to step: the output's count per id and
+    the ids the penalties touch (the output's, and the prompt's for ``repetition``), built at the row's first
+    pick, then updated with only the ids added to the row since the last pick (picked or forced alike).
+    ``apply`` reads and writes only the touched ids: a step costs O(distinct ids + new ids), not O(sequence)
+    nor O(vocabulary). One per row (request); ``ids`` only grows between picks (a shorter one starts over)."""
+
+    def __init__(self, penalties: Penalties, prompt_len: int):
+        self.penalties, self.prompt_len = penalties, prompt_len
+        self.counts: torch.Tensor | None = None    # [V] float32 (exact below 2**24): times each id is in the output
+        self.seen: torch.Tensor | None = None      # [V] bool: the id is in ``touched``
+        self.touched: torch.Tensor | None = None   # [k] int64: each id the penalties change, once, first seen first
+        self.counted = prompt_len                  # ids[:counted] are in the state
+
+    def sync(self, ids: Sequence[int], vocab: int, device: torch.device) -> None:
+        """Count the ids past the last sync (ids >= vocab are no token of the logits and are skipped)."""
+        if self.counts is None or self.counts.shape[0] != vocab or self.counts.device != device \
+                or len(ids) < self.counted:
+            self.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+            self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            self.touched, self.counted = torch.zeros(0, dtype=torch.long, device=device), self.prompt_len
+            if self.penalties.repetition != 1.0:
+                self._touch(_ids_below(ids[:self.prompt_len], vocab, device))
+        if len(ids) > self.counted:
+            new = _ids_below(ids[self.counted:], vocab, device)
+            self.counts.index_add_(0, new, torch.ones(new.shape, dtype=self.counts.dtype, device=device))
+            self._touch(new)
+            self.counted = len(ids)
+
+    def _touch(self, new: torch.Tensor) -> None:
+        fresh = new.unique()
+        fresh = fresh[~self.seen[fresh]]
+        if len(fresh):
+            self.seen[fresh] = True
+            self.touched = torch.cat([self.touched, fresh])
+
+    def apply(self, logits: torch.Tensor, ids: Sequence[int]) -> None:
+        """Penalize one row of logits [V] in place; ``ids``: the row's whole sequence so far (the prompt, then
+        the output: thinking, forced text, answer). The same float operations, id by id, as over the whole
+        vocabulary (an untouched id's logit would only lose 0)."""
+        p = self.penalties
+        self.sync(ids, logits.shape[-1], logits.device)
+        at = self.touched
+        x, counts = logits[at], self.counts[at].to(logits.dtype)
+        if p.repetition != 1.0:
+            x = torch.where(x > 0, x / p.repetition, x * p.repetition)
+        if p.frequency:
+            x -= p.frequency * counts
+        if p.presence:
+            x -= p.presence * (counts > 0).to(logits.dtype)
+        logits[at] = x
 
 
-# (penalties, prompt ids, output ids) of a row, or None for no penalty
-RowPenalty = tuple[Penalties, Sequence[int], Sequence[int]] | None
+def _ids_below(ids: Sequence[int], vocab: int, device: torch.device) -> torch.Tensor:
+    t = torch.tensor(list(ids), dtype=torch.long, device=device)
+    return t[t < vocab]
 
 
-def row_penalty(p: Penalties, ids: Sequence[int], prompt_len: int) -> RowPenalty:
-    """A row's penalty for ``pick_tokens``: the output is everything after the prompt (thinking, the forced
-    text, the answer so far)."""
-    return (p, ids[:prompt_len], ids[prompt_len:]) if p.active else None
+# (a row's penalty state, the row's ids so far), or None for no penalty
+RowPenalty = tuple[PenaltyState, Sequence[int]] | None
+
+
+def new_penalty_state(p: Penalties, prompt_len: int) -> PenaltyState | None:
+    """The state a row keeps for ``pick_tokens``, or None when ``p`` changes nothing."""
+    return PenaltyState(p, prompt_len) if p.active else None
 
 
 def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab_limit: int,
@@ -75,8 +117,8 @@ def pick_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, vocab
         if ban:
             logits[i, list(ban)] = float("-inf")
     for i, row in enumerate(penalties or ()):
-        if row is not None and row[0].active:
-            row[0].apply(logits[i], row[1], row[2])
+        if row is not None and row[0].penalties.active:
+            row[0].apply(logits[i], row[1])
     if temperature < GREEDY_BELOW:
         return logits.argmax(-1).tolist()
     probs = torch.softmax(logits / temperature, dim=-1)

@@ -1,7 +1,8 @@
 """The sampling penalties on the generation CLIs (``--presence-penalty``, ``--frequency-penalty``,
 ``--repetition-penalty``, as the server takes them per request): a penalised greedy run differs from the
-unpenalised one and equals a hand-driven ``pick_tokens`` loop; at their defaults nothing changes (the output,
---out's settings, eval's run.json), so files written before still resume; vllm refuses them with a clear error."""
+unpenalised one and equals a hand-driven loop penalised by the from-lists definition (sampled runs and the
+server: test_serve_batching); at their defaults nothing changes (the output, --out's settings, eval's
+run.json), so files written before still resume; vllm refuses them with a clear error."""
 import argparse
 import json
 
@@ -10,7 +11,8 @@ import torch
 
 from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.generate import GenerationConfig, decoding_settings, generate, load, main, prompt_ids
-from s1fast.sampling import Penalties, pick_tokens
+from s1fast.sampling import Penalties, PenaltyState, pick_tokens
+from test_sampling import old_pick_tokens
 
 PENALISED = dict(presence_penalty=0.5, frequency_penalty=0.3, repetition_penalty=1.3)
 FORCING = dict(max_thinking_tokens=12, num_wait=1, max_answer_tokens=6, max_total_tokens=512)
@@ -27,15 +29,16 @@ def model_tok(tiny_export):
 
 
 def by_hand(model, tok, question: str, p: Penalties) -> list[int]:
-    """Greedy budget forcing recomputing the whole sequence each step (no KV cache), penalised by hand."""
+    """Greedy budget forcing recomputing the whole sequence each step (no KV cache), penalised by the from-lists
+    definition (the whole output counted again each step)."""
     f = BudgetForcer(prompt_ids(tok, question), ForcingTokens.from_tokenizer(tok), **FORCING)
     while not f.done:
         ids = torch.tensor(f.ids)
         logits = model.logits(ids, torch.arange(len(ids)), torch.tensor([0, len(ids)], dtype=torch.int32),
                               len(ids)).float()[-1:]
-        f.push(pick_tokens(logits, temperature=0.0, top_p=1.0, vocab_limit=len(tok),
-                           banned=[f.stops if f.suppress_stop else None], generators=[None],
-                           penalties=[(p, f.ids[:f.prompt_len], f.ids[f.prompt_len:])])[0])
+        f.push(old_pick_tokens(logits, temperature=0.0, top_p=1.0, vocab_limit=len(tok),
+                               banned=[f.stops if f.suppress_stop else None], generators=[None],
+                               penalties=[(PenaltyState(p, f.prompt_len), f.ids)])[0])
     return f.ids[f.prompt_len:]
 
 
@@ -50,6 +53,7 @@ def test_a_penalised_greedy_run_differs_and_equals_a_hand_driven_pick_tokens_loo
         assert a["completion"] != b["completion"], q
         assert b["completion"] == tok.decode(by_hand(model, tok, q, p), skip_special_tokens=False), q
         assert a["completion"] == tok.decode(by_hand(model, tok, q, Penalties()), skip_special_tokens=False), q
+
 
 
 def test_defaults_record_nothing_new_so_earlier_out_files_resume_and_penalties_are_recorded(

@@ -1,19 +1,23 @@
 """The server's schedulers without HTTP: continuous batching on the KV-cache engine (requests joining a
 running batch, cancelled, or hit by a failing step) and the vLLM scheduler on a stand-in engine; both
-must give every request the tokens ``s1fast.generate`` gives it alone."""
+must give every request the tokens ``s1fast.generate`` gives it alone. Penalised requests: the incremental
+counts give the tokens of the from-lists definition, in ``generate`` and in the batcher."""
 import threading
 import time
 
 import pytest
 import torch
 
+import s1fast.generate
 from s1fast import model as lean
 from s1fast.batching import ContinuousBatcher
 from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.generate import GenerationConfig, generate, prompt_ids
+from s1fast.sampling import Penalties
 from s1fast.serve.vllm_engine import VLLMBatcher
 from s1fast.vllm_backend import VLLMBackend
 from test_generate_model import pytorch_path, tok  # noqa: F401 - fixtures
+from test_sampling import old_pick_tokens
 from test_serve import FailOnce
 
 QUESTIONS = ["What is 1+1?", "hello there", "Let $ABC$ be a triangle inscribed in a circle. Find m+n.", "2+2?",
@@ -128,6 +132,51 @@ def test_cancel_frees_the_row_and_a_failing_step_fails_only_its_requests(tok, ti
         assert c4.done.wait(60) and c4.updates[-1].result["thinking_tokens"] > 0
     finally:
         b.stop(30)
+
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_penalised_requests_get_the_tokens_of_the_from_lists_definition(tok, tiny, monkeypatch, temperature):
+    """``generate`` with the incremental counts equals it with every pick penalised from the whole ids lists
+    (the forced Waits counted as output); the batcher gives each penalised request those tokens too, on rows
+    that a cancelled penalised request held before (each request keeps its own counts)."""
+    pen = Penalties(presence=0.5, frequency=0.3, repetition=0.6)   # < 1: the stops (in the prompt) come
+    kw = dict(max_thinking_tokens=10, num_wait=2, max_answer_tokens=4, max_total_tokens=CTX, prefill_chunk=16,
+              temperature=temperature, top_p=0.9, seed=1, batch_size=3)
+    cfg = GenerationConfig(**kw, presence_penalty=pen.presence, frequency_penalty=pen.frequency,
+                           repetition_penalty=pen.repetition)
+    qs = QUESTIONS[:3]
+    new = generate(tiny, tok, qs, cfg)
+    with monkeypatch.context() as m:
+        m.setattr(s1fast.generate, "pick_tokens", old_pick_tokens)
+        old = generate(tiny, tok, qs, cfg)
+    assert new == old and sum(r["waits"] for r in new) > 0
+    assert [r["completion"] for r in new] != [r["completion"] for r in generate(tiny, tok, qs, GenerationConfig(**kw))]
+    tokens = ForcingTokens.from_tokenizer(tok)
+    b = ContinuousBatcher(tiny, vocab_limit=len(tok), slots=2, max_len=CTX, prefill_chunk=16).start()
+    try:
+        gone = []
+        for q in qs[:2]:       # both rows first hold a penalised request cancelled mid-thinking
+            c = Collect()
+            gone.append((b.submit(BudgetForcer(prompt_ids(tok, q), tokens, max_thinking_tokens=200,
+                                               min_thinking_tokens=200, max_total_tokens=CTX),
+                                  c, penalties=pen, temperature=temperature, seed=9), c))
+        while not all(c.updates for _, c in gone):
+            time.sleep(0.005)
+        for t, _ in gone:
+            b.cancel(t)
+        got = []
+        for i, q in enumerate(qs):
+            c = Collect()
+            b.submit(BudgetForcer(prompt_ids(tok, q), tokens, max_thinking_tokens=10, num_wait=2,
+                                  max_answer_tokens=4, max_total_tokens=CTX),
+                     c, temperature=temperature, top_p=0.9, seed=1 + i, penalties=pen)
+            got.append(c)
+        assert all(c.done.wait(120) for c in got)
+    finally:
+        b.stop(30)
+    for i, (c, ref) in enumerate(zip(got, old)):
+        assert_same(tok, c, ref, i)
 
 
 class FakeParams(dict):

@@ -21,6 +21,7 @@ import os
 import random
 from dataclasses import dataclass
 
+from ..whole_folder import sibling
 from .format import render as _render
 from .readers import DataError
 
@@ -178,7 +179,7 @@ def materialize(spec: str, folder: str, seed: int = 0, split: str = "train") -> 
     path = os.path.join(folder, f"toy-{task}-{split}-{n}-seed{seed}.jsonl")
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
-        tmp = path + f".tmp{os.getpid()}"
+        tmp = sibling(path)
         with open(tmp, "w", encoding="utf-8") as f:
             for row in make_problems(task, n, seed, split):
                 f.write(json.dumps(row) + "\n")
