@@ -148,10 +148,12 @@ class _Checked:
         return self.buf.lstrip(b" \t\r\n")[:1]
 
     def read(self, n: int = -1) -> bytes:
-        while (n < 0 or len(self.buf) < n) and self._fill():
+        """Up to ``n`` bytes (all: -1), at most a chunk more than was read; b"" at the end only."""
+        if not self.buf:
+            self._fill()
+        while n < 0 and self._fill():
             pass
-        if n < 0:
-            n = len(self.buf)
+        n = len(self.buf) if n < 0 else n
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
