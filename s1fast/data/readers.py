@@ -131,7 +131,7 @@ def _json_whole(path: str) -> Iterator[tuple[int, dict]]:
             yield i, r
 
 
-PARQUET_BATCH_BYTES = 1 << 18   # the rows a parquet batch holds as Python objects: about this many bytes
+PARQUET_BATCH_BYTES = 1 << 16   # the rows a parquet batch holds as Python objects: about this many bytes
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[int, dict]]:
