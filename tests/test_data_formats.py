@@ -2,6 +2,7 @@
 format; a .json is read with ijson a row at a time and falls back to a whole-file read only where ijson cannot
 stream it (NaN, a lone surrogate escape, a shape or a syntax it refuses), with the same rows and messages;
 parquet comes in batches, numbered across them; verify's spill file is removed."""
+import importlib.util
 import json
 import math
 import os
@@ -14,7 +15,8 @@ from s1fast.data import json_stream, readers
 from s1fast.data.__main__ import main as data_main
 from s1fast.data.readers import DataError
 
-pytest.importorskip("ijson", reason="ijson streams .json files (scripts/requirements-cpu.txt installs it)")
+needs_ijson = pytest.mark.skipif(importlib.util.find_spec("ijson") is None,
+                                 reason="ijson streams .json files; scripts/requirements-cpu.txt installs it")
 
 
 def rows_of_every_kind() -> list[dict]:
@@ -62,6 +64,7 @@ def tokenizer():
     return cache.load_tokenizer()
 
 
+@needs_ijson
 def test_every_step_writes_the_same_bytes_from_jsonl_json_and_parquet(tmp_path, monkeypatch, tokenizer):
     from s1fast.data import cache
     monkeypatch.setattr(cache, "load_tokenizer", lambda path=None: tokenizer)
@@ -106,6 +109,7 @@ _value = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | s
 _row = st.dictionaries(_text, _value, max_size=4)
 
 
+@needs_ijson
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(_row, max_size=5), shape=st.sampled_from(["list", "train", "bom"]), ascii=st.booleans(),
        indent=st.sampled_from([None, 0, 2]), chunk=st.integers(1, 40))
@@ -145,6 +149,7 @@ def _strings(v):
             yield from _strings(x)
 
 
+@needs_ijson
 def test_a_surrogate_pair_and_an_escaped_backslash_stream(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "_json_whole", lambda path: pytest.fail("read whole"))
     path = tmp_path / "p.json"
@@ -152,6 +157,7 @@ def test_a_surrogate_pair_and_an_escaped_backslash_stream(tmp_path, monkeypatch)
     assert list(readers.read_rows(str(path))) == [(1, {"q": "😀 \\ud83d \\\\udc00 \\"})]
 
 
+@needs_ijson
 @pytest.mark.parametrize("text,says,row", [
     ('[{"question": "a"}, 3]', "expected a JSON object, got int", 2),
     ('{"train": [{"question": "a"}], "version": 2}', "a .json data file must hold a list of objects", None),
@@ -170,6 +176,7 @@ def test_a_bad_json_file_is_named_with_its_row_as_before(tmp_path, text, says, r
     assert str(old.value) == str(e.value)
 
 
+@needs_ijson
 @pytest.mark.parametrize("text,check", [
     ('[{"q": 1}, {"q": 2, "s": NaN}, {"q": "\\ud83d"}, {"q": 1e999}]',
      lambda got: math.isnan(got[1]["s"]) and got[2]["q"] == "\ud83d" and got[3]["q"] == float("inf")),
