@@ -101,6 +101,7 @@ def main(argv=None) -> None:
     ap.add_argument("--formats", nargs="+", choices=["jsonl", "json", "parquet"],
                     default=["jsonl", "json", "parquet"],
                     help="input formats to measure (the same rows in each)")
+    ap.add_argument("--row-group-rows", type=int, help="parquet: rows per row group (default: pyarrow's writer's)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -111,7 +112,7 @@ def main(argv=None) -> None:
         for n in args.questions:
             for fmt in args.formats:
                 data = d / f"data{n}.{fmt}"
-                make(data, n)
+                make(data, n, row_group_size=args.row_group_rows)
                 for step in args.steps:
                     name = f"{n}{fmt}"
                     if fmt == "parquet":
