@@ -148,7 +148,7 @@ class _Checked:
         return self.buf.lstrip(b" \t\r\n")[:1]
 
     def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (all: -1), at most a chunk more than was read; b"" at the end only."""
+        """Up to ``n`` bytes (-1: the rest), reading at most one more chunk; b"" only at the end."""
         if not self.buf:
             self._fill()
         while n < 0 and self._fill():

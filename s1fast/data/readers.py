@@ -135,8 +135,8 @@ PARQUET_BATCH_BYTES = 1 << 16   # the rows a parquet batch holds as Python objec
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """A .parquet file's rows, a batch of about PARQUET_BATCH_BYTES at a time (Arrow holds the row group being
-    read, compressed, and the batch)."""
+    """A .parquet file's rows, a batch of about PARQUET_BATCH_BYTES at a time. Arrow also holds the page it
+    decodes, whole: up to 1024 rows as pyarrow's writer writes them (bench/bench_data_memory.py)."""
     i = 1
     for batch in _parquet_batches(path):
         for row in batch:
