@@ -65,7 +65,9 @@ def test_stats_holds_lengths_not_rows(big, tmp_path, monkeypatch, fmt):
     base = peak("stats", big.parent / "warm.jsonl", out_path(tmp_path, "stats", "warm"))
     p, arrow = measure("stats", data, out_path(tmp_path, "stats", "big"))
     assert json.load(open(out_path(tmp_path, "stats", "big") / "stats.json"))["rows"] == 3 * (QUESTIONS // 4)
-    assert p - base < 0.1 * lines.stat().st_size, (p, base, lines.stat().st_size)
+    # 0.15: stats's peak above the warm run's varies by about 0.1 MB from run to run (0.13 to 0.23 MB here);
+    # holding the rows costs 0.7 MB (parquet in row groups of 16) to 7 MB (.json) above it
+    assert p - base < 0.15 * lines.stat().st_size, (p, base, lines.stat().st_size)
     assert arrow < 0.25 * lines.stat().st_size, (arrow, lines.stat().st_size)
 
 
