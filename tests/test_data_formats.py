@@ -150,11 +150,14 @@ def _strings(v):
 
 
 @needs_ijson
-def test_a_surrogate_pair_and_an_escaped_backslash_stream(tmp_path, monkeypatch):
+def test_surrogate_pairs_escaped_backslashes_and_numbers_of_any_size_stream(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "_json_whole", lambda path: pytest.fail("read whole"))
     path = tmp_path / "p.json"
-    path.write_text('[{"q": "\\ud83d\\ude00 \\\\ud83d \\\\\\\\udc00 \\\\"}]')
-    assert list(readers.read_rows(str(path))) == [(1, {"q": "😀 \\ud83d \\\\udc00 \\"})]
+    text = ('[{"q": "\\ud83d\\ude00 \\\\ud83d \\\\\\\\udc00 \\\\", "id": 9223372036854775808, '
+            '"n": -18446744073709551617, "big": 1e400, "z": -0.0, "f": 0.1, "e": 1E5, "t": 2.5e-320}]')
+    path.write_text(text)
+    got = list(readers.read_rows(str(path)))
+    assert repr(got) == repr([(1, json.loads(text)[0])]) and got[0][1]["q"] == "😀 \\ud83d \\\\udc00 \\"
 
 
 @needs_ijson

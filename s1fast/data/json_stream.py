@@ -1,17 +1,18 @@
 """A .json data file read a row at a time with ijson, never parsed whole.
 
 Streams the shapes s1fast.data.readers accepts: a list of rows, ``{"train": [...]}`` (one key holding the list)
-and SkyThought's results (problem id -> problem). ijson (yajl) reads strict JSON only, and it reads a lone
-surrogate escape ("\\ud83d" not followed by its pair) as "?"; such a file raises :class:`Unstreamable`, and so do
-other shapes, files that are not JSON, and a missing ijson. The caller then reads the file whole with Python's
-json (as before streaming), from the row after the last one streamed: it gets the same rows, and the same error
-message for a bad file, at the cost of holding that file. Python's json reads NaN, Infinity and numbers past a
-float's range; yajl refuses them. Shapes that stop streaming: an object whose list of rows is not its first and
-only value (``{"version": 1, "data": [...]}`` is refused either way).
+and SkyThought's results (problem id -> problem). Numbers come from ijson as int or Decimal, and the Decimals
+become the floats Python's json makes of the same digits. ijson (yajl) reads strict JSON only: it refuses NaN
+and Infinity, which Python's json reads, and it reads a lone surrogate escape ("\\ud83d" without its pair) as
+"?". Such a file raises :class:`Unstreamable`, and so do a file that is not JSON, a missing ijson, and an object
+whose list of rows is not its first and only value (``{"version": 1, "data": [...]}``, refused either way).
+The caller then reads the file whole with Python's json (as before streaming), from the row after the last one
+streamed: the same rows, and the same error message for a bad file, at the cost of holding that file.
 """
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Iterator
 
 CHUNK = 1 << 16
@@ -20,6 +21,7 @@ _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _HIGH = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _LOW = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 _STARTS, _ENDS = ("start_map", "start_array"), ("end_map", "end_array")
+_NESTED = (Decimal, dict, list)
 
 
 class Unstreamable(Exception):
@@ -38,10 +40,11 @@ def stream_json(path: str) -> Iterator[tuple[int, str | None, object]]:
             src = _Checked(f)
             first = src.first()
             if first == b"[":
-                for n, value in enumerate(ijson.items(src, "item", use_float=True), 1):
-                    yield n, None, value
+                for n, value in enumerate(ijson.items(src, "item"), 1):
+                    yield n, None, _floats(value)
             elif first == b"{":
-                yield from _object(ijson.parse(src, use_float=True))
+                for n, uid, value in _object(ijson.parse(src)):
+                    yield n, uid, _floats(value)
             elif first:                    # a scalar, or not JSON: the whole-file read says which
                 raise Unstreamable("not a list or an object")
         except (ijson.JSONError, ValueError) as e:   # ValueError: bytes that are not UTF-8, or _LoneSurrogate
@@ -82,6 +85,23 @@ def _object(events) -> Iterator[tuple[int, str | None, object]]:
         raise Unstreamable("the object's first value is neither a list of rows nor a problem with responses")
     for _ in events:                               # the end: yajl refuses trailing garbage
         pass
+
+
+def _floats(v):
+    """``v`` with each Decimal (ijson's non-integer numbers) as the float Python's json makes of its text (an
+    integer past 64 bits, which ijson's use_float refuses, stays an int)."""
+    t = type(v)
+    if t is Decimal:
+        return float(v)         # float(str(v)): the float json.loads makes of the same digits
+    if t is dict:
+        for k, x in v.items():
+            if type(x) in _NESTED:
+                v[k] = _floats(x)
+    elif t is list:
+        for i, x in enumerate(v):
+            if type(x) in _NESTED:
+                v[i] = _floats(x)
+    return v
 
 
 def _next(events) -> tuple[str, object]:
