@@ -31,10 +31,11 @@ else:
 core = ["torch>=2.10", "triton", "transformers>=4.45", "safetensors", "numpy", "tqdm", "math-verify[antlr4_13_2]>=0.7",
         "matplotlib"]  # the loss curve (on by default) and eval's scaling plot; without it they are skipped with a notice
 extras = {
-    "test": ["pytest", "hypothesis", "pytest-benchmark", "matplotlib", "pyarrow"],
+    "test": ["pytest", "hypothesis", "pytest-benchmark", "matplotlib", "pyarrow", "ijson>=3.6"],
     "bench": ["pytest-benchmark", "liger-kernel", "trl", "binpacking", "matplotlib"],
     "gpu": ["flash-attn"],
     "parquet": ["pyarrow"],
+    "json": ["ijson>=3.6"],  # .json data streamed a row at a time; without it a .json file is read whole
     "plot": ["matplotlib"],
     "serve": ["fastapi", "uvicorn"],
     "openai": ["openai>=1.0"],

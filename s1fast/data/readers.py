@@ -1,7 +1,8 @@
 """Read rows from json, jsonl and parquet files, remembering where each row came from.
 
 Every row comes back as ``(row_number, dict)``; errors name the file and the row, so a bad line
-in a 100K-row jsonl is found at once.
+in a 100K-row jsonl is found at once. Every format is streamed, a row (a .jsonl line, a .json list item) or a
+small batch (.parquet) at a time; a .json file that ijson cannot stream is read whole (s1fast.data.json_stream).
 """
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import os
 from typing import Iterable, Iterator
 
 from ..jsonl import parse_lines
-from .skythought import is_response_row, is_results, response_rows, results_rows
+from .json_stream import Unstreamable, stream_json
+from .skythought import (is_response_row, is_results, problem_rows, response_rows,
+                         results_rows)
 
 
 class DataError(ValueError):
@@ -46,8 +49,7 @@ def samples_of(i: int, row: dict, path: str) -> list[dict]:
     else the row itself."""
     if not is_response_row(row):
         return [row]
-    return response_rows(row, None, i, lambda msg, n, field: DataError(msg, path=path, row=n,
-                                                                                   field=field))
+    return response_rows(row, None, i, _error(path))
 
 
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
@@ -67,51 +69,99 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
                 for r in samples_of(i, row, path):
                     yield i, r
     elif ext == ".json":
-        with open(path, "rb") as f:
-            raw = f.read()
-        try:
-            text = raw.decode("utf-8-sig")   # a byte-order mark (Windows tools write one) is not data
-        except UnicodeDecodeError as e:
-            line = raw[:e.start].count(b"\n") + 1
-            raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}): re-save the file as UTF-8",
-                            path=path) from None
-        if not text.strip():
-            return
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
-        if is_results(data):
-            yield from results_rows(data, path, lambda msg, n, field: DataError(msg, path=path, row=n,
-                                                                                            field=field))
-            return
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            data = next(iter(data.values()))  # {"train": [...]}
-        if not isinstance(data, list):
-            raise DataError("a .json data file must hold a list of objects, or SkyThought's results (an object of "
-                        "problems with 'responses'); use .jsonl for one object per line",
-                            path=path)
-        for i, row in enumerate(data, 1):
-            if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
-            for r in samples_of(i, row, path):
-                yield i, r
+        yield from _json_rows(path)
     elif ext == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DataError("reading parquet needs pyarrow: `pip install pyarrow` (or convert to jsonl)",
-                            path=path) from None
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid / OSError for a file it cannot read
-            raise DataError(f"not a readable parquet file ({type(e).__name__}: {str(e)[:160]}); check the file or "
-                            f"convert it to jsonl", path=path) from None
-        i = 1
-        for batch in table.to_batches(max_chunksize=1024):
-            for row in batch.to_pylist():
-                for r in samples_of(i, row, path):
-                    yield i, r
-                i += 1
+        yield from _parquet_rows(path)
     else:
         raise DataError(f"unknown extension '{ext}': use .json, .jsonl or .parquet", path=path)
+
+
+def _json_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """A .json file's rows, streamed (s1fast.data.json_stream); what cannot be streamed is read whole from where
+    the stream stopped, by :func:`_json_whole`."""
+    done = 0
+    try:
+        for n, uid, value in stream_json(path):
+            rows = problem_rows(n, uid, value, _error(path)) if uid is not None else _object_rows(n, value, path)
+            for r in rows:
+                yield n, r
+            done = n
+    except Unstreamable:
+        for n, r in _json_whole(path):
+            if n > done:
+                yield n, r
+
+
+def _error(path: str):
+    return lambda msg, n, field: DataError(msg, path=path, row=n, field=field)
+
+
+def _object_rows(i: int, row, path: str) -> list[dict]:
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, row=i)
+    return samples_of(i, row, path)
+
+
+def _json_whole(path: str) -> Iterator[tuple[int, dict]]:
+    """A .json file parsed whole by Python's json: a file ijson refuses, or any without ijson installed."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")   # a byte-order mark (Windows tools write one) is not data
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}): re-save the file as UTF-8",
+                        path=path) from None
+    if not text.strip():
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
+    if is_results(data):
+        yield from results_rows(data, path, _error(path))
+        return
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"train": [...]}
+    if not isinstance(data, list):
+        raise DataError("a .json data file must hold a list of objects, or SkyThought's results (an object of "
+                        "problems with 'responses'); use .jsonl for one object per line", path=path)
+    for i, row in enumerate(data, 1):
+        for r in _object_rows(i, row, path):
+            yield i, r
+
+
+PARQUET_BATCH_BYTES = 1 << 16   # the rows a parquet batch holds as Python objects: about this many bytes
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """A .parquet file's rows, a batch of about PARQUET_BATCH_BYTES at a time. Arrow also holds the page it
+    decodes, whole: up to 1024 rows as pyarrow's writer writes them (bench/bench_data_memory.py)."""
+    i = 1
+    for batch in _parquet_batches(path):
+        for row in batch:
+            for r in samples_of(i, row, path):
+                yield i, r
+            i += 1
+
+
+def _parquet_batches(path: str) -> Iterator[list[dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading parquet needs pyarrow: `pip install pyarrow` (or convert to jsonl)",
+                        path=path) from None
+    try:
+        pf = pq.ParquetFile(path)
+        meta = pf.metadata
+        size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        batches = pf.iter_batches(batch_size=max(1, min(1024, PARQUET_BATCH_BYTES * meta.num_rows // max(1, size))))
+        while True:
+            try:
+                rows = next(batches).to_pylist()
+            except StopIteration:
+                return
+            yield rows
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid / OSError for a file it cannot read
+        raise DataError(f"not a readable parquet file ({type(e).__name__}: {str(e)[:160]}); check the file or "
+                        f"convert it to jsonl", path=path) from None

@@ -46,10 +46,16 @@ def results_rows(data: dict, path: str, error) -> Iterator[tuple[int, dict]]:
     """``(problem number, response row)`` of a results object; ``error(message, row, field)`` makes the
     exception for a malformed entry."""
     for n, (uid, rec) in enumerate(data.items(), 1):
-        if not isinstance(rec, dict):
-            raise error(f"problem {uid!r}: expected an object with 'responses', got {type(rec).__name__}", n, None)
-        for row in response_rows(rec, str(uid), n, error):
+        for row in problem_rows(n, uid, rec, error):
             yield n, row
+
+
+def problem_rows(n: int, uid: str, rec, error) -> list[dict]:
+    """The response rows of the results object's ``n``-th entry, ``uid`` -> ``rec`` (one at a time: a results
+    file streamed, s1fast.data.json_stream)."""
+    if not isinstance(rec, dict):
+        raise error(f"problem {uid!r}: expected an object with 'responses', got {type(rec).__name__}", n, None)
+    return response_rows(rec, str(uid), n, error)
 
 
 def response_rows(rec: dict, uid: str | None, n: int, error) -> list[dict]:

@@ -13,7 +13,9 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
 import sys
+import tempfile
 from collections import Counter
 from typing import Iterable, Iterator
 
@@ -202,6 +204,52 @@ def row_at(f, path: str, where: tuple[int, int], row: int) -> dict:
         return samples_of(i, value, path)[part]
     raise DataError(f"no row at byte {offset} any more: the file changed while it was read; run again",
                     path=path, row=row)
+
+
+class Reread:
+    """The rows of ``path`` (``(row number, where, row)``, as :func:`read_at`), each read again later by
+    :meth:`row` without being held: a .jsonl's from the file itself (its line's byte offset); any other format's
+    from a spill file of the rows (pickled: the same Python values) in a temporary folder beside the file
+    ``beside``, removed on close."""
+
+    def __init__(self, path: str, beside: str):
+        self.path, self.beside, self._spill, self._dir = path, beside, None, None
+        self._f = open(path, "rb") if path.endswith(".jsonl") and os.path.isfile(path) else None
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, int], dict]]:
+        for i, where, row in read_at(self.path):
+            if where is None:
+                spill = self._spill or self._open_spill()
+                where = (spill.tell(), -1)
+                pickle.dump(row, spill, protocol=pickle.HIGHEST_PROTOCOL)
+            yield i, where, row
+
+    def _open_spill(self):
+        folder = os.path.dirname(os.path.abspath(self.beside))
+        os.makedirs(folder, exist_ok=True)
+        self._dir = tempfile.TemporaryDirectory(prefix=".s1fast-rows-", dir=folder)
+        self._spill = open(os.path.join(self._dir.name, "rows.pickle"), "w+b")
+        return self._spill
+
+    def row(self, where: tuple[int, int], i: int) -> dict:
+        """Row ``i``, found at ``where``."""
+        if where[1] >= 0:
+            return row_at(self._f, self.path, where, i)
+        self._spill.seek(where[0])
+        return pickle.load(self._spill)
+
+    def close(self) -> None:
+        for f in (self._f, self._spill):
+            if f is not None:
+                f.close()
+        if self._dir is not None:
+            self._dir.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def need_file(path: str, flag: str) -> None:

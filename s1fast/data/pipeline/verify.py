@@ -73,13 +73,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=R.positive_int, default=1, help="with --keep first-k: correct samples kept per question")
 
 
-def _index(args, tally: R.Tally) -> tuple[list, dict]:
+def _index(args, tally: R.Tally, rows: R.Reread) -> list:
     """The first pass over --data: of each sample only what orders and checks it, not its text: ``(question
     id, sample, key, row number, where in the file)``, in grading order (by question, then sample index). Rows
-    of a .json / .parquet file have no offset and are held whole, by their count (JSON lines is the format
-    that scales)."""
-    meta, held, fields, answered, named = [], {}, None, False, not args.answer_field
-    for i, pos, row in R.read_at(args.data):
+    of a .json / .parquet file are spilled to a temporary file as they are read (``rows``), and read from there."""
+    meta, fields, answered, named = [], None, False, not args.answer_field
+    for i, pos, row in rows:
         q = R.question(row)
         if q is None:
             tally.drop("no_question")
@@ -88,9 +87,7 @@ def _index(args, tally: R.Tally) -> tuple[list, dict]:
         fields = fields or ", ".join(sorted(row))
         answered = answered or bool(R.attempt(row).strip())
         named = named or row.get(args.answer_field) not in (None, "")
-        if pos is None:
-            held[len(meta)] = row
-        meta.append((R.qid(q), row.get("sample", 0), row["key"], i, pos if pos is not None else len(meta)))
+        meta.append((R.qid(q), row.get("sample", 0), row["key"], i, pos))
     if meta and not answered:
         raise R.DataError(f"no row has an answer to grade: no attempt / deepseek_attempt field or assistant turn "
                           f"with text (the first row has: {fields}); give verify the rows generate writes, or "
@@ -98,7 +95,7 @@ def _index(args, tally: R.Tally) -> tuple[list, dict]:
     if meta and not named:
         raise R.DataError(f"no row has the field '{args.answer_field}' named by --answer-field (the first row has: "
                           f"{fields})", path=args.data)
-    return sorted(meta, key=lambda m: (m[0], m[1])), held
+    return sorted(meta, key=lambda m: (m[0], m[1]))
 
 
 def _keep(args, g: dict, kept: int) -> tuple[bool, str]:
@@ -117,8 +114,14 @@ def main(args) -> R.Tally:
     """Two passes over --data, neither holding its text: index the samples, then read, grade and write them
     one at a time in grading order."""
     tally = R.Tally("verify")
-    order, held = _index(args, tally)
-    with R.Output(args.out) as out, open(args.data, "rb") as f:
+    with R.Reread(args.data, beside=args.out) as rows:
+        _grade(args, tally, rows, _index(args, tally, rows))
+    return tally
+
+
+def _grade(args, tally: R.Tally, rows: R.Reread, order: list) -> None:
+    """The second pass: each sample read again, graded and written, in grading order."""
+    with R.Output(args.out) as out:
         _check_earlier_rows(args, out, {m[2] for m in order})
         graded = R.Output(args.graded) if args.graded else None
         kept_per_q = defaultdict(int)
@@ -131,7 +134,7 @@ def main(args) -> R.Tally:
             if key in out.keys:
                 tally.note("already_done")
                 continue
-            row = held.pop(pos) if isinstance(pos, int) else R.row_at(f, args.data, pos, i)
+            row = rows.row(pos, i)
             row.setdefault("key", key)
             g = grade_row(row, args.answer_field, args.protocol)
             if graded is not None and key not in graded.keys:
@@ -148,4 +151,3 @@ def main(args) -> R.Tally:
             graded.close()
         tally.note("questions", len({m[0] for m in order}))
         tally.note("questions_with_a_kept_sample", sum(1 for v in kept_per_q.values() if v))
-    return tally
