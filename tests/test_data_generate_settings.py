@@ -122,3 +122,30 @@ def test_native_resume_refuses_a_penalty_budget_or_wait_and_takes_another_batch_
     rows = lines(out)
     assert out.read_bytes().startswith(before) and len(rows) == 6 and len({r["key"] for r in rows}) == 6
     assert all(r["settings"] == rows[0]["settings"] for r in rows)
+
+
+def test_native_rows_record_the_tokenizer_given_by_folder_name(native_args, tmp_path, capsys):
+    """--tokenizer makes the prompts' ids: a row records its folder's name (only when given, as the teacher
+    names the model by its folder's name), and a resume without it, or with another folder, is refused."""
+    import shutil
+
+    from s1fast.generate import BUNDLED_TOKENIZER
+    out = tmp_path / "gen.jsonl"
+    here, moved = tmp_path / "a" / "qwen-tok", tmp_path / "b" / "qwen-tok"
+    for d in (here, moved):
+        shutil.copytree(BUNDLED_TOKENIZER, d)
+    assert data_main(native_args + ["--limit", "1", "--tokenizer", str(here)]) == 0
+    rows = lines(out)
+    assert len(rows) == 2 and all(r["settings"]["tokenizer"] == "qwen-tok" for r in rows)
+    before = out.read_bytes()
+    capsys.readouterr()
+    refused(capsys, out, before, data_main(native_args + ["--limit", "1"]), "--tokenizer 'qwen-tok' there, unset now")
+    other = tmp_path / "other-tok"
+    shutil.copytree(BUNDLED_TOKENIZER, other)
+    refused(capsys, out, before, data_main(native_args + ["--limit", "1", "--tokenizer", str(other)]),
+            "--tokenizer 'qwen-tok' there, 'other-tok' now")
+    # the same folder name elsewhere (a run moved to another machine) resumes
+    assert data_main(native_args + ["--tokenizer", str(moved) + "/"]) == 0
+    rows = lines(out)
+    assert out.read_bytes().startswith(before) and len(rows) == 6
+    assert all(r["settings"] == rows[0]["settings"] for r in rows)

@@ -50,10 +50,11 @@ def _strip_tail(text: str) -> str:
 class EngineTeacher:
     """s1fast's engine (``backend="native"``) or a vLLM engine: batches of questions, one decode loop."""
 
-    def __init__(self, model, tokenizer, config, backend="native", name="native"):
+    def __init__(self, model, tokenizer, config, backend="native", name="native",
+                 tokenizer_dir: str | None = None):
         self.model, self.tokenizer, self.config, self.backend, self.name = model, tokenizer, config, backend, name
         self.batch_size = config.batch_size
-        self.settings = engine_settings(config)
+        self.settings = engine_settings(config, tokenizer_dir)
 
     def complete_batch(self, questions: list[str], seeds: list[int]) -> list[dict]:
         from s1fast.generate import generate
@@ -63,11 +64,15 @@ class EngineTeacher:
                  "capped": o["capped"], "answer_tokens": o["answer_tokens"]} for o in outs]
 
 
-def engine_settings(config) -> dict:
+def engine_settings(config, tokenizer_dir: str | None = None) -> dict:
     """What an engine teacher's samples depend on (``s1fast.generate.sample_settings``) less the base seed:
-    each row's own ``seed`` records the seed it was drawn with."""
+    each row's own ``seed`` records the seed it was drawn with; and ``--tokenizer`` when given (the prompts'
+    ids come from it), by its folder's name, as :func:`teacher_identity` names the model."""
     from s1fast.generate import sample_settings
-    return {k: v for k, v in sample_settings(config).items() if k != "seed"}
+    s = {k: v for k, v in sample_settings(config).items() if k != "seed"}
+    if tokenizer_dir:
+        s["tokenizer"] = folder_name(tokenizer_dir)
+    return s
 
 
 def pending_requests(data: str, samples: int, done: set, seed: int, question_field: str | None = None,
@@ -250,7 +255,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "'{\"max_thinking_tokens\": 2000, \"num_wait\": 1}'")
     g.add_argument("--system", default=None, help="system prompt (default: none; the endpoint's template decides)")
     e = p.add_argument_group("native / vllm teacher (budget forcing)")
-    e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5)")
+    e.add_argument("--tokenizer", help="tokenizer folder (default: the model's, else the bundled Qwen2.5); when "
+                                       "given, rows record its folder's name and a resume must give the same")
     e.add_argument("--max-thinking-tokens", default="auto", help="an integer or auto")
     e.add_argument("--min-thinking-tokens", type=R.non_negative_int, default=0,
                    help="ignore the end of thinking until this many thinking tokens")
@@ -266,12 +272,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_penalty_args(e)
 
 
+def folder_name(path: str) -> str:
+    """A folder as a row names it: its last component (a run moved to another machine or mount resumes)."""
+    return os.path.basename(os.path.normpath(path))
+
+
 def teacher_identity(args) -> str:
     """The ``teacher`` a row of this run carries, less an endpoint's address (a resumed run may reach the same
     model at another URL): ``openai:MODEL``, ``native:FOLDER``, ``vllm:FOLDER``."""
     if args.teacher == "openai":
         return f"openai:{args.model}"
-    return f"{args.teacher}:{os.path.basename(os.path.normpath(args.model))}"
+    return f"{args.teacher}:{folder_name(args.model)}"
 
 
 def check_same_teacher(args, out: R.Output) -> None:
@@ -319,14 +330,14 @@ def run_settings(args) -> dict:
     """The ``settings`` each row of this run carries, as its teacher computes them: for ``openai`` what every
     request sends (``request_settings``: temperature, top-p, system prompt, max tokens, extra body), for
     ``native`` / ``vllm`` the decoding settings (:func:`engine_settings`: budgets, waits, extension,
-    temperature, top-p, penalties where set). Not in them, so free to change on a resume: how the run is
-    batched or paced (--batch-size, --concurrency, --retries, --backoff, --timeout), --limit, the progress bar,
-    the endpoint's address; nor --dtype / --device / --tokenizer, which ``s1fast.generate --out`` does not
-    record either (a run moved from a GPU to the CPU resumes)."""
+    temperature, top-p, penalties where set; --tokenizer's folder name when given). Not in them, so free to
+    change on a resume: how the run is batched or paced (--batch-size, --concurrency, --retries, --backoff,
+    --timeout), --limit, the progress bar, the endpoint's address; nor --dtype / --device, which
+    ``s1fast.generate --out`` does not record either (a run moved from a GPU to the CPU resumes)."""
     if args.teacher == "openai":
         return request_settings(temperature=args.temperature, top_p=args.top_p, system=args.system,
                                 max_tokens=args.max_tokens, extra_body=extra_body(args))
-    return engine_settings(engine_config(args))
+    return engine_settings(engine_config(args), args.tokenizer)
 
 
 def _shown(settings: dict, k: str) -> str:
@@ -381,7 +392,7 @@ def make_teacher(args):
         model, tok, backend = open_backend(args)
     except ImportError as e:     # s1fast.generate's words for its own flag: here the flag is --teacher
         raise ImportError(str(e).replace("--backend", "--teacher")) from None
-    return EngineTeacher(model, tok, cfg, backend, name=teacher_identity(args))
+    return EngineTeacher(model, tok, cfg, backend, name=teacher_identity(args), tokenizer_dir=args.tokenizer)
 
 
 def main(args) -> R.Tally:
