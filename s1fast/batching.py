@@ -6,7 +6,7 @@ is freed as soon as its forcer is done or its request is cancelled. Each step pr
 chunks, feeds every other busy row in one batched call, and picks tokens with ``sampling.pick_tokens``, so a
 request's tokens are those of ``s1fast.generate`` for the same prompt, settings and seed. After every step
 each changed request gets an :class:`Update` through its callback, on the worker thread (callbacks must be
-quick and thread-safe). The step in detail: docs/forcing.md, "Continuous batching".
+quick and thread-safe; a request with nothing to generate gets its one update in ``submit``). The step in detail: docs/forcing.md, "Continuous batching".
 """
 from __future__ import annotations
 
@@ -83,6 +83,9 @@ class Scheduler:
         with self.cv:
             if self.stopping:
                 raise RuntimeError("the server is shutting down")
+            if forcer.done:     # nothing to generate (zero budgets): answered now; a step would push into it
+                self.report(t)
+                return t
             self.waiting.append(t)
             self.cv.notify()
         return t

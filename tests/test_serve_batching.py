@@ -219,3 +219,24 @@ def test_vllm_scheduler_matches_generate_with_the_vllm_backend(tok):
         assert_same(tok, c, ref, i)
         waits += ref["waits"]
     assert waits > 0
+
+
+def test_a_request_with_nothing_to_generate_is_answered_and_fails_no_other(tok, tiny):
+    """max_thinking_tokens 0 and max_answer_tokens 0 (both accepted by the API): the forcer is done before any
+    token; it is answered at once with its result, and the request running beside it is not failed (a step
+    pushed a token into the finished forcer, and the ProtocolError failed every request in flight)."""
+    b = ContinuousBatcher(tiny, vocab_limit=len(tok), slots=2, max_len=CTX).start()
+    try:
+        c1, c0 = Collect(), Collect()
+        b.submit(forcer(tok, 0), c1)
+        zero = BudgetForcer(prompt_ids(tok, "hi"), ForcingTokens.from_tokenizer(tok), max_thinking_tokens=0,
+                            max_answer_tokens=0, max_total_tokens=CTX)
+        b.submit(zero, c0)
+        assert c0.done.wait(60) and c1.done.wait(60)
+    finally:
+        b.stop(30)
+    assert [u.error for u in c0.updates + c1.updates] == [None] * (len(c0.updates) + len(c1.updates))
+    assert len(c0.updates) == 1 and c0.updates[0].result == zero.result()
+    assert (zero.result()["answer_tokens"], zero.result()["capped"]) == (0, True)
+    ref = generate(tiny, tok, [QUESTIONS[0]], GenerationConfig(max_total_tokens=CTX, batch_size=1, **settings(0)))[0]
+    assert_same(tok, c1, ref, 0)
