@@ -26,8 +26,8 @@ from dataclasses import replace
 from typing import Sequence
 
 from s1fast import grading, protocols
-from s1fast.generate import (GenerationConfig, _model_max_positions, add_generation_args, budget_arg, check_args,
-                             config_from_args, decoding_settings, generate, open_backend, too_long)
+from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, check_args, config_from_args,
+                             context_tokens, decoding_settings, generate, open_backend, too_long)
 from s1fast.jsonl import end_cut_line, read_jsonl
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     model, tok, backend = open_backend(args)
     bad = too_long(tok, [(p["source"], p["question"]) for p in problems], cfg,
-                   cfg.max_total_tokens or _model_max_positions(model) or 32768)
+                   context_tokens(model, cfg))
     if bad:
         print(f"error: {len(bad)} problem(s) too long, nothing generated: {'; '.join(bad[:5])}"
               f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or leave those problems out",

@@ -147,7 +147,7 @@ def generate(model, tokenizer, questions: Sequence[str], config: GenerationConfi
     ``seeds``: one sampling seed per question (default ``config.seed`` + the question's index)."""
     cfg = config or GenerationConfig()
     tokens = ForcingTokens.from_tokenizer(tokenizer, extension=cfg.extension)
-    max_total = cfg.max_total_tokens or _model_max_positions(model) or 32768
+    max_total = context_tokens(model, cfg)
     vocab_limit = len(tokenizer)
     results: list[dict] = []
     for start in range(0, len(questions), cfg.batch_size):
@@ -181,6 +181,11 @@ def _record(tokenizer, f: BudgetForcer, index: int, question: str) -> dict:
     # Everything after the prompt, special tokens included: what the model saw and said.
     out["completion"] = dec(f.ids[f.prompt_len:])
     return out
+
+
+def context_tokens(model, cfg: GenerationConfig) -> int:
+    """The context budget: ``cfg.max_total_tokens``, else the model's max_position_embeddings, else 32768."""
+    return cfg.max_total_tokens or _model_max_positions(model) or 32768
 
 
 def _model_max_positions(model) -> int | None:
@@ -419,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, tok, backend = open_backend(args)
         cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
-        max_total = cfg.max_total_tokens or _model_max_positions(model) or 32768
+        max_total = context_tokens(model, cfg)
         bad = too_long(tok, questions, cfg, max_total)
         if bad and not args.skip_long:
             print(f"error: {len(bad)} prompt(s) too long, nothing generated: {'; '.join(bad[:5])}"

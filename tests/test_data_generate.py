@@ -171,6 +171,26 @@ def test_native_engine_teacher_batches_and_is_seeded_per_request(tmp_path, tiny_
     assert len({r["thinking_trajectories"][0] for r in a.values()}) > 1      # sampled, not all the same
 
 
+def test_a_question_too_long_for_the_context_is_recorded_failed_and_the_others_are_made(tmp_path, tiny_dir,
+                                                                                         monkeypatch, capsys):
+    """The engine teacher: a question whose prompt leaves no room within --max-total-tokens is a failure of
+    that row (in <out>.failed.jsonl, naming the flag), as the endpoint's context-length 400 is for the openai
+    teacher; it stopped the whole run with an error naming no file or row, and every rerun stopped there."""
+    monkeypatch.setenv("S1FAST_DISABLE_TRITON", "1")
+    data = questions(tmp_path / "q.jsonl", ["1+1?", "long " * 80, "2+3?"])
+    out = tmp_path / "gen.jsonl"
+    args = ["generate", "--teacher", "native", "--model", tiny_dir, "--data", data, "--out", str(out),
+            "--max-total-tokens", "64", "--max-thinking-tokens", "4", "--max-answer-tokens", "2", "--no-progress",
+            "--summary", str(tmp_path / "s.json")]
+    assert data_main(args) == 0
+    assert sorted(r["question"] for r in lines(out)) == ["1+1?", "2+3?"]
+    failed = lines(tmp_path / "gen.failed.jsonl")
+    assert [(f["row"], f["kind"]) for f in failed] == [(2, "too_long")]
+    assert "--max-total-tokens 64" in failed[0]["error"]
+    assert json.load(open(tmp_path / "s.json"))["dropped"] == {"failed_too_long": 1}
+    assert "too_long" in capsys.readouterr().err
+
+
 def test_vllm_teacher_without_vllm_stops_with_a_clear_error(tmp_path, capsys):
     try:
         import vllm  # noqa: F401

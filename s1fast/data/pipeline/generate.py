@@ -56,12 +56,23 @@ class EngineTeacher:
         self.batch_size = config.batch_size
         self.settings = engine_settings(config, tokenizer_dir)
 
-    def complete_batch(self, questions: list[str], seeds: list[int]) -> list[dict]:
-        from s1fast.generate import generate
-        outs = generate(self.model, self.tokenizer, questions, self.config, backend=self.backend, seeds=seeds)
-        return [{"thinking": _strip_tail(o["thinking"]), "answer": _strip_tail(o["answer"]),
-                 "forced_end": o["forced_end"], "thinking_tokens": o["thinking_tokens"], "waits": o["waits"],
-                 "capped": o["capped"], "answer_tokens": o["answer_tokens"]} for o in outs]
+    def complete_batch(self, questions: list[str], seeds: list[int]) -> list[dict | Failure]:
+        """A result per question, in order; a question too long for the context is a ``too_long`` Failure
+        (as an endpoint's context-length error is for the openai teacher), the others are generated."""
+        from s1fast.generate import context_tokens, generate, too_long
+        max_total = context_tokens(self.model, self.config)
+        long = {i: why for i, q in enumerate(questions)
+                for why in too_long(self.tokenizer, [("the question", q)], self.config, max_total)}
+        fit = [i for i in range(len(questions)) if i not in long]
+        outs = iter(generate(self.model, self.tokenizer, [questions[i] for i in fit], self.config,
+                             backend=self.backend, seeds=[seeds[i] for i in fit]) if fit else [])
+        return [Failure("too_long", long[i], 1) if i in long else _sample(next(outs)) for i in range(len(questions))]
+
+
+def _sample(o: dict) -> dict:
+    return {"thinking": _strip_tail(o["thinking"]), "answer": _strip_tail(o["answer"]), "forced_end": o["forced_end"],
+            "thinking_tokens": o["thinking_tokens"], "waits": o["waits"], "capped": o["capped"],
+            "answer_tokens": o["answer_tokens"]}
 
 
 def engine_settings(config, tokenizer_dir: str | None = None) -> dict:

@@ -37,7 +37,8 @@ class AuthError(StopRun):
 
 @dataclass
 class Failure:
-    kind: str        # rate_limit, server_error, timeout, connection, malformed, client_error, empty
+    kind: str        # rate_limit, server_error, timeout, connection, malformed, client_error, empty; too_long
+    #                  (an engine teacher's question that leaves no room within --max-total-tokens)
     error: str
     attempts: int
 
