@@ -26,8 +26,8 @@ from dataclasses import replace
 from typing import Sequence
 
 from s1fast import grading, protocols
-from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, check_args, config_from_args,
-                             context_tokens, decoding_settings, generate, open_backend, too_long)
+from s1fast.generate import (RUN_ONLY, GenerationConfig, add_generation_args, budget_arg, check_args,
+                             config_from_args, context_tokens, decoding_settings, generate, open_backend, too_long)
 from s1fast.jsonl import end_cut_line, read_jsonl
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
@@ -423,13 +423,19 @@ def check_eval_args(args, log) -> None:
     check_writable(args.out)
 
 
+def _depends(run: dict) -> dict:
+    """What a run.json's records depend on: it less how the run was batched (``generate.RUN_ONLY``)."""
+    return {**run, "decoding": {k: v for k, v in (run.get("decoding") or {}).items() if k not in RUN_ONLY}}
+
+
 def resume_state(args, paths: dict, run: dict, log) -> tuple[dict, bool]:
     """(the records already in ``--out``, by (num_wait, budget, id); whether the folder starts fresh). A
     folder of other settings, or records without their run.json, is refused (EvalError)."""
     if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
         before = json.load(open(paths["run"]))
-        if before != run:
-            was, now = ({**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}} for d in (before, run))
+        if _depends(before) != _depends(run):
+            was, now = ({**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}}
+                        for d in map(_depends, (before, run)))
             diff = "; ".join(f"{k} {was.get(k)!r} there, {now[k]!r} now" for k in now
                              if k != "decoding" and was.get(k) != now[k])
             raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}: {diff}); pass "

@@ -249,6 +249,25 @@ def test_cli_keeps_records_a_rerun_cannot_resume_and_resumes_after_a_cut_line(to
 
 
 
+def test_a_resume_may_change_only_how_the_run_is_batched(tok, tmp_path, monkeypatch, capsys):
+    """--batch-size / the prefill chunk do not change a record (each prompt is seeded by its index): a rerun
+    with another batch size (after an out-of-memory, say) resumes, as `generate --out` does; it was refused."""
+    import s1fast.eval as ev
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(ev, "open_backend", lambda args: (RuleModel(tok), tok, "native"))
+    out = tmp_path / "a"
+    argv = ["--model", str(tmp_path), "--limit", "3", "--budgets", "4", "--max-answer-tokens", "8",
+            "--max-total-tokens", "4096", "--protocol", "s1", "--out", str(out)]
+    assert ev.main(argv + ["--batch-size", "4"]) == 0
+    lines = (out / "problems.jsonl").read_text().splitlines()
+    (out / "problems.jsonl").write_text(lines[0] + "\n")          # interrupted after its first record
+    capsys.readouterr()
+    assert ev.main(argv + ["--batch-size", "1"]) == 0, capsys.readouterr().err
+    assert (out / "problems.jsonl").read_text().splitlines() == lines
+    assert ev.main(argv + ["--batch-size", "1", "--seed", "3"]) == 2      # what a record depends on: refused
+    assert "decoding.seed 0 there, 3 now" in capsys.readouterr().err
+
+
 def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkeypatch, capsys):
     import s1fast.eval as ev
     (tmp_path / "config.json").write_text("{}")
