@@ -446,6 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             fh.flush()
             bar.update(len(rows))
         bar.close()
+    except KeyboardInterrupt:
+        kept = (f"the results written to {args.out} are kept and the same command resumes after them" if args.out
+                else "the results printed are all there is")
+        print(f"\nerror: interrupted; {kept}", file=sys.stderr)
+        return 130
     finally:
         if args.out:
             fh.close()

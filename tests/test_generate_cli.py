@@ -120,3 +120,27 @@ def test_the_vllm_backend_without_vllm_is_an_error_line(exported, tmp_path, caps
     from s1fast.eval import main as eval_main
     assert eval_main(["--model", exported, "--backend", "vllm", "--out", str(tmp_path / "out")]) == 2
     assert "needs vllm" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_is_one_error_line_and_keeps_the_results_written(exported, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during generation: exit 130 with one `error:` line (it was a traceback), the batches already
+    written stay in --out, and the same command resumes after them."""
+    import s1fast.generate as g
+    out = tmp_path / "out.jsonl"
+    args = ["--model", exported, "--prompt", "1+1?", "--prompt", "2+2?", "--max-thinking-tokens", "3",
+            "--max-answer-tokens", "2", "--batch-size", "1", "--out", str(out)]
+    real, calls = g._generate_at, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(g, "_generate_at", interrupted)
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: interrupted") and str(out) in err[-1] and "Traceback" not in "".join(err)
+    assert [json.loads(x)["index"] for x in open(out)] == [0]
+    monkeypatch.setattr(g, "_generate_at", real)
+    assert main(args) == 0
+    assert [json.loads(x)["index"] for x in open(out)] == [0, 1]
