@@ -424,8 +424,11 @@ def check_eval_args(args, log) -> None:
 
 
 def _depends(run: dict) -> dict:
-    """What a run.json's records depend on: it less how the run was batched (``generate.RUN_ONLY``)."""
-    return {**run, "decoding": {k: v for k, v in (run.get("decoding") or {}).items() if k not in RUN_ONLY}}
+    """What a run.json's records depend on: it less how the run was batched (``generate.RUN_ONLY``), its
+    paths as the same folder and file however written (``m/``, ``./m``)."""
+    paths = {k: os.path.normpath(run[k]) for k in ("model", "data") if isinstance(run.get(k), str)}
+    return {**run, **paths,
+            "decoding": {k: v for k, v in (run.get("decoding") or {}).items() if k not in RUN_ONLY}}
 
 
 def resume_state(args, paths: dict, run: dict, log) -> tuple[dict, bool]:

@@ -249,7 +249,7 @@ def test_cli_keeps_records_a_rerun_cannot_resume_and_resumes_after_a_cut_line(to
 
 
 
-def test_a_resume_may_change_only_how_the_run_is_batched(tok, tmp_path, monkeypatch, capsys):
+def test_a_resume_may_change_how_the_run_is_batched_and_how_its_paths_are_written(tok, tmp_path, monkeypatch, capsys):
     """--batch-size / the prefill chunk do not change a record (each prompt is seeded by its index): a rerun
     with another batch size (after an out-of-memory, say) resumes, as `generate --out` does; it was refused."""
     import s1fast.eval as ev
@@ -266,6 +266,8 @@ def test_a_resume_may_change_only_how_the_run_is_batched(tok, tmp_path, monkeypa
     assert (out / "problems.jsonl").read_text().splitlines() == lines
     assert ev.main(argv + ["--batch-size", "1", "--seed", "3"]) == 2      # what a record depends on: refused
     assert "decoding.seed 0 there, 3 now" in capsys.readouterr().err
+    # the same folders written another way (a trailing slash, ./): the same run
+    assert ev.main([a + "/" if a == str(tmp_path) else a for a in argv]) == 0, capsys.readouterr().err
 
 
 def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkeypatch, capsys):
