@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from s1fast import grading, protocols
-from s1fast.generate import (RUN_ONLY, GenerationConfig, add_generation_args, budget_arg, check_args,
+from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, check_args, compared_settings,
                              config_from_args, context_tokens, decoding_settings, generate, open_backend, too_long)
 from s1fast.jsonl import end_cut_line, read_jsonl
 
@@ -423,24 +423,13 @@ def check_eval_args(args, log) -> None:
     check_writable(args.out)
 
 
-def _depends(run: dict) -> dict:
-    """What a run.json's records depend on: it less how the run was batched (``generate.RUN_ONLY``), its
-    paths as the same folder and file however written (``m/``, ``./m``)."""
-    paths = {k: os.path.normpath(run[k]) for k in ("model", "data") if isinstance(run.get(k), str)}
-    return {**run, **paths,
-            "decoding": {k: v for k, v in (run.get("decoding") or {}).items() if k not in RUN_ONLY}}
-
-
 def resume_state(args, paths: dict, run: dict, log) -> tuple[dict, bool]:
     """(the records already in ``--out``, by (num_wait, budget, id); whether the folder starts fresh). A
     folder of other settings, or records without their run.json, is refused (EvalError)."""
     if os.path.exists(paths["run"]) and os.path.exists(paths["problems"]):
-        before = json.load(open(paths["run"]))
-        if _depends(before) != _depends(run):
-            was, now = ({**d, **{f"decoding.{k}": v for k, v in (d.get("decoding") or {}).items()}}
-                        for d in map(_depends, (before, run)))
-            diff = "; ".join(f"{k} {was.get(k)!r} there, {now[k]!r} now" for k in now
-                             if k != "decoding" and was.get(k) != now[k])
+        was, now = compared_settings(json.load(open(paths["run"]))), compared_settings(run)
+        if was != now:
+            diff = "; ".join(f"{k} {was.get(k)!r} there, {v!r} now" for k, v in now.items() if was.get(k) != v)
             raise EvalError(f"{args.out} holds an evaluation with other settings ({paths['run']}: {diff}); pass "
                             f"a new --out or delete that folder")
         end_cut_line(paths["problems"])   # a record cut short by a crash is produced again
@@ -473,8 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, tok, backend = open_backend(args)
-    bad = too_long(tok, [(p["source"], p["question"]) for p in problems], cfg,
-                   context_tokens(model, cfg))
+    bad = too_long(tok, [(p["source"], p["question"]) for p in problems], cfg, context_tokens(model, cfg))
     if bad:
         print(f"error: {len(bad)} problem(s) too long, nothing generated: {'; '.join(bad[:5])}"
               f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or leave those problems out",

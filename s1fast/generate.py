@@ -73,6 +73,14 @@ def sample_settings(cfg: GenerationConfig) -> dict:
     return {k: v for k, v in decoding_settings(cfg).items() if k not in RUN_ONLY}
 
 
+def compared_settings(run: dict) -> dict:
+    """A run's recorded settings (eval's run.json: paths, ``decoding``), flat (``decoding.K``), as a resume
+    compares them: less how the run was batched (:data:`RUN_ONLY`), its paths however spelled (``m/``, ``./m``)."""
+    flat = {k: os.path.normpath(v) if k in ("model", "data") and isinstance(v, str) else v
+            for k, v in run.items() if k != "decoding"}
+    return {**flat, **{f"decoding.{k}": v for k, v in (run.get("decoding") or {}).items() if k not in RUN_ONLY}}
+
+
 # ---- prompts --------------------------------------------------------------------------------------------
 def prompt_ids(tokenizer, question: str, system: str | None = DEFAULT_SYSTEM) -> list[int]:
     """The chat prompt up to ``<|im_start|>assistant\\n`` (the forcer appends ``<|im_start|>think``).
