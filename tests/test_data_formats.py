@@ -101,6 +101,26 @@ def test_verify_spills_json_rows_beside_its_output_and_removes_them(tmp_path):
     assert sorted(os.listdir(out.parent)) == ["kept.jsonl"]
 
 
+
+def test_verify_removes_the_spill_a_killed_verify_left(tmp_path, capsys):
+    """A verify killed while it graded (SIGTERM from a scheduler's time limit, the OOM killer) cannot remove its
+    spill, a copy of the whole --data: the next verify beside that --out removes it (a process of this host
+    that is gone), as an export's leftovers are; it stayed for good, hidden."""
+    import subprocess
+    import sys
+
+    from s1fast.whole_folder import host_tag
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    data = write(tmp_path / "d.json", rows_of_every_kind())
+    out = tmp_path / "o" / "kept.jsonl"
+    left = out.parent / f".s1fast-rows.tmp-{host_tag()}-{p.pid}"
+    left.mkdir(parents=True)
+    (left / "rows.pickle").write_bytes(b"x" * 100)
+    assert data_main(["verify", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(os.listdir(out.parent)) == ["kept.jsonl"]
+    assert f"removed {left}" in capsys.readouterr().err
+
 # a JSON value's text: strings with escapes, lone surrogates, backslashes before "u", non-BMP characters
 _piece = st.sampled_from(["\ud83d", "\udc00", "\ud83d\ude00", "\\", "\\u", "\\ud83d", "\"", "é", "\n", "𝑥", "a"])
 _text = st.lists(st.one_of(_piece, st.text(max_size=5)), max_size=6).map("".join)

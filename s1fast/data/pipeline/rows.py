@@ -20,11 +20,13 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 from ...jsonl import end_cut_line
+from ...whole_folder import clean_stale, sibling
 from ..readers import DataError, jsonl_rows, read_rows, samples_of
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "Question")
 REFERENCE_FIELDS = ("answer", "gt", "solution", "Answer")
 DOMAIN_FIELDS = ("domain", "subject", "cot_type", "source_type", "source")
+SPILL = ".s1fast-rows"   # Reread's spill folder beside an output: SPILL.tmp-HOST-PID
 
 
 def _number(cast, want: str, ok):
@@ -209,8 +211,9 @@ def row_at(f, path: str, where: tuple[int, int], row: int) -> dict:
 class Reread:
     """The rows of ``path`` (``(row number, where, row)``, as :func:`read_at`), each read again later by
     :meth:`row` without being held: a .jsonl's from the file itself (its line's byte offset); any other format's
-    from a spill file of the rows (pickled: the same Python values) in a temporary folder beside the file
-    ``beside``, removed on close."""
+    from a spill file of the rows (pickled: the same Python values) in a folder beside the file ``beside``
+    (``.s1fast-rows.tmp-HOST-PID``), removed on close; one a killed run left is removed by the next
+    (``whole_folder.clean_stale``)."""
 
     def __init__(self, path: str, beside: str):
         self.path, self.beside, self._spill, self._dir = path, beside, None, None
@@ -225,10 +228,13 @@ class Reread:
             yield i, where, row
 
     def _open_spill(self):
-        folder = os.path.dirname(os.path.abspath(self.beside))
-        os.makedirs(folder, exist_ok=True)
-        self._dir = tempfile.TemporaryDirectory(prefix=".s1fast-rows-", dir=folder)
-        self._spill = open(os.path.join(self._dir.name, "rows.pickle"), "w+b")
+        base = os.path.join(os.path.dirname(os.path.abspath(self.beside)), SPILL)
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        clean_stale(base, lambda msg: print(msg, file=sys.stderr))   # what a killed run left (SIGTERM, OOM)
+        self._dir = sibling(base)
+        os.makedirs(self._dir, exist_ok=True)
+        fd, self._name = tempfile.mkstemp(suffix=".pickle", dir=self._dir)
+        self._spill = os.fdopen(fd, "w+b")
         return self._spill
 
     def row(self, where: tuple[int, int], i: int) -> dict:
@@ -243,7 +249,11 @@ class Reread:
             if f is not None:
                 f.close()
         if self._dir is not None:
-            self._dir.cleanup()
+            os.remove(self._name)
+            try:
+                os.rmdir(self._dir)
+            except OSError:     # another spill of this process is there: the last one removes the folder
+                pass
 
     def __enter__(self):
         return self
