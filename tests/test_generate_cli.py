@@ -144,3 +144,34 @@ def test_ctrl_c_is_one_error_line_and_keeps_the_results_written(exported, tmp_pa
     monkeypatch.setattr(g, "_generate_at", real)
     assert main(args) == 0
     assert [json.loads(x)["index"] for x in open(out)] == [0, 1]
+
+
+def test_eval_ctrl_c_is_one_error_line_and_the_same_command_resumes(exported, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during an evaluation: exit 130 with one `error:` line naming problems.jsonl (it was a traceback),
+    the records written stay, and the same command resumes after them to the uninterrupted run's records."""
+    import s1fast.eval as ev
+    from s1fast.eval import main as eval_main
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "question": f"{i}+1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(3)))
+    args = ["--model", exported, "--data", str(data), "--budgets", "2", "--max-answer-tokens", "2",
+            "--batch-size", "1", "--protocol", "s1"]
+    real, calls = ev.generate, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(ev, "generate", interrupted)
+    assert eval_main(args + ["--out", str(tmp_path / "a")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: interrupted") and "problems.jsonl" in err[-1], err[-3:]
+    assert "Traceback" not in "".join(err)
+    assert len(open(tmp_path / "a" / "problems.jsonl").readlines()) == 1
+    monkeypatch.setattr(ev, "generate", real)
+    assert eval_main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert eval_main(args + ["--out", str(tmp_path / "b")]) == 0
+    strip = lambda p: sorted(json.dumps({k: v for k, v in json.loads(x).items() if k != "seconds"}, sort_keys=True)  # noqa: E731
+                             for x in open(p))
+    assert strip(tmp_path / "a" / "problems.jsonl") == strip(tmp_path / "b" / "problems.jsonl")

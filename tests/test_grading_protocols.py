@@ -6,7 +6,7 @@ import os
 import pytest
 
 from s1fast import grading, protocols
-from s1fast.eval import agreement, agreement_main
+from s1fast.eval_inspect import agreement, agreement_main
 from s1fast.protocols import PROTOCOLS, protocol
 
 SAMPLE = os.path.join(os.path.dirname(grading.__file__), "assets", "data", "grader_agreement.jsonl")
