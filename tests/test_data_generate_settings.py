@@ -149,3 +149,20 @@ def test_native_rows_record_the_tokenizer_given_by_folder_name(native_args, tmp_
     rows = lines(out)
     assert out.read_bytes().startswith(before) and len(rows) == 6
     assert all(r["settings"] == rows[0]["settings"] for r in rows)
+
+
+def test_a_base_url_with_credentials_is_recorded_without_them_and_resumes(tmp_path):
+    """``--base-url http://user:secret@host/v1``: rows recorded the password in ``teacher`` (a secret written into
+    a data file that gets shared), and the resume's teacher check split the address at the password's ``@``
+    and refused the very run that wrote them."""
+    from s1fast.data.pipeline.teacher_openai import without_credentials
+    assert without_credentials("http://u:p@[::1]:8000/v1") == "http://[::1]:8000/v1"
+    assert without_credentials("https://api.example.com/v1") == "https://api.example.com/v1"
+    data = questions(tmp_path / "q.jsonl", ["q one", "q two"])
+    with FakeEndpoint() as ep:
+        url = ep.url.replace("://", "://user:s3cret@", 1)
+        assert gen(tmp_path, url, data, "--limit", "1")[0] == 0
+        assert gen(tmp_path, url, data)[0] == 0
+    rows = lines(tmp_path / "gen.jsonl")
+    assert [r["question"] for r in rows] == ["q one", "q two"]
+    assert "s3cret" not in (tmp_path / "gen.jsonl").read_text() and rows[0]["teacher"] == f"openai:teacher@{ep.url}"

@@ -63,6 +63,18 @@ def request_settings(*, temperature: float, top_p: float, system: str | None = N
     return s
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part: the address rows record must not carry a secret (nor an ``@``
+    of its own, which the resume's teacher check splits the address off at)."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+
+
 class OpenAITeacher:
     """``complete(question, seed)`` -> a result dict, or a :class:`Failure`; raises :class:`AuthError`."""
 
@@ -77,7 +89,7 @@ class OpenAITeacher:
         self.settings = request_settings(temperature=temperature, top_p=top_p, system=system,
                                          max_tokens=max_tokens, extra_body=extra_body)
         self.retries, self.backoff = retries, backoff
-        self.name = f"openai:{model}@{base_url}"
+        self.name = f"openai:{model}@{without_credentials(base_url)}"
         self.retried = {}
         self._lock = threading.Lock()
 
