@@ -343,8 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_unique_ids(problems)
         paths = output_paths(args.out)
         cfg = config_from_args(args)
-        run = {"model": args.model, "data": args.data, "protocol": args.protocol, "samples": args.samples,
-               "decoding": decoding_settings(cfg), "n_problems": len(problems)}
+        run = {"model": args.model, **({"tokenizer": args.tokenizer} if args.tokenizer else {}), "data": args.data,
+               "protocol": args.protocol, "samples": args.samples, "decoding": decoding_settings(cfg),
+               "n_problems": len(problems)}
         done, fresh = resume_state(args, paths, run, log)
     except (EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

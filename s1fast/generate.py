@@ -76,7 +76,7 @@ def sample_settings(cfg: GenerationConfig) -> dict:
 def compared_settings(run: dict) -> dict:
     """A run's recorded settings (eval's run.json: paths, ``decoding``), flat (``decoding.K``), as a resume
     compares them: less how the run was batched (:data:`RUN_ONLY`), its paths however spelled (``m/``, ``./m``)."""
-    flat = {k: os.path.normpath(v) if k in ("model", "data") and isinstance(v, str) else v
+    flat = {k: os.path.normpath(v) if k in ("model", "data", "tokenizer") and isinstance(v, str) else v
             for k, v in run.items() if k != "decoding"}
     return {**flat, **{f"decoding.{k}": v for k, v in (run.get("decoding") or {}).items() if k not in RUN_ONLY}}
 
@@ -351,9 +351,11 @@ def check_args(args) -> None:
 
 
 def output_settings(args, cfg: GenerationConfig) -> dict:
-    """What an output depends on (:func:`sample_settings`, the model and the backend); each --out line carries
-    it, so a rerun with other settings is refused rather than mixed in."""
-    return {"model": os.path.abspath(args.model), "backend": args.backend, **sample_settings(cfg)}
+    """What an output depends on (:func:`sample_settings`, the model, the backend, and ``--tokenizer`` when given:
+    the prompts' ids come from it); each --out line carries it, so a rerun with other settings is refused rather
+    than mixed in."""
+    tok = {"tokenizer": os.path.abspath(args.tokenizer)} if getattr(args, "tokenizer", None) else {}
+    return {"model": os.path.abspath(args.model), "backend": args.backend, **tok, **sample_settings(cfg)}
 
 
 def open_out(path: str | None, settings: dict | None = None):

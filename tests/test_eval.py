@@ -268,6 +268,9 @@ def test_a_resume_may_change_how_the_run_is_batched_and_how_its_paths_are_writte
     assert "decoding.seed 0 there, 3 now" in capsys.readouterr().err
     # the same folders written another way (a trailing slash, ./): the same run
     assert ev.main([a + "/" if a == str(tmp_path) else a for a in argv]) == 0, capsys.readouterr().err
+    # was: another --tokenizer (the prompts' ids) resumed the folder as the same run
+    assert ev.main(argv + ["--tokenizer", BUNDLED_TOKENIZER]) == 2
+    assert "tokenizer None there" in capsys.readouterr().err
 
 
 def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkeypatch, capsys):

@@ -71,6 +71,10 @@ def test_a_rerun_with_other_settings_is_refused_not_mixed_in(exported, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {out}:1 was generated with other settings (max_thinking_tokens 4 there, "
                           "8 now)") and out.read_text() == before
+    # was: another --tokenizer (the prompts' ids) resumed the file as if it were the same run
+    from s1fast.generate import BUNDLED_TOKENIZER
+    assert main(args + ["--tokenizer", BUNDLED_TOKENIZER]) == 2
+    assert "tokenizer None there" in capsys.readouterr().err and out.read_text() == before
 
 
 
