@@ -1,7 +1,9 @@
 """One table of GPUs: dense bf16 peak, HBM bandwidth, memory, NVLink; read by the trainer (MFU), the
 projection and the benchmarks.
 
-Sources (datasheets and nvidia-smi) are listed in docs/hardware.md. ``GB`` is 1e9 bytes throughout.
+Sources: NVIDIA's H100, H200 and A100 datasheets (dense bf16 = half the "with sparsity" figure; NVLink per
+direction = half the total) and, where a row says so, the total memory nvidia-smi reports (the datasheet's
+otherwise). ``GB`` is 1e9 bytes throughout.
 """
 from __future__ import annotations
 
@@ -30,14 +32,15 @@ class GPU:
 
 
 GPUS = {
-    # 81,559 MiB is what nvidia-smi reports for the "80 GB" card; NVLink 4: 900 GB/s total = 450 per direction.
+    # memory: nvidia-smi's 81,559 MiB for the "80 GB" H100s and 81,920 MiB for the A100; the H200's datasheet
+    # 141 GB. NVLink 4: 900 GB/s total = 450 per direction (the PCIe card's bridge and NVLink 3: 600 = 300).
     "h100": GPU("H100 SXM 80GB", 989.0, 81559 * 2**20 / GB, 3.35, 450.0, match="H100"),
     "h200": GPU("H200 SXM 141GB", 989.0, 141.0, 4.8, 450.0, match="H200"),
     "h100-pcie": GPU("H100 PCIe 80GB", 756.0, 81559 * 2**20 / GB, 2.0, 300.0, match="H100 PCIe"),
     "a100": GPU("A100 SXM 80GB", 312.0, 81920 * 2**20 / GB, 2.039, 300.0, match="A100"),
 }
 
-# the projection's and the benchmarks' choices (cards it has sources for in docs/hardware.md)
+# the projection's and the benchmarks' choices
 PROJECTED_GPUS = ("h100", "h200")
 
 

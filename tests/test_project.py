@@ -189,3 +189,13 @@ def test_cli_bad_input_is_one_error_line_exit_2(args, match, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and "Traceback" not in err, err
+
+
+def test_runtime_reserve_is_in_gb_as_the_memory_model_counts_it(capsys):
+    """The reserve is subtracted from memory in GB (1e9 bytes: s1fast.memory.budget_gb); --help said GiB."""
+    from s1fast.projection.cli import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    line = help_text.split("--runtime-reserve-gb RUNTIME_RESERVE_GB")[-1].split("--memory-headroom", 1)[0]
+    assert "GB per GPU" in line and "GiB" not in line, line

@@ -5,9 +5,10 @@
                                       reduction="mean", token_weight=None, normalizer=None,
                                       return_lse=False, chunk_size=None, low_memory=False)
 
-Tokens run in chunks of C rows: the logits GEMM writes each row's statistics in its epilogue, the gradients
-are made during the forward, and the backward only scales them; ``low_memory=True`` instead recomputes the
-logits by vocabulary blocks in the backward (no fp32 [V, H] accumulator). A sharded FSDP2 weight is gathered.
+Tokens run in chunks of C rows (on a GPU: cuBLAS GEMMs and a row kernel, or with ``GEMM = "triton"`` Triton
+tiles with the row statistics in the logits GEMM's epilogue): the gradients are made during the forward, and
+the backward only scales them; ``low_memory=True`` instead recomputes the logits by vocabulary blocks in the
+backward (no fp32 [V, H] accumulator). A sharded FSDP2 weight is gathered.
 The autograd formula is the registered op's (``linear_cross_entropy_custom_op``).
 Algorithm, both modes and the FSDP2 contract: docs/kernels.md; costs: bench/RESULTS.md.
 """

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hbm-efficiency", type=float, default=d.hbm_efficiency,
                     help="achieved / nominal HBM bandwidth in the optimizer step (default: %(default)s)")
     ap.add_argument("--runtime-reserve-gb", type=float, default=d.runtime_reserve_gb,
-                    help="GiB per GPU held by the CUDA context, NCCL buffers and fragmentation (default: %(default)s)")
+                    help="GB per GPU (1e9 bytes) held by the CUDA context, NCCL buffers and fragmentation "
+                         "(default: %(default)s)")
     ap.add_argument("--memory-headroom", type=float, default=d.memory_headroom,
                     help="fraction of the memory budget s1fast keeps free when it picks checkpointing (default: %(default)s)")
     ap.add_argument("--loss-chunk", type=int, default=d.loss_chunk,

@@ -101,7 +101,7 @@ PRESETS: dict[str, dict] = {
     # The embedded default: the toy task from an SFT start that still has room to improve (the tiny-toy run
     # stopped at step 350 of 550: TOY_SFT_COMMAND), on 2 CPU cores; every held-out problem (59) graded greedily.
     # 288 tokens: the longest toy prompt (66) + the forcing text + its longest trace (100 tokens) fit beside the
-    # 100 tokens of answer room that the "auto" thinking budget keeps.
+    # answer room the "auto" thinking budget keeps (max_answer_tokens + 1 = 9 here; 100 only without an answer cap).
     "toy": dict(model="runs/tiny-toy-350/final", data="toy:chain:2000", rewards="toy=1.0", iterations=20,
                 prompts_per_iter=8, group_size=8, updates_per_batch=1, adv_scale="std", norm="token", lr=1e-4,
                 temperature=1.0, max_total_tokens=288, max_answer_tokens=8, dtype="fp32", eval_problems=59,
