@@ -1,10 +1,10 @@
 """What a run shows: a progress bar, ``metrics.jsonl``, a loss-curve PNG, and optional TensorBoard.
 
 Only rank 0 writes. ``metrics.jsonl`` is appended line by line and flushed, so a crash loses nothing
-already logged; after a resume, steps that are run again are appended again and the plot keeps the
-last entry of each step. Every line is strict JSON (a non-finite number is written as ``null``). The
-plot is optional: without matplotlib, or on a full disk, it is skipped with a one-line notice and no
-partial file is left.
+already logged (a last line it cut short is dropped before the next run appends); after a resume, steps
+that are run again are appended again and the plot keeps the last entry of each step. Every line is strict
+JSON (a non-finite number is written as ``null``). The plot is optional: without matplotlib, or on a full
+disk, it is skipped with a one-line notice and no partial file is left.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import math
 import os
 
+from .jsonl import end_cut_line
 from .whole_folder import sibling
 
 
@@ -29,6 +30,8 @@ class Metrics:
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
+        if os.path.exists(self.path):
+            end_cut_line(self.path)   # a line a crash cut short: appended to, it would swallow the next step
         self.file = open(self.path, "a", buffering=1)
         if progress:
             from tqdm import tqdm
