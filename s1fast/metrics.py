@@ -93,18 +93,10 @@ def read_metrics(path: str) -> list[dict]:
 def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
     """``loss_curve.png`` beside the metrics: loss per step, learning rate on a second axis."""
     rows = [r for r in read_metrics(metrics_path) if r.get("loss") is not None]
-    if not rows:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[s1fast] notice: loss_curve.png skipped: matplotlib is not installed (pip install matplotlib); "
-              "metrics.jsonl has every step", flush=True)
-        return None
     out = out or os.path.join(os.path.dirname(metrics_path), "loss_curve.png")
-    tmp = f"{sibling(out)}.png"
+    plt = pyplot(out, "metrics.jsonl has every step") if rows else None
+    if plt is None:
+        return None
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", lw=1.6, label="train loss")
@@ -117,13 +109,33 @@ def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
     ax.set_title(f"s1fast: {rows[-1].get('run', '')} loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
+    return save_figure(plt, fig, out, "metrics.jsonl has every step")
+
+
+def pyplot(out: str, instead: str):
+    """matplotlib's pyplot (the Agg backend: no display), or None after a notice that ``out`` is skipped
+    (matplotlib is optional; ``instead``: where the numbers are)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"[s1fast] notice: {os.path.basename(out)} skipped: matplotlib is not installed (pip install "
+              f"matplotlib); {instead}", flush=True)
+        return None
+    return plt
+
+
+def save_figure(plt, fig, out: str, instead: str) -> str | None:
+    """``fig`` written to ``out`` whole (to a sibling, then renamed) and closed: ``out``, or None after a notice
+    on a full disk or a folder without permission, with no partial PNG left."""
+    tmp = f"{sibling(out)}.png"
     fig.tight_layout()
     try:
         fig.savefig(tmp)
         os.replace(tmp, out)
     except OSError as e:
-        print(f"[s1fast] notice: loss_curve.png skipped: {e.strerror or e}; metrics.jsonl has every step",
-              flush=True)
+        print(f"[s1fast] notice: {os.path.basename(out)} skipped: {e.strerror or e}; {instead}", flush=True)
         return None
     finally:
         plt.close(fig)
