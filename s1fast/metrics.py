@@ -12,8 +12,8 @@ import json
 import math
 import os
 
+from .figure import pyplot, save_figure
 from .jsonl import end_cut_line
-from .whole_folder import sibling
 
 
 def finite_or_none(row: dict) -> dict:
@@ -110,35 +110,3 @@ def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
     ax.set_title(f"s1fast: {rows[-1].get('run', '')} loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
     return save_figure(plt, fig, out, "metrics.jsonl has every step")
-
-
-def pyplot(out: str, instead: str):
-    """matplotlib's pyplot (the Agg backend: no display), or None after a notice that ``out`` is skipped
-    (matplotlib is optional; ``instead``: where the numbers are)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"[s1fast] notice: {os.path.basename(out)} skipped: matplotlib is not installed (pip install "
-              f"matplotlib); {instead}", flush=True)
-        return None
-    return plt
-
-
-def save_figure(plt, fig, out: str, instead: str) -> str | None:
-    """``fig`` written to ``out`` whole (to a sibling, then renamed) and closed: ``out``, or None after a notice
-    on a full disk or a folder without permission, with no partial PNG left."""
-    tmp = f"{sibling(out)}.png"
-    fig.tight_layout()
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, out)
-    except OSError as e:
-        print(f"[s1fast] notice: {os.path.basename(out)} skipped: {e.strerror or e}; {instead}", flush=True)
-        return None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out

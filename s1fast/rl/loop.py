@@ -22,7 +22,8 @@ import torch
 
 from .. import checkpoint, distributed
 from ..config import ConfigError
-from ..metrics import Metrics, pyplot, read_metrics, save_figure
+from ..figure import pyplot, save_figure
+from ..metrics import Metrics, read_metrics
 from ..optim import param_groups
 from ..stopping import StopOnSignal, stopped
 from ..train import TrainingDiverged, claim_output_dir, rank0_first
