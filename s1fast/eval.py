@@ -30,6 +30,7 @@ from s1fast.generate import (GenerationConfig, add_generation_args, budget_arg, 
                              config_from_args, context_tokens, decoding_settings, generate, open_backend, too_long)
 from s1fast import eval_inspect
 from s1fast.eval_inspect import EvalError, output_paths, read_records
+from s1fast.figure import pyplot, save_figure
 from s1fast.jsonl import end_cut_line, read_jsonl
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "assets", "data", "eval_sample.jsonl")
@@ -210,12 +211,11 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[dict], path: str, title: str) -> None:
-    """Accuracy against mean thinking tokens, one line per num_wait, points labelled with their budget."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(rows: Sequence[dict], path: str, title: str) -> str | None:
+    """Accuracy against mean thinking tokens, one line per num_wait, points labelled with their budget
+    (s1fast.figure: skipped with a notice without matplotlib or on a full disk)."""
+    if (plt := pyplot(path, "table.md has the numbers", sys.stderr)) is None:
+        return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for nw in sorted({r["num_wait"] for r in rows}):
         pts = sorted(((r["mean_thinking_tokens"], 100 * r["accuracy"], r["budget"], 100 * r.get("pass@1_se", 0))
@@ -230,9 +230,7 @@ def plot(rows: Sequence[dict], path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return save_figure(plt, fig, path, "table.md has the numbers", sys.stderr)
 
 
 def check_writable(out_dir: str) -> None:

@@ -1,10 +1,10 @@
 """What a run shows: a progress bar, ``metrics.jsonl``, a loss-curve PNG, and optional TensorBoard.
 
 Only rank 0 writes. ``metrics.jsonl`` is appended line by line and flushed, so a crash loses nothing
-already logged; after a resume, steps that are run again are appended again and the plot keeps the
-last entry of each step. Every line is strict JSON (a non-finite number is written as ``null``). The
-plot is optional: without matplotlib, or on a full disk, it is skipped with a one-line notice and no
-partial file is left.
+already logged (a last line it cut short is dropped before the next run appends); after a resume, steps
+that are run again are appended again and the plot keeps the last entry of each step. Every line is strict
+JSON (a non-finite number is written as ``null``). The plot is optional: without matplotlib, or on a full
+disk, it is skipped with a one-line notice and no partial file is left.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import json
 import math
 import os
 
-from .whole_folder import sibling
+from .figure import pyplot, save_figure
+from .jsonl import end_cut_line
 
 
 def finite_or_none(row: dict) -> dict:
@@ -29,6 +30,8 @@ class Metrics:
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
+        if os.path.exists(self.path):
+            end_cut_line(self.path)   # a line a crash cut short: appended to, it would swallow the next step
         self.file = open(self.path, "a", buffering=1)
         if progress:
             from tqdm import tqdm
@@ -90,18 +93,10 @@ def read_metrics(path: str) -> list[dict]:
 def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
     """``loss_curve.png`` beside the metrics: loss per step, learning rate on a second axis."""
     rows = [r for r in read_metrics(metrics_path) if r.get("loss") is not None]
-    if not rows:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[s1fast] notice: loss_curve.png skipped: matplotlib is not installed (pip install matplotlib); "
-              "metrics.jsonl has every step", flush=True)
-        return None
     out = out or os.path.join(os.path.dirname(metrics_path), "loss_curve.png")
-    tmp = f"{sibling(out)}.png"
+    plt = pyplot(out, "metrics.jsonl has every step") if rows else None
+    if plt is None:
+        return None
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", lw=1.6, label="train loss")
@@ -114,16 +109,4 @@ def plot_loss(metrics_path: str, out: str | None = None) -> str | None:
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
     ax.set_title(f"s1fast: {rows[-1].get('run', '')} loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
-    fig.tight_layout()
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, out)
-    except OSError as e:
-        print(f"[s1fast] notice: loss_curve.png skipped: {e.strerror or e}; metrics.jsonl has every step",
-              flush=True)
-        return None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
+    return save_figure(plt, fig, out, "metrics.jsonl has every step")

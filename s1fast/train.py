@@ -13,12 +13,9 @@ ranks and we want their sum.
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import signal
-import sys
 import time
 import uuid
 
@@ -29,18 +26,15 @@ from .checkpoint import CheckpointError
 from .collate import rows_with_target
 from .config import ConfigError, TrainConfig, parse_config, validate
 from .data import DEFAULT_TOKENIZER, DataError, prepare
+from .entry import exit_status
 from .metrics import Metrics
 from .optim import apply_hyperparameters, lr_lambda, param_groups
-from .stopping import INTERRUPTED, StopOnSignal, stopped
-from .train_export import RankFollows, export_final
+from .stopping import StopOnSignal, stopped
+from .train_export import export_final
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-# failures a user fixes (full disk, permissions): one error line, not a traceback
-USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)
 
 
 def loss_head(targets: torch.Tensor, weights: torch.Tensor):
@@ -435,32 +429,12 @@ def _rss_gb() -> float:
 
 def main(argv=None) -> int:
     cfg = parse_config(argv)
-    rank, ended = int(os.environ.get("RANK", "0")), False
-    try:
+
+    def start() -> dict:
         validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         device, rank, world = distributed.init(cfg.device)
-        result = train(cfg, device, rank, world)
-        ended = True
-        return 128 + result["signal"] if "signal" in result else 0  # a stopped run did not finish: non-zero
-    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno not in USER_ERRNOS:
-            raise
-        if rank == 0:
-            print(f"error: {e.strerror} ({e.filename or 'a file'}): free the space or fix the permissions, then run "
-                  f"again with the same --output-dir to resume from its last checkpoint", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:  # outside the steps (they stop cleanly): set-up, the export
-        if rank == 0:
-            print(f"error: {INTERRUPTED}", file=sys.stderr)
-        return 128 + getattr(e, "signum", signal.SIGINT)
-    except RankFollows as e:  # rank 0 reported the failure
-        return e.code
-    finally:
-        distributed.shutdown(together=ended)
+        return train(cfg, device, rank, world)
+    return exit_status(start, (ConfigError, DataError, CheckpointError, TrainingDiverged))
 
 
 if __name__ == "__main__":

@@ -102,3 +102,34 @@ def test_two_ranks_report_the_real_error_not_a_lost_connection(files, tmp_path):
 
 def d_latin1(files):
     return files / "latin1.jsonl"
+
+
+@pytest.mark.parametrize("module,runs", [("s1fast.train", "train"), ("s1fast.rl.__main__", "run")])
+def test_a_full_disk_or_a_denied_folder_is_one_error_line_in_training_and_rl(tmp_path, monkeypatch, capsys, module,
+                                                                             runs):
+    """The trainer said so in one line (exit 2) while RL, whose main kept its own copy of the trainer's
+    ending, left a traceback (exit 1): both now end through s1fast.entry. Another OSError is a bug: raised."""
+    import errno
+    import importlib
+
+    import torch
+
+    from s1fast import distributed
+    mod = importlib.import_module(module)
+    failure = [None]
+
+    def fail(*_a, **_k):
+        raise failure[0]
+    monkeypatch.setattr(distributed, "init", lambda *_a: (torch.device("cpu"), 0, 1))
+    monkeypatch.setattr(distributed, "shutdown", lambda **_k: None)
+    monkeypatch.setattr(mod, runs, fail)
+    args = ["--model", "tiny-qwen2", "--output-dir", str(tmp_path), "--progress", "false"]
+    for code, why in ((errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")):
+        failure[0] = OSError(code, why, str(tmp_path / "metrics.jsonl"))
+        assert mod.main(args) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {why} ({tmp_path / 'metrics.jsonl'}): free the space or fix the permissions, then run again "
+            f"with the same --output-dir to resume from its last checkpoint"]
+    failure[0] = OSError(errno.EIO, "Input/output error")
+    with pytest.raises(OSError, match="Input/output"):
+        mod.main(args)

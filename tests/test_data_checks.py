@@ -163,3 +163,17 @@ def test_a_prepare_removes_what_a_killed_prepare_left_and_only_that(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["c", f"c.tmp-{live}", "d.jsonl"]
     assert any(f"removed {tmp_path / f'c.tmp-{dead}'}, left by process {dead}, which is gone" in x for x in logs)
     assert any("was put back" in x for x in logs) and any("cache hit" in x for x in logs)
+
+
+def test_a_metrics_line_a_crash_cut_short_does_not_swallow_the_resumed_runs_first_step(tmp_path):
+    """The resumed run appended its first row to the cut line: one line that is not JSON, and read_metrics
+    (the loss curve, RL's reward curve) lost that step."""
+    from s1fast.metrics import Metrics, read_metrics
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    m = Metrics(str(tmp_path), 3, enabled=True, progress=False, start_step=1)
+    for step, loss in ((2, 1.5), (3, 1.0)):
+        m.log({"step": step, "loss": loss})
+    m.close(plot=False)
+    assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path / "metrics.jsonl"))] == \
+        [(1, 2.0), (2, 1.5), (3, 1.0)]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3

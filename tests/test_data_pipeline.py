@@ -546,3 +546,13 @@ def test_verify_on_rows_with_no_answer_to_grade_says_so(tmp_path, capsys):
     assert run("verify", "--data", data, "--out", tmp_path / "v.jsonl") == 2
     err = capsys.readouterr().err
     assert "no row has an answer to grade" in err and "the first row has: gt, key, output," in err
+
+
+def test_stats_without_matplotlib_writes_its_numbers_and_skips_the_plot(tmp_path, monkeypatch, capsys):
+    """It was 'error: stats: No module named matplotlib', exit 2, nothing written (matplotlib is optional)."""
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    data = write(tmp_path / "d.jsonl", [{"question": "2+2?", "attempt": "4"}])
+    assert run("stats", "--data", data, "--out", tmp_path / "st") == 0
+    assert "lengths.png skipped: matplotlib is not installed" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "st")) == ["stats.json", "stats.md"]

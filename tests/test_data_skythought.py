@@ -1,14 +1,18 @@
 """SkyThought's output files as samples: the ``skythought`` CLI's results.json (today's list of responses and
 the older by-temperature object), a JSON-lines file of its problems, and the Qwen2.5-Math harness rows it
-ships; one row per response, through verify and select; malformed entries named by file, row and field.
+ships; one row per response, through verify and select; malformed entries named by file, row and field; a
+repeated problem id one error, streamed or read whole.
 
 The example files follow SkyThought's writer (skythought/evals/inference_and_check.py: problem id -> dataset
 fields, prompt, input_conversation, responses [{content, correctness, reason}], token_usages
 [{completion_tokens, prompt_tokens}]); the contents are made up."""
+import importlib.util
 import json
+import sys
 
 import pytest
 
+from s1fast.data import readers
 from s1fast.data.__main__ import main as data_main
 from s1fast.data.pipeline import rows as R
 from s1fast.data.readers import DataError
@@ -149,3 +153,46 @@ def test_a_malformed_harness_line_names_its_line(tmp_path):
                     json.dumps({"question": "r?", "gt": "2", "code": ["\\boxed{2}", 3]}) + "\n")
     with pytest.raises(DataError, match=r"row 2, field 'code\[1\]': problem '2': a response in 'code' must be text"):
         list(R.read(str(data)))
+
+
+def json_object(pairs) -> str:
+    """A JSON object of ``(key, value)`` pairs as written, a key repeated where it is."""
+    return "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
+
+
+@pytest.mark.parametrize("how", ["streamed", "read whole", "streamed, then read whole"])
+def test_a_repeated_problem_id_is_one_error_however_the_file_is_read(tmp_path, monkeypatch, capsys, how):
+    """JSON leaves open which of two entries with one key counts: Python's json kept the last, ijson's stream
+    both, so one file gave other rows without ijson. Either drops a problem's responses or counts them twice:
+    every read stops at the repeated id, after the same rows, with the same error."""
+    if how != "read whole" and importlib.util.find_spec("ijson") is None:
+        pytest.skip("ijson streams .json files; scripts/requirements-cpu.txt installs it")
+    if how == "read whole":
+        monkeypatch.setitem(sys.modules, "ijson", None)         # as if it were not installed
+    second = dict(RESULTS["1"], level=float("nan")) if how.endswith("then read whole") else RESULTS["1"]
+    path = tmp_path / "results.json"      # NaN: ijson streams problem 1, then refuses; the rest is read whole
+    path.write_text(json_object([("0", RESULTS["0"]), ("1", second), ("0", RESULTS["1"])]))
+    whole = []
+    monkeypatch.setattr(readers, "_json_whole", lambda p, real=readers._json_whole: whole.append(p) or real(p))
+    got = []
+    with pytest.raises(DataError) as e:
+        for i, r in R.read(str(path)):
+            got.append((i, r["key"]))
+    assert got == [(1, "0:0"), (1, "0:1"), (2, "1:0"), (2, "1:1")] and bool(whole) == (how != "streamed")
+    assert (e.value.path, e.value.row, e.value.field) == (str(path), 3, None)
+    says = "row 3: problem id '0' is repeated (entries 1 and 3), and a JSON object's keys must be unique"
+    assert says in str(e.value)
+    assert data_main(["verify", "--data", str(path), "--out", str(tmp_path / "v.jsonl")]) == 2
+    assert f"error: verify: file {path}, {says}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ijson", [True, False])
+def test_a_repeated_key_over_the_list_of_rows_is_refused(tmp_path, monkeypatch, ijson):
+    """``{"train": [...], "train": [...]}``: the stream read the first list, then the whole read the second's
+    rows after it (without ijson, the second's alone); now an object of more than its list, refused."""
+    if not ijson:
+        monkeypatch.setitem(sys.modules, "ijson", None)
+    path = tmp_path / "d.json"
+    path.write_text(json_object([("train", [{"question": "a"}]), ("train", [{"question": "b"}, {"question": "c"}])]))
+    with pytest.raises(DataError, match="a .json data file must hold a list of objects"):
+        list(R.read(str(path)))

@@ -295,3 +295,28 @@ def test_compare_and_show_read_a_run_that_is_still_writing(tok, tmp_path, monkey
     assert ev.main(["show", str(out), "-n", "0"]) == 2 and "-n must be at least 1" in capsys.readouterr().err
     (out / "problems.jsonl").write_text(lines[0][:40] + "\n" + lines[1] + "\n")   # a bad line inside: still an error
     assert ev.main(["show", str(out)]) == 2 and "problems.jsonl:1: not valid JSON" in capsys.readouterr().err
+
+
+def test_the_scaling_plot_is_optional_and_written_whole(tmp_path, monkeypatch, capsys):
+    """matplotlib is the optional 'plot' extra, but an evaluation without it ended, after all its generation,
+    in an ImportError traceback at scaling.png (and a full disk in an OSError one, with a partial PNG): now a
+    notice on stderr, the table and results.json written (s1fast.figure)."""
+    import errno
+
+    import matplotlib.figure
+    row = {"num_wait": 0, "budget": 100, "accuracy": 0.5, "correct": 1, "n": 2, "mean_thinking_tokens": 10.0,
+           "mean_waits": 0.0, "capped_frac": 0.0}
+    res = {"rows": [row], "protocol": "s1", "protocol_source": "test", "samples": 1, "grader_versions": {}}
+
+    def full(self, out, *a, **k):
+        with open(out, "wb") as f:
+            f.write(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    paths = write_outputs(res, str(tmp_path / "full"), "t")
+    assert "scaling.png skipped: No space left on device; table.md has the numbers" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "full")) == ["results.json", "table.md"]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # import matplotlib raises ImportError
+    paths = write_outputs(res, str(tmp_path / "none"), "t")
+    assert "scaling.png skipped: matplotlib is not installed" in capsys.readouterr().err
+    assert not os.path.exists(paths["plot"]) and "| 0 | 100 | 50.0% |" in open(paths["table"]).read()

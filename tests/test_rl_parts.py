@@ -2,6 +2,7 @@
 tokens count as the policy's samples under budget forcing, the vLLM generator refused on a CPU, and the
 seeded prompt draw."""
 import json
+import os
 
 import pytest
 import torch
@@ -174,3 +175,28 @@ def test_reward_curve_without_matplotlib_is_skipped_with_a_notice(tmp_path, monk
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     assert plot_rewards(str(path)) is None
     assert "reward_curve.png skipped: matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_a_full_disk_leaves_no_partial_reward_curve(tmp_path, monkeypatch, capsys):
+    """plot_rewards kept its own copy of the loss curve's plotting less the write-whole, so a full disk left a
+    partial reward_curve.png (and a ready one was truncated); both now save through metrics.save_figure."""
+    import errno
+
+    import matplotlib.figure
+
+    from s1fast.rl.loop import plot_rewards
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "reward_mean": 0.5, "accuracy": 0.5}) + "\n")
+    assert plot_rewards(str(path)) == str(tmp_path / "reward_curve.png")
+    before = (tmp_path / "reward_curve.png").read_bytes()
+
+    def full(self, out, *a, **k):
+        with open(out, "wb") as f:
+            f.write(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    assert plot_rewards(str(path)) is None
+    assert "reward_curve.png skipped: No space left on device; metrics.jsonl has every iteration" in \
+        capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "reward_curve.png"]
+    assert (tmp_path / "reward_curve.png").read_bytes() == before       # the last good curve, whole

@@ -79,10 +79,11 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
 def _json_rows(path: str) -> Iterator[tuple[int, dict]]:
     """A .json file's rows, streamed (s1fast.data.json_stream); what cannot be streamed is read whole from where
     the stream stopped, by :func:`_json_whole`."""
-    done = 0
+    done, seen = 0, {}
     try:
         for n, uid, value in stream_json(path):
-            rows = problem_rows(n, uid, value, _error(path)) if uid is not None else _object_rows(n, value, path)
+            rows = problem_rows(n, uid, value, _error(path), seen) if uid is not None else \
+                _object_rows(n, value, path)
             for r in rows:
                 yield n, r
             done = n
@@ -114,21 +115,33 @@ def _json_whole(path: str) -> Iterator[tuple[int, dict]]:
                         path=path) from None
     if not text.strip():
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
-    if is_results(data):
-        yield from results_rows(data, path, _error(path))
+    data, items = _loads(text, path)
+    if is_results(items):
+        yield from results_rows(items, path, _error(path))
         return
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))  # {"train": [...]}
+    if len(items) == 1 and isinstance(items[0][1], list):
+        data = items[0][1]                # {"train": [...]}
     if not isinstance(data, list):
         raise DataError("a .json data file must hold a list of objects, or SkyThought's results (an object of "
                         "problems with 'responses'); use .jsonl for one object per line", path=path)
     for i, row in enumerate(data, 1):
         for r in _object_rows(i, row, path):
             yield i, r
+
+
+def _loads(text: str, path: str) -> tuple[object, list]:
+    """The file's JSON value, and its top-level object's ``(key, value)`` pairs in the file's order ([] for
+    another value): a key written twice stays twice, as the stream sees it, where the dict keeps the last."""
+    last = [[]]
+
+    def keep(pairs: list) -> dict:       # called for each object, the top-level one last
+        last[0] = pairs
+        return dict(pairs)
+    try:
+        data = json.loads(text, object_pairs_hook=keep if text.lstrip()[:1] == "{" else None)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", path=path) from None
+    return data, last[0] if isinstance(data, dict) else []
 
 
 PARQUET_BATCH_BYTES = 1 << 16   # the rows a parquet batch holds as Python objects: about this many bytes

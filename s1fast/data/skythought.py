@@ -4,6 +4,7 @@
   dataset fields plus ``prompt``, ``input_conversation``, ``responses`` (``[{"content", "correctness",
   "reason"}]``) and ``token_usages`` (``[{"completion_tokens", "prompt_tokens"}]``), one entry per sample.
   Older releases (``skythought_evals``, ``tools/``) keyed both by temperature: ``{"0.7": [...] or {...}}``.
+  A problem id written twice is an error (:func:`problem_rows`), however the file is read.
   A JSON-lines file of such problem objects is read the same way.
 - The Qwen2.5-Math evaluation harness SkyThought ships: JSON lines with ``code`` (the responses), ``pred`` and
   ``score`` (its extraction and grade per response) next to ``question`` and ``gt``.
@@ -22,12 +23,10 @@ from .reasoning import split_content
 RESPONSE_FIELDS = ("responses", "token_usages", "input_conversation", "code", "pred", "report", "score")
 
 
-def is_results(data) -> bool:
-    """Whether a whole .json file's value is a SkyThought results object (problem id -> problem)."""
-    if not isinstance(data, dict) or not data:
-        return False
-    first = next(iter(data.values()))
-    return isinstance(first, dict) and "responses" in first
+def is_results(items: list) -> bool:
+    """Whether a whole .json file's top-level object, as its ``(key, value)`` pairs, is a SkyThought results
+    object (problem id -> problem)."""
+    return bool(items) and isinstance(items[0][1], dict) and "responses" in items[0][1]
 
 
 def is_response_row(row: dict) -> bool:
@@ -42,17 +41,26 @@ def is_response_row(row: dict) -> bool:
     return isinstance(row.get("code"), list) and "gt" in row and "attempt" not in row
 
 
-def results_rows(data: dict, path: str, error) -> Iterator[tuple[int, dict]]:
-    """``(problem number, response row)`` of a results object; ``error(message, row, field)`` makes the
-    exception for a malformed entry."""
-    for n, (uid, rec) in enumerate(data.items(), 1):
-        for row in problem_rows(n, uid, rec, error):
+def results_rows(items, path: str, error) -> Iterator[tuple[int, dict]]:
+    """``(problem number, response row)`` of a results object's ``(problem id, problem)`` pairs, in the file's
+    order and with any repeated id (:func:`problem_rows`); ``error(message, row, field)`` makes the exception for
+    a malformed entry."""
+    seen: dict = {}
+    for n, (uid, rec) in enumerate(items, 1):
+        for row in problem_rows(n, uid, rec, error, seen):
             yield n, row
 
 
-def problem_rows(n: int, uid: str, rec, error) -> list[dict]:
+def problem_rows(n: int, uid: str, rec, error, seen: dict) -> list[dict]:
     """The response rows of the results object's ``n``-th entry, ``uid`` -> ``rec`` (one at a time: a results
-    file streamed, s1fast.data.json_stream)."""
+    file streamed, s1fast.data.json_stream). ``seen``: the ids before it, by entry number. A repeated id is an
+    error: JSON does not say which entry wins (Python's json keeps the last, a streaming reader sees both), and
+    either way one entry's responses would be dropped, or a problem's counted twice."""
+    if uid in seen:
+        raise error(f"problem id {uid!r} is repeated (entries {seen[uid]} and {n}), and a JSON object's keys "
+                    f"must be unique; merge the two entries' responses into one, or give one of them another id",
+                    n, None)
+    seen[uid] = n
     if not isinstance(rec, dict):
         raise error(f"problem {uid!r}: expected an object with 'responses', got {type(rec).__name__}", n, None)
     return response_rows(rec, str(uid), n, error)

@@ -22,7 +22,8 @@ import torch
 
 from .. import checkpoint, distributed
 from ..config import ConfigError
-from ..metrics import Metrics
+from ..figure import pyplot, save_figure
+from ..metrics import Metrics, read_metrics
 from ..optim import param_groups
 from ..stopping import StopOnSignal, stopped
 from ..train import TrainingDiverged, claim_output_dir, rank0_first
@@ -226,18 +227,12 @@ def evaluate(rollout, rows, rank, world, verifiers) -> float:
 
 
 def plot_rewards(metrics_path: str) -> str | None:
-    from ..metrics import read_metrics
+    """``reward_curve.png`` beside the metrics: mean reward, sampled and held-out accuracy per iteration."""
     rows = read_metrics(metrics_path)
-    if not rows:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[s1fast] notice: reward_curve.png skipped: matplotlib is not installed (pip install matplotlib)")
-        return None
     out = os.path.join(os.path.dirname(metrics_path), "reward_curve.png")
+    plt = pyplot(out, "metrics.jsonl has every iteration") if rows else None
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     it = [r["step"] for r in rows]
     ax.plot(it, [r["reward_mean"] for r in rows], label="reward (mean)", lw=1.6)
@@ -250,15 +245,7 @@ def plot_rewards(metrics_path: str) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"s1fast RL: {rows[-1].get('run', '')}")
-    fig.tight_layout()
-    try:
-        fig.savefig(out)
-    except OSError as e:
-        print(f"[s1fast] notice: reward_curve.png skipped: {e.strerror or e}; metrics.jsonl has every iteration")
-        return None
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(plt, fig, out, "metrics.jsonl has every iteration")
 
 
 # ------------------------------------------------------------------------------------------ the loop

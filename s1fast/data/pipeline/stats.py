@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 import statistics
+import sys
 from array import array
 from collections import Counter, defaultdict
 from typing import Iterable
 
+from ...figure import pyplot, save_figure
 from . import rows as R
 from ..format import RECIPES, render
 from ..readers import DataError
@@ -80,10 +82,11 @@ def markdown(st: dict, title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(st: dict, path: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(st: dict, path: str, title: str) -> str | None:
+    """Histograms of the token lengths, rows per domain (s1fast.figure: skipped with a notice without matplotlib
+    or on a full disk)."""
+    if (plt := pyplot(path, "stats.md has the numbers", sys.stderr)) is None:
+        return None
     raw = {k: v for k, v in st["_raw"].items() if v}
     fig, axes = plt.subplots(1, len(raw) + 1, figsize=(4 * (len(raw) + 1), 3.4), dpi=110, squeeze=False)
     axes = axes[0]
@@ -98,9 +101,7 @@ def plot(st: dict, path: str, title: str) -> None:
     ax.set_title("rows per domain", fontsize=9)
     ax.tick_params(axis="y", labelsize=6)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return save_figure(plt, fig, path, "stats.md has the numbers", sys.stderr)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
