@@ -55,8 +55,11 @@ def reference_step(mdir, rows, weighting):
     loss.backward()
     params = list(model.parameters())
     torch.nn.utils.clip_grad_norm_(params, 1.0)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    # s1's groups: transformers 4.46.1 Trainer.get_decay_parameter_names (no nn.LayerNorm, no "bias" names)
+    from transformers.trainer_pt_utils import get_parameter_names
+    names = {n for n in get_parameter_names(model, [torch.nn.LayerNorm]) if "bias" not in n}
+    decay = [p for n, p in model.named_parameters() if n in names]
+    no_decay = [p for n, p in model.named_parameters() if n not in names]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=LR, betas=BETAS, eps=EPS)
     opt.step()
