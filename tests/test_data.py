@@ -24,6 +24,18 @@ def reference_s1(question, trace, answer):
             f"<|im_start|>assistant\n<|im_start|>think\n{trace}\n<|im_start|>answer\n{answer}<|im_end|>\n")
 
 
+def s1_tokenization_py(question, thinking_trajectory, answer, tok):
+    """simplescaling/s1 data/tokenization.py process_cot_example (commit 77272c6), transcribed line for line:
+    the chat the real Qwen2.5 chat template renders into s1K_tokenized's ``text`` column."""
+    prompt = question
+    answer = "Answer: " + answer if "Answer:" not in answer else answer
+    return tok.apply_chat_template([
+        {"role": "user", "content": prompt},
+        {"role": "assistant",
+         "content": "<|im_start|>think\n" + "\n".join(thinking_trajectory).strip() + "\n<|im_start|>answer\n"
+         + answer.strip()}], tokenize=False)
+
+
 def s1_row(r, k=0):
     steps = [f"Step {i}: consider the problem carefully." for i in range(3)]
     return {"question": r["problem"], "thinking_trajectories": ["  "] + steps + [" "], "attempt": r["solution"]}
@@ -33,12 +45,21 @@ def s1_row(r, k=0):
 def test_s1_render_equals_reference_on_real_questions(tok, k):
     r = S1K[k]
     row = s1_row(r)
-    trace = "\n".join(row["thinking_trajectories"]).strip()
-    sol = r["solution"].strip()
-    ans = sol if "Answer:" in sol else "Answer: " + sol
-    want = reference_s1(r["problem"], trace, ans)
+    want = s1_tokenization_py(row["question"], row["thinking_trajectories"], row["attempt"], tok)
+    assert want == reference_s1(r["problem"], "\n".join(row["thinking_trajectories"]).strip(),
+                                (row["attempt"] if "Answer:" in row["attempt"] else "Answer: " + row["attempt"]).strip())
     assert data.render(row, "s1") == want                    # built-in renderer
     assert data.render(row, "s1", tok) == want               # through the tokenizer's own chat template
+
+
+@pytest.mark.parametrize("attempt", ["  42", "\n\nThe sum is 42.\n", "", " \t", "Answer: 5", "  Final Answer: 5 ",
+                                     "x\n Answer:", "The answer is\n\n  42"])
+def test_s1_answer_is_prefixed_before_it_is_stripped_as_s1_did(tok, attempt):
+    """s1 prefixed "Answer: " to the attempt as stored and stripped afterwards: leading whitespace stays
+    after the prefix, an empty attempt gives "Answer:" (issue: s1fast stripped first)."""
+    row = {"question": "What is 6 x 7?", "thinking_trajectories": ["six sevens", "are 42"], "attempt": attempt}
+    want = s1_tokenization_py(row["question"], row["thinking_trajectories"], attempt, tok)
+    assert data.render(row, "s1") == want == data.render(row, "s1", tok)
 
 
 def test_s11_render_and_answer_rule(tok):
@@ -47,8 +68,8 @@ def test_s11_render_and_answer_rule(tok):
            "deepseek_attempt": "So the result is 3.\n\nFinal Answer: 3"}
     want = reference_s1(q, "Let me think.\nOkay.", "So the result is 3.\n\nFinal Answer: 3")
     assert data.render(row, "s1.1") == want == data.render(row, "s1.1", tok)
-    row["deepseek_attempt"] = "  The result is 3. "
-    assert data.render(row, "s1.1").endswith("<|im_start|>answer\nAnswer: The result is 3.<|im_end|>\n")
+    row["deepseek_attempt"] = "  The result is 3. "  # s1's rule: prefixed, then stripped (the spaces stay)
+    assert data.render(row, "s1.1").endswith("<|im_start|>answer\nAnswer:   The result is 3.<|im_end|>\n")
 
 
 def test_s1_label_mask_by_token_id(tok):

@@ -64,8 +64,9 @@ def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> st
 
 
 def _answer(attempt: str) -> str:
-    attempt = attempt.strip()
-    return attempt if "Answer:" in attempt else "Answer: " + attempt
+    """s1's data/tokenization.py: prefix "Answer: " to the attempt as it is, then strip the whole (an attempt
+    that starts with spaces or newlines keeps them after the prefix; an empty one gives "Answer:")."""
+    return ("Answer: " + attempt if "Answer:" not in attempt else attempt).strip()
 
 
 def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int | None = None) -> list[dict]:
