@@ -88,23 +88,62 @@ def test_s1_label_mask_by_token_id(tok):
     assert enc.supervised == len(ids) - (h + 3)
 
 
-def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
-    row = {"system": "Your role as an assistant involves thoroughly exploring questions.",
-           "conversations": [{"from": "user", "value": "What is 2+2?"},
-                             {"from": "assistant", "value": "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|>"},
-                             {"from": "user", "value": "And 3+3?"},
-                             {"from": "assistant", "value": "6"}]}
-    text = data.render(row, "sky-t1")
-    assert text == data.render(row, "sky-t1", tok)
-    assert text.startswith("<|im_start|>system\nYour role as an assistant involves thoroughly exploring questions."
-                           "<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+def llamafactory_qwen25(tok, system, turns):
+    """How Sky-T1 was tokenised, transcribed from SkyThought's LLaMA-Factory fork at 0751518 (the
+    Sky-T1-32B-Preview release; skythought/train/LLaMA-Factory/src/llamafactory/data/): Template._encode and
+    _convert_elements_to_ids for template ``qwen25`` (each element encoded on its own; the assistant turn is
+    its content then the EOS, which replace_eos made <|endoftext|>), and _encode_supervised_example with
+    train_on_prompt and mask_history false (prompt ids -100, response ids and EOS trained)."""
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    input_ids, labels = [], []
+    for i, m in enumerate(turns):
+        elements = []
+        if i == 0:
+            elements.append(f"<|im_start|>system\n{system}<|im_end|>\n")            # format_system
+        if i > 0 and i % 2 == 0:
+            elements.append("\n")                                                   # format_separator
+        if m["role"] == "user":
+            elements.append(f"<|im_start|>user\n{m['content']}<|im_end|>\n<|im_start|>assistant\n")
+        else:
+            elements += [m["content"], {"eos_token"}]                                 # content + eos_slots
+        ids = []
+        for e in elements:
+            if isinstance(e, set):
+                ids.append(eos)
+            elif len(e) != 0:
+                ids += tok.encode(e, add_special_tokens=False)
+        input_ids += ids
+        labels += ids if m["role"] == "assistant" else [-100] * len(ids)
+    return input_ids, labels
+
+
+def test_sky_t1_is_llamafactorys_qwen25_template_token_for_token(tok):
+    system = "Your role as an assistant involves thoroughly exploring questions."
+    turns = [{"role": "user", "content": "What is 2+2?"},
+             {"role": "assistant", "content": "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|>"},
+             {"role": "user", "content": "And 3+3?"},
+             {"role": "assistant", "content": "\n\n6 "}]   # leading newlines: tokenised apart from the header
+    row = {"system": system, "conversations": [{"from": m["role"], "value": m["content"]} for m in turns]}
     enc = data.encode(row, tok, "sky-t1")
+    assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, system, turns)
+    text = data.render(row, "sky-t1")
+    assert text == data.render(row, "sky-t1", tok)   # the tokenizer's own (ChatML) template is not Sky-T1's
+    assert text == (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                    "<|im_start|>assistant\n<|begin_of_thought|>\n\n4\n\n<|end_of_thought|><|endoftext|>\n"
+                    "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n\n\n6 <|endoftext|>")
     trained = tok.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != -100])
-    assert trained == "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|><|im_end|>\n6<|im_end|>\n"
-    # chat rows with messages, default system prompt
+    assert trained == "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|><|endoftext|>\n\n6 <|endoftext|>"
+    # no system field: LLaMA-Factory's qwen25 default system prompt, which is Qwen2.5's
+    enc = data.encode({"conversations": row["conversations"][:2]}, tok, "sky-t1")
+    assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, SYSTEM, turns[:2])
+
+
+def test_chat_rows_keep_qwens_chatml_and_train_im_end(tok):
     msgs = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     assert data.render(msgs, "chat") == (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
                                          "<|im_start|>assistant\nhello<|im_end|>\n")
+    enc = data.encode(msgs, tok, "chat")
+    assert tok.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != -100]) == "hello<|im_end|>\n"
 
 
 @pytest.mark.parametrize("row,recipe,match", [
