@@ -88,6 +88,40 @@ def test_s1_label_mask_by_token_id(tok):
     assert enc.supervised == len(ids) - (h + 3)
 
 
+def trl_completion_only_labels(ids, response=(151644, 77091, 198), instruction=(151644, 872)):
+    """s1's loss mask: trl 0.12.0 DataCollatorForCompletionOnlyLM.torch_call (the instruction_template branch),
+    transcribed, with s1's templates "<|im_start|>assistant\\n" and "<|im_start|>user" (train/sft.py) as Qwen2.5's
+    tokenizer encodes them. The pad token <|fim_pad|> never occurs, so the parent collator masks nothing."""
+    labels = list(ids)
+    starts = [i + len(response) for i in range(len(ids)) if tuple(ids[i:i + len(response)]) == response]
+    humans = [i for i in range(len(ids)) if tuple(ids[i:i + len(instruction)]) == instruction]
+    if not starts or not humans:
+        return [-100] * len(ids)
+    if humans[0] > starts[0]:
+        humans = [0] + humans
+    for k, (start, end) in enumerate(zip(humans, starts)):
+        for j in range(0 if k == 0 else start, end):
+            labels[j] = -100
+    if len(starts) < len(humans):
+        labels[humans[-1]:] = [-100] * (len(ids) - humans[-1])
+    return labels
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_s1_labels_are_trls_completion_only_labels(tok, k):
+    enc = data.encode(s1_row(S1K[k]), tok, "s1")
+    assert enc.labels == trl_completion_only_labels(enc.input_ids)
+    cut = data.encode(s1_row(S1K[k]), tok, "s1", max_tokens=40, policy="truncate")  # template cut off: nothing
+    assert cut.labels == trl_completion_only_labels(cut.input_ids) == [-100] * 40
+
+
+def test_chat_multi_turn_labels_are_trls_completion_only_labels(tok):
+    row = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
+                        {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6, so 12."}]}
+    enc = data.encode(row, tok, "chat")
+    assert enc.labels == trl_completion_only_labels(enc.input_ids)
+
+
 def llamafactory_qwen25(tok, system, turns):
     """How Sky-T1 was tokenised, transcribed from SkyThought's LLaMA-Factory fork at 0751518 (the
     Sky-T1-32B-Preview release; skythought/train/LLaMA-Factory/src/llamafactory/data/): Template._encode and
