@@ -122,14 +122,14 @@ def test_chat_multi_turn_labels_are_trls_completion_only_labels(tok):
     assert enc.labels == trl_completion_only_labels(enc.input_ids)
 
 
-def llamafactory_qwen25(tok, system, turns):
+def llamafactory_qwen25(tok, system, turns, cutoff_len=10 ** 9):
     """How Sky-T1 was tokenised, transcribed from SkyThought's LLaMA-Factory fork at 0751518 (the
     Sky-T1-32B-Preview release; skythought/train/LLaMA-Factory/src/llamafactory/data/): Template._encode and
     _convert_elements_to_ids for template ``qwen25`` (each element encoded on its own; the assistant turn is
-    its content then the EOS, which replace_eos made <|endoftext|>), and _encode_supervised_example with
-    train_on_prompt and mask_history false (prompt ids -100, response ids and EOS trained)."""
+    its content then the EOS, which replace_eos made <|endoftext|>), then _encode_supervised_example with
+    train_on_prompt and mask_history false and processors/processor_utils.infer_seqlen for cutoff_len."""
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    input_ids, labels = [], []
+    encoded_messages = []
     for i, m in enumerate(turns):
         elements = []
         if i == 0:
@@ -146,8 +146,29 @@ def llamafactory_qwen25(tok, system, turns):
                 ids.append(eos)
             elif len(e) != 0:
                 ids += tok.encode(e, add_special_tokens=False)
-        input_ids += ids
-        labels += ids if m["role"] == "assistant" else [-100] * len(ids)
+        encoded_messages.append(ids)
+
+    def infer_seqlen(source_len, target_len, cutoff_len):
+        if target_len * 2 < cutoff_len:  # truncate source
+            max_target_len = cutoff_len
+        elif source_len * 2 < cutoff_len:  # truncate target
+            max_target_len = cutoff_len - source_len
+        else:  # truncate both
+            max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+        new_target_len = min(max_target_len, target_len)
+        max_source_len = max(cutoff_len - new_target_len, 0)
+        new_source_len = min(max_source_len, source_len)
+        return new_source_len, new_target_len
+
+    input_ids, labels, total_length = [], [], 0
+    for source_ids, target_ids in zip(encoded_messages[0::2], encoded_messages[1::2]):
+        if total_length >= cutoff_len:
+            break
+        source_len, target_len = infer_seqlen(len(source_ids), len(target_ids), cutoff_len - total_length)
+        source_ids, target_ids = source_ids[:source_len], target_ids[:target_len]
+        total_length += source_len + target_len
+        input_ids += source_ids + target_ids
+        labels += [-100] * source_len + target_ids
     return input_ids, labels
 
 
@@ -160,6 +181,9 @@ def test_sky_t1_is_llamafactorys_qwen25_template_token_for_token(tok):
     row = {"system": system, "conversations": [{"from": m["role"], "value": m["content"]} for m in turns]}
     enc = data.encode(row, tok, "sky-t1")
     assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, system, turns)
+    for cutoff in (30, 45, 60):   # cut inside the first pair, at its end, inside the second
+        enc_cut = data.encode(row, tok, "sky-t1", max_tokens=cutoff, policy="truncate")
+        assert (enc_cut.input_ids, enc_cut.labels) == llamafactory_qwen25(tok, system, turns, cutoff)
     text = data.render(row, "sky-t1")
     assert text == data.render(row, "sky-t1", tok)   # the tokenizer's own (ChatML) template is not Sky-T1's
     assert text == (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
@@ -170,6 +194,20 @@ def test_sky_t1_is_llamafactorys_qwen25_template_token_for_token(tok):
     # no system field: LLaMA-Factory's qwen25 default system prompt, which is Qwen2.5's
     enc = data.encode({"conversations": row["conversations"][:2]}, tok, "sky-t1")
     assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, SYSTEM, turns[:2])
+
+
+@pytest.mark.parametrize("q_words,a_words,cutoff", [(300, 300, 400), (20, 300, 200), (300, 20, 200),
+                                                   (250, 30, 120), (40, 40, 90)])
+def test_sky_t1_truncation_is_llamafactorys_cutoff(tok, q_words, a_words, cutoff):
+    """A long prompt and a long response both shrink in proportion, a short response keeps whole and the
+    prompt loses its end, a short prompt keeps whole: LLaMA-Factory's infer_seqlen, not s1's first N tokens."""
+    system = "Solve it."
+    turns = [{"role": "user", "content": " ".join(f"q{i}" for i in range(q_words))},
+             {"role": "assistant", "content": " ".join(f"a{i}" for i in range(a_words))}]
+    row = {"system": system, "conversations": [{"from": m["role"], "value": m["content"]} for m in turns]}
+    enc = data.encode(row, tok, "sky-t1", max_tokens=cutoff, policy="truncate")
+    assert enc.truncated and len(enc.input_ids) <= cutoff
+    assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, system, turns, cutoff)
 
 
 def test_chat_rows_keep_qwens_chatml_and_train_im_end(tok):

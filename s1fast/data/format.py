@@ -241,8 +241,9 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
     """Token ids and labels of one example (tokenised once, boundaries found by id).
 
     ``policy`` decides what happens when the example is longer than ``max_tokens``: ``"error"``
-    raises a DataError naming the row, ``"truncate"`` keeps the first ``max_tokens`` tokens (marked
-    ``truncated``), ``"drop"`` is handled by the caller (``encode`` returns the full example).
+    raises a DataError naming the row, ``"truncate"`` keeps the first ``max_tokens`` tokens (sky-t1:
+    LLaMA-Factory's cut, ``llamafactory_cutoff``; marked ``truncated``), ``"drop"`` is handled by the caller
+    (``encode`` returns the full example).
     """
     msgs = to_messages(example, recipe, path=path, row_id=row_id)
     text = _render(msgs, tokenizer, recipe)
@@ -256,11 +257,8 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
     if recipe in ("s1", "s1.1"):  # the s1 body's own think / answer markers are the template's, not the data's
         found -= sum(S1_BODY.count(s) for s in specials)
     if recipe == "sky-t1":
-        ids, labels = [], []
-        for piece, trained in sky_t1_pieces(msgs):
-            piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
-            ids += piece_ids
-            labels += piece_ids if trained else [IGNORE] * len(piece_ids)
+        pairs = _sky_t1_pairs(msgs, tokenizer)
+        ids, labels = llamafactory_cutoff(pairs, None)
     else:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         labels = label_mask(ids)
@@ -270,8 +268,48 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
             raise DataError(f"{len(ids)} tokens, over the {max_tokens}-token budget: raise --max-tokens or use "
                             f"--policy drop / truncate", path=path, row=row_id)
         if policy == "truncate":
-            ids, labels, truncated = ids[:max_tokens], labels[:max_tokens], True
+            ids, labels = llamafactory_cutoff(pairs, max_tokens) if recipe == "sky-t1" else \
+                (ids[:max_tokens], labels[:max_tokens])
+            truncated = True
     return Encoded(ids, labels, truncated, found)
+
+
+def _sky_t1_pairs(msgs: list[dict], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of each turn pair, every piece of ``sky_t1_pieces`` tokenised on its own."""
+    pairs: list[tuple[list[int], list[int]]] = []
+    for piece, trained in sky_t1_pieces(msgs):
+        piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+        if not trained and (not pairs or pairs[-1][1]):
+            pairs.append(([], []))
+        pairs[-1][1 if trained else 0].extend(piece_ids)
+    return pairs
+
+
+def llamafactory_cutoff(pairs: list[tuple[list[int], list[int]]], cutoff: int | None) -> tuple[list[int], list[int]]:
+    """Ids and labels of the turn pairs within ``cutoff`` tokens (None: all), cut as LLaMA-Factory cuts Sky-T1's
+    (supervised.py ``_encode_supervised_example``, processor_utils.py ``infer_seqlen``): pair by pair, a
+    response under half the budget left keeps whole and the prompt's end goes; else a prompt under half keeps
+    whole and the response's end goes; else both shrink in proportion. Prompts are masked, responses trained."""
+    ids, labels, total = [], [], 0
+    for src, tgt in pairs:
+        if cutoff is None:
+            ids, labels = ids + src + tgt, labels + [IGNORE] * len(src) + tgt
+            continue
+        if total >= cutoff:
+            break
+        budget = cutoff - total
+        if len(tgt) * 2 < budget:
+            max_tgt = budget
+        elif len(src) * 2 < budget:
+            max_tgt = budget - len(src)
+        else:
+            max_tgt = int(budget * (len(tgt) / (len(src) + len(tgt))))
+        n_tgt = min(max_tgt, len(tgt))
+        n_src = min(max(budget - n_tgt, 0), len(src))
+        ids += src[:n_src] + tgt[:n_tgt]
+        labels += [IGNORE] * n_src + tgt[:n_tgt]
+        total += n_src + n_tgt
+    return ids, labels
 
 
 _SPECIALS: dict[int, tuple[str, ...]] = {}
