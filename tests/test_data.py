@@ -25,15 +25,14 @@ def reference_s1(question, trace, answer):
 
 
 def s1_tokenization_py(question, thinking_trajectory, answer, tok):
-    """simplescaling/s1 data/tokenization.py process_cot_example (commit 77272c6), transcribed line for line:
-    the chat the real Qwen2.5 chat template renders into s1K_tokenized's ``text`` column."""
-    prompt = question
-    answer = "Answer: " + answer if "Answer:" not in answer else answer
-    return tok.apply_chat_template([
-        {"role": "user", "content": prompt},
-        {"role": "assistant",
-         "content": "<|im_start|>think\n" + "\n".join(thinking_trajectory).strip() + "\n<|im_start|>answer\n"
-         + answer.strip()}], tokenize=False)
+    """The text column s1K_tokenized holds, as simplescaling/s1 data/tokenization.py (process_cot_example, commit
+    77272c6) makes it: the attempt gets "Answer: " unless it has "Answer:", the whole is stripped after, and the
+    real Qwen2.5 chat template renders the user and assistant turns (no system turn given)."""
+    prefixed = answer if "Answer:" in answer else "Answer: " + answer
+    body = ("<|im_start|>think\n" + "\n".join(thinking_trajectory).strip() + "\n<|im_start|>answer\n"
+            + prefixed.strip())
+    return tok.apply_chat_template([{"role": "user", "content": question},
+                                    {"role": "assistant", "content": body}], tokenize=False)
 
 
 def s1_row(r, k=0):
@@ -123,53 +122,36 @@ def test_chat_multi_turn_labels_are_trls_completion_only_labels(tok):
 
 
 def llamafactory_qwen25(tok, system, turns, cutoff_len=10 ** 9):
-    """How Sky-T1 was tokenised, transcribed from SkyThought's LLaMA-Factory fork at 0751518 (the
-    Sky-T1-32B-Preview release; skythought/train/LLaMA-Factory/src/llamafactory/data/): Template._encode and
-    _convert_elements_to_ids for template ``qwen25`` (each element encoded on its own; the assistant turn is
-    its content then the EOS, which replace_eos made <|endoftext|>), then _encode_supervised_example with
-    train_on_prompt and mask_history false and processors/processor_utils.infer_seqlen for cutoff_len."""
+    """Ids and labels as SkyThought's LLaMA-Factory fork made Sky-T1's (commit 0751518, the Sky-T1-32B-Preview
+    release; skythought/train/LLaMA-Factory/src/llamafactory/data/): template ``qwen25`` encodes every slot
+    on its own (system, separator, user turn with the assistant header, response), the response followed by
+    the EOS id, which replace_eos made <|endoftext|>; the prompt of each turn pair is masked, the response and
+    EOS trained; cutoff_len is shared out pair by pair as processor_utils.infer_seqlen does."""
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    encoded_messages = []
+    enc = lambda text: tok.encode(text, add_special_tokens=False) if text else []  # noqa: E731
+    per_turn = []
     for i, m in enumerate(turns):
-        elements = []
-        if i == 0:
-            elements.append(f"<|im_start|>system\n{system}<|im_end|>\n")            # format_system
-        if i > 0 and i % 2 == 0:
-            elements.append("\n")                                                   # format_separator
-        if m["role"] == "user":
-            elements.append(f"<|im_start|>user\n{m['content']}<|im_end|>\n<|im_start|>assistant\n")
-        else:
-            elements += [m["content"], {"eos_token"}]                                 # content + eos_slots
-        ids = []
-        for e in elements:
-            if isinstance(e, set):
-                ids.append(eos)
-            elif len(e) != 0:
-                ids += tok.encode(e, add_special_tokens=False)
-        encoded_messages.append(ids)
-
-    def infer_seqlen(source_len, target_len, cutoff_len):
-        if target_len * 2 < cutoff_len:  # truncate source
-            max_target_len = cutoff_len
-        elif source_len * 2 < cutoff_len:  # truncate target
-            max_target_len = cutoff_len - source_len
-        else:  # truncate both
-            max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
-        new_target_len = min(max_target_len, target_len)
-        max_source_len = max(cutoff_len - new_target_len, 0)
-        new_source_len = min(max_source_len, source_len)
-        return new_source_len, new_target_len
-
-    input_ids, labels, total_length = [], [], 0
-    for source_ids, target_ids in zip(encoded_messages[0::2], encoded_messages[1::2]):
-        if total_length >= cutoff_len:
+        head = enc(f"<|im_start|>system\n{system}<|im_end|>\n") if i == 0 else []
+        sep = enc("\n") if i and i % 2 == 0 else []
+        body = (enc(f"<|im_start|>user\n{m['content']}<|im_end|>\n<|im_start|>assistant\n") if m["role"] == "user"
+                else enc(m["content"]) + [eos])
+        per_turn.append(head + sep + body)
+    ids, labels, used = [], [], 0
+    for prompt, reply in zip(per_turn[0::2], per_turn[1::2]):
+        if used >= cutoff_len:
             break
-        source_len, target_len = infer_seqlen(len(source_ids), len(target_ids), cutoff_len - total_length)
-        source_ids, target_ids = source_ids[:source_len], target_ids[:target_len]
-        total_length += source_len + target_len
-        input_ids += source_ids + target_ids
-        labels += [-100] * source_len + target_ids
-    return input_ids, labels
+        room = cutoff_len - used
+        if 2 * len(reply) < room:              # a short reply stays whole; the prompt gives way
+            keep_reply = len(reply)
+        elif 2 * len(prompt) < room:           # a short prompt stays whole; the reply gives way
+            keep_reply = min(room - len(prompt), len(reply))
+        else:                                  # both long: shares in proportion to their lengths
+            keep_reply = min(int(room * (len(reply) / (len(prompt) + len(reply)))), len(reply))
+        keep_prompt = min(max(room - keep_reply, 0), len(prompt))
+        ids += prompt[:keep_prompt] + reply[:keep_reply]
+        labels += [-100] * keep_prompt + reply[:keep_reply]
+        used += keep_prompt + keep_reply
+    return ids, labels
 
 
 def test_sky_t1_is_llamafactorys_qwen25_template_token_for_token(tok):
