@@ -24,7 +24,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW's groups as s1's trainer made them (transformers 4.46.1, ``Trainer.get_decay_parameter_names``):
     weight decay on every parameter except those whose name contains "bias" and those of ``nn.LayerNorm``
     modules. RMSNorm weights are decayed: 4.46.1 skips only ``nn.LayerNorm`` instances, and Qwen2's RMSNorm is
-    not one (newer transformers skip norms by name; s1 ran 4.46.1). docs/recipe.md, "Optimizer groups"."""
+    not one (newer transformers skip norms by name; s1 ran 4.46.1). docs/recipe.md, "s1 / s1.1 supervised"."""
     layer_norm = {f"{m_name}.{p_name}" if m_name else p_name
                   for m_name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)
                   for p_name, _ in m.named_parameters(recurse=False)}
