@@ -42,7 +42,8 @@ class TrainConfig:
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay, on every parameter but biases "
+                                                       "(and nn.LayerNorm), as s1's transformers 4.46.1"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the full gradient norm to this (0: off)"})
     seed: int = field(default=42, metadata={"help": "seed of the plan, the init and the data order"})
     # precision and parallelism
@@ -93,7 +94,8 @@ class TrainConfig:
 
 PRESETS: dict[str, dict] = {
     # s1 (docs/recipe.md): Qwen2.5-32B-Instruct, s1K, block 32768, 5 epochs, global batch 16, lr 1e-5, warmup 5%,
-    # cosine to 0, AdamW (0.9, 0.95), wd 1e-4, clip 1.0, bf16 with fp32 master weights, per-sequence mean.
+    # cosine to 0, AdamW (0.9, 0.95), wd 1e-4 (norm weights too, optim.param_groups), clip 1.0, bf16 with fp32
+    # master weights, per-sequence mean. What the presets do not reproduce: docs/recipe.md, "Where s1fast departs".
     # The reference (TRL) truncates longer examples, hence policy=truncate.
     "s1": dict(recipe="s1", max_tokens=32768, policy="truncate", epochs=5, global_batch=16, lr=1e-5,
                warmup_ratio=0.05, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip=1.0,
@@ -104,7 +106,8 @@ PRESETS: dict[str, dict] = {
                  warmup_ratio=0.05, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip=1.0,
                  dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced",
                  activation_checkpointing="full", output_dir="runs/s1.1"),
-    # Sky-T1-32B-Preview: 16384 tokens, global batch 96, 3 epochs, warmup 10%, wd 0, betas (0.9, 0.999).
+    # Sky-T1-32B-Preview: 16384 tokens, global batch 96, 3 epochs, warmup 10%, wd 0, betas (0.9, 0.999) (transformers'
+    # defaults: the LLaMA-Factory yaml sets none); recipe sky-t1 is LLaMA-Factory's qwen25 text (<|endoftext|>).
     "sky-t1": dict(recipe="sky-t1", max_tokens=16384, policy="truncate", epochs=3, global_batch=96, lr=1e-5,
                    warmup_ratio=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
                    dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced",

@@ -21,11 +21,17 @@ def lr_lambda(total: int, warmup: int):
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; biases and norm weights (the 1-D parameters) get none, as in HF Trainer."""
+    """AdamW's groups as s1's trainer made them (transformers 4.46.1, ``Trainer.get_decay_parameter_names``):
+    weight decay on every parameter except those whose name contains "bias" and those of ``nn.LayerNorm``
+    modules. RMSNorm weights are decayed: 4.46.1 skips only ``nn.LayerNorm`` instances, and Qwen2's RMSNorm is
+    not one (newer transformers skip norms by name; s1 ran 4.46.1). docs/recipe.md, "s1 / s1.1 supervised"."""
+    layer_norm = {f"{m_name}.{p_name}" if m_name else p_name
+                  for m_name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)
+                  for p_name, _ in m.named_parameters(recurse=False)}
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (no_decay if "bias" in name or name in layer_norm else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -35,7 +41,7 @@ def apply_hyperparameters(cfg, saved: dict, optimizer, scheduler, schedule, rank
     for g in optimizer.param_groups:
         g["betas"], g["eps"], g["initial_lr"] = (cfg.beta1, cfg.beta2), cfg.eps, cfg.lr
         g["lr"] = cfg.lr * schedule(scheduler.last_epoch)
-    optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # the matrices' group (param_groups)
+    optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # the decayed group (param_groups)
     scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in HYPERPARAMETERS

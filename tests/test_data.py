@@ -24,6 +24,17 @@ def reference_s1(question, trace, answer):
             f"<|im_start|>assistant\n<|im_start|>think\n{trace}\n<|im_start|>answer\n{answer}<|im_end|>\n")
 
 
+def s1_tokenization_py(question, thinking_trajectory, answer, tok):
+    """The text column s1K_tokenized holds, as simplescaling/s1 data/tokenization.py (process_cot_example, commit
+    77272c6) makes it: the attempt gets "Answer: " unless it has "Answer:", the whole is stripped after, and the
+    real Qwen2.5 chat template renders the user and assistant turns (no system turn given)."""
+    prefixed = answer if "Answer:" in answer else "Answer: " + answer
+    body = ("<|im_start|>think\n" + "\n".join(thinking_trajectory).strip() + "\n<|im_start|>answer\n"
+            + prefixed.strip())
+    return tok.apply_chat_template([{"role": "user", "content": question},
+                                    {"role": "assistant", "content": body}], tokenize=False)
+
+
 def s1_row(r, k=0):
     steps = [f"Step {i}: consider the problem carefully." for i in range(3)]
     return {"question": r["problem"], "thinking_trajectories": ["  "] + steps + [" "], "attempt": r["solution"]}
@@ -33,12 +44,21 @@ def s1_row(r, k=0):
 def test_s1_render_equals_reference_on_real_questions(tok, k):
     r = S1K[k]
     row = s1_row(r)
-    trace = "\n".join(row["thinking_trajectories"]).strip()
-    sol = r["solution"].strip()
-    ans = sol if "Answer:" in sol else "Answer: " + sol
-    want = reference_s1(r["problem"], trace, ans)
+    want = s1_tokenization_py(row["question"], row["thinking_trajectories"], row["attempt"], tok)
+    assert want == reference_s1(r["problem"], "\n".join(row["thinking_trajectories"]).strip(),
+                                (row["attempt"] if "Answer:" in row["attempt"] else "Answer: " + row["attempt"]).strip())
     assert data.render(row, "s1") == want                    # built-in renderer
     assert data.render(row, "s1", tok) == want               # through the tokenizer's own chat template
+
+
+@pytest.mark.parametrize("attempt", ["  42", "\n\nThe sum is 42.\n", "", " \t", "Answer: 5", "  Final Answer: 5 ",
+                                     "x\n Answer:", "The answer is\n\n  42"])
+def test_s1_answer_is_prefixed_before_it_is_stripped_as_s1_did(tok, attempt):
+    """s1 prefixed "Answer: " to the attempt as stored and stripped afterwards: leading whitespace stays
+    after the prefix, an empty attempt gives "Answer:" (issue: s1fast stripped first)."""
+    row = {"question": "What is 6 x 7?", "thinking_trajectories": ["six sevens", "are 42"], "attempt": attempt}
+    want = s1_tokenization_py(row["question"], row["thinking_trajectories"], attempt, tok)
+    assert data.render(row, "s1") == want == data.render(row, "s1", tok)
 
 
 def test_s11_render_and_answer_rule(tok):
@@ -47,8 +67,8 @@ def test_s11_render_and_answer_rule(tok):
            "deepseek_attempt": "So the result is 3.\n\nFinal Answer: 3"}
     want = reference_s1(q, "Let me think.\nOkay.", "So the result is 3.\n\nFinal Answer: 3")
     assert data.render(row, "s1.1") == want == data.render(row, "s1.1", tok)
-    row["deepseek_attempt"] = "  The result is 3. "
-    assert data.render(row, "s1.1").endswith("<|im_start|>answer\nAnswer: The result is 3.<|im_end|>\n")
+    row["deepseek_attempt"] = "  The result is 3. "  # s1's rule: prefixed, then stripped (the spaces stay)
+    assert data.render(row, "s1.1").endswith("<|im_start|>answer\nAnswer:   The result is 3.<|im_end|>\n")
 
 
 def test_s1_label_mask_by_token_id(tok):
@@ -67,23 +87,117 @@ def test_s1_label_mask_by_token_id(tok):
     assert enc.supervised == len(ids) - (h + 3)
 
 
-def test_sky_t1_sharegpt_and_multi_turn_masks(tok):
-    row = {"system": "Your role as an assistant involves thoroughly exploring questions.",
-           "conversations": [{"from": "user", "value": "What is 2+2?"},
-                             {"from": "assistant", "value": "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|>"},
-                             {"from": "user", "value": "And 3+3?"},
-                             {"from": "assistant", "value": "6"}]}
-    text = data.render(row, "sky-t1")
-    assert text == data.render(row, "sky-t1", tok)
-    assert text.startswith("<|im_start|>system\nYour role as an assistant involves thoroughly exploring questions."
-                           "<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+def trl_completion_only_labels(ids, response=(151644, 77091, 198), instruction=(151644, 872)):
+    """s1's loss mask: trl 0.12.0 DataCollatorForCompletionOnlyLM.torch_call (the instruction_template branch),
+    transcribed, with s1's templates "<|im_start|>assistant\\n" and "<|im_start|>user" (train/sft.py) as Qwen2.5's
+    tokenizer encodes them. The pad token <|fim_pad|> never occurs, so the parent collator masks nothing."""
+    labels = list(ids)
+    starts = [i + len(response) for i in range(len(ids)) if tuple(ids[i:i + len(response)]) == response]
+    humans = [i for i in range(len(ids)) if tuple(ids[i:i + len(instruction)]) == instruction]
+    if not starts or not humans:
+        return [-100] * len(ids)
+    if humans[0] > starts[0]:
+        humans = [0] + humans
+    for k, (start, end) in enumerate(zip(humans, starts)):
+        for j in range(0 if k == 0 else start, end):
+            labels[j] = -100
+    if len(starts) < len(humans):
+        labels[humans[-1]:] = [-100] * (len(ids) - humans[-1])
+    return labels
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_s1_labels_are_trls_completion_only_labels(tok, k):
+    enc = data.encode(s1_row(S1K[k]), tok, "s1")
+    assert enc.labels == trl_completion_only_labels(enc.input_ids)
+    cut = data.encode(s1_row(S1K[k]), tok, "s1", max_tokens=40, policy="truncate")  # template cut off: nothing
+    assert cut.labels == trl_completion_only_labels(cut.input_ids) == [-100] * 40
+
+
+def test_chat_multi_turn_labels_are_trls_completion_only_labels(tok):
+    row = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
+                        {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6, so 12."}]}
+    enc = data.encode(row, tok, "chat")
+    assert enc.labels == trl_completion_only_labels(enc.input_ids)
+
+
+def llamafactory_qwen25(tok, system, turns, cutoff_len=10 ** 9):
+    """Ids and labels as SkyThought's LLaMA-Factory fork made Sky-T1's (commit 0751518, the Sky-T1-32B-Preview
+    release; skythought/train/LLaMA-Factory/src/llamafactory/data/): template ``qwen25`` encodes every slot
+    on its own (system, separator, user turn with the assistant header, response), the response followed by
+    the EOS id, which replace_eos made <|endoftext|>; the prompt of each turn pair is masked, the response and
+    EOS trained; cutoff_len is shared out pair by pair as processor_utils.infer_seqlen does."""
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    enc = lambda text: tok.encode(text, add_special_tokens=False) if text else []  # noqa: E731
+    per_turn = []
+    for i, m in enumerate(turns):
+        head = enc(f"<|im_start|>system\n{system}<|im_end|>\n") if i == 0 else []
+        sep = enc("\n") if i and i % 2 == 0 else []
+        body = (enc(f"<|im_start|>user\n{m['content']}<|im_end|>\n<|im_start|>assistant\n") if m["role"] == "user"
+                else enc(m["content"]) + [eos])
+        per_turn.append(head + sep + body)
+    ids, labels, used = [], [], 0
+    for prompt, reply in zip(per_turn[0::2], per_turn[1::2]):
+        if used >= cutoff_len:
+            break
+        room = cutoff_len - used
+        if 2 * len(reply) < room:              # a short reply stays whole; the prompt gives way
+            keep_reply = len(reply)
+        elif 2 * len(prompt) < room:           # a short prompt stays whole; the reply gives way
+            keep_reply = min(room - len(prompt), len(reply))
+        else:                                  # both long: shares in proportion to their lengths
+            keep_reply = min(int(room * (len(reply) / (len(prompt) + len(reply)))), len(reply))
+        keep_prompt = min(max(room - keep_reply, 0), len(prompt))
+        ids += prompt[:keep_prompt] + reply[:keep_reply]
+        labels += [-100] * keep_prompt + reply[:keep_reply]
+        used += keep_prompt + keep_reply
+    return ids, labels
+
+
+def test_sky_t1_is_llamafactorys_qwen25_template_token_for_token(tok):
+    system = "Your role as an assistant involves thoroughly exploring questions."
+    turns = [{"role": "user", "content": "What is 2+2?"},
+             {"role": "assistant", "content": "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|>"},
+             {"role": "user", "content": "And 3+3?"},
+             {"role": "assistant", "content": "\n\n6 "}]   # leading newlines: tokenised apart from the header
+    row = {"system": system, "conversations": [{"from": m["role"], "value": m["content"]} for m in turns]}
     enc = data.encode(row, tok, "sky-t1")
+    assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, system, turns)
+    for cutoff in (30, 45, 60):   # cut inside the first pair, at its end, inside the second
+        enc_cut = data.encode(row, tok, "sky-t1", max_tokens=cutoff, policy="truncate")
+        assert (enc_cut.input_ids, enc_cut.labels) == llamafactory_qwen25(tok, system, turns, cutoff)
+    text = data.render(row, "sky-t1")
+    assert text == data.render(row, "sky-t1", tok)   # the tokenizer's own (ChatML) template is not Sky-T1's
+    assert text == (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+                    "<|im_start|>assistant\n<|begin_of_thought|>\n\n4\n\n<|end_of_thought|><|endoftext|>\n"
+                    "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n\n\n6 <|endoftext|>")
     trained = tok.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != -100])
-    assert trained == "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|><|im_end|>\n6<|im_end|>\n"
-    # chat rows with messages, default system prompt
+    assert trained == "<|begin_of_thought|>\n\n4\n\n<|end_of_thought|><|endoftext|>\n\n6 <|endoftext|>"
+    # no system field: LLaMA-Factory's qwen25 default system prompt, which is Qwen2.5's
+    enc = data.encode({"conversations": row["conversations"][:2]}, tok, "sky-t1")
+    assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, SYSTEM, turns[:2])
+
+
+@pytest.mark.parametrize("q_words,a_words,cutoff", [(300, 300, 400), (20, 300, 200), (300, 20, 200),
+                                                   (250, 30, 120), (40, 40, 90)])
+def test_sky_t1_truncation_is_llamafactorys_cutoff(tok, q_words, a_words, cutoff):
+    """A long prompt and a long response both shrink in proportion, a short response keeps whole and the
+    prompt loses its end, a short prompt keeps whole: LLaMA-Factory's infer_seqlen, not s1's first N tokens."""
+    system = "Solve it."
+    turns = [{"role": "user", "content": " ".join(f"q{i}" for i in range(q_words))},
+             {"role": "assistant", "content": " ".join(f"a{i}" for i in range(a_words))}]
+    row = {"system": system, "conversations": [{"from": m["role"], "value": m["content"]} for m in turns]}
+    enc = data.encode(row, tok, "sky-t1", max_tokens=cutoff, policy="truncate")
+    assert enc.truncated and len(enc.input_ids) <= cutoff
+    assert (enc.input_ids, enc.labels) == llamafactory_qwen25(tok, system, turns, cutoff)
+
+
+def test_chat_rows_keep_qwens_chatml_and_train_im_end(tok):
     msgs = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     assert data.render(msgs, "chat") == (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
                                          "<|im_start|>assistant\nhello<|im_end|>\n")
+    enc = data.encode(msgs, tok, "chat")
+    assert tok.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != -100]) == "hello<|im_end|>\n"
 
 
 @pytest.mark.parametrize("row,recipe,match", [

@@ -44,19 +44,29 @@ def reference_step(mdir, rows, weighting):
     tok = data.load_tokenizer()
     encs = [data.encode(r, tok, "s1") for r in rows]
     n_total = sum(sum(1 for x in e.labels[1:] if x != -100) for e in encs)
+    from transformers.loss.loss_utils import ForCausalLMLoss
     loss = 0.0
     for e in encs:
-        ids = torch.tensor(e.input_ids)
-        logits = model(ids[None]).logits[0, :-1]
-        tgt = torch.tensor(e.labels[1:])
-        per_tok = torch.nn.functional.cross_entropy(logits.float(), tgt, ignore_index=-100, reduction="sum")
-        n_i = int((tgt != -100).sum())
-        loss = loss + (per_tok / n_i / len(encs) if weighting == "sequence" else per_tok / n_total)
+        ids, labels = torch.tensor(e.input_ids), torch.tensor(e.labels)
+        logits = model(ids[None]).logits
+        if weighting == "sequence":  # s1: one sequence per GPU, transformers 4.46.1's loss with num_items_in_batch
+            # = that rank's own labels[..., 1:] != -100 (Trainer.get_batch_samples), then DDP's mean over ranks
+            n_rank = (labels[1:] != -100).sum()
+            loss = loss + ForCausalLMLoss(logits, labels[None], model.config.vocab_size,
+                                          num_items_in_batch=n_rank) / len(encs)
+        else:
+            tgt = labels[1:]
+            per_tok = torch.nn.functional.cross_entropy(logits[0, :-1].float(), tgt, ignore_index=-100,
+                                                        reduction="sum")
+            loss = loss + per_tok / n_total
     loss.backward()
     params = list(model.parameters())
     torch.nn.utils.clip_grad_norm_(params, 1.0)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    # s1's groups: transformers 4.46.1 Trainer.get_decay_parameter_names (no nn.LayerNorm, no "bias" names)
+    from transformers.trainer_pt_utils import get_parameter_names
+    names = {n for n in get_parameter_names(model, [torch.nn.LayerNorm]) if "bias" not in n}
+    decay = [p for n, p in model.named_parameters() if n in names]
+    no_decay = [p for n, p in model.named_parameters() if n not in names]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=LR, betas=BETAS, eps=EPS)
     opt.step()

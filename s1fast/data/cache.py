@@ -30,7 +30,9 @@ from .format import IGNORE, IM_START, encode
 from .readers import DataError, read_rows, row_list as _rows
 from .toy import is_spec as is_toy_spec, materialize as materialize_toy
 
-FORMAT_VERSION = 2  # 2: 1-based row numbers, file hashes, unsupervised / special / duplicate counts
+FORMAT_VERSION = 4  # 2: 1-based row numbers, file hashes, unsupervised / special / duplicate counts; 3: s1 answers
+#                    prefixed then stripped as s1 did (format._answer); 4: sky-t1 as LLaMA-Factory's qwen25
+#                    text and cut (format.sky_t1_pieces, llamafactory_cutoff)
 POLICIES = ("error", "drop", "truncate")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 DEFAULT_TOKENIZER = os.path.join(ASSETS, "tokenizer", "qwen2.5")

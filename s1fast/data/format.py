@@ -1,11 +1,14 @@
 """The exact training text of the s1, s1.1 and Sky-T1 recipes, and its token ids and loss mask.
 
 s1 / s1.1: the Qwen2.5 chat template with its default system prompt, the question as the user turn, and the
-assistant turn ``<|im_start|>think\\n{trace}\\n<|im_start|>answer\\n{answer}``. Sky-T1 / chat: the same ChatML
+assistant turn ``<|im_start|>think\\n{trace}\\n<|im_start|>answer\\n{answer}``. chat: the same ChatML
 template over the row's turns (ShareGPT or ``messages`` rows). Only assistant turns are trained: from the
 token after ``<|im_start|>assistant\\n`` up to and including that turn's ``<|im_end|>`` and the ``\\n`` after
-it, found by token id after one tokenisation. The full template, the trace and answer fields of each
-dataset, and the mask: docs/recipe.md, "The training text".
+it, found by token id after one tokenisation. sky-t1: the same rows through LLaMA-Factory's ``qwen25``
+template as Sky-T1 was trained (SkyThought's fork): each assistant turn ends with ``<|endoftext|>`` (no
+``<|im_end|>``), later user turns follow a ``\\n``, and the pieces are tokenised one by one, the assistant
+text and its ``<|endoftext|>`` trained (``sky_t1_pieces``). The full templates, the trace and answer fields
+of each dataset, and the masks: docs/recipe.md, "The training text".
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from .readers import DataError
 
 IM_START, IM_END, ASSISTANT, NEWLINE = 151644, 151645, 77091, 198
+SKY_T1_EOS = "<|endoftext|>"  # LLaMA-Factory's qwen25 template replaces the EOS with it (stop_words[0])
 IGNORE = -100
 DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 RECIPES = ("s1", "s1.1", "sky-t1", "chat")
@@ -64,8 +68,9 @@ def _text(row: dict, field: str, where: dict, *, allow_list: bool = False) -> st
 
 
 def _answer(attempt: str) -> str:
-    attempt = attempt.strip()
-    return attempt if "Answer:" in attempt else "Answer: " + attempt
+    """s1's data/tokenization.py: prefix "Answer: " to the attempt as it is, then strip the whole (an attempt
+    that starts with spaces or newlines keeps them after the prefix; an empty one gives "Answer:")."""
+    return ("Answer: " + attempt if "Answer:" not in attempt else attempt).strip()
 
 
 def to_messages(row: dict, recipe: str, *, path: str | None = None, row_id: int | None = None) -> list[dict]:
@@ -172,15 +177,37 @@ def render(example: dict, recipe: str, tokenizer=None, *, path: str | None = Non
     """The exact training string of ``example`` under ``recipe``.
 
     With a tokenizer that has a chat template, the template renders it (the tests check it equals the
-    built-in ChatML renderer byte for byte on real rows); without one, the built-in renderer does.
+    built-in ChatML renderer byte for byte on real rows); without one, the built-in renderer does. sky-t1
+    is LLaMA-Factory's qwen25 template whatever the tokenizer's (``sky_t1_pieces``).
     """
-    return _render(to_messages(example, recipe, path=path, row_id=row_id), tokenizer)
+    return _render(to_messages(example, recipe, path=path, row_id=row_id), tokenizer, recipe)
 
 
-def _render(msgs: list[dict], tokenizer) -> str:
+def _render(msgs: list[dict], tokenizer, recipe: str = "chat") -> str:
+    if recipe == "sky-t1":
+        return "".join(text for text, _ in sky_t1_pieces(msgs))
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(msgs, tokenize=False)
     return chatml(msgs)
+
+
+def sky_t1_pieces(msgs: list[dict]) -> list[tuple[str, bool]]:
+    """Sky-T1's training text as (text, trained) pieces, each tokenised on its own as LLaMA-Factory does.
+
+    SkyThought's LLaMA-Factory fork (commit 0751518, the Sky-T1-32B-Preview release), template ``qwen25``:
+    system ``<|im_start|>system\\n{system}<|im_end|>\\n``, user ``<|im_start|>user\\n{content}<|im_end|>\\n
+    <|im_start|>assistant\\n`` (after the first pair preceded by the separator ``\\n``), assistant ``{content}``
+    then the EOS token, which ``replace_eos`` makes ``<|endoftext|>``. Prompts are masked; each response and
+    its EOS are trained (supervised.py, train_on_prompt false).
+    """
+    pieces = [(f"<|im_start|>system\n{msgs[0]['content']}<|im_end|>\n", False)]
+    for i, m in enumerate(msgs[1:]):
+        if m["role"] == "user":
+            user = f"<|im_start|>user\n{m['content']}<|im_end|>\n<|im_start|>assistant\n"
+            pieces.append((("\n" if i else "") + user, False))
+        else:
+            pieces += [(m["content"], True), (SKY_T1_EOS, True)]
+    return pieces
 
 
 def label_mask(ids: list[int]) -> list[int]:
@@ -214,30 +241,75 @@ def encode(example: dict, tokenizer, recipe: str, max_tokens: int | None = None,
     """Token ids and labels of one example (tokenised once, boundaries found by id).
 
     ``policy`` decides what happens when the example is longer than ``max_tokens``: ``"error"``
-    raises a DataError naming the row, ``"truncate"`` keeps the first ``max_tokens`` tokens (marked
-    ``truncated``), ``"drop"`` is handled by the caller (``encode`` returns the full example).
+    raises a DataError naming the row, ``"truncate"`` keeps the first ``max_tokens`` tokens (sky-t1:
+    LLaMA-Factory's cut, ``llamafactory_cutoff``; marked ``truncated``), ``"drop"`` is handled by the caller
+    (``encode`` returns the full example).
     """
     msgs = to_messages(example, recipe, path=path, row_id=row_id)
-    text = _render(msgs, tokenizer)
+    text = _render(msgs, tokenizer, recipe)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:   # valid JSON ("\ud83d"), but no tokenizer takes it
         raise DataError(f"the text holds a lone surrogate (\\u{ord(text[e.start]):04x} in the JSON), which cannot be "
                         f"tokenised: fix or remove the row", path=path, row=row_id) from None
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     specials = special_strings(tokenizer)
     found = sum(m["content"].count(s) for m in msgs for s in specials)
     if recipe in ("s1", "s1.1"):  # the s1 body's own think / answer markers are the template's, not the data's
         found -= sum(S1_BODY.count(s) for s in specials)
-    labels = label_mask(ids)
+    if recipe == "sky-t1":
+        pairs = _sky_t1_pairs(msgs, tokenizer)
+        ids, labels = llamafactory_cutoff(pairs, None)
+    else:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        labels = label_mask(ids)
     truncated = False
     if max_tokens is not None and len(ids) > max_tokens:
         if policy == "error":
             raise DataError(f"{len(ids)} tokens, over the {max_tokens}-token budget: raise --max-tokens or use "
                             f"--policy drop / truncate", path=path, row=row_id)
         if policy == "truncate":
-            ids, labels, truncated = ids[:max_tokens], labels[:max_tokens], True
+            ids, labels = llamafactory_cutoff(pairs, max_tokens) if recipe == "sky-t1" else \
+                (ids[:max_tokens], labels[:max_tokens])
+            truncated = True
     return Encoded(ids, labels, truncated, found)
+
+
+def _sky_t1_pairs(msgs: list[dict], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of each turn pair, every piece of ``sky_t1_pieces`` tokenised on its own."""
+    pairs: list[tuple[list[int], list[int]]] = []
+    for piece, trained in sky_t1_pieces(msgs):
+        piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+        if not trained and (not pairs or pairs[-1][1]):
+            pairs.append(([], []))
+        pairs[-1][1 if trained else 0].extend(piece_ids)
+    return pairs
+
+
+def llamafactory_cutoff(pairs: list[tuple[list[int], list[int]]], cutoff: int | None) -> tuple[list[int], list[int]]:
+    """Ids and labels of the turn pairs within ``cutoff`` tokens (None: all), cut as LLaMA-Factory cuts Sky-T1's
+    (supervised.py ``_encode_supervised_example``, processor_utils.py ``infer_seqlen``): pair by pair, a
+    response under half the budget left keeps whole and the prompt's end goes; else a prompt under half keeps
+    whole and the response's end goes; else both shrink in proportion. Prompts are masked, responses trained."""
+    ids, labels, total = [], [], 0
+    for src, tgt in pairs:
+        if cutoff is None:
+            ids, labels = ids + src + tgt, labels + [IGNORE] * len(src) + tgt
+            continue
+        if total >= cutoff:
+            break
+        budget = cutoff - total
+        if len(tgt) * 2 < budget:
+            max_tgt = budget
+        elif len(src) * 2 < budget:
+            max_tgt = budget - len(src)
+        else:
+            max_tgt = int(budget * (len(tgt) / (len(src) + len(tgt))))
+        n_tgt = min(max_tgt, len(tgt))
+        n_src = min(max(budget - n_tgt, 0), len(src))
+        ids += src[:n_src] + tgt[:n_tgt]
+        labels += [IGNORE] * n_src + tgt[:n_tgt]
+        total += n_src + n_tgt
+    return ids, labels
 
 
 _SPECIALS: dict[int, tuple[str, ...]] = {}
