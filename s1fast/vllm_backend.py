@@ -29,16 +29,14 @@ from __future__ import annotations
 from typing import Sequence
 
 from s1fast.forcing import BudgetForcer, ProtocolError
+from s1fast.sampling import GREEDY_BELOW    # vLLM's _SAMPLING_EPS: greedy below
 
 VOCAB_LIMIT_ARG = "s1fast_vocab_limit"    # SamplingParams.extra_args key read by s1fast.vllm_vocab.VocabLimit
 MAX_TEMPERATURE = 2.0      # vLLM refuses above
 MIN_TEMPERATURE = 1e-2     # vLLM raises (0, MIN) to MIN
-GREEDY_BELOW = 1e-5        # vLLM's _SAMPLING_EPS: greedy below (s1fast.sampling's GREEDY_BELOW too)
-UNSUPPORTED_PENALTIES = {
-    "presence_penalty": "vLLM counts only the current re-prompting round's output, s1fast everything after the "
-                        "prompt (earlier rounds, forced text)",
-    "frequency_penalty": "vLLM counts only the current re-prompting round's output, s1fast everything after the "
-                         "prompt (earlier rounds, forced text)"}
+_ROUND_ONLY = ("vLLM counts only the current re-prompting round's output, s1fast everything after the prompt "
+               "(earlier rounds, forced text)")
+UNSUPPORTED_PENALTIES = {"presence_penalty": _ROUND_ONLY, "frequency_penalty": _ROUND_ONLY}
 
 
 def sampling_error(temperature: float, top_p: float) -> str | None:
