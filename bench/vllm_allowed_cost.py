@@ -10,6 +10,7 @@ from __future__ import annotations
 if __name__ == "__main__" and not __package__:  # run as python bench/X.py: import as python -m bench.X
     import _path  # noqa: F401  (bench/_path.py)
 
+import argparse
 import copy
 import pickle
 import time
@@ -26,7 +27,8 @@ def ms(fn) -> float:
     return (time.perf_counter() - t) / REPS * 1e3
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     allowed = list(range(LIMIT))
     mask = torch.zeros(ROWS, VOCAB, dtype=torch.bool)
 
