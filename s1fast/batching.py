@@ -55,7 +55,7 @@ class Ticket:
 
 class Scheduler:
     """A queue of tickets and one worker thread running ``_loop``; subclasses schedule the work."""
-    per_token_options = True     # takes penalties and logprobs (submit refuses them otherwise)
+    unsupported: dict[str, str] = {}   # request option -> why this engine cannot apply it (submit refuses it)
 
     def __init__(self, *, max_len: int, device=None, name: str = "s1fast-scheduler"):
         self.max_len, self.device = max_len, device or torch.device("cpu")
@@ -68,11 +68,17 @@ class Scheduler:
         self.thread.start()
         return self
 
+    def refused(self, penalties: Penalties, logprobs: int | None) -> list[str]:
+        """The request options asked for (as API field names) that this engine cannot apply."""
+        asked = (("logprobs", logprobs is not None), ("presence_penalty", penalties.presence != 0),
+                 ("frequency_penalty", penalties.frequency != 0), ("repetition_penalty", penalties.repetition != 1))
+        return [k for k, on in asked if on and k in self.unsupported]
+
     def submit(self, forcer: BudgetForcer, on_update: Callable[[Update], None], *, temperature: float = 0.0,
                top_p: float = 1.0, seed: int = 0, penalties: Penalties = Penalties(),
                logprobs: int | None = None) -> Ticket:
-        if (penalties.active or logprobs is not None) and not self.per_token_options:
-            raise NotImplementedError(f"{type(self).__name__} takes no penalties or logprobs")
+        if self.refused(penalties, logprobs):
+            raise NotImplementedError(f"{type(self).__name__} cannot apply {', '.join(self.refused(penalties, logprobs))}")
         if forcer.max_len > self.max_len:
             raise ValueError(f"the request needs up to {forcer.max_len} positions; this server's rows hold "
                              f"{self.max_len} (--max-total-tokens)")

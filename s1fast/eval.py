@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args, problems, paths, cfg, run, done, fresh, log) -> int:
     model, tok, backend = open_backend(args)
-    bad = too_long(tok, [(p["source"], p["question"]) for p in problems], cfg, context_tokens(model, cfg))
+    bad = too_long(tok, [(p["source"], p["question"]) for p in problems], cfg, context_tokens(model, cfg, backend))
     if bad:
         print(f"error: {len(bad)} problem(s) too long, nothing generated: {'; '.join(bad[:5])}"
               f"{' ...' if len(bad) > 5 else ''}. Raise --max-total-tokens or leave those problems out",

@@ -30,7 +30,7 @@ from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.jsonl import end_cut_line, read_jsonl
 from s1fast.penalty_args import PENALTY_FLAGS, add_penalty_args, check_penalties, penalty_values
 from s1fast.sampling import Penalties, new_penalty_state, pick_tokens
-from s1fast.vllm_backend import VLLMBackend
+from s1fast.vllm_backend import VLLMBackend, sampling_error
 
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tokenizer", "qwen2.5")
 
@@ -155,7 +155,7 @@ def generate(model, tokenizer, questions: Sequence[str], config: GenerationConfi
     ``seeds``: one sampling seed per question (default ``config.seed`` + the question's index)."""
     cfg = config or GenerationConfig()
     tokens = ForcingTokens.from_tokenizer(tokenizer, extension=cfg.extension)
-    max_total = context_tokens(model, cfg)
+    max_total = context_tokens(model, cfg, backend)
     vocab_limit = len(tokenizer)
     results: list[dict] = []
     for start in range(0, len(questions), cfg.batch_size):
@@ -168,9 +168,11 @@ def generate(model, tokenizer, questions: Sequence[str], config: GenerationConfi
         bseeds = (list(seeds[start:start + len(batch)]) if seeds is not None
                   else [cfg.seed + start + i for i in range(len(batch))])
         if isinstance(backend, VLLMBackend):
-            if cfg.penalties.active:
-                raise ValueError("penalties need the native backend (the vllm adapter does not apply them)")
-            backend.run(forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=bseeds, vocab_limit=vocab_limit)
+            if cfg.penalties.presence or cfg.penalties.frequency:
+                raise ValueError("presence and frequency penalties need the native backend (vLLM counts only the "
+                                 "current re-prompting round's output)")
+            backend.run(forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=bseeds, vocab_limit=vocab_limit,
+                        repetition_penalty=cfg.penalties.repetition)
         elif backend == "native":
             run_native(model, forcers, temperature=cfg.temperature, top_p=cfg.top_p, seeds=bseeds,
                        vocab_limit=vocab_limit, prefill_chunk=cfg.prefill_chunk, penalties=cfg.penalties)
@@ -191,9 +193,11 @@ def _record(tokenizer, f: BudgetForcer, index: int, question: str) -> dict:
     return out
 
 
-def context_tokens(model, cfg: GenerationConfig) -> int:
-    """The context budget: ``cfg.max_total_tokens``, else the model's max_position_embeddings, else 32768."""
-    return cfg.max_total_tokens or _model_max_positions(model) or 32768
+def context_tokens(model, cfg, backend=None) -> int:
+    """--max-total-tokens, else the model's positions (vLLM: the engine's max_model_len, a bound too), else 32768."""
+    if (engine := getattr(backend, "max_model_len", None)) and (cfg.max_total_tokens or 0) > engine:
+        raise UsageError(f"--max-total-tokens {cfg.max_total_tokens} is over the vLLM engine's max_model_len {engine}")
+    return cfg.max_total_tokens or _model_max_positions(model) or engine or 32768
 
 
 def _model_max_positions(model) -> int | None:
@@ -321,6 +325,8 @@ def check_args(args) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.backend == "vllm":
+        if sampling_error(args.temperature, args.top_p):
+            raise UsageError(sampling_error(args.temperature, args.top_p))
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -434,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, tok, backend = open_backend(args)
         cfg = config_from_args(args, max_thinking_tokens=args.max_thinking_tokens, num_wait=args.num_wait)
-        max_total = context_tokens(model, cfg)
+        max_total = context_tokens(model, cfg, backend)
         bad = too_long(tok, questions, cfg, max_total)
         if bad and not args.skip_long:
             print(f"error: {len(bad)} prompt(s) too long, nothing generated: {'; '.join(bad[:5])}"
@@ -456,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             fh.flush()
             bar.update(len(rows))
         bar.close()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         kept = (f"the results written to {args.out} are kept and the same command resumes after them" if args.out
                 else "the results printed are all there is")

@@ -20,7 +20,7 @@ def add_penalty_args(p) -> None:
                    help="subtracted once per earlier occurrence in the output, in [-2, 2] (default: 0)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divides the positive (multiplies the negative) logits of tokens in the prompt or the "
-                        "output, > 0 (default: 1, none); the native backend only, as the other two")
+                        "output, > 0 (default: 1, none); the native and vllm backends (the other two: native only)")
 
 
 def penalty_values(args: argparse.Namespace) -> dict[str, float]:
@@ -42,6 +42,13 @@ def check_penalties(args: argparse.Namespace, backend: str, flag: str = "--backe
     if not (0 < v["repetition_penalty"] < math.inf):
         raise ValueError(f"--repetition-penalty must be a finite number > 0 (1 is no penalty), got "
                          f"{v['repetition_penalty']}")
-    if backend != "native" and set_penalties(args):
-        raise ValueError(f"{', '.join(set_penalties(args))} needs {flag} native (s1fast's engine applies the "
-                         f"penalties; the vllm adapter does not): drop it or use {flag} native")
+    refused = set_penalties(args) if backend != "native" else []
+    if backend == "vllm":    # vLLM's repetition penalty is s1fast's under re-prompting; the other two are not
+        from s1fast.vllm_backend import UNSUPPORTED_PENALTIES
+        refused = [f for f in refused if f[2:].replace("-", "_") in UNSUPPORTED_PENALTIES]
+        if refused:
+            why = UNSUPPORTED_PENALTIES[refused[0][2:].replace("-", "_")]
+            raise ValueError(f"{', '.join(refused)} needs {flag} native ({why}): drop it or use {flag} native")
+    if refused:
+        raise ValueError(f"{', '.join(refused)} needs {flag} native (s1fast's engine applies the penalties; the "
+                         f"{backend} {flag[2:]} does not): drop it or use {flag} native")

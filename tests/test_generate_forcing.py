@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from s1fast.forcing import AUTO_ANSWER_ROOM, BudgetForcer, ForcingTokens, ProtocolError
 from s1fast.generate import BUNDLED_TOKENIZER, DEFAULT_SYSTEM, GenerationConfig, generate, pick_tokens, prompt_ids
 from s1fast.vllm_backend import VLLMBackend
+from fake_vllm import FakeLLM, SamplingParams
 
 V = 151936            # Qwen2.5 embedding rows; ids >= 151665 have no token
 NO_TOKEN = 151700
@@ -292,43 +293,23 @@ def test_draws_follow_the_distribution_and_each_row_its_own_seed():
 
 
 # ---- the vLLM backend, driven by a fake engine -------------------------------------------------------
-class FakeParams(dict):
-    def __init__(self, **kw):
-        super().__init__(kw)
+class FakeEngine(FakeLLM):
+    """Follows one script per prompt (a token, or a list of preferred tokens, per generated token) under
+    vLLM's rules (fake_vllm); ``drop_stop``: the stop id left out of token_ids, named by stop_reason only."""
 
-
-class FakeEngine:
-    """Honours max_tokens, min_tokens and stop_token_ids like vLLM; keeps the stop id in token_ids unless
-    ``drop_stop`` (then it is reported in stop_reason, as vLLM does)."""
-
-    def __init__(self, scripts, prompts, drop_stop=False):
+    def __init__(self, scripts, prompts, drop_stop=False, **kw):
         self.scripts = {tuple(p): list(s) for p, s in zip(prompts, scripts)}
         self.drop_stop = drop_stop
-        self.requests = []
+        super().__init__(self._next, **kw)
 
-    def generate(self, prompts, sampling_params, use_tqdm=False):
-        outs = []
-        for pr, sp in zip(prompts, sampling_params):
-            ctx = pr["prompt_token_ids"]
-            self.requests.append((len(ctx), dict(sp)))
-            key = next(k for k in self.scripts if tuple(ctx[:len(k)]) == k)
-            script = self.scripts[key]
-            toks, reason, stop = [], "length", None
-            while len(toks) < sp["max_tokens"]:
-                choice = script.pop(0)
-                prefs = choice if isinstance(choice, list) else [choice]
-                if len(toks) < sp["min_tokens"]:
-                    prefs = [t for t in prefs if t not in sp["stop_token_ids"]]
-                t = prefs[0]
-                toks.append(t)
-                if t in sp["stop_token_ids"]:
-                    reason, stop = "stop", t
-                    if self.drop_stop:
-                        toks.pop()
-                    break
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=toks, finish_reason=reason,
-                                                                 stop_reason=stop)]))
-        return outs
+    def _next(self, ctx, sp):
+        return self.scripts[next(k for k in self.scripts if tuple(ctx[:len(k)]) == k)].pop(0)
+
+    def _complete(self, ctx, sp):
+        o = super()._complete(ctx, sp)
+        if self.drop_stop and o.stop_reason is not None:
+            o.token_ids = o.token_ids[:-1]
+        return o
 
 
 @pytest.mark.parametrize("drop_stop", [False, True])
@@ -341,13 +322,13 @@ def test_vllm_backend_matches_native_on_the_same_script(tok, drop_stop):
     _, native = run(tok, [list(s) for s in scripts], qs, **cfg)
     engine = FakeEngine([list(s) for s in scripts], [prompt_ids(tok, q) for q in qs], drop_stop=drop_stop)
     rows = generate(None, tok, qs, GenerationConfig(batch_size=3, **cfg),
-                    backend=VLLMBackend(engine, sampling_params=FakeParams))
+                    backend=VLLMBackend(engine, sampling_params=SamplingParams))
     assert rows == native
     first = engine.requests[0][1]
-    assert first["stop_token_ids"] == [IM_START, IM_END] and first["min_tokens"] == 1 and first["ignore_eos"]
-    assert first["max_tokens"] == 4 and len(first["allowed_token_ids"]) == 151665
-    answer_reqs = [sp for _, sp in engine.requests if sp["stop_token_ids"] == [IM_END]]
-    assert len(answer_reqs) == 3 and all(sp["min_tokens"] == 0 for sp in answer_reqs)
+    assert first.stop_token_ids == [IM_START, IM_END] and first.min_tokens == 1 and first.ignore_eos
+    assert first.max_tokens == 4 and len(first.allowed_token_ids) == 151665
+    answer_reqs = [sp for _, sp in engine.requests if sp.stop_token_ids == [IM_END]]
+    assert len(answer_reqs) == 3 and all(sp.min_tokens == 0 for sp in answer_reqs)
 
 
 def test_vllm_backend_says_when_vllm_is_missing():

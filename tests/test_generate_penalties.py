@@ -93,10 +93,10 @@ def test_penalties_vllm_cannot_apply_or_out_of_range_are_error_lines(tiny_export
 def test_the_data_pipelines_teacher_refuses_penalties_it_cannot_apply(tiny_export):
     from s1fast.data.pipeline.generate import make_teacher
     from s1fast.data.readers import DataError
-    for teacher in ("vllm", "openai"):
-        args = argparse.Namespace(teacher=teacher, model=tiny_export, presence_penalty=0.0, frequency_penalty=0.0,
-                                  repetition_penalty=1.2)
-        with pytest.raises(DataError, match="--repetition-penalty needs --teacher native"):
+    for teacher, penalty in (("vllm", "presence_penalty"), ("openai", "repetition_penalty")):
+        args = argparse.Namespace(**{"teacher": teacher, "model": tiny_export, "presence_penalty": 0.0,
+                                     "frequency_penalty": 0.0, "repetition_penalty": 1.0, penalty: 1.2})
+        with pytest.raises(DataError, match=f"--{penalty.replace('_', '-')} needs --teacher native"):
             make_teacher(args)
 
 

@@ -16,6 +16,7 @@ from s1fast.generate import GenerationConfig, generate, prompt_ids
 from s1fast.sampling import Penalties
 from s1fast.serve.vllm_engine import VLLMBatcher
 from s1fast.vllm_backend import VLLMBackend
+from fake_vllm import FakeLLM, SamplingParams
 from test_generate_model import pytorch_path, tok  # noqa: F401 - fixtures
 from test_sampling import old_pick_tokens
 from test_serve import FailOnce
@@ -179,34 +180,14 @@ def test_penalised_requests_get_the_tokens_of_the_from_lists_definition(tok, tin
         assert_same(tok, c, ref, i)
 
 
-class FakeParams(dict):
-    def __init__(self, **kw):
-        super().__init__(kw)
-
-
-class FakeLLM:
-    """A deterministic stand-in for ``vllm.LLM``: the next token is a function of the whole context; it
-    honours max_tokens, min_tokens and stop_token_ids, and keeps the stop id in token_ids."""
-
-    def generate(self, prompts, sampling_params, use_tqdm=False):
-        outs = []
-        for pr, sp in zip(prompts, sampling_params):
-            ctx, toks, reason = list(pr["prompt_token_ids"]), [], "length"
-            while len(toks) < sp["max_tokens"]:
-                h = (sum(ctx) * 31 + len(ctx) * 7) % 997
-                t = 151645 if h % 5 == 0 and len(toks) >= sp["min_tokens"] else 100 + h
-                toks.append(t)
-                ctx.append(t)
-                if t in sp["stop_token_ids"]:
-                    reason = "stop"
-                    break
-            out = type("O", (), {"token_ids": toks, "finish_reason": reason, "stop_reason": None})
-            outs.append(type("R", (), {"outputs": [out]}))
-        return outs
+def hashed_next(ctx, sp):
+    """A deterministic model for fake_vllm.FakeLLM: the next token is a function of the whole context."""
+    h = (sum(ctx) * 31 + len(ctx) * 7) % 997
+    return [151645, 100 + h] if h % 5 == 0 else 100 + h
 
 
 def test_vllm_scheduler_matches_generate_with_the_vllm_backend(tok):
-    backend = VLLMBackend(FakeLLM(), sampling_params=FakeParams)
+    backend = VLLMBackend(FakeLLM(hashed_next), sampling_params=SamplingParams)
     b = VLLMBatcher(backend, vocab_limit=len(tok), max_len=CTX).start()
     try:
         got = submit_all(b, tok, 5)

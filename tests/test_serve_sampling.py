@@ -12,6 +12,7 @@ import torch
 from s1fast.forcing import BudgetForcer, ForcingTokens
 from s1fast.generate import load, prompt_ids
 from s1fast.sampling import Penalties
+from s1fast.serve.vllm_engine import VLLMBatcher
 from test_sampling import ref_penalized
 from test_serve import CONTEXT, KEY, client, exported, raw, served  # noqa: F401 - fixtures
 
@@ -199,11 +200,15 @@ def test_a_stop_string_cuts_the_logprobs_with_the_answer_and_vllm_refuses_them(s
                 streamed += [e for ch in json.loads(line[6:])["choices"] for e in (ch["logprobs"] or {}).get(
                     "content", [])]
     assert streamed == content
-    server.engine.per_token_options = False       # what --backend vllm's engine says
+    server.engine.unsupported = VLLMBatcher.unsupported       # what --backend vllm's engine says
     try:
-        for fields, param in (({"logprobs": True}, "logprobs"), ({"repetition_penalty": 1.2}, "repetition_penalty")):
+        for fields, param in (({"logprobs": True}, "logprobs"), ({"presence_penalty": 0.5}, "presence_penalty"),
+                              ({"frequency_penalty": 0.5}, "frequency_penalty")):
             r = raw(base, {"messages": [{"role": "user", "content": Q}], **fields})
             assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_parameter", r.text
             assert r.json()["error"]["param"] == param and "--backend vllm" in r.json()["error"]["message"]
+        # vLLM's repetition penalty is s1fast's under re-prompting: taken (was refused)
+        r = raw(base, {"messages": [{"role": "user", "content": Q}], "repetition_penalty": 1.2, "max_tokens": 2})
+        assert r.status_code == 200, r.text
     finally:
-        del server.engine.per_token_options
+        del server.engine.unsupported

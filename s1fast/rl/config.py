@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, dataclass_parser
+from ..vllm_backend import sampling_error
 
 
 @dataclass
@@ -173,5 +174,7 @@ def validate(cfg: RLConfig, world: int) -> None:
             raise ConfigError(f"--max-thinking-tokens {cfg.max_thinking_tokens!r}: a whole number >= 0 or auto") from None
     if cfg.temperature <= 0:
         raise ConfigError("--temperature must be positive: GRPO samples from softmax(z / T)")
+    if cfg.generator == "vllm" and sampling_error(cfg.temperature, 1.0):
+        raise ConfigError(f"--generator vllm: {sampling_error(cfg.temperature, 1.0)}")
     if cfg.kl_coef < 0:
         raise ConfigError(f"--kl-coef must be >= 0, got {cfg.kl_coef}")

@@ -115,24 +115,31 @@ class VLLMRollout(Rollout):
         if device.type != "cuda":
             raise ConfigError("--generator vllm runs on a GPU node; this run is on the CPU: use --generator native")
         try:
-            from vllm import LLM
+            import vllm  # noqa: F401
         except ImportError as e:
             raise ConfigError("--generator vllm needs vllm installed on this GPU node (`pip install vllm`); "
                               "or use --generator native") from e
         from ..vllm_backend import VLLMBackend
         super().__init__(tokenizer, cfg, device)
+        import os
+
         import torch.distributed as dist
+        # The engine in this process (vLLM's V1 engine runs in a child process by default, where the trainer
+        # cannot load weights into it; vLLM sets the same itself for "external_launcher").
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         extra = {}
         if dist.is_initialized() and dist.get_world_size() > 1:
             # colocated under torchrun: one engine per rank in this process (vLLM's "external_launcher" backend,
             # as TRL's colocate mode runs it), each on its rank's GPU
             extra = dict(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
-        self.llm = LLM(model_dir, dtype="bfloat16" if cfg.dtype == "bf16" else "float32",
-                       gpu_memory_utilization=cfg.vllm_gpu_memory, enable_prefix_caching=True, seed=cfg.seed, **extra)
-        self.backend = VLLMBackend(self.llm)
+        self.backend = VLLMBackend.from_pretrained(
+            model_dir, dtype="bfloat16" if cfg.dtype == "bf16" else "float32",
+            gpu_memory_utilization=cfg.vllm_gpu_memory, enable_prefix_caching=True, seed=cfg.seed, **extra)
+        self.llm = self.backend.llm
+        self._engine_model()    # refused now, before any training, where this vLLM hides its model
 
     def _engine_model(self):
-        """The engine's torch module (in-process engine). Paths differ between vLLM versions."""
+        """The engine's torch module (in-process engine: ``LLMEngine.model_executor`` exists only then)."""
         eng = self.llm.llm_engine
         for path in ("model_executor.driver_worker.model_runner.model",
                      "model_executor.driver_worker.worker.model_runner.model"):
@@ -143,12 +150,18 @@ class VLLMRollout(Rollout):
                 return obj
             except AttributeError:
                 continue
-        raise RuntimeError("cannot reach the vLLM engine's model to refresh its weights (unknown vLLM version); "
-                           "run with VLLM_ENABLE_V1_MULTIPROCESSING=0, or use --generator native")
+        raise ConfigError("--generator vllm: cannot reach the vLLM engine's model to load the policy's weights "
+                          "(llm.llm_engine.model_executor.driver_worker.model_runner.model: not in this vLLM "
+                          "version, or its engine runs in another process); use --generator native")
 
     def refresh(self, policy, full_state: dict, dtype) -> None:
+        """Load the policy's weights into the engine, then drop its prefix cache: the cached KV blocks (the
+        shared system prompt, repeated held-out prompts) were computed by the old weights and would be reused."""
         from ..model import hf_name
         self._engine_model().load_weights((hf_name(k), v.to(self.device, dtype)) for k, v in full_state.items())
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM did not reset its prefix cache after the weight update (requests running?); "
+                               "the next rollouts would reuse KV computed by the old weights")
 
     def free(self) -> None:
         pass

@@ -116,12 +116,12 @@ def is_loopback(host: str) -> bool:
 def build(args):
     """(app, engine) for parsed, checked args: loads the model and starts the engine's worker thread."""
     from s1fast.batching import ContinuousBatcher
-    from s1fast.generate import _model_max_positions, open_backend
+    from s1fast.generate import context_tokens, open_backend
     from s1fast.serve import api
     from s1fast.serve.app import Server, build_app
 
     model, tok, backend = open_backend(args)
-    max_total = args.max_total_tokens or (_model_max_positions(model) if model is not None else None) or 32768
+    max_total = context_tokens(model, args, backend)
     if backend == "native":
         engine = ContinuousBatcher(model, vocab_limit=len(tok), slots=args.batch_size, max_len=max_total,
                                    prefill_chunk=args.prefill_chunk)
@@ -146,7 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: --host {args.host} is reachable from the network and no --api-key is set",
               file=sys.stderr)
     import uvicorn
-    app, _ = build(args)
+
+    from s1fast.generate import UsageError
+    try:
+        app, _ = build(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=None, access_log=args.log_level == "debug")
     # uvicorn re-raises the signal it caught once it has drained; with this handler a SIGTERM ends in exit 0.

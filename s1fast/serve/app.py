@@ -278,16 +278,12 @@ def _submit(server: Server, job: api.Job, forcer: BudgetForcer, loop, queue: asy
 
 
 def _check_engine(server: Server, job: api.Job) -> None:
-    if getattr(server.engine, "per_token_options", True):
-        return
-    p = job.penalties
-    asked = [k for k, on in (("logprobs", job.logprobs is not None), ("presence_penalty", p.presence != 0),
-                             ("frequency_penalty", p.frequency != 0), ("repetition_penalty", p.repetition != 1))
-             if on]
-    if asked:
-        raise api.APIError(400, f"'{asked[0]}' (logprobs and penalties) needs the native engine; this server runs "
-                           "--backend vllm: leave it out, or serve with the default backend",
-                           code="unsupported_parameter", param=asked[0])
+    refused = server.engine.refused(job.penalties, job.logprobs)
+    if refused:
+        why = server.engine.unsupported[refused[0]]
+        raise api.APIError(400, f"'{refused[0]}' needs the native engine; this server runs --backend vllm ({why}): "
+                           "leave it out, or serve with the default backend",
+                           code="unsupported_parameter", param=refused[0])
 
 
 def _cancel(server: Server, tickets) -> None:

@@ -9,16 +9,16 @@ Streaming is therefore per segment, not per token. Needs vLLM and a GPU; the CLI
 from __future__ import annotations
 
 from s1fast.batching import Scheduler, Ticket, Update
-from s1fast.vllm_backend import VLLMBackend
+from s1fast.vllm_backend import UNSUPPORTED_PENALTIES, VLLMBackend
 
 
 class VLLMBatcher(Scheduler):
-    per_token_options = False    # penalties and logprobs: the native engine only (the app answers 400)
+    # the native engine only (the app answers 400); the repetition penalty is applied (see vllm_backend)
+    unsupported = {"logprobs": "the vllm adapter does not report them", **UNSUPPORTED_PENALTIES}
 
     def __init__(self, backend: VLLMBackend, *, vocab_limit: int, max_len: int):
         super().__init__(max_len=max_len, name="s1fast-vllm")
         self.backend, self.vocab_limit = backend, vocab_limit
-        self.allowed = list(range(vocab_limit))
         self.running: list[Ticket] = []
 
     @property
@@ -46,9 +46,9 @@ class VLLMBatcher(Scheduler):
     def _round(self) -> None:
         segs = [t.forcer.segment() for t in self.running]
         params = [self.backend.params_for(s, t.seed, t.row + 1, temperature=t.temperature, top_p=t.top_p,
-                                          allowed=self.allowed) for t, s in zip(self.running, segs)]
-        outs = self.backend.llm.generate([{"prompt_token_ids": s.context} for s in segs], sampling_params=params,
-                                         use_tqdm=False)
+                                          vocab_limit=self.vocab_limit, repetition_penalty=t.penalties.repetition)
+                  for t, s in zip(self.running, segs)]
+        outs = self.backend.generate(segs, params)
         for t, s, out in zip(self.running, segs, outs):
             t.row += 1                       # the round index of this request (rows mean nothing here)
             self.backend._absorb(t.forcer, s, out.outputs[0])

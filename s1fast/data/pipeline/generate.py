@@ -60,7 +60,7 @@ class EngineTeacher:
         """A result per question, in order; a question too long for the context is a ``too_long`` Failure
         (as an endpoint's context-length error is for the openai teacher), the others are generated."""
         from s1fast.generate import context_tokens, generate, too_long
-        max_total = context_tokens(self.model, self.config)
+        max_total = context_tokens(self.model, self.config, self.backend)
         long = {i: why for i, q in enumerate(questions)
                 for why in too_long(self.tokenizer, [("the question", q)], self.config, max_total)}
         fit = [i for i in range(len(questions)) if i not in long]
@@ -397,6 +397,9 @@ def make_teacher(args):
                              top_p=args.top_p, timeout=args.timeout, retries=args.retries, backoff=args.backoff,
                              extra_body=extra_body(args))
     from s1fast.generate import open_backend
+    from s1fast.vllm_backend import sampling_error
+    if args.teacher == "vllm" and sampling_error(args.temperature, args.top_p):
+        raise DataError(sampling_error(args.temperature, args.top_p))
     cfg = engine_config(args)
     args.backend = args.teacher
     try:
