@@ -65,6 +65,26 @@ def test_repeated_box_and_boxes_in_the_thinking_still_count(text, gold, backend)
     assert grade(text, gold, backend=backend)["correct"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("text,gold", [
+    ("\\boxed{[1,2]}", "1"), ("\\boxed{\\{1,2\\}}", "1"), ("\\boxed{(1,2)}", "1"), ("\\boxed{1, 2}", "1"),
+    ("\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}", "1"), ("\\boxed{6, 7, 42}", "42"),   # a list holding it
+    ("\\boxed{nan}", "5"), ("\\boxed{NaN}", "\\infty"), ("\\boxed{\\infty}", "5"), ("\\boxed{inf}", "5"),
+    ("\\boxed{}", "5"), ("\\boxed{}", ""), ("", ""), ("What is 6 times 7? We have 6 and 7.", "42"),
+])
+def test_containers_nan_inf_and_empty_answers_are_not_a_scalar(text, gold, backend):
+    assert not grade(text, gold, backend=backend)["correct"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("answer_text", [
+    "\n<|im_start|>answer\nFinal Answer: The answer is $\\boxed{5}$.",      # s1's forced end, then the answer
+    "\n<|im_start|>answer\nFinal Answer:\n5.", "</think>\n\nThe final answer is **5**.",
+])
+def test_the_answer_after_the_forced_end_of_thinking(answer_text, backend):
+    assert grade(answer_text, "5", backend=backend)["correct"]
+
+
 @pytest.mark.parametrize("backend", ["sympy", "string"])
 @pytest.mark.parametrize("pred,gold", [("10^{100}", "10^{100}+1"), ("10^{30}", "10^{30}-7"),
                                        ("123456789012345678901234567890", "123456789012345678901234567891")])
