@@ -1,18 +1,24 @@
-"""Final-answer extraction and mathematical-equivalence grading for reasoning-model evaluation.
+"""Final-answer grading for reasoning-model evaluation, RL rewards and rejection sampling.
 
-``extract_answer``, as in s1's evaluation: the last ``\\boxed{...}`` (braces matched to any depth), else the
-last ``Answer:`` line. ``is_equiv(pred, gold)`` uses one backend chosen at import and reported in ``BACKEND``:
-``"math-verify"`` (Hugging Face's grader, the standard) when installed, else ``"sympy"`` (a LaTeX normaliser,
-structural comparison and exact sympy equivalence), else ``"string"``. Multiple-choice golds compare as
-letters first. ``grade(text, gold)`` does both steps and says which backend decided. The named harnesses
-(s1, skythought, math-verify) are in ``s1fast.protocols``; each backend's rules: docs/eval.md, "Grading".
+``extract_answer`` (``s1fast.extraction``) finds the answer; ``is_equiv(pred, gold)`` compares it with one
+backend chosen at import and reported in ``BACKEND``: ``"math-verify"`` (Hugging Face's grader, the standard)
+when installed, else ``"sympy"`` (a LaTeX normaliser, structural comparison and exact sympy equivalence), else
+``"string"``. Multiple-choice golds compare as letters first (an answer naming several letters names none).
+``grade(text, gold)`` does both steps, says which backend decided, and refuses credit for a reference it
+cannot read (``reference_problem``) or an answer that boxes several different values. Every grade is bounded
+in time, from any thread (``grading_worker``). The named harnesses (s1, skythought, math-verify) are in
+``s1fast.protocols``; each backend's rules: docs/eval.md, "Grading".
 """
 from __future__ import annotations
 
+import functools
+import logging
 import re
 import signal
 import threading
 from contextlib import contextmanager
+
+from .extraction import THINKING_ENDS, after_thinking, boxed_all, extract_answer, last_boxed  # noqa: F401
 
 try:  # the standard grader, when installed
     from math_verify import parse as _mv_parse, verify as _mv_verify
@@ -25,11 +31,25 @@ except ImportError:  # pragma: no cover - depends on the environment
     except ImportError:
         BACKEND = "string"
 
-_ANSWER_RE = re.compile(r"(?i)Answer\s*:\s*(.*)")
+def _short(record: logging.LogRecord) -> bool:
+    """math-verify logs each timeout with the whole answer ("Timeout during parsing: <100 KB>"): cut it."""
+    msg = record.getMessage()
+    if len(msg) > 300:
+        record.msg, record.args = msg[:300] + f"... ({len(msg)} characters)", None
+    return True
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_short)
+
+TIMEOUT_S = 5            # math-verify's limit on each parse and each comparison (its default)
+WORKER_TIMEOUT_S = 60    # one grade off the main thread, in the worker process: a bound on the whole
 _LETTER_GOLD = re.compile(r"^\(?([A-E])\)?$")
+# A run of choice letters joined by list words ("A, B, C or D"); a "." ends it, so "C. A circle" names C.
+_CHOICE_LIST = re.compile(r"(?:\(?[A-E]\)?(?![A-Za-z])\s*(?:(?:,|;|/|&|\bor\b|\band\b)\s*)?)*")
 
 
-# ---- extraction -----------------------------------------------------------------------------------------
+# ---- normalisation --------------------------------------------------------------------------------------
 def _matching_brace(s: str, open_at: int) -> int | None:
     """Index of the ``}`` closing the ``{`` at ``open_at`` (escaped ``\\{`` ``\\}`` do not count)."""
     depth = 0
@@ -49,50 +69,6 @@ def _matching_brace(s: str, open_at: int) -> int | None:
     return None
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``), nested braces kept."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)", text)]
-    for start in reversed(starts):
-        i = start
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            end = _matching_brace(text, i)
-            if end is not None:
-                return text[i + 1:end].strip()
-        elif i > start:  # "\boxed 5": up to the next space or dollar
-            m = re.match(r"[^\s$]+", text[i:])
-            if m:
-                return m.group(0)
-    return None
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer in a model's output, or None when it gives none."""
-    if not text:
-        return None
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    matches = _ANSWER_RE.findall(text)
-    if not matches:
-        return None
-    ans = matches[-1].strip()
-    ans = re.sub(r"^\*+\s*|\s*\*+$", "", ans)                       # **Answer:** 42
-    m = re.match(r"(?i)^the\s+(?:final\s+)?answer\s+is\s*:?\s*(.*)$", ans)
-    if m:
-        ans = m.group(1)
-    ans = re.sub(r"(?i)\.?\s*I hope it is correct\.?$", "", ans).strip()
-    ans = ans.strip().rstrip(".").strip()
-    if len(ans) >= 2 and ans[0] == "$" and ans[-1] == "$":
-        ans = ans.strip("$").strip()
-    for a, b in (("\\(", "\\)"), ("\\[", "\\]")):
-        if ans.startswith(a) and ans.endswith(b):
-            ans = ans[2:-2].strip()
-    return ans or None
-
-
-# ---- normalisation --------------------------------------------------------------------------------------
 def _unwrap_command(s: str, names: tuple[str, ...]) -> str:
     """``\\text{abc}`` -> ``abc`` for each command in ``names`` (nested braces kept)."""
     pat = re.compile(r"\\(?:%s)\s*\{" % "|".join(names))
@@ -137,7 +113,7 @@ def _brace_short_args(s: str) -> str:
             for _ in range(nargs):
                 a, i = _brace_arg(s, i)
                 parts.append("{" + _brace_short_args(a) + "}")
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, RecursionError):    # RecursionError: \frac nested 1000 deep
             return s
         if name == "frac":
             out.append("\\frac" + "".join(parts))
@@ -173,9 +149,16 @@ def normalize(ans: str) -> str:
     if m:
         s = m.group(1)
     s = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", s)          # .5 -> 0.5
-    if re.fullmatch(r"[-+]?\d+", s):                      # 007 -> 7, +3 -> 3
-        s = str(int(s))
-    return s
+    return canonical_int(s) or s
+
+
+def canonical_int(s: str) -> str | None:
+    """``"007"`` -> ``"7"``, ``"+3"`` -> ``"3"``, ``"-0"`` -> ``"0"`` for an integer of ASCII digits, else None.
+    Not ``str(int(s))``: past 4300 digits that raises, and ``int`` also takes "²" and "٣"."""
+    m = re.fullmatch(r"([-+]?)0*([0-9]+)", s)
+    if not m:
+        return None
+    return ("-" if m.group(1) == "-" and m.group(2) != "0" else "") + m.group(2)
 
 
 # ---- structure ------------------------------------------------------------------------------------------
@@ -356,8 +339,11 @@ def _sympy_equal(a: str, b: str) -> bool:
                 return False
             if x == y:
                 return True
-            if sympy.simplify(x - y) == 0:
+            diff = sympy.simplify(x - y)
+            if diff == 0:
                 return True
+            if diff.is_Rational:    # exact and not 0: 10^100 + 1 is not 10^100, however close relatively
+                return False
             if not x.free_symbols and not y.free_symbols:
                 d, ref = complex(sympy.N(x - y, 30)), complex(sympy.N(y, 30))
                 return abs(d) <= 1e-12 * max(1.0, abs(ref))
@@ -371,34 +357,100 @@ def _letter(s: str) -> str | None:
     """The choice a multiple-choice answer names: "(C)", "C", "\\text{(C)} 17", "C. 3.2", else None."""
     s = _unwrap_command(s.strip().strip("$").strip(), ("text", "textbf", "mathrm", "mbox")).strip()
     m = re.match(r"^\(([A-E])\)|^([A-E])(?=$|[\s.:,)])", s)
-    return (m.group(1) or m.group(2)) if m else None
+    if not m:
+        return None
+    if len(set(re.findall(r"[A-E]", _CHOICE_LIST.match(s).group(0)))) > 1:
+        return None         # "B or C", "A, B, C, D", "(A) (B)": every candidate named is no answer
+    return m.group(1) or m.group(2)
 
 
-def is_equiv(pred: str | None, gold: str, backend: str | None = None) -> bool:
-    """Whether the extracted answer ``pred`` equals the reference ``gold`` mathematically."""
+@functools.lru_cache(maxsize=4096)   # a reference is graded against many samples (RL groups, verify's k)
+def reference_problem(gold: str | None, backend: str | None = None) -> str | None:
+    """Why ``gold`` cannot be graded against (empty, unbalanced braces, nothing math-verify can read), else
+    None. Such a row is ``no_reference``: nothing, not even an empty box, can match it."""
+    if gold is None or not normalize(gold):
+        return "the reference is empty"
+    g = str(gold)
+    if g.count("{") - g.count("\\{") != g.count("}") - g.count("\\}"):
+        return "the reference's braces are unbalanced"
+    if (backend or BACKEND) == "math-verify" and not _LETTER_GOLD.match(normalize(g)) and not _bounded(_mv_reads, g):
+        return "math-verify reads nothing in the reference"
+    return None
+
+
+def _mv_reads(gold: str) -> bool:
+    return bool(_mv_parse(f"${gold}$", parsing_timeout=TIMEOUT_S))
+
+
+def mv_equal(pred: str, gold: str) -> bool:
+    """math-verify's verdict on the answer ``pred`` (false when it times out or raises)."""
+    try:
+        return bool(_mv_verify(_mv_parse(f"${gold}$", parsing_timeout=TIMEOUT_S),
+                               _mv_parse(f"${pred}$", parsing_timeout=TIMEOUT_S), timeout_seconds=TIMEOUT_S))
+    except Exception:
+        return False
+
+
+def _bounded(fn, *args, timeout: float | None = None):
+    """``fn(*args)`` under a time limit: math-verify's and the sympy backend's are SIGALRM alarms, which only
+    the main thread may set (math-verify raises elsewhere, which read as "wrong" for every answer), so from
+    another thread the call runs in a worker process that is killed when it overruns (``TimeoutError``)."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM"):
+        return fn(*args)
+    from . import grading_worker
+    return grading_worker.call(f"{fn.__module__}:{fn.__name__}", args, timeout or WORKER_TIMEOUT_S)
+
+
+def is_equiv(pred: str | None, gold: str, backend: str | None = None, timeout: float | None = None) -> bool:
+    """Whether the extracted answer ``pred`` equals the reference ``gold`` mathematically. Bounded in time
+    (``timeout``: seconds, off the main thread; ``TimeoutError`` past it)."""
     if pred is None or not str(pred).strip():
         return False
     backend = backend or BACKEND
+    if backend == "math-verify" and _mv_verify is None:
+        raise RuntimeError("backend 'math-verify' asked for but math_verify is not installed")
+    if backend == "string":
+        return _is_equiv(pred, gold, backend)
+    return _bounded(_is_equiv, pred, gold, backend, timeout=timeout)
+
+
+def _is_equiv(pred: str, gold: str, backend: str) -> bool:
     gm = _LETTER_GOLD.match(normalize(gold))
     if gm:   # multiple choice
         return _letter(pred) == gm.group(1)
     if backend == "math-verify":
-        if _mv_verify is None:
-            raise RuntimeError("backend 'math-verify' asked for but math_verify is not installed")
-        try:
-            return bool(_mv_verify(_mv_parse(f"${gold}$"), _mv_parse(f"${pred}$")))
-        except Exception:
-            return False
+        return mv_equal(pred, gold)
     pa, ga = normalize(pred), normalize(gold)
     if pa.lower() == ga.lower() and re.fullmatch(r"[A-Za-z ]+", ga):   # word answers: "Evelyn", "ellipse"
         return True
     return _equiv_norm(pa, ga, backend)
 
 
+_JOINED = re.compile(r"\\(?:vee|lor|wedge|land)(?![A-Za-z])")     # math-verify reads "3 \vee 5" as 5
+
+
+def _several_answers(text: str, pred: str, gold: str, backend: str) -> bool:
+    """Whether the answer names values besides ``pred``: other boxes after the thinking (math-verify reads
+    several boxes as one set), or candidates joined by ``\\vee`` / ``\\wedge`` (math-verify keeps the last
+    one). A model that lists every candidate is not rewarded for the right one among them."""
+    if _JOINED.search(pred) and not _JOINED.search(gold):
+        return True
+    others = {b for b in boxed_all(after_thinking(text)) if normalize(b) != normalize(pred)}
+    return any(not is_equiv(b, pred, backend) for b in others)
+
+
 def grade(text: str | None, gold: str, backend: str | None = None) -> dict:
-    """Extract the answer from ``text`` and grade it: {"pred", "correct", "grader"}."""
+    """Extract the answer from ``text`` and grade it: {"pred", "correct", "grader"}, and "note" when the
+    verdict needs one: ``no_reference`` (``reference_problem``) or ``several_answers``."""
+    backend = backend or BACKEND
     pred = extract_answer(text)
-    return {"pred": pred, "correct": is_equiv(pred, gold, backend), "grader": backend or BACKEND}
+    out = {"pred": pred, "correct": False, "grader": backend}
+    if reference_problem(gold, backend):
+        return dict(out, note="no_reference")
+    out["correct"] = is_equiv(pred, gold, backend)
+    if out["correct"] and _several_answers(text, pred, gold, backend):
+        return dict(out, correct=False, note="several_answers")
+    return out
 
 
 def versions() -> dict:

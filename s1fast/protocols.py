@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .grading import _equiv_norm, _mv_parse, _mv_verify, last_boxed, normalize
+from .grading import TIMEOUT_S, _bounded, _equiv_norm, _mv_parse, canonical_int, last_boxed, mv_equal, normalize
 
 # ``extract(completion)`` reads the whole completion (thinking and answer); ``equal(pred, gold)`` decides.
 ANSWER_MARK = "<|im_start|>answer"
@@ -37,14 +37,12 @@ def s1_extract(text: str | None) -> str | None:
 def s1_equal(pred: str | None, gold: str) -> bool:
     """Integers compare as integers (023 == 23); anything else by exact string, which is what the harness
     does without its optional GPT-4o-mini judge (not reproduced: it is neither offline nor deterministic)."""
-    if pred is None:
-        return False
+    if not pred or not str(gold).strip():
+        return False            # an empty box never matches an empty reference
     gold = str(gold)
-    if gold.isdigit():
-        gold = str(int(gold))
-    if pred and pred.isdigit() and gold.isdigit():
-        pred = str(int(pred))
-    return pred == gold
+    g = canonical_int(gold) if gold.isdecimal() else None     # not int(): "²".isdigit(), and 4300+ digits
+    p = canonical_int(pred) if pred.isdecimal() else None
+    return (p or pred) == g if g and p else pred == (g or gold)
 
 
 def skythought_extract(text: str | None) -> str | None:
@@ -87,20 +85,21 @@ def math_verify_extract(text: str | None) -> str | None:
     """math-verify's ``parse`` (default LaTeX and expression extraction) of the answer phase."""
     if not text or _mv_parse is None:
         return None
+    return _bounded(_mv_extract, text)
+
+
+def _mv_extract(text: str) -> str | None:
     try:
-        parsed = _mv_parse(answer_section(text))
+        parsed = _mv_parse(answer_section(text), parsing_timeout=TIMEOUT_S)
     except Exception:
         return None
     return str(parsed[-1]) if parsed else None
 
 
 def math_verify_equal(pred: str | None, gold: str) -> bool:
-    if pred is None or _mv_verify is None:
+    if pred is None or _mv_parse is None:
         return False
-    try:
-        return bool(_mv_verify(_mv_parse(f"${gold}$"), _mv_parse(f"${pred}$")))
-    except Exception:
-        return False
+    return _bounded(mv_equal, pred, gold)
 
 
 class Protocol:

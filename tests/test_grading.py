@@ -122,8 +122,8 @@ def test_backend_in_use_and_math_verify_path(monkeypatch):
     has_sympy = importlib.util.find_spec("sympy") is not None
     assert grading.BACKEND == ("math-verify" if has_mv else "sympy" if has_sympy else "string")
     calls = []
-    monkeypatch.setattr(grading, "_mv_parse", lambda s: calls.append(s) or s)
-    monkeypatch.setattr(grading, "_mv_verify", lambda g, p: g == p.replace("0.5", "\\frac{1}{2}"))
+    monkeypatch.setattr(grading, "_mv_parse", lambda s, **kw: calls.append(s) or s)
+    monkeypatch.setattr(grading, "_mv_verify", lambda g, p, **kw: g == p.replace("0.5", "\\frac{1}{2}"))
     assert is_equiv("0.5", "\\frac{1}{2}", backend="math-verify")
     assert calls == ["$\\frac{1}{2}$", "$0.5$"]
     assert not is_equiv("0.4", "\\frac{1}{2}", backend="math-verify")

@@ -40,6 +40,25 @@ def test_score_reports_a_raising_or_nonfinite_verifier_with_its_prompt():
     assert "ZeroDivisionError: bad" in errors[0]["error"]
 
 
+@pytest.mark.parametrize("gold", [None, "", "\\frac{1}{2"])
+def test_math_reward_on_an_unusable_reference_is_a_reported_error(gold):
+    # it read as "wrong" for every completion (an empty box even scored 1 under the s1 rule): a prompt whose
+    # reward is stuck at zero, never reported
+    row = {"question": "What is 1/2?", "answer": gold}
+    comp = {"answer_text": "Final Answer: \\boxed{}", "answer": "\\boxed{}", "finished": True, "capped": False}
+    total, scores, errors = score(comp, row, parse_rewards("math"))
+    assert total == 0.0 and [e["verifier"] for e in errors] == ["math"] and "reference" in errors[0]["error"]
+
+
+@pytest.mark.parametrize("text,reward", [("Final Answer: \\boxed{3} or \\boxed{5}", 0.0),
+                                         ("Final Answer: \\boxed{B or C}", 0.0),
+                                         ("Final Answer:\n**Final Answer**\n5", 1.0)])
+def test_math_reward_hacks_and_unboxed_answers(text, reward):
+    row = {"question": "Pick", "answer": "B" if "B" in text else "5"}
+    comp = {"answer_text": text, "answer": text, "finished": True, "capped": False}
+    assert score(comp, row, parse_rewards("math"))[:2] == (reward, {"math": reward})
+
+
 def test_only_sampled_tokens_are_the_policys():
     tok = ForcingTokens()  # Qwen2.5's ids; no tokenizer needed
     f = RecordingForcer([1, 2, 3], tok, max_thinking_tokens=20, num_wait=1, max_total_tokens=400)

@@ -29,8 +29,14 @@ def _toy(c: dict, row: dict) -> float:
 
 
 def _math(c: dict, row: dict) -> float:
+    """1.0 when the answer equals the reference. A reference that cannot be graded (none, empty, unreadable)
+    raises, so the prompt is reported in verifier_errors.jsonl, not trained on as "always wrong"."""
     from .. import grading
-    return float(grading.grade(c["answer_text"], str(row["answer"]))["correct"])
+    gold = row.get("answer")
+    why = "the row has no answer field" if gold is None else grading.reference_problem(str(gold))
+    if why:
+        raise ValueError(f"cannot grade against the reference {str(gold)[:80]!r}: {why}; fix or drop the row")
+    return float(grading.grade(c["answer_text"], str(gold))["correct"])
 
 
 def _format(c: dict, row: dict) -> float:

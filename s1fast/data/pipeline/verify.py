@@ -18,7 +18,10 @@ KEEP = ("correct", "first-k", "all")
 
 
 def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fast") -> dict:
-    """``row`` plus ``pred``, ``correct``, ``grader`` and ``gold``; ``verdict`` says why when not graded.
+    """``row`` plus ``pred``, ``correct``, ``grader``, ``gold`` and ``verdict``: ``correct``, ``wrong``,
+    ``no_answer``, ``no_reference`` (none, or one the grader cannot read: ``grading.reference_problem``),
+    ``several_answers`` (boxes different values) or ``grader_error`` (the grader raised or overran its time
+    limit; ``grader_error`` says what): each counted in the summary, none a crash and none ``correct``.
 
     ``protocol``: ``s1fast`` (``grading.grade``: s1's extraction, math-verify equivalence when installed) or a
     named harness of ``protocols.PROTOCOLS`` (s1, skythought, math-verify)."""
@@ -27,15 +30,20 @@ def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fas
     gold = R.reference(row, answer_field)
     text = (row.get("generation") or {}).get("forced_end", "") + R.attempt(row)
     out = dict(row)
-    if gold is None:
-        out.update(pred=None, correct=None, verdict="no_reference", gold=None)
+    if gold is None or grading.reference_problem(gold, "string"):
+        out.update(pred=None, correct=None, verdict="no_reference", gold=gold)
     elif not text.strip():
         out.update(pred=None, correct=False, verdict="no_answer", gold=gold)
     else:
-        g = grade(text, gold)
-        verdict = "correct" if g["correct"] else ("no_answer" if g["pred"] is None else "wrong")
-        out.update(pred=g["pred"], correct=g["correct"], grader=g.get("grader") or g.get("protocol"),
-                   verdict=verdict, gold=gold)
+        try:
+            g = grade(text, gold)
+        except Exception as e:  # noqa: BLE001 -- one pathological answer must not stop a 100K-row run
+            out.update(pred=None, correct=False, verdict="grader_error", gold=gold,
+                       grader_error=f"{type(e).__name__}: {e}"[:500])
+            return out
+        verdict = g.get("note") or ("correct" if g["correct"] else ("no_answer" if g["pred"] is None else "wrong"))
+        out.update(pred=g["pred"], correct=None if verdict == "no_reference" else g["correct"],
+                   grader=g.get("grader") or g.get("protocol"), verdict=verdict, gold=gold)
     return out
 
 
