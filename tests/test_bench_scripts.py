@@ -92,6 +92,9 @@ def test_every_bench_script_records_hardware_versions_commit_and_command():
     assert p.returncode == 0, p.stderr
     assert re.match(r"- hardware: .*\n- versions: .*torch .*\n- commit: `[0-9a-f]{7,}(\+dirty)?`\n- command: `",
                     p.stdout), p.stdout[:500]
+    # the command as typed, with the thread count it ran under (it was recorded without its variables)
+    assert re.search(r"^- command: `(\S+=\S* )*OMP_NUM_THREADS=1 (\S+=\S* )*python\S* \S*logprob_memory\.py`$",
+                     p.stdout, re.M), p.stdout[:500]
 
 
 def test_bench_packing_prints_the_collate_figure_it_is_cited_for():
