@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from bench._args import non_negative_int, positive_int
 from bench.env import environment, markdown_header
 from bench.kernel_table import HEAD_DIM, HK, HQ, PEAK_BW, PEAK_FLOPS
 
@@ -176,8 +177,8 @@ def main(argv=None) -> int:
                     help="document lengths of one packed batch, comma-separated (repeatable); default: "
                          "32768 | 4 x 8192 | 16 x 2048 (tiny batches with --dry-run)")
     ap.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, from {BACKENDS}")
-    ap.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed repetitions first (compiles, autotunes)")
+    ap.add_argument("--reps", type=positive_int, default=10, help="timed repetitions (median reported)")
+    ap.add_argument("--warmup", type=non_negative_int, default=3, help="untimed repetitions first (compiles, autotunes)")
     ap.add_argument("--json", default="", help="also write every figure to this file")
     args = ap.parse_args(argv)
     bad = [b for b in args.backends.split(",") if b not in BACKENDS]

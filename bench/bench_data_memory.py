@@ -16,12 +16,16 @@ if __name__ == "__main__" and not __package__:  # run as python bench/X.py: impo
     import _path  # noqa: F401  (bench/_path.py)
 
 import argparse
+import contextlib
+import os
 import json
 import random
 import tempfile
 import tracemalloc
 from pathlib import Path
 
+from bench._args import positive_int
+from bench.env import environment, markdown_header
 from s1fast.data.__main__ import main as data_main
 
 FLAGS = {"verify": ["--keep", "first-k"], "decontaminate": ["--no-builtin-eval"],
@@ -71,7 +75,9 @@ def out_path(d: Path, step: str, name: str) -> Path:
 def peak(step: str, data: Path, out: Path) -> int:
     tracemalloc.start()
     try:
-        if data_main([step, "--data", str(data), "--out", str(out), "--no-progress"] + FLAGS[step]) != 0:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the step's tables: not ours
+            rc = data_main([step, "--data", str(data), "--out", str(out), "--no-progress"] + FLAGS[step])
+        if rc != 0:
             raise SystemExit(f"error: {step} failed on {data}")
         return tracemalloc.get_traced_memory()[1]
     finally:
@@ -96,13 +102,14 @@ def arrow_peak(step: str, data: Path, out: Path) -> tuple[int, int]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--questions", type=int, nargs="+", default=[200, 1000], help="sizes to measure")
+    ap.add_argument("--questions", type=positive_int, nargs="+", default=[200, 1000], help="sizes to measure")
     ap.add_argument("--steps", nargs="+", choices=list(FLAGS), default=list(FLAGS))
     ap.add_argument("--formats", nargs="+", choices=["jsonl", "json", "parquet"],
                     default=["jsonl", "json", "parquet"],
                     help="input formats to measure (the same rows in each)")
-    ap.add_argument("--row-group-rows", type=int, help="parquet: rows per row group (default: pyarrow's writer's)")
+    ap.add_argument("--row-group-rows", type=positive_int, help="parquet: rows per row group (default: pyarrow's writer's)")
     args = ap.parse_args(argv)
+    print(markdown_header(environment()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         warm(d)

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from bench._args import non_negative_int, positive_int, positive_ints
 from bench.env import environment, markdown_header
 from s1fast import model as lean
 from s1fast.data.pipeline import rows as R
@@ -58,27 +59,32 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="tiny-qwen2", help="a named config (random weights) or a model folder")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(R.__file__), "..", "..", "assets", "data",
                                                    "eval_sample.jsonl"))
-    ap.add_argument("--questions", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=64, help="thinking tokens per question")
-    ap.add_argument("--answer-tokens", type=int, default=8)
-    ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--questions", type=positive_int, default=16)
+    ap.add_argument("--tokens", type=positive_int, default=64, help="thinking tokens per question")
+    ap.add_argument("--answer-tokens", type=non_negative_int, default=8)
+    ap.add_argument("--batch-sizes", type=positive_ints, default=[1, 16], help="comma-separated (default: 1,16)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="auto", help="auto: bf16 on cuda, fp32 on cpu")
-    ap.add_argument("--repeats", type=int, default=2, help="runs per batch size (the best is reported)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on cuda, fp32 on cpu")
+    ap.add_argument("--repeats", type=positive_int, default=2, help="runs per batch size (the best is reported)")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype) or (
         torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     torch.manual_seed(0)
-    if os.path.isdir(args.model):
-        model = lean.from_pretrained(args.model, dtype=dtype, device=args.device).eval()
-    else:
-        model = lean.build_model(args.model, device=args.device, dtype=dtype).eval()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: this torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
+        return 2
+    try:
+        model = (lean.from_pretrained(args.model, dtype=dtype, device=args.device) if os.path.isdir(args.model)
+                 else lean.build_model(args.model, device=args.device, dtype=dtype)).eval()
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: --model {args.model}: {e}", file=sys.stderr)
+        return 2
     tok = AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
     measure(model, tok, args.data, 2, argparse.Namespace(**{**vars(args), "questions": 2}))   # warm-up
     rows = []
-    for bs in [int(x) for x in args.batch_sizes.split(",")]:
+    for bs in args.batch_sizes:
         best = max((measure(model, tok, args.data, bs, args) for _ in range(args.repeats)),
                    key=lambda r: r["tokens_per_s"])
         rows.append(best)

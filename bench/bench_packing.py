@@ -28,7 +28,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from s1fast.packing import DEFAULT_COST, Plan, make_plan
+from s1fast.packing import DEFAULT_COST, Plan, collate, collate_reference, make_plan
 
 DATA = os.path.join(ROOT, "s1fast", "assets", "data")
 W, T, G = 16, 32768, 16
@@ -234,6 +234,23 @@ def window_tradeoff():
               f"{p.straggler_factor:.4f} | {p.sync_straggler_factor:.4f} | {partner_repeat(p):.3f} |")
 
 
+def collate_time(repeat: int = 50) -> str:
+    """RESULTS.md's "Collate" line: one 32,768-token micro-batch of 4 documents (half of the targets ignored),
+    the C++ op against the numpy reference, mean of ``repeat`` calls after one warm-up each."""
+    rng = np.random.default_rng(0)
+    n, v = T // 4, 151936
+    docs = [(rng.integers(0, v, n), np.where(rng.random(n) < 0.5, -100, rng.integers(0, v, n))) for _ in range(4)]
+    ms = {}
+    for fn in (collate, collate_reference):
+        fn(docs, [0.25] * 4)
+        t = time.perf_counter()
+        for _ in range(repeat):
+            fn(docs, [0.25] * 4)
+        ms[fn.__name__] = (time.perf_counter() - t) / repeat * 1e3
+    return (f"Collate, one {T}-token micro-batch of 4 documents: `collate` (C++ op) {ms['collate']:.2f} ms, "
+            f"the numpy reference {ms['collate_reference']:.2f} ms (mean of {repeat})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="The timings run under pytest: python -m pytest bench/bench_packing.py -q")
@@ -244,6 +261,8 @@ def main(argv=None) -> int:
     window_tradeoff()
     print()
     quality_and_time(["1k"] if args.quick else list(SIZES))
+    print()
+    print(collate_time())
     return 0
 
 

@@ -24,6 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+from bench._args import positive_int
 from bench.env import environment, markdown_header
 
 QUESTIONS = ["What is 1+1?", "How many r in raspberry?", "Find the sum of all integers between 1 and 100.",
@@ -80,13 +81,13 @@ async def run(base: str, n_clients: int, n_requests: int, fields: dict) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="exported model folder (default: a random tiny Qwen2 in a temporary folder)")
-    p.add_argument("--batch-size", type=int, default=64, help="the server's --batch-size (rows of the batch)")
-    p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--requests", type=int, default=3, help="requests per client")
-    p.add_argument("--sequential", type=int, default=24, help="requests sent one at a time for the baseline")
-    p.add_argument("--max-thinking-tokens", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=8, help="answer budget")
-    p.add_argument("--max-total-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="the server's --batch-size (rows of the batch)")
+    p.add_argument("--clients", type=positive_int, default=64)
+    p.add_argument("--requests", type=positive_int, default=3, help="requests per client")
+    p.add_argument("--sequential", type=positive_int, default=24, help="requests sent one at a time for the baseline")
+    p.add_argument("--max-thinking-tokens", type=positive_int, default=16)
+    p.add_argument("--max-tokens", type=positive_int, default=8, help="answer budget")
+    p.add_argument("--max-total-tokens", type=positive_int, default=512)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     model = args.model or export_tiny(os.path.join(tempfile.mkdtemp(prefix="s1fast-bench-"), "tiny"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -37,6 +38,17 @@ def commit() -> str:
         return "unknown"
 
 
+# Variables that change what a benchmark measures: recorded before the command line when set.
+SETTINGS = ("OMP_NUM_THREADS", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "TOKENIZERS_PARALLELISM")
+
+
+def command_line() -> str:
+    """The command as typed: the settings above and S1FAST_* variables, then the interpreter and its arguments
+    (before, ``OMP_NUM_THREADS=1 python bench/penalty_step.py`` was recorded without its thread count)."""
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k in SETTINGS or k.startswith("S1FAST_")]
+    return " ".join(env + [os.path.basename(sys.executable)] + [shlex.quote(a) for a in sys.argv])
+
+
 def environment(command: str | None = None) -> dict:
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -49,7 +61,7 @@ def environment(command: str | None = None) -> dict:
         "versions": {p: _version(p) for p in ("torch", "triton", "transformers", "trl", "liger-kernel",
                                                "safetensors", "numpy")} | {"python": platform.python_version()},
         "commit": commit(),
-        "command": command or " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command or command_line(),
     }
 
 

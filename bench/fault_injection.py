@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from bench._args import positive_int
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--preset", "tiny", "--max-tokens", "256", "--global-batch", "4", "--max-steps", "4", "--progress", "false",
         "--lr", "2e-3"]
@@ -109,14 +111,17 @@ def same_run(ref: str, out: str) -> bool:
     return losses(ref) == losses(out) and a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
 
 
+WORK_ENTRIES = ("reference", "killed")  # all a campaign writes in its folder
+
+
 def campaign(work: str, kills: int, seed: int, ref: str | None = None, max_delay: float = 0.5,
              log=print) -> dict:
     """``kills`` SIGKILLs during saves of one run (``--save-every 1``), resumed each time, then finished."""
     rng = random.Random(seed)
     if ref is None:
-        ref = os.path.join(work, "reference")
+        ref = os.path.join(work, WORK_ENTRIES[0])
         train(ARGS, ref)
-    out = os.path.join(work, "killed")
+    out = os.path.join(work, WORK_ENTRIES[1])
     args = ARGS + ["--save-every", "1"]
     done, loaded = 0, []
     while done < kills:
@@ -137,19 +142,27 @@ def campaign(work: str, kills: int, seed: int, ref: str | None = None, max_delay
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fault_injection", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kills", type=int, default=20, help="SIGKILLs, each during a save (default: 20)")
+    ap.add_argument("--kills", type=positive_int, default=20, help="SIGKILLs, each during a save (default: 20)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default: 0)")
-    ap.add_argument("--work", default="runs/fault_injection", help="folder for the runs (emptied first)")
+    ap.add_argument("--work", default="runs/fault_injection",
+                    help="folder for the runs: new, empty, or an earlier campaign's (then emptied first)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--reference", help="an uninterrupted run of the same arguments to compare with (default: run one)")
     a = ap.parse_args(argv)
+    other = sorted(set(os.listdir(a.work)) - set(WORK_ENTRIES)) if os.path.isdir(a.work) else []
+    if other or (os.path.exists(a.work) and not os.path.isdir(a.work)):
+        ap.error(f"--work {a.work}: holds other files ({', '.join(other[:3]) or 'not a folder'}), which emptying it "
+                 "would delete; pass a new or empty folder")
+    if a.reference and not os.path.isdir(os.path.join(a.reference, "final")):
+        ap.error(f"--reference {a.reference}: no finished run there (no final/); omit it to run one")
     subprocess.run(["rm", "-rf", a.work], check=True)
     os.makedirs(a.work)
-    from bench.env import environment
+    from bench.env import environment, markdown_header
     t0 = time.time()
     res = campaign(a.work, a.kills, a.seed, ref=a.reference, log=lambda m: print(m, flush=True))
     res.update(seconds=round(time.time() - t0, 1), environment=environment(" ".join(["python -m bench.fault_injection",
                                                                                       *(argv or sys.argv[1:])])))
+    print(markdown_header(res["environment"]), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -18,6 +18,9 @@ import subprocess
 import sys
 import tempfile
 
+from bench._args import positive_ints
+from bench.env import environment, markdown_header
+from s1fast.attention import BACKENDS
 from s1fast.hardware import GB
 from s1fast.memory import MemoryAssumptions as Assumptions, memory_gb, model_shape
 
@@ -67,19 +70,26 @@ def tracked_vs_model(run: dict, model="Qwen2.5-32B-Instruct") -> list[tuple[str,
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Tracker vs memory model per block at the Qwen2.5-32B shape (markdown)")
     ap.add_argument("--python", default=sys.executable, help="the interpreter (--device cuda: a CUDA build of torch)")
-    ap.add_argument("--backend", default="varlen")
-    ap.add_argument("--tokens", default="4096,16384,32768")
-    ap.add_argument("--device", default="cpu", help="the fake tensors' device (cpu: the backward runs too)")
+    ap.add_argument("--backend", default="varlen", choices=BACKENDS)
+    ap.add_argument("--tokens", type=positive_ints, default=[4096, 16384, 32768],
+                    help="tokens of the step, comma-separated (default: 4096,16384,32768)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the fake tensors' device (cpu: the backward runs too)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
         env = dict(os.environ, PYTHONPATH=ROOT)
         env.pop("TRITON_INTERPRET", None)
-        subprocess.run([a.python, os.path.join(ROOT, "tests", "fake_cuda_step.py"), "--backend", a.backend,
-                        "--tokens", a.tokens, "--checkpoint", "none,full", "--device", a.device, "--out", out],
-                       env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        step = subprocess.run([a.python, os.path.join(ROOT, "tests", "fake_cuda_step.py"), "--backend", a.backend,
+                               "--tokens", ",".join(map(str, a.tokens)), "--checkpoint", "none,full", "--device",
+                               a.device, "--out", out], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if step.returncode != 0:
+            last = (step.stderr.strip().splitlines() or ["(no message)"])[-1]
+            print(f"error: the fake step (tests/fake_cuda_step.py, --backend {a.backend} --device {a.device}) "
+                  f"failed: {last}", file=sys.stderr)
+            return 1
         runs = json.load(open(out))
+    print(markdown_header(environment()))
     print("| tokens | term | tracker (GiB) | model (GiB) | tracker / model |\n|---:|---|---:|---:|---:|")
     for r in runs:
         for name, got, want in tracked_vs_model(r):

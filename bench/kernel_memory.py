@@ -4,8 +4,7 @@
     python -m bench.kernel_memory        # fused vs unfused at 4K and 32K tokens, V=151936, H=16;
                                          # and the GPU path's buffers at s1's shapes, both modes
 
-On the 2-core CPU box a real run agreed with the counts (4096 tokens fused: 108 MiB of RSS growth beyond a
-warm-up call, meta count 121 MiB; 1024 tokens unfused: 2964 MiB RSS, meta count 11870 / 4 = 2968 MiB).
+How a real run compares with the counts: ``RSS_CHECK`` below (printed into RESULTS.md by bench/kernel_table.py).
 """
 from __future__ import annotations
 
@@ -14,9 +13,14 @@ if __name__ == "__main__" and not __package__:  # run as python bench/X.py: impo
 
 import argparse
 
+from bench.env import environment, markdown_header
 from s1fast.model import CONFIGS
 from s1fast_kernels.memory_count import gpu_plan_extra, peak_bytes
 
+# A real run against the counts (fp32, V=151936, H=16; peak RSS above the RSS after a 16-token warm-up call).
+RSS_CHECK = ("a real run on the 2-core CPU box at `0905100` agreed with the counts: 4096 tokens fused 65 MiB of "
+             "peak RSS growth (counted 65 MiB), 32768 tokens fused 67 MiB (counted 67 MiB), 1024 tokens unfused "
+             "2967 MiB (counted 11870 / 4 = 2968 MiB).")
 _QWEN32 = CONFIGS["Qwen2.5-32B-Instruct"]
 S1_SHAPES = dict(n=32768, hdim=_QWEN32.hidden_size, v=_QWEN32.vocab_size)  # s1's block, Qwen2.5-32B's sizes
 
@@ -45,6 +49,7 @@ def gpu_plan_table(n: int = S1_SHAPES["n"], hdim: int = S1_SHAPES["hdim"], v: in
 
 def main(argv=None) -> int:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    print(markdown_header(environment()))
     print(table())
     print()
     print(gpu_plan_table())

@@ -19,6 +19,7 @@ import os
 import re
 
 from bench.env import environment, markdown_header
+from bench.kernel_memory import RSS_CHECK
 
 from s1fast.hardware import GPUS
 from s1fast.model import CONFIGS
@@ -169,6 +170,8 @@ def projections() -> str:
         "",
     ]
     lines += flce_projection(_default_chunk(N, VOCAB, on_gpu=True))
+    lines += ["- MEASURED on an H200 since: see \"Kernel benchmarks at s1's shapes\" at the top of this file (the "
+              "projection assumed GEMMs near peak)."]
     lines += ["", "A smaller chunk alone does not help: the fp32 accumulator stays, and the dW GEMM turns "
               "memory-bound (it reads and writes the accumulator every chunk), for example:", ""]
     lines += flce_projection(512)[1:4]
@@ -202,6 +205,7 @@ def memory_table() -> str:
     return table()
 
 
+
 def section() -> str:
     env = environment("python -m bench.kernel_table")
     return "\n".join([
@@ -222,12 +226,11 @@ def section() -> str:
         "",
         projections(),
         "",
-        "### Measured: fused linear cross-entropy memory on the CPU path (2-core CPU box, this commit)",
+        "### COUNTED: fused linear cross-entropy memory on the CPU path (meta tensors, this commit)",
         "",
-        "Peak memory of forward + backward beyond the inputs, counted on meta tensors by "
-        "`python -m bench.kernel_memory` (a real run on this box: 4096 tokens fused, 108 MiB of RSS growth beyond "
-        "a warm-up call, counted 121 MiB; 1024 tokens unfused 2964 MiB, counted 2968 MiB). The fused path stays flat as the tokens grow 8x (only dhidden and a few "
-        "per-token vectors grow); the unfused one grows with N x V.",
+        f"Peak memory of forward + backward beyond the inputs, counted on meta tensors by "
+        f"`python -m bench.kernel_memory`; {RSS_CHECK} The fused path stays flat as the tokens grow 8x (only "
+        "dhidden and a few per-token vectors grow); the unfused one grows with N x V.",
         "",
         memory_table(),
         END,

@@ -12,6 +12,7 @@ if __name__ == "__main__" and not __package__:  # run as python bench/X.py: impo
 
 import argparse
 
+from bench.env import environment, markdown_header
 from bench.kernel_memory import S1_SHAPES
 from s1fast_kernels.memory_count import logprob_plan_extra as plan_extra
 
@@ -27,6 +28,7 @@ def table(n: int = S1_SHAPES["n"], hdim: int = S1_SHAPES["hdim"], v: int = S1_SH
 
 def main(argv=None) -> int:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    print(markdown_header(environment()))
     print(table())
     return 0
 

@@ -23,6 +23,8 @@ os.environ.setdefault("TRITON_INTERPRET", "0")
 import torch
 
 import s1fast_kernels as tk
+from bench._args import positive_int
+from bench.env import environment, markdown_header
 
 
 def _time_pair(fns, make, repeat: int) -> list[float]:
@@ -60,8 +62,9 @@ def cases(T=256, H=512, I=1024, heads=8, kv=2, D=64, V=4096):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=200, help="timed calls per case (median reported)")
+    ap.add_argument("--repeat", type=positive_int, default=200, help="timed calls per case (median reported)")
     args = ap.parse_args(argv)
+    print(markdown_header(environment()))
     rows = ["| op (fp32, CPU PyTorch path, fwd+bwd) | PyTorch autograd (reference) | functional API (registered op) "
             "| difference |",
             "|---|---|---|---|"]

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from bench._args import positive_int, positive_ints
 from bench.env import environment, markdown_header
 from s1fast.sampling import Penalties, PenaltyState, pick_tokens
 
@@ -60,20 +61,16 @@ def measure(length: int, repeat: int) -> dict[str, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", default="1024,8192,32768", help="output lengths in ids (default: 1024,8192,32768)")
-    p.add_argument("--repeat", type=int, default=50, help="timed steps per length (default: 50)")
+    p.add_argument("--lengths", type=positive_ints, default=[1024, 8192, 32768],
+                   help="output lengths in ids (default: 1024,8192,32768)")
+    p.add_argument("--repeat", type=positive_int, default=50, help="timed steps per length (default: 50)")
     args = p.parse_args(argv)
-    try:
-        lengths = [int(x) for x in args.lengths.split(",")]
-    except ValueError:
-        print(f"error: --lengths must be comma-separated integers, got {args.lengths!r}", file=sys.stderr)
-        return 2
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(markdown_header(environment()))
     print(f"vocabulary {VOCAB}, prompt {PROMPT} ids, {PENALTIES}, median of {args.repeat} steps\n")
     print("| output ids | from lists (ms/step) | incremental (ms/step) | speedup | pick_tokens alone (ms) |")
     print("|---|---|---|---|---|")
-    for n in lengths:
+    for n in args.lengths:
         m = measure(n, args.repeat)
         print(f"| {n} | {m['from lists'] * 1e3:.3f} | {m['incremental'] * 1e3:.3f} | "
               f"{m['from lists'] / m['incremental']:.1f}x | {m['pick_tokens'] * 1e3:.3f} |")

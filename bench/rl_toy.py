@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from bench._args import positive_int, whole_numbers
 from bench.env import environment, markdown_header
 from s1fast.metrics import read_metrics
 from s1fast.rl.config import TOY_SFT_COMMAND
@@ -101,8 +102,8 @@ def table(rows: dict[int, dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rl_toy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", default="0,1,2", help="RL seeds, comma-separated (default: 0,1,2)")
-    p.add_argument("--ranks", type=int, default=2, help="processes per run under torchrun (default: 2)")
+    p.add_argument("--seeds", type=whole_numbers, default=[0, 1, 2], help="RL seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--ranks", type=positive_int, default=2, help="processes per run under torchrun (default: 2)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "rl_toy"),
                    help="folder for the runs and the table (default: bench/out/rl_toy)")
     p.add_argument("--sft", default="", help="an SFT start (Hugging Face folder); default: train it into OUT/sft")
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
         secs = torchrun(a.ranks, "s1fast.train", sft_args(os.path.dirname(sft)), os.path.join(a.out, "sft.log"))
         print(f"[rl_toy] SFT start ({TOY_SFT_COMMAND}) in {secs / 60:.2f} min -> {sft}", flush=True)
     rows = {}
-    for s in (int(x) for x in a.seeds.split(",")):
+    for s in a.seeds:
         out = os.path.join(a.out, f"seed{s}")
         shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (no resume of an older one)
         secs = torchrun(a.ranks, "s1fast.rl", ["--preset", "toy", "--model", sft, "--seed", str(s), "--output-dir",

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from bench._args import positive_int
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STACKS = ("trl", "trl_padding_free", "s1fast_none", "s1fast")
 LABELS = {"trl": "s1's stack: TRL SFTTrainer, 1 seq/device + accumulation",
@@ -293,13 +295,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.side_by_side", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10, help="optimizer steps (= the schedule's total) [10]")
-    ap.add_argument("--ranks", type=int, default=2, help="processes per stack (torchrun, gloo, CPU) [2]")
-    ap.add_argument("--global-batch", type=int, default=8, help="sequences per optimizer step, all ranks [8]")
-    ap.add_argument("--max-tokens", type=int, default=1024, help="block size; longer examples are truncated [1024]")
+    ap.add_argument("--steps", type=positive_int, default=10, help="optimizer steps (= the schedule's total) [10]")
+    ap.add_argument("--ranks", type=positive_int, default=2, help="processes per stack (torchrun, gloo, CPU) [2]")
+    ap.add_argument("--global-batch", type=positive_int, default=8, help="sequences per optimizer step, all ranks [8]")
+    ap.add_argument("--max-tokens", type=positive_int, default=1024, help="block size; longer examples are truncated [1024]")
     ap.add_argument("--model", default="tiny-qwen2", help="s1fast.model CONFIGS name of the random init [tiny-qwen2]")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (the tiny preset's) [3e-3]")
     ap.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup fraction [0.1]")
@@ -308,12 +310,20 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "side_by_side"), help="scratch folder")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "out", "side_by_side.json"))
     ap.add_argument("--png", default=os.path.join(ROOT, "bench", "out", "side_by_side_loss.png"))
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed per stack")
+    ap.add_argument("--timeout", type=positive_int, default=1800, help="seconds allowed per stack")
     ap.add_argument("--replot", default="", metavar="JSON", help="only redraw --png from a report JSON")
     ap.add_argument("--trl-worker", default="", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.replot:
-        rep = json.load(open(args.replot))
+        try:
+            rep = json.load(open(args.replot))
+        except (OSError, ValueError) as e:
+            ap.error(f"--replot {args.replot}: cannot read a report JSON ({e})")
         c = rep["config"]
         plot(rep["per_step"], args.png, f"tiny-qwen2, {c['ranks']} ranks, global batch {c['global_batch']}, block "
                                         f"{c['max_tokens']}, {c['steps']} steps (2-core CPU)")
@@ -330,7 +340,7 @@ def main(argv=None) -> int:
                  "device with accumulation)")
 
     sys.path.insert(0, ROOT)
-    from bench.env import environment
+    from bench.env import environment, markdown_header
     env = environment()
     load_start = os.getloadavg()
     work = os.path.abspath(args.work_dir)
@@ -377,6 +387,7 @@ def main(argv=None) -> int:
         json.dump(report, f, indent=1)
     plot(report["per_step"], args.png, f"tiny-qwen2, {args.ranks} ranks, global batch {args.global_batch}, block "
                                        f"{args.max_tokens}, {args.steps} steps (2-core CPU)")
+    print(markdown_header(env))
     print(report["markdown"])
     print(f"straggler factor: none {plans['none'].straggler_factor:.3f}, balanced "
           f"{plans['balanced'].straggler_factor:.3f}; load average {load_start} -> {load_end}")

@@ -17,14 +17,19 @@ if __name__ == "__main__" and not __package__:  # run as python bench/X.py: impo
     import _path  # noqa: F401  (bench/_path.py)
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
+
+from bench._args import positive_int
+from bench.env import environment, markdown_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,10 +44,37 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(ts)
 
 
+def _s1fast_cases(mdir: str, pair: list, n: int, repeat: int) -> dict[str, float]:
+    """s1fast's backbone, its loss head on one sequence and on the packed pair: median seconds."""
+    from s1fast import model as modeling
+    from s1fast.packing import collate
+    from s1fast.train import loss_head
+    L = len(pair[0][0])
+    res = {}
+    ours = modeling.from_pretrained(mdir)
+    b = collate([pair[0]], [1.0 / n])
+
+    def s1_backbone():
+        ours(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen).sum().backward()
+
+    def s1_full():
+        head = loss_head(b.targets, b.loss_weight)
+        ours(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen, head=head).backward()
+    res["s1fast backbone"] = timed(s1_backbone, repeat)
+    res["s1fast + fused CE"] = timed(s1_full, repeat)
+    b2 = collate(pair, [1.0 / n, 1.0 / n])
+
+    def s1_pair():
+        head = loss_head(b2.targets, b2.loss_weight)
+        ours(b2.input_ids, b2.position_ids, b2.cu_seqlens, b2.max_seqlen, head=head).backward()
+    res[f"s1fast packed 2 x {L} + fused CE"] = timed(s1_pair, repeat)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.side_by_side_profile", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", type=int, default=1024)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tokens", type=positive_int, default=1024, help="tokens of each sequence (default: 1024)")
+    ap.add_argument("--repeat", type=positive_int, default=3, help="timed runs per case (median; default: 3)")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     sys.path.insert(0, ROOT)
@@ -51,14 +83,17 @@ def main(argv=None) -> int:
 
     from s1fast import model as modeling
     from s1fast.data import DEFAULT_TOKENIZER, prepare
-    from s1fast.packing import collate
-    from s1fast.train import loss_head
 
     torch.set_num_threads(1)
     L = args.tokens
     tmp = tempfile.mkdtemp(prefix="sbs_profile_")
+    atexit.register(shutil.rmtree, tmp, True)
     ds = prepare(None, "s1", None, L, os.path.join(tmp, "tokens"), "truncate", progress=False, log=lambda *_: None)
     docs = [i for i in range(len(ds)) if len(ds[i][0]) == L][:2]
+    if len(docs) < 2:
+        print(f"error: --tokens {L}: fewer than 2 rows of the bundled sample reach {L} tokens; use a smaller --tokens "
+              "(1024 is the recorded one)", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     mdir = os.path.join(tmp, "model")
     modeling.build_model("tiny-qwen2").save_pretrained(mdir, DEFAULT_TOKENIZER)
@@ -94,28 +129,14 @@ def main(argv=None) -> int:
                                                                         pf_lab), args.repeat)
     res[f"hf 2 x {L} as two rows (2 x the one-row figure, not timed)"] = 2 * res["hf + TRL fused head"]
 
-    ours = modeling.from_pretrained(mdir)
-    b = collate([ds[docs[0]]], [1.0 / n])
-
-    def s1_backbone():
-        ours(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen).sum().backward()
-
-    def s1_full():
-        head = loss_head(b.targets, b.loss_weight)
-        ours(b.input_ids, b.position_ids, b.cu_seqlens, b.max_seqlen, head=head).backward()
-    res["s1fast backbone"] = timed(s1_backbone, args.repeat)
-    res["s1fast + fused CE"] = timed(s1_full, args.repeat)
-    b2 = collate(pair, [1.0 / n, 1.0 / n])
-
-    def s1_pair():
-        head = loss_head(b2.targets, b2.loss_weight)
-        ours(b2.input_ids, b2.position_ids, b2.cu_seqlens, b2.max_seqlen, head=head).backward()
-    res[f"s1fast packed 2 x {L} + fused CE"] = timed(s1_pair, args.repeat)
+    res.update(_s1fast_cases(mdir, [ds[i] for i in docs], n, args.repeat))
+    env = environment()
+    print(markdown_header(env))
     width = max(map(len, res))
     for k, v in res.items():
         print(f"{k:<{width}}  {v:7.3f} s")
     if args.json:
-        json.dump({"tokens": L, "repeat": args.repeat, "median_s": res}, open(args.json, "w"), indent=1)
+        json.dump({"environment": env, "tokens": L, "repeat": args.repeat, "median_s": res}, open(args.json, "w"), indent=1)
     return 0
 
 
