@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from bench.env import environment, markdown_header
+
 VOCAB, LIMIT, ROWS, REPS = 152064, 151665, 256, 10
 
 
@@ -29,6 +31,7 @@ def ms(fn) -> float:
 
 def main(argv=None) -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    print(markdown_header(environment()))
     allowed = list(range(LIMIT))
     mask = torch.zeros(ROWS, VOCAB, dtype=torch.bool)
 

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import traceback
 
+from bench.env import environment, markdown_header
+
 QUESTIONS = ["What is 7 times 8?", "Name a prime number larger than 20.", "How many sides has a hexagon?"]
 
 
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="a Hugging Face model folder (default: a random tiny-qwen2 export)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = p.parse_args(argv)
-    report: dict = {}
+    report: dict = {"environment": environment()}
+    print(markdown_header(report["environment"]), file=sys.stderr)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             run_checks(args.model or tiny_model(os.path.join(tmp, "tiny")), args.dtype, report)
@@ -105,10 +108,10 @@ def main(argv=None) -> int:
         report["traceback"] = traceback.format_exc()
     with open(args.out, "w") as fh:
         json.dump(report, fh, indent=2)
-    print(json.dumps({k: v.get("ok") if isinstance(v, dict) else v for k, v in report.items()
-                      if k != "traceback"}), file=sys.stderr)
-    return 0 if report and all(v.get("ok") for v in report.values() if isinstance(v, dict)) and \
-        "error" not in report else 1
+    checks = {k: v for k, v in report.items() if isinstance(v, dict) and k != "environment"}
+    print(json.dumps({**{k: v.get("ok") for k, v in checks.items()},
+                      **({"error": report["error"]} if "error" in report else {})}), file=sys.stderr)
+    return 0 if checks and all(v.get("ok") for v in checks.values()) and "error" not in report else 1
 
 
 if __name__ == "__main__":
