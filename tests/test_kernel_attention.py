@@ -94,6 +94,31 @@ def test_no_attention_across_documents():
 
 
 @needs_kernels
+def test_a_recomputed_score_over_the_forward_max_gives_no_nan():
+    """The backward recomputes P = exp2(s - lse). At |s| ~ 1e9 (fp32 ulp 128) the recomputed s can exceed the
+    forward's by a few ulps (another dot order: other CPUs' BLAS, the GPU's tiles): exp2 of +128 or more is
+    inf, and inf * 0 = NaN where dO is 0. P <= 1 exactly, so the kernels clamp the exponent at 0. Here the
+    lse of the middle document is lowered by 300 (base 2) to stand for that rounding, on every CPU alike."""
+    cu = cu_of([20, 17, 9])
+    g = torch.Generator().manual_seed(3)
+    q, k, v, dout = (torch.randn(46, h, 32, generator=g) for h in (2, 1, 1, 2))
+    dout[20:37] = 0
+    bwd = on_kernel_device(torch.ops.s1fast_kernels.packed_attention_backward)
+    out, lse = on_kernel_device(torch.ops.s1fast_kernels.packed_attention)(q, k, v, cu, 20)
+    low = lse.clone()
+    low[:, 20:37] -= 300.0
+    dq, dk, dv = bwd(q, k, v, out, low, dout, cu)
+    for name, x in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert torch.isfinite(x).all(), f"{name}: NaN/inf from an overflowing recomputed P"
+        assert torch.equal(x[20:37], torch.zeros_like(x[20:37])), f"{name}: the middle document has dO = 0"
+    ref = bwd(q, k, v, out, lse, dout, cu)
+    for name, a, b in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):  # the neighbours are untouched
+        keep = torch.ones(46, dtype=torch.bool)
+        keep[20:37] = False
+        assert torch.equal(a[keep], b[keep]), name
+
+
+@needs_kernels
 def test_tokens_past_the_last_document_get_zero_output_and_gradient():
     g = torch.Generator().manual_seed(8)
     q, k, v, dout = (torch.randn(23, h, 16, generator=g) for h in (2, 1, 1, 2))

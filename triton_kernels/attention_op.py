@@ -155,7 +155,9 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
             kt, vt = kt.to(tl.float32), vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=PREC) * qk_scale
         s = tl.where((offs_n[None, :] <= offs_m[:, None]) & mmask[:, None], s, -1e30)
-        p = tl.exp2(s - lse[:, None])
+        # P <= 1 exactly; the min keeps a recomputed score a few ulps over the forward's (|s| ~ 1e9 in fp32)
+        # from giving P = inf, and inf * 0 = NaN where dO is 0.
+        p = tl.exp2(tl.minimum(s - lse[:, None], 0.0))
         dp = tl.dot(do, vt, input_precision=PREC)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PREC)
@@ -206,7 +208,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_pt
             delta = tl.load(delta_ptr + h64 * n_tokens + offs_m, mask=mmask, other=0.0)
             st = tl.dot(k, qt, input_precision=PREC) * qk_scale
             st = tl.where((offs_m[None, :] >= offs_n[:, None]) & mmask[None, :], st, -1e30)
-            pt = tl.exp2(st - lse[None, :])
+            pt = tl.exp2(tl.minimum(st - lse[None, :], 0.0))  # P <= 1: see the dq kernel
             dv += tl.dot(pt.to(dot_.dtype), tl.trans(dot_), input_precision=PREC)
             dpt = tl.dot(v, dot_, input_precision=PREC)
             dst = pt * (dpt - delta[None, :])
