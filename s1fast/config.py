@@ -42,8 +42,11 @@ class TrainConfig:
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay, on every parameter but biases "
-                                                       "(and nn.LayerNorm), as s1's transformers 4.46.1"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay, on the weight matrices "
+                                                       "(and the norm weights with --decay-norms true)"})
+    decay_norms: bool = field(default=False, metadata={"help": "decay the RMSNorm weights too, as s1's transformers "
+                                                       "4.46.1 did (every parameter but biases and nn.LayerNorm; "
+                                                       "the s1, s1.1 and sky-t1 presets)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the full gradient norm to this (0: off)"})
     seed: int = field(default=42, metadata={"help": "seed of the plan, the init and the data order"})
     # precision and parallelism
@@ -99,18 +102,18 @@ PRESETS: dict[str, dict] = {
     # The reference (TRL) truncates longer examples, hence policy=truncate.
     "s1": dict(recipe="s1", max_tokens=32768, policy="truncate", epochs=5, global_batch=16, lr=1e-5,
                warmup_ratio=0.05, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip=1.0,
-               dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced",
+               dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced", decay_norms=True,
                activation_checkpointing="full", output_dir="runs/s1"),
     # s1.1: the same on s1K-1.1's R1 traces, block 20000 as the reference ran it ("to avoid OOM").
     "s1.1": dict(recipe="s1.1", max_tokens=20000, policy="truncate", epochs=5, global_batch=16, lr=1e-5,
                  warmup_ratio=0.05, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip=1.0,
-                 dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced",
+                 dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced", decay_norms=True,
                  activation_checkpointing="full", output_dir="runs/s1.1"),
     # Sky-T1-32B-Preview: 16384 tokens, global batch 96, 3 epochs, warmup 10%, wd 0, betas (0.9, 0.999) (transformers'
     # defaults: the LLaMA-Factory yaml sets none); recipe sky-t1 is LLaMA-Factory's qwen25 text (<|endoftext|>).
     "sky-t1": dict(recipe="sky-t1", max_tokens=16384, policy="truncate", epochs=3, global_batch=96, lr=1e-5,
                    warmup_ratio=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
-                   dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced",
+                   dtype="bf16", master_dtype="fp32", weighting="sequence", packing="balanced", decay_norms=True,
                    activation_checkpointing="full", output_dir="runs/sky-t1"),
     # Tiny Qwen2-architecture model (the real 151936-row vocabulary, so the loss head
     # dominates as it does for s1), the bundled real traces cut to 512 tokens, 8 examples a step, 3 epochs

@@ -20,18 +20,20 @@ def lr_lambda(total: int, warmup: int):
     return f
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW's groups as s1's trainer made them (transformers 4.46.1, ``Trainer.get_decay_parameter_names``):
-    weight decay on every parameter except those whose name contains "bias" and those of ``nn.LayerNorm``
-    modules. RMSNorm weights are decayed: 4.46.1 skips only ``nn.LayerNorm`` instances, and Qwen2's RMSNorm is
-    not one (newer transformers skip norms by name; s1 ran 4.46.1). docs/recipe.md, "s1 / s1.1 supervised"."""
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_norms: bool = False) -> list[dict]:
+    """AdamW's two groups: decayed and not. By default the weight matrices are decayed and the 1-D parameters
+    (biases, norm weights) are not. ``decay_norms``: as s1's trainer made them (transformers 4.46.1,
+    ``Trainer.get_decay_parameter_names``), every parameter but those whose name contains "bias" and those of
+    ``nn.LayerNorm`` modules, so Qwen2's RMSNorm weights are decayed (4.46.1 skips only ``nn.LayerNorm``
+    instances; newer transformers skip norms by name). docs/recipe.md, "s1 / s1.1 supervised"."""
     layer_norm = {f"{m_name}.{p_name}" if m_name else p_name
                   for m_name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)
                   for p_name, _ in m.named_parameters(recurse=False)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if "bias" in name or name in layer_norm else decay).append(p)
+            skip = ("bias" in name or name in layer_norm) if decay_norms else p.ndim < 2
+            (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

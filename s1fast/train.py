@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict
 
         # -- model, optimizer, resume ------------------------------------------------------------------
         model, layers_for = build_model(cfg, mcfg, weights, device, world, rank)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_norms), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                       eps=cfg.eps, fused=not cfg.cpu_offload)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         signature = {"data": ds.meta["key"], "global_batch": cfg.global_batch, "epochs": cfg.epochs,
@@ -313,6 +313,11 @@ def start_or_resume(cfg, ckpt_root, model, optimizer, scheduler, schedule, signa
         raise ConfigError(f"{path} belongs to another trajectory ({'; '.join(diff)}): resuming it with these "
                           f"settings would mix two runs. Use its settings, pass --replace true to start a new run "
                           f"in {cfg.output_dir}, or use another --output-dir")
+    saved_norms = state.get("config", {}).get("decay_norms", False)  # earlier runs decayed matrices only
+    if saved_norms != cfg.decay_norms:
+        raise ConfigError(f"{path} was trained with --decay-norms {str(saved_norms).lower()} (the optimizer's decay "
+                          f"groups), this run asks for {str(cfg.decay_norms).lower()}: pass --decay-norms "
+                          f"{str(saved_norms).lower()} to resume it, or --replace true to start a new run")
     if state["step"] > total:
         raise ConfigError(f"--max-steps {cfg.max_steps} is below the step this run resumes from ({state['step']}, "
                           f"{path}): pass a --max-steps above {state['step']} (or -1 for all steps), or "

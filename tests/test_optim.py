@@ -40,7 +40,7 @@ def tiny_hf_qwen2():
 @pytest.mark.parametrize("make", [tiny_hf_qwen2, lambda: build_model("tiny-qwen2")], ids=["hf-qwen2", "s1fast"])
 def test_weight_decay_groups_are_those_of_s1s_trainer(make):
     model = make()
-    names = decayed_names(model, param_groups(model, 1e-4))
+    names = decayed_names(model, param_groups(model, 1e-4, decay_norms=True))
     by_name = dict(model.named_parameters(remove_duplicate=False))   # tied weights: one parameter, two names
     assert {id(by_name[n]) for n in names} == {id(by_name[n]) for n in hf_446_decay_names(model)}
     # s1 decayed the RMSNorm weights (4.46.1 only skips nn.LayerNorm); biases it did not
@@ -50,7 +50,21 @@ def test_weight_decay_groups_are_those_of_s1s_trainer(make):
 
 def test_a_layernorm_module_is_not_decayed():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2, bias=False))
-    assert decayed_names(model, param_groups(model, 1e-4)) == hf_446_decay_names(model) == {"0.weight", "2.weight"}
+    assert decayed_names(model, param_groups(model, 1e-4, decay_norms=True)) == hf_446_decay_names(model) == {"0.weight", "2.weight"}
+
+
+def test_by_default_only_the_weight_matrices_are_decayed():
+    model = build_model("tiny-qwen2")
+    names = decayed_names(model, param_groups(model, 1e-4))
+    assert names == {n for n, p in model.named_parameters() if p.ndim >= 2}
+    assert not any("norm" in n or "bias" in n for n in names)
+
+
+@pytest.mark.parametrize("preset,expected", [("s1", True), ("s1.1", True), ("sky-t1", True), ("tiny", False),
+                                             ("tiny-toy", False)])
+def test_the_recipe_presets_decay_the_norms_as_s1s_trainer_did(preset, expected):
+    assert parse_config(["--preset", preset]).decay_norms is expected
+    assert parse_config(["--preset", preset, "--decay-norms", str(not expected).lower()]).decay_norms is not expected
 
 
 def test_warmup_rounds_up_as_transformers_does():

@@ -34,6 +34,10 @@ def test_resume_applies_a_changed_lr_refuses_a_changed_plan_and_a_new_run_needs_
     p = run(FAST + ["--max-steps", "3", "--global-batch", "4", "--output-dir", out], check=False)
     assert p.returncode == 2 and "belongs to another trajectory (global_batch: checkpoint 2, now 4)" in p.stderr, \
         p.stderr[-2000:]
+    # the optimizer's decay groups are the checkpoint's: another --decay-norms is refused, naming the flag
+    p = run(FAST + ["--max-steps", "3", "--decay-norms", "true", "--output-dir", out], check=False)
+    assert p.returncode == 2 and "was trained with --decay-norms false" in p.stderr \
+        and "pass --decay-norms false to resume it" in p.stderr, p.stderr[-2000:]
     # bug 4: a changed --lr is applied from the resumed step, with a notice (it was silently overridden)
     p = run(FAST + ["--max-steps", "3", "--lr", "5e-4", "--output-dir", out])
     assert "notice: changed on resume, applied from step 3: --lr 0.002 -> 0.0005" in p.stdout, p.stdout[-2000:]
