@@ -2,6 +2,7 @@
 (s1, skythought, math-verify; docs/eval.md has the sources), on top of ``s1fast.grading``."""
 from __future__ import annotations
 
+import math
 import re
 
 from .grading import TIMEOUT_S, _bounded, _equiv_norm, _mv_parse, canonical_int, last_boxed, mv_equal, normalize
@@ -68,14 +69,15 @@ def _number(s: str) -> float | None:
 
 
 def skythought_equal(pred: str | None, gold: str) -> bool:
-    """Qwen2.5-Math's math_equal: numbers within 1e-4 relative (also x/100 and x*100 of the reference, its
-    percentage rule); else equal after normalisation; else structural and symbolic equality (sympy)."""
+    """Qwen2.5-Math's math_equal: numbers within 1e-4 relative (``math.isclose``, as its numeric_equal; also
+    x/100 and x*100 of the reference, its percentage rule); else equal after normalisation; else structural
+    and symbolic equality (sympy)."""
     if pred is None or not str(pred).strip():
         return False
     a, b = normalize(pred), normalize(gold)
     x, y = _number(a), _number(b)
     if x is not None and y is not None:
-        return any(abs(x - t) <= 1e-4 * max(abs(t), 1e-12) or x == t for t in (y, y / 100, y * 100))
+        return any(math.isclose(t, x, rel_tol=1e-4) for t in (y, y / 100, y * 100))   # inf is close to inf only
     if a.lower() == b.lower():
         return True
     return _equiv_norm(a, b, "sympy")

@@ -54,4 +54,20 @@ def test_s1_protocol_on_unicode_and_huge_integers(tmp_path):
     # "²".isdigit() is True and int("²") raises; so does int() of 4300+ digits: each crashed the whole run
     rc, verdicts, _ = _verify(tmp_path, [("Answer: ²", "2"), ("Answer: " + "9" * 5000, "9" * 5000),
                                          ("Answer: 023", "23")], "--protocol", "s1", "--keep", "all")
-    assert rc == 0 and verdicts == ["wrong", "correct", "correct"]
+    # the default rule counts a reference math-verify reads nothing in (5000 digits) as no_reference, here too
+    huge = "no_reference" if grading.BACKEND == "math-verify" else "correct"
+    assert rc == 0 and verdicts == ["wrong", huge, "correct"]
+
+
+@pytest.mark.parametrize("protocol", ["s1", "skythought", "math-verify"])
+@pytest.mark.parametrize("gold", ["\\\\", "1" * 4400])
+def test_named_protocols_count_an_unreadable_reference_as_the_default_does(protocol, gold, tmp_path):
+    # balanced, not empty, but math-verify reads nothing in it: the default path counted it no_reference, the
+    # named protocols graded every answer against it "wrong" (skythought even "correct")
+    default = grading.reference_problem(gold) and "no_reference"
+    assert default == ("no_reference" if grading.BACKEND == "math-verify" else None)
+    row = {"question": "q?", "answer": gold, "attempt": "Answer: 7"}
+    assert grade_row(row)["verdict"] == grade_row(row, protocol=protocol)["verdict"] == (default or "wrong")
+    rc, verdicts, summary = _verify(tmp_path, [("Answer: 7", gold), ("Answer: 7", "7")], "--protocol", protocol,
+                                    "--keep", "all")
+    assert rc == 0 and verdicts == [default or "wrong", "correct"]

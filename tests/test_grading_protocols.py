@@ -36,6 +36,9 @@ def test_s1_protocol_cases(text, gold, pred, ok):
     ("\\boxed{x^5 - x^4 + 1}", "x^5-x^4+1", "x^5 - x^4 + 1", True),
     ("\\boxed{0.3333}", "\\frac{1}{3}", "0.3333", False),
     ("no digits here", "5", None, False),
+    ("\\boxed{7}", "1" * 400, "7", False),          # float() of the reference is inf: inf - 7 <= 1e-4 * inf held
+    ("\\boxed{7}", "1e400", "7", False),
+    ("\\boxed{1e400}", "1e500", "1e400", True),    # the harness's isclose(inf, inf)
 ])
 def test_skythought_protocol_cases(text, gold, pred, ok):
     g = protocol("skythought").grade(text, gold)

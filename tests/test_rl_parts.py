@@ -59,6 +59,35 @@ def test_math_reward_hacks_and_unboxed_answers(text, reward):
     assert score(comp, row, parse_rewards("math"))[:2] == (reward, {"math": reward})
 
 
+class _Greedy:
+    """A rollout whose greedy completion of each held-out row is its ``says`` field."""
+    device = torch.device("cpu")
+
+    def greedy(self, rows):
+        return [{"answer_text": r["says"], "answer": r["says"], "finished": True, "capped": False} for r in rows]
+
+
+def test_held_out_evaluation_counts_a_raising_verifier_not_correct_and_reports_it(tmp_path):
+    # evaluate called the verifier bare: `math` on an unusable held-out reference raised and ended the run
+    from types import SimpleNamespace
+
+    from s1fast.rl.loop import evaluate
+    held = [{"question": "1+1?", "answer": "2", "says": "\\boxed{2}"},
+            {"question": "Half?", "answer": "\\frac{1}{2", "says": "\\boxed{\\frac{1}{2}}"},
+            {"question": "3+4?", "answer": "7", "says": "\\boxed{8}"}]
+    acc, errs = evaluate(_Greedy(), held, 0, 1, parse_rewards("format=0.1,math=1"))
+    assert acc == pytest.approx(1 / 3)
+    assert [(e["verifier"], e["question"]) for e in errs] == [("math", "Half?")] and "reference" in errs[0]["error"]
+    from s1fast.rl.loop import report_errors
+    said = []
+    s = SimpleNamespace(rank=0, errors_path=str(tmp_path / "verifier_errors.jsonl"),
+                        metrics=SimpleNamespace(message=said.append))
+    report_errors(s, errs, 3, held_out=True)
+    rec = [json.loads(x) for x in open(s.errors_path)]
+    assert [(r["question"], r["iteration"], r["held_out"]) for r in rec] == [("Half?", 3, True)]
+    assert "held-out evaluation: 1 verifier error(s), counted not correct" in said[0]
+
+
 def test_only_sampled_tokens_are_the_policys():
     tok = ForcingTokens()  # Qwen2.5's ids; no tokenizer needed
     f = RecordingForcer([1, 2, 3], tok, max_thinking_tokens=20, num_wait=1, max_total_tokens=400)

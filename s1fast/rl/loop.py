@@ -215,15 +215,20 @@ def reward_metrics(groups: list[list[dict]], verifiers, dropped: int) -> dict:
     return row
 
 
-def evaluate(rollout, rows, rank, world, verifiers) -> float:
-    """Held-out accuracy, greedy, the rows dealt to ranks; graded by the first correctness verifier."""
+def evaluate(rollout, rows, rank, world, verifiers) -> tuple[float, list[dict]]:
+    """(held-out accuracy, every rank's verifier errors): greedy, the rows dealt to ranks; graded by the first
+    correctness verifier through ``score``'s guard, so one that raises (``math`` on an unusable reference)
+    counts that problem not correct and is reported, never a crash of the run."""
     name = next((n for n, _, _ in verifiers if n in CORRECTNESS), "toy")
     fn = dict((n, f) for n, _, f in verifiers).get(name) or BUILTIN[name]
     mine = rows[rank::world]
-    got = sum(float(fn(c, r)) == 1.0 for c, r in zip(rollout.greedy(mine), mine))
-    dev = rollout.device
-    total, n = distributed.all_reduce_sum([float(got), float(len(mine))], dev)
-    return total / max(n, 1)
+    got, errs = 0, []
+    for c, r in zip(rollout.greedy(mine), mine):
+        _, scores, e = score(c, r, [(name, 1.0, fn)])
+        got += not e and scores[name] == 1.0
+        errs += e
+    total, n = distributed.all_reduce_sum([float(got), float(len(mine))], rollout.device)
+    return total / max(n, 1), [x for part in distributed.all_gather_objects(errs) for x in part]
 
 
 def plot_rewards(metrics_path: str) -> str | None:
@@ -383,7 +388,8 @@ def rollout_step(s, it: int, mine: list[int]):
     def generate():
         acc = None
         if s.held and ((it == 0) or (cfg.eval_every and it % cfg.eval_every == 0)):
-            acc = evaluate(s.rollout, s.held, s.rank, s.world, s.verifiers)
+            acc, errs = evaluate(s.rollout, s.held, s.rank, s.world, s.verifiers)
+            report_errors(s, errs, it + 1, held_out=True)
         return acc, s.rollout.sample([s.rows[i] for i in mine], mine, it)
     return with_generator(s, generate)
 
@@ -402,17 +408,24 @@ def reward_step(s, it: int, idx: list[int], groups: list) -> list:
     groups = [by_prompt[j] for j in range(len(idx))]
     errs = [e for j, g in enumerate(groups) for c in g for e in c["errors"]]
     if errs:
-        if rank == 0:
-            with open(s.errors_path, "a") as f:
-                for e in errs:
-                    f.write(json.dumps(dict(e, iteration=it + 1)) + "\n")
-            e = errs[0]
-            s.metrics.message(f"[s1fast rl] warning: iteration {it + 1}: {len(errs)} verifier error(s), e.g. "
-                              f"{e['verifier']} on {e['question']!r}: {e['error']} (all in {s.errors_path})")
+        report_errors(s, errs, it + 1)
         if cfg.on_verifier_error == "fail":
             raise VerifierError(f"verifier {errs[0]['verifier']} raised on prompt {errs[0]['question']!r}: "
                                 f"{errs[0]['error']} (see {s.errors_path}; --on-verifier-error drop skips such groups)")
     return groups
+
+
+def report_errors(s, errs: list[dict], iteration: int, held_out: bool = False) -> None:
+    """Rank 0 appends the verifier errors to verifier_errors.jsonl (``held_out``: of the held-out evaluation)
+    and warns with the first."""
+    if s.rank != 0 or not errs:
+        return
+    with open(s.errors_path, "a") as f:
+        for e in errs:
+            f.write(json.dumps(dict(e, iteration=iteration, **({"held_out": True} if held_out else {}))) + "\n")
+    e, what = errs[0], "held-out evaluation" if held_out else f"iteration {iteration}"
+    s.metrics.message(f"[s1fast rl] warning: {what}: {len(errs)} verifier error(s){', counted not correct' * held_out}"
+                      f", e.g. {e['verifier']} on {e['question']!r}: {e['error']} (all in {s.errors_path})")
 
 
 def update_step(s, it: int, groups: list, last_ckpt):
@@ -468,7 +481,8 @@ def finish(s, total: int, last_ckpt) -> dict:
     cfg, rank = s.cfg, s.rank
     result = {"iterations": total, "checkpoint": last_ckpt}
     if s.held:
-        acc = with_generator(s, lambda: evaluate(s.rollout, s.held, rank, s.world, s.verifiers))
+        acc, errs = with_generator(s, lambda: evaluate(s.rollout, s.held, rank, s.world, s.verifiers))
+        report_errors(s, errs, total, held_out=True)
         result["eval_accuracy"] = acc
         if rank == 0:
             with open(os.path.join(cfg.output_dir, "eval_final.json"), "w") as f:

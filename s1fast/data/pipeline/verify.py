@@ -30,20 +30,23 @@ def grade_row(row: dict, answer_field: str | None = None, protocol: str = "s1fas
     gold = R.reference(row, answer_field)
     text = (row.get("generation") or {}).get("forced_end", "") + R.attempt(row)
     out = dict(row)
-    if gold is None or grading.reference_problem(gold, "string"):
-        out.update(pred=None, correct=None, verdict="no_reference", gold=gold)
-    elif not text.strip():
-        out.update(pred=None, correct=False, verdict="no_answer", gold=gold)
-    else:
-        try:
-            g = grade(text, gold)
-        except Exception as e:  # noqa: BLE001 -- one pathological answer must not stop a 100K-row run
-            out.update(pred=None, correct=False, verdict="grader_error", gold=gold,
-                       grader_error=f"{type(e).__name__}: {e}"[:500])
+    try:
+        # the default grader's rule for every protocol (``grade`` applies it again, cached): a reference it
+        # cannot read is no_reference whichever harness compares the answers, so their counts compare
+        if gold is None or grading.reference_problem(gold):
+            out.update(pred=None, correct=None, verdict="no_reference", gold=gold)
             return out
-        verdict = g.get("note") or ("correct" if g["correct"] else ("no_answer" if g["pred"] is None else "wrong"))
-        out.update(pred=g["pred"], correct=None if verdict == "no_reference" else g["correct"],
-                   grader=g.get("grader") or g.get("protocol"), verdict=verdict, gold=gold)
+        if not text.strip():
+            out.update(pred=None, correct=False, verdict="no_answer", gold=gold)
+            return out
+        g = grade(text, gold)
+    except Exception as e:  # noqa: BLE001 -- one pathological answer must not stop a 100K-row run
+        out.update(pred=None, correct=False, verdict="grader_error", gold=gold,
+                   grader_error=f"{type(e).__name__}: {e}"[:500])
+        return out
+    verdict = g.get("note") or ("correct" if g["correct"] else ("no_answer" if g["pred"] is None else "wrong"))
+    out.update(pred=g["pred"], correct=None if verdict == "no_reference" else g["correct"],
+               grader=g.get("grader") or g.get("protocol"), verdict=verdict, gold=gold)
     return out
 
 
