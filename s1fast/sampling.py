@@ -18,6 +18,9 @@ import torch
 # Below this temperature a draw is the argmax, as in vLLM (its _SAMPLING_EPS): logits / 1e-38 overflow to inf
 # and the softmax to NaN, which drew the last id of the vocabulary every time.
 GREEDY_BELOW = 1e-5
+# the key of vLLM's SamplingParams.extra_args that carries the vocabulary limit to s1fast.vllm_vocab.VocabLimit
+# (the same ids >= len(tokenizer) that pick_tokens masks); here so that vllm_backend and vllm_vocab share it
+VLLM_VOCAB_LIMIT_KEY = "s1fast_vocab_limit"
 LOGPROB_FLOOR = -9999.0   # reported logprobs are clamped here, as vLLM does (-inf is not JSON)
 
 

@@ -30,8 +30,8 @@ from typing import Sequence
 
 from s1fast.forcing import BudgetForcer, ProtocolError
 from s1fast.sampling import GREEDY_BELOW    # vLLM's _SAMPLING_EPS: greedy below
+from s1fast.sampling import VLLM_VOCAB_LIMIT_KEY as VOCAB_LIMIT_ARG  # read by s1fast.vllm_vocab.VocabLimit
 
-VOCAB_LIMIT_ARG = "s1fast_vocab_limit"    # SamplingParams.extra_args key read by s1fast.vllm_vocab.VocabLimit
 MAX_TEMPERATURE = 2.0      # vLLM refuses above
 MIN_TEMPERATURE = 1e-2     # vLLM raises (0, MIN) to MIN
 _ROUND_ONLY = ("vLLM counts only the current re-prompting round's output, s1fast everything after the prompt "

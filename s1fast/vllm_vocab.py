@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from s1fast.vllm_backend import VOCAB_LIMIT_ARG as ARG
+from s1fast.sampling import VLLM_VOCAB_LIMIT_KEY as ARG
 
 
 def request_limit(params) -> int | None:
