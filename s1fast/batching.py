@@ -77,8 +77,8 @@ class Scheduler:
     def submit(self, forcer: BudgetForcer, on_update: Callable[[Update], None], *, temperature: float = 0.0,
                top_p: float = 1.0, seed: int = 0, penalties: Penalties = Penalties(),
                logprobs: int | None = None) -> Ticket:
-        if self.refused(penalties, logprobs):
-            raise NotImplementedError(f"{type(self).__name__} cannot apply {', '.join(self.refused(penalties, logprobs))}")
+        if refused := self.refused(penalties, logprobs):
+            raise NotImplementedError(f"{type(self).__name__} cannot apply {', '.join(refused)}")
         if forcer.max_len > self.max_len:
             raise ValueError(f"the request needs up to {forcer.max_len} positions; this server's rows hold "
                              f"{self.max_len} (--max-total-tokens)")

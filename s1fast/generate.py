@@ -325,8 +325,8 @@ def check_args(args) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.backend == "vllm":
-        if sampling_error(args.temperature, args.top_p):
-            raise UsageError(sampling_error(args.temperature, args.top_p))
+        if why := sampling_error(args.temperature, args.top_p):
+            raise UsageError(why)
         try:
             import vllm  # noqa: F401
         except ImportError:

@@ -174,7 +174,7 @@ def validate(cfg: RLConfig, world: int) -> None:
             raise ConfigError(f"--max-thinking-tokens {cfg.max_thinking_tokens!r}: a whole number >= 0 or auto") from None
     if cfg.temperature <= 0:
         raise ConfigError("--temperature must be positive: GRPO samples from softmax(z / T)")
-    if cfg.generator == "vllm" and sampling_error(cfg.temperature, 1.0):
-        raise ConfigError(f"--generator vllm: {sampling_error(cfg.temperature, 1.0)}")
+    if cfg.generator == "vllm" and (why := sampling_error(cfg.temperature, 1.0)):
+        raise ConfigError(f"--generator vllm: {why}")
     if cfg.kl_coef < 0:
         raise ConfigError(f"--kl-coef must be >= 0, got {cfg.kl_coef}")

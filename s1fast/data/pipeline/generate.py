@@ -398,8 +398,8 @@ def make_teacher(args):
                              extra_body=extra_body(args))
     from s1fast.generate import open_backend
     from s1fast.vllm_backend import sampling_error
-    if args.teacher == "vllm" and sampling_error(args.temperature, args.top_p):
-        raise DataError(sampling_error(args.temperature, args.top_p))
+    if args.teacher == "vllm" and (why := sampling_error(args.temperature, args.top_p)):
+        raise DataError(why)
     cfg = engine_config(args)
     args.backend = args.teacher
     try:
